@@ -1,0 +1,21 @@
+//! Herald's domain, with no I/O: no tokio, no files, no sockets.
+//!
+//! * [`model`]: notification requests, recipients, per-user events and directory changes.
+//! * [`codec`]: Avro single-object encoding of every event, with a schema registry keyed by
+//!   fingerprint so older writer schemas still decode.
+//! * [`partition`]: the stable user → partition hash, and [`cursor`]: epoch-tagged resume cursors.
+//! * [`projection`]: the inbox projection fold (`state × event → writes`) and its invariants.
+//! * [`mem`]: an in-memory projection state, used by unit and property tests and as the
+//!   canonical snapshot that adapters are compared against.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod cursor;
+pub mod error;
+pub mod ids;
+pub mod mem;
+pub mod model;
+pub mod partition;
+pub mod projection;
+
+pub use error::CoreError;

@@ -1,0 +1,376 @@
+//! Notification requests, recipients, per-user events and directory changes.
+//!
+//! Field names match the Avro schemas in `schemas/avro/` one to one; times are Unix epoch
+//! milliseconds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::CoreError;
+use crate::ids::validate_id;
+
+/// Largest accepted JSON payload of one notification, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Most recipients (users + groups) named in one request.
+pub const MAX_NAMED_RECIPIENTS: usize = 10_000;
+/// Longest accepted event type, source or collapse key, in bytes.
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// Delivery priority of a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Urgent,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Urgent => "urgent",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "low" => Ok(Priority::Low),
+            "normal" => Ok(Priority::Normal),
+            "high" => Ok(Priority::High),
+            "urgent" => Ok(Priority::Urgent),
+            other => Err(CoreError::invalid(
+                "priority",
+                format!("{other:?} is not one of low, normal, high, urgent"),
+            )),
+        }
+    }
+}
+
+/// Who receives a notification. The union of all parts, each user once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Recipients {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub everyone: bool,
+}
+
+impl Recipients {
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if self.users.is_empty() && self.groups.is_empty() && self.topic.is_none() && !self.everyone
+        {
+            return Err(CoreError::invalid(
+                "recipients",
+                "name at least one of users, groups, topic or everyone",
+            ));
+        }
+        if self.users.len() + self.groups.len() > MAX_NAMED_RECIPIENTS {
+            return Err(CoreError::invalid(
+                "recipients",
+                format!("at most {MAX_NAMED_RECIPIENTS} users and groups per request"),
+            ));
+        }
+        for u in &self.users {
+            validate_id("recipients.users", u)?;
+        }
+        for g in &self.groups {
+            validate_id("recipients.groups", g)?;
+        }
+        if let Some(t) = &self.topic {
+            validate_id("recipients.topic", t)?;
+        }
+        Ok(())
+    }
+}
+
+/// A producer's request: one record on the requests topic, keyed by `notification_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRequest {
+    pub notification_id: String,
+    pub idempotency_key: String,
+    pub producer: String,
+    pub recipients: Recipients,
+    pub event_type: String,
+    pub source: String,
+    /// JSON document as text.
+    pub payload: String,
+    pub collapse_key: Option<String>,
+    pub deliver_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub traceparent: Option<String>,
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+fn validate_label(field: &'static str, v: &str) -> Result<(), CoreError> {
+    if v.is_empty() || v.len() > MAX_LABEL_LEN {
+        return Err(CoreError::invalid(
+            field,
+            format!("must be 1..={MAX_LABEL_LEN} bytes"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(CoreError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl NotificationRequest {
+    /// Checks every field a producer controls. The notification id must be the one derived from
+    /// producer and idempotency key, so a forged id cannot collide with another producer's.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        validate_id("producer", &self.producer)?;
+        validate_id("idempotency_key", &self.idempotency_key)?;
+        if self.notification_id != crate::ids::notification_id(&self.producer, &self.idempotency_key)
+        {
+            return Err(CoreError::invalid(
+                "notification_id",
+                "does not match UUIDv5(producer, idempotency_key)",
+            ));
+        }
+        self.recipients.validate()?;
+        validate_label("event_type", &self.event_type)?;
+        validate_label("source", &self.source)?;
+        if let Some(k) = &self.collapse_key {
+            validate_label("collapse_key", k)?;
+        }
+        if self.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(CoreError::invalid(
+                "payload",
+                format!(
+                    "is {} bytes, at most {MAX_PAYLOAD_BYTES} allowed",
+                    self.payload.len()
+                ),
+            ));
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
+            return Err(CoreError::invalid(
+                "payload",
+                format!("is not JSON: {e}"),
+            ));
+        }
+        if let (Some(d), Some(e)) = (self.deliver_at, self.expires_at) {
+            if e <= d {
+                return Err(CoreError::invalid(
+                    "expires_at",
+                    "must be later than deliver_at",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The inbox event this request produces for one recipient.
+    pub fn added_for(&self, user_id: &str) -> NotificationAdded {
+        NotificationAdded {
+            user_id: user_id.to_owned(),
+            notification_id: self.notification_id.clone(),
+            event_type: self.event_type.clone(),
+            source: self.source.clone(),
+            payload: self.payload.clone(),
+            priority: self.priority,
+            collapse_key: self.collapse_key.clone(),
+            deliver_at: self.deliver_at,
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+            traceparent: self.traceparent.clone(),
+        }
+    }
+}
+
+/// A notification entered a user's inbox; its log offset is the row's seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationAdded {
+    pub user_id: String,
+    pub notification_id: String,
+    pub event_type: String,
+    pub source: String,
+    pub payload: String,
+    #[serde(default)]
+    pub priority: Priority,
+    pub collapse_key: Option<String>,
+    pub deliver_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationDelivered {
+    pub user_id: String,
+    pub device_id: String,
+    pub notification_id: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationAcked {
+    pub user_id: String,
+    pub device_id: String,
+    #[serde(default)]
+    pub notification_ids: Vec<String>,
+    pub up_to: Option<i64>,
+    pub at: i64,
+}
+
+/// A change of the user's own marks (read, unread, archived). Same shape for the three kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkChange {
+    pub user_id: String,
+    pub device_id: Option<String>,
+    #[serde(default)]
+    pub notification_ids: Vec<String>,
+    pub up_to: Option<i64>,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationExpired {
+    pub user_id: String,
+    pub notification_id: String,
+    pub at: i64,
+}
+
+/// Every event on the per-user topic. All of a user's events live in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserEvent {
+    Added(NotificationAdded),
+    Delivered(NotificationDelivered),
+    Acked(NotificationAcked),
+    Read(MarkChange),
+    Unread(MarkChange),
+    Archived(MarkChange),
+    Expired(NotificationExpired),
+}
+
+impl UserEvent {
+    pub fn user_id(&self) -> &str {
+        match self {
+            UserEvent::Added(e) => &e.user_id,
+            UserEvent::Delivered(e) => &e.user_id,
+            UserEvent::Acked(e) => &e.user_id,
+            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => &e.user_id,
+            UserEvent::Expired(e) => &e.user_id,
+        }
+    }
+
+    /// Short, stable name of the event kind (used in headers, metrics and audit output).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UserEvent::Added(_) => "added",
+            UserEvent::Delivered(_) => "delivered",
+            UserEvent::Acked(_) => "acked",
+            UserEvent::Read(_) => "read",
+            UserEvent::Unread(_) => "unread",
+            UserEvent::Archived(_) => "archived",
+            UserEvent::Expired(_) => "expired",
+        }
+    }
+
+    /// The device that caused the event, if any.
+    pub fn device_id(&self) -> Option<&str> {
+        match self {
+            UserEvent::Delivered(e) => Some(&e.device_id),
+            UserEvent::Acked(e) => Some(&e.device_id),
+            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
+                e.device_id.as_deref()
+            }
+            UserEvent::Added(_) | UserEvent::Expired(_) => None,
+        }
+    }
+
+    /// Whether the event concerns notification `id` (named, or covered by `up_to`).
+    pub fn mentions(&self, id: &str, seq_of_id: Option<u64>) -> bool {
+        let covered = |up_to: Option<i64>| match (up_to, seq_of_id) {
+            (Some(u), Some(s)) => u >= 0 && s <= u as u64,
+            _ => false,
+        };
+        match self {
+            UserEvent::Added(e) => e.notification_id == id,
+            UserEvent::Delivered(e) => e.notification_id == id,
+            UserEvent::Expired(e) => e.notification_id == id,
+            UserEvent::Acked(e) => e.notification_ids.iter().any(|n| n == id) || covered(e.up_to),
+            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
+                e.notification_ids.iter().any(|n| n == id) || covered(e.up_to)
+            }
+        }
+    }
+
+    /// Event time (for Added: the request's creation time).
+    pub fn at(&self) -> i64 {
+        match self {
+            UserEvent::Added(e) => e.created_at,
+            UserEvent::Delivered(e) => e.at,
+            UserEvent::Acked(e) => e.at,
+            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => e.at,
+            UserEvent::Expired(e) => e.at,
+        }
+    }
+}
+
+/// Directory operations: who exists, who is in which group, who follows which topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectoryOp {
+    UpsertUser,
+    JoinGroup,
+    LeaveGroup,
+    SubscribeTopic,
+    UnsubscribeTopic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryChange {
+    pub op: DirectoryOp,
+    pub user_id: String,
+    pub target: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub at: i64,
+}
+
+impl DirectoryChange {
+    pub fn validate(&self) -> Result<(), CoreError> {
+        validate_id("user_id", &self.user_id)?;
+        match (self.op, &self.target) {
+            (DirectoryOp::UpsertUser, None) => Ok(()),
+            (DirectoryOp::UpsertUser, Some(_)) => {
+                Err(CoreError::invalid("target", "must be empty for upsert_user"))
+            }
+            (_, Some(t)) => validate_id("target", t),
+            (_, None) => Err(CoreError::invalid(
+                "target",
+                "names the group or topic and is required",
+            )),
+        }
+    }
+}
+
+/// Every record on the requests topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestRecord {
+    Notification(NotificationRequest),
+    Directory(DirectoryChange),
+}
+
+/// Any decoded Herald record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Request(RequestRecord),
+    User(UserEvent),
+}

@@ -1,0 +1,365 @@
+//! The inbox projection: `state × event → writes`.
+//!
+//! [`fold`] reads what it needs through [`ProjectionState`] and returns absolute, idempotent
+//! [`Write`]s: whole rows, the unread count as a number (never a delta), set-inserts for ACKs
+//! and deliveries, a cursor that only moves forward. Applying an event a second time therefore
+//! changes nothing, and re-applying any suffix of a user's events in log order yields the same
+//! state. Adapters implement [`ProjectionState`] over their store (a SQLite transaction, a
+//! PostgreSQL transaction, …) and [`apply`] each event in log order.
+//!
+//! Invariants kept by the fold (checked by [`crate::mem::ProjectionSnapshot::check_invariants`]):
+//! 1. a user's unread count equals the number of their rows that are unread and listed
+//!    (not archived, not expired, not superseded);
+//! 2. a notification appears at most once per user (a second `Added` for the same id is a no-op);
+//! 3. at most one listed row per (user, collapse key): a newer one supersedes the older;
+//! 4. a device's ACK cursor never moves backwards.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::model::{DirectoryChange, DirectoryOp, Priority, UserEvent};
+
+/// One notification in one user's inbox. `seq` is the offset of its `Added` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboxRow {
+    pub user_id: String,
+    pub seq: u64,
+    pub notification_id: String,
+    pub event_type: String,
+    pub source: String,
+    pub payload: String,
+    pub priority: Priority,
+    pub collapse_key: Option<String>,
+    pub created_at: i64,
+    pub deliver_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub read: bool,
+    pub archived: bool,
+    pub expired: bool,
+    pub superseded: bool,
+}
+
+impl InboxRow {
+    /// In the inbox at all: not archived, expired or superseded by a newer collapse-key row.
+    pub fn listed(&self) -> bool {
+        !self.archived && !self.expired && !self.superseded
+    }
+
+    /// Counted by the unread count (invariant 1).
+    pub fn counts_as_unread(&self) -> bool {
+        !self.read && self.listed()
+    }
+
+    /// Shown at time `now`: not hidden, after `deliver_at`, before `expires_at`.
+    pub fn due(&self, now: i64) -> bool {
+        self.deliver_at.is_none_or(|d| d <= now) && self.expires_at.is_none_or(|e| e > now)
+    }
+
+    /// Not superseded or expired, and due at `now` (archived rows stay reachable by filter).
+    pub fn shown(&self, now: i64) -> bool {
+        !self.expired && !self.superseded && self.due(now)
+    }
+}
+
+/// A mutation of the projection. Every write is absolute and idempotent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Insert or replace the row at `(user_id, seq)`.
+    PutRow(InboxRow),
+    /// Set (not add to) the user's unread count.
+    SetUnreadCount { user_id: String, count: u64 },
+    /// Record a per-id ACK of the row at `seq` by a device.
+    AckSeq {
+        user_id: String,
+        device_id: String,
+        seq: u64,
+    },
+    /// Move the device's cumulative ACK cursor to `seq` (the fold only emits forward moves).
+    SetDeviceCursor {
+        user_id: String,
+        device_id: String,
+        seq: u64,
+    },
+    /// Record that the row at `seq` reached the device; the first time recorded is kept.
+    MarkDelivered {
+        user_id: String,
+        device_id: String,
+        seq: u64,
+        at: i64,
+    },
+    /// The user exists (for `everyone`).
+    KnowUser { user_id: String },
+}
+
+/// What the fold reads. Implemented by each projection adapter over its own store.
+pub trait ProjectionState {
+    type Error;
+    fn row(&mut self, user_id: &str, notification_id: &str) -> Result<Option<InboxRow>, Self::Error>;
+    /// The listed row holding `collapse_key` for this user, if any.
+    fn collapse_holder(
+        &mut self,
+        user_id: &str,
+        collapse_key: &str,
+    ) -> Result<Option<InboxRow>, Self::Error>;
+    /// Rows with `seq <= up_to` that are not read (listed or not).
+    fn unread_up_to(&mut self, user_id: &str, up_to: u64) -> Result<Vec<InboxRow>, Self::Error>;
+    fn unread_count(&mut self, user_id: &str) -> Result<u64, Self::Error>;
+    fn device_cursor(&mut self, user_id: &str, device_id: &str)
+    -> Result<Option<u64>, Self::Error>;
+    fn write(&mut self, write: Write) -> Result<(), Self::Error>;
+}
+
+fn non_negative(up_to: Option<i64>) -> Option<u64> {
+    up_to.and_then(|u| u64::try_from(u).ok())
+}
+
+/// The row of `notification_id` if it was added *before* `offset`. An event only ever affects
+/// rows that precede it in the log, so re-applying a suffix cannot let an early event (say, a
+/// read of an id that only arrived later) act on a row it never saw the first time.
+fn row_before<S: ProjectionState>(
+    state: &mut S,
+    user_id: &str,
+    notification_id: &str,
+    offset: u64,
+) -> Result<Option<InboxRow>, S::Error> {
+    Ok(state
+        .row(user_id, notification_id)?
+        .filter(|r| r.seq < offset))
+}
+
+/// Row changes of one event, merged by seq so a row named twice changes once.
+struct RowChanges {
+    user_id: String,
+    rows: BTreeMap<u64, (InboxRow, InboxRow)>,
+}
+
+impl RowChanges {
+    fn new(user_id: &str) -> Self {
+        RowChanges {
+            user_id: user_id.to_owned(),
+            rows: BTreeMap::new(),
+        }
+    }
+    fn touch(&mut self, row: InboxRow, change: impl Fn(&mut InboxRow)) {
+        let entry = self
+            .rows
+            .entry(row.seq)
+            .or_insert_with(|| (row.clone(), row));
+        change(&mut entry.1);
+    }
+    fn into_writes<S: ProjectionState>(
+        self,
+        state: &mut S,
+        extra_delta: i64,
+        out: &mut Vec<Write>,
+    ) -> Result<(), S::Error> {
+        let mut delta = extra_delta;
+        for (_, (before, after)) in self.rows {
+            if before == after {
+                continue;
+            }
+            delta += i64::from(after.counts_as_unread()) - i64::from(before.counts_as_unread());
+            out.push(Write::PutRow(after));
+        }
+        if delta != 0 {
+            let count = state.unread_count(&self.user_id)?;
+            let count = (count as i64 + delta).max(0) as u64;
+            out.push(Write::SetUnreadCount {
+                user_id: self.user_id,
+                count,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The writes that event `event`, found at log `offset` of its user's partition, causes.
+pub fn fold<S: ProjectionState>(
+    state: &mut S,
+    offset: u64,
+    event: &UserEvent,
+) -> Result<Vec<Write>, S::Error> {
+    let mut out = Vec::new();
+    match event {
+        UserEvent::Added(e) => {
+            if state.row(&e.user_id, &e.notification_id)?.is_some() {
+                return Ok(out); // invariant 2: replay or duplicate expansion
+            }
+            let mut row = InboxRow {
+                user_id: e.user_id.clone(),
+                seq: offset,
+                notification_id: e.notification_id.clone(),
+                event_type: e.event_type.clone(),
+                source: e.source.clone(),
+                payload: e.payload.clone(),
+                priority: e.priority,
+                collapse_key: e.collapse_key.clone(),
+                created_at: e.created_at,
+                deliver_at: e.deliver_at,
+                expires_at: e.expires_at,
+                read: false,
+                archived: false,
+                expired: false,
+                superseded: false,
+            };
+            let mut changes = RowChanges::new(&e.user_id);
+            if let Some(key) = &e.collapse_key {
+                if let Some(holder) = state.collapse_holder(&e.user_id, key)? {
+                    if holder.seq < offset {
+                        changes.touch(holder, |r| r.superseded = true);
+                    } else {
+                        row.superseded = true;
+                    }
+                }
+            }
+            let added_delta = i64::from(row.counts_as_unread());
+            out.push(Write::KnowUser {
+                user_id: e.user_id.clone(),
+            });
+            out.push(Write::PutRow(row));
+            changes.into_writes(state, added_delta, &mut out)?;
+        }
+        UserEvent::Delivered(e) => {
+            if let Some(row) = row_before(state, &e.user_id, &e.notification_id, offset)? {
+                out.push(Write::MarkDelivered {
+                    user_id: e.user_id.clone(),
+                    device_id: e.device_id.clone(),
+                    seq: row.seq,
+                    at: e.at,
+                });
+            }
+        }
+        UserEvent::Acked(e) => {
+            let ids: BTreeSet<&String> = e.notification_ids.iter().collect();
+            for id in ids {
+                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
+                    out.push(Write::AckSeq {
+                        user_id: e.user_id.clone(),
+                        device_id: e.device_id.clone(),
+                        seq: row.seq,
+                    });
+                }
+            }
+            // A cumulative ACK can only cover rows that precede it: clamp, so a cursor from the
+            // future cannot swallow notifications that do not exist yet.
+            if let (Some(up_to), Some(last)) = (non_negative(e.up_to), offset.checked_sub(1)) {
+                let up_to = up_to.min(last);
+                let current = state.device_cursor(&e.user_id, &e.device_id)?;
+                if current.is_none_or(|c| up_to > c) {
+                    out.push(Write::SetDeviceCursor {
+                        user_id: e.user_id.clone(),
+                        device_id: e.device_id.clone(),
+                        seq: up_to,
+                    });
+                }
+            }
+        }
+        UserEvent::Read(e) => {
+            let mut changes = RowChanges::new(&e.user_id);
+            for id in &e.notification_ids {
+                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
+                    changes.touch(row, |r| r.read = true);
+                }
+            }
+            if let Some(up_to) = non_negative(e.up_to) {
+                let up_to = up_to.min(offset.saturating_sub(1));
+                for row in state.unread_up_to(&e.user_id, up_to)? {
+                    if row.seq >= offset {
+                        continue;
+                    }
+                    changes.touch(row, |r| r.read = true);
+                }
+            }
+            changes.into_writes(state, 0, &mut out)?;
+        }
+        UserEvent::Unread(e) => {
+            let mut changes = RowChanges::new(&e.user_id);
+            for id in &e.notification_ids {
+                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
+                    changes.touch(row, |r| r.read = false);
+                }
+            }
+            changes.into_writes(state, 0, &mut out)?;
+        }
+        UserEvent::Archived(e) => {
+            let mut changes = RowChanges::new(&e.user_id);
+            for id in &e.notification_ids {
+                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
+                    changes.touch(row, |r| r.archived = true);
+                }
+            }
+            changes.into_writes(state, 0, &mut out)?;
+        }
+        UserEvent::Expired(e) => {
+            let mut changes = RowChanges::new(&e.user_id);
+            if let Some(row) = row_before(state, &e.user_id, &e.notification_id, offset)? {
+                changes.touch(row, |r| r.expired = true);
+            }
+            changes.into_writes(state, 0, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Folds one event and applies its writes to `state`. Returns how many writes it made.
+pub fn apply<S: ProjectionState>(
+    state: &mut S,
+    offset: u64,
+    event: &UserEvent,
+) -> Result<usize, S::Error> {
+    let writes = fold(state, offset, event)?;
+    let n = writes.len();
+    for w in writes {
+        state.write(w)?;
+    }
+    Ok(n)
+}
+
+/// A directory mutation. Absolute and idempotent like [`Write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryWrite {
+    UpsertUser { user_id: String, roles: Vec<String> },
+    KnowUser { user_id: String },
+    AddMember { group: String, user_id: String },
+    RemoveMember { group: String, user_id: String },
+    Subscribe { topic: String, user_id: String },
+    Unsubscribe { topic: String, user_id: String },
+}
+
+/// The writes a directory change causes.
+pub fn fold_directory(change: &DirectoryChange) -> Vec<DirectoryWrite> {
+    let user_id = change.user_id.clone();
+    let target = change.target.clone().unwrap_or_default();
+    let know = DirectoryWrite::KnowUser {
+        user_id: user_id.clone(),
+    };
+    match change.op {
+        DirectoryOp::UpsertUser => vec![DirectoryWrite::UpsertUser {
+            user_id,
+            roles: change.roles.clone(),
+        }],
+        DirectoryOp::JoinGroup => vec![
+            know,
+            DirectoryWrite::AddMember {
+                group: target,
+                user_id,
+            },
+        ],
+        DirectoryOp::LeaveGroup => vec![DirectoryWrite::RemoveMember {
+            group: target,
+            user_id,
+        }],
+        DirectoryOp::SubscribeTopic => vec![
+            know,
+            DirectoryWrite::Subscribe {
+                topic: target,
+                user_id,
+            },
+        ],
+        DirectoryOp::UnsubscribeTopic => vec![DirectoryWrite::Unsubscribe {
+            topic: target,
+            user_id,
+        }],
+    }
+}

@@ -1,0 +1,230 @@
+//! Avro single-object encoding: round trips, schema evolution, and bad input.
+
+use apache_avro::Schema;
+use herald_core::CoreError;
+use herald_core::codec::{self, Registry, SchemaKind};
+use herald_core::model::*;
+use proptest::prelude::*;
+use serde::Serialize;
+
+fn request() -> NotificationRequest {
+    NotificationRequest {
+        notification_id: herald_core::ids::notification_id("billing", "invoice-7"),
+        idempotency_key: "invoice-7".into(),
+        producer: "billing".into(),
+        recipients: Recipients {
+            users: vec!["alice".into(), "bob".into()],
+            groups: vec!["finance".into()],
+            topic: Some("invoices".into()),
+            everyone: false,
+        },
+        event_type: "invoice.created".into(),
+        source: "billing-service".into(),
+        payload: r#"{"amount":42}"#.into(),
+        collapse_key: Some("invoice-7".into()),
+        deliver_at: Some(1_700_000_000_000),
+        expires_at: None,
+        created_at: 1_699_999_999_000,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        priority: Priority::High,
+    }
+}
+
+fn every_user_event() -> Vec<UserEvent> {
+    let mark = MarkChange {
+        user_id: "alice".into(),
+        device_id: Some("phone".into()),
+        notification_ids: vec!["n1".into(), "n2".into()],
+        up_to: Some(17),
+        at: 5,
+    };
+    vec![
+        UserEvent::Added(request().added_for("alice")),
+        UserEvent::Delivered(NotificationDelivered {
+            user_id: "alice".into(),
+            device_id: "phone".into(),
+            notification_id: "n1".into(),
+            at: 3,
+        }),
+        UserEvent::Acked(NotificationAcked {
+            user_id: "alice".into(),
+            device_id: "phone".into(),
+            notification_ids: vec!["n1".into()],
+            up_to: None,
+            at: 4,
+        }),
+        UserEvent::Read(mark.clone()),
+        UserEvent::Unread(MarkChange {
+            device_id: None,
+            ..mark.clone()
+        }),
+        UserEvent::Archived(mark),
+        UserEvent::Expired(NotificationExpired {
+            user_id: "alice".into(),
+            notification_id: "n1".into(),
+            at: 9,
+        }),
+    ]
+}
+
+#[test]
+fn every_record_kind_round_trips() {
+    for e in every_user_event() {
+        let bytes = codec::encode_user_event(&e).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(codec::decode(&bytes).unwrap(), Event::User(e));
+    }
+    for r in [
+        RequestRecord::Notification(request()),
+        RequestRecord::Directory(DirectoryChange {
+            op: DirectoryOp::JoinGroup,
+            user_id: "alice".into(),
+            target: Some("finance".into()),
+            roles: vec!["admin".into()],
+            at: 1,
+        }),
+    ] {
+        let bytes = codec::encode_request(&r).unwrap();
+        assert_eq!(codec::decode(&bytes).unwrap(), Event::Request(r));
+    }
+}
+
+/// CRC-64-AVRO (Rabin) as written in the Avro specification, independent of apache-avro.
+fn spec_fingerprint(canonical: &str) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    let mut table = [0u64; 256];
+    for (i, slot) in table.iter_mut().enumerate() {
+        let mut fp = i as u64;
+        for _ in 0..8 {
+            fp = (fp >> 1) ^ (EMPTY & (0u64.wrapping_sub(fp & 1)));
+        }
+        *slot = fp;
+    }
+    let mut fp = EMPTY;
+    for b in canonical.bytes() {
+        fp = (fp >> 8) ^ table[((fp ^ b as u64) & 0xff) as usize];
+    }
+    fp
+}
+
+#[test]
+fn header_carries_the_spec_fingerprint_little_endian() {
+    let registry = Registry::global();
+    for kind in SchemaKind::ALL {
+        let (schema, fp) = registry.current(kind);
+        assert_eq!(fp, spec_fingerprint(&schema.canonical_form()), "{kind:?}");
+    }
+    let bytes = codec::encode_request(&RequestRecord::Notification(request())).unwrap();
+    let (_, fp) = registry.current(SchemaKind::NotificationRequest);
+    assert_eq!(&bytes[2..10], &fp.to_le_bytes());
+}
+
+/// The request as version 1 of the schema knew it: no priority field.
+#[derive(Serialize)]
+struct RequestV1 {
+    notification_id: String,
+    idempotency_key: String,
+    producer: String,
+    recipients: Recipients,
+    event_type: String,
+    source: String,
+    payload: String,
+    collapse_key: Option<String>,
+    deliver_at: Option<i64>,
+    expires_at: Option<i64>,
+    created_at: i64,
+    traceparent: Option<String>,
+}
+
+#[test]
+fn a_v1_request_decodes_under_v2_with_the_default_priority() {
+    let v1 = Schema::parse_str(include_str!(
+        "../../../schemas/avro/history/notification_request.v1.avsc"
+    ))
+    .unwrap();
+    let r = request();
+    let old = RequestV1 {
+        notification_id: r.notification_id.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        producer: r.producer.clone(),
+        recipients: r.recipients.clone(),
+        event_type: r.event_type.clone(),
+        source: r.source.clone(),
+        payload: r.payload.clone(),
+        collapse_key: r.collapse_key.clone(),
+        deliver_at: r.deliver_at,
+        expires_at: r.expires_at,
+        created_at: r.created_at,
+        traceparent: r.traceparent.clone(),
+    };
+    let bytes = Registry::encode_with_schema(&v1, &old).unwrap();
+    let (_, v2_fp) = Registry::global().current(SchemaKind::NotificationRequest);
+    assert_ne!(&bytes[2..10], &v2_fp.to_le_bytes(), "v1 and v2 differ");
+    let decoded = codec::decode(&bytes).unwrap();
+    let expected = NotificationRequest {
+        priority: Priority::Normal,
+        ..r
+    };
+    assert_eq!(decoded, Event::Request(RequestRecord::Notification(expected)));
+}
+
+#[test]
+fn unknown_fingerprint_is_a_typed_error() {
+    let mut bytes = codec::encode_user_event(&every_user_event()[1]).unwrap();
+    bytes[2] ^= 0xff;
+    assert!(matches!(
+        codec::decode(&bytes),
+        Err(CoreError::UnknownFingerprint(_))
+    ));
+}
+
+#[test]
+fn truncated_wrong_marker_and_trailing_bytes_are_typed_errors() {
+    assert_eq!(codec::decode(&[0xC3]), Err(CoreError::Truncated { len: 1 }));
+    let good = codec::encode_user_event(&every_user_event()[2]).unwrap();
+    let mut wrong = good.clone();
+    wrong[0] = 0x00;
+    assert_eq!(codec::decode(&wrong), Err(CoreError::NotSingleObject));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert!(matches!(
+        codec::decode(&trailing),
+        Err(CoreError::Corrupt { .. })
+    ));
+    let cut = &good[..good.len() - 1];
+    assert!(matches!(codec::decode(cut), Err(CoreError::Corrupt { .. })));
+}
+
+#[test]
+fn a_huge_length_prefix_is_refused_not_allocated() {
+    let (_, fp) = Registry::global().current(SchemaKind::Expired);
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&fp.to_le_bytes());
+    // user_id: string with zig-zag length 2^40.
+    bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
+    assert!(matches!(
+        codec::decode(&bytes),
+        Err(CoreError::Corrupt { .. })
+    ));
+}
+
+proptest! {
+    /// Any bytes after a valid header decode or fail with a typed error, never panic.
+    #[test]
+    fn random_bodies_never_panic(kind_ix in 0usize..9, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let (_, fp) = Registry::global().current(SchemaKind::ALL[kind_ix]);
+        let mut bytes = vec![0xC3, 0x01];
+        bytes.extend_from_slice(&fp.to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let _ = codec::decode(&bytes);
+    }
+
+    /// Flipping bytes of a valid record never panics.
+    #[test]
+    fn corrupted_records_never_panic(ix in 0usize..7, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = codec::encode_user_event(&every_user_event()[ix]).unwrap();
+        let p = pos.index(bytes.len());
+        bytes[p] = byte;
+        let _ = codec::decode(&bytes);
+    }
+}
