@@ -238,9 +238,9 @@ impl Registry {
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, CoreError> {
         let (kind, _) = self.peek(bytes)?;
         Ok(match kind {
-            SchemaKind::NotificationRequest => Event::Request(RequestRecord::Notification(
-                self.decode_as(bytes)?.1,
-            )),
+            SchemaKind::NotificationRequest => {
+                Event::Request(RequestRecord::Notification(self.decode_as(bytes)?.1))
+            }
             SchemaKind::DirectoryChange => {
                 Event::Request(RequestRecord::Directory(self.decode_as(bytes)?.1))
             }

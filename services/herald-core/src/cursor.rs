@@ -82,7 +82,15 @@ mod tests {
         };
         assert_eq!(c.to_string(), "1a2b3c4d-42");
         assert_eq!("1a2b3c4d-42".parse::<Cursor>().unwrap(), c);
-        for bad in ["", "42", "zz-1", "1a2b3c4d-", "1a2b3c4d--1", "1a2b3c4d-1x", "1a2b-3"] {
+        for bad in [
+            "",
+            "42",
+            "zz-1",
+            "1a2b3c4d-",
+            "1a2b3c4d--1",
+            "1a2b3c4d-1x",
+            "1a2b-3",
+        ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
     }

@@ -9,12 +9,20 @@ pub enum CoreError {
     Truncated { len: usize },
     #[error("record does not start with the Avro single-object marker C3 01")]
     NotSingleObject,
-    #[error("unknown schema fingerprint {0:016x}: the record was written with a schema this build does not know")]
+    #[error(
+        "unknown schema fingerprint {0:016x}: the record was written with a schema this build does not know"
+    )]
     UnknownFingerprint(u64),
     #[error("corrupt {schema} record: {reason}")]
-    Corrupt { schema: &'static str, reason: String },
+    Corrupt {
+        schema: &'static str,
+        reason: String,
+    },
     #[error("cannot encode {schema}: {reason}")]
-    Encode { schema: &'static str, reason: String },
+    Encode {
+        schema: &'static str,
+        reason: String,
+    },
     #[error("invalid cursor {0:?}: expected EPOCH-OFFSET, e.g. 1a2b3c4d-42")]
     BadCursor(String),
 }

@@ -83,7 +83,12 @@ impl ProjectionSnapshot {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect()
         };
-        diff_maps("unread", &zero(&self.unread), &zero(&other.unread), &mut out);
+        diff_maps(
+            "unread",
+            &zero(&self.unread),
+            &zero(&other.unread),
+            &mut out,
+        );
         diff_sets("ack", &self.acks, &other.acks, &mut out);
         diff_maps("cursor", &self.cursors, &other.cursors, &mut out);
         diff_maps("delivered", &self.delivered, &other.delivered, &mut out);
@@ -189,7 +194,11 @@ impl MemProjection {
 impl ProjectionState for MemProjection {
     type Error = Infallible;
 
-    fn row(&mut self, user_id: &str, notification_id: &str) -> Result<Option<InboxRow>, Infallible> {
+    fn row(
+        &mut self,
+        user_id: &str,
+        notification_id: &str,
+    ) -> Result<Option<InboxRow>, Infallible> {
         Ok(self
             .by_id
             .get(&(user_id.to_owned(), notification_id.to_owned()))
@@ -238,10 +247,8 @@ impl ProjectionState for MemProjection {
         let s = &mut self.snapshot;
         match write {
             Write::PutRow(row) => {
-                self.by_id.insert(
-                    (row.user_id.clone(), row.notification_id.clone()),
-                    row.seq,
-                );
+                self.by_id
+                    .insert((row.user_id.clone(), row.notification_id.clone()), row.seq);
                 s.rows.insert((row.user_id.clone(), row.seq), row);
             }
             Write::SetUnreadCount { user_id, count } => {

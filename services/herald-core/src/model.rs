@@ -16,7 +16,9 @@ pub const MAX_NAMED_RECIPIENTS: usize = 10_000;
 pub const MAX_LABEL_LEN: usize = 256;
 
 /// Delivery priority of a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Low,
@@ -136,7 +138,8 @@ impl NotificationRequest {
     pub fn validate(&self) -> Result<(), CoreError> {
         validate_id("producer", &self.producer)?;
         validate_id("idempotency_key", &self.idempotency_key)?;
-        if self.notification_id != crate::ids::notification_id(&self.producer, &self.idempotency_key)
+        if self.notification_id
+            != crate::ids::notification_id(&self.producer, &self.idempotency_key)
         {
             return Err(CoreError::invalid(
                 "notification_id",
@@ -159,10 +162,7 @@ impl NotificationRequest {
             ));
         }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
-            return Err(CoreError::invalid(
-                "payload",
-                format!("is not JSON: {e}"),
-            ));
+            return Err(CoreError::invalid("payload", format!("is not JSON: {e}")));
         }
         if let (Some(d), Some(e)) = (self.deliver_at, self.expires_at) {
             if e <= d {
@@ -349,9 +349,10 @@ impl DirectoryChange {
         validate_id("user_id", &self.user_id)?;
         match (self.op, &self.target) {
             (DirectoryOp::UpsertUser, None) => Ok(()),
-            (DirectoryOp::UpsertUser, Some(_)) => {
-                Err(CoreError::invalid("target", "must be empty for upsert_user"))
-            }
+            (DirectoryOp::UpsertUser, Some(_)) => Err(CoreError::invalid(
+                "target",
+                "must be empty for upsert_user",
+            )),
             (_, Some(t)) => validate_id("target", t),
             (_, None) => Err(CoreError::invalid(
                 "target",

@@ -95,7 +95,11 @@ pub enum Write {
 /// What the fold reads. Implemented by each projection adapter over its own store.
 pub trait ProjectionState {
     type Error;
-    fn row(&mut self, user_id: &str, notification_id: &str) -> Result<Option<InboxRow>, Self::Error>;
+    fn row(
+        &mut self,
+        user_id: &str,
+        notification_id: &str,
+    ) -> Result<Option<InboxRow>, Self::Error>;
     /// The listed row holding `collapse_key` for this user, if any.
     fn collapse_holder(
         &mut self,

@@ -165,7 +165,10 @@ fn a_v1_request_decodes_under_v2_with_the_default_priority() {
         priority: Priority::Normal,
         ..r
     };
-    assert_eq!(decoded, Event::Request(RequestRecord::Notification(expected)));
+    assert_eq!(
+        decoded,
+        Event::Request(RequestRecord::Notification(expected))
+    );
 }
 
 #[test]

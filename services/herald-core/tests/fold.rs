@@ -118,7 +118,10 @@ fn acks_are_per_device_and_the_cursor_never_moves_back() {
 
 #[test]
 fn an_ack_cannot_reach_past_its_own_position() {
-    let m = fold(&[added("a", "n1", None), acked("a", "phone", &[], Some(1_000))]);
+    let m = fold(&[
+        added("a", "n1", None),
+        acked("a", "phone", &[], Some(1_000)),
+    ]);
     assert_eq!(m.snapshot.cursors[&("a".into(), "phone".into())], 0);
 }
 
@@ -132,8 +135,14 @@ fn events_never_touch_another_users_rows_or_later_rows() {
         acked("a", "phone", &["n2"], None),
     ];
     let m = fold(&early);
-    assert!(!m.snapshot.rows[&("a".into(), 1)].read, "the read came before the row");
-    assert!(!m.snapshot.rows[&("b".into(), 2)].read, "b's row is not a's");
+    assert!(
+        !m.snapshot.rows[&("a".into(), 1)].read,
+        "the read came before the row"
+    );
+    assert!(
+        !m.snapshot.rows[&("b".into(), 2)].read,
+        "b's row is not a's"
+    );
     assert!(m.snapshot.acks.is_empty(), "a cannot ack b's row");
     assert_eq!(unread(&m, "a"), 1);
     assert_eq!(unread(&m, "b"), 1);

@@ -1,0 +1,19 @@
+//! Herald's embedded backends on SQLite: everything in one process, durable, no server.
+//!
+//! * [`EmbeddedLog`]: the log port. One table of records keyed by (topic, partition, offset);
+//!   a dedicated writer thread group-commits concurrent appends, so one fsync covers many
+//!   callers, and an append resolves only after its commit (WAL, `synchronous=FULL`).
+//! * [`EmbeddedProjection`]: the projection port. The core fold runs inside a SQLite
+//!   transaction that also stores the consumer offsets, so writes and offsets commit together.
+//!
+//! Both files open in WAL mode, so other processes (`herald audit`, `herald replay`) can read
+//! them while `herald dev` writes.
+#![forbid(unsafe_code)]
+
+mod log;
+mod projection;
+mod sqlite;
+
+pub use log::{EmbeddedLog, LogOptions};
+pub use projection::EmbeddedProjection;
+pub use sqlite::{Access, READ_POOL_SIZE};

@@ -1,0 +1,77 @@
+//! SQLite connections: durable pragmas and a small bounded pool of reader connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// Most idle reader connections kept per database.
+pub const READ_POOL_SIZE: usize = 8;
+/// How long a connection waits for another's write lock before failing.
+const BUSY_TIMEOUT_MS: u64 = 10_000;
+
+/// How a store file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create if missing; read and write.
+    ReadWrite,
+    /// The file must exist; nothing is written (another process may be writing it).
+    ReadOnly,
+}
+
+/// Opens a connection with Herald's pragmas. Durability: WAL with `synchronous=FULL`, so a
+/// commit returns only after the WAL is fsync'd.
+pub fn open(path: &Path, access: Access) -> rusqlite::Result<Connection> {
+    let flags = match access {
+        Access::ReadWrite => {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        }
+        Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    if access == Access::ReadWrite {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    conn.pragma_update(None, "cache_size", -16_000)?; // 16 MiB
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// A bounded pool of connections for reads (and small writes in read-write mode).
+pub struct Pool {
+    path: PathBuf,
+    access: Access,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Pool {
+    pub fn new(path: PathBuf, access: Access) -> Self {
+        Pool {
+            path,
+            access,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` with a pooled connection (call from a blocking thread).
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let conn = self.idle.lock().expect("pool lock").pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => open(&self.path, self.access)?,
+        };
+        let out = f(&mut conn);
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < READ_POOL_SIZE {
+            idle.push(conn);
+        }
+        out
+    }
+}

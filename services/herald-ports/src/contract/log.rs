@@ -1,0 +1,275 @@
+//! The log contract.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::log::*;
+
+/// Upper bound on any single wait in the suite: a hang guard, not a performance assertion.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// Opens the log under test. A second `open` on the same harness opens the same storage, as a
+/// process restart would.
+#[async_trait]
+pub trait LogHarness: Send + Sync {
+    type Log: EventLog;
+    async fn open(&self) -> Self::Log;
+}
+
+fn record(partition: u32, key: &str, value: &[u8]) -> Record {
+    Record {
+        partition,
+        key: key.to_owned(),
+        value: value.to_vec(),
+        headers: vec![
+            ("herald-schema".into(), b"test".to_vec()),
+            ("traceparent".into(), b"00-abc-def-01".to_vec()),
+        ],
+        timestamp_ms: 1_700_000_000_123,
+    }
+}
+
+async fn next_records(consumer: &mut dyn LogConsumer) -> Vec<StoredRecord> {
+    loop {
+        match tokio::time::timeout(HANG_GUARD, consumer.next(100))
+            .await
+            .expect("consumer produced nothing within the hang guard")
+            .expect("consumer error")
+        {
+            ConsumerEvent::Records(r) if !r.is_empty() => return r,
+            _ => continue,
+        }
+    }
+}
+
+async fn expect_assigned(consumer: &mut dyn LogConsumer) -> Vec<u32> {
+    loop {
+        match tokio::time::timeout(HANG_GUARD, consumer.next(100))
+            .await
+            .expect("no assignment within the hang guard")
+            .expect("consumer error")
+        {
+            ConsumerEvent::Assigned(p) => return p,
+            ConsumerEvent::Revoked(_) => continue,
+            ConsumerEvent::Records(r) => panic!("records before assignment: {r:?}"),
+        }
+    }
+}
+
+pub async fn append_then_read_round_trips<H: LogHarness>(h: &H) {
+    let log = h.open().await;
+    let topic = Topic::UserEvents;
+    let base = log.end_offset(topic, 0).await.unwrap();
+    let recs: Vec<Record> = (0..5)
+        .map(|i| record(0, &format!("k{i}"), format!("v{i}").as_bytes()))
+        .collect();
+    let appended = log.append(topic, recs.clone()).await.unwrap();
+    let offsets: Vec<u64> = appended.iter().map(|a| a.offset).collect();
+    assert_eq!(offsets, (base..base + 5).collect::<Vec<_>>());
+    assert!(appended.iter().all(|a| a.partition == 0));
+    let read = log.read(topic, 0, base, 100).await.unwrap();
+    assert_eq!(read.len(), 5);
+    for (i, r) in read.iter().enumerate() {
+        assert_eq!(r.topic, topic);
+        assert_eq!(r.partition, 0);
+        assert_eq!(r.offset, base + i as u64);
+        assert_eq!(r.record, recs[i]);
+        assert_eq!(r.header("traceparent"), Some(&b"00-abc-def-01"[..]));
+    }
+    assert_eq!(log.end_offset(topic, 0).await.unwrap(), base + 5);
+}
+
+pub async fn offsets_are_contiguous_per_partition_under_concurrent_appends<H: LogHarness>(h: &H) {
+    let log = Arc::new(h.open().await);
+    let topic = Topic::Requests;
+    let partitions = log.partitions(topic);
+    let mut base = BTreeMap::new();
+    for p in 0..partitions {
+        base.insert(p, log.end_offset(topic, p).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..40u32 {
+                let n = 1 + (i % 3);
+                let recs = (0..n)
+                    .map(|j| {
+                        let p = (t + i + j) % partitions;
+                        record(p, "k", format!("{t}/{i}/{j}").as_bytes())
+                    })
+                    .collect::<Vec<_>>();
+                let appended = log.append(topic, recs.clone()).await.unwrap();
+                assert_eq!(appended.len(), recs.len());
+                for (a, r) in appended.iter().zip(&recs) {
+                    assert_eq!(a.partition, r.partition);
+                    got.push((a.partition, a.offset, r.value.clone()));
+                }
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let mut by_partition: BTreeMap<u32, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for (p, o, v) in all {
+        by_partition.entry(p).or_default().push((o, v));
+    }
+    for (p, mut got) in by_partition {
+        got.sort();
+        let start = base[&p];
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (start..start + got.len() as u64).collect::<Vec<_>>(),
+            "partition {p}: offsets are unique and contiguous"
+        );
+        let read = log.read(topic, p, start, 10_000).await.unwrap();
+        let read: Vec<(u64, Vec<u8>)> = read
+            .into_iter()
+            .map(|r| (r.offset, r.record.value))
+            .collect();
+        assert_eq!(
+            read, got,
+            "partition {p}: each append reads back at its offset"
+        );
+    }
+}
+
+pub async fn unknown_partition_and_oversized_record_are_errors<H: LogHarness>(h: &H) {
+    let log = h.open().await;
+    let n = log.partitions(Topic::UserEvents);
+    let err = log
+        .append(Topic::UserEvents, vec![record(n, "k", b"v")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::NoSuchPartition { .. }), "{err}");
+    assert!(log.read(Topic::UserEvents, n, 0, 1).await.is_err());
+    let big = vec![0u8; MAX_RECORD_BYTES + 1];
+    let err = log
+        .append(Topic::UserEvents, vec![record(0, "k", &big)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::RecordTooLarge { .. }), "{err}");
+}
+
+pub async fn read_from_the_middle_and_past_the_end<H: LogHarness>(h: &H) {
+    let log = h.open().await;
+    let topic = Topic::UserEvents;
+    let base = log.end_offset(topic, 1).await.unwrap();
+    let recs: Vec<Record> = (0..10).map(|i| record(1, "k", &[i as u8])).collect();
+    log.append(topic, recs).await.unwrap();
+    let mid = log.read(topic, 1, base + 4, 3).await.unwrap();
+    assert_eq!(
+        mid.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![base + 4, base + 5, base + 6]
+    );
+    assert_eq!(mid[0].record.value, vec![4u8]);
+    assert!(log.read(topic, 1, base + 10, 5).await.unwrap().is_empty());
+    assert!(log.read(topic, 1, base + 1000, 5).await.unwrap().is_empty());
+}
+
+pub async fn a_waiting_consumer_wakes_on_append<H: LogHarness>(h: &H) {
+    let log = Arc::new(h.open().await);
+    let topic = Topic::UserEvents;
+    let mut consumer = log.consumer(topic, "contract-wake").await.unwrap();
+    let assigned = expect_assigned(consumer.as_mut()).await;
+    assert!(assigned.contains(&2));
+    for p in &assigned {
+        let end = log.end_offset(topic, *p).await.unwrap();
+        consumer.seek(*p, end).unwrap();
+    }
+    let writer = log.clone();
+    let append = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer
+            .append(topic, vec![record(2, "late", b"woke")])
+            .await
+            .unwrap()
+    });
+    let got = next_records(consumer.as_mut()).await;
+    let appended = append.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].partition, 2);
+    assert_eq!(got[0].offset, appended[0].offset);
+    assert_eq!(got[0].record.value, b"woke");
+}
+
+pub async fn a_group_resumes_from_its_committed_offsets<H: LogHarness>(h: &H) {
+    let log = h.open().await;
+    let topic = Topic::Requests;
+    let group = "contract-resume";
+    let base = log.end_offset(topic, 0).await.unwrap();
+    let recs: Vec<Record> = (0..6).map(|i| record(0, "k", &[i as u8])).collect();
+    log.append(topic, recs).await.unwrap();
+    {
+        let mut c = log.consumer(topic, group).await.unwrap();
+        let assigned = expect_assigned(c.as_mut()).await;
+        for p in assigned {
+            let start = if p == 0 {
+                base
+            } else {
+                log.end_offset(topic, p).await.unwrap()
+            };
+            c.seek(p, start).unwrap();
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            seen.extend(
+                next_records(c.as_mut())
+                    .await
+                    .into_iter()
+                    .filter(|r| r.partition == 0),
+            );
+        }
+        assert_eq!(seen[0].offset, base);
+        c.commit(&[(0, base + 3)]).await.unwrap();
+    }
+    let mut c = log.consumer(topic, group).await.unwrap();
+    let assigned = expect_assigned(c.as_mut()).await;
+    assert!(assigned.contains(&0));
+    let got: Vec<StoredRecord> = next_records(c.as_mut())
+        .await
+        .into_iter()
+        .filter(|r| r.partition == 0)
+        .collect();
+    assert_eq!(
+        got.first().map(|r| r.offset),
+        Some(base + 3),
+        "resumes at the commit"
+    );
+    // Seeking moves the position.
+    c.seek(0, base + 5).unwrap();
+    let got: Vec<StoredRecord> = next_records(c.as_mut())
+        .await
+        .into_iter()
+        .filter(|r| r.partition == 0)
+        .collect();
+    assert_eq!(got.first().map(|r| r.offset), Some(base + 5));
+}
+
+pub async fn records_and_epoch_survive_reopen<H: LogHarness>(h: &H) {
+    let (epoch, base) = {
+        let log = h.open().await;
+        let base = log.end_offset(Topic::UserEvents, 3).await.unwrap();
+        log.append(Topic::UserEvents, vec![record(3, "durable", b"kept")])
+            .await
+            .unwrap();
+        (log.epoch(), base)
+    };
+    let log = h.open().await;
+    assert_eq!(log.epoch(), epoch, "epoch is stable across restarts");
+    let read = log.read(Topic::UserEvents, 3, base, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].record.value, b"kept");
+    assert_eq!(
+        log.end_offset(Topic::UserEvents, 3).await.unwrap(),
+        base + 1
+    );
+}

@@ -1,0 +1,403 @@
+//! The projection contract. Stores are compared with the reference fold.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_core::model::*;
+use herald_core::partition::partition_for;
+
+use super::generate::{added, end_offsets, reference, user_log};
+use crate::projection::*;
+
+const PARTITIONS: u32 = 4;
+const NOW: i64 = 1_700_000_000_000 + 5_000_000_000;
+
+/// Opens the store under test. A second `open` opens the same storage, as a restart would.
+#[async_trait]
+pub trait ProjectionHarness: Send + Sync {
+    type Store: ProjectionStore;
+    async fn open(&self) -> Self::Store;
+}
+
+async fn apply_in_batches<S: ProjectionStore>(
+    store: &S,
+    consumer: &str,
+    events: &[Positioned<UserEvent>],
+    batch: usize,
+) {
+    for chunk in events.chunks(batch.max(1)) {
+        store
+            .apply_user_events(consumer, chunk, &end_offsets(chunk))
+            .await
+            .unwrap();
+    }
+}
+
+async fn assert_matches_reference<S: ProjectionStore>(store: &S, events: &[Positioned<UserEvent>]) {
+    let expected = reference(events).snapshot;
+    let got = store.snapshot().await.unwrap();
+    let diff = expected.diff(&got, 20);
+    assert!(
+        diff.is_empty(),
+        "store differs from the reference fold:\n{}",
+        diff.join("\n")
+    );
+    let broken = got.check_invariants();
+    assert!(
+        broken.is_empty(),
+        "invariants broken:\n{}",
+        broken.join("\n")
+    );
+}
+
+fn pos(partition: u32, offset: u64, event: UserEvent) -> Positioned<UserEvent> {
+    Positioned {
+        partition,
+        offset,
+        event,
+    }
+}
+
+/// One user's events, placed in that user's partition with consecutive offsets.
+fn for_user(user: &str, events: Vec<UserEvent>) -> Vec<Positioned<UserEvent>> {
+    let p = partition_for(user, PARTITIONS);
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| pos(p, i as u64, e))
+        .collect()
+}
+
+pub async fn applies_like_the_reference_fold<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let events = user_log(1, 600, 12, PARTITIONS);
+    apply_in_batches(&store, "inbox", &events, 37).await;
+    assert_matches_reference(&store, &events).await;
+    for user in ["user-0", "user-5"] {
+        let expected = reference(&events)
+            .snapshot
+            .rows
+            .values()
+            .filter(|r| r.user_id == user && r.counts_as_unread())
+            .count() as u64;
+        assert_eq!(store.unread_count(user).await.unwrap(), expected);
+    }
+}
+
+pub async fn reapplying_any_suffix_changes_nothing<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let events = user_log(2, 300, 6, PARTITIONS);
+    apply_in_batches(&store, "inbox", &events, 50).await;
+    // Redeliver suffixes of different lengths, in log order, as an at-least-once source would.
+    for start in [250usize, 120, 0] {
+        apply_in_batches(&store, "inbox", &events[start..], 23).await;
+        assert_matches_reference(&store, &events).await;
+    }
+}
+
+pub async fn offsets_are_stored_with_the_writes<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    assert!(store.consumer_offsets("inbox").await.unwrap().is_empty());
+    let events = user_log(3, 100, 5, PARTITIONS);
+    apply_in_batches(&store, "inbox", &events, 100).await;
+    let stored = store.consumer_offsets("inbox").await.unwrap();
+    let expected: std::collections::BTreeMap<u32, u64> = end_offsets(&events).into_iter().collect();
+    assert_eq!(stored, expected);
+    assert!(store.consumer_offsets("other").await.unwrap().is_empty());
+    // An empty batch can still move offsets (e.g. past undecodable records).
+    store
+        .apply_user_events("inbox", &[], &[(0, 1_000)])
+        .await
+        .unwrap();
+    assert_eq!(store.consumer_offsets("inbox").await.unwrap()[&0], 1_000);
+}
+
+pub async fn concurrent_writers_on_disjoint_partitions_match_the_reference<H: ProjectionHarness>(
+    h: &H,
+) {
+    let store = Arc::new(h.open().await);
+    let events = user_log(4, 800, 16, PARTITIONS);
+    let mut tasks = Vec::new();
+    for p in 0..PARTITIONS {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e.partition == p)
+            .cloned()
+            .collect();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            apply_in_batches(store.as_ref(), "inbox", &mine, 9).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_matches_reference(store.as_ref(), &events).await;
+    let stored = store.consumer_offsets("inbox").await.unwrap();
+    assert_eq!(stored, end_offsets(&events).into_iter().collect());
+}
+
+pub async fn pending_is_what_the_device_has_not_acknowledged<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let u = "alice";
+    let mut future = added(u, "n-future");
+    future.deliver_at = Some(NOW + 60_000);
+    let mut gone = added(u, "n-expired");
+    gone.expires_at = Some(NOW - 1);
+    let ack = |device: &str, ids: &[&str], up_to: Option<i64>| {
+        UserEvent::Acked(NotificationAcked {
+            user_id: u.into(),
+            device_id: device.into(),
+            notification_ids: ids.iter().map(|s| s.to_string()).collect(),
+            up_to,
+            at: NOW,
+        })
+    };
+    let events = for_user(
+        u,
+        vec![
+            UserEvent::Added(added(u, "n0")), // 0
+            UserEvent::Added(added(u, "n1")), // 1
+            UserEvent::Added(added(u, "n2")), // 2
+            UserEvent::Added(added(u, "n3")), // 3
+            UserEvent::Added(future),         // 4: not due yet
+            UserEvent::Added(gone),           // 5: past expires_at
+            UserEvent::Added(added(u, "n6")), // 6
+            ack("phone", &[], Some(1)),       // 7: phone has 0..=1
+            ack("phone", &["n3"], None),      // 8: and n3 by id
+            UserEvent::Archived(MarkChange {
+                // 9: n6 archived everywhere
+                user_id: u.into(),
+                device_id: Some("laptop".into()),
+                notification_ids: vec!["n6".into()],
+                up_to: None,
+                at: NOW,
+            }),
+            UserEvent::Added(added(u, "n10")), // 10
+            UserEvent::Added(added("bob", "n-bob")),
+        ],
+    );
+    let seqs = |rows: Vec<herald_core::projection::InboxRow>| -> Vec<u64> {
+        rows.iter().map(|r| r.seq).collect()
+    };
+    apply_in_batches(&store, "inbox", &events, 4).await;
+    let phone = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    assert_eq!(seqs(phone), vec![2, 10]);
+    let laptop = store.pending(u, "laptop", None, NOW, 100).await.unwrap();
+    assert_eq!(seqs(laptop), vec![0, 1, 2, 3, 10], "laptop acked nothing");
+    let after = store.pending(u, "laptop", Some(2), NOW, 100).await.unwrap();
+    assert_eq!(seqs(after), vec![3, 10], "strictly after the resume cursor");
+    let limited = store.pending(u, "laptop", None, NOW, 2).await.unwrap();
+    assert_eq!(seqs(limited), vec![0, 1]);
+    let later = store
+        .pending(u, "laptop", Some(3), NOW + 120_000, 100)
+        .await
+        .unwrap();
+    assert_eq!(seqs(later), vec![4, 10], "the scheduled one is due later");
+    assert_eq!(store.device_cursor(u, "phone").await.unwrap(), Some(1));
+    assert_eq!(store.device_cursor(u, "laptop").await.unwrap(), None);
+    assert!(
+        store.pending("bob", "phone", None, NOW, 100).await.unwrap()[0].notification_id == "n-bob"
+    );
+    assert!(
+        store.row(u, "n-bob").await.unwrap().is_none(),
+        "no cross-user lookup"
+    );
+}
+
+pub async fn pending_under_load_is_ordered_and_complete<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let u = "loaded";
+    let n = 3_000u64;
+    let mut events: Vec<UserEvent> = (0..n)
+        .map(|i| UserEvent::Added(added(u, &format!("n{i}"))))
+        .collect();
+    // Ack every third by id, and everything below 500 cumulatively.
+    events.push(UserEvent::Acked(NotificationAcked {
+        user_id: u.into(),
+        device_id: "d".into(),
+        notification_ids: (0..n)
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("n{i}"))
+            .collect(),
+        up_to: Some(499),
+        at: NOW,
+    }));
+    let events = for_user(u, events);
+    apply_in_batches(&store, "inbox", &events, 500).await;
+    let expected: Vec<u64> = (500..n).filter(|i| i % 3 != 0).collect();
+    let mut got = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.pending(u, "d", after, NOW, 250).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = Some(page.last().unwrap().seq);
+        got.extend(page.into_iter().map(|r| r.seq));
+    }
+    assert_eq!(got, expected);
+}
+
+pub async fn inbox_pages_newest_first_with_filters<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let u = "carol";
+    let mut events: Vec<UserEvent> = (0..10)
+        .map(|i| UserEvent::Added(added(u, &format!("n{i}"))))
+        .collect();
+    events.push(UserEvent::Read(MarkChange {
+        user_id: u.into(),
+        device_id: None,
+        notification_ids: vec![],
+        up_to: Some(3),
+        at: NOW,
+    }));
+    events.push(UserEvent::Archived(MarkChange {
+        user_id: u.into(),
+        device_id: None,
+        notification_ids: vec!["n9".into(), "n0".into()],
+        up_to: None,
+        at: NOW,
+    }));
+    let events = for_user(u, events);
+    apply_in_batches(&store, "inbox", &events, 5).await;
+    let q = |filter, before, limit| InboxQuery {
+        before,
+        limit,
+        filter,
+        now_ms: NOW,
+    };
+    let seqs = |rows: Vec<herald_core::projection::InboxRow>| -> Vec<u64> {
+        rows.iter().map(|r| r.seq).collect()
+    };
+    let page1 = store
+        .inbox(u, &q(InboxFilter::Inbox, None, 4))
+        .await
+        .unwrap();
+    assert_eq!(seqs(page1), vec![8, 7, 6, 5]);
+    let page2 = store
+        .inbox(u, &q(InboxFilter::Inbox, Some(5), 4))
+        .await
+        .unwrap();
+    assert_eq!(seqs(page2), vec![4, 3, 2, 1]);
+    let unread = store
+        .inbox(u, &q(InboxFilter::Unread, None, 100))
+        .await
+        .unwrap();
+    assert_eq!(seqs(unread), vec![8, 7, 6, 5, 4]);
+    let archived = store
+        .inbox(u, &q(InboxFilter::Archived, None, 100))
+        .await
+        .unwrap();
+    assert_eq!(seqs(archived), vec![9, 0]);
+    assert_eq!(store.unread_count(u).await.unwrap(), 5);
+    assert_eq!(store.unread_count("nobody").await.unwrap(), 0);
+    let row = store.row(u, "n4").await.unwrap().unwrap();
+    assert_eq!((row.seq, row.read), (4, false));
+    assert_eq!(row.payload, r#"{"id":"n4"}"#);
+}
+
+pub async fn directory_resolves_groups_topics_and_everyone<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let change = |op, user: &str, target: Option<&str>| DirectoryChange {
+        op,
+        user_id: user.into(),
+        target: target.map(Into::into),
+        roles: vec![],
+        at: NOW,
+    };
+    let changes = vec![
+        change(DirectoryOp::UpsertUser, "zed", None),
+        change(DirectoryOp::JoinGroup, "ann", Some("ops")),
+        change(DirectoryOp::JoinGroup, "ben", Some("ops")),
+        change(DirectoryOp::JoinGroup, "cat", Some("ops")),
+        change(DirectoryOp::LeaveGroup, "cat", Some("ops")),
+        change(DirectoryOp::SubscribeTopic, "dan", Some("releases")),
+        change(DirectoryOp::SubscribeTopic, "ann", Some("releases")),
+        change(DirectoryOp::UnsubscribeTopic, "ann", Some("releases")),
+    ];
+    store
+        .apply_directory("fanout", &changes, &[(0, 8)])
+        .await
+        .unwrap();
+    // Replaying the same changes is harmless.
+    store
+        .apply_directory("fanout", &changes, &[(0, 8)])
+        .await
+        .unwrap();
+    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&0], 8);
+    let r = |users: &[&str], groups: &[&str], topic: Option<&str>, everyone| Recipients {
+        users: users.iter().map(|s| s.to_string()).collect(),
+        groups: groups.iter().map(|s| s.to_string()).collect(),
+        topic: topic.map(Into::into),
+        everyone,
+    };
+    assert_eq!(
+        store.resolve(&r(&[], &["ops"], None, false)).await.unwrap(),
+        vec!["ann", "ben"]
+    );
+    assert_eq!(
+        store
+            .resolve(&r(&["ben", "eve"], &["ops"], Some("releases"), false))
+            .await
+            .unwrap(),
+        vec!["ann", "ben", "dan", "eve"]
+    );
+    assert!(
+        store
+            .resolve(&r(&[], &["nope"], None, false))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Users who received a notification are known too.
+    store
+        .apply_user_events(
+            "inbox",
+            &for_user("fay", vec![UserEvent::Added(added("fay", "n"))]),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.resolve(&r(&[], &[], None, true)).await.unwrap(),
+        vec!["ann", "ben", "cat", "dan", "fay", "zed"]
+    );
+}
+
+pub async fn expansions_are_recorded<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let ids = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+    assert!(store.expanded(&ids).await.unwrap().is_empty());
+    store
+        .record_expansions(
+            "fanout",
+            &[
+                ("a".into(), vec!["u1".into(), "u2".into()]),
+                ("c".into(), vec![]),
+            ],
+            &[(1, 10)],
+        )
+        .await
+        .unwrap();
+    let mut got = store.expanded(&ids).await.unwrap();
+    got.sort();
+    assert_eq!(got, vec!["a", "c"]);
+    assert_eq!(store.expansion_of("a").await.unwrap(), vec!["u1", "u2"]);
+    assert!(store.expansion_of("b").await.unwrap().is_empty());
+    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&1], 10);
+}
+
+pub async fn state_survives_reopen<H: ProjectionHarness>(h: &H) {
+    let events = user_log(9, 200, 5, PARTITIONS);
+    {
+        let store = h.open().await;
+        apply_in_batches(&store, "inbox", &events, 64).await;
+    }
+    let store = h.open().await;
+    assert_matches_reference(&store, &events).await;
+    assert_eq!(
+        store.consumer_offsets("inbox").await.unwrap(),
+        end_offsets(&events).into_iter().collect()
+    );
+}

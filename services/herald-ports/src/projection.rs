@@ -1,0 +1,130 @@
+//! The projection port: per-user inboxes, device ACK state, the directory, the projector's own
+//! bookkeeping (consumed offsets, expanded requests), and the queries the gateway serves from.
+//!
+//! Every write method is idempotent; stores that can (embedded, PostgreSQL) also commit the
+//! consumer offsets in the same transaction as the writes they cover.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use herald_core::mem::ProjectionSnapshot;
+use herald_core::model::{DirectoryChange, Recipients, UserEvent};
+use herald_core::projection::InboxRow;
+
+/// Largest page an inbox query returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// An event with its log position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Positioned<T> {
+    pub partition: u32,
+    pub offset: u64,
+    pub event: T,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InboxFilter {
+    /// Rows that are not archived (and shown).
+    #[default]
+    Inbox,
+    /// Unread rows that are not archived.
+    Unread,
+    /// Archived rows.
+    Archived,
+}
+
+/// A page of a user's inbox, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxQuery {
+    /// Only rows with `seq < before` (paging); `None` starts at the newest.
+    pub before: Option<u64>,
+    pub limit: usize,
+    pub filter: InboxFilter,
+    /// Rows not yet due (`deliver_at`) or past `expires_at` at this time are left out.
+    pub now_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("projection configuration: {0}")]
+    Config(String),
+    #[error("projection storage: {0}")]
+    Storage(String),
+    #[error("projection data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait ProjectionStore: Send + Sync + 'static {
+    /// Next offsets consumer `consumer` has durably applied, by partition.
+    async fn consumer_offsets(&self, consumer: &str)
+    -> Result<BTreeMap<u32, u64>, ProjectionError>;
+
+    /// Folds user events (in log order per partition) and stores `offsets` for `consumer`.
+    async fn apply_user_events(
+        &self,
+        consumer: &str,
+        events: &[Positioned<UserEvent>],
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ProjectionError>;
+
+    /// Applies directory changes and stores `offsets` for `consumer`.
+    async fn apply_directory(
+        &self,
+        consumer: &str,
+        changes: &[DirectoryChange],
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ProjectionError>;
+
+    /// Of `notification_ids`, those already expanded into inbox events.
+    async fn expanded(&self, notification_ids: &[String]) -> Result<Vec<String>, ProjectionError>;
+
+    /// Records requests as expanded (with their recipients) and stores `offsets` for `consumer`.
+    async fn record_expansions(
+        &self,
+        consumer: &str,
+        expansions: &[(String, Vec<String>)],
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ProjectionError>;
+
+    /// Recipients of a notification request, as of the directory now: sorted, each user once.
+    async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError>;
+
+    /// The users a notification was expanded to (for audit); empty if never expanded.
+    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError>;
+
+    async fn inbox(
+        &self,
+        user_id: &str,
+        query: &InboxQuery,
+    ) -> Result<Vec<InboxRow>, ProjectionError>;
+
+    /// The stored unread count (invariant: equals the unread, listed rows).
+    async fn unread_count(&self, user_id: &str) -> Result<u64, ProjectionError>;
+
+    /// Rows a device has not acknowledged, oldest first: `seq > after` (all when `None`),
+    /// listed, due at `now_ms`, above the device's cumulative cursor and not ACKed by id.
+    async fn pending(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: Option<u64>,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<InboxRow>, ProjectionError>;
+
+    async fn device_cursor(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Option<u64>, ProjectionError>;
+
+    async fn row(
+        &self,
+        user_id: &str,
+        notification_id: &str,
+    ) -> Result<Option<InboxRow>, ProjectionError>;
+
+    /// Everything, in canonical form (for replay comparison and tests).
+    async fn snapshot(&self) -> Result<ProjectionSnapshot, ProjectionError>;
+}
