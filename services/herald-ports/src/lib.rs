@@ -5,6 +5,7 @@
 
 pub mod log;
 pub mod projection;
+pub mod records;
 pub mod telemetry;
 
 #[cfg(feature = "contract")]

@@ -1,0 +1,65 @@
+//! How Herald events become log records: key, partition, Avro value and headers.
+
+use herald_core::codec::{self, Registry, SchemaKind};
+use herald_core::model::{RequestRecord, UserEvent};
+use herald_core::partition::partition_for;
+
+use crate::log::{HEADER_FINGERPRINT, HEADER_SCHEMA, HEADER_TRACEPARENT, Record};
+
+fn headers(kind: SchemaKind, traceparent: Option<&str>) -> Vec<(String, Vec<u8>)> {
+    let (_, fp) = Registry::global().current(kind);
+    let mut h = vec![
+        (HEADER_SCHEMA.to_owned(), kind.name().as_bytes().to_vec()),
+        (
+            HEADER_FINGERPRINT.to_owned(),
+            format!("{fp:016x}").into_bytes(),
+        ),
+    ];
+    if let Some(t) = traceparent {
+        h.push((HEADER_TRACEPARENT.to_owned(), t.as_bytes().to_vec()));
+    }
+    h
+}
+
+/// A per-user event as a record: key = user id, partition = `partition_for(user id)`.
+pub fn user_event_record(
+    event: &UserEvent,
+    partitions: u32,
+    now_ms: i64,
+) -> Result<Record, herald_core::CoreError> {
+    let traceparent = match event {
+        UserEvent::Added(a) => a.traceparent.as_deref(),
+        _ => None,
+    };
+    Ok(Record {
+        partition: partition_for(event.user_id(), partitions),
+        key: event.user_id().to_owned(),
+        value: codec::encode_user_event(event)?,
+        headers: headers(codec::user_event_kind(event), traceparent),
+        timestamp_ms: now_ms,
+    })
+}
+
+/// A requests-topic record: notification requests keyed by notification id, directory changes
+/// by user id.
+pub fn request_record(
+    record: &RequestRecord,
+    partitions: u32,
+    now_ms: i64,
+) -> Result<Record, herald_core::CoreError> {
+    let (key, kind, traceparent) = match record {
+        RequestRecord::Notification(n) => (
+            n.notification_id.as_str(),
+            SchemaKind::NotificationRequest,
+            n.traceparent.as_deref(),
+        ),
+        RequestRecord::Directory(d) => (d.user_id.as_str(), SchemaKind::DirectoryChange, None),
+    };
+    Ok(Record {
+        partition: partition_for(key, partitions),
+        key: key.to_owned(),
+        value: codec::encode_request(record)?,
+        headers: headers(kind, traceparent),
+        timestamp_ms: now_ms,
+    })
+}

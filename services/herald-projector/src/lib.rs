@@ -1,0 +1,381 @@
+//! The projector: Herald's stream processor, written once against the ports.
+//!
+//! Two stages, each a consumer group on one topic:
+//! * **fanout** (`requests` → `user-events`): expands each notification request into one
+//!   `NotificationAdded` per recipient, appended to the recipient's partition, and applies
+//!   directory changes. A request whose notification id is already expanded is skipped, so a
+//!   producer retry never creates a second notification.
+//! * **inbox** (`user-events` → projection): folds per-user events into the projection store.
+//!
+//! Effects come before offsets: the fanout appends the user events (durably) *before* it records
+//! the request as expanded together with its offset; the inbox stage stores its offsets in the
+//! same transaction as the writes (embedded) or after them, and commits the log's group offsets
+//! last. A crash in between replays a suffix, which the idempotent fold absorbs; a duplicate
+//! `NotificationAdded` from a repeated expansion is a no-op in the fold (same id, same user).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herald_core::codec;
+use herald_core::model::{DirectoryChange, Event, NotificationRequest, RequestRecord, UserEvent};
+use herald_ports::log::{ConsumerEvent, EventLog, LogConsumer, LogError, StoredRecord, Topic};
+use herald_ports::projection::{Positioned, ProjectionError, ProjectionStore};
+use herald_ports::records::user_event_record;
+use herald_ports::telemetry;
+use tokio_util::sync::CancellationToken;
+
+/// Consumer group (and projection consumer name) of the fanout stage.
+pub const FANOUT: &str = "fanout";
+/// Consumer group (and projection consumer name) of the inbox stage.
+pub const INBOX: &str = "inbox";
+/// Most records a stage takes from the log per batch.
+pub const MAX_BATCH_RECORDS: usize = 2048;
+/// Most per-user records appended by the fanout in one call.
+pub const FANOUT_APPEND_CHUNK: usize = 4096;
+/// Least time between two projection-lag measurements of a stage.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("cannot encode a user event: {0}")]
+    Encode(#[from] herald_core::CoreError),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Next offsets after `records`, per partition.
+fn next_offsets(records: &[StoredRecord], into: &mut BTreeMap<u32, u64>) {
+    for r in records {
+        let e = into.entry(r.partition).or_insert(0);
+        *e = (*e).max(r.offset + 1);
+    }
+}
+
+fn offsets_vec(m: &BTreeMap<u32, u64>) -> Vec<(u32, u64)> {
+    m.iter().map(|(p, o)| (*p, *o)).collect()
+}
+
+/// The projector over a log and a projection store.
+pub struct Projector<L: ?Sized, P: ?Sized> {
+    log: Arc<L>,
+    store: Arc<P>,
+}
+
+impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
+    fn clone(&self) -> Self {
+        Projector {
+            log: self.log.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
+    pub fn new(log: Arc<L>, store: Arc<P>) -> Self {
+        Projector { log, store }
+    }
+
+    /// Runs both stages until `shutdown` is cancelled or a stage fails.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+        let fanout = self.run_stage(Topic::Requests, FANOUT, shutdown.clone());
+        let inbox = self.run_stage(Topic::UserEvents, INBOX, shutdown.clone());
+        let result = tokio::try_join!(fanout, inbox).map(|_| ());
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result
+    }
+
+    async fn run_stage(
+        &self,
+        topic: Topic,
+        stage: &'static str,
+        shutdown: CancellationToken,
+    ) -> Result<(), ProjectorError> {
+        let mut consumer = self.log.consumer(topic, stage).await?;
+        let mut last_lag = Instant::now() - LAG_INTERVAL;
+        let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+        tracing::info!(stage, topic = topic.name(), "projector stage started");
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    tracing::info!(stage, "projector stage stopped");
+                    return Ok(());
+                }
+                e = consumer.next(MAX_BATCH_RECORDS) => e?,
+            };
+            match event {
+                ConsumerEvent::Assigned(partitions) => {
+                    // The projection's offsets are authoritative: they commit with the writes.
+                    let stored = self.store.consumer_offsets(stage).await?;
+                    for p in partitions {
+                        let at = stored.get(&p).copied().unwrap_or(0);
+                        consumer.seek(p, at)?;
+                        positions.insert(p, at);
+                    }
+                    tracing::info!(stage, ?positions, "partitions assigned");
+                }
+                ConsumerEvent::Revoked(partitions) => {
+                    // Each batch is finished before the next event is taken, so nothing of a
+                    // revoked partition is in flight here.
+                    for p in &partitions {
+                        positions.remove(p);
+                    }
+                    tracing::info!(stage, ?partitions, "partitions revoked");
+                }
+                ConsumerEvent::Records(records) => {
+                    let span =
+                        tracing::debug_span!("projector_batch", stage, records = records.len());
+                    let _enter = span.enter();
+                    let started = Instant::now();
+                    let mut offsets = BTreeMap::new();
+                    next_offsets(&records, &mut offsets);
+                    let n = records.len();
+                    match topic {
+                        Topic::Requests => self.fanout_batch(&records).await?,
+                        Topic::UserEvents => self.inbox_batch(&records).await?,
+                    }
+                    commit(consumer.as_mut(), &offsets).await?;
+                    positions.extend(offsets);
+                    telemetry::projector_applied(stage, n, started.elapsed());
+                    if last_lag.elapsed() >= LAG_INTERVAL {
+                        last_lag = Instant::now();
+                        let mut lag = 0;
+                        for (p, at) in &positions {
+                            lag += self.log.end_offset(topic, *p).await?.saturating_sub(*at);
+                        }
+                        telemetry::projector_lag(stage, lag);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds a batch of per-user events into the projection.
+    pub async fn inbox_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
+        let mut events = Vec::with_capacity(records.len());
+        for r in records {
+            match codec::decode(&r.record.value) {
+                Ok(Event::User(event)) => events.push(Positioned {
+                    partition: r.partition,
+                    offset: r.offset,
+                    event,
+                }),
+                Ok(Event::Request(_)) => {
+                    skip(INBOX, r, "a request record on the user-events topic")
+                }
+                Err(e) => skip(INBOX, r, &e.to_string()),
+            }
+        }
+        let mut offsets = BTreeMap::new();
+        next_offsets(records, &mut offsets);
+        self.store
+            .apply_user_events(INBOX, &events, &offsets_vec(&offsets))
+            .await?;
+        Ok(())
+    }
+
+    /// Expands a batch of requests and applies directory changes, in log order.
+    pub async fn fanout_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
+        let mut offsets = BTreeMap::new();
+        let mut run_requests: Vec<NotificationRequest> = Vec::new();
+        let mut run_directory: Vec<DirectoryChange> = Vec::new();
+        for r in records {
+            match codec::decode(&r.record.value) {
+                Ok(Event::Request(RequestRecord::Notification(n))) => {
+                    if !run_directory.is_empty() {
+                        self.store
+                            .apply_directory(FANOUT, &run_directory, &offsets_vec(&offsets))
+                            .await?;
+                        run_directory.clear();
+                    }
+                    match n.validate() {
+                        Ok(()) => run_requests.push(n),
+                        Err(e) => skip(FANOUT, r, &e.to_string()),
+                    }
+                }
+                Ok(Event::Request(RequestRecord::Directory(d))) => {
+                    if !run_requests.is_empty() {
+                        self.expand(&run_requests, &offsets).await?;
+                        run_requests.clear();
+                    }
+                    match d.validate() {
+                        Ok(()) => run_directory.push(d),
+                        Err(e) => skip(FANOUT, r, &e.to_string()),
+                    }
+                }
+                Ok(Event::User(_)) => skip(FANOUT, r, "a user event on the requests topic"),
+                Err(e) => skip(FANOUT, r, &e.to_string()),
+            }
+            next_offsets(std::slice::from_ref(r), &mut offsets);
+        }
+        if !run_directory.is_empty() {
+            self.store
+                .apply_directory(FANOUT, &run_directory, &offsets_vec(&offsets))
+                .await?;
+        }
+        if !run_requests.is_empty() || run_directory.is_empty() {
+            self.expand(&run_requests, &offsets).await?;
+        }
+        Ok(())
+    }
+
+    /// Expands requests whose ids are not yet expanded; records them with `offsets`.
+    async fn expand(
+        &self,
+        requests: &[NotificationRequest],
+        offsets: &BTreeMap<u32, u64>,
+    ) -> Result<(), ProjectorError> {
+        let ids: Vec<String> = requests.iter().map(|r| r.notification_id.clone()).collect();
+        let done: HashSet<String> = self.store.expanded(&ids).await?.into_iter().collect();
+        let partitions = self.log.partitions(Topic::UserEvents);
+        let now = now_ms();
+        let mut seen = BTreeSet::new();
+        let mut expansions = Vec::new();
+        let mut records = Vec::new();
+        let mut duplicates = 0;
+        for req in requests {
+            if done.contains(&req.notification_id) || !seen.insert(req.notification_id.clone()) {
+                duplicates += 1;
+                continue;
+            }
+            let users = self.store.resolve(&req.recipients).await?;
+            for u in &users {
+                records.push(user_event_record(
+                    &UserEvent::Added(req.added_for(u)),
+                    partitions,
+                    now,
+                )?);
+                if records.len() >= FANOUT_APPEND_CHUNK {
+                    self.log
+                        .append(Topic::UserEvents, std::mem::take(&mut records))
+                        .await?;
+                }
+            }
+            tracing::debug!(notification_id = %req.notification_id, recipients = users.len(), "expanded");
+            expansions.push((req.notification_id.clone(), users));
+        }
+        if !records.is_empty() {
+            self.log.append(Topic::UserEvents, records).await?;
+        }
+        // Only now, with the user events durable, is the request recorded as expanded.
+        self.store
+            .record_expansions(FANOUT, &expansions, &offsets_vec(offsets))
+            .await?;
+        telemetry::projector_expanded(expansions.len(), duplicates);
+        Ok(())
+    }
+}
+
+async fn commit(
+    consumer: &mut dyn LogConsumer,
+    offsets: &BTreeMap<u32, u64>,
+) -> Result<(), LogError> {
+    consumer.commit(&offsets_vec(offsets)).await
+}
+
+fn skip(stage: &'static str, r: &StoredRecord, reason: &str) {
+    telemetry::projector_undecodable(stage);
+    tracing::warn!(
+        stage,
+        topic = r.topic.name(),
+        partition = r.partition,
+        offset = r.offset,
+        reason,
+        "skipping a record the projector cannot use"
+    );
+}
+
+/// Progress of a rebuild, for progress bars.
+pub trait Progress: Send + Sync {
+    fn total(&self, records: u64);
+    fn advance(&self, records: u64);
+}
+
+impl Progress for () {
+    fn total(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+}
+
+/// Rebuilds a projection from the log into `store` (which should be empty): directory changes
+/// from the requests topic up to `requests_end`, and every per-user event up to `events_end`
+/// (exclusive next offsets per partition; missing partitions are read to their end). Nothing is
+/// appended to the log.
+pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
+    log: &L,
+    store: &P,
+    requests_end: &BTreeMap<u32, u64>,
+    events_end: &BTreeMap<u32, u64>,
+    progress: &dyn Progress,
+) -> Result<u64, ProjectorError> {
+    let mut ends = Vec::new();
+    let mut total = 0;
+    for topic in [Topic::Requests, Topic::UserEvents] {
+        let given = if topic == Topic::Requests {
+            requests_end
+        } else {
+            events_end
+        };
+        for p in 0..log.partitions(topic) {
+            let end = match given.get(&p) {
+                Some(e) => *e,
+                None => log.end_offset(topic, p).await?,
+            };
+            total += end;
+            ends.push((topic, p, end));
+        }
+    }
+    progress.total(total);
+    let mut applied = 0;
+    for (topic, p, end) in ends {
+        let mut at = 0;
+        while at < end {
+            let max = ((end - at) as usize).min(MAX_BATCH_RECORDS * 4);
+            let records = log.read(topic, p, at, max).await?;
+            if records.is_empty() {
+                break;
+            }
+            at = records.last().map_or(at, |r| r.offset + 1);
+            match topic {
+                Topic::Requests => {
+                    let changes: Vec<DirectoryChange> = records
+                        .iter()
+                        .filter_map(|r| match codec::decode(&r.record.value) {
+                            Ok(Event::Request(RequestRecord::Directory(d))) => Some(d),
+                            _ => None,
+                        })
+                        .collect();
+                    store.apply_directory(FANOUT, &changes, &[(p, at)]).await?;
+                }
+                Topic::UserEvents => {
+                    let events: Vec<Positioned<UserEvent>> = records
+                        .iter()
+                        .filter_map(|r| match codec::decode(&r.record.value) {
+                            Ok(Event::User(event)) => Some(Positioned {
+                                partition: p,
+                                offset: r.offset,
+                                event,
+                            }),
+                            _ => None,
+                        })
+                        .collect();
+                    store.apply_user_events(INBOX, &events, &[(p, at)]).await?;
+                }
+            }
+            applied += records.len() as u64;
+            progress.advance(records.len() as u64);
+        }
+    }
+    Ok(applied)
+}

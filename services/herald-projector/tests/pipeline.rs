@@ -1,0 +1,316 @@
+//! The projector on the real embedded log and projection (SQLite files in a temp dir).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::ids::notification_id;
+use herald_core::model::*;
+use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+use herald_ports::log::{EventLog, Topic};
+use herald_ports::projection::ProjectionStore;
+use herald_ports::records::request_record;
+use herald_projector::{FANOUT, INBOX, Projector, rebuild};
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    dir: tempfile::TempDir,
+    log: Arc<EmbeddedLog>,
+    store: Arc<EmbeddedProjection>,
+}
+
+async fn open(dir: tempfile::TempDir) -> Env {
+    let log = EmbeddedLog::open(
+        &dir.path().join("log.db"),
+        Access::ReadWrite,
+        LogOptions::default(),
+    )
+    .await
+    .unwrap();
+    let store = EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
+        .await
+        .unwrap();
+    Env {
+        dir,
+        log: Arc::new(log),
+        store: Arc::new(store),
+    }
+}
+
+fn request(producer: &str, key: &str, recipients: Recipients) -> NotificationRequest {
+    NotificationRequest {
+        notification_id: notification_id(producer, key),
+        idempotency_key: key.into(),
+        producer: producer.into(),
+        recipients,
+        event_type: "approval.requested".into(),
+        source: "tests".into(),
+        payload: format!(r#"{{"key":"{key}"}}"#),
+        collapse_key: None,
+        deliver_at: None,
+        expires_at: None,
+        created_at: 1,
+        traceparent: None,
+        priority: Priority::Normal,
+    }
+}
+
+fn users(list: &[&str]) -> Recipients {
+    Recipients {
+        users: list.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn append_requests(env: &Env, records: &[RequestRecord]) {
+    let partitions = env.log.partitions(Topic::Requests);
+    let recs = records
+        .iter()
+        .map(|r| request_record(r, partitions, 1).unwrap())
+        .collect();
+    env.log.append(Topic::Requests, recs).await.unwrap();
+}
+
+/// Waits until both stages have consumed everything in the log.
+async fn caught_up(env: &Env) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut behind = false;
+        for (topic, stage) in [(Topic::Requests, FANOUT), (Topic::UserEvents, INBOX)] {
+            let offsets = env.store.consumer_offsets(stage).await.unwrap();
+            for p in 0..env.log.partitions(topic) {
+                let end = env.log.end_offset(topic, p).await.unwrap();
+                if offsets.get(&p).copied().unwrap_or(0) < end {
+                    behind = true;
+                }
+            }
+        }
+        if !behind {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projector did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spawn(env: &Env) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let p = Projector::new(env.log.clone(), env.store.clone());
+    let t = token.clone();
+    let handle = tokio::spawn(async move { p.run(t).await.unwrap() });
+    (token, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_idempotency_key_creates_one_notification() {
+    let env = open(tempfile::tempdir().unwrap()).await;
+    let (stop, handle) = spawn(&env);
+    let r = request("billing", "inv-1", users(&["alice", "bob"]));
+    // The producer retried twice: three identical records on the log.
+    append_requests(
+        &env,
+        &[
+            RequestRecord::Notification(r.clone()),
+            RequestRecord::Notification(r.clone()),
+        ],
+    )
+    .await;
+    caught_up(&env).await;
+    append_requests(&env, &[RequestRecord::Notification(r.clone())]).await;
+    caught_up(&env).await;
+    let snap = env.store.snapshot().await.unwrap();
+    for user in ["alice", "bob"] {
+        let rows: Vec<_> = snap
+            .rows
+            .values()
+            .filter(|row| row.user_id == user)
+            .collect();
+        assert_eq!(rows.len(), 1, "{user} has exactly one notification");
+        assert_eq!(rows[0].notification_id, r.notification_id);
+        assert_eq!(env.store.unread_count(user).await.unwrap(), 1);
+    }
+    // Exactly one Added per recipient reached the log.
+    let mut added = 0;
+    for p in 0..env.log.partitions(Topic::UserEvents) {
+        added += env
+            .log
+            .read(Topic::UserEvents, p, 0, 100)
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(added, 2);
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_topics_and_everyone_expand_in_log_order() {
+    let env = open(tempfile::tempdir().unwrap()).await;
+    let (stop, handle) = spawn(&env);
+    let dir = |op, user: &str, target: Option<&str>| {
+        RequestRecord::Directory(DirectoryChange {
+            op,
+            user_id: user.into(),
+            target: target.map(Into::into),
+            roles: vec![],
+            at: 1,
+        })
+    };
+    append_requests(
+        &env,
+        &[
+            dir(DirectoryOp::JoinGroup, "ann", Some("ops")),
+            dir(DirectoryOp::JoinGroup, "ben", Some("ops")),
+            dir(DirectoryOp::SubscribeTopic, "cat", Some("releases")),
+            dir(DirectoryOp::UpsertUser, "dan", None),
+        ],
+    )
+    .await;
+    caught_up(&env).await;
+    let to_group = request(
+        "p",
+        "g",
+        Recipients {
+            groups: vec!["ops".into()],
+            ..Default::default()
+        },
+    );
+    let to_topic = request(
+        "p",
+        "t",
+        Recipients {
+            topic: Some("releases".into()),
+            ..Default::default()
+        },
+    );
+    let to_all = request(
+        "p",
+        "all",
+        Recipients {
+            everyone: true,
+            ..Default::default()
+        },
+    );
+    append_requests(
+        &env,
+        &[
+            RequestRecord::Notification(to_group.clone()),
+            RequestRecord::Notification(to_topic.clone()),
+            RequestRecord::Notification(to_all.clone()),
+        ],
+    )
+    .await;
+    caught_up(&env).await;
+    assert_eq!(
+        env.store
+            .expansion_of(&to_group.notification_id)
+            .await
+            .unwrap(),
+        vec!["ann", "ben"]
+    );
+    assert_eq!(
+        env.store
+            .expansion_of(&to_topic.notification_id)
+            .await
+            .unwrap(),
+        vec!["cat"]
+    );
+    assert_eq!(
+        env.store
+            .expansion_of(&to_all.notification_id)
+            .await
+            .unwrap(),
+        vec!["ann", "ben", "cat", "dan"]
+    );
+    assert_eq!(env.store.unread_count("ann").await.unwrap(), 2);
+    assert_eq!(env.store.unread_count("dan").await.unwrap(), 1);
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_skipped_and_the_projector_keeps_going() {
+    let env = open(tempfile::tempdir().unwrap()).await;
+    let (stop, handle) = spawn(&env);
+    env.log
+        .append(
+            Topic::Requests,
+            vec![herald_ports::log::Record {
+                partition: 0,
+                key: "junk".into(),
+                value: b"\xC3\x01not avro at all".to_vec(),
+                headers: vec![],
+                timestamp_ms: 1,
+            }],
+        )
+        .await
+        .unwrap();
+    let r = request("p", "after-junk", users(&["alice"]));
+    append_requests(&env, &[RequestRecord::Notification(r.clone())]).await;
+    caught_up(&env).await;
+    assert!(
+        env.store
+            .row("alice", &r.notification_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_resume_and_a_rebuild_equals_the_live_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let env = open(dir).await;
+    for round in 0..3 {
+        let (stop, handle) = spawn(&env);
+        for i in 0..20 {
+            let to: Vec<String> = (0..3)
+                .map(|u| format!("user-{}", (i + u + round) % 7))
+                .collect();
+            let to: Vec<&str> = to.iter().map(String::as_str).collect();
+            let r = request("p", &format!("r{round}-{i}"), users(&to));
+            append_requests(&env, &[RequestRecord::Notification(r)]).await;
+        }
+        // Stop at an arbitrary point, possibly mid-batch, then start again.
+        tokio::time::sleep(Duration::from_millis(5 * round as u64)).await;
+        stop.cancel();
+        handle.await.unwrap();
+    }
+    let (stop, handle) = spawn(&env);
+    caught_up(&env).await;
+    stop.cancel();
+    handle.await.unwrap();
+
+    let live = env.store.snapshot().await.unwrap();
+    assert_eq!(
+        live.rows.len(),
+        3 * 20 * 3,
+        "every request reached its 3 recipients once"
+    );
+    assert!(live.check_invariants().is_empty());
+
+    let fresh = EmbeddedProjection::open(&path.join("rebuilt.db"), Access::ReadWrite)
+        .await
+        .unwrap();
+    let applied = rebuild(
+        env.log.as_ref(),
+        &fresh,
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert!(applied >= 180);
+    let rebuilt = fresh.snapshot().await.unwrap();
+    let diff = live.diff(&rebuilt, 10);
+    assert!(diff.is_empty(), "{diff:#?}");
+    drop(env.dir);
+}
