@@ -46,6 +46,8 @@ pub enum ProjectorError {
     Encode(#[from] herald_core::CoreError),
 }
 
+pub mod audit;
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

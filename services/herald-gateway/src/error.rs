@@ -1,0 +1,118 @@
+//! Errors as HTTP responses with stable codes.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("request body has the wrong shape: {0}")]
+    WrongShape(String),
+    #[error("send the body as application/json")]
+    UnsupportedMediaType,
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("the log is unavailable: {0}")]
+    LogUnavailable(String),
+    #[error("the projection is unavailable: {0}")]
+    ProjectionUnavailable(String),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Invalid(_) | AppError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            AppError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::LogUnavailable(_) | AppError::ProjectionUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// Stable machine-readable code (documented in docs/protocol.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Invalid(_) => "invalid_request",
+            AppError::MalformedJson(_) => "malformed_json",
+            AppError::WrongShape(_) => "invalid_json_shape",
+            AppError::UnsupportedMediaType => "unsupported_media_type",
+            AppError::TooLarge(_) => "payload_too_large",
+            AppError::NotFound => "not_found",
+            AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::LogUnavailable(_) => "log_unavailable",
+            AppError::ProjectionUnavailable(_) => "projection_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonSyntaxError(e) => AppError::MalformedJson(e.body_text()),
+            JsonRejection::JsonDataError(e) => AppError::WrongShape(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => AppError::UnsupportedMediaType,
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                AppError::TooLarge(crate::MAX_BODY_BYTES)
+            }
+            other => AppError::MalformedJson(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(r: QueryRejection) -> Self {
+        AppError::Invalid(r.body_text())
+    }
+}
+
+impl From<herald_core::CoreError> for AppError {
+    fn from(e: herald_core::CoreError) -> Self {
+        AppError::Invalid(e.to_string())
+    }
+}
+
+impl From<herald_ports::LogError> for AppError {
+    fn from(e: herald_ports::LogError) -> Self {
+        AppError::LogUnavailable(e.to_string())
+    }
+}
+
+impl From<herald_ports::ProjectionError> for AppError {
+    fn from(e: herald_ports::ProjectionError) -> Self {
+        AppError::ProjectionUnavailable(e.to_string())
+    }
+}
+
+impl From<herald_projector::ProjectorError> for AppError {
+    fn from(e: herald_projector::ProjectorError) -> Self {
+        match e {
+            herald_projector::ProjectorError::Log(l) => l.into(),
+            herald_projector::ProjectorError::Projection(p) => p.into(),
+            herald_projector::ProjectorError::Encode(c) => c.into(),
+        }
+    }
+}

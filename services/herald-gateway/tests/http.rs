@@ -1,0 +1,360 @@
+//! The HTTP API driven with `oneshot`, over the real embedded log and projection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+use herald_gateway::{AppState, MAX_BODY_BYTES, app};
+use herald_ports::projection::ProjectionStore;
+use herald_projector::Projector;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    state: AppState,
+    store: Arc<EmbeddedProjection>,
+    log: Arc<EmbeddedLog>,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        EmbeddedLog::open(
+            &dir.path().join("log.db"),
+            Access::ReadWrite,
+            LogOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let store = Arc::new(
+        EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
+            .await
+            .unwrap(),
+    );
+    let state = AppState {
+        log: log.clone(),
+        store: store.clone(),
+        metrics: None,
+        producer: "dev".into(),
+    };
+    Env {
+        _dir: dir,
+        state,
+        store,
+        log,
+    }
+}
+
+async fn call(env: &Env, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app(env.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)));
+    (status, body)
+}
+
+fn post(body: impl Into<Body>, key: Option<&str>) -> Request<Body> {
+    let mut b = Request::post("/v1/notifications").header("content-type", "application/json");
+    if let Some(k) = key {
+        b = b.header("idempotency-key", k);
+    }
+    b.body(body.into()).unwrap()
+}
+
+fn valid() -> Value {
+    json!({
+        "recipients": {"users": ["alice"]},
+        "event_type": "approval.requested",
+        "source": "tests",
+        "data": {"amount": 42},
+    })
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn accepted_with_the_same_id_on_retry() {
+    let env = env().await;
+    let (s1, b1) = call(&env, post(valid().to_string(), Some("k-1"))).await;
+    assert_eq!(s1, StatusCode::ACCEPTED, "{b1}");
+    let (s2, b2) = call(&env, post(valid().to_string(), Some("k-1"))).await;
+    assert_eq!(s2, StatusCode::ACCEPTED);
+    assert_eq!(b1["notification_id"], b2["notification_id"]);
+    let (_, b3) = call(&env, post(valid().to_string(), Some("k-2"))).await;
+    assert_ne!(b1["notification_id"], b3["notification_id"]);
+    // The key may be given in the body instead.
+    let mut with_key = valid();
+    with_key["idempotency_key"] = json!("k-1");
+    let (_, b4) = call(&env, post(with_key.to_string(), None)).await;
+    assert_eq!(b1["notification_id"], b4["notification_id"]);
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_status_and_a_stable_code() {
+    let env = env().await;
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            post("{not json", None),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post(json!({"recipients": "alice"}).to_string(), None),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json_shape",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["surprise"] = json!(1);
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json_shape",
+        ),
+        (
+            Request::post("/v1/notifications")
+                .body(Body::from(valid().to_string()))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["data"] = json!("x".repeat(MAX_BODY_BYTES));
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["data"] = json!("x".repeat(70_000));
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["recipients"] = json!({});
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["recipients"] = json!({"users": ["bad user"]});
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["priority"] = json!("asap");
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["deliver_at"] = json!("tomorrow");
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["deliver_at"] = json!(2000);
+                    v["expires_at"] = json!(1000);
+                    v.to_string()
+                },
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(
+                {
+                    let mut v = valid();
+                    v["idempotency_key"] = json!("a");
+                    v.to_string()
+                },
+                Some("b"),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(valid().to_string(), Some("has space")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Request::get("/v1/inbox").body(Body::empty()).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Request::get("/v1/inbox?user_id=a&filter=spam")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Request::get("/v1/inbox?user_id=a&limit=0")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Request::get("/v1/inbox?user_id=a&before=-1")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Request::get("/v1/inbox/unread-count?user_id=")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Request::get("/nope").body(Body::empty()).unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::delete("/v1/notifications")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (req, status, expected) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (s, body) = call(&env, req).await;
+        assert_eq!((s, code(&body)), (status, expected), "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // Nothing was appended by any of them.
+    let end = {
+        use herald_ports::log::{EventLog, Topic};
+        let mut n = 0;
+        for p in 0..env.log.partitions(Topic::Requests) {
+            n += env.log.end_offset(Topic::Requests, p).await.unwrap();
+        }
+        n
+    };
+    assert_eq!(end, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_notification_shows_in_the_inbox_and_the_audit() {
+    let env = env().await;
+    let stop = CancellationToken::new();
+    let projector = Projector::new(env.log.clone(), env.store.clone());
+    let token = stop.clone();
+    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (_, accepted) = call(&env, post(valid().to_string(), Some("inbox-1"))).await;
+    let id = accepted["notification_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while env.store.row("alice", &id).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, inbox) = call(
+        &env,
+        Request::get("/v1/inbox?user_id=alice")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(inbox["unread_count"], 1);
+    assert_eq!(inbox["items"][0]["id"], id.as_str());
+    assert_eq!(inbox["items"][0]["data"]["amount"], 42);
+    assert!(inbox["items"][0]["cursor"].as_str().unwrap().contains('-'));
+    let (_, other) = call(
+        &env,
+        Request::get("/v1/inbox?user_id=bob")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        other["items"].as_array().unwrap().len(),
+        0,
+        "bob sees nothing of alice's"
+    );
+    let (s, audit) = call(
+        &env,
+        Request::get(format!("/v1/audit/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(audit["subject"], "notification");
+    let events: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, vec!["requested", "added"]);
+    stop.cancel();
+    task.await.unwrap();
+}
