@@ -20,8 +20,12 @@ use crate::sqlite::{self, Access, Pool};
 pub const APPEND_QUEUE_DEPTH: usize = 1024;
 /// Most records made durable by one group commit (one transaction, one fsync).
 pub const MAX_GROUP_COMMIT_RECORDS: usize = 8192;
-/// Partitions per topic of a new log, unless configured.
+/// Partitions of the user-events topic of a new log, unless configured.
 pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Partitions of the requests topic of a new log, unless configured. One partition makes the
+/// fanout expand requests in accept order, so every user's inbox follows the order in which
+/// notifications were accepted (202); the fanout is one sequential stage either way.
+pub const DEFAULT_REQUEST_PARTITIONS: u32 = 1;
 /// Most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 1024;
 
@@ -219,7 +223,9 @@ impl EmbeddedLog {
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
                 partitions = [
-                    options.requests_partitions.unwrap_or(DEFAULT_PARTITIONS),
+                    options
+                        .requests_partitions
+                        .unwrap_or(DEFAULT_REQUEST_PARTITIONS),
                     options.user_partitions.unwrap_or(DEFAULT_PARTITIONS),
                 ];
                 for p in partitions {

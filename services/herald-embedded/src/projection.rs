@@ -360,16 +360,28 @@ impl EmbeddedProjection {
             .map_err(storage)
     }
 
-    /// A consistent snapshot *and* the offsets it covers, read in one transaction (used by
-    /// `herald replay` to compare against a live store that keeps moving).
+    /// A consistent snapshot *and* the offsets of every consumer it covers, read in one
+    /// transaction (used by `herald replay` to compare against a live store that keeps moving).
     pub async fn snapshot_with_offsets(
         &self,
-        consumer: &str,
-    ) -> Result<(ProjectionSnapshot, BTreeMap<u32, u64>), ProjectionError> {
-        let consumer = consumer.to_owned();
+    ) -> Result<(ProjectionSnapshot, BTreeMap<String, BTreeMap<u32, u64>>), ProjectionError> {
         self.read(move |conn| {
             let tx = conn.transaction()?;
-            let offsets = offsets_of(&tx, &consumer)?;
+            let mut offsets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+            {
+                let mut stmt =
+                    tx.prepare("SELECT consumer, partition, next_offset FROM consumer_offsets")?;
+                for r in stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })? {
+                    let (c, p, o) = r?;
+                    offsets.entry(c).or_default().insert(p, o);
+                }
+            }
             let snap = dump(&tx)?;
             tx.commit()?;
             Ok((snap, offsets))

@@ -45,6 +45,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/inbox", get(get_inbox))
         .route("/v1/inbox/unread-count", get(get_unread_count))
         .route("/v1/audit/{id}", get(get_audit))
+        .route("/v1/status", get(get_status))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { AppError::NotFound })
@@ -314,4 +315,35 @@ async fn get_metrics(State(state): State<AppState>) -> Result<String, AppError> 
         Some(render) => Ok(render()),
         None => Err(AppError::NotFound),
     }
+}
+
+/// Log end offsets, the projector's applied offsets and the lag between them, per stage.
+async fn get_status(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let mut stages = serde_json::Map::new();
+    for (stage, topic) in [
+        (herald_projector::FANOUT, Topic::Requests),
+        (herald_projector::INBOX, Topic::UserEvents),
+    ] {
+        let applied = state.store.consumer_offsets(stage).await?;
+        let mut ends = Vec::new();
+        let mut lag = 0u64;
+        for p in 0..state.log.partitions(topic) {
+            let end = state.log.end_offset(topic, p).await?;
+            lag += end.saturating_sub(applied.get(&p).copied().unwrap_or(0));
+            ends.push(end);
+        }
+        stages.insert(
+            stage.to_owned(),
+            json!({
+                "topic": topic.name(),
+                "log_end_offsets": ends,
+                "applied_offsets": (0..state.log.partitions(topic)).map(|p| applied.get(&p).copied().unwrap_or(0)).collect::<Vec<_>>(),
+                "lag_records": lag,
+            }),
+        );
+    }
+    Ok(Json(json!({
+        "epoch": state.log.epoch().to_string(),
+        "stages": stages,
+    })))
 }

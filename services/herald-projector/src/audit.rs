@@ -5,7 +5,7 @@ use herald_core::model::{Event, RequestRecord, UserEvent};
 use herald_core::partition::partition_for;
 use herald_ports::log::{EventLog, StoredRecord, Topic};
 use herald_ports::projection::ProjectionStore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ProjectorError;
 
@@ -13,13 +13,13 @@ use crate::ProjectorError;
 const SCAN_CHUNK: usize = 4096;
 
 /// One line of an audit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// When the event happened (producer / device time), Unix ms.
     pub at_ms: i64,
     /// When the record was appended, Unix ms.
     pub logged_ms: i64,
-    pub topic: &'static str,
+    pub topic: String,
     pub partition: u32,
     pub offset: u64,
     pub event: String,
@@ -28,14 +28,14 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditSubject {
     Notification,
     User,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
     pub subject: AuditSubject,
     pub id: String,
@@ -66,7 +66,7 @@ fn entry(r: &StoredRecord, event: &str, at_ms: i64, detail: String) -> AuditEntr
     AuditEntry {
         at_ms,
         logged_ms: r.record.timestamp_ms,
-        topic: r.topic.name(),
+        topic: r.topic.name().to_owned(),
         partition: r.partition,
         offset: r.offset,
         event: event.to_owned(),
@@ -117,9 +117,11 @@ pub async fn audit<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
     id: &str,
 ) -> Result<AuditReport, ProjectorError> {
     let mut entries = Vec::new();
+    let mut requests = 0;
     scan(log, Topic::Requests, id, |r| {
         match codec::decode(&r.record.value) {
             Ok(Event::Request(RequestRecord::Notification(n))) if n.notification_id == id => {
+                requests += 1;
                 let detail = format!(
                     "{} from producer {} (key {}) to {} users, {} groups{}{}",
                     n.event_type,
@@ -138,6 +140,11 @@ pub async fn audit<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
                         ""
                     },
                 );
+                let detail = if requests > 1 {
+                    format!("{detail} (retry of the same idempotency key; creates nothing new)")
+                } else {
+                    detail
+                };
                 entries.push(entry(r, "requested", n.created_at, detail));
             }
             _ => {}
@@ -193,7 +200,14 @@ pub async fn audit<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
         })
         .await?;
     }
-    entries.sort_by_key(|e| (e.logged_ms, e.topic, e.partition, e.offset));
+    entries.sort_by(|a, b| {
+        (a.logged_ms, &a.topic, a.partition, a.offset).cmp(&(
+            b.logged_ms,
+            &b.topic,
+            b.partition,
+            b.offset,
+        ))
+    });
     Ok(AuditReport {
         subject: AuditSubject::Notification,
         id: id.to_owned(),

@@ -1,0 +1,98 @@
+//! `herald audit`: every event about a notification or a user, as a table or JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use herald_projector::audit::{AuditReport, audit};
+use serde_json::Value;
+
+use super::{DEFAULT_DATA_DIR, init_tracing, open_read_only, rfc3339};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A notification id or a user id.
+    id: String,
+    /// Read the files of this data directory (works while `herald dev` runs).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = DEFAULT_DATA_DIR, conflicts_with = "url")]
+    data_dir: PathBuf,
+    /// Ask a running Herald over HTTP instead of reading files.
+    #[arg(long)]
+    url: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn fetch(url: &str, id: &str) -> anyhow::Result<AuditReport> {
+    let url = format!("{}/v1/audit/{id}", url.trim_end_matches('/'));
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach Herald at {url}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.context("reading the audit")?;
+    if !status.is_success() {
+        bail!(
+            "HTTP {status}: {}",
+            body["error"]["message"].as_str().unwrap_or("error")
+        );
+    }
+    serde_json::from_value(body).context("the server sent an audit this CLI does not understand")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_tracing("warn");
+    herald_core::ids::validate_id("id", &args.id)?;
+    let report = match &args.url {
+        Some(url) => fetch(url, &args.id).await?,
+        None => {
+            let (log, store) = open_read_only(&args.data_dir).await?;
+            audit(&log, &store, &args.id).await?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if report.entries.is_empty() {
+        println!("no events about {}", args.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 6]> = report
+        .entries
+        .iter()
+        .map(|e| {
+            [
+                rfc3339(e.logged_ms),
+                format!("{}/{}@{}", e.topic, e.partition, e.offset),
+                e.event.clone(),
+                e.user_id.clone().unwrap_or_else(|| "-".into()),
+                e.device_id.clone().unwrap_or_else(|| "-".into()),
+                e.detail.clone(),
+            ]
+        })
+        .collect();
+    let header = ["TIME", "POSITION", "EVENT", "USER", "DEVICE", "DETAIL"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 5 {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s
+    };
+    println!("{}", line(header));
+    for r in &rows {
+        println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+    }
+    Ok(ExitCode::SUCCESS)
+}

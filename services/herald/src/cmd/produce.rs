@@ -1,0 +1,110 @@
+//! `herald produce`: send one notification to a running Herald over HTTP.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::{DEFAULT_URL, init_tracing};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base URL of Herald's HTTP API.
+    #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
+    url: String,
+    /// Recipient user ids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    to: Vec<String>,
+    /// Recipient group ids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    group: Vec<String>,
+    /// Recipient topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Send to every known user.
+    #[arg(long)]
+    everyone: bool,
+    /// Event type, e.g. approval.requested.
+    #[arg(long = "type")]
+    event_type: String,
+    /// Who sends it, e.g. billing-service.
+    #[arg(long, default_value = "herald-cli")]
+    source: String,
+    /// JSON payload.
+    #[arg(long, default_value = "{}")]
+    data: String,
+    /// Idempotency key: sending again with the same key creates nothing new.
+    #[arg(long)]
+    key: Option<String>,
+    /// low, normal, high or urgent.
+    #[arg(long)]
+    priority: Option<String>,
+    #[arg(long)]
+    collapse_key: Option<String>,
+    /// RFC 3339 time before which the notification is not shown.
+    #[arg(long)]
+    deliver_at: Option<String>,
+    /// RFC 3339 time after which the notification is gone.
+    #[arg(long)]
+    expires_at: Option<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_tracing("warn");
+    let data: Value = serde_json::from_str(&args.data)
+        .with_context(|| format!("--data is not valid JSON: {}", args.data))?;
+    if args.to.is_empty() && args.group.is_empty() && args.topic.is_none() && !args.everyone {
+        bail!("name recipients with --to, --group, --topic or --everyone");
+    }
+    let mut body = json!({
+        "recipients": {
+            "users": args.to,
+            "groups": args.group,
+            "topic": args.topic,
+            "everyone": args.everyone,
+        },
+        "event_type": args.event_type,
+        "source": args.source,
+        "data": data,
+    });
+    for (field, value) in [
+        ("priority", args.priority),
+        ("collapse_key", args.collapse_key),
+        ("deliver_at", args.deliver_at),
+        ("expires_at", args.expires_at),
+        ("idempotency_key", args.key),
+    ] {
+        if let Some(v) = value {
+            body[field] = json!(v);
+        }
+    }
+    let url = format!("{}/v1/notifications", args.url.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach Herald at {}: is `herald dev` running?",
+                args.url
+            )
+        })?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading the response")?;
+    if status.is_success() {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reason = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| {
+            Some(format!(
+                "{} ({})",
+                v["error"]["message"].as_str()?,
+                v["error"]["code"].as_str()?
+            ))
+        })
+        .unwrap_or(text);
+    bail!("Herald refused the notification: HTTP {status}: {reason}")
+}

@@ -1,0 +1,123 @@
+//! `herald replay`: rebuild the projection from the log into a fresh store, then compare it
+//! with the live projection at exactly the offsets the live one had applied.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use herald_embedded::{Access, EmbeddedProjection};
+use herald_ports::projection::ProjectionStore;
+use herald_projector::{FANOUT, INBOX, Progress, rebuild};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{DEFAULT_DATA_DIR, init_tracing, open_read_only};
+
+/// Most differences printed.
+const MAX_DIFFERENCES_SHOWN: usize = 50;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Data directory of the log and the live projection (read only; `herald dev` may run).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Where to build the new projection (must not exist). Default: a file in the data
+    /// directory, removed afterwards unless --keep.
+    #[arg(long)]
+    into: Option<PathBuf>,
+    /// Keep the rebuilt projection.
+    #[arg(long)]
+    keep: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn total(&self, records: u64) {
+        self.0.set_length(records);
+    }
+    fn advance(&self, records: u64) {
+        self.0.inc(records);
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_tracing("warn");
+    let (log, live) = open_read_only(&args.data_dir).await?;
+    let target = args.into.clone().unwrap_or_else(|| {
+        args.data_dir
+            .join(format!("replay-{}.db", std::process::id()))
+    });
+    if target.exists() {
+        bail!(
+            "{} already exists: replay builds into a fresh store",
+            target.display()
+        );
+    }
+    // One consistent view of the live projection and the offsets it covers.
+    let (live_snapshot, offsets) = live.snapshot_with_offsets().await?;
+    let requests_end = offsets.get(FANOUT).cloned().unwrap_or_default();
+    let events_end = offsets.get(INBOX).cloned().unwrap_or_default();
+    let fresh = EmbeddedProjection::open(&target, Access::ReadWrite)
+        .await
+        .context("creating the rebuilt projection")?;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} replaying [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    // Read only what the live projection had applied; partitions it never touched are empty.
+    let bound = |m: &std::collections::BTreeMap<u32, u64>, topic| {
+        let n = herald_ports::log::EventLog::partitions(&log, topic);
+        (0..n)
+            .map(|p| (p, m.get(&p).copied().unwrap_or(0)))
+            .collect()
+    };
+    let started = Instant::now();
+    let applied = rebuild(
+        &log,
+        &fresh,
+        &bound(&requests_end, herald_ports::Topic::Requests),
+        &bound(&events_end, herald_ports::Topic::UserEvents),
+        &Bar(bar.clone()),
+    )
+    .await?;
+    bar.finish_and_clear();
+    let took = started.elapsed();
+    let rebuilt = fresh.snapshot().await?;
+    drop(fresh);
+    if !args.keep && args.into.is_none() {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+        }
+    }
+    let rate = applied as f64 / took.as_secs_f64().max(1e-9);
+    println!(
+        "replayed {applied} records in {:.2}s ({rate:.0} records/s): {} inbox rows, {} users",
+        took.as_secs_f64(),
+        rebuilt.rows.len(),
+        rebuilt.users.len()
+    );
+    let mut problems = live_snapshot.check_invariants();
+    problems.extend(live_snapshot.diff(&rebuilt, MAX_DIFFERENCES_SHOWN));
+    if problems.is_empty() {
+        println!("the rebuilt projection equals the live one");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} differences (live vs rebuilt):", problems.len());
+        for p in problems.iter().take(MAX_DIFFERENCES_SHOWN) {
+            println!("  {p}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}

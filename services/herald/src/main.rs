@@ -1,0 +1,56 @@
+//! `herald`: parses the command line and hands over to a subcommand module.
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald: durable notification delivery", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process on embedded, durable storage (log, projector, HTTP API).
+    Dev(cmd::dev::Args),
+    /// Send a notification to a running Herald.
+    Produce(cmd::produce::Args),
+    /// Rebuild the projection from the log into a fresh store and compare it with the live one.
+    Replay(cmd::replay::Args),
+    /// Every event about a notification id or a user id, in order.
+    Audit(cmd::audit::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Produce(args) => cmd::produce::run(args).await,
+            Command::Replay(args) => cmd::replay::run(args).await,
+            Command::Audit(args) => cmd::audit::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
