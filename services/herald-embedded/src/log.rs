@@ -171,7 +171,12 @@ impl EmbeddedLog {
             )));
         }
         let conn = sqlite::open(&path, access)
-            .map_err(|e| LogError::Storage(format!("cannot open log {}: {e}", path.display())))?;
+            .map_err(|e| {
+                LogError::Storage(format!(
+                    "cannot open log {}: {e} (is it a Herald log, or corrupt? move it aside to start afresh)",
+                    path.display()
+                ))
+            })?;
         if access == Access::ReadWrite {
             conn.execute_batch(SCHEMA).map_err(|e| {
                 LogError::Storage(format!(

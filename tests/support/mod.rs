@@ -1,0 +1,153 @@
+//! Helpers for the process-level tests: start the real `herald` binary on a free port and a
+//! temp data dir, talk to it over HTTP, kill it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
+/// Longest wait for a started process to answer: a hang guard, not a timing assertion.
+pub const READY_GUARD: Duration = Duration::from_secs(60);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the binary to completion.
+pub fn herald(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald")
+}
+
+/// A running `herald dev`.
+pub struct Dev {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl Dev {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts `herald dev` and waits until it answers /healthz.
+    pub async fn start(data_dir: &Path) -> Dev {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["dev", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald dev");
+        let dev = Dev {
+            child,
+            port,
+            data_dir: data_dir.to_owned(),
+        };
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client.get(format!("{}/healthz", dev.url())).send().await {
+                if r.status().is_success() {
+                    return dev;
+                }
+            }
+            assert!(started.elapsed() < READY_GUARD, "herald dev did not become ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("send SIGTERM");
+        assert!(status.success());
+        self.child.wait().expect("wait for herald dev")
+    }
+
+    /// Waits until the projector has applied everything in the log.
+    pub async fn caught_up(&self) {
+        let started = Instant::now();
+        loop {
+            let status: Value = reqwest::get(format!("{}/v1/status", self.url()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let lag: u64 = ["fanout", "inbox"]
+                .iter()
+                .map(|s| status["stages"][s]["lag_records"].as_u64().unwrap())
+                .sum();
+            if lag == 0 {
+                return;
+            }
+            assert!(started.elapsed() < READY_GUARD, "projector did not catch up: {status}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Every notification id in `user`'s inbox, oldest first, with its seq.
+    pub async fn inbox(&self, user: &str) -> (Vec<(String, u64)>, u64) {
+        let client = reqwest::Client::new();
+        let mut out = Vec::new();
+        let mut before: Option<u64> = None;
+        let unread;
+        loop {
+            let mut url = format!("{}/v1/inbox?user_id={user}&limit=1000", self.url());
+            if let Some(b) = before {
+                url.push_str(&format!("&before={b}"));
+            }
+            let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            for item in page["items"].as_array().unwrap() {
+                out.push((
+                    item["id"].as_str().unwrap().to_owned(),
+                    item["seq"].as_u64().unwrap(),
+                ));
+            }
+            match page["next_before"].as_u64() {
+                Some(b) => before = Some(b),
+                None => {
+                    unread = page["unread_count"].as_u64().unwrap();
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        (out, unread)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
