@@ -20,28 +20,50 @@ async fn produce_then_inbox_audit_and_replay_while_dev_runs() {
     let mut dev = Dev::start(&data).await;
     let url = dev.url();
     let out = herald(&[
-        "produce", "--url", &url, "--to", "alice,bob", "--type", "approval.requested",
-        "--source", "expenses", "--data", r#"{"title":"Approve trip","amount":420}"#, "--key", "exp-1",
+        "produce",
+        "--url",
+        &url,
+        "--to",
+        "alice,bob",
+        "--type",
+        "approval.requested",
+        "--source",
+        "expenses",
+        "--data",
+        r#"{"title":"Approve trip","amount":420}"#,
+        "--key",
+        "exp-1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let accepted: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let id = accepted["notification_id"].as_str().unwrap().to_owned();
     // Same key again: same id, nothing new.
-    let again = herald(&["produce", "--url", &url, "--to", "alice", "--type", "x", "--key", "exp-1"]);
+    let again = herald(&[
+        "produce", "--url", &url, "--to", "alice", "--type", "x", "--key", "exp-1",
+    ]);
     let again: Value = serde_json::from_str(&stdout(&again)).unwrap();
     assert_eq!(again["notification_id"], id.as_str());
     dev.caught_up().await;
     for user in ["alice", "bob"] {
         let (items, unread) = dev.inbox(user).await;
-        assert_eq!(items.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(), vec![id.as_str()]);
+        assert_eq!(
+            items.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(),
+            vec![id.as_str()]
+        );
         assert_eq!(unread, 1);
     }
     // Audit from the files while dev runs, and over HTTP.
     let offline = herald(&["audit", &id, "--data-dir", data.to_str().unwrap()]);
     assert!(offline.status.success(), "{}", stderr(&offline));
     let table = stdout(&offline);
-    assert!(table.contains("requested") && table.contains("alice") && table.contains("bob"), "{table}");
-    assert!(table.contains("retry of the same idempotency key"), "{table}");
+    assert!(
+        table.contains("requested") && table.contains("alice") && table.contains("bob"),
+        "{table}"
+    );
+    assert!(
+        table.contains("retry of the same idempotency key"),
+        "{table}"
+    );
     let online = herald(&["audit", "alice", "--url", &url, "--json"]);
     assert!(online.status.success(), "{}", stderr(&online));
     let report: Value = serde_json::from_str(&stdout(&online)).unwrap();
@@ -49,7 +71,12 @@ async fn produce_then_inbox_audit_and_replay_while_dev_runs() {
     assert_eq!(report["entries"][0]["event"], "added");
     // Replay into a fresh store equals the live projection.
     let replay = herald(&["replay", "--quiet", "--data-dir", data.to_str().unwrap()]);
-    assert!(replay.status.success(), "{}{}", stdout(&replay), stderr(&replay));
+    assert!(
+        replay.status.success(),
+        "{}{}",
+        stdout(&replay),
+        stderr(&replay)
+    );
     assert!(stdout(&replay).contains("equals the live one"));
     // SIGTERM stops it cleanly; the data stays.
     let status = dev.terminate();
@@ -70,11 +97,33 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
         (vec!["bogus"], 2, "unrecognized subcommand"),
         (vec!["dev", "--no-such-flag"], 2, "unexpected argument"),
         (vec!["dev", "--partitions", "0"], 2, "invalid value"),
-        (vec!["produce", "--url", &url, "--to", "a", "--type", "t", "--data", "{bad"], 1, "--data is not valid JSON"),
-        (vec!["produce", "--url", &url, "--type", "t"], 1, "name recipients"),
-        (vec!["produce", "--url", &url, "--to", "a", "--type", "t"], 1, "cannot reach Herald"),
-        (vec!["audit", "x", "--data-dir", missing], 1, "does not exist"),
-        (vec!["audit", "bad id!", "--data-dir", missing], 1, "invalid id"),
+        (
+            vec![
+                "produce", "--url", &url, "--to", "a", "--type", "t", "--data", "{bad",
+            ],
+            1,
+            "--data is not valid JSON",
+        ),
+        (
+            vec!["produce", "--url", &url, "--type", "t"],
+            1,
+            "name recipients",
+        ),
+        (
+            vec!["produce", "--url", &url, "--to", "a", "--type", "t"],
+            1,
+            "cannot reach Herald",
+        ),
+        (
+            vec!["audit", "x", "--data-dir", missing],
+            1,
+            "does not exist",
+        ),
+        (
+            vec!["audit", "bad id!", "--data-dir", missing],
+            1,
+            "invalid id",
+        ),
         (vec!["replay", "--data-dir", missing], 1, "does not exist"),
     ];
     for (args, code, message) in cases {
@@ -95,14 +144,23 @@ fn a_corrupt_store_is_reported_not_panicked_on() {
     std::fs::write(data.join("projection.db"), vec![0x42u8; 8192]).unwrap();
     let port = support::free_port().to_string();
     for args in [
-        vec!["dev", "--data-dir", data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")],
+        vec![
+            "dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
         vec!["audit", "alice", "--data-dir", data.to_str().unwrap()],
         vec!["replay", "--data-dir", data.to_str().unwrap()],
     ] {
         let out = herald(&args);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains("Herald") && err.contains("corrupt"), "{args:?}: {err}");
+        assert!(
+            err.contains("Herald") && err.contains("corrupt"),
+            "{args:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }

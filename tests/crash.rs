@@ -111,8 +111,9 @@ async fn producer(
             Some(r) => (r, true),
             None => {
                 let k = rng.random_range(1..=3);
-                let mut recipients: Vec<String> =
-                    (0..k).map(|_| format!("user-{}", rng.random_range(0..USERS))).collect();
+                let mut recipients: Vec<String> = (0..k)
+                    .map(|_| format!("user-{}", rng.random_range(0..USERS)))
+                    .collect();
                 recipients.sort();
                 recipients.dedup();
                 let r = Req {
@@ -209,7 +210,11 @@ async fn sigkill_during_production_loses_and_duplicates_nothing() {
     // The rebuilt projection equals the live one.
     let replay = herald(&["replay", "--quiet", "--data-dir", data.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&replay.stdout);
-    assert!(replay.status.success(), "{out}{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        replay.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
 }
 
 async fn verify(dev: &Dev, ledger: &Arc<Mutex<Ledger>>, kills: usize) {
@@ -218,7 +223,11 @@ async fn verify(dev: &Dev, ledger: &Arc<Mutex<Ledger>>, kills: usize) {
     for u in 0..USERS {
         let user = format!("user-{u}");
         let (items, unread) = dev.inbox(&user).await;
-        assert_eq!(unread, items.len() as u64, "{user}: unread count equals the list");
+        assert_eq!(
+            unread,
+            items.len() as u64,
+            "{user}: unread count equals the list"
+        );
         inboxes.insert(user, items);
     }
     let id_to_key: HashMap<String, String> = l
@@ -274,7 +283,11 @@ async fn verify(dev: &Dev, ledger: &Arc<Mutex<Ledger>>, kills: usize) {
         .abandoned
         .iter()
         .filter(|r| !l.accepted.contains_key(&r.key))
-        .filter(|r| r.recipients.iter().any(|u| position.contains_key(&(u.clone(), r.key.clone()))))
+        .filter(|r| {
+            r.recipients
+                .iter()
+                .any(|u| position.contains_key(&(u.clone(), r.key.clone())))
+        })
         .count();
     println!(
         "crash test: kills={kills} posts={} accepted={} repeats_of_accepted_keys={} \
@@ -285,8 +298,14 @@ async fn verify(dev: &Dev, ledger: &Arc<Mutex<Ledger>>, kills: usize) {
         l.retries_of_accepted,
         l.abandoned.len(),
     );
-    assert!(!l.accepted.is_empty(), "the test accepted nothing: it proves nothing");
-    assert_eq!((lost, duplicated, misdelivered, unknown, out_of_order), (0, 0, 0, 0, 0));
+    assert!(
+        !l.accepted.is_empty(),
+        "the test accepted nothing: it proves nothing"
+    );
+    assert_eq!(
+        (lost, duplicated, misdelivered, unknown, out_of_order),
+        (0, 0, 0, 0, 0)
+    );
 }
 
 /// The id Herald derives for producer `dev` and `key` (UUIDv5, see herald-core).

@@ -71,7 +71,10 @@ impl Dev {
                     return dev;
                 }
             }
-            assert!(started.elapsed() < READY_GUARD, "herald dev did not become ready");
+            assert!(
+                started.elapsed() < READY_GUARD,
+                "herald dev did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -109,7 +112,10 @@ impl Dev {
             if lag == 0 {
                 return;
             }
-            assert!(started.elapsed() < READY_GUARD, "projector did not catch up: {status}");
+            assert!(
+                started.elapsed() < READY_GUARD,
+                "projector did not catch up: {status}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -1,0 +1,205 @@
+//! `herald-bench`: benchmarks, each next to its baseline measured in the same run (this machine
+//! is noisy, so only ratios within one run are compared). Results go to `target/bench/*.json`
+//! and, with `--report`, into the matching section of `docs/benchmarks.md`.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald_embedded::{Access, EmbeddedLog, LogOptions};
+use herald_ports::log::{EventLog, Record, Topic};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "herald-bench")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Durable appends to the embedded log vs raw SQLite inserts with the same durability.
+    LogAppend {
+        /// Records per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 200)]
+        value_bytes: usize,
+        /// Concurrent appenders of single records, one measurement each.
+        #[arg(long, value_delimiter = ',', default_value = "16,256,1024")]
+        appenders: Vec<usize>,
+        /// Rewrite the section in docs/benchmarks.md.
+        #[arg(long)]
+        report: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.scenario {
+        Scenario::LogAppend {
+            records,
+            value_bytes,
+            appenders,
+            report,
+        } => rt.block_on(log_append(records, value_bytes, appenders, report)),
+    }
+}
+
+/// Raw baseline: one connection, the log's own table and pragmas, one commit (fsync) per
+/// 1000 rows.
+fn raw_sqlite(path: &Path, records: usize, value: &[u8]) -> anyhow::Result<f64> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE records (topic INTEGER NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL, \
+         key TEXT NOT NULL, ts INTEGER NOT NULL, headers BLOB NOT NULL, value BLOB NOT NULL, \
+         PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;",
+    )?;
+    let started = Instant::now();
+    let mut offsets = [0i64; 8];
+    for chunk in 0..records.div_ceil(1000) {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO records VALUES (1, ?1, ?2, ?3, 0, x'00000000', ?4)")?;
+            for i in 0..1000.min(records - chunk * 1000) {
+                let p = (chunk * 1000 + i) % 8;
+                stmt.execute(rusqlite::params![p as i64, offsets[p], "user", value])?;
+                offsets[p] += 1;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
+fn record(partition: usize, value: &[u8]) -> Record {
+    Record {
+        partition: (partition % 8) as u32,
+        key: "user".into(),
+        value: value.to_vec(),
+        headers: vec![],
+        timestamp_ms: 0,
+    }
+}
+
+/// `appenders` tasks append `records / appenders` calls of `per_call` records each.
+async fn log_rate(
+    log: &Arc<EmbeddedLog>,
+    records: usize,
+    value: &[u8],
+    appenders: usize,
+    per_call: usize,
+) -> anyhow::Result<f64> {
+    let calls = records / appenders / per_call;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..appenders {
+        let log = log.clone();
+        let value = value.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for c in 0..calls {
+                let batch = (0..per_call).map(|i| record(t + c + i, &value)).collect();
+                log.append(Topic::UserEvents, batch).await?;
+            }
+            Ok::<_, herald_ports::LogError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((calls * appenders * per_call) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn log_append(
+    records: usize,
+    value_bytes: usize,
+    appenders: Vec<usize>,
+    report: bool,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let value = vec![0x5au8; value_bytes];
+    let raw = {
+        let path = dir.path().join("raw.db");
+        let value = value.clone();
+        tokio::task::spawn_blocking(move || raw_sqlite(&path, records, &value)).await??
+    };
+    let log = Arc::new(
+        EmbeddedLog::open(
+            &dir.path().join("log.db"),
+            Access::ReadWrite,
+            LogOptions::default(),
+        )
+        .await?,
+    );
+    let mut rows = Vec::new();
+    for a in &appenders {
+        let rate = log_rate(&log, records, &value, *a, 1).await?;
+        rows.push((
+            format!("`EmbeddedLog::append`, {a} concurrent callers, 1 record per call"),
+            rate,
+        ));
+    }
+    let batched = log_rate(&log, records, &value, 8, 100).await?;
+    rows.push((
+        "`EmbeddedLog::append`, 8 concurrent callers, 100 records per call".to_owned(),
+        batched,
+    ));
+    let result = json!({
+        "scenario": "log-append",
+        "records": records,
+        "value_bytes": value_bytes,
+        "raw_sqlite_records_per_s": raw.round(),
+        "log": rows.iter().map(|(what, rate)| json!({"what": what, "records_per_s": rate.round(), "ratio_to_raw": (rate / raw * 100.0).round() / 100.0})).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    let out = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("log-append.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    if report {
+        let mut table = format!(
+            "Command: `cargo run --release -p herald-bench -- log-append --records {records} --report`\n\n\
+             | what | records/s | vs raw |\n|---|---:|---:|\n\
+             | raw SQLite inserts, same table and pragmas (WAL, synchronous=FULL), one commit per 1000 rows | {raw:.0} | 1.00 |\n"
+        );
+        for (what, rate) in &rows {
+            table.push_str(&format!("| {what} | {rate:.0} | {:.2} |\n", rate / raw));
+        }
+        table.push_str(&format!(
+            "\n{records} records of {value_bytes} bytes per measurement; every append returned only after \
+             its group's commit (fsync). One fsync covers every caller waiting at that moment, so \
+             throughput follows concurrency: with about as many callers as the raw baseline's rows per \
+             commit, the log runs close to the raw rate.\n"
+        ));
+        replace_section(Path::new("docs/benchmarks.md"), "log-append", &table)
+            .context("updating docs/benchmarks.md")?;
+    }
+    Ok(())
+}
+
+/// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
+fn replace_section(doc: &Path, name: &str, body: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(doc)?;
+    let (open, close) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let start = text.find(&open).context("section start marker missing")? + open.len();
+    let end = text.find(&close).context("section end marker missing")?;
+    let new = format!("{}\n{}{}", &text[..start], body, &text[end..]);
+    std::fs::write(doc, new)?;
+    Ok(())
+}
