@@ -1,0 +1,26 @@
+# Herald's entry points. CI runs `.ci/run`, which calls the same test command as `just test`.
+
+# Run Herald on embedded storage (data in ./data, HTTP on 127.0.0.1:7400).
+dev:
+    cargo run --release -- dev
+
+# The whole test suite (what CI runs).
+test:
+    cargo test --workspace
+
+# Formatting and lints, warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Benchmarks; rewrites docs/benchmarks.md.
+bench:
+    cargo run --release -p herald-bench -- log-append --records 1000000 --report
+
+# A bigger SIGKILL crash run than the test suite's (KILLS kills).
+crash KILLS="40":
+    HERALD_CRASH_KILLS={{KILLS}} cargo test --release -p herald --test crash -- --nocapture
+
+# Everything CI does, from a clean clone of this checkout.
+ci:
+    d=$(mktemp -d) && git clone -q . $d/main && cd $d/main && CI=true bash .ci/run
