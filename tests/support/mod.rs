@@ -66,10 +66,10 @@ impl Dev {
         let client = reqwest::Client::new();
         let started = Instant::now();
         loop {
-            if let Ok(r) = client.get(format!("{}/healthz", dev.url())).send().await {
-                if r.status().is_success() {
-                    return dev;
-                }
+            if let Ok(r) = client.get(format!("{}/healthz", dev.url())).send().await
+                && r.status().is_success()
+            {
+                return dev;
             }
             assert!(
                 started.elapsed() < READY_GUARD,

@@ -48,12 +48,12 @@ impl ProjectionSnapshot {
                     row.notification_id
                 ));
             }
-            if let (Some(k), true) = (&row.collapse_key, row.listed()) {
-                if let Some(prev) = collapse.insert((user, k), *seq) {
-                    problems.push(format!(
-                        "user {user}: collapse key {k} listed twice (seq {prev} and {seq})"
-                    ));
-                }
+            if let (Some(k), true) = (&row.collapse_key, row.listed())
+                && let Some(prev) = collapse.insert((user, k), *seq)
+            {
+                problems.push(format!(
+                    "user {user}: collapse key {k} listed twice (seq {prev} and {seq})"
+                ));
             }
         }
         let users: BTreeSet<&str> = counted

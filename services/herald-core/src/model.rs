@@ -164,13 +164,13 @@ impl NotificationRequest {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
             return Err(CoreError::invalid("payload", format!("is not JSON: {e}")));
         }
-        if let (Some(d), Some(e)) = (self.deliver_at, self.expires_at) {
-            if e <= d {
-                return Err(CoreError::invalid(
-                    "expires_at",
-                    "must be later than deliver_at",
-                ));
-            }
+        if let (Some(d), Some(e)) = (self.deliver_at, self.expires_at)
+            && e <= d
+        {
+            return Err(CoreError::invalid(
+                "expires_at",
+                "must be later than deliver_at",
+            ));
         }
         Ok(())
     }
@@ -365,7 +365,7 @@ impl DirectoryChange {
 /// Every record on the requests topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestRecord {
-    Notification(NotificationRequest),
+    Notification(Box<NotificationRequest>),
     Directory(DirectoryChange),
 }
 

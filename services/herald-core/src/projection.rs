@@ -208,13 +208,13 @@ pub fn fold<S: ProjectionState>(
                 superseded: false,
             };
             let mut changes = RowChanges::new(&e.user_id);
-            if let Some(key) = &e.collapse_key {
-                if let Some(holder) = state.collapse_holder(&e.user_id, key)? {
-                    if holder.seq < offset {
-                        changes.touch(holder, |r| r.superseded = true);
-                    } else {
-                        row.superseded = true;
-                    }
+            if let Some(key) = &e.collapse_key
+                && let Some(holder) = state.collapse_holder(&e.user_id, key)?
+            {
+                if holder.seq < offset {
+                    changes.touch(holder, |r| r.superseded = true);
+                } else {
+                    row.superseded = true;
                 }
             }
             let added_delta = i64::from(row.counts_as_unread());

@@ -75,7 +75,7 @@ fn every_record_kind_round_trips() {
         assert_eq!(codec::decode(&bytes).unwrap(), Event::User(e));
     }
     for r in [
-        RequestRecord::Notification(request()),
+        RequestRecord::Notification(Box::new(request())),
         RequestRecord::Directory(DirectoryChange {
             op: DirectoryOp::JoinGroup,
             user_id: "alice".into(),
@@ -114,7 +114,7 @@ fn header_carries_the_spec_fingerprint_little_endian() {
         let (schema, fp) = registry.current(kind);
         assert_eq!(fp, spec_fingerprint(&schema.canonical_form()), "{kind:?}");
     }
-    let bytes = codec::encode_request(&RequestRecord::Notification(request())).unwrap();
+    let bytes = codec::encode_request(&RequestRecord::Notification(Box::new(request()))).unwrap();
     let (_, fp) = registry.current(SchemaKind::NotificationRequest);
     assert_eq!(&bytes[2..10], &fp.to_le_bytes());
 }
@@ -167,7 +167,7 @@ fn a_v1_request_decodes_under_v2_with_the_default_priority() {
     };
     assert_eq!(
         decoded,
-        Event::Request(RequestRecord::Notification(expected))
+        Event::Request(RequestRecord::Notification(Box::new(expected)))
     );
 }
 

@@ -205,15 +205,15 @@ impl EmbeddedLog {
                         .map_err(bad)?
                         .and_then(|v| v.parse().ok())
                         .ok_or_else(|| LogError::Storage(format!("log meta {key} missing")))?;
-                    if let Some(asked) = asked {
-                        if asked != stored {
-                            return Err(LogError::Config(format!(
-                                "the log at {} was created with {stored} {} partitions, not {asked}; \
+                    if let Some(asked) = asked
+                        && asked != stored
+                    {
+                        return Err(LogError::Config(format!(
+                            "the log at {} was created with {stored} {} partitions, not {asked}; \
                                  re-partitioning needs a new log (and gives a new cursor epoch)",
-                                path.display(),
-                                Topic::ALL[i].name()
-                            )));
-                        }
+                            path.display(),
+                            Topic::ALL[i].name()
+                        )));
                     }
                     partitions[i] = stored;
                 }
@@ -328,9 +328,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, shared: Arc<Sh
             Ok(positions) => {
                 next = tentative;
                 let mut touched = [false; 2];
-                for t in 0..2 {
-                    for (p, end) in next[t].iter().enumerate() {
-                        shared.ends[t][p].store(*end, Ordering::Release);
+                for (ends, published) in next.iter().zip(&shared.ends) {
+                    for (end, slot) in ends.iter().zip(published) {
+                        slot.store(*end, Ordering::Release);
                     }
                 }
                 telemetry::log_group_commit(count);

@@ -198,7 +198,7 @@ async fn accept(
     };
     request.validate()?;
     let record = request_record(
-        &RequestRecord::Notification(request.clone()),
+        &RequestRecord::Notification(Box::new(request.clone())),
         state.log.partitions(Topic::Requests),
         now_ms(),
     )?;

@@ -203,7 +203,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         run_directory.clear();
                     }
                     match n.validate() {
-                        Ok(()) => run_requests.push(n),
+                        Ok(()) => run_requests.push(*n),
                         Err(e) => skip(FANOUT, r, &e.to_string()),
                     }
                 }

@@ -113,13 +113,13 @@ async fn a_retried_idempotency_key_creates_one_notification() {
     append_requests(
         &env,
         &[
-            RequestRecord::Notification(r.clone()),
-            RequestRecord::Notification(r.clone()),
+            RequestRecord::Notification(Box::new(r.clone())),
+            RequestRecord::Notification(Box::new(r.clone())),
         ],
     )
     .await;
     caught_up(&env).await;
-    append_requests(&env, &[RequestRecord::Notification(r.clone())]).await;
+    append_requests(&env, &[RequestRecord::Notification(Box::new(r.clone()))]).await;
     caught_up(&env).await;
     let snap = env.store.snapshot().await.unwrap();
     for user in ["alice", "bob"] {
@@ -198,9 +198,9 @@ async fn groups_topics_and_everyone_expand_in_log_order() {
     append_requests(
         &env,
         &[
-            RequestRecord::Notification(to_group.clone()),
-            RequestRecord::Notification(to_topic.clone()),
-            RequestRecord::Notification(to_all.clone()),
+            RequestRecord::Notification(Box::new(to_group.clone())),
+            RequestRecord::Notification(Box::new(to_topic.clone())),
+            RequestRecord::Notification(Box::new(to_all.clone())),
         ],
     )
     .await;
@@ -250,7 +250,7 @@ async fn a_corrupt_record_is_skipped_and_the_projector_keeps_going() {
         .await
         .unwrap();
     let r = request("p", "after-junk", users(&["alice"]));
-    append_requests(&env, &[RequestRecord::Notification(r.clone())]).await;
+    append_requests(&env, &[RequestRecord::Notification(Box::new(r.clone()))]).await;
     caught_up(&env).await;
     assert!(
         env.store
@@ -276,7 +276,7 @@ async fn restarts_resume_and_a_rebuild_equals_the_live_projection() {
                 .collect();
             let to: Vec<&str> = to.iter().map(String::as_str).collect();
             let r = request("p", &format!("r{round}-{i}"), users(&to));
-            append_requests(&env, &[RequestRecord::Notification(r)]).await;
+            append_requests(&env, &[RequestRecord::Notification(Box::new(r))]).await;
         }
         // Stop at an arbitrary point, possibly mid-batch, then start again.
         tokio::time::sleep(Duration::from_millis(5 * round as u64)).await;

@@ -19,7 +19,7 @@ enum Command {
     /// Run everything in one process on embedded, durable storage (log, projector, HTTP API).
     Dev(cmd::dev::Args),
     /// Send a notification to a running Herald.
-    Produce(cmd::produce::Args),
+    Produce(Box<cmd::produce::Args>),
     /// Rebuild the projection from the log into a fresh store and compare it with the live one.
     Replay(cmd::replay::Args),
     /// Every event about a notification id or a user id, in order.
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args).await,
-            Command::Produce(args) => cmd::produce::run(args).await,
+            Command::Produce(args) => cmd::produce::run(*args).await,
             Command::Replay(args) => cmd::replay::run(args).await,
             Command::Audit(args) => cmd::audit::run(args).await,
         }
