@@ -135,6 +135,27 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_dev_on_the_same_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let _first = Dev::start(&data).await;
+    let port = support::free_port().to_string();
+    let out = herald(&[
+        "dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("another herald process is using"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn a_corrupt_store_is_reported_not_panicked_on() {
     let tmp = tempfile::tempdir().unwrap();

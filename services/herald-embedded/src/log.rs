@@ -449,6 +449,7 @@ impl EventLog for EmbeddedLog {
         self.shared().partitions[topic.id() as usize]
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(topic = topic.name(), records = records.len()))]
     async fn append(&self, topic: Topic, records: Vec<Record>) -> Result<Vec<Appended>, LogError> {
         if records.is_empty() {
             return Ok(Vec::new());

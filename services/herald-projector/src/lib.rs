@@ -151,7 +151,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     commit(consumer.as_mut(), &offsets).await?;
                     positions.extend(offsets);
                     telemetry::projector_applied(stage, n, started.elapsed());
-                    if last_lag.elapsed() >= LAG_INTERVAL {
+                    // Measure at most once per interval, and whenever a short batch says the
+                    // stage has caught up, so an idle stage never shows a stale lag.
+                    if last_lag.elapsed() >= LAG_INTERVAL || n < MAX_BATCH_RECORDS {
                         last_lag = Instant::now();
                         let mut lag = 0;
                         for (p, at) in &positions {
@@ -165,6 +167,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     }
 
     /// Folds a batch of per-user events into the projection.
+    #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
     pub async fn inbox_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
         let mut events = Vec::with_capacity(records.len());
         for r in records {
@@ -189,6 +192,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     }
 
     /// Expands a batch of requests and applies directory changes, in log order.
+    #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
     pub async fn fanout_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
         let mut offsets = BTreeMap::new();
         let mut run_requests: Vec<NotificationRequest> = Vec::new();
@@ -234,6 +238,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     }
 
     /// Expands requests whose ids are not yet expanded; records them with `offsets`.
+    #[tracing::instrument(level = "debug", skip_all, fields(requests = requests.len()))]
     async fn expand(
         &self,
         requests: &[NotificationRequest],

@@ -26,28 +26,26 @@ pub struct Args {
     partitions: Option<u32>,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is *called*, so a signal
+/// that arrives while Herald is still starting up is not lost (nor fatal).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let signal = shutdown_signal()?;
     init_tracing("info");
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -56,6 +54,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    // One writer per data directory: a second `herald dev` would fight over log offsets.
+    let lock_path = args.data_dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+        }
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another herald process is using {} (it holds {}); stop it or pick another --data-dir",
+            args.data_dir.display(),
+            lock_path.display()
+        ),
+    }
     let options = LogOptions {
         requests_partitions: None,
         user_partitions: args.partitions,
@@ -95,7 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let server_token = shutdown.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         tokio::select! {
-            _ = shutdown_signal() => tracing::info!("shutdown signal received"),
+            _ = signal => tracing::info!("shutdown signal received"),
             _ = server_token.cancelled() => {},
         }
     });
@@ -107,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     drop(log);
     served.context("HTTP server")?;
     projected.context("projector")?;
+    drop(lock);
     eprintln!("herald dev: stopped");
     Ok(ExitCode::SUCCESS)
 }
