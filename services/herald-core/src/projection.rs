@@ -132,6 +132,22 @@ fn row_before<S: ProjectionState>(
         .filter(|r| r.seq < offset))
 }
 
+/// Applies `change` to every row named in `ids` that precedes `offset`.
+fn touch_named<'a, S: ProjectionState>(
+    state: &mut S,
+    changes: &mut RowChanges,
+    ids: impl IntoIterator<Item = &'a String>,
+    offset: u64,
+    change: impl Fn(&mut InboxRow),
+) -> Result<(), S::Error> {
+    for id in ids {
+        if let Some(row) = row_before(state, &changes.user_id, id, offset)? {
+            changes.touch(row, &change);
+        }
+    }
+    Ok(())
+}
+
 /// Row changes of one event, merged by seq so a row named twice changes once.
 struct RowChanges {
     user_id: String,
@@ -261,17 +277,11 @@ pub fn fold<S: ProjectionState>(
         }
         UserEvent::Read(e) => {
             let mut changes = RowChanges::new(&e.user_id);
-            for id in &e.notification_ids {
-                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
-                    changes.touch(row, |r| r.read = true);
-                }
-            }
-            if let Some(up_to) = non_negative(e.up_to) {
-                let up_to = up_to.min(offset.saturating_sub(1));
-                for row in state.unread_up_to(&e.user_id, up_to)? {
-                    if row.seq >= offset {
-                        continue;
-                    }
+            touch_named(state, &mut changes, &e.notification_ids, offset, |r| {
+                r.read = true
+            })?;
+            if let (Some(up_to), Some(last)) = (non_negative(e.up_to), offset.checked_sub(1)) {
+                for row in state.unread_up_to(&e.user_id, up_to.min(last))? {
                     changes.touch(row, |r| r.read = true);
                 }
             }
@@ -279,27 +289,22 @@ pub fn fold<S: ProjectionState>(
         }
         UserEvent::Unread(e) => {
             let mut changes = RowChanges::new(&e.user_id);
-            for id in &e.notification_ids {
-                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
-                    changes.touch(row, |r| r.read = false);
-                }
-            }
+            touch_named(state, &mut changes, &e.notification_ids, offset, |r| {
+                r.read = false
+            })?;
             changes.into_writes(state, 0, &mut out)?;
         }
         UserEvent::Archived(e) => {
             let mut changes = RowChanges::new(&e.user_id);
-            for id in &e.notification_ids {
-                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
-                    changes.touch(row, |r| r.archived = true);
-                }
-            }
+            touch_named(state, &mut changes, &e.notification_ids, offset, |r| {
+                r.archived = true
+            })?;
             changes.into_writes(state, 0, &mut out)?;
         }
         UserEvent::Expired(e) => {
             let mut changes = RowChanges::new(&e.user_id);
-            if let Some(row) = row_before(state, &e.user_id, &e.notification_id, offset)? {
-                changes.touch(row, |r| r.expired = true);
-            }
+            let id = std::slice::from_ref(&e.notification_id);
+            touch_named(state, &mut changes, id, offset, |r| r.expired = true)?;
             changes.into_writes(state, 0, &mut out)?;
         }
     }
