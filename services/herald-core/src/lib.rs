@@ -11,11 +11,13 @@
 
 pub mod codec;
 pub mod cursor;
+pub mod delivery;
 pub mod error;
 pub mod ids;
 pub mod mem;
 pub mod model;
 pub mod partition;
 pub mod projection;
+pub mod protocol;
 
 pub use error::CoreError;

@@ -1,0 +1,298 @@
+//! The per-device delivery state machine: what to send, what is in flight, what to resend when.
+//!
+//! No I/O and no clock: the caller passes `now_ms` and asks for the next deadline (timers as
+//! data). Items are offered in increasing `seq`; an offer at or below the highest seq already
+//! offered is a duplicate (the replay→live merge relies on this). Sends go out lowest seq first,
+//! at most `max_in_flight` unacknowledged at once (JetStream's MaxAckPending). An unacknowledged
+//! item is resent with exponential backoff, `max_redeliveries` times at most, then left for the
+//! device's next resume.
+
+use std::collections::BTreeMap;
+
+/// Knobs of delivery; defaults match docs/protocol.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// Most unacknowledged sends at once.
+    pub max_in_flight: usize,
+    /// Most items waiting to be sent (beyond the window); more is a slow consumer.
+    pub max_queued: usize,
+    /// Wait before the first redelivery.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between redeliveries.
+    pub backoff_max_ms: u64,
+    /// Resends after the first send, at most.
+    pub max_redeliveries: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_in_flight: 256,
+            max_queued: 4096,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 2_000,
+            max_redeliveries: 3,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// Wait after send number `attempt` (1 = first send) before the next one.
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        let shift = attempt.saturating_sub(1).min(32);
+        self.backoff_initial_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.backoff_max_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InFlight<T> {
+    item: T,
+    attempt: u32,
+    due_ms: i64,
+}
+
+/// Something to put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Send<T> {
+    pub seq: u64,
+    pub item: T,
+    /// 1 for the first send, 2.. for redeliveries.
+    pub attempt: u32,
+}
+
+/// Result of an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// At or below the highest seq already offered: already handled.
+    Duplicate,
+    /// The queue is full: the consumer is too slow.
+    Overflow,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery<T> {
+    config: DeliveryConfig,
+    queued: BTreeMap<u64, T>,
+    in_flight: BTreeMap<u64, InFlight<T>>,
+    highest_offered: Option<u64>,
+    gave_up: u64,
+}
+
+impl<T: Clone> Delivery<T> {
+    pub fn new(config: DeliveryConfig) -> Self {
+        Delivery {
+            config,
+            queued: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            highest_offered: None,
+            gave_up: 0,
+        }
+    }
+
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
+    /// Offers the item at `seq`.
+    pub fn offer(&mut self, seq: u64, item: T) -> Offer {
+        if self.highest_offered.is_some_and(|h| seq <= h) {
+            return Offer::Duplicate;
+        }
+        if self.queued.len() >= self.config.max_queued {
+            return Offer::Overflow;
+        }
+        self.highest_offered = Some(seq);
+        self.queued.insert(seq, item);
+        Offer::Queued
+    }
+
+    /// Everything at or below `seq` counts as offered (e.g. the device's resume cursor).
+    pub fn skip_through(&mut self, seq: u64) {
+        self.highest_offered = Some(self.highest_offered.map_or(seq, |h| h.max(seq)));
+    }
+
+    pub fn highest_offered(&self) -> Option<u64> {
+        self.highest_offered
+    }
+
+    /// How many more items may be offered before the queue is full.
+    pub fn room(&self) -> usize {
+        self.config.max_queued.saturating_sub(self.queued.len())
+    }
+
+    /// Acknowledged (or gone: archived, expired, superseded) by seq.
+    pub fn settle(&mut self, seq: u64) -> bool {
+        self.in_flight.remove(&seq).is_some() | self.queued.remove(&seq).is_some()
+    }
+
+    /// Acknowledged cumulatively: everything at or below `seq`.
+    pub fn settle_through(&mut self, seq: u64) -> usize {
+        let keep_f = self.in_flight.split_off(&(seq.saturating_add(1)));
+        let keep_q = self.queued.split_off(&(seq.saturating_add(1)));
+        let n = self.in_flight.len() + self.queued.len();
+        self.in_flight = keep_f;
+        self.queued = keep_q;
+        n
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Items given up on after their last redelivery (left for the next resume).
+    pub fn gave_up(&self) -> u64 {
+        self.gave_up
+    }
+
+    /// Whether `seq` is still waiting (queued or in flight).
+    pub fn pending(&self, seq: u64) -> bool {
+        self.in_flight.contains_key(&seq) || self.queued.contains_key(&seq)
+    }
+
+    /// What to send at `now_ms`: due redeliveries first, then new items while the window has room.
+    pub fn poll(&mut self, now_ms: i64) -> Vec<Send<T>> {
+        let mut out = Vec::new();
+        let due: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.due_ms <= now_ms)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            let f = self.in_flight.get_mut(&seq).expect("due seq is in flight");
+            if f.attempt > self.config.max_redeliveries {
+                self.in_flight.remove(&seq);
+                self.gave_up += 1;
+                continue;
+            }
+            f.attempt += 1;
+            f.due_ms = now_ms + self.config.backoff_ms(f.attempt) as i64;
+            out.push(Send {
+                seq,
+                item: f.item.clone(),
+                attempt: f.attempt,
+            });
+        }
+        while self.in_flight.len() < self.config.max_in_flight {
+            let Some((seq, item)) = self.queued.pop_first() else {
+                break;
+            };
+            self.in_flight.insert(
+                seq,
+                InFlight {
+                    item: item.clone(),
+                    attempt: 1,
+                    due_ms: now_ms + self.config.backoff_ms(1) as i64,
+                },
+            );
+            out.push(Send {
+                seq,
+                item,
+                attempt: 1,
+            });
+        }
+        out
+    }
+
+    /// When `poll` next has something to do, if anything is in flight.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.in_flight.values().map(|f| f.due_ms).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(window: usize) -> DeliveryConfig {
+        DeliveryConfig {
+            max_in_flight: window,
+            max_queued: 10,
+            ..Default::default()
+        }
+    }
+
+    fn seqs(sends: &[Send<&str>]) -> Vec<(u64, u32)> {
+        sends.iter().map(|s| (s.seq, s.attempt)).collect()
+    }
+
+    #[test]
+    fn sends_in_seq_order_within_the_window() {
+        let mut d = Delivery::new(cfg(2));
+        for s in [3, 5, 9] {
+            assert_eq!(d.offer(s, "x"), Offer::Queued);
+        }
+        assert_eq!(seqs(&d.poll(0)), vec![(3, 1), (5, 1)]);
+        assert!(d.poll(0).is_empty(), "window full");
+        d.settle(3);
+        assert_eq!(seqs(&d.poll(1)), vec![(9, 1)]);
+    }
+
+    #[test]
+    fn offers_at_or_below_the_highest_are_duplicates() {
+        let mut d = Delivery::new(cfg(4));
+        assert_eq!(d.offer(5, "a"), Offer::Queued);
+        assert_eq!(d.offer(5, "a"), Offer::Duplicate);
+        assert_eq!(d.offer(4, "b"), Offer::Duplicate);
+        d.skip_through(10);
+        assert_eq!(d.offer(7, "c"), Offer::Duplicate);
+        assert_eq!(d.offer(11, "d"), Offer::Queued);
+    }
+
+    #[test]
+    fn redelivers_with_backoff_then_gives_up() {
+        let mut d = Delivery::new(DeliveryConfig {
+            max_in_flight: 4,
+            max_queued: 4,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 250,
+            max_redeliveries: 3,
+        });
+        d.offer(1, "a");
+        assert_eq!(seqs(&d.poll(0)), vec![(1, 1)]);
+        assert_eq!(d.next_deadline(), Some(100));
+        assert!(d.poll(99).is_empty());
+        assert_eq!(seqs(&d.poll(100)), vec![(1, 2)]);
+        assert_eq!(d.next_deadline(), Some(300), "200 ms after the 2nd send");
+        assert_eq!(seqs(&d.poll(300)), vec![(1, 3)]);
+        assert_eq!(d.next_deadline(), Some(550), "capped at 250 ms");
+        assert_eq!(seqs(&d.poll(550)), vec![(1, 4)]);
+        assert!(
+            d.poll(10_000).is_empty(),
+            "3 redeliveries, then left for resume"
+        );
+        assert_eq!(d.gave_up(), 1);
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn cumulative_acks_settle_queued_and_in_flight() {
+        let mut d = Delivery::new(cfg(2));
+        for s in 1..=5 {
+            d.offer(s, "x");
+        }
+        d.poll(0);
+        assert_eq!(d.settle_through(3), 3);
+        assert_eq!((d.in_flight(), d.queued()), (0, 2));
+        assert_eq!(seqs(&d.poll(0)), vec![(4, 1), (5, 1)]);
+    }
+
+    #[test]
+    fn a_full_queue_overflows() {
+        let mut d = Delivery::new(cfg(1));
+        for s in 0..10 {
+            assert_eq!(d.offer(s, "x"), Offer::Queued);
+        }
+        assert_eq!(d.room(), 0);
+        assert_eq!(d.offer(10, "x"), Offer::Overflow);
+        d.poll(0);
+        assert_eq!(d.offer(10, "x"), Offer::Queued);
+    }
+}

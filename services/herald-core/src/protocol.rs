@@ -1,0 +1,207 @@
+//! WebSocket frames of protocol `herald.v1` (docs/protocol.md) and its close codes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The subprotocol name; it carries the protocol version.
+pub const SUBPROTOCOL: &str = "herald.v1";
+
+/// Largest accepted client frame, in bytes.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Most ids in one `ack`, `read`, `unread` or `archive` frame.
+pub const MAX_IDS_PER_FRAME: usize = 1000;
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    Hello {
+        device_id: String,
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    Ack {
+        #[serde(default)]
+        ids: Vec<String>,
+        #[serde(default)]
+        up_to: Option<String>,
+    },
+    Read {
+        #[serde(default)]
+        ids: Vec<String>,
+        #[serde(default)]
+        up_to: Option<String>,
+    },
+    Unread {
+        #[serde(default)]
+        ids: Vec<String>,
+    },
+    Archive {
+        #[serde(default)]
+        ids: Vec<String>,
+    },
+    Ping,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Session {
+        session_id: String,
+        user_id: String,
+        device_id: String,
+        epoch: String,
+        resumed: bool,
+        reset: bool,
+        heartbeat_ms: u64,
+        max_in_flight: usize,
+    },
+    Notification {
+        id: String,
+        cursor: String,
+        seq: u64,
+        event_type: String,
+        source: String,
+        created_at: String,
+        data: Value,
+        priority: String,
+        collapse_key: Option<String>,
+        attempt: u32,
+    },
+    Replayed {
+        cursor: Option<String>,
+    },
+    Mark {
+        kind: String,
+        ids: Vec<String>,
+        up_to: Option<String>,
+        device_id: Option<String>,
+    },
+    Pong,
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// Server-initiated close codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    GoingAway,
+    MessageTooBig,
+    ProtocolError,
+    HelloTimeout,
+    TokenExpired,
+    SlowConsumer,
+    RateLimited,
+    Replaced,
+    HeartbeatTimeout,
+    InternalError,
+}
+
+impl Close {
+    pub fn code(self) -> u16 {
+        match self {
+            Close::GoingAway => 1001,
+            Close::MessageTooBig => 1009,
+            Close::ProtocolError => 4000,
+            Close::HelloTimeout => 4001,
+            Close::TokenExpired => 4002,
+            Close::SlowConsumer => 4008,
+            Close::RateLimited => 4009,
+            Close::Replaced => 4010,
+            Close::HeartbeatTimeout => 4011,
+            Close::InternalError => 4500,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Close::GoingAway => "going_away",
+            Close::MessageTooBig => "message_too_big",
+            Close::ProtocolError => "protocol_error",
+            Close::HelloTimeout => "hello_timeout",
+            Close::TokenExpired => "token_expired",
+            Close::SlowConsumer => "slow_consumer",
+            Close::RateLimited => "rate_limited",
+            Close::Replaced => "replaced",
+            Close::HeartbeatTimeout => "heartbeat_timeout",
+            Close::InternalError => "internal_error",
+        }
+    }
+}
+
+/// Parses a client frame; the error says what is wrong, for the close reason.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {
+    let frame: ClientFrame = serde_json::from_str(text).map_err(|e| {
+        let mut m = e.to_string();
+        m.truncate(100);
+        m
+    })?;
+    let ids = match &frame {
+        ClientFrame::Ack { ids, .. }
+        | ClientFrame::Read { ids, .. }
+        | ClientFrame::Unread { ids }
+        | ClientFrame::Archive { ids } => ids.len(),
+        _ => 0,
+    };
+    if ids > MAX_IDS_PER_FRAME {
+        return Err(format!("at most {MAX_IDS_PER_FRAME} ids per frame"));
+    }
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_client_frame(r#"{"type":"hello","device_id":"d1","cursor":null}"#).unwrap(),
+            ClientFrame::Hello {
+                device_id: "d1".into(),
+                cursor: None
+            }
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ack","up_to":"00000001-5"}"#).unwrap(),
+            ClientFrame::Ack {
+                ids: vec![],
+                up_to: Some("00000001-5".into())
+            }
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        );
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"type":"nope"}"#,
+            r#"{"device_id":"d"}"#,
+            r#"{"type":"hello"}"#,
+            r#"{"type":"hello","device_id":5}"#,
+            r#"{"type":"hello","device_id":"d","extra":1}"#,
+            r#"{"type":"ack","ids":"x"}"#,
+        ] {
+            assert!(parse_client_frame(bad).is_err(), "{bad}");
+        }
+        let many = format!(
+            r#"{{"type":"ack","ids":[{}]}}"#,
+            vec!["\"x\""; MAX_IDS_PER_FRAME + 1].join(",")
+        );
+        assert!(parse_client_frame(&many).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn server_frames_are_tagged_json() {
+        let f = ServerFrame::Replayed { cursor: None };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"replayed","cursor":null}"#
+        );
+    }
+}
