@@ -120,18 +120,41 @@ impl Dev {
         }
     }
 
+    /// A token for `user` from the dev login.
+    pub async fn token(&self, user: &str) -> String {
+        let v: Value = reqwest::Client::new()
+            .post(format!("{}/v1/dev/token", self.url()))
+            .json(&serde_json::json!({"user_id": user}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["token"].as_str().expect("dev token").to_owned()
+    }
+
     /// Every notification id in `user`'s inbox, oldest first, with its seq.
     pub async fn inbox(&self, user: &str) -> (Vec<(String, u64)>, u64) {
         let client = reqwest::Client::new();
+        let token = self.token(user).await;
         let mut out = Vec::new();
         let mut before: Option<u64> = None;
         let unread;
         loop {
-            let mut url = format!("{}/v1/inbox?user_id={user}&limit=1000", self.url());
+            let mut url = format!("{}/v1/inbox?limit=1000", self.url());
             if let Some(b) = before {
                 url.push_str(&format!("&before={b}"));
             }
-            let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            let page: Value = client
+                .get(url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             for item in page["items"].as_array().unwrap() {
                 out.push((
                     item["id"].as_str().unwrap().to_owned(),

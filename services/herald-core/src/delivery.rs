@@ -151,6 +151,11 @@ impl<T: Clone> Delivery<T> {
         self.gave_up
     }
 
+    /// Whether any item at or below `seq` is still queued (never sent).
+    pub fn has_queued_through(&self, seq: u64) -> bool {
+        self.queued.range(..=seq).next().is_some()
+    }
+
     /// Whether `seq` is still waiting (queued or in flight).
     pub fn pending(&self, seq: u64) -> bool {
         self.in_flight.contains_key(&seq) || self.queued.contains_key(&seq)

@@ -1,41 +1,150 @@
 //! Routes and handlers.
 
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_core::cursor::Cursor;
 use herald_core::ids::{notification_id, validate_id};
+use herald_core::model::{MarkChange, UserEvent};
 use herald_core::model::{NotificationRequest, Priority, Recipients, RequestRecord};
 use herald_core::projection::InboxRow;
+use herald_core::protocol::{MAX_FRAME_BYTES, MAX_IDS_PER_FRAME, SUBPROTOCOL};
 use herald_ports::log::{EventLog, Topic};
 use herald_ports::projection::{InboxFilter, InboxQuery, MAX_PAGE, ProjectionStore};
 use herald_ports::records::request_record;
 use herald_ports::telemetry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::AppError;
+use crate::auth::{Auth, User};
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
 
 /// Largest request body accepted, in bytes (413 beyond).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Default inbox page size.
 const DEFAULT_PAGE: usize = 50;
 
-/// Shared state of the HTTP app.
+/// Shared state of the HTTP and WebSocket app.
 #[derive(Clone)]
 pub struct AppState {
     pub log: Arc<dyn EventLog>,
     pub store: Arc<dyn ProjectionStore>,
     /// Renders the Prometheus exposition, when a recorder is installed.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
-    /// Producer name recorded on requests (until producer authentication lands).
-    pub producer: String,
+    pub auth: Arc<Auth>,
+    pub hub: Arc<Hub>,
+    pub config: Arc<GatewayConfig>,
+    pub limits: Arc<Limits>,
+    /// Cancelled on shutdown: sessions close with 1001 going away.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Builds the state and starts the live hub (which tails the log until `shutdown`).
+    pub async fn start(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn ProjectionStore>,
+        config: GatewayConfig,
+        shutdown: CancellationToken,
+    ) -> Result<AppState, String> {
+        let auth = Auth::new(&config.auth)?;
+        let hub = Hub::start(log.clone(), shutdown.clone())
+            .await
+            .map_err(|e| format!("starting the live hub: {e}"))?;
+        Ok(AppState {
+            log,
+            store,
+            metrics: None,
+            auth: Arc::new(auth),
+            hub,
+            limits: Arc::new(Limits::new(&config)),
+            config: Arc::new(config),
+            shutdown,
+        })
+    }
+}
+
+/// Connection limits (global and per user).
+pub struct Limits {
+    capacity: usize,
+    global: Arc<Semaphore>,
+    per_user: Mutex<HashMap<String, usize>>,
+    max_per_user: usize,
+}
+
+impl Limits {
+    fn new(c: &GatewayConfig) -> Limits {
+        Limits {
+            capacity: c.max_connections,
+            global: Arc::new(Semaphore::new(c.max_connections)),
+            per_user: Mutex::new(HashMap::new()),
+            max_per_user: c.max_connections_per_user,
+        }
+    }
+
+    /// Waits (at most `timeout`) until every connection has ended.
+    pub async fn drained(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.global.available_permits() < self.capacity {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("connections still open at shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, user: &str) -> Result<ConnectionGuard, AppError> {
+        let permit = self.global.clone().try_acquire_owned().map_err(|_| {
+            AppError::TooManyConnections("the server is at its connection limit".into())
+        })?;
+        let mut per = self.per_user.lock().expect("limits lock");
+        let n = per.entry(user.to_owned()).or_default();
+        if *n >= self.max_per_user {
+            return Err(AppError::TooManyConnections(format!(
+                "at most {} connections per user",
+                self.max_per_user
+            )));
+        }
+        *n += 1;
+        Ok(ConnectionGuard {
+            _permit: permit,
+            limits: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+/// Held for the life of a connection.
+pub struct ConnectionGuard {
+    _permit: OwnedSemaphorePermit,
+    limits: Arc<Limits>,
+    user: String,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut per = self.limits.per_user.lock().expect("limits lock");
+        if let Some(n) = per.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The whole HTTP API.
@@ -44,6 +153,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/notifications", post(post_notification))
         .route("/v1/inbox", get(get_inbox))
         .route("/v1/inbox/unread-count", get(get_unread_count))
+        .route("/v1/inbox/read", post(post_read))
+        .route("/v1/inbox/unread", post(post_unread))
+        .route("/v1/inbox/archive", post(post_archive))
+        .route("/v1/ws", get(ws_upgrade))
+        .route("/v1/ws-ticket", post(post_ticket))
+        .route("/v1/dev/token", post(post_dev_token))
+        .route("/v1/presence", get(get_presence))
         .route("/v1/audit/{id}", get(get_audit))
         .route("/v1/status", get(get_status))
         .route("/metrics", get(get_metrics))
@@ -55,7 +171,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -89,7 +205,7 @@ impl TimeInput {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -145,6 +261,7 @@ async fn accept(
     headers: &HeaderMap,
     body: Result<Json<NotificationBody>, JsonRejection>,
 ) -> Result<Accepted, AppError> {
+    let producer = state.auth.producer(headers, &state.config.open_producer)?;
     let Json(body) = body?;
     let header_key = headers
         .get("idempotency-key")
@@ -174,9 +291,9 @@ async fn accept(
         .filter(|t| t.len() <= 128)
         .map(str::to_owned);
     let request = NotificationRequest {
-        notification_id: notification_id(&state.producer, &key),
+        notification_id: notification_id(&producer, &key),
         idempotency_key: key,
-        producer: state.producer.clone(),
+        producer,
         recipients: body.recipients,
         event_type: body.event_type,
         source: body.source,
@@ -217,7 +334,6 @@ async fn accept(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InboxParams {
-    user_id: String,
     #[serde(default)]
     filter: Option<String>,
     #[serde(default)]
@@ -246,10 +362,11 @@ fn row_json(row: &InboxRow, cursor: Cursor) -> Value {
 
 async fn get_inbox(
     State(state): State<AppState>,
+    headers: HeaderMap,
     params: Result<Query<InboxParams>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let user = state.auth.user_from_headers(&headers)?;
     let Query(p) = params?;
-    validate_id("user_id", &p.user_id)?;
     let filter = match p.filter.as_deref() {
         None | Some("inbox") => InboxFilter::Inbox,
         Some("unread") => InboxFilter::Unread,
@@ -270,34 +387,238 @@ async fn get_inbox(
         filter,
         now_ms: now_ms(),
     };
-    let rows = state.store.inbox(&p.user_id, &query).await?;
-    let unread = state.store.unread_count(&p.user_id).await?;
+    let rows = state.store.inbox(&user.id, &query).await?;
+    let unread = state.store.unread_count(&user.id).await?;
     let epoch = state.log.epoch();
     let next_before = (rows.len() == limit)
         .then(|| rows.last().map(|r| r.seq))
         .flatten();
     Ok(Json(json!({
-        "user_id": p.user_id,
+        "user_id": user.id,
         "items": rows.iter().map(|r| row_json(r, Cursor { epoch, seq: r.seq })).collect::<Vec<_>>(),
         "unread_count": unread,
         "next_before": next_before,
     })))
 }
 
+async fn get_unread_count(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let user = state.auth.user_from_headers(&headers)?;
+    let n = state.store.unread_count(&user.id).await?;
+    Ok(Json(json!({"user_id": user.id, "unread_count": n})))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserParam {
+struct MarkBody {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    up_to: Option<String>,
+    #[serde(default)]
+    device_id: Option<String>,
+}
+
+/// Appends user events (fire and forget; used for deliveries, whose loss costs only audit detail).
+pub fn append_user_events(state: &AppState, events: Vec<UserEvent>) {
+    let records: Vec<_> = events
+        .iter()
+        .filter_map(|e| crate::ws::record_of(state, e))
+        .collect();
+    if records.is_empty() {
+        return;
+    }
+    let log = state.log.clone();
+    tokio::spawn(async move {
+        if let Err(e) = log.append(Topic::UserEvents, records).await {
+            tracing::warn!(error = %e, "appending user events failed");
+        }
+    });
+}
+
+pub fn append_user_event(state: &AppState, event: UserEvent) {
+    append_user_events(state, vec![event]);
+}
+
+async fn mark(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<MarkBody>, JsonRejection>,
+    kind: &'static str,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let user = state.auth.user_from_headers(headers)?;
+    let Json(b) = body?;
+    if b.ids.len() > MAX_IDS_PER_FRAME {
+        return Err(AppError::Invalid(format!(
+            "at most {MAX_IDS_PER_FRAME} ids"
+        )));
+    }
+    for id in &b.ids {
+        validate_id("ids", id)?;
+    }
+    if let Some(d) = &b.device_id {
+        validate_id("device_id", d)?;
+    }
+    let up_to = match b.up_to.as_deref().map(str::parse::<Cursor>) {
+        None => None,
+        Some(Ok(c)) if c.matches(state.log.epoch()) && kind == "read" => {
+            Some(c.seq.min(i64::MAX as u64) as i64)
+        }
+        Some(Ok(_)) if kind != "read" => {
+            return Err(AppError::Invalid("up_to is only for read".into()));
+        }
+        Some(Ok(_)) => {
+            return Err(AppError::Invalid(
+                "up_to is a cursor of another epoch".into(),
+            ));
+        }
+        Some(Err(e)) => return Err(e.into()),
+    };
+    if b.ids.is_empty() && up_to.is_none() {
+        return Err(AppError::Invalid("name ids (or up_to for read)".into()));
+    }
+    let change = MarkChange {
+        user_id: user.id.clone(),
+        device_id: b.device_id,
+        notification_ids: b.ids,
+        up_to,
+        at: now_ms(),
+    };
+    let event = match kind {
+        "read" => UserEvent::Read(change),
+        "unread" => UserEvent::Unread(change),
+        _ => UserEvent::Archived(change),
+    };
+    let record = crate::ws::record_of(state, &event)
+        .ok_or_else(|| AppError::Invalid("cannot encode the change".into()))?;
+    // 202 once the change is durable; the projection and other devices follow.
+    let at = state.log.append(Topic::UserEvents, vec![record]).await?[0];
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"partition": at.partition, "offset": at.offset})),
+    ))
+}
+
+async fn post_read(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<MarkBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    mark(&state, &headers, body, "read").await
+}
+
+async fn post_unread(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<MarkBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    mark(&state, &headers, body, "unread").await
+}
+
+async fn post_archive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<MarkBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    mark(&state, &headers, body, "archive").await
+}
+
+/// A single-use ticket for a browser's WebSocket.
+async fn post_ticket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let user = state.auth.user_from_headers(&headers)?;
+    let ticket = state.auth.issue_ticket(&user);
+    Ok(Json(
+        json!({"ticket": ticket, "expires_in": crate::auth::TICKET_TTL.as_secs()}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevLogin {
     user_id: String,
 }
 
-async fn get_unread_count(
+/// `herald dev` only: a token for a demo user.
+async fn post_dev_token(
     State(state): State<AppState>,
-    params: Result<Query<UserParam>, QueryRejection>,
+    body: Result<Json<DevLogin>, JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let Query(p) = params?;
-    validate_id("user_id", &p.user_id)?;
-    let n = state.store.unread_count(&p.user_id).await?;
-    Ok(Json(json!({"user_id": p.user_id, "unread_count": n})))
+    let Json(b) = body?;
+    validate_user(&b.user_id)?;
+    let token = state
+        .auth
+        .dev_token(&b.user_id, Duration::from_secs(12 * 3600))?;
+    Ok(Json(json!({"token": token, "user_id": b.user_id})))
+}
+
+/// Who is connected, with which devices.
+async fn get_presence(State(state): State<AppState>) -> Json<Value> {
+    let online: Vec<Value> = state
+        .hub
+        .online()
+        .into_iter()
+        .map(|(u, d)| json!({"user_id": u, "devices": d}))
+        .collect();
+    Json(json!({"online": online}))
+}
+
+pub fn validate_user(user: &str) -> Result<(), AppError> {
+    validate_id("user_id", user).map_err(|e| AppError::Unauthorized(e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+struct WsParams {
+    #[serde(default)]
+    ticket: Option<String>,
+}
+
+/// Authenticates, checks origin, subprotocol and limits, then upgrades.
+async fn ws_upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<WsParams>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    let Query(params) = params?;
+    let user: User = match params.ticket {
+        Some(t) => state.auth.redeem_ticket(&t)?,
+        None => state.auth.user_from_headers(&headers)?,
+    };
+    if !state.config.allowed_origins.is_empty() {
+        let origin = headers
+            .get("origin")
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        if !state.config.allowed_origins.iter().any(|o| o == origin) {
+            return Err(AppError::OriginForbidden(origin.to_owned()));
+        }
+    }
+    let offered = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if !offered {
+        return Err(AppError::SubprotocolRequired);
+    }
+    let ws = ws.map_err(|e| AppError::Invalid(format!("expected a WebSocket upgrade: {e}")))?;
+    let guard = state.limits.acquire(&user.id)?;
+    Ok(ws
+        .protocols([SUBPROTOCOL])
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            crate::ws::run(state, user, socket).await;
+            drop(guard);
+        }))
 }
 
 async fn get_audit(

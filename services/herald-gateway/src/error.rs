@@ -20,6 +20,16 @@ pub enum AppError {
     TooLarge(usize),
     #[error("no such route")]
     NotFound,
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("origin {0:?} is not allowed")]
+    OriginForbidden(String),
+    #[error("offer the WebSocket subprotocol herald.v1")]
+    SubprotocolRequired,
+    #[error("too many connections: {0}")]
+    TooManyConnections(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("the log is unavailable: {0}")]
@@ -36,6 +46,10 @@ impl AppError {
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) | AppError::OriginForbidden(_) => StatusCode::FORBIDDEN,
+            AppError::SubprotocolRequired => StatusCode::BAD_REQUEST,
+            AppError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::LogUnavailable(_) | AppError::ProjectionUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -52,6 +66,11 @@ impl AppError {
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::TooLarge(_) => "payload_too_large",
             AppError::NotFound => "not_found",
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::OriginForbidden(_) => "origin_forbidden",
+            AppError::SubprotocolRequired => "subprotocol_required",
+            AppError::TooManyConnections(_) => "too_many_connections",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::LogUnavailable(_) => "log_unavailable",
             AppError::ProjectionUnavailable(_) => "projection_unavailable",
@@ -65,7 +84,14 @@ impl IntoResponse for AppError {
             tracing::error!(error = %self, "request failed");
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        (self.status(), Json(body)).into_response()
+        let mut resp = (self.status(), Json(body)).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }
 

@@ -4,12 +4,18 @@
 //! and no socket. Every error is an [`AppError`]: an HTTP status and a JSON body with a stable,
 //! machine-readable `code`.
 //!
-//! Identity: until authentication lands (the gateway issue), inbox routes take the user from a
-//! `user_id` query parameter and every producer is `dev`. This is for `herald dev` on loopback.
+//! Users authenticate with JWTs (or single-use tickets for browser WebSockets); producers with
+//! API keys or producer-scoped JWTs (`herald dev` leaves producers open).
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod auth;
+pub mod config;
 mod error;
+pub mod hub;
+mod ws;
 
-pub use api::{AppState, MAX_BODY_BYTES, app};
+pub use api::{AppState, ConnectionGuard, Limits, MAX_BODY_BYTES, app};
+pub use auth::AuthConfig;
+pub use config::GatewayConfig;
 pub use error::AppError;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
-use herald_gateway::{AppState, MAX_BODY_BYTES, app};
+use herald_gateway::{AppState, AuthConfig, GatewayConfig, MAX_BODY_BYTES, app};
 use herald_ports::projection::ProjectionStore;
 use herald_projector::Projector;
 use http_body_util::BodyExt;
@@ -37,12 +37,18 @@ async fn env() -> Env {
             .await
             .unwrap(),
     );
-    let state = AppState {
-        log: log.clone(),
-        store: store.clone(),
-        metrics: None,
-        producer: "dev".into(),
+    let config = GatewayConfig {
+        auth: AuthConfig {
+            hs256_secret: Some(b"http-test".to_vec()),
+            dev_login: true,
+            open_producers: true,
+            ..Default::default()
+        },
+        ..Default::default()
     };
+    let state = AppState::start(log.clone(), store.clone(), config, CancellationToken::new())
+        .await
+        .unwrap();
     Env {
         _dir: dir,
         state,
@@ -77,6 +83,22 @@ fn valid() -> Value {
     })
 }
 
+async fn dev_token(env: &Env, user: &str) -> String {
+    let req = Request::post("/v1/dev/token")
+        .header("content-type", "application/json")
+        .body(Body::from(json!({"user_id": user}).to_string()))
+        .unwrap();
+    let (_, body) = call(env, req).await;
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn get(uri: &str, token: &str) -> Request<Body> {
+    Request::get(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<none>")
 }
@@ -101,6 +123,7 @@ async fn accepted_with_the_same_id_on_retry() {
 #[tokio::test]
 async fn bad_requests_get_a_status_and_a_stable_code() {
     let env = env().await;
+    let alice = dev_token(&env, "alice").await;
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (
             post("{not json", None),
@@ -235,36 +258,57 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
         ),
         (
             Request::get("/v1/inbox").body(Body::empty()).unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            get("/v1/inbox", "not-a-token"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            get("/v1/inbox?filter=spam", &alice),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            Request::get("/v1/inbox?user_id=a&filter=spam")
+            get("/v1/inbox?limit=0", &alice),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            get("/v1/inbox?before=-1", &alice),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            get("/v1/inbox?user_id=bob", &alice),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Request::get("/v1/inbox/unread-count")
                 .body(Body::empty())
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            Request::post("/v1/inbox/read")
+                .header("authorization", format!("Bearer {alice}"))
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
                 .unwrap(),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            Request::get("/v1/inbox?user_id=a&limit=0")
-                .body(Body::empty())
+            Request::post("/v1/dev/token")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"user_id":"bad id"}"#))
                 .unwrap(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Request::get("/v1/inbox?user_id=a&before=-1")
-                .body(Body::empty())
-                .unwrap(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Request::get("/v1/inbox/unread-count?user_id=")
-                .body(Body::empty())
-                .unwrap(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
         ),
         (
             Request::get("/nope").body(Body::empty()).unwrap(),
@@ -315,25 +359,15 @@ async fn a_posted_notification_shows_in_the_inbox_and_the_audit() {
         assert!(tokio::time::Instant::now() < deadline, "never projected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (s, inbox) = call(
-        &env,
-        Request::get("/v1/inbox?user_id=alice")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let alice = dev_token(&env, "alice").await;
+    let (s, inbox) = call(&env, get("/v1/inbox", &alice)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(inbox["unread_count"], 1);
     assert_eq!(inbox["items"][0]["id"], id.as_str());
     assert_eq!(inbox["items"][0]["data"]["amount"], 42);
     assert!(inbox["items"][0]["cursor"].as_str().unwrap().contains('-'));
-    let (_, other) = call(
-        &env,
-        Request::get("/v1/inbox?user_id=bob")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let bob = dev_token(&env, "bob").await;
+    let (_, other) = call(&env, get("/v1/inbox", &bob)).await;
     assert_eq!(
         other["items"].as_array().unwrap().len(),
         0,

@@ -98,6 +98,16 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         result
     }
 
+    /// Runs only the fanout stage (requests → user events) until `shutdown`.
+    pub async fn run_fanout(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+        self.run_stage(Topic::Requests, FANOUT, shutdown).await
+    }
+
+    /// Runs only the inbox stage (user events → projection) until `shutdown`.
+    pub async fn run_inbox(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+        self.run_stage(Topic::UserEvents, INBOX, shutdown).await
+    }
+
     async fn run_stage(
         &self,
         topic: Topic,

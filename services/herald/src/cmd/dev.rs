@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
-use herald_gateway::{AppState, app};
+use herald_gateway::{AppState, AuthConfig, GatewayConfig, app};
 use herald_projector::Projector;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,45 @@ pub struct Args {
     /// Partitions of the user-events topic of a new log (an existing log keeps its own).
     #[arg(long, env = "HERALD_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     partitions: Option<u32>,
+    /// HS256 secret for user JWTs. Default: a random secret kept in DATA_DIR/dev-secret.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Allowed Origin of WebSocket upgrades (repeat); none allows any.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// Most WebSocket connections at once.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+    /// Most WebSocket connections per user.
+    #[arg(long, default_value_t = 16)]
+    max_connections_per_user: usize,
+    /// Server ping interval, milliseconds.
+    #[arg(long, default_value_t = 25_000)]
+    heartbeat_ms: u64,
+    /// Reap a peer this long after a missed ping, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pong_timeout_ms: u64,
+}
+
+/// The dev JWT secret: given, or random and kept in the data directory so tokens survive restarts.
+fn dev_secret(args: &Args) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = &args.jwt_secret {
+        return Ok(s.as_bytes().to_vec());
+    }
+    let path = args.data_dir.join("dev-secret");
+    match std::fs::read(&path) {
+        Ok(s) if !s.is_empty() => Ok(s),
+        _ => {
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            std::fs::write(&path, &secret)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(secret.into_bytes())
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is *called*, so a signal
@@ -98,12 +137,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let state = AppState {
-        log: log.clone(),
-        store: store.clone(),
-        metrics: Some(Arc::new(move || prometheus.render())),
-        producer: "dev".into(),
+    let config = GatewayConfig {
+        auth: AuthConfig {
+            hs256_secret: Some(dev_secret(&args)?),
+            dev_login: true,
+            open_producers: true,
+            ..Default::default()
+        },
+        heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_ms.max(100)),
+        pong_timeout: std::time::Duration::from_millis(args.pong_timeout_ms.max(100)),
+        max_connections: args.max_connections,
+        max_connections_per_user: args.max_connections_per_user,
+        allowed_origins: args.allowed_origins.clone(),
+        ..Default::default()
     };
+    let mut state = AppState::start(log.clone(), store.clone(), config, shutdown.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    state.metrics = Some(Arc::new(move || prometheus.render()));
+    let limits = state.limits.clone();
     eprintln!(
         "herald dev: listening on http://{} (data in {})",
         listener.local_addr()?,
@@ -115,8 +167,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = signal => tracing::info!("shutdown signal received"),
             _ = server_token.cancelled() => {},
         }
+        // WebSocket sessions close with 1001 going away.
+        server_token.cancel();
     });
     let served = server.await;
+    limits.drained(std::time::Duration::from_secs(5)).await;
     // The server stopped accepting and finished its requests (appends included); stop the
     // projector between batches, then let the log writer commit what it holds.
     shutdown.cancel();

@@ -1,0 +1,620 @@
+//! WebSocket sessions end to end: a real server on a loopback port, the real embedded log and
+//! projection, the real projector, and the Rust client.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_client::{ClientError, Credentials, Inbox, connect, open};
+use herald_core::protocol::{ClientFrame, ServerFrame};
+use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+use herald_gateway::{AppState, AuthConfig, GatewayConfig, app};
+use herald_projector::Projector;
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &[u8] = b"test-secret";
+/// Hang guard for waits: not a timing assertion.
+const GUARD: Duration = Duration::from_secs(30);
+
+struct Server {
+    http: String,
+    ws: String,
+    shutdown: CancellationToken,
+    inbox_stop: Option<CancellationToken>,
+    projector: Projector<EmbeddedLog, EmbeddedProjection>,
+    _dir: tempfile::TempDir,
+}
+
+fn token(user: &str, ttl_secs: i64) -> String {
+    let exp = (herald_gateway::auth::now_secs() as i64 + ttl_secs) as u64;
+    jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": user, "exp": exp}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+fn bearer(user: &str) -> Credentials {
+    Credentials::Bearer(token(user, 3600))
+}
+
+fn config() -> GatewayConfig {
+    GatewayConfig {
+        auth: AuthConfig {
+            hs256_secret: Some(SECRET.to_vec()),
+            dev_login: true,
+            open_producers: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        EmbeddedLog::open(
+            &dir.path().join("log.db"),
+            Access::ReadWrite,
+            LogOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let store = Arc::new(
+        EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
+            .await
+            .unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let state = AppState::start(log.clone(), store.clone(), config, shutdown.clone())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    let projector = Projector::new(log, store);
+    let p = projector.clone();
+    let s = shutdown.clone();
+    tokio::spawn(async move { p.run_fanout(s).await.unwrap() });
+    let mut srv = Server {
+        http: format!("http://{addr}"),
+        ws: format!("ws://{addr}/v1/ws"),
+        shutdown,
+        inbox_stop: None,
+        projector,
+        _dir: dir,
+    };
+    if inbox_running {
+        srv.start_inbox();
+    }
+    srv
+}
+
+impl Server {
+    fn start_inbox(&mut self) {
+        let stop = self.shutdown.child_token();
+        let p = self.projector.clone();
+        let s = stop.clone();
+        tokio::spawn(async move { p.run_inbox(s).await.unwrap() });
+        self.inbox_stop = Some(stop);
+    }
+
+    fn stop_inbox(&mut self) {
+        if let Some(s) = self.inbox_stop.take() {
+            s.cancel();
+        }
+    }
+
+    async fn post(&self, users: &[&str], key: &str) -> String {
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{}/v1/notifications", self.http))
+            .header("idempotency-key", key)
+            .json(&json!({"recipients": {"users": users}, "event_type": "t", "source": "ws-test", "data": {"k": key}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["notification_id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Reads frames until `n` distinct notifications arrived (acking each), returning
+/// (ids of first sends in order, seqs of first sends, whether `replayed` came, frames seen).
+async fn collect(
+    c: &mut herald_client::Connection,
+    n: usize,
+    ack: bool,
+) -> (Vec<String>, Vec<u64>, bool) {
+    let mut ids = Vec::new();
+    let mut seqs = Vec::new();
+    let mut replayed = false;
+    let mut distinct = HashSet::new();
+    while distinct.len() < n {
+        let f = tokio::time::timeout(GUARD, c.next())
+            .await
+            .expect("frames stopped")
+            .unwrap();
+        match f {
+            ServerFrame::Notification {
+                id, seq, attempt, ..
+            } => {
+                if attempt == 1 {
+                    ids.push(id.clone());
+                    seqs.push(seq);
+                }
+                distinct.insert(id.clone());
+                if ack {
+                    c.ack(&[id], None).await.unwrap();
+                }
+            }
+            ServerFrame::Replayed { .. } => replayed = true,
+            _ => {}
+        }
+    }
+    (ids, seqs, replayed)
+}
+
+fn assert_unique_increasing(ids: &[String], seqs: &[u64]) {
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "no notification is first-sent twice in a session"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "per-user order: {seqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_replays_unacked_exactly_once_then_goes_live() {
+    let srv = server(config(), true).await;
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        posted.push(srv.post(&["alice"], &format!("r{i}")).await);
+    }
+    let mut inbox = Inbox::new();
+    let (mut c, info) = connect(&srv.ws, &bearer("alice"), "phone", None)
+        .await
+        .unwrap();
+    inbox.on_session(&info);
+    assert!(!info.resumed && !info.reset);
+    let mut got = Vec::new();
+    let mut saw_replayed = false;
+    while got.len() < 5 {
+        match tokio::time::timeout(GUARD, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            f @ ServerFrame::Notification { .. } => {
+                if let Some(n) = inbox.on_notification(&f) {
+                    got.push(n);
+                }
+            }
+            ServerFrame::Replayed { .. } => saw_replayed = true,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        got.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+        posted,
+        "in order"
+    );
+    // ACK the first three cumulatively, then disconnect.
+    c.ack(&[], Some(&got[2].cursor)).await.unwrap();
+    if !saw_replayed {
+        loop {
+            if let ServerFrame::Replayed { .. } = tokio::time::timeout(GUARD, c.next())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                break;
+            }
+        }
+    }
+    // Let the ACK land in the projection before resuming.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.close().await;
+    let (mut c, info) = connect(&srv.ws, &bearer("alice"), "phone", Some(&got[2].cursor))
+        .await
+        .unwrap();
+    assert!(info.resumed);
+    let (ids, seqs, _) = collect(&mut c, 2, true).await;
+    assert_eq!(ids, posted[3..].to_vec(), "only the unacknowledged ones");
+    assert_unique_increasing(&ids, &seqs);
+    // Live from here.
+    let live = srv.post(&["alice"], "live").await;
+    let (ids, _, _) = collect(&mut c, 1, true).await;
+    assert_eq!(ids, vec![live]);
+    srv.shutdown.cancel();
+}
+
+/// The projection lags the log (its inbox stage is paused, then resumed mid-session): the
+/// session fills the gap from the log, and neither a gap nor a duplicate appears at the
+/// replay/live boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boundary_under_projection_lag_has_no_gap_and_no_duplicate() {
+    let mut srv = server(config(), false).await;
+    let mut posted = Vec::new();
+    for i in 0..40 {
+        posted.push(srv.post(&["alice", "bob"], &format!("lag-a{i}")).await);
+    }
+    let (mut c, _) = connect(&srv.ws, &bearer("alice"), "phone", None)
+        .await
+        .unwrap();
+    // Catch the projection up while the session runs, and keep producing.
+    let producer = {
+        let http = srv.http.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut ids = Vec::new();
+            for i in 0..40 {
+                let v: Value = client
+                    .post(format!("{http}/v1/notifications"))
+                    .header("idempotency-key", format!("lag-b{i}"))
+                    .json(&json!({"recipients": {"users": ["alice"]}, "event_type": "t", "source": "s"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                ids.push(v["notification_id"].as_str().unwrap().to_owned());
+            }
+            ids
+        })
+    };
+    srv.start_inbox();
+    let later = producer.await.unwrap();
+    posted.extend(later);
+    let (ids, seqs, replayed) = collect(&mut c, 80, true).await;
+    assert!(replayed);
+    assert_unique_increasing(&ids, &seqs);
+    assert_eq!(ids.len(), 80);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>(),
+        posted.iter().collect::<HashSet<_>>(),
+        "no gap"
+    );
+
+    // Pause the projection again and resume a second device mid-stream.
+    srv.stop_inbox();
+    for i in 0..20 {
+        posted.push(srv.post(&["alice"], &format!("lag-c{i}")).await);
+    }
+    let (mut d, _) = connect(&srv.ws, &bearer("alice"), "laptop", None)
+        .await
+        .unwrap();
+    srv.start_inbox();
+    let (ids, seqs, _) = collect(&mut d, 100, true).await;
+    assert_unique_increasing(&ids, &seqs);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>(),
+        posted.iter().collect::<HashSet<_>>()
+    );
+    srv.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_authenticated_before_upgrading() {
+    let cfg = GatewayConfig {
+        allowed_origins: vec![],
+        max_connections_per_user: 1,
+        ..config()
+    };
+    let srv = server(cfg, true).await;
+    let refused = |r: Result<herald_client::Connection, ClientError>| match r {
+        Err(ClientError::Refused { status, body }) => (status, body),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a socket"),
+    };
+    let none_alg = {
+        use base64_shim::encode;
+        format!(
+            "{}.{}.",
+            encode(br#"{"alg":"none","typ":"JWT"}"#),
+            encode(
+                format!(
+                    r#"{{"sub":"alice","exp":{}}}"#,
+                    herald_gateway::auth::now_secs() + 600
+                )
+                .as_bytes()
+            )
+        )
+    };
+    let wrong_key = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": "alice", "exp": herald_gateway::auth::now_secs() + 600}),
+        &EncodingKey::from_secret(b"other"),
+    )
+    .unwrap();
+    for (creds, what) in [
+        (Credentials::None, "no credentials"),
+        (Credentials::Bearer("garbage".into()), "malformed"),
+        (Credentials::Bearer(token("alice", -120)), "expired"),
+        (Credentials::Bearer(wrong_key), "wrong key"),
+        (Credentials::Bearer(none_alg), "alg none"),
+        (Credentials::Ticket("nope".into()), "unknown ticket"),
+    ] {
+        let (status, body) = refused(open(&srv.ws, &creds, true).await);
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body.contains("unauthorized"), "{what}: {body}");
+    }
+    // Tickets are single use.
+    let ticket: Value = reqwest::Client::new()
+        .post(format!("{}/v1/ws-ticket", srv.http))
+        .bearer_auth(token("alice", 600))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = Credentials::Ticket(ticket["ticket"].as_str().unwrap().to_owned());
+    let (c, info) = connect(&srv.ws, &ticket, "browser", None).await.unwrap();
+    assert_eq!(info.user_id, "alice");
+    let (status, _) = refused(open(&srv.ws, &ticket, true).await);
+    assert_eq!(status, 401, "a ticket works once");
+    // Per-user limit (1): a second connection of alice is refused.
+    let (status, body) = refused(open(&srv.ws, &bearer("alice"), true).await);
+    assert_eq!(status, 429, "{body}");
+    c.close().await;
+    // The subprotocol is required.
+    let (status, body) = refused(open(&srv.ws, &bearer("bob"), false).await);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("subprotocol_required"));
+    srv.shutdown.cancel();
+}
+
+/// Minimal base64url without padding, to forge an `alg: none` token.
+mod base64_shim {
+    pub fn encode(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+async fn expect_close(c: &mut herald_client::Connection) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(GUARD, c.next())
+            .await
+            .expect("no close")
+        {
+            Err(ClientError::Closed { code, reason }) => return (code, reason),
+            Err(e) => panic!("expected a close frame, got {e}"),
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_with_documented_codes() {
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = server(
+        GatewayConfig {
+            hello_timeout: Duration::from_millis(300),
+            ..config()
+        },
+        true,
+    )
+    .await;
+    let cases: Vec<(Vec<Message>, u16)> = vec![
+        (vec![Message::text(r#"{"type":"ack","ids":[]}"#)], 4000),
+        (vec![Message::text("{not json")], 4000),
+        (vec![Message::text(r#"{"type":"teleport"}"#)], 4000),
+        (vec![Message::binary(vec![1, 2, 3])], 4000),
+        (
+            vec![Message::text(r#"{"type":"hello","device_id":"bad id!"}"#)],
+            4000,
+        ),
+        (
+            vec![Message::text(
+                r#"{"type":"hello","device_id":"d","cursor":"junk"}"#,
+            )],
+            4000,
+        ),
+        (
+            vec![
+                Message::text(r#"{"type":"hello","device_id":"d"}"#),
+                Message::text(r#"{"type":"hello","device_id":"d"}"#),
+            ],
+            4000,
+        ),
+        (vec![Message::text("x".repeat(70 * 1024))], 1009),
+        (vec![], 4001),
+    ];
+    for (frames, code) in cases {
+        let mut c = open(&srv.ws, &bearer("carol"), true).await.unwrap();
+        for f in frames.clone() {
+            c.send_raw(f).await.unwrap();
+        }
+        let (got, reason) = expect_close(&mut c).await;
+        assert_eq!(got, code, "{frames:?}: {reason}");
+        assert!(!reason.is_empty());
+    }
+    // A bad id inside a frame is a non-fatal error; the session goes on.
+    let (mut c, _) = connect(&srv.ws, &bearer("carol"), "d", None).await.unwrap();
+    c.send(&ClientFrame::Ack {
+        ids: vec!["bad id".into()],
+        up_to: None,
+    })
+    .await
+    .unwrap();
+    c.send(&ClientFrame::Ping).await.unwrap();
+    let mut saw_error = false;
+    loop {
+        match tokio::time::timeout(GUARD, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ServerFrame::Error { code, .. } => {
+                assert_eq!(code, "invalid_request");
+                saw_error = true;
+            }
+            ServerFrame::Pong => break,
+            _ => {}
+        }
+    }
+    assert!(saw_error);
+    srv.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_notifications_are_redelivered_within_the_window() {
+    let mut cfg = config();
+    cfg.delivery.max_in_flight = 2;
+    let srv = server(cfg, true).await;
+    for i in 0..3 {
+        srv.post(&["dave"], &format!("w{i}")).await;
+    }
+    let (mut c, _) = connect(&srv.ws, &bearer("dave"), "d", None).await.unwrap();
+    let mut attempts: HashMap<u64, Vec<u32>> = HashMap::new();
+    // Without ACKs: only the first two are in flight, and each is resent.
+    while attempts.values().filter(|a| a.len() >= 2).count() < 2 {
+        if let ServerFrame::Notification { seq, attempt, .. } =
+            tokio::time::timeout(GUARD, c.next())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            attempts.entry(seq).or_default().push(attempt);
+        }
+    }
+    assert_eq!(attempts.len(), 2, "the window holds two: {attempts:?}");
+    for a in attempts.values() {
+        assert_eq!(a[..2], [1, 2]);
+    }
+    // ACK everything sent so far: the third comes.
+    let seqs: Vec<u64> = attempts.keys().copied().collect();
+    let max = *seqs.iter().max().unwrap();
+    let epoch = match c.next().await.unwrap() {
+        ServerFrame::Notification { cursor, .. } => cursor.split('-').next().unwrap().to_owned(),
+        _ => unreachable!(),
+    };
+    c.ack(&[], Some(&format!("{epoch}-{max}"))).await.unwrap();
+    loop {
+        if let ServerFrame::Notification {
+            seq, attempt: 1, ..
+        } = tokio::time::timeout(GUARD, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            assert!(seq > max);
+            break;
+        }
+    }
+    srv.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_reach_the_users_other_devices_and_never_another_user() {
+    let srv = server(config(), true).await;
+    let id = srv.post(&["erin"], "m1").await;
+    let bob_id = srv.post(&["frank"], "m2").await;
+    let (mut phone, _) = connect(&srv.ws, &bearer("erin"), "phone", None)
+        .await
+        .unwrap();
+    let (mut laptop, _) = connect(&srv.ws, &bearer("erin"), "laptop", None)
+        .await
+        .unwrap();
+    collect(&mut phone, 1, true).await;
+    collect(&mut laptop, 1, true).await;
+    // Erin reads on the phone; the laptop hears of it.
+    phone
+        .send(&ClientFrame::Read {
+            ids: vec![id.clone()],
+            up_to: None,
+        })
+        .await
+        .unwrap();
+    loop {
+        if let ServerFrame::Mark {
+            kind,
+            ids,
+            device_id,
+            ..
+        } = tokio::time::timeout(GUARD, laptop.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            assert_eq!(
+                (kind.as_str(), ids, device_id.as_deref()),
+                ("read", vec![id.clone()], Some("phone"))
+            );
+            break;
+        }
+    }
+    // Erin tries to read and archive Frank's notification, over WS and HTTP: nothing changes for Frank.
+    phone
+        .send(&ClientFrame::Read {
+            ids: vec![bob_id.clone()],
+            up_to: None,
+        })
+        .await
+        .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/inbox/archive", srv.http))
+        .bearer_auth(token("erin", 600))
+        .json(&json!({"ids": [bob_id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frank: Value = reqwest::Client::new()
+        .get(format!("{}/v1/inbox", srv.http))
+        .bearer_auth(token("frank", 600))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(frank["unread_count"], 1);
+    assert_eq!(frank["items"][0]["read"], false);
+    assert_eq!(frank["items"][0]["archived"], false);
+    // And the inbox API needs a token.
+    let anon = reqwest::get(format!("{}/v1/inbox", srv.http))
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    srv.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_session_of_a_device_replaces_the_first_and_shutdown_says_going_away() {
+    let srv = server(config(), true).await;
+    let (mut first, _) = connect(&srv.ws, &bearer("gina"), "phone", None)
+        .await
+        .unwrap();
+    let (mut second, _) = connect(&srv.ws, &bearer("gina"), "phone", None)
+        .await
+        .unwrap();
+    assert_eq!(expect_close(&mut first).await.0, 4010);
+    srv.shutdown.cancel();
+    assert_eq!(expect_close(&mut second).await.0, 1001);
+}
