@@ -24,3 +24,7 @@ crash KILLS="40":
 # Everything CI does, from a clean clone of this checkout.
 ci:
     d=$(mktemp -d) && git clone -q . $d/main && cd $d/main && CI=true bash .ci/run
+
+# A bigger exactly-once-visible chaos run (real processes, SIGKILLs, devices, producers).
+chaos KILLS="15" SECONDS="3":
+    HERALD_CHAOS_KILLS={{KILLS}} HERALD_CHAOS_SECONDS={{SECONDS}} cargo test --release -p herald --test chaos -- --nocapture

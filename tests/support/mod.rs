@@ -43,7 +43,11 @@ impl Dev {
 
     /// Starts `herald dev` and waits until it answers /healthz.
     pub async fn start(data_dir: &Path) -> Dev {
-        let port = free_port();
+        Dev::start_on(data_dir, free_port()).await
+    }
+
+    /// Starts `herald dev` on `port` (a restart keeps its clients' address).
+    pub async fn start_on(data_dir: &Path, port: u16) -> Dev {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
