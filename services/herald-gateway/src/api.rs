@@ -158,8 +158,16 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/inbox/archive", post(post_archive))
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/ws-ticket", post(post_ticket))
+        .route("/v1/sse", get(sse))
+        .route("/v1/ack", post(post_ack))
         .route("/v1/dev/token", post(post_dev_token))
         .route("/v1/presence", get(get_presence))
+        .route(
+            "/herald.js",
+            get(|| async { javascript(include_str!("../web/herald.js")) }),
+        )
+        .route("/demo.js", get(demo_js))
+        .route("/", get(demo_page))
         .route("/v1/audit/{id}", get(get_audit))
         .route("/v1/status", get(get_status))
         .route("/metrics", get(get_metrics))
@@ -556,6 +564,32 @@ async fn post_dev_token(
     Ok(Json(json!({"token": token, "user_id": b.user_id})))
 }
 
+fn javascript(body: &'static str) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The demo inbox page (`herald dev` only).
+async fn demo_page(State(state): State<AppState>) -> Result<Response, AppError> {
+    if !state.config.auth.dev_login {
+        return Err(AppError::NotFound);
+    }
+    Ok(axum::response::Html(include_str!("../web/index.html")).into_response())
+}
+
+async fn demo_js(State(state): State<AppState>) -> Result<Response, AppError> {
+    if !state.config.auth.dev_login {
+        return Err(AppError::NotFound);
+    }
+    Ok(javascript(include_str!("../web/demo.js")))
+}
+
 /// Who is connected, with which devices.
 async fn get_presence(State(state): State<AppState>) -> Json<Value> {
     let online: Vec<Value> = state
@@ -575,6 +609,110 @@ pub fn validate_user(user: &str) -> Result<(), AppError> {
 struct WsParams {
     #[serde(default)]
     ticket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SseParams {
+    #[serde(default)]
+    ticket: Option<String>,
+    device_id: String,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// Server-Sent Events fallback: the same session as a WebSocket, frames as `data:` lines.
+async fn sse(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<SseParams>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(p) = params?;
+    let user: User = match p.ticket {
+        Some(t) => state.auth.redeem_ticket(&t)?,
+        None => state.auth.user_from_headers(&headers)?,
+    };
+    validate_id("device_id", &p.device_id)?;
+    if let Some(c) = &p.cursor {
+        c.parse::<Cursor>()?;
+    }
+    let guard = state.limits.acquire(&user.id)?;
+    let rx = crate::ws::run_sse(state, user, p.device_id, p.cursor);
+    let stream =
+        futures_util::stream::unfold((rx, guard, false), |(mut rx, guard, done)| async move {
+            if done {
+                return None;
+            }
+            let event = match rx.recv().await? {
+                crate::ws::Out::Frame(f) => axum::response::sse::Event::default()
+                    .data(serde_json::to_string(&f).expect("frames serialize")),
+                crate::ws::Out::Ping => axum::response::sse::Event::default().comment("ping"),
+                crate::ws::Out::Close(c, reason) => {
+                    let e = axum::response::sse::Event::default().event("close").data(
+                        json!({"code": c.code(), "name": c.name(), "reason": reason}).to_string(),
+                    );
+                    return Some((Ok::<_, std::convert::Infallible>(e), (rx, guard, true)));
+                }
+            };
+            Some((Ok(event), (rx, guard, false)))
+        });
+    Ok(axum::response::sse::Sse::new(stream).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    device_id: String,
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    up_to: Option<String>,
+}
+
+/// ACK over HTTP (for SSE clients): 202 once the ACK is durable in the log.
+async fn post_ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<AckBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let user = state.auth.user_from_headers(&headers)?;
+    let Json(b) = body?;
+    validate_id("device_id", &b.device_id)?;
+    if b.ids.len() > MAX_IDS_PER_FRAME {
+        return Err(AppError::Invalid(format!(
+            "at most {MAX_IDS_PER_FRAME} ids"
+        )));
+    }
+    for id in &b.ids {
+        validate_id("ids", id)?;
+    }
+    let up_to = match b.up_to.as_deref().map(str::parse::<Cursor>) {
+        None => None,
+        Some(Ok(c)) if c.matches(state.log.epoch()) => Some(c.seq.min(i64::MAX as u64) as i64),
+        Some(Ok(_)) => {
+            return Err(AppError::Invalid(
+                "up_to is a cursor of another epoch".into(),
+            ));
+        }
+        Some(Err(e)) => return Err(e.into()),
+    };
+    if b.ids.is_empty() && up_to.is_none() {
+        return Err(AppError::Invalid("name ids or up_to".into()));
+    }
+    let event = UserEvent::Acked(herald_core::model::NotificationAcked {
+        user_id: user.id,
+        device_id: b.device_id,
+        notification_ids: b.ids,
+        up_to,
+        at: now_ms(),
+    });
+    let record = crate::ws::record_of(&state, &event)
+        .ok_or_else(|| AppError::Invalid("cannot encode the ACK".into()))?;
+    let at = state.log.append(Topic::UserEvents, vec![record]).await?[0];
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"partition": at.partition, "offset": at.offset})),
+    ))
 }
 
 /// Authenticates, checks origin, subprotocol and limits, then upgrades.

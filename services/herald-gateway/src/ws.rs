@@ -76,7 +76,7 @@ struct Session {
     reg: Registration,
     delivery: Delivery<Arc<InboxRow>>,
     ids: HashMap<String, u64>,
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<Out>,
     phase: Phase,
     projection_applied: u64,
     held: Vec<LiveEvent>,
@@ -86,10 +86,28 @@ struct Session {
 }
 
 /// Why a session ended.
-enum End {
+pub enum End {
     Close(Close, String),
     ClientGone,
 }
+
+/// What a session sends, whatever the transport.
+pub enum Out {
+    Frame(ServerFrame),
+    Ping,
+    /// The last thing an SSE stream says (a WebSocket closes with a close frame instead).
+    Close(Close, String),
+}
+
+/// What a session receives, whatever the transport.
+pub enum Incoming {
+    Frame(ClientFrame),
+    /// Any sign of life (pings, pongs).
+    Activity,
+    End(End),
+}
+
+pub type IncomingStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Incoming> + Send>>;
 
 fn close_msg(close: Close, reason: &str) -> Message {
     let mut reason = reason.to_owned();
@@ -106,10 +124,28 @@ fn frame(f: &ServerFrame) -> Message {
     ))
 }
 
-/// Runs one session from the upgraded socket to the end.
+/// Maps WebSocket messages to transport-neutral input.
+fn ws_incoming(stream: futures_util::stream::SplitStream<WebSocket>) -> IncomingStream {
+    Box::pin(stream.map(|m| match m {
+        Err(e) => Incoming::End(stream_error(e)),
+        Ok(Message::Close(_)) => Incoming::End(End::ClientGone),
+        Ok(Message::Ping(_) | Message::Pong(_)) => Incoming::Activity,
+        Ok(Message::Binary(_)) => Incoming::End(End::Close(
+            Close::ProtocolError,
+            "binary frames are not part of herald.v1".into(),
+        )),
+        Ok(Message::Text(t)) => match parse_client_frame(t.as_str()) {
+            Ok(f) => Incoming::Frame(f),
+            Err(e) => Incoming::End(End::Close(Close::ProtocolError, e)),
+        },
+    }))
+}
+
+/// Runs one WebSocket session from the upgraded socket to the end.
 pub async fn run(st: AppState, user: crate::auth::User, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::channel::<Message>(SEND_QUEUE);
+    let (mut sink, stream) = socket.split();
+    let mut incoming = ws_incoming(stream);
+    let (out, mut out_rx) = mpsc::channel::<Out>(SEND_QUEUE);
     let (close_tx, mut close_rx) = oneshot::channel::<Message>();
     let writer = tokio::spawn(async move {
         loop {
@@ -122,14 +158,34 @@ pub async fn run(st: AppState, user: crate::auth::User, socket: WebSocket) {
                     break;
                 }
                 m = out_rx.recv() => match m {
-                    Some(m) => if sink.send(m).await.is_err() { break },
-                    None => break,
+                    Some(Out::Frame(f)) => if sink.send(frame(&f)).await.is_err() { break },
+                    Some(Out::Ping) => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
+                    Some(Out::Close(..)) | None => break,
                 },
             }
         }
         let _ = sink.close().await;
     });
-    let end = session(&st, &user, &mut stream, out).await;
+    // hello, within the timeout.
+    let hello = tokio::time::timeout(st.config.hello_timeout, async {
+        loop {
+            match incoming.next().await {
+                None => return Err(End::ClientGone),
+                Some(Incoming::Activity) => continue,
+                Some(Incoming::End(e)) => return Err(e),
+                Some(Incoming::Frame(f)) => return Ok(f),
+            }
+        }
+    })
+    .await;
+    let end = match hello {
+        Err(_) => End::Close(Close::HelloTimeout, "send hello first".into()),
+        Ok(Err(end)) => end,
+        Ok(Ok(ClientFrame::Hello { device_id, cursor })) => {
+            serve(&st, &user, device_id, cursor, &mut incoming, out, true).await
+        }
+        Ok(Ok(_)) => End::Close(Close::ProtocolError, "the first frame must be hello".into()),
+    };
     if let End::Close(close, reason) = end {
         tracing::debug!(user = %user.id, code = close.code(), reason, "closing session");
         let _ = close_tx.send(close_msg(close, &reason));
@@ -137,23 +193,39 @@ pub async fn run(st: AppState, user: crate::auth::User, socket: WebSocket) {
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-async fn session(
+/// Runs one Server-Sent Events session: the same session, with no client frames (ACKs and
+/// marks arrive over HTTP, and reach the session through the log like any other event).
+pub fn run_sse(
+    st: AppState,
+    user: crate::auth::User,
+    device: String,
+    cursor: Option<String>,
+) -> mpsc::Receiver<Out> {
+    let (out, out_rx) = mpsc::channel::<Out>(SEND_QUEUE);
+    tokio::spawn(async move {
+        let mut incoming: IncomingStream = Box::pin(futures_util::stream::pending());
+        let closer = out.clone();
+        if let End::Close(close, reason) =
+            serve(&st, &user, device, cursor, &mut incoming, out, false).await
+        {
+            let _ = closer.send(Out::Close(close, reason)).await;
+        }
+    });
+    out_rx
+}
+
+/// The session after `hello`, on any transport. With `reap_silent`, a peer that shows no sign
+/// of life for a heartbeat interval plus the pong timeout is closed.
+pub async fn serve(
     st: &AppState,
     user: &crate::auth::User,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
-    out: mpsc::Sender<Message>,
+    device: String,
+    cursor: Option<String>,
+    incoming: &mut IncomingStream,
+    out: mpsc::Sender<Out>,
+    reap_silent: bool,
 ) -> End {
     let cfg = st.config.clone();
-    // 1. hello, within the timeout.
-    let hello = match tokio::time::timeout(cfg.hello_timeout, next_frame(stream)).await {
-        Err(_) => return End::Close(Close::HelloTimeout, "send hello first".into()),
-        Ok(Err(end)) => return end,
-        Ok(Ok(f)) => f,
-    };
-    let (device, cursor) = match hello {
-        ClientFrame::Hello { device_id, cursor } => (device_id, cursor),
-        _ => return End::Close(Close::ProtocolError, "the first frame must be hello".into()),
-    };
     if let Err(e) = validate_id("device_id", &device) {
         return End::Close(Close::ProtocolError, e.to_string());
     }
@@ -164,7 +236,7 @@ async fn session(
         Some(Ok(c)) if c.matches(epoch) => (Some(c.seq), false),
         Some(Ok(_)) => (None, true),
     };
-    // 2. Subscribe first, then read history (projection, then the log gap), then merge.
+    // Subscribe first, then read history (projection, then the log gap), then merge.
     let reg = st.hub.register(&user.id, &device);
     let projection_applied = match st.store.consumer_offsets(herald_projector::INBOX).await {
         Ok(o) => o.get(&reg.partition).copied().unwrap_or(0),
@@ -205,33 +277,11 @@ async fn session(
     };
     let end = match s.send(&hello_back) {
         Err(end) => end,
-        Ok(()) => s.run(stream, user.exp).await,
+        Ok(()) => s.run(incoming, user.exp, reap_silent).await,
     };
     s.flush_delivered();
     st.hub.unregister(&user.id, s.reg.id);
     end
-}
-
-async fn next_frame(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
-) -> Result<ClientFrame, End> {
-    loop {
-        match stream.next().await {
-            None | Some(Ok(Message::Close(_))) => return Err(End::ClientGone),
-            Some(Err(e)) => return Err(stream_error(e)),
-            Some(Ok(Message::Text(t))) => {
-                return parse_client_frame(t.as_str())
-                    .map_err(|e| End::Close(Close::ProtocolError, e));
-            }
-            Some(Ok(Message::Binary(_))) => {
-                return Err(End::Close(
-                    Close::ProtocolError,
-                    "binary frames are not part of herald.v1".into(),
-                ));
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-        }
-    }
 }
 
 fn stream_error(e: axum::Error) -> End {
@@ -249,20 +299,24 @@ fn far_future() -> tokio::time::Instant {
 
 impl Session {
     fn send(&self, f: &ServerFrame) -> Result<(), End> {
-        self.out
-            .try_send(frame(f))
-            .map_err(|_| End::Close(Close::SlowConsumer, "send queue full".into()))
+        self.push(Out::Frame(f.clone()))
+    }
+
+    fn push(&self, out: Out) -> Result<(), End> {
+        match self.out.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(End::Close(Close::SlowConsumer, "send queue full".into()))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+        }
     }
 
     fn replaying(&self) -> bool {
         !matches!(self.phase, Phase::Done)
     }
 
-    async fn run(
-        &mut self,
-        stream: &mut futures_util::stream::SplitStream<WebSocket>,
-        exp: u64,
-    ) -> End {
+    async fn run(&mut self, incoming: &mut IncomingStream, exp: u64, reap_silent: bool) -> End {
         let cfg = self.st.config.clone();
         let shutdown = self.st.shutdown.clone();
         let kick = self.reg.kick.clone();
@@ -293,21 +347,18 @@ impl Session {
                 _ = shutdown.cancelled() => return End::Close(Close::GoingAway, "server shutting down; reconnect".into()),
                 c = kick.kicked() => return End::Close(c, c.name().into()),
                 _ = &mut token_expiry => return End::Close(Close::TokenExpired, "token expired; reconnect with a new one".into()),
-                m = stream.next() => {
+                _ = self.out.closed() => return End::ClientGone,
+                m = incoming.next() => {
                     last_seen = Instant::now();
                     match m {
-                        None | Some(Ok(Message::Close(_))) => return End::ClientGone,
-                        Some(Err(e)) => return stream_error(e),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                        Some(Ok(Message::Binary(_))) => Err(End::Close(Close::ProtocolError, "binary frames are not part of herald.v1".into())),
-                        Some(Ok(Message::Text(t))) => {
+                        None => return End::ClientGone,
+                        Some(Incoming::End(end)) => return end,
+                        Some(Incoming::Activity) => Ok(()),
+                        Some(Incoming::Frame(f)) => {
                             if !bucket.take() {
                                 Err(End::Close(Close::RateLimited, "too many frames per second".into()))
                             } else {
-                                match parse_client_frame(t.as_str()) {
-                                    Ok(f) => self.client_frame(f),
-                                    Err(e) => Err(End::Close(Close::ProtocolError, e)),
-                                }
+                                self.client_frame(f)
                             }
                         }
                     }
@@ -326,11 +377,10 @@ impl Session {
                 },
                 _ = tokio::time::sleep_until(deadline) => Ok(()),
                 _ = heartbeat.tick() => {
-                    if last_seen.elapsed() > cfg.heartbeat_interval + cfg.pong_timeout {
+                    if reap_silent && last_seen.elapsed() > cfg.heartbeat_interval + cfg.pong_timeout {
                         Err(End::Close(Close::HeartbeatTimeout, "no pong".into()))
                     } else {
-                        self.out.try_send(Message::Ping(Default::default()))
-                            .map_err(|_| End::Close(Close::SlowConsumer, "send queue full".into()))
+                        self.push(Out::Ping)
                     }
                 }
                 _ = std::future::ready(()), if replay_ready => self.replay_step().await,

@@ -618,3 +618,104 @@ async fn a_second_session_of_a_device_replaces_the_first_and_shutdown_says_going
     srv.shutdown.cancel();
     assert_eq!(expect_close(&mut second).await.0, 1001);
 }
+
+/// Reads SSE `data:` frames until `pred` says stop.
+async fn sse_frames(
+    resp: reqwest::Response,
+    mut stop: impl FnMut(&[ServerFrame]) -> bool,
+) -> Vec<ServerFrame> {
+    use futures_util::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut frames = Vec::new();
+    while !stop(&frames) {
+        let chunk = tokio::time::timeout(GUARD, body.next())
+            .await
+            .expect("SSE stalled")
+            .unwrap()
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line
+                    .strip_prefix("data: ")
+                    .or_else(|| line.strip_prefix("data:"))
+                {
+                    frames.push(serde_json::from_str(data).unwrap());
+                }
+            }
+        }
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_fallback_replays_and_acks_over_http() {
+    let srv = server(config(), true).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(srv.post(&["hana"], &format!("sse{i}")).await);
+    }
+    let http = reqwest::Client::new();
+    let open_sse = || {
+        http.get(format!("{}/v1/sse?device_id=tablet", srv.http))
+            .bearer_auth(token("hana", 600))
+            .send()
+    };
+    let resp = open_sse().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // A 202 means the request is durable; expansion follows, so some may come live.
+    let notifications = |f: &[ServerFrame]| {
+        f.iter()
+            .filter(|x| matches!(x, ServerFrame::Notification { .. }))
+            .count()
+    };
+    let frames = sse_frames(resp, |f| notifications(f) >= 3).await;
+    assert!(matches!(frames[0], ServerFrame::Session { .. }));
+    let got: Vec<String> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Notification { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, ids);
+    // ACK the first two over HTTP; a new stream replays only the third.
+    let ack = http
+        .post(format!("{}/v1/ack", srv.http))
+        .bearer_auth(token("hana", 600))
+        .json(&json!({"device_id": "tablet", "ids": [ids[0], ids[1]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ack.status(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frames = sse_frames(open_sse().await.unwrap(), |f| {
+        f.iter().any(|x| matches!(x, ServerFrame::Replayed { .. }))
+    })
+    .await;
+    let again: Vec<String> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Notification { id, attempt: 1, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, vec![ids[2].clone()]);
+    // Bad input is refused before the stream starts.
+    let bad = http
+        .get(format!("{}/v1/sse?device_id=bad%20id", srv.http))
+        .bearer_auth(token("hana", 600))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let anon = http
+        .get(format!("{}/v1/sse?device_id=t", srv.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    srv.shutdown.cancel();
+}
