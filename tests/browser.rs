@@ -20,7 +20,9 @@ fn demo_inbox_in_headless_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !Path::new(&chromium).exists() {
-        return missing(&format!("no Chromium at {chromium} (apt-get install chromium)"));
+        return missing(&format!(
+            "no Chromium at {chromium} (apt-get install chromium)"
+        ));
     }
     if Command::new("node").arg("--version").output().is_err() {
         return missing("no node");
@@ -45,7 +47,14 @@ fn demo_inbox_in_headless_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("e2e: passed"));
-    assert!(screenshot.exists(), "no screenshot at {}", screenshot.display());
+    assert!(
+        screenshot.exists(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
 }

@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS group_members (
 CREATE TABLE IF NOT EXISTS topic_subscribers (
     topic TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (topic, user_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expansions (notification_id TEXT PRIMARY KEY, recipients INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scheduled (
+    notification_id TEXT PRIMARY KEY, due_at INTEGER NOT NULL, request BLOB NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled (due_at);
+CREATE INDEX IF NOT EXISTS inbox_expiring ON inbox (expires_at)
+    WHERE expires_at IS NOT NULL AND expired = 0 AND archived = 0 AND superseded = 0;
 CREATE TABLE IF NOT EXISTS expansion_users (
     notification_id TEXT NOT NULL, user_id TEXT NOT NULL,
     PRIMARY KEY (notification_id, user_id)) WITHOUT ROWID;
@@ -534,6 +539,8 @@ impl ProjectionStore for EmbeddedProjection {
             for (id, users) in &expansions {
                 tx.prepare_cached("INSERT OR REPLACE INTO expansions VALUES (?1, ?2)")?
                     .execute(params![id, users.len() as i64])?;
+                tx.prepare_cached("DELETE FROM scheduled WHERE notification_id = ?1")?
+                    .execute([id])?;
                 let mut stmt =
                     tx.prepare_cached("INSERT OR IGNORE INTO expansion_users VALUES (?1, ?2)")?;
                 for u in users {
@@ -541,6 +548,59 @@ impl ProjectionStore for EmbeddedProjection {
                 }
             }
             store_offsets(tx, &consumer, &offsets)
+        })
+        .await
+    }
+
+    async fn schedule(
+        &self,
+        consumer: &str,
+        requests: &[(String, i64, Vec<u8>)],
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ProjectionError> {
+        let (consumer, requests, offsets) =
+            (consumer.to_owned(), requests.to_vec(), offsets.to_vec());
+        self.write(move |tx| {
+            for (id, due, request) in &requests {
+                // An id already expanded is never scheduled again.
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO scheduled SELECT ?1, ?2, ?3 \
+                     WHERE NOT EXISTS (SELECT 1 FROM expansions WHERE notification_id = ?1)",
+                )?
+                .execute(params![id, due, request])?;
+            }
+            store_offsets(tx, &consumer, &offsets)
+        })
+        .await
+    }
+
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT notification_id, request FROM scheduled WHERE due_at <= ?1 ORDER BY due_at, notification_id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn expiring(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, ProjectionError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, notification_id FROM inbox WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
+                 AND expired = 0 AND archived = 0 AND superseded = 0 ORDER BY expires_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
         })
         .await
     }

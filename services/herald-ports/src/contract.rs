@@ -51,6 +51,7 @@ macro_rules! projection_contract_tests {
             inbox_pages_newest_first_with_filters,
             directory_resolves_groups_topics_and_everyone,
             expansions_are_recorded,
+            scheduled_requests_come_due_and_expired_rows_are_found,
             state_survives_reopen,
         );
     };

@@ -79,13 +79,39 @@ pub trait ProjectionStore: Send + Sync + 'static {
     /// Of `notification_ids`, those already expanded into inbox events.
     async fn expanded(&self, notification_ids: &[String]) -> Result<Vec<String>, ProjectionError>;
 
-    /// Records requests as expanded (with their recipients) and stores `offsets` for `consumer`.
+    /// Records requests as expanded (with their recipients), removes them from the schedule,
+    /// and stores `offsets` for `consumer`.
     async fn record_expansions(
         &self,
         consumer: &str,
         expansions: &[(String, Vec<String>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError>;
+
+    /// Holds requests until their `deliver_at` (`(notification id, due ms, encoded request)`),
+    /// and stores `offsets` for `consumer`. Scheduling an id twice keeps one entry.
+    async fn schedule(
+        &self,
+        consumer: &str,
+        requests: &[(String, i64, Vec<u8>)],
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ProjectionError>;
+
+    /// Scheduled requests due at `now_ms`, earliest first (expanding one removes it: see
+    /// `record_expansions`).
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError>;
+
+    /// Listed rows whose `expires_at` is at or before `now_ms` and that have no `Expired` event
+    /// applied yet, as (user, notification id).
+    async fn expiring(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, ProjectionError>;
 
     /// Recipients of a notification request, as of the directory now: sorted, each user once.
     async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError>;

@@ -35,6 +35,13 @@ pub const MAX_BATCH_RECORDS: usize = 2048;
 pub const FANOUT_APPEND_CHUNK: usize = 4096;
 /// Least time between two projection-lag measurements of a stage.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the timer stage looks for due scheduled requests and expired rows.
+pub const TIMER_INTERVAL: Duration = Duration::from_millis(250);
+/// Most scheduled requests or expiring rows handled per timer tick.
+const TIMER_BATCH: usize = 512;
+/// How long the timer stage remembers an `Expired` it appended (so it does not append it again
+/// while the projection catches up; a repeat would be harmless, only wasteful).
+const EXPIRED_MEMORY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -87,11 +94,12 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         Projector { log, store }
     }
 
-    /// Runs both stages until `shutdown` is cancelled or a stage fails.
+    /// Runs all stages (fanout, inbox, timers) until `shutdown` is cancelled or one fails.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
         let fanout = self.run_stage(Topic::Requests, FANOUT, shutdown.clone());
         let inbox = self.run_stage(Topic::UserEvents, INBOX, shutdown.clone());
-        let result = tokio::try_join!(fanout, inbox).map(|_| ());
+        let timers = self.run_timers(shutdown.clone());
+        let result = tokio::try_join!(fanout, inbox, timers).map(|_| ());
         if result.is_err() {
             shutdown.cancel();
         }
@@ -106,6 +114,61 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// Runs only the inbox stage (user events → projection) until `shutdown`.
     pub async fn run_inbox(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
         self.run_stage(Topic::UserEvents, INBOX, shutdown).await
+    }
+
+    /// The timer stage: expands scheduled requests when their `deliver_at` comes, and appends
+    /// `Expired` events for rows whose `expires_at` passed.
+    pub async fn run_timers(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+        let mut tick = tokio::time::interval(TIMER_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recent: std::collections::HashMap<(String, String), Instant> = Default::default();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let now = now_ms();
+            let due = self.store.due(now, TIMER_BATCH).await?;
+            if !due.is_empty() {
+                let requests: Vec<NotificationRequest> = due
+                    .iter()
+                    .filter_map(|(id, bytes)| match codec::decode(bytes) {
+                        Ok(Event::Request(RequestRecord::Notification(n))) => Some(*n),
+                        _ => {
+                            tracing::warn!(notification_id = %id, "undecodable scheduled request");
+                            None
+                        }
+                    })
+                    .collect();
+                tracing::debug!(due = requests.len(), "expanding scheduled requests");
+                self.expand_now(&requests, &BTreeMap::new()).await?;
+            }
+            recent.retain(|_, at| at.elapsed() < EXPIRED_MEMORY);
+            let expiring: Vec<(String, String)> = self
+                .store
+                .expiring(now, TIMER_BATCH)
+                .await?
+                .into_iter()
+                .filter(|k| !recent.contains_key(k))
+                .collect();
+            if !expiring.is_empty() {
+                let partitions = self.log.partitions(Topic::UserEvents);
+                let mut records = Vec::with_capacity(expiring.len());
+                for (user, id) in &expiring {
+                    let ev = UserEvent::Expired(herald_core::model::NotificationExpired {
+                        user_id: user.clone(),
+                        notification_id: id.clone(),
+                        at: now,
+                    });
+                    records.push(user_event_record(&ev, partitions, now)?);
+                }
+                self.log.append(Topic::UserEvents, records).await?;
+                for k in expiring {
+                    recent.insert(k, Instant::now());
+                }
+            }
+        }
     }
 
     async fn run_stage(
@@ -247,9 +310,36 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         Ok(())
     }
 
+    /// Schedules requests whose `deliver_at` is in the future, expands the others.
+    async fn expand(
+        &self,
+        requests: &[NotificationRequest],
+        offsets: &BTreeMap<u32, u64>,
+    ) -> Result<(), ProjectorError> {
+        let now = now_ms();
+        let (later, now_due): (Vec<&NotificationRequest>, Vec<&NotificationRequest>) = requests
+            .iter()
+            .partition(|r| r.deliver_at.is_some_and(|d| d > now));
+        if !later.is_empty() {
+            let mut entries = Vec::with_capacity(later.len());
+            for r in later {
+                let bytes =
+                    codec::encode_request(&RequestRecord::Notification(Box::new(r.clone())))?;
+                entries.push((
+                    r.notification_id.clone(),
+                    r.deliver_at.unwrap_or(now),
+                    bytes,
+                ));
+            }
+            self.store.schedule(FANOUT, &entries, &[]).await?;
+        }
+        let now_due: Vec<NotificationRequest> = now_due.into_iter().cloned().collect();
+        self.expand_now(&now_due, offsets).await
+    }
+
     /// Expands requests whose ids are not yet expanded; records them with `offsets`.
     #[tracing::instrument(level = "debug", skip_all, fields(requests = requests.len()))]
-    async fn expand(
+    async fn expand_now(
         &self,
         requests: &[NotificationRequest],
         offsets: &BTreeMap<u32, u64>,

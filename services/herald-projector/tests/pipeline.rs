@@ -314,3 +314,66 @@ async fn restarts_resume_and_a_rebuild_equals_the_live_projection() {
     assert!(diff.is_empty(), "{diff:#?}");
     drop(env.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_notifications_appear_when_due_and_leave_when_expired() {
+    let env = open(tempfile::tempdir().unwrap()).await;
+    let (stop, handle) = spawn(&env);
+    let now = herald_projector::now_ms();
+    let mut r = request("p", "scheduled", users(&["olga"]));
+    r.deliver_at = Some(now + 700);
+    r.expires_at = Some(now + 1_800);
+    append_requests(&env, &[RequestRecord::Notification(Box::new(r.clone()))]).await;
+    caught_up(&env).await;
+    // Accepted, but not expanded before its time: no row, no unread.
+    assert!(
+        env.store
+            .row("olga", &r.notification_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(env.store.unread_count("olga").await.unwrap(), 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env
+        .store
+        .row("olga", &r.notification_id)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never became due");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        herald_projector::now_ms() >= now + 700,
+        "not before deliver_at"
+    );
+    assert_eq!(env.store.unread_count("olga").await.unwrap(), 1);
+    // After expires_at, an Expired event takes it out of the inbox and the count.
+    loop {
+        let row = env
+            .store
+            .row("olga", &r.notification_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if row.expired {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(herald_projector::now_ms() >= now + 1_800);
+    assert_eq!(env.store.unread_count("olga").await.unwrap(), 0);
+    assert!(
+        env.store
+            .snapshot()
+            .await
+            .unwrap()
+            .check_invariants()
+            .is_empty()
+    );
+    stop.cancel();
+    handle.await.unwrap();
+}

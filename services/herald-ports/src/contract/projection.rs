@@ -401,3 +401,91 @@ pub async fn state_survives_reopen<H: ProjectionHarness>(h: &H) {
         end_offsets(&events).into_iter().collect()
     );
 }
+
+pub async fn scheduled_requests_come_due_and_expired_rows_are_found<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    store
+        .schedule(
+            "fanout",
+            &[
+                ("late".into(), NOW + 1_000, b"L".to_vec()),
+                ("early".into(), NOW - 1_000, b"E".to_vec()),
+                ("early".into(), NOW - 1_000, b"E".to_vec()),
+            ],
+            &[(0, 3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&0], 3);
+    assert_eq!(
+        store.due(NOW, 10).await.unwrap(),
+        vec![("early".to_string(), b"E".to_vec())]
+    );
+    let mut both = store.due(NOW + 1_000, 10).await.unwrap();
+    both.sort();
+    assert_eq!(both.len(), 2);
+    // Expanding removes it from the schedule; an expanded id is never scheduled again.
+    store
+        .record_expansions("fanout", &[("early".into(), vec!["u".into()])], &[])
+        .await
+        .unwrap();
+    store
+        .schedule(
+            "fanout",
+            &[("early".into(), NOW - 1_000, b"E".to_vec())],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.due(NOW + 1_000, 10).await.unwrap(),
+        vec![("late".to_string(), b"L".to_vec())]
+    );
+
+    let u = "ivy";
+    let mut soon = added(u, "soon");
+    soon.expires_at = Some(NOW - 1);
+    let mut later = added(u, "later");
+    later.expires_at = Some(NOW + 60_000);
+    let mut archived = added(u, "archived");
+    archived.expires_at = Some(NOW - 1);
+    let events = for_user(
+        u,
+        vec![
+            UserEvent::Added(soon),
+            UserEvent::Added(later),
+            UserEvent::Added(archived),
+            UserEvent::Archived(MarkChange {
+                user_id: u.into(),
+                device_id: None,
+                notification_ids: vec!["archived".into()],
+                up_to: None,
+                at: NOW,
+            }),
+        ],
+    );
+    apply_in_batches(&store, "inbox", &events, 10).await;
+    assert_eq!(
+        store.expiring(NOW, 10).await.unwrap(),
+        vec![(u.to_string(), "soon".to_string())]
+    );
+    let p = events[0].partition;
+    store
+        .apply_user_events(
+            "inbox",
+            &[pos(
+                p,
+                4,
+                UserEvent::Expired(NotificationExpired {
+                    user_id: u.into(),
+                    notification_id: "soon".into(),
+                    at: NOW,
+                }),
+            )],
+            &[(p, 5)],
+        )
+        .await
+        .unwrap();
+    assert!(store.expiring(NOW, 10).await.unwrap().is_empty());
+    assert_eq!(store.unread_count(u).await.unwrap(), 1);
+}
