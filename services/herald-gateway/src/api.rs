@@ -77,8 +77,44 @@ impl AppState {
     }
 }
 
-/// Connection limits (global and per user).
+/// Most producers whose rate-limit buckets are remembered; beyond, idle buckets are dropped.
+const MAX_PRODUCER_BUCKETS: usize = 10_000;
+
+/// Per-producer token buckets.
+struct ProducerBuckets {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<String, (f64, std::time::Instant)>,
+}
+
+impl ProducerBuckets {
+    /// Takes one token, or says how many seconds until one is there.
+    fn take(&mut self, producer: &str) -> Result<(), u64> {
+        let now = std::time::Instant::now();
+        if self.buckets.len() >= MAX_PRODUCER_BUCKETS && !self.buckets.contains_key(producer) {
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry(producer.to_owned())
+            .or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Connection limits (global and per user) and producer rate limits.
 pub struct Limits {
+    producers: Mutex<ProducerBuckets>,
     capacity: usize,
     global: Arc<Semaphore>,
     per_user: Mutex<HashMap<String, usize>>,
@@ -88,6 +124,11 @@ pub struct Limits {
 impl Limits {
     fn new(c: &GatewayConfig) -> Limits {
         Limits {
+            producers: Mutex::new(ProducerBuckets {
+                rate: c.producer_rate.max(0.001),
+                burst: c.producer_burst.max(1.0),
+                buckets: HashMap::new(),
+            }),
             capacity: c.max_connections,
             global: Arc::new(Semaphore::new(c.max_connections)),
             per_user: Mutex::new(HashMap::new()),
@@ -270,6 +311,18 @@ async fn accept(
     body: Result<Json<NotificationBody>, JsonRejection>,
 ) -> Result<Accepted, AppError> {
     let producer = state.auth.producer(headers, &state.config.open_producer)?;
+    if let Err(retry_after_secs) = state
+        .limits
+        .producers
+        .lock()
+        .expect("limits lock")
+        .take(&producer)
+    {
+        return Err(AppError::RateLimited {
+            producer,
+            retry_after_secs,
+        });
+    }
     let Json(body) = body?;
     let header_key = headers
         .get("idempotency-key")

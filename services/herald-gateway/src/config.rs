@@ -27,6 +27,9 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Producer name used when producers are open (`herald dev`).
     pub open_producer: String,
+    /// Notifications per second each producer may send (sustained), and the burst.
+    pub producer_rate: f64,
+    pub producer_burst: f64,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +46,8 @@ impl Default for GatewayConfig {
             frame_burst: 200.0,
             allowed_origins: Vec::new(),
             open_producer: "dev".into(),
+            producer_rate: 1_000.0,
+            producer_burst: 2_000.0,
         }
     }
 }

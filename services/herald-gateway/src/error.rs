@@ -30,6 +30,11 @@ pub enum AppError {
     SubprotocolRequired,
     #[error("too many connections: {0}")]
     TooManyConnections(String),
+    #[error("producer {producer} is over its rate limit; retry in {retry_after_secs} s")]
+    RateLimited {
+        producer: String,
+        retry_after_secs: u64,
+    },
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("the log is unavailable: {0}")]
@@ -49,7 +54,9 @@ impl AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) | AppError::OriginForbidden(_) => StatusCode::FORBIDDEN,
             AppError::SubprotocolRequired => StatusCode::BAD_REQUEST,
-            AppError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::TooManyConnections(_) | AppError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::LogUnavailable(_) | AppError::ProjectionUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -71,6 +78,7 @@ impl AppError {
             AppError::OriginForbidden(_) => "origin_forbidden",
             AppError::SubprotocolRequired => "subprotocol_required",
             AppError::TooManyConnections(_) => "too_many_connections",
+            AppError::RateLimited { .. } => "rate_limited",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::LogUnavailable(_) => "log_unavailable",
             AppError::ProjectionUnavailable(_) => "projection_unavailable",
@@ -85,6 +93,14 @@ impl IntoResponse for AppError {
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut resp = (self.status(), Json(body)).into_response();
+        if let AppError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
         if self.status() == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -21,7 +21,23 @@ struct Env {
     log: Arc<EmbeddedLog>,
 }
 
+fn dev_config() -> GatewayConfig {
+    GatewayConfig {
+        auth: AuthConfig {
+            hs256_secret: Some(b"http-test".to_vec()),
+            dev_login: true,
+            open_producers: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 async fn env() -> Env {
+    env_with(dev_config()).await
+}
+
+async fn env_with(config: GatewayConfig) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(
         EmbeddedLog::open(
@@ -37,15 +53,6 @@ async fn env() -> Env {
             .await
             .unwrap(),
     );
-    let config = GatewayConfig {
-        auth: AuthConfig {
-            hs256_secret: Some(b"http-test".to_vec()),
-            dev_login: true,
-            open_producers: true,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
     let state = AppState::start(log.clone(), store.clone(), config, CancellationToken::new())
         .await
         .unwrap();
@@ -391,4 +398,52 @@ async fn a_posted_notification_shows_in_the_inbox_and_the_audit() {
     assert_eq!(events, vec!["requested", "added"]);
     stop.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_producer_over_its_rate_gets_429_with_retry_after() {
+    let env = env_with(GatewayConfig {
+        auth: AuthConfig {
+            producer_keys: [("key-billing".to_string(), "billing".to_string())].into(),
+            ..Default::default()
+        },
+        producer_rate: 0.5,
+        producer_burst: 2.0,
+        ..Default::default()
+    })
+    .await;
+    let keyed = |key: &str| {
+        Request::post("/v1/notifications")
+            .header("content-type", "application/json")
+            .header("x-api-key", "key-billing")
+            .header("idempotency-key", key)
+            .body(Body::from(valid().to_string()))
+            .unwrap()
+    };
+    assert_eq!(call(&env, keyed("a")).await.0, StatusCode::ACCEPTED);
+    assert_eq!(call(&env, keyed("b")).await.0, StatusCode::ACCEPTED);
+    let resp = app(env.state.clone()).oneshot(keyed("c")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(code(&body), "rate_limited");
+    // Without credentials (producers are not open here): 401. With a user token: not a producer.
+    let anon = Request::post("/v1/notifications")
+        .header("content-type", "application/json")
+        .body(Body::from(valid().to_string()))
+        .unwrap();
+    let (s, body) = call(&env, anon).await;
+    assert_eq!((s, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let wrong = Request::post("/v1/notifications")
+        .header("content-type", "application/json")
+        .header("x-api-key", "nope")
+        .body(Body::from(valid().to_string()))
+        .unwrap();
+    assert_eq!(call(&env, wrong).await.0, StatusCode::UNAUTHORIZED);
 }
