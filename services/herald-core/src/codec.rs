@@ -40,10 +40,11 @@ pub enum SchemaKind {
     Unread,
     Archived,
     Expired,
+    RoleDefinition,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 9] = [
+    pub const ALL: [SchemaKind; 10] = [
         SchemaKind::NotificationRequest,
         SchemaKind::DirectoryChange,
         SchemaKind::Added,
@@ -53,6 +54,7 @@ impl SchemaKind {
         SchemaKind::Unread,
         SchemaKind::Archived,
         SchemaKind::Expired,
+        SchemaKind::RoleDefinition,
     ];
 
     /// The record's full Avro name, also carried in the `herald-schema` header.
@@ -67,6 +69,7 @@ impl SchemaKind {
             SchemaKind::Unread => "dev.herald.events.NotificationsUnread",
             SchemaKind::Archived => "dev.herald.events.NotificationsArchived",
             SchemaKind::Expired => "dev.herald.events.NotificationExpired",
+            SchemaKind::RoleDefinition => "dev.herald.events.RoleDefinition",
         }
     }
 
@@ -89,6 +92,9 @@ impl SchemaKind {
                 include_str!("../../../schemas/avro/notifications_archived.avsc")
             }
             SchemaKind::Expired => include_str!("../../../schemas/avro/notification_expired.avsc"),
+            SchemaKind::RoleDefinition => {
+                include_str!("../../../schemas/avro/role_definition.avsc")
+            }
         }
     }
 }
@@ -251,6 +257,9 @@ impl Registry {
             SchemaKind::Unread => Event::User(UserEvent::Unread(self.decode_as(bytes)?.1)),
             SchemaKind::Archived => Event::User(UserEvent::Archived(self.decode_as(bytes)?.1)),
             SchemaKind::Expired => Event::User(UserEvent::Expired(self.decode_as(bytes)?.1)),
+            SchemaKind::RoleDefinition => {
+                Event::Request(RequestRecord::Role(self.decode_as(bytes)?.1))
+            }
         })
     }
 }
@@ -287,6 +296,7 @@ pub fn encode_request(record: &RequestRecord) -> Result<Vec<u8>, CoreError> {
     match record {
         RequestRecord::Notification(n) => r.encode(SchemaKind::NotificationRequest, n),
         RequestRecord::Directory(d) => r.encode(SchemaKind::DirectoryChange, d),
+        RequestRecord::Role(role) => r.encode(SchemaKind::RoleDefinition, role),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ProjectionSnapshot {
     pub groups: BTreeSet<(String, String)>,
     /// (topic, user).
     pub topics: BTreeSet<(String, String)>,
+    /// role → topics its users may receive.
+    pub roles: BTreeMap<String, Vec<String>>,
 }
 
 impl ProjectionSnapshot {
@@ -95,6 +97,7 @@ impl ProjectionSnapshot {
         diff_maps("user", &self.users, &other.users, &mut out);
         diff_sets("group member", &self.groups, &other.groups, &mut out);
         diff_sets("topic subscriber", &self.topics, &other.topics, &mut out);
+        diff_maps("role", &self.roles, &other.roles, &mut out);
         out.truncate(limit);
         out
     }
@@ -177,6 +180,9 @@ impl MemProjection {
             }
             DirectoryWrite::Unsubscribe { topic, user_id } => {
                 s.topics.remove(&(topic, user_id));
+            }
+            DirectoryWrite::DefineRole { role, topics } => {
+                s.roles.insert(role, topics);
             }
         }
     }

@@ -362,11 +362,38 @@ impl DirectoryChange {
     }
 }
 
+/// Which topics users with `role` may receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleDefinition {
+    pub role: String,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    pub at: i64,
+}
+
+impl RoleDefinition {
+    pub fn validate(&self) -> Result<(), CoreError> {
+        validate_id("role", &self.role)?;
+        for t in &self.topics {
+            if t != "*" {
+                validate_id("topics", t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether users of a role with these topics may receive `topic`.
+    pub fn allows(topics: &[String], topic: &str) -> bool {
+        topics.iter().any(|t| t == "*" || t == topic)
+    }
+}
+
 /// Every record on the requests topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestRecord {
     Notification(Box<NotificationRequest>),
     Directory(DirectoryChange),
+    Role(RoleDefinition),
 }
 
 /// Any decoded Herald record.

@@ -334,6 +334,15 @@ pub enum DirectoryWrite {
     RemoveMember { group: String, user_id: String },
     Subscribe { topic: String, user_id: String },
     Unsubscribe { topic: String, user_id: String },
+    DefineRole { role: String, topics: Vec<String> },
+}
+
+/// The write a role definition causes.
+pub fn fold_role(role: &crate::model::RoleDefinition) -> DirectoryWrite {
+    DirectoryWrite::DefineRole {
+        role: role.role.clone(),
+        topics: role.topics.clone(),
+    }
 }
 
 /// The writes a directory change causes.

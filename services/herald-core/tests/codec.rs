@@ -83,6 +83,11 @@ fn every_record_kind_round_trips() {
             roles: vec!["admin".into()],
             at: 1,
         }),
+        RequestRecord::Role(RoleDefinition {
+            role: "ops".into(),
+            topics: vec!["incidents".into(), "*".into()],
+            at: 2,
+        }),
     ] {
         let bytes = codec::encode_request(&r).unwrap();
         assert_eq!(codec::decode(&bytes).unwrap(), Event::Request(r));
@@ -214,7 +219,7 @@ fn a_huge_length_prefix_is_refused_not_allocated() {
 proptest! {
     /// Any bytes after a valid header decode or fail with a typed error, never panic.
     #[test]
-    fn random_bodies_never_panic(kind_ix in 0usize..9, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn random_bodies_never_panic(kind_ix in 0usize..10, body in proptest::collection::vec(any::<u8>(), 0..200)) {
         let (_, fp) = Registry::global().current(SchemaKind::ALL[kind_ix]);
         let mut bytes = vec![0xC3, 0x01];
         bytes.extend_from_slice(&fp.to_le_bytes());

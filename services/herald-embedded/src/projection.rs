@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use herald_core::mem::ProjectionSnapshot;
-use herald_core::model::{DirectoryChange, Priority, Recipients, UserEvent};
+use herald_core::model::{DirectoryChange, Priority, Recipients, RoleDefinition, UserEvent};
 use herald_core::projection::{self, DirectoryWrite, InboxRow, ProjectionState, Write};
 use herald_ports::projection::*;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS delivered (
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, roles TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_members (
     group_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (group_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roles (role TEXT PRIMARY KEY, topics TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS topic_subscribers (
     topic TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (topic, user_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expansions (notification_id TEXT PRIMARY KEY, recipients INTEGER NOT NULL) WITHOUT ROWID;
@@ -263,6 +264,11 @@ fn apply_directory_write(tx: &Transaction<'_>, w: DirectoryWrite) -> rusqlite::R
             tx.prepare_cached("DELETE FROM topic_subscribers WHERE topic = ?1 AND user_id = ?2")?
                 .execute(params![topic, user_id])?;
         }
+        DirectoryWrite::DefineRole { role, topics } => {
+            let topics = serde_json::to_string(&topics).expect("strings serialize");
+            tx.prepare_cached("INSERT OR REPLACE INTO roles (role, topics) VALUES (?1, ?2)")?
+                .execute(params![role, topics])?;
+        }
     }
     Ok(())
 }
@@ -456,7 +462,37 @@ fn dump(conn: &Connection) -> rusqlite::Result<ProjectionSnapshot> {
     for r in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
         s.topics.insert(r?);
     }
+    let mut stmt = conn.prepare("SELECT role, topics FROM roles")?;
+    for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (role, topics) = r?;
+        s.roles
+            .insert(role, serde_json::from_str(&topics).unwrap_or_default());
+    }
     Ok(s)
+}
+
+/// RBAC: whether `user` may receive `topic` (no roles: yes; else one of the roles lists it).
+fn topic_allowed(conn: &Connection, user: &str, topic: &str) -> rusqlite::Result<bool> {
+    let roles: Vec<String> = conn
+        .prepare_cached("SELECT roles FROM users WHERE user_id = ?1")?
+        .query_row([user], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default();
+    if roles.is_empty() {
+        return Ok(true);
+    }
+    let mut stmt = conn.prepare_cached("SELECT topics FROM roles WHERE role = ?1")?;
+    for role in roles {
+        let topics: Option<String> = stmt.query_row([&role], |r| r.get(0)).optional()?;
+        let topics: Vec<String> = topics
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
+        if RoleDefinition::allows(&topics, topic) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn collect_strings(conn: &Connection, sql: &str, arg: &str) -> rusqlite::Result<Vec<String>> {
@@ -505,6 +541,22 @@ impl ProjectionStore for EmbeddedProjection {
                 for w in projection::fold_directory(c) {
                     apply_directory_write(tx, w)?;
                 }
+            }
+            store_offsets(tx, &consumer, &offsets)
+        })
+        .await
+    }
+
+    async fn define_roles(
+        &self,
+        consumer: &str,
+        roles: &[RoleDefinition],
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ProjectionError> {
+        let (consumer, roles, offsets) = (consumer.to_owned(), roles.to_vec(), offsets.to_vec());
+        self.write(move |tx| {
+            for r in &roles {
+                apply_directory_write(tx, projection::fold_role(r))?;
             }
             store_offsets(tx, &consumer, &offsets)
         })
@@ -617,11 +669,15 @@ impl ProjectionStore for EmbeddedProjection {
                 )?);
             }
             if let Some(t) = &r.topic {
-                users.extend(collect_strings(
+                for u in collect_strings(
                     c,
                     "SELECT user_id FROM topic_subscribers WHERE topic = ?1",
                     t,
-                )?);
+                )? {
+                    if topic_allowed(c, &u, t)? {
+                        users.insert(u);
+                    }
+                }
             }
             if r.everyone {
                 let mut stmt = c.prepare_cached("SELECT user_id FROM users")?;

@@ -203,6 +203,16 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ack", post(post_ack))
         .route("/v1/dev/token", post(post_dev_token))
         .route("/v1/presence", get(get_presence))
+        .route("/v1/users/{user}", axum::routing::put(put_user))
+        .route(
+            "/v1/groups/{group}/members/{user}",
+            axum::routing::put(put_member).delete(delete_member),
+        )
+        .route(
+            "/v1/topics/{topic}/subscribers/{user}",
+            axum::routing::put(put_subscriber).delete(delete_subscriber),
+        )
+        .route("/v1/roles/{role}", axum::routing::put(put_role))
         .route(
             "/herald.js",
             get(|| async { javascript(include_str!("../web/herald.js")) }),
@@ -641,6 +651,144 @@ async fn demo_js(State(state): State<AppState>) -> Result<Response, AppError> {
         return Err(AppError::NotFound);
     }
     Ok(javascript(include_str!("../web/demo.js")))
+}
+
+/// Appends a directory or role record (producer credentials) and answers 202 once durable.
+async fn append_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    record: RequestRecord,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    state.auth.producer(headers, &state.config.open_producer)?;
+    match &record {
+        RequestRecord::Directory(d) => d.validate()?,
+        RequestRecord::Role(r) => r.validate()?,
+        RequestRecord::Notification(n) => n.validate()?,
+    }
+    let rec = request_record(&record, state.log.partitions(Topic::Requests), now_ms())?;
+    let at = state.log.append(Topic::Requests, vec![rec]).await?[0];
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"partition": at.partition, "offset": at.offset})),
+    ))
+}
+
+fn directory(
+    op: herald_core::model::DirectoryOp,
+    user: String,
+    target: Option<String>,
+    roles: Vec<String>,
+) -> RequestRecord {
+    RequestRecord::Directory(herald_core::model::DirectoryChange {
+        op,
+        user_id: user,
+        target,
+        roles,
+        at: now_ms(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+async fn put_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: Result<Json<UserBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let Json(b) = body?;
+    for r in &b.roles {
+        validate_id("roles", r)?;
+    }
+    let record = directory(
+        herald_core::model::DirectoryOp::UpsertUser,
+        user,
+        None,
+        b.roles,
+    );
+    append_request(&state, &headers, record).await
+}
+
+async fn put_member(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((group, user)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let record = directory(
+        herald_core::model::DirectoryOp::JoinGroup,
+        user,
+        Some(group),
+        vec![],
+    );
+    append_request(&state, &headers, record).await
+}
+
+async fn delete_member(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((group, user)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let record = directory(
+        herald_core::model::DirectoryOp::LeaveGroup,
+        user,
+        Some(group),
+        vec![],
+    );
+    append_request(&state, &headers, record).await
+}
+
+async fn put_subscriber(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((topic, user)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let record = directory(
+        herald_core::model::DirectoryOp::SubscribeTopic,
+        user,
+        Some(topic),
+        vec![],
+    );
+    append_request(&state, &headers, record).await
+}
+
+async fn delete_subscriber(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((topic, user)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let record = directory(
+        herald_core::model::DirectoryOp::UnsubscribeTopic,
+        user,
+        Some(topic),
+        vec![],
+    );
+    append_request(&state, &headers, record).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    topics: Vec<String>,
+}
+
+async fn put_role(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(role): Path<String>,
+    body: Result<Json<RoleBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let Json(b) = body?;
+    let record = RequestRecord::Role(herald_core::model::RoleDefinition {
+        role,
+        topics: b.topics,
+        at: now_ms(),
+    });
+    append_request(&state, &headers, record).await
 }
 
 /// Who is connected, with which devices.

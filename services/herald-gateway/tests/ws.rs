@@ -719,3 +719,105 @@ async fn sse_fallback_replays_and_acks_over_http() {
     assert_eq!(anon.status(), 401);
     srv.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_topics_and_roles_are_managed_through_the_api_as_events() {
+    let srv = server(config(), true).await;
+    let http = reqwest::Client::new();
+    let put = |path: String, body: Option<Value>| {
+        let req = http.put(format!("{}{path}", srv.http));
+        match body {
+            Some(b) => req.json(&b),
+            None => req,
+        }
+        .send()
+    };
+    for (path, body) in [
+        (
+            "/v1/roles/ops".to_string(),
+            Some(json!({"topics": ["incidents"]})),
+        ),
+        (
+            "/v1/users/olaf".to_string(),
+            Some(json!({"roles": ["ops"]})),
+        ),
+        ("/v1/topics/incidents/subscribers/olaf".to_string(), None),
+        ("/v1/topics/payroll/subscribers/olaf".to_string(), None),
+        ("/v1/topics/payroll/subscribers/pia".to_string(), None),
+        ("/v1/groups/team/members/olaf".to_string(), None),
+        ("/v1/groups/team/members/pia".to_string(), None),
+    ] {
+        let r = put(path.clone(), body).await.unwrap();
+        assert_eq!(r.status(), 202, "{path}");
+    }
+    let post = |recipients: Value, key: &str| {
+        http.post(format!("{}/v1/notifications", srv.http))
+            .header("idempotency-key", key)
+            .json(&json!({"recipients": recipients, "event_type": "t", "source": "s"}))
+            .send()
+    };
+    post(json!({"groups": ["team"]}), "g1").await.unwrap();
+    post(json!({"topic": "incidents"}), "t1").await.unwrap();
+    post(json!({"topic": "payroll"}), "t2").await.unwrap();
+    let r = http
+        .delete(format!("{}/v1/groups/team/members/pia", srv.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    post(json!({"groups": ["team"]}), "g2").await.unwrap();
+    let inbox = |user: &'static str| {
+        let http = http.clone();
+        let base = srv.http.clone();
+        async move {
+            let v: Value = http
+                .get(format!("{base}/v1/inbox"))
+                .bearer_auth(token(user, 600))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let mut keys: Vec<String> = v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned())
+                .collect();
+            keys.sort();
+            keys
+        }
+    };
+    let id = |k: &str| herald_core::ids::notification_id("dev", k);
+    let mut olaf_expected = vec![id("g1"), id("t1"), id("g2")];
+    olaf_expected.sort();
+    let mut pia_expected = vec![id("g1"), id("t2")];
+    pia_expected.sort();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (olaf, pia) = (inbox("olaf").await, inbox("pia").await);
+        if olaf == olaf_expected && pia == pia_expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "olaf (ops: incidents only) {olaf:?}, pia (no roles, left team) {pia:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bad names are refused with a reason.
+    let r = put("/v1/groups/bad%20id/members/x".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = put("/v1/roles/r".into(), Some(json!({"topics": ["no spaces"]})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = put("/v1/roles/r".into(), Some(json!({"topic": []})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    srv.shutdown.cancel();
+}

@@ -52,6 +52,7 @@ macro_rules! projection_contract_tests {
             directory_resolves_groups_topics_and_everyone,
             expansions_are_recorded,
             scheduled_requests_come_due_and_expired_rows_are_found,
+            rbac_limits_topics_by_role,
             state_survives_reopen,
         );
     };

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use herald_core::mem::ProjectionSnapshot;
-use herald_core::model::{DirectoryChange, Recipients, UserEvent};
+use herald_core::model::{DirectoryChange, Recipients, RoleDefinition, UserEvent};
 use herald_core::projection::InboxRow;
 
 /// Largest page an inbox query returns.
@@ -76,6 +76,14 @@ pub trait ProjectionStore: Send + Sync + 'static {
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError>;
 
+    /// Defines roles (RBAC) and stores `offsets` for `consumer`.
+    async fn define_roles(
+        &self,
+        consumer: &str,
+        roles: &[RoleDefinition],
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ProjectionError>;
+
     /// Of `notification_ids`, those already expanded into inbox events.
     async fn expanded(&self, notification_ids: &[String]) -> Result<Vec<String>, ProjectionError>;
 
@@ -114,6 +122,8 @@ pub trait ProjectionStore: Send + Sync + 'static {
     ) -> Result<Vec<(String, String)>, ProjectionError>;
 
     /// Recipients of a notification request, as of the directory now: sorted, each user once.
+    /// Topic subscribers are filtered by RBAC: a user with roles receives a topic only if one of
+    /// their roles lists it (or `*`); a user without roles receives every topic they follow.
     async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError>;
 
     /// The users a notification was expanded to (for audit); empty if never expanded.

@@ -54,6 +54,7 @@ pub fn request_record(
             n.traceparent.as_deref(),
         ),
         RequestRecord::Directory(d) => (d.user_id.as_str(), SchemaKind::DirectoryChange, None),
+        RequestRecord::Role(r) => (r.role.as_str(), SchemaKind::RoleDefinition, None),
     };
     Ok(Record {
         partition: partition_for(key, partitions),

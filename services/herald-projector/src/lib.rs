@@ -294,6 +294,29 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         Err(e) => skip(FANOUT, r, &e.to_string()),
                     }
                 }
+                Ok(Event::Request(RequestRecord::Role(role))) => {
+                    // A role definition stands alone: flush what came before it, in order.
+                    if !run_directory.is_empty() {
+                        self.store
+                            .apply_directory(FANOUT, &run_directory, &offsets_vec(&offsets))
+                            .await?;
+                        run_directory.clear();
+                    }
+                    if !run_requests.is_empty() {
+                        self.expand(&run_requests, &offsets).await?;
+                        run_requests.clear();
+                    }
+                    next_offsets(std::slice::from_ref(r), &mut offsets);
+                    match role.validate() {
+                        Ok(()) => {
+                            self.store
+                                .define_roles(FANOUT, &[role], &offsets_vec(&offsets))
+                                .await?
+                        }
+                        Err(e) => skip(FANOUT, r, &e.to_string()),
+                    }
+                    continue;
+                }
                 Ok(Event::User(_)) => skip(FANOUT, r, "a user event on the requests topic"),
                 Err(e) => skip(FANOUT, r, &e.to_string()),
             }
@@ -456,13 +479,20 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
             at = records.last().map_or(at, |r| r.offset + 1);
             match topic {
                 Topic::Requests => {
-                    let changes: Vec<DirectoryChange> = records
-                        .iter()
-                        .filter_map(|r| match codec::decode(&r.record.value) {
-                            Ok(Event::Request(RequestRecord::Directory(d))) => Some(d),
-                            _ => None,
-                        })
-                        .collect();
+                    // Directory changes and role definitions, in log order.
+                    let mut changes: Vec<DirectoryChange> = Vec::new();
+                    for r in &records {
+                        match codec::decode(&r.record.value) {
+                            Ok(Event::Request(RequestRecord::Directory(d))) => changes.push(d),
+                            Ok(Event::Request(RequestRecord::Role(role))) => {
+                                store
+                                    .apply_directory(FANOUT, &std::mem::take(&mut changes), &[])
+                                    .await?;
+                                store.define_roles(FANOUT, &[role], &[]).await?;
+                            }
+                            _ => {}
+                        }
+                    }
                     store.apply_directory(FANOUT, &changes, &[(p, at)]).await?;
                 }
                 Topic::UserEvents => {

@@ -489,3 +489,74 @@ pub async fn scheduled_requests_come_due_and_expired_rows_are_found<H: Projectio
     assert!(store.expiring(NOW, 10).await.unwrap().is_empty());
     assert_eq!(store.unread_count(u).await.unwrap(), 1);
 }
+
+pub async fn rbac_limits_topics_by_role<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let user = |op, u: &str, target: Option<&str>, roles: &[&str]| DirectoryChange {
+        op,
+        user_id: u.into(),
+        target: target.map(Into::into),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        at: NOW,
+    };
+    store
+        .apply_directory(
+            "fanout",
+            &[
+                user(DirectoryOp::UpsertUser, "ops1", None, &["ops"]),
+                user(DirectoryOp::UpsertUser, "root", None, &["admin"]),
+                user(DirectoryOp::UpsertUser, "guest", None, &["nobody"]),
+                user(DirectoryOp::SubscribeTopic, "ops1", Some("incidents"), &[]),
+                user(DirectoryOp::SubscribeTopic, "ops1", Some("payroll"), &[]),
+                user(DirectoryOp::SubscribeTopic, "root", Some("payroll"), &[]),
+                user(DirectoryOp::SubscribeTopic, "guest", Some("incidents"), &[]),
+                user(DirectoryOp::SubscribeTopic, "plain", Some("payroll"), &[]),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    store
+        .define_roles(
+            "fanout",
+            &[
+                RoleDefinition {
+                    role: "ops".into(),
+                    topics: vec!["incidents".into()],
+                    at: NOW,
+                },
+                RoleDefinition {
+                    role: "admin".into(),
+                    topics: vec!["*".into()],
+                    at: NOW,
+                },
+            ],
+            &[(0, 9)],
+        )
+        .await
+        .unwrap();
+    let topic = |t: &str| Recipients {
+        topic: Some(t.into()),
+        ..Default::default()
+    };
+    // ops1 may get incidents but not payroll; root gets all; guest's role is undefined (nothing);
+    // plain has no roles (everything they follow).
+    assert_eq!(
+        store.resolve(&topic("incidents")).await.unwrap(),
+        vec!["ops1"]
+    );
+    assert_eq!(
+        store.resolve(&topic("payroll")).await.unwrap(),
+        vec!["plain", "root"]
+    );
+    // Direct recipients are not filtered by topic rules.
+    let direct = Recipients {
+        users: vec!["guest".into()],
+        ..Default::default()
+    };
+    assert_eq!(store.resolve(&direct).await.unwrap(), vec!["guest"]);
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(snap.roles["admin"], vec!["*"]);
+    assert_eq!(snap.users["ops1"], vec!["ops"]);
+    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&0], 9);
+}
