@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
+use std::str::FromStr;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,8 @@ pub struct AuthConfig {
     pub rs256_public_pems: Vec<Vec<u8>>,
     /// ES256 public keys (PEM).
     pub es256_public_pems: Vec<Vec<u8>>,
+    /// JWKS documents (RFC 7517 key sets, e.g. an identity provider's `jwks.json`).
+    pub jwks: Vec<Vec<u8>>,
     /// Producer API keys: key → producer name. Empty means producers are not authenticated
     /// (`herald dev` only).
     pub producer_keys: HashMap<String, String>,
@@ -44,7 +48,8 @@ pub struct AuthConfig {
 }
 
 pub struct Auth {
-    keys: Vec<(Algorithm, DecodingKey)>,
+    /// (algorithm, key id if any, key).
+    keys: Vec<(Algorithm, Option<String>, DecodingKey)>,
     signing: Option<EncodingKey>,
     producer_keys: HashMap<String, String>,
     dev_login: bool,
@@ -75,19 +80,46 @@ impl Auth {
     pub fn new(config: &AuthConfig) -> Result<Auth, String> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.hs256_secret {
-            keys.push((Algorithm::HS256, DecodingKey::from_secret(secret)));
+            keys.push((Algorithm::HS256, None, DecodingKey::from_secret(secret)));
         }
         for pem in &config.rs256_public_pems {
             keys.push((
                 Algorithm::RS256,
+                None,
                 DecodingKey::from_rsa_pem(pem).map_err(|e| format!("RS256 public key: {e}"))?,
             ));
         }
         for pem in &config.es256_public_pems {
             keys.push((
                 Algorithm::ES256,
+                None,
                 DecodingKey::from_ec_pem(pem).map_err(|e| format!("ES256 public key: {e}"))?,
             ));
+        }
+        for doc in &config.jwks {
+            let set: jsonwebtoken::jwk::JwkSet =
+                serde_json::from_slice(doc).map_err(|e| format!("JWKS: {e}"))?;
+            for jwk in &set.keys {
+                use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+                let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                    (Some(a), _) => Algorithm::from_str(&a.to_string())
+                        .map_err(|e| format!("JWKS key algorithm {a}: {e}"))?,
+                    (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+                    (None, AlgorithmParameters::EllipticCurve(p))
+                        if p.curve == EllipticCurve::P256 =>
+                    {
+                        Algorithm::ES256
+                    }
+                    (None, _) => {
+                        return Err("JWKS: a key without alg of an unsupported type".into());
+                    }
+                };
+                if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                    return Err("JWKS: symmetric keys are not accepted from a key set".into());
+                }
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key: {e}"))?;
+                keys.push((alg, jwk.common.key_id.clone(), key));
+            }
         }
         Ok(Auth {
             keys,
@@ -105,8 +137,14 @@ impl Auth {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| unauthorized("malformed token"))?;
         let mut last = "no key accepts this token's algorithm";
-        for (alg, key) in &self.keys {
+        for (alg, kid, key) in &self.keys {
             if *alg != header.alg {
+                continue;
+            }
+            // A token naming its key is only tried against that key (or keys without an id).
+            if let (Some(want), Some(have)) = (&header.kid, kid)
+                && want != have
+            {
                 continue;
             }
             let mut v = Validation::new(*alg);

@@ -821,3 +821,78 @@ async fn groups_topics_and_roles_are_managed_through_the_api_as_events() {
     assert_eq!(r.status(), 422);
     srv.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_es256_and_jwks_keys_verify_tokens() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let rsa = EncodingKey::from_rsa_pem(include_bytes!("keys/rsa-private.pem")).unwrap();
+    let ec = EncodingKey::from_ec_pem(include_bytes!("keys/ec-private.pem")).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("idp-1".into());
+    let jwks = serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap();
+    let cfg = |auth: AuthConfig| GatewayConfig { auth, ..config() };
+    let sign = |alg: Algorithm, key: &EncodingKey, kid: Option<&str>| {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(Into::into);
+        let exp = herald_gateway::auth::now_secs() + 600;
+        jsonwebtoken::encode(&h, &json!({"sub": "kim", "exp": exp}), key).unwrap()
+    };
+    // PEM public keys.
+    let srv = server(
+        cfg(AuthConfig {
+            rs256_public_pems: vec![include_bytes!("keys/rsa-public.pem").to_vec()],
+            es256_public_pems: vec![include_bytes!("keys/ec-public.pem").to_vec()],
+            ..Default::default()
+        }),
+        true,
+    )
+    .await;
+    for (alg, key) in [(Algorithm::RS256, &rsa), (Algorithm::ES256, &ec)] {
+        let (_, info) = connect(
+            &srv.ws,
+            &Credentials::Bearer(sign(alg, key, None)),
+            "d",
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(info.user_id, "kim", "{alg:?}");
+    }
+    // An HS256 token is refused when no secret is configured.
+    let hs = token("kim", 600);
+    assert!(matches!(
+        open(&srv.ws, &Credentials::Bearer(hs), true).await,
+        Err(ClientError::Refused { status: 401, .. })
+    ));
+    srv.shutdown.cancel();
+    // A JWKS document, with key ids.
+    let srv = server(
+        cfg(AuthConfig {
+            jwks: vec![jwks],
+            ..Default::default()
+        }),
+        true,
+    )
+    .await;
+    let (_, info) = connect(
+        &srv.ws,
+        &Credentials::Bearer(sign(Algorithm::RS256, &rsa, Some("idp-1"))),
+        "d",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.user_id, "kim");
+    let wrong_kid = sign(Algorithm::RS256, &rsa, Some("idp-2"));
+    assert!(matches!(
+        open(&srv.ws, &Credentials::Bearer(wrong_kid), true).await,
+        Err(ClientError::Refused { status: 401, .. })
+    ));
+    let es = sign(Algorithm::ES256, &ec, Some("idp-1"));
+    assert!(matches!(
+        open(&srv.ws, &Credentials::Bearer(es), true).await,
+        Err(ClientError::Refused { status: 401, .. })
+    ));
+    srv.shutdown.cancel();
+}

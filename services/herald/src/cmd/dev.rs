@@ -27,6 +27,23 @@ pub struct Args {
     /// HS256 secret for user JWTs. Default: a random secret kept in DATA_DIR/dev-secret.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// RS256 public key (PEM file) for user JWTs (repeat).
+    #[arg(long = "jwt-rs256-public-key", value_name = "FILE")]
+    rs256_keys: Vec<PathBuf>,
+    /// ES256 public key (PEM file) for user JWTs (repeat).
+    #[arg(long = "jwt-es256-public-key", value_name = "FILE")]
+    es256_keys: Vec<PathBuf>,
+    /// JWKS file (an identity provider's key set) for user JWTs (repeat).
+    #[arg(long = "jwks", value_name = "FILE")]
+    jwks: Vec<PathBuf>,
+    /// Producer API key as NAME=KEY (repeat). With any, producers must authenticate.
+    #[arg(long = "producer-key", value_name = "NAME=KEY")]
+    producer_keys: Vec<String>,
+    /// Notifications per second per producer (sustained) and burst.
+    #[arg(long, default_value_t = 1000.0)]
+    producer_rate: f64,
+    #[arg(long, default_value_t = 2000.0)]
+    producer_burst: f64,
     /// Allowed Origin of WebSocket upgrades (repeat); none allows any.
     #[arg(long = "allowed-origin")]
     allowed_origins: Vec<String>,
@@ -137,13 +154,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let read_all = |files: &[PathBuf]| -> anyhow::Result<Vec<Vec<u8>>> {
+        files
+            .iter()
+            .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+            .collect()
+    };
+    let mut producer_keys = std::collections::HashMap::new();
+    for pk in &args.producer_keys {
+        let (name, key) = pk
+            .split_once('=')
+            .with_context(|| format!("--producer-key {pk:?}: expected NAME=KEY"))?;
+        herald_core::ids::validate_id("producer", name)?;
+        producer_keys.insert(key.to_owned(), name.to_owned());
+    }
     let config = GatewayConfig {
         auth: AuthConfig {
             hs256_secret: Some(dev_secret(&args)?),
+            rs256_public_pems: read_all(&args.rs256_keys)?,
+            es256_public_pems: read_all(&args.es256_keys)?,
+            jwks: read_all(&args.jwks)?,
             dev_login: true,
-            open_producers: true,
-            ..Default::default()
+            open_producers: producer_keys.is_empty(),
+            producer_keys,
         },
+        producer_rate: args.producer_rate,
+        producer_burst: args.producer_burst,
         heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_ms.max(100)),
         pong_timeout: std::time::Duration::from_millis(args.pong_timeout_ms.max(100)),
         max_connections: args.max_connections,
