@@ -101,19 +101,32 @@ try {
   await waitFor(async () => (await page.locator("#items li .pill.pending").count()) === 0, "the pending step to be replaced");
   if ((await count()) !== 2) throw new Error(`after approval: ${await count()} items, expected 2`);
 
-  step("the SSE fallback of /herald.js gets the same notifications");
+  step("WebSockets blocked: /herald.js falls back to SSE by itself and gets the notifications");
   const viaSse = await page.evaluate(async () => {
     const { HeraldClient } = await import("/herald.js");
+    // A WebSocket that never opens, as behind a proxy that refuses upgrades.
+    class Blocked extends EventTarget {
+      constructor() {
+        super();
+        setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 10);
+      }
+      send() {}
+      close() {}
+    }
+    window.WebSocket = Blocked;
     const token = (await (await fetch("/v1/dev/token", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ user_id: "alice" }) })).json()).token;
     const seen = [];
-    const client = new HeraldClient({ getToken: async () => token, deviceId: "sse-probe", transport: "sse", storage: sessionStorage, onNotification: (n) => seen.push(n.id) });
+    let fellBack = false;
+    const client = new HeraldClient({ getToken: async () => token, deviceId: "sse-probe", storage: sessionStorage, backoffInitialMs: 20, onNotification: (n) => seen.push(n.id) });
+    client.addEventListener("fallback", () => (fellBack = true));
     client.start();
     const deadline = Date.now() + 15000;
     while (seen.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     client.stop();
-    return seen.length;
+    return { seen: seen.length, fellBack, transport: client.transport };
   });
-  if (viaSse < 2) throw new Error(`SSE client saw ${viaSse} notifications, expected at least 2`);
+  if (!viaSse.fellBack || viaSse.transport !== "sse") throw new Error(`no fallback to SSE: ${JSON.stringify(viaSse)}`);
+  if (viaSse.seen < 2) throw new Error(`SSE client saw ${viaSse.seen} notifications, expected at least 2`);
 
   await page.screenshot({ path: SCREENSHOT });
   step(`screenshot saved to ${SCREENSHOT}`);

@@ -163,7 +163,15 @@ impl<T: Clone> Delivery<T> {
 
     /// What to send at `now_ms`: due redeliveries first, then new items while the window has room.
     pub fn poll(&mut self, now_ms: i64) -> Vec<Send<T>> {
+        self.poll_limited(now_ms, usize::MAX)
+    }
+
+    /// Like [`Delivery::poll`], but at most `max` sends; what does not fit stays due.
+    pub fn poll_limited(&mut self, now_ms: i64, max: usize) -> Vec<Send<T>> {
         let mut out = Vec::new();
+        if max == 0 {
+            return out;
+        }
         let due: Vec<u64> = self
             .in_flight
             .iter()
@@ -171,6 +179,9 @@ impl<T: Clone> Delivery<T> {
             .map(|(s, _)| *s)
             .collect();
         for seq in due {
+            if out.len() >= max {
+                return out;
+            }
             let f = self.in_flight.get_mut(&seq).expect("due seq is in flight");
             if f.attempt > self.config.max_redeliveries {
                 self.in_flight.remove(&seq);
@@ -185,7 +196,7 @@ impl<T: Clone> Delivery<T> {
                 attempt: f.attempt,
             });
         }
-        while self.in_flight.len() < self.config.max_in_flight {
+        while self.in_flight.len() < self.config.max_in_flight && out.len() < max {
             let Some((seq, item)) = self.queued.pop_first() else {
                 break;
             };
@@ -204,6 +215,12 @@ impl<T: Clone> Delivery<T> {
             });
         }
         out
+    }
+
+    /// Whether `poll` at `now_ms` would send something, given room.
+    pub fn has_work(&self, now_ms: i64) -> bool {
+        (!self.queued.is_empty() && self.in_flight.len() < self.config.max_in_flight)
+            || self.next_deadline().is_some_and(|d| d <= now_ms)
     }
 
     /// When `poll` next has something to do, if anything is in flight.
@@ -287,6 +304,21 @@ mod tests {
         assert_eq!(d.settle_through(3), 3);
         assert_eq!((d.in_flight(), d.queued()), (0, 2));
         assert_eq!(seqs(&d.poll(0)), vec![(4, 1), (5, 1)]);
+    }
+
+    #[test]
+    fn a_limited_poll_leaves_the_rest_due() {
+        let mut d = Delivery::new(cfg(5));
+        for s in 1..=4 {
+            d.offer(s, "x");
+        }
+        assert_eq!(seqs(&d.poll_limited(0, 2)), vec![(1, 1), (2, 1)]);
+        assert!(d.has_work(0));
+        assert_eq!(seqs(&d.poll_limited(0, 0)), vec![]);
+        // Redeliveries due and new items share the limit; nothing is skipped or bumped.
+        assert_eq!(seqs(&d.poll_limited(100, 3)), vec![(1, 2), (2, 2), (3, 1)]);
+        assert_eq!(seqs(&d.poll_limited(100, 5)), vec![(4, 1)]);
+        assert!(!d.has_work(100));
     }
 
     #[test]

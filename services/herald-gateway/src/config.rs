@@ -14,6 +14,8 @@ pub struct GatewayConfig {
     pub heartbeat_interval: Duration,
     /// How long after a missed ping a silent peer is reaped.
     pub pong_timeout: Duration,
+    /// How long a connection's send queue may stay full before it is closed as a slow consumer.
+    pub slow_consumer_timeout: Duration,
     /// How long a new connection may take to send `hello`.
     pub hello_timeout: Duration,
     /// Most WebSocket connections at once.
@@ -40,10 +42,11 @@ impl Default for GatewayConfig {
             heartbeat_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
+            slow_consumer_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_connections_per_user: 16,
-            frame_rate: 100.0,
-            frame_burst: 200.0,
+            frame_rate: 1_000.0,
+            frame_burst: 2_000.0,
             allowed_origins: Vec::new(),
             open_producer: "dev".into(),
             producer_rate: 1_000.0,

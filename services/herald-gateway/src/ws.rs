@@ -24,8 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{AppState, now_ms, rfc3339};
 use crate::hub::{LiveEvent, Registration, SESSION_LIVE_QUEUE};
 
-/// Frames waiting for the writer; more is a slow consumer.
+/// Frames waiting for the writer.
 pub const SEND_QUEUE: usize = 512;
+/// Room in the send queue kept for marks, errors and pings: notifications only use the rest, so
+/// the server's own bursts (a replay) never overflow the queue.
+const SEND_RESERVE: usize = 64;
+/// How long the server waits for the peer's Close after sending its own.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// How often a session whose send queue is full looks again.
+const BLOCKED_RECHECK: Duration = Duration::from_millis(20);
 /// Rows read from the projection per replay step.
 const REPLAY_PAGE: usize = 256;
 /// Records read from the log per gap step.
@@ -83,6 +90,14 @@ struct Session {
     replay_high: Option<u64>,
     replayed_sent: bool,
     delivered: Vec<UserEvent>,
+    /// Since when notifications have been waiting for room in the send queue with no progress
+    /// by the writer.
+    blocked_since: Option<Instant>,
+    /// Send-queue room after the last pump (more room now means the writer made progress).
+    last_room: usize,
+    /// ACKs received since the last pump, appended as one event.
+    ack_ids: Vec<String>,
+    ack_up_to: Option<i64>,
 }
 
 /// Why a session ended.
@@ -189,6 +204,17 @@ pub async fn run(st: AppState, user: crate::auth::User, socket: WebSocket) {
     if let End::Close(close, reason) = end {
         tracing::debug!(user = %user.id, code = close.code(), reason, "closing session");
         let _ = close_tx.send(close_msg(close, &reason));
+        // The close handshake: read (and drop) what the peer still sends until its Close, so
+        // the socket is not torn down under data in flight (which would reset the connection
+        // and could lose our close frame on the client's side).
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            while let Some(m) = incoming.next().await {
+                if matches!(m, Incoming::End(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
@@ -259,6 +285,10 @@ pub async fn serve(
         replay_high: None,
         replayed_sent: false,
         delivered: Vec::new(),
+        blocked_since: None,
+        last_room: SEND_QUEUE,
+        ack_ids: Vec::new(),
+        ack_up_to: None,
         reg,
     };
     if let Some(a) = after {
@@ -333,7 +363,7 @@ impl Session {
         let token_expiry = tokio::time::sleep(expires_in);
         tokio::pin!(token_expiry);
         loop {
-            let deadline = self
+            let mut deadline = self
                 .delivery
                 .next_deadline()
                 .map(|d| {
@@ -341,6 +371,15 @@ impl Session {
                     tokio::time::Instant::now() + Duration::from_millis(wait)
                 })
                 .unwrap_or_else(far_future);
+            if let Some(since) = self.blocked_since {
+                if since.elapsed() > cfg.slow_consumer_timeout {
+                    return End::Close(
+                        Close::SlowConsumer,
+                        "the connection does not keep up".into(),
+                    );
+                }
+                deadline = deadline.min(tokio::time::Instant::now() + BLOCKED_RECHECK);
+            }
             let replay_ready = self.replaying() && self.delivery.room() >= REPLAY_PAGE;
             let step: Result<(), End> = tokio::select! {
                 biased;
@@ -547,7 +586,6 @@ impl Session {
                 Some(Err(e)) => Err(e.to_string()),
             }
         };
-        let now = now_ms();
         let event = match f {
             ClientFrame::Hello { .. } => {
                 return Err(End::Close(
@@ -568,14 +606,11 @@ impl Session {
                 }
                 if let Some(u) = up_to {
                     self.delivery.settle_through(u as u64);
+                    self.ack_up_to = Some(self.ack_up_to.map_or(u, |a| a.max(u)));
                 }
-                UserEvent::Acked(NotificationAcked {
-                    user_id: self.user.clone(),
-                    device_id: self.device.clone(),
-                    notification_ids: ids,
-                    up_to,
-                    at: now,
-                })
+                // Coalesced: every ACK since the last pump becomes one event (see flush_acks).
+                self.ack_ids.extend(ids);
+                return Ok(());
             }
             ClientFrame::Read { ids, up_to } => {
                 let up_to = match ids_of(&ids).and_then(|()| parse_up_to(&up_to)) {
@@ -618,9 +653,21 @@ impl Session {
         })
     }
 
-    /// Sends what delivery says is due, with `replayed` at the replay/live boundary.
+    /// Sends what delivery says is due, as far as the send queue has room, with `replayed` at
+    /// the replay/live boundary.
     fn pump(&mut self) -> Result<(), End> {
-        let sends = self.delivery.poll(now_ms());
+        let now = now_ms();
+        let progressed = self.out.capacity() > self.last_room;
+        let room = self.out.capacity().saturating_sub(SEND_RESERVE);
+        let sends = self.delivery.poll_limited(now, room);
+        if self.delivery.has_work(now) && self.out.capacity() <= SEND_RESERVE + sends.len() {
+            // Waiting for room: a slow consumer only if the writer makes no progress at all.
+            if progressed || self.blocked_since.is_none() {
+                self.blocked_since = Some(Instant::now());
+            }
+        } else {
+            self.blocked_since = None;
+        }
         for s in sends {
             if !self.replayed_sent
                 && !self.replaying()
@@ -664,6 +711,7 @@ impl Session {
             self.send_replayed()?;
         }
         self.flush_delivered();
+        self.last_room = self.out.capacity();
         Ok(())
     }
 
@@ -679,7 +727,26 @@ impl Session {
         self.send(&ServerFrame::Replayed { cursor })
     }
 
+    /// Appends the ACKs gathered since the last flush as one `Acked` event.
+    fn flush_acks(&mut self) {
+        if self.ack_ids.is_empty() && self.ack_up_to.is_none() {
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.ack_ids);
+        ids.sort();
+        ids.dedup();
+        let event = UserEvent::Acked(NotificationAcked {
+            user_id: self.user.clone(),
+            device_id: self.device.clone(),
+            notification_ids: ids,
+            up_to: self.ack_up_to.take(),
+            at: now_ms(),
+        });
+        crate::api::append_user_event(&self.st, event);
+    }
+
     fn flush_delivered(&mut self) {
+        self.flush_acks();
         if self.delivered.is_empty() {
             return;
         }

@@ -440,6 +440,42 @@ async fn a_producer_over_its_rate_gets_429_with_retry_after() {
         .unwrap();
     let (s, body) = call(&env, anon).await;
     assert_eq!((s, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    // A producer-scoped JWT produces as its subject; a user token may not produce.
+    let env2 = env_with(GatewayConfig {
+        auth: AuthConfig {
+            hs256_secret: Some(b"s".to_vec()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let jwt = |scope: Option<&str>| {
+        let mut claims = json!({"sub": "billing", "exp": herald_gateway::auth::now_secs() + 600});
+        if let Some(s) = scope {
+            claims["scope"] = json!(s);
+        }
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"s"),
+        )
+        .unwrap()
+    };
+    let with_token = |t: String| {
+        Request::post("/v1/notifications")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {t}"))
+            .body(Body::from(valid().to_string()))
+            .unwrap()
+    };
+    let (s, body) = call(&env2, with_token(jwt(Some("produce")))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        body["notification_id"],
+        herald_core::ids::notification_id("billing", body["idempotency_key"].as_str().unwrap())
+    );
+    let (s, body) = call(&env2, with_token(jwt(None))).await;
+    assert_eq!((s, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
     let wrong = Request::post("/v1/notifications")
         .header("content-type", "application/json")
         .header("x-api-key", "nope")

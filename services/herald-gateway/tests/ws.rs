@@ -896,3 +896,146 @@ async fn rs256_es256_and_jwks_keys_verify_tokens() {
     ));
     srv.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_origin_rate_and_silent_peers_are_enforced() {
+    let srv = server(
+        GatewayConfig {
+            allowed_origins: vec!["https://app.example".into()],
+            heartbeat_interval: Duration::from_millis(200),
+            pong_timeout: Duration::from_millis(200),
+            frame_rate: 5.0,
+            frame_burst: 10.0,
+            ..config()
+        },
+        true,
+    )
+    .await;
+    // Origin allowlist: a foreign Origin is refused with 403 before the upgrade.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = srv.ws.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "herald.v1".parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("lea", 600)).parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let mut req = srv.ws.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "herald.v1".parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("lea", 600)).parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("origin", "https://app.example".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("allowed origin");
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        r#"{"type":"hello","device_id":"d"}"#,
+    ))
+    .await
+    .unwrap();
+    // A peer that stops reading never answers pings: it is reaped with 4011.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    use futures_util::StreamExt;
+    let mut code = None;
+    while let Some(Ok(m)) = tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+        if let tokio_tungstenite::tungstenite::Message::Close(Some(f)) = m {
+            code = Some(u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(4011), "silent peer reaped");
+    srv.shutdown.cancel();
+
+    // Frames beyond the per-connection rate: 4009 (the origin check needs no Origin here).
+    let srv = server(
+        GatewayConfig {
+            frame_rate: 5.0,
+            frame_burst: 10.0,
+            ..config()
+        },
+        true,
+    )
+    .await;
+    let (mut c, _) = connect(&srv.ws, &bearer("lea"), "d", None).await.unwrap();
+    for _ in 0..30 {
+        if c.send(&ClientFrame::Ping).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(expect_close(&mut c).await.0, 4009);
+    srv.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_and_loses_nothing() {
+    let mut cfg = config();
+    cfg.delivery.max_in_flight = 4000;
+    cfg.slow_consumer_timeout = Duration::from_millis(800);
+    let srv = server(cfg, true).await;
+    let big = "x".repeat(48 * 1024);
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        let v: Value = http
+            .post(format!("{}/v1/notifications", srv.http))
+            .header("idempotency-key", format!("big{i}"))
+            .json(&json!({"recipients": {"users": ["max"]}, "event_type": "t", "source": "s", "data": big}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(v["notification_id"].as_str().unwrap().to_owned());
+    }
+    // Wait until all 600 are in the projection, then connect and do not read.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let v: Value = http
+            .get(format!("{}/v1/inbox/unread-count", srv.http))
+            .bearer_auth(token("max", 600))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["unread_count"] == 600 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projection did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut slow, _) = connect(&srv.ws, &bearer("max"), "phone", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ~29 MB were due; the socket buffers hold a few MB, then the send queue stays full: 4008.
+    let (code, _) = expect_close(&mut slow).await;
+    assert_eq!(code, 4008);
+    // Nothing is lost: a reader that keeps up gets all of them.
+    let (mut c, _) = connect(&srv.ws, &bearer("max"), "phone", None)
+        .await
+        .unwrap();
+    let (got, seqs, _) = collect(&mut c, 600, true).await;
+    assert_unique_increasing(&got, &seqs);
+    assert_eq!(
+        got.iter().collect::<HashSet<_>>(),
+        ids.iter().collect::<HashSet<_>>()
+    );
+    srv.shutdown.cancel();
+}

@@ -33,6 +33,9 @@ export class HeraldClient extends EventTarget {
     this.state = "closed";
     this.stopped = true;
     this.attempt = 0;
+    // WebSocket attempts in a row that never opened; at FALLBACK_AFTER, switch to SSE.
+    this.wsFailures = 0;
+    this.fallbackAfter = options.fallbackAfter ?? 3;
     this.chain = Promise.resolve();
     const saved = this.load();
     this.cursor = saved.cursor ?? null;
@@ -120,8 +123,18 @@ export class HeraldClient extends EventTarget {
       }
       this.frame(frame);
     };
+    let opened = false;
+    ws.addEventListener("open", () => {
+      opened = true;
+      this.wsFailures = 0;
+    });
     ws.onclose = (ev) => {
       if (this.ws === ws) this.ws = null;
+      if (!opened && ++this.wsFailures >= this.fallbackAfter && typeof EventSource === "function") {
+        // WebSockets do not get through (a proxy, a firewall): fall back to Server-Sent Events.
+        this.transport = "sse";
+        this.dispatchEvent(new CustomEvent("fallback", { detail: { transport: "sse" } }));
+      }
       this.dispatchEvent(new CustomEvent("close", { detail: { code: ev.code, reason: ev.reason } }));
       this.retry(new Error(`closed ${ev.code} ${ev.reason}`));
     };
@@ -160,8 +173,11 @@ export class HeraldClient extends EventTarget {
         this.setState("open");
         break;
       case "notification":
-        // Handle notifications one at a time, in the order they came.
-        this.chain = this.chain.then(() => this.notification(f));
+        // Handle notifications one at a time, in the order they came; one failure must not
+        // stop the ones after it.
+        this.chain = this.chain
+          .then(() => this.notification(f))
+          .catch((e) => console.error("herald: notification failed", e));
         break;
       case "replayed":
       case "mark":
@@ -190,7 +206,8 @@ export class HeraldClient extends EventTarget {
   }
 
   ack(ids) {
-    if (this.ws?.readyState === WebSocket.OPEN) {
+    const OPEN = 1; // WebSocket.OPEN, without relying on a WebSocket global
+    if (this.ws && this.ws.readyState === OPEN) {
       this.ws.send(JSON.stringify({ type: "ack", ids }));
     } else if (this.es) {
       this.http("/v1/ack", { method: "POST", body: JSON.stringify({ device_id: this.deviceId, ids }) }).catch(() => {});
