@@ -59,6 +59,9 @@ pub struct Args {
     /// Reap a peer this long after a missed ping, milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pong_timeout_ms: u64,
+    /// Close a connection whose send queue stays full with no progress this long, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    slow_consumer_timeout_ms: u64,
 }
 
 /// The dev JWT secret: given, or random and kept in the data directory so tokens survive restarts.
@@ -182,6 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         producer_burst: args.producer_burst,
         heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_ms.max(100)),
         pong_timeout: std::time::Duration::from_millis(args.pong_timeout_ms.max(100)),
+        slow_consumer_timeout: std::time::Duration::from_millis(args.slow_consumer_timeout_ms.max(100)),
         max_connections: args.max_connections,
         max_connections_per_user: args.max_connections_per_user,
         allowed_origins: args.allowed_origins.clone(),
