@@ -185,3 +185,78 @@ fn a_corrupt_store_is_reported_not_panicked_on() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_gateway_has_no_dev_conveniences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Without a way to verify tokens it refuses to start.
+    let out = herald(&["gateway", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("needs a way to verify user tokens"),
+        "{}",
+        stderr(&out)
+    );
+    let port = support::free_port();
+    let mut child = std::process::Command::new(support::BIN)
+        .args([
+            "gateway",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--jwt-secret", "s3cret", "--producer-key", "billing=k-1"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + support::READY_GUARD;
+    while client.get(format!("{url}/healthz")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(client.get(format!("{url}/")).send().await.unwrap()),
+        404,
+        "no demo page"
+    );
+    let login = client
+        .post(format!("{url}/v1/dev/token"))
+        .json(&serde_json::json!({"user_id": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(login), 404, "no demo login");
+    let body =
+        serde_json::json!({"recipients": {"users": ["a"]}, "event_type": "t", "source": "s"});
+    let anon = client
+        .post(format!("{url}/v1/notifications"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(anon), 401, "producers must authenticate");
+    let keyed = client
+        .post(format!("{url}/v1/notifications"))
+        .header("x-api-key", "k-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(keyed), 202);
+    assert_eq!(
+        status(client.get(format!("{url}/herald.js")).send().await.unwrap()),
+        200
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}

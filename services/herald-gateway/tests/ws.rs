@@ -542,6 +542,28 @@ async fn marks_reach_the_users_other_devices_and_never_another_user() {
         .unwrap();
     collect(&mut phone, 1, true).await;
     collect(&mut laptop, 1, true).await;
+    // Presence shows both devices of erin.
+    let presence: Value = reqwest::get(format!("{}/v1/presence", srv.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let erin = presence["online"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_id"] == "erin")
+        .unwrap()
+        .clone();
+    let mut devices: Vec<&str> = erin["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    devices.sort();
+    assert_eq!(devices, vec!["laptop", "phone"]);
     // Erin reads on the phone; the laptop hears of it.
     phone
         .send(&ClientFrame::Read {

@@ -16,8 +16,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything in one process on embedded, durable storage (log, projector, HTTP API).
+    /// Run everything in one process on embedded, durable storage, with demo conveniences.
     Dev(cmd::dev::Args),
+    /// The production server (gateway and projector) on embedded storage: no demo login,
+    /// producers and users must authenticate.
+    Gateway(cmd::gateway::Args),
     /// Send a notification to a running Herald.
     Produce(Box<cmd::produce::Args>),
     /// Rebuild the projection from the log into a fresh store and compare it with the live one.
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Gateway(args) => cmd::gateway::run(args).await,
             Command::Produce(args) => cmd::produce::run(*args).await,
             Command::Replay(args) => cmd::replay::run(args).await,
             Command::Audit(args) => cmd::audit::run(args).await,

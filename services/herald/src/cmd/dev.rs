@@ -1,4 +1,6 @@
-//! `herald dev`: log, projector and HTTP API in one process on embedded storage.
+//! `herald dev` and `herald gateway`: log, projector, HTTP and WebSocket API in one process on
+//! embedded storage. `dev` adds conveniences for a laptop (demo login and page, a persisted
+//! random JWT secret, open producers); `gateway` is the same server with none of them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +66,13 @@ pub struct Args {
     slow_consumer_timeout_ms: u64,
 }
 
+/// Which server this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Dev,
+    Gateway,
+}
+
 /// The dev JWT secret: given, or random and kept in the data directory so tokens survive restarts.
 fn dev_secret(args: &Args) -> anyhow::Result<Vec<u8>> {
     if let Some(s) = &args.jwt_secret {
@@ -104,6 +113,21 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    serve(args, Mode::Dev).await
+}
+
+pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
+    if mode == Mode::Gateway
+        && args.jwt_secret.is_none()
+        && args.rs256_keys.is_empty()
+        && args.es256_keys.is_empty()
+        && args.jwks.is_empty()
+    {
+        anyhow::bail!(
+            "herald gateway needs a way to verify user tokens: pass --jwt-secret, \
+             --jwt-rs256-public-key, --jwt-es256-public-key or --jwks"
+        );
+    }
     let signal = shutdown_signal()?;
     init_tracing("info");
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -171,21 +195,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         herald_core::ids::validate_id("producer", name)?;
         producer_keys.insert(key.to_owned(), name.to_owned());
     }
+    let hs256_secret = match mode {
+        Mode::Dev => Some(dev_secret(&args)?),
+        Mode::Gateway => args.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+    };
     let config = GatewayConfig {
         auth: AuthConfig {
-            hs256_secret: Some(dev_secret(&args)?),
+            hs256_secret,
             rs256_public_pems: read_all(&args.rs256_keys)?,
             es256_public_pems: read_all(&args.es256_keys)?,
             jwks: read_all(&args.jwks)?,
-            dev_login: true,
-            open_producers: producer_keys.is_empty(),
+            dev_login: mode == Mode::Dev,
+            open_producers: mode == Mode::Dev && producer_keys.is_empty(),
             producer_keys,
         },
         producer_rate: args.producer_rate,
         producer_burst: args.producer_burst,
         heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_ms.max(100)),
         pong_timeout: std::time::Duration::from_millis(args.pong_timeout_ms.max(100)),
-        slow_consumer_timeout: std::time::Duration::from_millis(args.slow_consumer_timeout_ms.max(100)),
+        slow_consumer_timeout: std::time::Duration::from_millis(
+            args.slow_consumer_timeout_ms.max(100),
+        ),
         max_connections: args.max_connections,
         max_connections_per_user: args.max_connections_per_user,
         allowed_origins: args.allowed_origins.clone(),
@@ -196,8 +226,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     state.metrics = Some(Arc::new(move || prometheus.render()));
     let limits = state.limits.clone();
+    let name = match mode {
+        Mode::Dev => "herald dev",
+        Mode::Gateway => "herald gateway",
+    };
     eprintln!(
-        "herald dev: listening on http://{} (data in {})",
+        "{name}: listening on http://{} (data in {})",
         listener.local_addr()?,
         args.data_dir.display()
     );
@@ -220,6 +254,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     served.context("HTTP server")?;
     projected.context("projector")?;
     drop(lock);
-    eprintln!("herald dev: stopped");
+    eprintln!("{name}: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod dev;
+pub mod gateway;
 pub mod produce;
 pub mod replay;
 
