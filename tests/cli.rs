@@ -260,3 +260,87 @@ async fn herald_gateway_has_no_dev_conveniences() {
         .status();
     assert!(child.wait().unwrap().success());
 }
+
+/// The projection in PostgreSQL (a throwaway server): dev survives a SIGKILL, and a replay from
+/// the log into a second, empty PostgreSQL database equals the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projection_can_live_in_postgresql() {
+    let (Some(live_db), Some(rebuilt_db)) = (
+        herald_postgres::testing::TestDb::new(),
+        herald_postgres::testing::TestDb::new(),
+    ) else {
+        return; // skipped, with the reason printed
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = support::free_port();
+    let extra = ["--projection-url", live_db.url.as_str()];
+    let mut dev = Dev::start_with(&data, port, &extra).await;
+    let url = dev.url();
+    for key in ["pg-1", "pg-2"] {
+        let out = herald(&[
+            "produce",
+            "--url",
+            &url,
+            "--to",
+            "alice,bob",
+            "--type",
+            "t",
+            "--key",
+            key,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    dev.caught_up().await;
+    dev.kill9();
+    let dev = Dev::start_with(&data, port, &extra).await;
+    let out = herald(&[
+        "produce", "--url", &url, "--to", "alice", "--type", "t", "--key", "pg-3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dev.caught_up().await;
+    let (items, unread) = dev.inbox("alice").await;
+    assert_eq!((items.len(), unread), (3, 3));
+    assert!(
+        !data.join("projection.db").exists(),
+        "nothing went to SQLite"
+    );
+    let replay = herald(&[
+        "replay",
+        "--quiet",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--live-url",
+        &live_db.url,
+        "--into-url",
+        &rebuilt_db.url,
+    ]);
+    assert!(
+        replay.status.success(),
+        "{}{}",
+        stdout(&replay),
+        stderr(&replay)
+    );
+    assert!(
+        stdout(&replay).contains("equals the live one"),
+        "{}",
+        stdout(&replay)
+    );
+    // A second replay into the now non-empty database is refused.
+    let again = herald(&[
+        "replay",
+        "--quiet",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--live-url",
+        &live_db.url,
+        "--into-url",
+        &rebuilt_db.url,
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already holds a projection"),
+        "{}",
+        stderr(&again)
+    );
+}

@@ -48,6 +48,11 @@ impl Dev {
 
     /// Starts `herald dev` on `port` (a restart keeps its clients' address).
     pub async fn start_on(data_dir: &Path, port: u16) -> Dev {
+        Dev::start_with(data_dir, port, &[]).await
+    }
+
+    /// Starts `herald dev` on `port` with extra arguments.
+    pub async fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Dev {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,6 +62,7 @@ impl Dev {
             .args(["dev", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -16,6 +16,9 @@ use herald_core::projection::{self, DirectoryWrite, InboxRow, ProjectionState, W
 use herald_ports::projection::*;
 use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// Most idle connections kept.
 pub const POOL_SIZE: usize = 8;
 
@@ -361,6 +364,33 @@ impl PostgresProjection {
         tokio::task::spawn_blocking(move || pool.with(f))
             .await
             .map_err(storage)?
+    }
+
+    /// A consistent snapshot and the offsets of every consumer it covers, read in one
+    /// repeatable-read transaction (for `herald replay`).
+    pub async fn snapshot_with_offsets(
+        &self,
+    ) -> Result<(ProjectionSnapshot, BTreeMap<String, BTreeMap<u32, u64>>), ProjectionError> {
+        self.run(|c| {
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .start()?;
+            let mut offsets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+            for r in tx.query(
+                "SELECT consumer, partition, next_offset FROM consumer_offsets",
+                &[],
+            )? {
+                offsets
+                    .entry(r.get(0))
+                    .or_default()
+                    .insert(r.get::<_, i32>(1) as u32, r.get::<_, i64>(2) as u64);
+            }
+            let s = dump(&mut tx)?;
+            tx.commit()?;
+            Ok((s, offsets))
+        })
+        .await
     }
 
     async fn write<T: Send + 'static>(

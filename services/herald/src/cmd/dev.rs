@@ -26,6 +26,10 @@ pub struct Args {
     /// Partitions of the user-events topic of a new log (an existing log keeps its own).
     #[arg(long, env = "HERALD_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     partitions: Option<u32>,
+    /// Keep the projection in PostgreSQL (postgres://user@host:port/db) instead of
+    /// DATA_DIR/projection.db.
+    #[arg(long, env = "HERALD_PROJECTION_URL")]
+    projection_url: Option<String>,
     /// HS256 secret for user JWTs. Default: a random secret kept in DATA_DIR/dev-secret.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -165,11 +169,18 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
             .await
             .context("opening the log")?,
     );
-    let store = Arc::new(
-        EmbeddedProjection::open(&projection_path(&args.data_dir), Access::ReadWrite)
-            .await
-            .context("opening the projection")?,
-    );
+    let store: Arc<dyn herald_ports::ProjectionStore> = match &args.projection_url {
+        Some(url) => Arc::new(
+            herald_postgres::PostgresProjection::connect(url)
+                .await
+                .context("opening the PostgreSQL projection")?,
+        ),
+        None => Arc::new(
+            EmbeddedProjection::open(&projection_path(&args.data_dir), Access::ReadWrite)
+                .await
+                .context("opening the projection")?,
+        ),
+    };
 
     let shutdown = CancellationToken::new();
     let projector = Projector::new(log.clone(), store.clone());

@@ -35,6 +35,19 @@ pub fn init_tracing(default_level: &str) {
         .try_init();
 }
 
+/// Opens an existing data directory's log read-only.
+pub async fn open_log_read_only(data_dir: &Path) -> anyhow::Result<EmbeddedLog> {
+    if !data_dir.is_dir() {
+        bail!(
+            "data directory {} does not exist: pass --data-dir, or run `herald dev` once to create it",
+            data_dir.display()
+        );
+    }
+    EmbeddedLog::open(&log_path(data_dir), Access::ReadOnly, LogOptions::default())
+        .await
+        .context("opening the log")
+}
+
 /// Opens an existing data directory read-only (another process may be writing it).
 pub async fn open_read_only(data_dir: &Path) -> anyhow::Result<(EmbeddedLog, EmbeddedProjection)> {
     if !data_dir.is_dir() {

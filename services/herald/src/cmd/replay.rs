@@ -28,6 +28,12 @@ pub struct Args {
     /// Keep the rebuilt projection.
     #[arg(long)]
     keep: bool,
+    /// The live projection is in PostgreSQL at this URL (as `herald dev --projection-url`).
+    #[arg(long)]
+    live_url: Option<String>,
+    /// Rebuild into this (empty) PostgreSQL database instead of a SQLite file.
+    #[arg(long, conflicts_with = "into")]
+    into_url: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -46,24 +52,59 @@ impl Progress for Bar {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     init_tracing("warn");
-    let (log, live) = open_read_only(&args.data_dir).await?;
+    // One consistent view of the live projection and the offsets it covers.
+    let (log, live_snapshot, offsets) = match &args.live_url {
+        None => {
+            let (log, live) = open_read_only(&args.data_dir).await?;
+            let (snapshot, offsets) = live.snapshot_with_offsets().await?;
+            (log, snapshot, offsets)
+        }
+        Some(url) => {
+            let log = super::open_log_read_only(&args.data_dir).await?;
+            let live = herald_postgres::PostgresProjection::connect(url)
+                .await
+                .context("opening the live PostgreSQL projection")?;
+            let (snapshot, offsets) = live.snapshot_with_offsets().await?;
+            (log, snapshot, offsets)
+        }
+    };
+    let requests_end = offsets.get(FANOUT).cloned().unwrap_or_default();
+    let events_end = offsets.get(INBOX).cloned().unwrap_or_default();
     let target = args.into.clone().unwrap_or_else(|| {
         args.data_dir
             .join(format!("replay-{}.db", std::process::id()))
     });
-    if target.exists() {
-        bail!(
-            "{} already exists: replay builds into a fresh store",
-            target.display()
-        );
-    }
-    // One consistent view of the live projection and the offsets it covers.
-    let (live_snapshot, offsets) = live.snapshot_with_offsets().await?;
-    let requests_end = offsets.get(FANOUT).cloned().unwrap_or_default();
-    let events_end = offsets.get(INBOX).cloned().unwrap_or_default();
-    let fresh = EmbeddedProjection::open(&target, Access::ReadWrite)
-        .await
-        .context("creating the rebuilt projection")?;
+    let fresh: Box<dyn ProjectionStore> = match &args.into_url {
+        Some(url) => {
+            let pg = herald_postgres::PostgresProjection::connect(url)
+                .await
+                .context("opening the PostgreSQL database to rebuild into")?;
+            let existing = pg.snapshot().await?;
+            if !existing.rows.is_empty()
+                || !existing.users.is_empty()
+                || !pg.consumer_offsets(INBOX).await?.is_empty()
+            {
+                bail!(
+                    "the PostgreSQL database at --into-url already holds a projection: \
+                     replay builds into an empty one"
+                );
+            }
+            Box::new(pg)
+        }
+        None => {
+            if target.exists() {
+                bail!(
+                    "{} already exists: replay builds into a fresh store",
+                    target.display()
+                );
+            }
+            Box::new(
+                EmbeddedProjection::open(&target, Access::ReadWrite)
+                    .await
+                    .context("creating the rebuilt projection")?,
+            )
+        }
+    };
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -86,7 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let applied = rebuild(
         &log,
-        &fresh,
+        fresh.as_ref(),
         &bound(&requests_end, herald_ports::Topic::Requests),
         &bound(&events_end, herald_ports::Topic::UserEvents),
         &Bar(bar.clone()),
@@ -96,7 +137,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let took = started.elapsed();
     let rebuilt = fresh.snapshot().await?;
     drop(fresh);
-    if !args.keep && args.into.is_none() {
+    if !args.keep && args.into.is_none() && args.into_url.is_none() {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
         }
