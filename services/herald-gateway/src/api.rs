@@ -513,6 +513,31 @@ pub fn append_user_event(state: &AppState, event: UserEvent) {
     append_user_events(state, vec![event]);
 }
 
+/// Checks the ids of a mark or ACK body (count and form).
+fn check_ids(ids: &[String]) -> Result<(), AppError> {
+    if ids.len() > MAX_IDS_PER_FRAME {
+        return Err(AppError::Invalid(format!(
+            "at most {MAX_IDS_PER_FRAME} ids"
+        )));
+    }
+    for id in ids {
+        validate_id("ids", id)?;
+    }
+    Ok(())
+}
+
+/// The seq of an `up_to` cursor, which must belong to this log's epoch.
+fn up_to_seq(state: &AppState, up_to: Option<&str>) -> Result<Option<i64>, AppError> {
+    match up_to.map(str::parse::<Cursor>) {
+        None => Ok(None),
+        Some(Ok(c)) if c.matches(state.log.epoch()) => Ok(Some(c.seq.min(i64::MAX as u64) as i64)),
+        Some(Ok(_)) => Err(AppError::Invalid(
+            "up_to is a cursor of another epoch".into(),
+        )),
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
 async fn mark(
     state: &AppState,
     headers: &HeaderMap,
@@ -521,32 +546,14 @@ async fn mark(
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let user = state.auth.user_from_headers(headers)?;
     let Json(b) = body?;
-    if b.ids.len() > MAX_IDS_PER_FRAME {
-        return Err(AppError::Invalid(format!(
-            "at most {MAX_IDS_PER_FRAME} ids"
-        )));
-    }
-    for id in &b.ids {
-        validate_id("ids", id)?;
-    }
+    check_ids(&b.ids)?;
     if let Some(d) = &b.device_id {
         validate_id("device_id", d)?;
     }
-    let up_to = match b.up_to.as_deref().map(str::parse::<Cursor>) {
-        None => None,
-        Some(Ok(c)) if c.matches(state.log.epoch()) && kind == "read" => {
-            Some(c.seq.min(i64::MAX as u64) as i64)
-        }
-        Some(Ok(_)) if kind != "read" => {
-            return Err(AppError::Invalid("up_to is only for read".into()));
-        }
-        Some(Ok(_)) => {
-            return Err(AppError::Invalid(
-                "up_to is a cursor of another epoch".into(),
-            ));
-        }
-        Some(Err(e)) => return Err(e.into()),
-    };
+    if b.up_to.is_some() && kind != "read" {
+        return Err(AppError::Invalid("up_to is only for read".into()));
+    }
+    let up_to = up_to_seq(state, b.up_to.as_deref())?;
     if b.ids.is_empty() && up_to.is_none() {
         return Err(AppError::Invalid("name ids (or up_to for read)".into()));
     }
@@ -879,24 +886,8 @@ async fn post_ack(
     let user = state.auth.user_from_headers(&headers)?;
     let Json(b) = body?;
     validate_id("device_id", &b.device_id)?;
-    if b.ids.len() > MAX_IDS_PER_FRAME {
-        return Err(AppError::Invalid(format!(
-            "at most {MAX_IDS_PER_FRAME} ids"
-        )));
-    }
-    for id in &b.ids {
-        validate_id("ids", id)?;
-    }
-    let up_to = match b.up_to.as_deref().map(str::parse::<Cursor>) {
-        None => None,
-        Some(Ok(c)) if c.matches(state.log.epoch()) => Some(c.seq.min(i64::MAX as u64) as i64),
-        Some(Ok(_)) => {
-            return Err(AppError::Invalid(
-                "up_to is a cursor of another epoch".into(),
-            ));
-        }
-        Some(Err(e)) => return Err(e.into()),
-    };
+    check_ids(&b.ids)?;
+    let up_to = up_to_seq(&state, b.up_to.as_deref())?;
     if b.ids.is_empty() && up_to.is_none() {
         return Err(AppError::Invalid("name ids or up_to".into()));
     }
