@@ -344,3 +344,37 @@ async fn the_projection_can_live_in_postgresql() {
         stderr(&again)
     );
 }
+
+/// `herald audit … | head` must end quietly, not panic on the closed pipe (the output is made
+/// larger than a pipe buffer so the write really fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_cli_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dev = Dev::start(&data).await;
+    let client = reqwest::Client::new();
+    for i in 0..300 {
+        let r = client
+            .post(format!("{}/v1/notifications", dev.url()))
+            .header("idempotency-key", format!("pipe-{i}"))
+            .json(&serde_json::json!({"recipients": {"users": ["pia"]}, "event_type": "t", "source": "s"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    dev.caught_up().await;
+    let script = format!(
+        "set -o pipefail; '{}' audit pia --json --data-dir '{}' 2>'{}/err' | head -c 10 >/dev/null",
+        support::BIN,
+        data.display(),
+        tmp.path().display()
+    );
+    let status = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    let err = std::fs::read_to_string(tmp.path().join("err")).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(status.success(), "exit {status}: {err}");
+}

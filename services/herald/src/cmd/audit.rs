@@ -51,11 +51,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::out(serde_json::to_string_pretty(&report)?.to_string());
         return Ok(ExitCode::SUCCESS);
     }
     if report.entries.is_empty() {
-        println!("no events about {}", args.id);
+        super::out(format!("no events about {}", args.id));
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 6]> = report
@@ -90,9 +90,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         s
     };
-    println!("{}", line(header));
+    super::out(line(header).to_string());
     for r in &rows {
-        println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+        super::out(line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]).to_string());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -65,6 +65,20 @@ pub async fn open_read_only(data_dir: &Path) -> anyhow::Result<(EmbeddedLog, Emb
     Ok((log, store))
 }
 
+/// Writes a line to stdout. A closed stdout (`herald audit x | head`) ends the process quietly
+/// instead of panicking the way `println!` does.
+pub fn out(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Formats Unix milliseconds as RFC 3339.
 pub fn rfc3339(ms: i64) -> String {
     let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);

@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let status = resp.status();
     let text = resp.text().await.context("reading the response")?;
     if status.is_success() {
-        println!("{text}");
+        super::out(text.to_string());
         return Ok(ExitCode::SUCCESS);
     }
     let reason = serde_json::from_str::<Value>(&text)

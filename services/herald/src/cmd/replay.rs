@@ -143,21 +143,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let rate = applied as f64 / took.as_secs_f64().max(1e-9);
-    println!(
+    super::out(format!(
         "replayed {applied} records in {:.2}s ({rate:.0} records/s): {} inbox rows, {} users",
         took.as_secs_f64(),
         rebuilt.rows.len(),
         rebuilt.users.len()
-    );
+    ));
     let mut problems = live_snapshot.check_invariants();
     problems.extend(live_snapshot.diff(&rebuilt, MAX_DIFFERENCES_SHOWN));
     if problems.is_empty() {
-        println!("the rebuilt projection equals the live one");
+        super::out("the rebuilt projection equals the live one".to_string());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} differences (live vs rebuilt):", problems.len());
+        super::out(format!("{} differences (live vs rebuilt):", problems.len()));
         for p in problems.iter().take(MAX_DIFFERENCES_SHOWN) {
-            println!("  {p}");
+            super::out(format!("  {p}"));
         }
         Ok(ExitCode::from(1))
     }
