@@ -134,6 +134,11 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
     }
     let signal = shutdown_signal()?;
     init_tracing("info");
+    // Every connection is a file descriptor: take the whole allowance the system grants.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
