@@ -92,10 +92,6 @@ impl<T: Clone> Delivery<T> {
         }
     }
 
-    pub fn config(&self) -> &DeliveryConfig {
-        &self.config
-    }
-
     /// Offers the item at `seq`.
     pub fn offer(&mut self, seq: u64, item: T) -> Offer {
         if self.highest_offered.is_some_and(|h| seq <= h) {
@@ -112,10 +108,6 @@ impl<T: Clone> Delivery<T> {
     /// Everything at or below `seq` counts as offered (e.g. the device's resume cursor).
     pub fn skip_through(&mut self, seq: u64) {
         self.highest_offered = Some(self.highest_offered.map_or(seq, |h| h.max(seq)));
-    }
-
-    pub fn highest_offered(&self) -> Option<u64> {
-        self.highest_offered
     }
 
     /// How many more items may be offered before the queue is full.
@@ -154,11 +146,6 @@ impl<T: Clone> Delivery<T> {
     /// Whether any item at or below `seq` is still queued (never sent).
     pub fn has_queued_through(&self, seq: u64) -> bool {
         self.queued.range(..=seq).next().is_some()
-    }
-
-    /// Whether `seq` is still waiting (queued or in flight).
-    pub fn pending(&self, seq: u64) -> bool {
-        self.in_flight.contains_key(&seq) || self.queued.contains_key(&seq)
     }
 
     /// What to send at `now_ms`: due redeliveries first, then new items while the window has room.

@@ -274,7 +274,6 @@ fn apply_directory_write(tx: &Transaction<'_>, w: DirectoryWrite) -> rusqlite::R
 }
 
 struct Inner {
-    path: PathBuf,
     access: Access,
     /// The one writer connection (SQLite has one writer at a time anyway).
     writer: Option<Mutex<Connection>>,
@@ -323,16 +322,11 @@ impl EmbeddedProjection {
         };
         Ok(EmbeddedProjection {
             inner: Arc::new(Inner {
-                pool: Pool::new(path.clone(), access),
-                path,
+                pool: Pool::new(path, access),
                 access,
                 writer,
             }),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     /// Runs `f` in one write transaction on a blocking thread.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald_core::codec;
 use herald_core::model::{DirectoryChange, Event, NotificationRequest, RequestRecord, UserEvent};
-use herald_ports::log::{ConsumerEvent, EventLog, LogConsumer, LogError, StoredRecord, Topic};
+use herald_ports::log::{ConsumerEvent, EventLog, LogError, StoredRecord, Topic};
 use herald_ports::projection::{Positioned, ProjectionError, ProjectionStore};
 use herald_ports::records::user_event_record;
 use herald_ports::telemetry;
@@ -221,7 +221,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         Topic::Requests => self.fanout_batch(&records).await?,
                         Topic::UserEvents => self.inbox_batch(&records).await?,
                     }
-                    commit(consumer.as_mut(), &offsets).await?;
+                    consumer.commit(&offsets_vec(&offsets)).await?;
                     positions.extend(offsets);
                     telemetry::projector_applied(stage, n, started.elapsed());
                     // Measure at most once per interval, and whenever a short batch says the
@@ -406,13 +406,6 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         telemetry::projector_expanded(expansions.len(), duplicates);
         Ok(())
     }
-}
-
-async fn commit(
-    consumer: &mut dyn LogConsumer,
-    offsets: &BTreeMap<u32, u64>,
-) -> Result<(), LogError> {
-    consumer.commit(&offsets_vec(offsets)).await
 }
 
 fn skip(stage: &'static str, r: &StoredRecord, reason: &str) {
