@@ -77,6 +77,8 @@ pub enum ServerFrame {
         ids: Vec<String>,
         up_to: Option<String>,
         device_id: Option<String>,
+        /// The change's own position; pass it as `after` to read an inbox that includes it.
+        cursor: String,
     },
     Pong,
     Error {

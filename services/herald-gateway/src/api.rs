@@ -411,6 +411,50 @@ struct InboxParams {
     before: Option<u64>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterParam {
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// How often a read with `after` looks at the projection's applied offsets while it waits.
+const READ_AFTER_POLL: Duration = Duration::from_millis(5);
+
+/// Read-your-writes: with `after` (a cursor from a notification, a `mark` frame or a mark
+/// response), waits until the inbox projection has applied the user's partition past it, at most
+/// `read_after_wait`. Returns whether it has (`consistent` in the response).
+async fn wait_applied(state: &AppState, user: &str, after: Option<&str>) -> Result<bool, AppError> {
+    let Some(after) = after else { return Ok(true) };
+    let cursor: Cursor = after.parse()?;
+    if !cursor.matches(state.log.epoch()) {
+        return Err(AppError::Invalid(
+            "after is a cursor of another epoch".into(),
+        ));
+    }
+    let partition =
+        herald_core::partition::partition_for(user, state.log.partitions(Topic::UserEvents));
+    let deadline = tokio::time::Instant::now() + state.config.read_after_wait;
+    loop {
+        let applied = state
+            .store
+            .consumer_offsets(herald_projector::INBOX)
+            .await?
+            .get(&partition)
+            .copied()
+            .unwrap_or(0);
+        if applied > cursor.seq {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(READ_AFTER_POLL).await;
+    }
 }
 
 fn row_json(row: &InboxRow, cursor: Cursor) -> Value {
@@ -452,6 +496,7 @@ async fn get_inbox(
     if limit == 0 || limit > MAX_PAGE {
         return Err(AppError::Invalid(format!("limit must be 1..={MAX_PAGE}")));
     }
+    let consistent = wait_applied(&state, &user.id, p.after.as_deref()).await?;
     let query = InboxQuery {
         before: p.before,
         limit,
@@ -469,16 +514,22 @@ async fn get_inbox(
         "items": rows.iter().map(|r| row_json(r, Cursor { epoch, seq: r.seq })).collect::<Vec<_>>(),
         "unread_count": unread,
         "next_before": next_before,
+        "consistent": consistent,
     })))
 }
 
 async fn get_unread_count(
     State(state): State<AppState>,
     headers: HeaderMap,
+    params: Result<Query<AfterParam>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
     let user = state.auth.user_from_headers(&headers)?;
+    let Query(p) = params?;
+    let consistent = wait_applied(&state, &user.id, p.after.as_deref()).await?;
     let n = state.store.unread_count(&user.id).await?;
-    Ok(Json(json!({"user_id": user.id, "unread_count": n})))
+    Ok(Json(
+        json!({"user_id": user.id, "unread_count": n, "consistent": consistent}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,7 +626,11 @@ async fn mark(
     let at = state.log.append(Topic::UserEvents, vec![record]).await?[0];
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"partition": at.partition, "offset": at.offset})),
+        Json(json!({
+            "partition": at.partition,
+            "offset": at.offset,
+            "cursor": Cursor { epoch: state.log.epoch(), seq: at.offset }.to_string(),
+        })),
     ))
 }
 

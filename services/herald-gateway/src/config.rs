@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     /// Notifications per second each producer may send (sustained), and the burst.
     pub producer_rate: f64,
     pub producer_burst: f64,
+    /// Longest an inbox read with `after` waits for the projection to catch up to that cursor.
+    pub read_after_wait: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +53,7 @@ impl Default for GatewayConfig {
             open_producer: "dev".into(),
             producer_rate: 1_000.0,
             producer_burst: 2_000.0,
+            read_after_wait: Duration::from_secs(5),
         }
     }
 }

@@ -552,6 +552,11 @@ impl Session {
                             .to_string()
                         }),
                         device_id: m.device_id.clone(),
+                        cursor: Cursor {
+                            epoch: self.epoch,
+                            seq: offset,
+                        }
+                        .to_string(),
                     })?;
                 }
             }
@@ -565,6 +570,11 @@ impl Session {
                         ids: vec![x.notification_id.clone()],
                         up_to: None,
                         device_id: None,
+                        cursor: Cursor {
+                            epoch: self.epoch,
+                            seq: offset,
+                        }
+                        .to_string(),
                     })?;
                 }
             }

@@ -483,3 +483,82 @@ async fn a_producer_over_its_rate_gets_429_with_retry_after() {
         .unwrap();
     assert_eq!(call(&env, wrong).await.0, StatusCode::UNAUTHORIZED);
 }
+
+fn post_json(uri: &str, token: &str, body: Value) -> Request<Body> {
+    Request::post(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// Read-your-writes: a read with `after` waits for the projection to apply that cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_with_after_waits_for_the_projection() {
+    let env = env_with(GatewayConfig {
+        read_after_wait: Duration::from_millis(300),
+        ..dev_config()
+    })
+    .await;
+    let stop = CancellationToken::new();
+    let projector = Projector::new(env.log.clone(), env.store.clone());
+    let token = stop.clone();
+    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (_, accepted) = call(&env, post(valid().to_string(), Some("after-1"))).await;
+    let id = accepted["notification_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while env.store.row("alice", &id).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stop the projector: a mark is now durable in the log but not in the projection.
+    stop.cancel();
+    task.await.unwrap();
+    let alice = dev_token(&env, "alice").await;
+    let (s, marked) = call(
+        &env,
+        post_json("/v1/inbox/read", &alice, json!({"ids": [id]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{marked}");
+    let cursor = marked["cursor"].as_str().unwrap().to_owned();
+    let uri = format!("/v1/inbox/unread-count?after={cursor}");
+    let (s, stale) = call(&env, get(&uri, &alice)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            stale["consistent"].as_bool(),
+            stale["unread_count"].as_u64()
+        ),
+        (Some(false), Some(1)),
+        "the projection has not applied the mark, and the answer says so"
+    );
+    let (_, plain) = call(&env, get("/v1/inbox/unread-count", &alice)).await;
+    assert_eq!(plain["consistent"], true, "no after, nothing to wait for");
+    // Start the projector again while the read waits: the answer includes the mark.
+    let stop = CancellationToken::new();
+    let projector = Projector::new(env.log.clone(), env.store.clone());
+    let token = stop.clone();
+    let waiting = {
+        let state = env.state.clone();
+        let req = get(&format!("/v1/inbox?after={cursor}"), &alice);
+        tokio::spawn(async move { app(state).oneshot(req).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let resp = waiting.await.unwrap();
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["consistent"], true, "{body}");
+    assert_eq!(body["unread_count"], 0, "{body}");
+    assert_eq!(body["items"][0]["read"], true, "{body}");
+    // A cursor that does not parse, or is of another epoch, is a 400.
+    let (s, bad) = call(&env, get("/v1/inbox/unread-count?after=nope", &alice)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    let epoch = u32::from_str_radix(&cursor[..8], 16).unwrap();
+    let other_epoch = format!("/v1/inbox/unread-count?after={:08x}-5", epoch ^ 1);
+    let (s, other) = call(&env, get(&other_epoch, &alice)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{other}");
+    stop.cancel();
+    task.await.unwrap();
+}

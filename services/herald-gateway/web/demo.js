@@ -30,11 +30,15 @@ function notify(users, eventType, data, collapseKey) {
 }
 
 let badgeTimer = null;
+let badgeAsked = 0;
 function refreshBadge() {
   clearTimeout(badgeTimer);
   badgeTimer = setTimeout(async () => {
+    // The count comes from the projection, which may trail the live push by a moment: the client
+    // passes the newest cursor it has seen as `after`, so the count includes it.
+    const asked = ++badgeAsked;
     const n = await client.unreadCount().catch(() => null);
-    if (n === null) return;
+    if (n === null || asked !== badgeAsked) return; // a newer answer is on its way
     $("badge").textContent = String(n);
     $("badge").classList.toggle("zero", n === 0);
   }, 120);

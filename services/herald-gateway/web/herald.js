@@ -42,6 +42,13 @@ export class HeraldClient extends EventTarget {
     this.epoch = saved.epoch ?? null;
     this.seenOrder = Array.isArray(saved.seen) ? saved.seen : [];
     this.seen = new Set(this.seenOrder);
+    // The newest position of this user's events the client has seen (notifications, marks, its
+    // own changes). Reads pass it as `after`, so they include what the client already showed.
+    this.latest = null;
+  }
+
+  observe(cursor) {
+    if (cursor && seqOf(cursor) > seqOf(this.latest)) this.latest = cursor;
   }
 
   static defaultDeviceId(storage = globalThis.localStorage) {
@@ -167,7 +174,10 @@ export class HeraldClient extends EventTarget {
   frame(f) {
     switch (f.type) {
       case "session":
-        if (f.reset || (this.epoch && this.epoch !== f.epoch)) this.cursor = null;
+        if (f.reset || (this.epoch && this.epoch !== f.epoch)) {
+          this.cursor = null;
+          this.latest = null;
+        }
         this.epoch = f.epoch;
         this.attempt = 0;
         this.setState("open");
@@ -179,8 +189,11 @@ export class HeraldClient extends EventTarget {
           .then(() => this.notification(f))
           .catch((e) => console.error("herald: notification failed", e));
         break;
-      case "replayed":
       case "mark":
+        this.observe(f.cursor);
+        this.dispatchEvent(new CustomEvent(f.type, { detail: f }));
+        break;
+      case "replayed":
       case "error":
         this.dispatchEvent(new CustomEvent(f.type, { detail: f }));
         break;
@@ -188,6 +201,7 @@ export class HeraldClient extends EventTarget {
   }
 
   async notification(f) {
+    this.observe(f.cursor);
     if (!this.seen.has(f.id)) {
       this.seen.add(f.id);
       try {
@@ -214,23 +228,36 @@ export class HeraldClient extends EventTarget {
     }
   }
 
+  async change(kind, body) {
+    const r = await this.http(`/v1/inbox/${kind}`, { method: "POST", body: JSON.stringify({ ...body, device_id: this.deviceId }) });
+    this.observe(r.cursor);
+    return r;
+  }
+
   read(ids, upTo) {
-    return this.http("/v1/inbox/read", { method: "POST", body: JSON.stringify({ ids, up_to: upTo ?? null, device_id: this.deviceId }) });
+    return this.change("read", { ids, up_to: upTo ?? null });
   }
 
   unread(ids) {
-    return this.http("/v1/inbox/unread", { method: "POST", body: JSON.stringify({ ids, device_id: this.deviceId }) });
+    return this.change("unread", { ids });
   }
 
   archive(ids) {
-    return this.http("/v1/inbox/archive", { method: "POST", body: JSON.stringify({ ids, device_id: this.deviceId }) });
+    return this.change("archive", { ids });
+  }
+
+  // Reads include every change this client has seen (read-your-writes, docs/protocol.md).
+  withAfter(params) {
+    const p = new URLSearchParams(params);
+    if (this.latest && this.epoch && this.latest.startsWith(`${this.epoch}-`)) p.set("after", this.latest);
+    return p;
   }
 
   inbox(params = {}) {
-    return this.http(`/v1/inbox?${new URLSearchParams(params)}`);
+    return this.http(`/v1/inbox?${this.withAfter(params)}`);
   }
 
   unreadCount() {
-    return this.http("/v1/inbox/unread-count").then((b) => b.unread_count);
+    return this.http(`/v1/inbox/unread-count?${this.withAfter({})}`).then((b) => b.unread_count);
   }
 }
