@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS records (
     value BLOB NOT NULL,
     PRIMARY KEY (topic, partition, offset)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    value BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL,
     topic INTEGER NOT NULL,
@@ -522,6 +531,64 @@ impl EventLog for EmbeddedLog {
             shared
                 .pool
                 .with(|c| max_offset(c, topic, partition))
+                .map_err(storage)
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    async fn dead_letter(&self, record: &StoredRecord, reason: &str) -> Result<(), LogError> {
+        let shared = self.shared().clone();
+        let (topic, partition, offset) = (record.topic.name(), record.partition, record.offset);
+        let (reason, value) = (reason.to_owned(), record.record.value.clone());
+        tokio::task::spawn_blocking(move || {
+            shared
+                .pool
+                .with(|c| {
+                    c.execute(
+                        "INSERT INTO dead_letters (topic, partition, offset, reason, value, at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        rusqlite::params![
+                            topic,
+                            partition,
+                            offset as i64,
+                            reason,
+                            value,
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_millis() as i64)
+                                .unwrap_or(0)
+                        ],
+                    )
+                })
+                .map(|_| ())
+                .map_err(storage)
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, LogError> {
+        let shared = self.shared().clone();
+        tokio::task::spawn_blocking(move || {
+            shared
+                .pool
+                .with(|c| {
+                    let mut st = c.prepare(
+                        "SELECT topic, partition, offset, reason, value FROM dead_letters \
+                         ORDER BY id LIMIT ?1",
+                    )?;
+                    let rows = st.query_map([max as i64], |r| {
+                        Ok(DeadLetter {
+                            topic: r.get(0)?,
+                            partition: r.get(1)?,
+                            offset: r.get::<_, i64>(2)? as u64,
+                            reason: r.get(3)?,
+                            value: r.get(4)?,
+                        })
+                    })?;
+                    rows.collect::<Result<Vec<_>, _>>()
+                })
                 .map_err(storage)
         })
         .await

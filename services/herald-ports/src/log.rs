@@ -132,6 +132,21 @@ pub trait EventLog: Send + Sync + 'static {
     async fn end_offset(&self, topic: Topic, partition: u32) -> Result<u64, LogError>;
     /// A member of consumer group `group` on `topic`.
     async fn consumer(&self, topic: Topic, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+    /// Keeps a record the projector cannot use, with the reason, where operators can find it
+    /// (the dead-letter topic on Kafka, a table in the embedded log). Durable on return.
+    async fn dead_letter(&self, record: &StoredRecord, reason: &str) -> Result<(), LogError>;
+    /// Dead-lettered records, oldest first: (source topic, partition, offset, reason).
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, LogError>;
+}
+
+/// A record kept aside because the projector could not use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
+    pub value: Vec<u8>,
 }
 
 #[async_trait]

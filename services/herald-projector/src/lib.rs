@@ -239,6 +239,21 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         }
     }
 
+    /// A record the projector cannot use: counted, logged, and kept in the log's dead letters
+    /// before the offsets that cover it are stored (so a crash repeats it; never loses it).
+    async fn dead_letter(
+        &self,
+        stage: &'static str,
+        r: &StoredRecord,
+        reason: &str,
+    ) -> Result<(), ProjectorError> {
+        skip(stage, r, reason);
+        self.log
+            .dead_letter(r, &format!("{stage}: {reason}"))
+            .await?;
+        Ok(())
+    }
+
     /// Folds a batch of per-user events into the projection.
     #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
     pub async fn inbox_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
@@ -251,9 +266,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     event,
                 }),
                 Ok(Event::Request(_)) => {
-                    skip(INBOX, r, "a request record on the user-events topic")
+                    self.dead_letter(INBOX, r, "a request record on the user-events topic")
+                        .await?
                 }
-                Err(e) => skip(INBOX, r, &e.to_string()),
+                Err(e) => self.dead_letter(INBOX, r, &e.to_string()).await?,
             }
         }
         let mut offsets = BTreeMap::new();
@@ -281,7 +297,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     }
                     match n.validate() {
                         Ok(()) => run_requests.push(*n),
-                        Err(e) => skip(FANOUT, r, &e.to_string()),
+                        Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
                     }
                 }
                 Ok(Event::Request(RequestRecord::Directory(d))) => {
@@ -291,7 +307,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     }
                     match d.validate() {
                         Ok(()) => run_directory.push(d),
-                        Err(e) => skip(FANOUT, r, &e.to_string()),
+                        Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
                     }
                 }
                 Ok(Event::Request(RequestRecord::Role(role))) => {
@@ -313,12 +329,15 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                                 .define_roles(FANOUT, &[role], &offsets_vec(&offsets))
                                 .await?
                         }
-                        Err(e) => skip(FANOUT, r, &e.to_string()),
+                        Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
                     }
                     continue;
                 }
-                Ok(Event::User(_)) => skip(FANOUT, r, "a user event on the requests topic"),
-                Err(e) => skip(FANOUT, r, &e.to_string()),
+                Ok(Event::User(_)) => {
+                    self.dead_letter(FANOUT, r, "a user event on the requests topic")
+                        .await?
+                }
+                Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
             }
             next_offsets(std::slice::from_ref(r), &mut offsets);
         }
