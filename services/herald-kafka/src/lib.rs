@@ -38,7 +38,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 /// Consumers kept for reads by position.
@@ -124,7 +124,7 @@ pub struct KafkaLog {
     partitions: HashMap<Topic, u32>,
     names: HashMap<Topic, String>,
     epoch: Epoch,
-    readers: Mutex<Vec<BaseConsumer>>,
+    readers: Mutex<Vec<Reader>>,
     reader_slots: tokio::sync::Semaphore,
 }
 
@@ -324,7 +324,7 @@ impl KafkaLog {
     /// Runs `f` on a pooled reader on a blocking thread.
     async fn on_reader<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&BaseConsumer) -> Result<T, LogError> + Send + 'static,
+        f: impl FnOnce(&Reader) -> Result<T, LogError> + Send + 'static,
     ) -> Result<T, LogError> {
         let _slot = self
             .reader_slots
@@ -351,7 +351,7 @@ impl KafkaLog {
 
 /// The true end of a partition whose broker reported watermark `high`.
 fn probe_end(
-    c: &BaseConsumer,
+    c: &Reader,
     topic: Topic,
     name: &str,
     partition: u32,
@@ -373,7 +373,7 @@ fn probe_end(
 
 /// Reads up to `max` records of one partition from `from`, stopping at the partition's end.
 fn read_to_eof(
-    c: &BaseConsumer,
+    c: &Reader,
     topic: Topic,
     name: &str,
     partition: u32,
@@ -426,7 +426,23 @@ fn produce_error(e: KafkaError) -> LogError {
     }
 }
 
-fn reader(config: &KafkaConfig) -> Result<BaseConsumer, LogError> {
+/// Readers stop at the end of a partition; the end-of-partition events that arrive after they
+/// moved on are expected, not errors.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+type Reader = BaseConsumer<ReaderContext>;
+
+fn reader(config: &KafkaConfig) -> Result<Reader, LogError> {
     config
         .client()
         .set("group.id", config.group_name("reader"))
@@ -436,7 +452,7 @@ fn reader(config: &KafkaConfig) -> Result<BaseConsumer, LogError> {
         .set("isolation.level", "read_uncommitted")
         .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(storage)
 }
 

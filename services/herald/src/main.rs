@@ -18,9 +18,11 @@ struct Cli {
 enum Command {
     /// Run everything in one process on embedded, durable storage, with demo conveniences.
     Dev(cmd::dev::Args),
-    /// The production server (gateway and projector) on embedded storage: no demo login,
-    /// producers and users must authenticate.
+    /// The production server: no demo login, producers and users must authenticate. On
+    /// embedded storage it runs the projector too; on Kafka it is one of several replicas.
     Gateway(cmd::gateway::Args),
+    /// The projector alone, as one replica of a Kafka consumer group.
+    Projector(cmd::projector::Args),
     /// Send a notification to a running Herald.
     Produce(Box<cmd::produce::Args>),
     /// Rebuild the projection from the log into a fresh store and compare it with the live one.
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Gateway(args) => cmd::gateway::run(args).await,
+            Command::Projector(args) => cmd::projector::run(args).await,
             Command::Produce(args) => cmd::produce::run(*args).await,
             Command::Replay(args) => cmd::replay::run(args).await,
             Command::Audit(args) => cmd::audit::run(args).await,

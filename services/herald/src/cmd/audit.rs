@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use herald_projector::audit::{AuditReport, audit};
 use serde_json::Value;
 
-use super::{DEFAULT_DATA_DIR, init_tracing, open_read_only, rfc3339};
+use super::{DEFAULT_DATA_DIR, init_tracing, rfc3339};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,6 +22,11 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The projection is in PostgreSQL at this URL.
+    #[arg(long, env = "HERALD_PROJECTION_URL")]
+    projection_url: Option<String>,
+    #[command(flatten)]
+    kafka: super::KafkaArgs,
 }
 
 async fn fetch(url: &str, id: &str) -> anyhow::Result<AuditReport> {
@@ -46,8 +51,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = match &args.url {
         Some(url) => fetch(url, &args.id).await?,
         None => {
-            let (log, store) = open_read_only(&args.data_dir).await?;
-            audit(&log, &store, &args.id).await?
+            let log = super::open_any_log_read_only(&args.kafka, &args.data_dir).await?;
+            match &args.projection_url {
+                Some(url) => {
+                    let store = herald_postgres::PostgresProjection::connect(url)
+                        .await
+                        .context("opening the PostgreSQL projection")?;
+                    audit(log.as_ref(), &store, &args.id).await?
+                }
+                None => {
+                    let path = super::projection_path(&args.data_dir);
+                    if !path.exists() {
+                        bail!(
+                            "no projection at {}: pass --data-dir, --projection-url or --url",
+                            path.display()
+                        );
+                    }
+                    let store = herald_embedded::EmbeddedProjection::open(
+                        &path,
+                        herald_embedded::Access::ReadOnly,
+                    )
+                    .await
+                    .context("opening the projection")?;
+                    audit(log.as_ref(), &store, &args.id).await?
+                }
+            }
         }
     };
     if args.json {

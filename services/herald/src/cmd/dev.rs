@@ -68,6 +68,12 @@ pub struct Args {
     /// Close a connection whose send queue stays full with no progress this long, milliseconds.
     #[arg(long, default_value_t = 10_000)]
     slow_consumer_timeout_ms: u64,
+    #[command(flatten)]
+    kafka: super::KafkaArgs,
+    /// Do not run the projector in this process (with Kafka, `herald projector` replicas do).
+    /// Default: `herald gateway` on Kafka runs none; otherwise the process runs one.
+    #[arg(long)]
+    projector: Option<bool>,
 }
 
 /// Which server this is.
@@ -100,7 +106,7 @@ fn dev_secret(args: &Args) -> anyhow::Result<Vec<u8>> {
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is *called*, so a signal
 /// that arrives while Herald is still starting up is not lost (nor fatal).
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -118,6 +124,28 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     serve(args, Mode::Dev).await
+}
+
+/// One writer per data directory: a second process would fight over log offsets.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let lock_path = dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", lock_path.display()))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another herald process is using {} (it holds {}); stop it or pick another --data-dir",
+            dir.display(),
+            lock_path.display()
+        ),
+    }
 }
 
 pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
@@ -144,36 +172,40 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         .context("installing the metrics recorder")?;
     herald_ports::telemetry::describe();
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-    // One writer per data directory: a second `herald dev` would fight over log offsets.
-    let lock_path = args.data_dir.join("LOCK");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", lock_path.display()));
-        }
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another herald process is using {} (it holds {}); stop it or pick another --data-dir",
-            args.data_dir.display(),
-            lock_path.display()
-        ),
+    if mode == Mode::Gateway
+        && args.kafka.kafka_brokers.is_some()
+        && args.projection_url.is_none()
+        && args.projector != Some(true)
+    {
+        anyhow::bail!(
+            "herald gateway on Kafka reads the projection that `herald projector` replicas write: \
+             pass --projection-url (a shared PostgreSQL), or --projector true to run one here"
+        );
     }
-    let options = LogOptions {
-        requests_partitions: None,
-        user_partitions: args.partitions,
+    let kafka = args.kafka.open().await?;
+    // The data directory holds the embedded log, the embedded projection and the dev secret.
+    let needs_dir = kafka.is_none() || args.projection_url.is_none() || mode == Mode::Dev;
+    let lock = if needs_dir {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+        Some(lock_data_dir(&args.data_dir)?)
+    } else {
+        None
     };
-    let log = Arc::new(
-        EmbeddedLog::open(&log_path(&args.data_dir), Access::ReadWrite, options)
-            .await
-            .context("opening the log")?,
-    );
+    let log: Arc<dyn herald_ports::EventLog> = match &kafka {
+        Some(k) => k.clone(),
+        None => {
+            let options = LogOptions {
+                requests_partitions: None,
+                user_partitions: args.partitions,
+            };
+            Arc::new(
+                EmbeddedLog::open(&log_path(&args.data_dir), Access::ReadWrite, options)
+                    .await
+                    .context("opening the log")?,
+            )
+        }
+    };
     let store: Arc<dyn herald_ports::ProjectionStore> = match &args.projection_url {
         Some(url) => Arc::new(
             herald_postgres::PostgresProjection::connect(url)
@@ -188,11 +220,14 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
     };
 
     let shutdown = CancellationToken::new();
-    let projector = Projector::new(log.clone(), store.clone());
-    let projector_task = {
+    let run_projector = args
+        .projector
+        .unwrap_or(!(mode == Mode::Gateway && kafka.is_some()));
+    let projector_task = run_projector.then(|| {
+        let projector = Projector::new(log.clone(), store.clone());
         let token = shutdown.clone();
         tokio::spawn(async move { projector.run(token).await })
-    };
+    });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -246,11 +281,12 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         Mode::Dev => "herald dev",
         Mode::Gateway => "herald gateway",
     };
-    eprintln!(
-        "{name}: listening on http://{} (data in {})",
-        listener.local_addr()?,
-        args.data_dir.display()
-    );
+    let storage = match (&args.kafka.kafka_brokers, needs_dir) {
+        (Some(b), true) => format!("log on Kafka at {b}, data in {}", args.data_dir.display()),
+        (Some(b), false) => format!("log on Kafka at {b}"),
+        (None, _) => format!("data in {}", args.data_dir.display()),
+    };
+    eprintln!("{name}: listening on http://{} ({storage})", listener.local_addr()?);
     let server_token = shutdown.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         tokio::select! {
@@ -265,7 +301,10 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
     // The server stopped accepting and finished its requests (appends included); stop the
     // projector between batches, then let the log writer commit what it holds.
     shutdown.cancel();
-    let projected = projector_task.await.context("projector task")?;
+    let projected = match projector_task {
+        Some(t) => t.await.context("projector task")?,
+        None => Ok(()),
+    };
     drop(log);
     served.context("HTTP server")?;
     projected.context("projector")?;

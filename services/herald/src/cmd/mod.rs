@@ -4,12 +4,76 @@ pub mod audit;
 pub mod dev;
 pub mod gateway;
 pub mod produce;
+pub mod projector;
 pub mod replay;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+use herald_embedded::{Access, EmbeddedLog, LogOptions};
+
+/// Where the log is when it is Kafka (`--kafka-brokers`); without brokers the log is the
+/// embedded one in the data directory.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (host:port,...). With it, the log is Kafka.
+    #[arg(long, env = "HERALD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Prefix of Herald's topic and consumer-group names.
+    #[arg(long, env = "HERALD_KAFKA_PREFIX", default_value = "herald.")]
+    pub kafka_prefix: String,
+    /// Partitions of the user-events topic when Herald creates it.
+    #[arg(long, env = "HERALD_KAFKA_PARTITIONS", default_value_t = 16)]
+    pub kafka_partitions: u32,
+    /// Partitions of the requests topic when Herald creates it.
+    #[arg(long, env = "HERALD_KAFKA_REQUESTS_PARTITIONS", default_value_t = 8)]
+    pub kafka_requests_partitions: u32,
+    /// Replication factor of topics Herald creates (3 on a production cluster).
+    #[arg(long, env = "HERALD_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+    /// A librdkafka property KEY=VALUE for every client (repeat), e.g. security.protocol=SASL_SSL,
+    /// sasl.mechanism=SCRAM-SHA-512, sasl.username=…, ssl.ca.location=…, session.timeout.ms=…
+    /// HERALD_KAFKA_PROPERTIES takes the same, comma-separated.
+    #[arg(long = "kafka-property", short = 'X', value_name = "KEY=VALUE", env = "HERALD_KAFKA_PROPERTIES", value_delimiter = ',', hide_env_values = true)]
+    pub kafka_properties: Vec<String>,
+}
+
+impl KafkaArgs {
+    pub fn config(&self) -> anyhow::Result<Option<herald_kafka::KafkaConfig>> {
+        let Some(brokers) = &self.kafka_brokers else {
+            return Ok(None);
+        };
+        let mut properties = Vec::new();
+        for p in &self.kafka_properties {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("--kafka-property {p:?}: expected KEY=VALUE"))?;
+            properties.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        Ok(Some(herald_kafka::KafkaConfig {
+            brokers: brokers.clone(),
+            prefix: self.kafka_prefix.clone(),
+            user_events_partitions: self.kafka_partitions,
+            requests_partitions: self.kafka_requests_partitions,
+            replication_factor: self.kafka_replication_factor,
+            properties,
+            ..Default::default()
+        }))
+    }
+
+    /// The Kafka log, if brokers were given.
+    pub async fn open(&self) -> anyhow::Result<Option<Arc<herald_kafka::KafkaLog>>> {
+        match self.config()? {
+            None => Ok(None),
+            Some(c) => Ok(Some(Arc::new(
+                herald_kafka::KafkaLog::open(c)
+                    .await
+                    .context("opening the Kafka log")?,
+            ))),
+        }
+    }
+}
 
 /// Default data directory of the embedded backends.
 pub const DEFAULT_DATA_DIR: &str = "data";
@@ -48,21 +112,15 @@ pub async fn open_log_read_only(data_dir: &Path) -> anyhow::Result<EmbeddedLog> 
         .context("opening the log")
 }
 
-/// Opens an existing data directory read-only (another process may be writing it).
-pub async fn open_read_only(data_dir: &Path) -> anyhow::Result<(EmbeddedLog, EmbeddedProjection)> {
-    if !data_dir.is_dir() {
-        bail!(
-            "data directory {} does not exist: pass --data-dir, or run `herald dev` once to create it",
-            data_dir.display()
-        );
-    }
-    let log = EmbeddedLog::open(&log_path(data_dir), Access::ReadOnly, LogOptions::default())
-        .await
-        .context("opening the log")?;
-    let store = EmbeddedProjection::open(&projection_path(data_dir), Access::ReadOnly)
-        .await
-        .context("opening the projection")?;
-    Ok((log, store))
+/// The log for read-only tools: Kafka when brokers are given, else the data directory's.
+pub async fn open_any_log_read_only(
+    kafka: &KafkaArgs,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<dyn herald_ports::EventLog>> {
+    Ok(match kafka.open().await? {
+        Some(k) => k,
+        None => Arc::new(open_log_read_only(data_dir).await?),
+    })
 }
 
 /// Writes a line to stdout. A closed stdout (`herald audit x | head`) ends the process quietly

@@ -11,7 +11,7 @@ use herald_ports::projection::ProjectionStore;
 use herald_projector::{FANOUT, INBOX, Progress, rebuild};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{DEFAULT_DATA_DIR, init_tracing, open_read_only};
+use super::{DEFAULT_DATA_DIR, init_tracing};
 
 /// Most differences printed.
 const MAX_DIFFERENCES_SHOWN: usize = 50;
@@ -37,6 +37,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    kafka: super::KafkaArgs,
 }
 
 struct Bar(ProgressBar);
@@ -53,20 +55,27 @@ impl Progress for Bar {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     init_tracing("warn");
     // One consistent view of the live projection and the offsets it covers.
-    let (log, live_snapshot, offsets) = match &args.live_url {
+    let log = super::open_any_log_read_only(&args.kafka, &args.data_dir).await?;
+    let (live_snapshot, offsets) = match &args.live_url {
         None => {
-            let (log, live) = open_read_only(&args.data_dir).await?;
-            let (snapshot, offsets) = live.snapshot_with_offsets().await?;
-            (log, snapshot, offsets)
-        }
-        Some(url) => {
-            let log = super::open_log_read_only(&args.data_dir).await?;
-            let live = herald_postgres::PostgresProjection::connect(url)
+            let path = super::projection_path(&args.data_dir);
+            if !path.exists() {
+                bail!(
+                    "no live projection at {}: pass --data-dir, or --live-url for PostgreSQL",
+                    path.display()
+                );
+            }
+            EmbeddedProjection::open(&path, Access::ReadOnly)
                 .await
-                .context("opening the live PostgreSQL projection")?;
-            let (snapshot, offsets) = live.snapshot_with_offsets().await?;
-            (log, snapshot, offsets)
+                .context("opening the live projection")?
+                .snapshot_with_offsets()
+                .await?
         }
+        Some(url) => herald_postgres::PostgresProjection::connect(url)
+            .await
+            .context("opening the live PostgreSQL projection")?
+            .snapshot_with_offsets()
+            .await?,
     };
     let requests_end = offsets.get(FANOUT).cloned().unwrap_or_default();
     let events_end = offsets.get(INBOX).cloned().unwrap_or_default();
@@ -119,14 +128,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     // Read only what the live projection had applied; partitions it never touched are empty.
     let bound = |m: &std::collections::BTreeMap<u32, u64>, topic| {
-        let n = herald_ports::log::EventLog::partitions(&log, topic);
+        let n = log.partitions(topic);
         (0..n)
             .map(|p| (p, m.get(&p).copied().unwrap_or(0)))
             .collect()
     };
     let started = Instant::now();
     let applied = rebuild(
-        &log,
+        log.as_ref(),
         fresh.as_ref(),
         &bound(&requests_end, herald_ports::Topic::Requests),
         &bound(&events_end, herald_ports::Topic::UserEvents),

@@ -1,0 +1,108 @@
+//! `herald projector`: the stream processor alone, as one replica of a consumer group on Kafka.
+//! Replicas share the partitions of each stage; the projection is the shared PostgreSQL store
+//! (or, for a single replica, a SQLite file in the data directory).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use herald_embedded::{Access, EmbeddedProjection};
+use herald_projector::Projector;
+use tokio_util::sync::CancellationToken;
+
+use super::{DEFAULT_DATA_DIR, KafkaArgs, init_tracing, projection_path};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// The projection in PostgreSQL (postgres://user@host:port/db), shared by every replica.
+    #[arg(long, env = "HERALD_PROJECTION_URL")]
+    projection_url: Option<String>,
+    /// Without --projection-url: the data directory of a single replica's SQLite projection.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Serve Prometheus metrics (consumer lag, apply times, dead letters) on this address.
+    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_tracing("info");
+    if args.kafka.kafka_brokers.is_none() {
+        anyhow::bail!(
+            "herald projector runs against Kafka: pass --kafka-brokers (or HERALD_KAFKA_BROKERS). \
+             On embedded storage, `herald dev` and `herald gateway` run the projector in-process"
+        );
+    }
+    let signal = super::dev::shutdown_signal()?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    herald_ports::telemetry::describe();
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let p = prometheus.clone();
+                async move { p.render() }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let log = args.kafka.open().await?.expect("checked above");
+    let (store, _lock): (Arc<dyn herald_ports::ProjectionStore>, _) = match &args.projection_url {
+        Some(url) => (
+            Arc::new(
+                herald_postgres::PostgresProjection::connect(url)
+                    .await
+                    .context("opening the PostgreSQL projection")?,
+            ),
+            None,
+        ),
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating {}", args.data_dir.display()))?;
+            let lock = super::dev::lock_data_dir(&args.data_dir)?;
+            (
+                Arc::new(
+                    EmbeddedProjection::open(&projection_path(&args.data_dir), Access::ReadWrite)
+                        .await
+                        .context("opening the projection")?,
+                ),
+                Some(lock),
+            )
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let projector = Projector::new(log.clone(), store);
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { projector.run(token).await });
+    eprintln!(
+        "herald projector: consuming {} (prefix {:?})",
+        args.kafka.kafka_brokers.as_deref().unwrap_or_default(),
+        args.kafka.kafka_prefix
+    );
+    let mut task = task;
+    tokio::select! {
+        _ = signal => tracing::info!("shutdown signal received"),
+        r = &mut task => {
+            // The projector stopped by itself: that is an error.
+            r.context("projector task")??;
+            anyhow::bail!("the projector stopped");
+        }
+    }
+    shutdown.cancel();
+    task.await.context("projector task")??;
+    eprintln!("herald projector: stopped");
+    Ok(ExitCode::SUCCESS)
+}
