@@ -206,6 +206,32 @@ fn know_user(tx: &mut Transaction<'_>, user_id: &str) -> Result<(), postgres::Er
     Ok(())
 }
 
+/// Locks the offset rows of `offsets`' partitions for this transaction and returns what they
+/// hold: concurrent writers of one partition apply one after the other.
+fn lock_offsets(
+    tx: &mut Transaction<'_>,
+    consumer: &str,
+    offsets: &[(u32, u64)],
+) -> Result<BTreeMap<u32, u64>, postgres::Error> {
+    let mut out = BTreeMap::new();
+    let mut partitions: Vec<u32> = offsets.iter().map(|(p, _)| *p).collect();
+    partitions.sort_unstable(); // one lock order for every writer: no deadlocks
+    partitions.dedup();
+    for p in partitions {
+        tx.execute(
+            "INSERT INTO consumer_offsets VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+            &[&consumer, &(p as i32)],
+        )?;
+        let row = tx.query_one(
+            "SELECT next_offset FROM consumer_offsets WHERE consumer = $1 AND partition = $2 \
+             FOR UPDATE",
+            &[&consumer, &(p as i32)],
+        )?;
+        out.insert(p, row.get::<_, i64>(0) as u64);
+    }
+    Ok(out)
+}
+
 fn store_offsets(
     tx: &mut Transaction<'_>,
     consumer: &str,
@@ -434,9 +460,17 @@ impl ProjectionStore for PostgresProjection {
     ) -> Result<(), ProjectionError> {
         let (consumer, events, offsets) = (consumer.to_owned(), events.to_vec(), offsets.to_vec());
         self.write(move |tx| {
+            // Several projector replicas share this store, and during a rebalance two of them
+            // may briefly hold the same partition. Lock each partition's offset row and skip
+            // the events it already covers, so a stale batch never re-applies an old event
+            // over newer ones (a Read re-applied after an Unread).
+            let applied = lock_offsets(tx, &consumer, &offsets)?;
             {
                 let mut state = TxState { tx };
                 for e in &events {
+                    if applied.get(&e.partition).is_some_and(|&next| e.offset < next) {
+                        continue;
+                    }
                     projection::apply(&mut state, e.offset, &e.event)?;
                 }
             }
