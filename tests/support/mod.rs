@@ -2,6 +2,8 @@
 //! temp data dir, talk to it over HTTP, kill it.
 #![allow(dead_code)]
 
+pub mod exactly_once;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -81,10 +83,15 @@ impl Dev {
             {
                 return dev;
             }
-            assert!(
-                started.elapsed() < READY_GUARD,
-                "herald dev did not become ready"
-            );
+            if started.elapsed() > READY_GUARD {
+                let log =
+                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "herald dev did not become ready; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

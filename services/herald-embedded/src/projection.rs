@@ -228,8 +228,9 @@ fn stored_offsets(
     tx: &Transaction<'_>,
     consumer: &str,
 ) -> rusqlite::Result<std::collections::BTreeMap<u32, u64>> {
-    let mut stmt = tx
-        .prepare_cached("SELECT partition, next_offset FROM consumer_offsets WHERE consumer = ?1")?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = ?1",
+    )?;
     let rows = stmt.query_map([consumer], |r| {
         Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
     })?;
@@ -530,7 +531,10 @@ impl ProjectionStore for EmbeddedProjection {
             let applied = stored_offsets(tx, &consumer)?;
             let mut state = TxState { tx };
             for e in &events {
-                if applied.get(&e.partition).is_some_and(|&next| e.offset < next) {
+                if applied
+                    .get(&e.partition)
+                    .is_some_and(|&next| e.offset < next)
+                {
                     continue;
                 }
                 projection::apply(&mut state, e.offset, &e.event)?;

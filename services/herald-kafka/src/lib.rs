@@ -389,11 +389,10 @@ fn read_to_eof(
     let mut out = Vec::new();
     while out.len() < max {
         match c.poll(READER_POLL) {
-            Some(Ok(m)) => {
-                if m.partition() as u32 == partition && m.offset() as u64 >= from {
-                    out.push(stored(topic, &m));
-                }
+            Some(Ok(m)) if m.partition() as u32 == partition && m.offset() as u64 >= from => {
+                out.push(stored(topic, &m));
             }
+            Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(p))) if p as u32 == partition => break,
             // Past the end: nothing to read.
             Some(Err(e))
@@ -432,7 +431,7 @@ struct ReaderContext;
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
     }

@@ -117,6 +117,9 @@ pub fn test_properties() -> Vec<(String, String)> {
     [
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "500"),
+        // Also the rebalance timeout: how long a rebalance waits for a member that died
+        // (SIGKILL) to rejoin. The test broker waits that long rather than the session timeout.
+        ("max.poll.interval.ms", "10000"),
         ("topic.metadata.refresh.interval.ms", "1000"),
     ]
     .into_iter()

@@ -31,6 +31,17 @@ fn storage(e: impl std::fmt::Display) -> ProjectionError {
     ProjectionError::Storage(e.to_string())
 }
 
+/// A PostgreSQL error with the server's message ("db error" alone says nothing).
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Advisory lock key serializing schema set-up among processes that start together.
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64; // "herald"
+
 fn to_row(r: &Row) -> InboxRow {
     let priority: String = r.get(6);
     InboxRow {
@@ -350,7 +361,7 @@ impl Pool {
                 ProjectionError::Storage(format!("cannot connect to PostgreSQL: {e}"))
             })?,
         };
-        let out = f(&mut conn).map_err(storage);
+        let out = f(&mut conn).map_err(|e| ProjectionError::Storage(pg_message(&e)));
         if !conn.is_closed() {
             let mut idle = self.idle.lock().expect("pool lock");
             if idle.len() < POOL_SIZE {
@@ -375,10 +386,22 @@ impl PostgresProjection {
             idle: Mutex::new(Vec::new()),
         });
         let store = PostgresProjection { pool };
-        store
-            .run(|c| c.batch_execute(MIGRATION))
-            .await
-            .map_err(|e| ProjectionError::Config(format!("PostgreSQL at {url}: {e}")))?;
+        // Several replicas may start at once: CREATE ... IF NOT EXISTS is not safe concurrently,
+        // so they take turns under an advisory lock.
+        let outcome = tokio::task::spawn_blocking({
+            let pool = store.pool.clone();
+            move || {
+                pool.with(|c| {
+                    let mut tx = c.transaction()?;
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+                    tx.batch_execute(MIGRATION)?;
+                    tx.commit()
+                })
+            }
+        })
+        .await
+        .map_err(storage)?;
+        outcome.map_err(|e| ProjectionError::Config(format!("PostgreSQL at {url}: {e}")))?;
         Ok(store)
     }
 
@@ -468,7 +491,10 @@ impl ProjectionStore for PostgresProjection {
             {
                 let mut state = TxState { tx };
                 for e in &events {
-                    if applied.get(&e.partition).is_some_and(|&next| e.offset < next) {
+                    if applied
+                        .get(&e.partition)
+                        .is_some_and(|&next| e.offset < next)
+                    {
                         continue;
                     }
                     projection::apply(&mut state, e.offset, &e.event)?;

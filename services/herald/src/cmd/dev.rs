@@ -286,7 +286,10 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         (Some(b), false) => format!("log on Kafka at {b}"),
         (None, _) => format!("data in {}", args.data_dir.display()),
     };
-    eprintln!("{name}: listening on http://{} ({storage})", listener.local_addr()?);
+    eprintln!(
+        "{name}: listening on http://{} ({storage})",
+        listener.local_addr()?
+    );
     let server_token = shutdown.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         tokio::select! {

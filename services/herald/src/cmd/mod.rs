@@ -35,7 +35,14 @@ pub struct KafkaArgs {
     /// A librdkafka property KEY=VALUE for every client (repeat), e.g. security.protocol=SASL_SSL,
     /// sasl.mechanism=SCRAM-SHA-512, sasl.username=…, ssl.ca.location=…, session.timeout.ms=…
     /// HERALD_KAFKA_PROPERTIES takes the same, comma-separated.
-    #[arg(long = "kafka-property", short = 'X', value_name = "KEY=VALUE", env = "HERALD_KAFKA_PROPERTIES", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "kafka-property",
+        short = 'X',
+        value_name = "KEY=VALUE",
+        env = "HERALD_KAFKA_PROPERTIES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub kafka_properties: Vec<String>,
 }
 

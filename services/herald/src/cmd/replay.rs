@@ -71,11 +71,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .snapshot_with_offsets()
                 .await?
         }
-        Some(url) => herald_postgres::PostgresProjection::connect(url)
-            .await
-            .context("opening the live PostgreSQL projection")?
-            .snapshot_with_offsets()
-            .await?,
+        Some(url) => {
+            herald_postgres::PostgresProjection::connect(url)
+                .await
+                .context("opening the live PostgreSQL projection")?
+                .snapshot_with_offsets()
+                .await?
+        }
     };
     let requests_end = offsets.get(FANOUT).cloned().unwrap_or_default();
     let events_end = offsets.get(INBOX).cloned().unwrap_or_default();

@@ -1,0 +1,369 @@
+//! Herald on Kafka, with real processes: a tansu broker (Kafka protocol) the test starts on a
+//! free port, a throwaway PostgreSQL for the shared projection, two `herald projector` replicas
+//! and two gateways (`herald dev --projector false` over the same log and projection).
+//!
+//! Devices connect to either gateway and resume on whichever they reach next; HTTP producers
+//! post to either gateway; the Python example producer (docs/examples/producer.py) writes
+//! straight to Kafka, and one corrupt record goes to the requests topic. Mid-stream one
+//! projector and one gateway are killed with SIGKILL and restarted, a third projector joins and
+//! the second leaves with SIGTERM (consumer-group rebalances while producing). At the end every
+//! accepted notification was shown exactly once on every device of every recipient, in per-user
+//! order; the corrupt record is in the dead letters; and `herald replay` from the topics builds
+//! a projection equal to the live one.
+//!
+//! Size: HERALD_KAFKA_CHAOS_SECONDS of producing before the first kill (default 2).
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use herald_kafka::{KafkaLog, testing};
+use herald_ports::log::{EventLog, Record, Topic};
+use rand::{Rng, SeedableRng};
+use support::Dev;
+use support::exactly_once::*;
+use tokio::sync::Mutex;
+
+const PARTITIONS: &str = "4";
+const REQUEST_PARTITIONS: &str = "2";
+/// Time for a consumer group to notice a change and rebalance: the test session timeout (6 s)
+/// and a margin. Not a timing assertion: a slower rebalance only delays the projection.
+const SETTLE: Duration = Duration::from_secs(8);
+
+struct Cluster {
+    broker: String,
+    prefix: String,
+    pg_url: String,
+    secret: String,
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn kafka_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--kafka-brokers",
+            &self.broker,
+            "--kafka-prefix",
+            &self.prefix,
+            "--kafka-partitions",
+            PARTITIONS,
+            "--kafka-requests-partitions",
+            REQUEST_PARTITIONS,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (k, v) in testing::test_properties() {
+            a.push("-X".into());
+            a.push(format!("{k}={v}"));
+        }
+        a
+    }
+
+    fn projector(&self, name: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .unwrap();
+        Command::new(support::BIN)
+            .arg("projector")
+            .args(self.kafka_args())
+            .args(["--projection-url", &self.pg_url])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald projector")
+    }
+
+    async fn gateway(&self, name: &str, port: u16) -> Dev {
+        let mut extra = self.kafka_args();
+        extra.extend(
+            [
+                "--projection-url",
+                &self.pg_url,
+                "--projector",
+                "false",
+                "--jwt-secret",
+                &self.secret,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Dev::start_with(&self.dir.join(name), port, &extra).await
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs the Python example producer; returns the ids it got delivery reports for.
+fn python_producer(
+    broker: &str,
+    prefix: &str,
+    users: &[&str],
+    count: usize,
+    tag: &str,
+) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/producer.py");
+    let mut cmd = Command::new(testing::python());
+    cmd.arg(script)
+        .args(["--brokers", broker, "--prefix", prefix])
+        .args(["--count", &count.to_string(), "--key-prefix", tag]);
+    for u in users {
+        cmd.args(["--user", u]);
+    }
+    let out = cmd.output().expect("run the Python producer");
+    assert!(
+        out.status.success(),
+        "Python producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("accepted "))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+/// The warnings and errors of every process, for a failing run.
+fn dump_logs(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("assigned"))
+                .collect();
+            eprintln!("== {} ({} lines of note)", path.display(), lines.len());
+            for l in lines.iter().rev().take(25).rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebalances() {
+    let Some(broker) = testing::broker() else {
+        return;
+    };
+    let Some(db) = herald_postgres::testing::TestDb::new() else {
+        return;
+    };
+    let Some(rebuilt_db) = herald_postgres::testing::TestDb::new() else {
+        return;
+    };
+    let round = Duration::from_secs_f64(
+        std::env::var("HERALD_KAFKA_CHAOS_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0),
+    );
+    let seed: u64 = std::env::var("HERALD_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("kafka chaos: {round:?} rounds, seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster {
+        broker: broker.address.clone(),
+        prefix: format!("k{}.", uuid::Uuid::new_v4().simple()),
+        pg_url: db.url.clone(),
+        secret: "kafka-test-secret".into(),
+        dir: tmp.path().to_owned(),
+    };
+
+    let mut p1 = cluster.projector("p1");
+    let mut p2 = cluster.projector("p2");
+    let (port1, port2) = (support::free_port(), support::free_port());
+    let mut g1 = cluster.gateway("g1", port1).await;
+    let g2 = cluster.gateway("g2", port2).await;
+    let gateways: Vec<(String, String)> = [port1, port2]
+        .iter()
+        .map(|p| {
+            (
+                format!("http://127.0.0.1:{p}"),
+                format!("ws://127.0.0.1:{p}/v1/ws"),
+            )
+        })
+        .collect();
+
+    let stop_devices = Arc::new(AtomicBool::new(false));
+    let stop_producers = Arc::new(AtomicBool::new(false));
+    let (shown, tasks) = start_devices(&gateways, &stop_devices, &mut rng);
+    let produced = Arc::new(Mutex::new(Produced::default()));
+    let http: Vec<String> = gateways.iter().map(|g| g.0.clone()).collect();
+    let producers: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(producer(
+                http.clone(),
+                produced.clone(),
+                stop_producers.clone(),
+                rng.random(),
+                i,
+            ))
+        })
+        .collect();
+
+    // A record no one can decode, straight onto the requests topic.
+    let log = KafkaLog::open(testing::config(broker, &cluster.prefix))
+        .await
+        .expect("open the log from the test");
+    assert_eq!(
+        log.partitions(Topic::UserEvents),
+        4,
+        "the herald processes created the topics"
+    );
+    let corrupt = log
+        .append(
+            Topic::Requests,
+            vec![Record {
+                partition: 0,
+                key: "garbage".into(),
+                value: b"\xc3\x01not avro at all".to_vec(),
+                headers: vec![],
+                timestamp_ms: 0,
+            }],
+        )
+        .await
+        .unwrap()[0];
+
+    tokio::time::sleep(round).await;
+    // Python, direct to Kafka, while the HTTP producers run.
+    let users = ["u0", "u1", "u2"];
+    let python = |tag: &'static str| {
+        let (b, p) = (cluster.broker.clone(), cluster.prefix.clone());
+        tokio::task::spawn_blocking(move || python_producer(&b, &p, &users, 40, tag))
+    };
+    let py_first = python("py-a").await.unwrap();
+
+    // Membership changes come one at a time, each after the group settled from the one
+    // before: the test broker (tansu 0.6) can leave a group without an assignment when a
+    // member joins or leaves while it is still rebalancing (docs/operations.md). Producers and
+    // devices keep going throughout.
+    // Kill one projector and one gateway mid-stream.
+    kill9(&mut p1);
+    g1.kill9();
+    tokio::time::sleep(SETTLE).await;
+    // A third projector joins while they are down.
+    let mut p3 = cluster.projector("p3");
+    tokio::time::sleep(SETTLE).await;
+    // Both come back.
+    g1 = cluster.gateway("g1", port1).await;
+    p1 = cluster.projector("p1");
+    tokio::time::sleep(SETTLE).await;
+    // The second projector leaves (a clean stop: its partitions move to the others).
+    terminate(&mut p2);
+    tokio::time::sleep(SETTLE).await;
+    let py_second = python("py-b").await.unwrap();
+    tokio::time::sleep(round).await;
+    stop_producers.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    {
+        let mut p = produced.lock().await;
+        for id in py_first.iter().chain(&py_second) {
+            p.accepted
+                .insert(id.clone(), users.iter().map(|u| u.to_string()).collect());
+        }
+    }
+
+    let accepted = produced.lock().await.accepted.clone();
+    converge(&shown, &accepted).await;
+    stop_devices.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let p = produced.lock().await;
+    let v = check(&shown, &p).await;
+    println!(
+        "kafka chaos: projectors 2 (+1 joined, 1 SIGKILLed and restarted, 1 left), gateways 2 \
+         (1 SIGKILLed and restarted), devices={} posts={} producer_retries={} accepted={} \
+         (python {}) unknown_outcome={} shown={} absorbed_by_client_dedupe={} lost={} \
+         duplicated={} out_of_order={} strangers={}",
+        USERS * DEVICES,
+        p.posts,
+        p.retries,
+        p.accepted.len(),
+        py_first.len() + py_second.len(),
+        p.unknown.len(),
+        v.shown,
+        ABSORBED.load(Ordering::Relaxed),
+        v.lost,
+        v.duplicated,
+        v.out_of_order,
+        v.strangers,
+    );
+    if v.lost + v.duplicated + v.out_of_order + v.strangers > 0 {
+        dump_logs(tmp.path());
+        if std::env::var("HERALD_KEEP_TMP").is_ok() {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+    }
+    assert_eq!(
+        py_first.len() + py_second.len(),
+        80,
+        "every Python record was delivered to Kafka"
+    );
+    assert!(
+        p.accepted.len() > 80,
+        "the HTTP producers got notifications accepted too"
+    );
+    assert_eq!(
+        (v.lost, v.duplicated, v.out_of_order, v.strangers),
+        (0, 0, 0, 0)
+    );
+
+    // The corrupt record is in the dead letters, with a reason.
+    let dead = log.dead_letters(100).await.unwrap();
+    let found = dead
+        .iter()
+        .find(|d| d.partition == corrupt.partition && d.offset == corrupt.offset)
+        .unwrap_or_else(|| panic!("the corrupt record is not in the dead letters: {dead:?}"));
+    assert!(found.topic.ends_with("requests"), "{found:?}");
+    assert!(found.reason.starts_with("fanout:"), "{found:?}");
+
+    // A fresh replay from the topics equals the live projection.
+    for c in [&mut p1, &mut p3] {
+        terminate(c);
+    }
+    let out = Command::new(support::BIN)
+        .arg("replay")
+        .args(cluster.kafka_args())
+        .args([
+            "--live-url",
+            &db.url,
+            "--into-url",
+            &rebuilt_db.url,
+            "--quiet",
+        ])
+        .output()
+        .expect("run herald replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("equals the live one"),
+        "replay differs: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop((g1, g2));
+}
