@@ -16,6 +16,7 @@ lint:
 # Benchmarks; rewrites docs/benchmarks.md.
 bench:
     cargo run --release -p herald-bench -- log-append --records 1000000 --report
+    cargo run --release -p herald-bench -- kafka-append --records 50000 --report
 
 # A bigger SIGKILL crash run than the test suite's (KILLS kills).
 crash KILLS="40":

@@ -34,6 +34,19 @@ enum Scenario {
         #[arg(long)]
         report: bool,
     },
+    /// Appends through the Kafka log (`KafkaLog::append`, the 202 path) vs a raw rdkafka
+    /// producer with the same settings, on one tansu broker started here.
+    KafkaAppend {
+        /// Records per measurement.
+        #[arg(long, default_value_t = 50_000)]
+        records: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 200)]
+        value_bytes: usize,
+        /// Rewrite the section in docs/benchmarks.md.
+        #[arg(long)]
+        report: bool,
+    },
     /// Durable appends to the embedded log vs raw SQLite inserts with the same durability.
     LogAppend {
         /// Records per measurement.
@@ -68,6 +81,11 @@ fn main() -> anyhow::Result<()> {
             appenders,
             report,
         } => rt.block_on(log_append(records, value_bytes, appenders, report)),
+        Scenario::KafkaAppend {
+            records,
+            value_bytes,
+            report,
+        } => rt.block_on(kafka_append(records, value_bytes, report)),
     }
 }
 
@@ -202,6 +220,144 @@ async fn log_append(
              commit, the log runs close to the raw rate.\n"
         ));
         replace_section(Path::new("docs/benchmarks.md"), "log-append", &table)
+            .context("updating docs/benchmarks.md")?;
+    }
+    Ok(())
+}
+
+/// Raw baseline: one rdkafka producer (idempotent, acks=all, lz4, linger 2 ms: the adapter's
+/// settings) enqueuing from one task with `inflight` records outstanding, every delivery report
+/// awaited.
+async fn raw_kafka(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: usize,
+    value: &[u8],
+    inflight: usize,
+) -> anyhow::Result<f64> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::FutureRecord;
+    let started = Instant::now();
+    let mut window = std::collections::VecDeque::with_capacity(inflight);
+    for i in 0..records {
+        let mut rec = FutureRecord::to(topic)
+            .partition((i % 8) as i32)
+            .key("user")
+            .payload(value);
+        loop {
+            match producer.send_result(rec) {
+                Ok(d) => {
+                    window.push_back(d);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => anyhow::bail!("raw produce: {e}"),
+            }
+        }
+        if window.len() >= inflight {
+            let d = window.pop_front().expect("non-empty");
+            d.await?
+                .map_err(|(e, _)| anyhow::anyhow!("raw produce: {e}"))?;
+        }
+    }
+    for d in window {
+        d.await?
+            .map_err(|(e, _)| anyhow::anyhow!("raw produce: {e}"))?;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `appenders` tasks append to the Kafka log, `per_call` records per call.
+async fn kafka_rate(
+    log: &Arc<herald_kafka::KafkaLog>,
+    records: usize,
+    value: &[u8],
+    appenders: usize,
+    per_call: usize,
+) -> anyhow::Result<f64> {
+    let calls = records / appenders / per_call;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..appenders {
+        let log = log.clone();
+        let value = value.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for c in 0..calls {
+                let batch = (0..per_call).map(|i| record(t + c + i, &value)).collect();
+                log.append(Topic::UserEvents, batch).await?;
+            }
+            Ok::<_, herald_ports::LogError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((calls * appenders * per_call) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyhow::Result<()> {
+    let broker = herald_kafka::testing::start_broker("memory://tansu/")
+        .map_err(anyhow::Error::msg)
+        .context("starting the tansu broker (tests/kafka/install.sh)")?;
+    let config = herald_kafka::KafkaConfig {
+        brokers: broker.address.clone(),
+        prefix: "bench.".into(),
+        user_events_partitions: 8,
+        ..Default::default()
+    };
+    let log = Arc::new(herald_kafka::KafkaLog::open(config.clone()).await?);
+    let value = vec![b'x'; value_bytes];
+    let topic = config.topic_name(Topic::UserEvents);
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .create()?;
+    // Warm up both: connections, producer ids, the topic's leaders.
+    raw_kafka(&producer, &topic, 2_000, &value, 256).await?;
+    kafka_rate(&log, 2_000, &value, 20, 100).await?;
+    let mut rows = Vec::new();
+    for (inflight, per_call) in [(256usize, 1usize), (64, 100)] {
+        let raw = raw_kafka(&producer, &topic, records, &value, inflight * per_call).await?;
+        let herald = kafka_rate(&log, records, &value, inflight, per_call).await?;
+        rows.push((inflight, per_call, raw, herald));
+    }
+    let result = json!({
+        "scenario": "kafka-append",
+        "records": records,
+        "value_bytes": value_bytes,
+        "runs": rows.iter().map(|(c, n, raw, h)| json!({"callers": c, "records_per_call": n, "raw_records_per_s": raw.round(), "herald_records_per_s": h.round(), "ratio": (h / raw * 100.0).round() / 100.0})).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    let out = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("kafka-append.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    if report {
+        let mut table = format!(
+            "Command: `cargo run --release -p herald-bench -- kafka-append --records {records} --report`\n\n\
+             | what | raw rdkafka records/s | `KafkaLog::append` records/s | ratio |\n|---|---:|---:|---:|\n"
+        );
+        for (c, n, raw, h) in &rows {
+            table.push_str(&format!(
+                "| {c} concurrent callers, {n} record(s) per call (raw: {} in flight) | {raw:.0} | {h:.0} | {:.2} |\n",
+                c * n,
+                h / raw
+            ));
+        }
+        table.push_str(&format!(
+            "\n{records} records of {value_bytes} bytes per measurement, on one tansu 0.6 broker (memory \
+             storage) started by the benchmark. Both sides use the same producer settings (idempotent, \
+             acks=all, lz4, linger 2 ms) and wait for every delivery report, as a 202 does.\n"
+        ));
+        replace_section(Path::new("docs/benchmarks.md"), "kafka-append", &table)
             .context("updating docs/benchmarks.md")?;
     }
     Ok(())
