@@ -29,3 +29,7 @@ ci:
 # A bigger exactly-once-visible chaos run (real processes, SIGKILLs, devices, producers).
 chaos KILLS="15" SECONDS="3":
     HERALD_CHAOS_KILLS={{KILLS}} HERALD_CHAOS_SECONDS={{SECONDS}} cargo test --release -p herald --test chaos -- --nocapture
+
+# A longer multi-process run on Kafka (SECONDS of producing before the first kill).
+kafka-chaos SECONDS="20":
+    HERALD_KAFKA_CHAOS_SECONDS={{SECONDS}} cargo test --release -p herald --test kafka -- --nocapture

@@ -342,6 +342,37 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     assert!(found.topic.ends_with("requests"), "{found:?}");
     assert!(found.reason.starts_with("fanout:"), "{found:?}");
 
+    // `herald audit` reads the Kafka log and the shared projection: a Python-produced
+    // notification was requested, then added for each of its recipients.
+    let out = Command::new(support::BIN)
+        .args(["audit", &py_first[0], "--json", "--projection-url", &db.url])
+        .args(cluster.kafka_args())
+        .output()
+        .expect("run herald audit");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "herald audit: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let events: Vec<&str> = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "requested").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| **e == "added").count(),
+        users.len(),
+        "{events:?}"
+    );
+
     // A fresh replay from the topics equals the live projection.
     for c in [&mut p1, &mut p3] {
         terminate(c);

@@ -525,9 +525,11 @@ impl EventLog for KafkaLog {
         self.on_reader(move |c| {
             // A fetch past the end neither fails nor reaches an EOF on every broker: check the
             // end first when `from` is beyond the reported watermark.
-            let (_, high) = c
+            let (low, high) = c
                 .fetch_watermarks(&name, partition as i32, timeout)
                 .map_err(|e| storage(format!("Kafka watermarks of {name}/{partition}: {e}")))?;
+            // Retention may have removed the start of the partition: read from what is left.
+            let from = from.max(low.max(0) as u64);
             if from > high.max(0) as u64
                 && from >= probe_end(c, topic, &name, partition, high.max(0) as u64, timeout)?
             {
