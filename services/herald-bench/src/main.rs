@@ -128,9 +128,9 @@ fn record(partition: usize, value: &[u8]) -> Record {
     }
 }
 
-/// `appenders` tasks append `records / appenders` calls of `per_call` records each.
-async fn log_rate(
-    log: &Arc<EmbeddedLog>,
+/// `appenders` tasks append `records / appenders` calls of `per_call` records each, to any log.
+async fn log_rate<L: EventLog>(
+    log: &Arc<L>,
     records: usize,
     value: &[u8],
     appenders: usize,
@@ -270,34 +270,6 @@ async fn raw_kafka(
     Ok(records as f64 / started.elapsed().as_secs_f64())
 }
 
-/// `appenders` tasks append to the Kafka log, `per_call` records per call.
-async fn kafka_rate(
-    log: &Arc<herald_kafka::KafkaLog>,
-    records: usize,
-    value: &[u8],
-    appenders: usize,
-    per_call: usize,
-) -> anyhow::Result<f64> {
-    let calls = records / appenders / per_call;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..appenders {
-        let log = log.clone();
-        let value = value.to_vec();
-        tasks.push(tokio::spawn(async move {
-            for c in 0..calls {
-                let batch = (0..per_call).map(|i| record(t + c + i, &value)).collect();
-                log.append(Topic::UserEvents, batch).await?;
-            }
-            Ok::<_, herald_ports::LogError>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok((calls * appenders * per_call) as f64 / started.elapsed().as_secs_f64())
-}
-
 async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyhow::Result<()> {
     let broker = herald_kafka::testing::start_broker("memory://tansu/")
         .map_err(anyhow::Error::msg)
@@ -320,11 +292,11 @@ async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyho
         .create()?;
     // Warm up both: connections, producer ids, the topic's leaders.
     raw_kafka(&producer, &topic, 2_000, &value, 256).await?;
-    kafka_rate(&log, 2_000, &value, 20, 100).await?;
+    log_rate(&log, 2_000, &value, 20, 100).await?;
     let mut rows = Vec::new();
     for (inflight, per_call) in [(256usize, 1usize), (64, 100)] {
         let raw = raw_kafka(&producer, &topic, records, &value, inflight * per_call).await?;
-        let herald = kafka_rate(&log, records, &value, inflight, per_call).await?;
+        let herald = log_rate(&log, records, &value, inflight, per_call).await?;
         rows.push((inflight, per_call, raw, herald));
     }
     let result = json!({
