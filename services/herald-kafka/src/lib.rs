@@ -117,6 +117,33 @@ fn storage(e: impl std::fmt::Display) -> LogError {
     LogError::Storage(e.to_string())
 }
 
+/// Partition counts of the topics the cluster's metadata shows.
+fn topic_counts(
+    admin: &AdminClient<DefaultClientContext>,
+    timeout: Duration,
+) -> Result<HashMap<String, u32>, KafkaError> {
+    let md = admin.inner().fetch_metadata(None, timeout)?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as u32))
+        .collect())
+}
+
+/// A partition's (low, high) watermarks as the broker reports them.
+fn watermarks(
+    c: &Reader,
+    name: &str,
+    partition: u32,
+    timeout: Duration,
+) -> Result<(u64, u64), LogError> {
+    let (low, high) = c
+        .fetch_watermarks(name, partition as i32, timeout)
+        .map_err(|e| storage(format!("Kafka watermarks of {name}/{partition}: {e}")))?;
+    Ok((low.max(0) as u64, high.max(0) as u64))
+}
+
 /// Herald's log on Kafka.
 pub struct KafkaLog {
     config: KafkaConfig,
@@ -151,16 +178,8 @@ impl KafkaLog {
             ),
             (config.dead_letter_topic(), config.dead_letter_partitions),
         ];
-        let existing = {
-            let timeout = config.operation_timeout;
-            let admin_md = admin.inner().fetch_metadata(None, timeout);
-            let md = admin_md.map_err(|e| unreachable(&e))?;
-            md.topics()
-                .iter()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                .map(|t| (t.name().to_owned(), t.partitions().len() as u32))
-                .collect::<HashMap<String, u32>>()
-        };
+        let existing =
+            topic_counts(&admin, config.operation_timeout).map_err(|e| unreachable(&e))?;
         let missing: Vec<NewTopic<'_>> = wanted
             .iter()
             .filter(|(name, _)| !existing.contains_key(name))
@@ -193,16 +212,8 @@ impl KafkaLog {
         // Learn the partition counts (waiting for new topics to show in the metadata).
         let deadline = Instant::now() + config.operation_timeout;
         let counts = loop {
-            let md = admin
-                .inner()
-                .fetch_metadata(None, config.operation_timeout)
-                .map_err(|e| unreachable(&e))?;
-            let counts: HashMap<String, u32> = md
-                .topics()
-                .iter()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                .map(|t| (t.name().to_owned(), t.partitions().len() as u32))
-                .collect();
+            let counts =
+                topic_counts(&admin, config.operation_timeout).map_err(|e| unreachable(&e))?;
             if wanted.iter().all(|(n, _)| counts.contains_key(n)) {
                 break counts;
             }
@@ -256,10 +267,6 @@ impl KafkaLog {
             readers: Mutex::new(readers),
             reader_slots: tokio::sync::Semaphore::new(READER_POOL),
         })
-    }
-
-    pub fn config(&self) -> &KafkaConfig {
-        &self.config
     }
 
     fn check(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
@@ -525,14 +532,10 @@ impl EventLog for KafkaLog {
         self.on_reader(move |c| {
             // A fetch past the end neither fails nor reaches an EOF on every broker: check the
             // end first when `from` is beyond the reported watermark.
-            let (low, high) = c
-                .fetch_watermarks(&name, partition as i32, timeout)
-                .map_err(|e| storage(format!("Kafka watermarks of {name}/{partition}: {e}")))?;
+            let (low, high) = watermarks(c, &name, partition, timeout)?;
             // Retention may have removed the start of the partition: read from what is left.
-            let from = from.max(low.max(0) as u64);
-            if from > high.max(0) as u64
-                && from >= probe_end(c, topic, &name, partition, high.max(0) as u64, timeout)?
-            {
+            let from = from.max(low);
+            if from > high && from >= probe_end(c, topic, &name, partition, high, timeout)? {
                 return Ok(Vec::new());
             }
             read_to_eof(c, topic, &name, partition, from, max, timeout)
@@ -548,10 +551,8 @@ impl EventLog for KafkaLog {
         let name = self.names[&topic].clone();
         let timeout = self.config.operation_timeout;
         self.on_reader(move |c| {
-            let (_, high) = c
-                .fetch_watermarks(&name, partition as i32, timeout)
-                .map_err(|e| storage(format!("Kafka watermarks of {name}/{partition}: {e}")))?;
-            probe_end(c, topic, &name, partition, high.max(0) as u64, timeout)
+            let (_, high) = watermarks(c, &name, partition, timeout)?;
+            probe_end(c, topic, &name, partition, high, timeout)
         })
         .await
     }
@@ -612,30 +613,16 @@ impl EventLog for KafkaLog {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, LogError> {
-        self.dead_letter_records(max).await
-    }
-}
-
-impl KafkaLog {
-    async fn dead_letter_records(&self, max: usize) -> Result<Vec<DeadLetter>, LogError> {
         let name = self.config.dead_letter_topic();
         let timeout = self.config.operation_timeout;
         let partitions = self.config.dead_letter_partitions.max(1);
         self.on_reader(move |c| {
             let mut out = Vec::new();
             for p in 0..partitions {
-                let (low, _) = c
-                    .fetch_watermarks(&name, p as i32, timeout)
-                    .map_err(storage)?;
-                let records = read_to_eof(
-                    c,
-                    Topic::Requests,
-                    &name,
-                    p,
-                    low.max(0) as u64,
-                    max - out.len(),
-                    timeout,
-                )?;
+                let (low, _) = watermarks(c, &name, p, timeout)?;
+                // The topic tag of these records is unused: they become `DeadLetter`s.
+                let records =
+                    read_to_eof(c, Topic::Requests, &name, p, low, max - out.len(), timeout)?;
                 for r in records {
                     let header = |k: &str| {
                         r.header(k)
