@@ -224,19 +224,6 @@ fn know_user(tx: &Transaction<'_>, user_id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn stored_offsets(
-    tx: &Transaction<'_>,
-    consumer: &str,
-) -> rusqlite::Result<std::collections::BTreeMap<u32, u64>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = ?1",
-    )?;
-    let rows = stmt.query_map([consumer], |r| {
-        Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
-    })?;
-    rows.collect()
-}
-
 /// Stores offsets; a stored offset never moves backwards.
 fn store_offsets(
     tx: &Transaction<'_>,
@@ -528,13 +515,10 @@ impl ProjectionStore for EmbeddedProjection {
         self.write(move |tx| {
             // Skip what the stored offsets already cover (the write transaction holds SQLite's
             // one write lock): a stale batch never re-applies old events over newer ones.
-            let applied = stored_offsets(tx, &consumer)?;
+            let applied = offsets_of(tx, &consumer)?;
             let mut state = TxState { tx };
             for e in &events {
-                if applied
-                    .get(&e.partition)
-                    .is_some_and(|&next| e.offset < next)
-                {
+                if e.covered_by(&applied) {
                     continue;
                 }
                 projection::apply(&mut state, e.offset, &e.event)?;

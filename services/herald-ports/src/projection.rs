@@ -22,6 +22,16 @@ pub struct Positioned<T> {
     pub event: T,
 }
 
+impl<T> Positioned<T> {
+    /// Whether a consumer whose stored next offsets are `applied` has applied this event
+    /// already: a stale batch (from a replica that lost the partition) skips such events.
+    pub fn covered_by(&self, applied: &BTreeMap<u32, u64>) -> bool {
+        applied
+            .get(&self.partition)
+            .is_some_and(|&next| self.offset < next)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InboxFilter {
     /// Rows that are not archived (and shown).

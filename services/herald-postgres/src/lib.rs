@@ -491,10 +491,7 @@ impl ProjectionStore for PostgresProjection {
             {
                 let mut state = TxState { tx };
                 for e in &events {
-                    if applied
-                        .get(&e.partition)
-                        .is_some_and(|&next| e.offset < next)
-                    {
+                    if e.covered_by(&applied) {
                         continue;
                     }
                     projection::apply(&mut state, e.offset, &e.event)?;
