@@ -52,30 +52,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(url) => fetch(url, &args.id).await?,
         None => {
             let log = super::open_any_log_read_only(&args.kafka, &args.data_dir).await?;
-            match &args.projection_url {
-                Some(url) => {
-                    let store = herald_postgres::PostgresProjection::connect(url)
-                        .await
-                        .context("opening the PostgreSQL projection")?;
-                    audit(log.as_ref(), &store, &args.id).await?
-                }
-                None => {
-                    let path = super::projection_path(&args.data_dir);
-                    if !path.exists() {
-                        bail!(
-                            "no projection at {}: pass --data-dir, --projection-url or --url",
-                            path.display()
-                        );
-                    }
-                    let store = herald_embedded::EmbeddedProjection::open(
-                        &path,
-                        herald_embedded::Access::ReadOnly,
-                    )
-                    .await
-                    .context("opening the projection")?;
-                    audit(log.as_ref(), &store, &args.id).await?
-                }
-            }
+            let store = super::open_projection(
+                args.projection_url.as_deref(),
+                &args.data_dir,
+                herald_embedded::Access::ReadOnly,
+                "pass --data-dir, --projection-url or --url",
+            )
+            .await?;
+            audit(log.as_ref(), store.as_ref(), &args.id).await?
         }
     };
     if args.json {

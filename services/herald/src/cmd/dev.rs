@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+use herald_embedded::{Access, EmbeddedLog, LogOptions};
 use herald_gateway::{AppState, AuthConfig, GatewayConfig, app};
 use herald_projector::Projector;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_DATA_DIR, DEFAULT_LISTEN, init_tracing, log_path, projection_path};
+use super::{DEFAULT_DATA_DIR, DEFAULT_LISTEN, init_tracing, log_path};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -206,18 +206,13 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let store: Arc<dyn herald_ports::ProjectionStore> = match &args.projection_url {
-        Some(url) => Arc::new(
-            herald_postgres::PostgresProjection::connect(url)
-                .await
-                .context("opening the PostgreSQL projection")?,
-        ),
-        None => Arc::new(
-            EmbeddedProjection::open(&projection_path(&args.data_dir), Access::ReadWrite)
-                .await
-                .context("opening the projection")?,
-        ),
-    };
+    let store = super::open_projection(
+        args.projection_url.as_deref(),
+        &args.data_dir,
+        Access::ReadWrite,
+        "",
+    )
+    .await?;
 
     let shutdown = CancellationToken::new();
     let run_projector = args

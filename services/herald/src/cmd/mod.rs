@@ -119,6 +119,33 @@ pub async fn open_log_read_only(data_dir: &Path) -> anyhow::Result<EmbeddedLog> 
         .context("opening the log")
 }
 
+/// The projection: PostgreSQL at `url` (the schema is applied on connect), else the data
+/// directory's SQLite file. A read-only open needs the file to exist; `hint` says what to pass
+/// instead.
+pub async fn open_projection(
+    url: Option<&str>,
+    data_dir: &Path,
+    access: Access,
+    hint: &str,
+) -> anyhow::Result<Arc<dyn herald_ports::ProjectionStore>> {
+    if let Some(url) = url {
+        return Ok(Arc::new(
+            herald_postgres::PostgresProjection::connect(url)
+                .await
+                .context("opening the PostgreSQL projection")?,
+        ));
+    }
+    let path = projection_path(data_dir);
+    if access == Access::ReadOnly && !path.exists() {
+        bail!("no projection at {}: {hint}", path.display());
+    }
+    Ok(Arc::new(
+        herald_embedded::EmbeddedProjection::open(&path, access)
+            .await
+            .context("opening the projection")?,
+    ))
+}
+
 /// The log for read-only tools: Kafka when brokers are given, else the data directory's.
 pub async fn open_any_log_read_only(
     kafka: &KafkaArgs,

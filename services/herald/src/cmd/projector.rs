@@ -5,14 +5,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
-use herald_embedded::{Access, EmbeddedProjection};
+use herald_embedded::Access;
 use herald_projector::Projector;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_DATA_DIR, KafkaArgs, init_tracing, projection_path};
+use super::{DEFAULT_DATA_DIR, KafkaArgs, init_tracing};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -60,29 +59,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
     let log = args.kafka.open().await?.expect("checked above");
-    let (store, _lock): (Arc<dyn herald_ports::ProjectionStore>, _) = match &args.projection_url {
-        Some(url) => (
-            Arc::new(
-                herald_postgres::PostgresProjection::connect(url)
-                    .await
-                    .context("opening the PostgreSQL projection")?,
-            ),
-            None,
-        ),
+    // A SQLite projection has one writer: this replica holds the data directory's lock.
+    let _lock = match &args.projection_url {
+        Some(_) => None,
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("creating {}", args.data_dir.display()))?;
-            let lock = super::dev::lock_data_dir(&args.data_dir)?;
-            (
-                Arc::new(
-                    EmbeddedProjection::open(&projection_path(&args.data_dir), Access::ReadWrite)
-                        .await
-                        .context("opening the projection")?,
-                ),
-                Some(lock),
-            )
+            Some(super::dev::lock_data_dir(&args.data_dir)?)
         }
     };
+    let store = super::open_projection(
+        args.projection_url.as_deref(),
+        &args.data_dir,
+        Access::ReadWrite,
+        "",
+    )
+    .await?;
     let shutdown = CancellationToken::new();
     let projector = Projector::new(log.clone(), store);
     let token = shutdown.clone();
