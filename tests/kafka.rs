@@ -24,8 +24,8 @@ use std::time::Duration;
 use herald_kafka::{KafkaLog, testing};
 use herald_ports::log::{EventLog, Record, Topic};
 use rand::{Rng, SeedableRng};
-use support::Dev;
 use support::exactly_once::*;
+use support::{Dev, kill9, terminate};
 use tokio::sync::Mutex;
 
 const PARTITIONS: &str = "4";
@@ -98,18 +98,6 @@ impl Cluster {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         Dev::start_with(&self.dir.join(name), port, &extra).await
     }
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}
-
-fn kill9(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Runs the Python example producer; returns the ids it got delivery reports for.

@@ -31,6 +31,22 @@ pub fn herald(args: &[&str]) -> Output {
         .expect("run herald")
 }
 
+/// SIGKILL: no chance to flush or clean up.
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGTERM, then wait for the exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    child.wait().expect("wait for the herald process")
+}
+
 /// A running `herald dev`.
 pub struct Dev {
     pub child: Child,
@@ -98,18 +114,12 @@ impl Dev {
 
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill9(&mut self.child);
     }
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("send SIGTERM");
-        assert!(status.success());
-        self.child.wait().expect("wait for herald dev")
+        terminate(&mut self.child)
     }
 
     /// Waits until the projector has applied everything in the log.
