@@ -247,7 +247,15 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         r: &StoredRecord,
         reason: &str,
     ) -> Result<(), ProjectorError> {
-        skip(stage, r, reason);
+        telemetry::projector_undecodable(stage);
+        tracing::warn!(
+            stage,
+            topic = r.topic.name(),
+            partition = r.partition,
+            offset = r.offset,
+            reason,
+            "skipping a record the projector cannot use"
+        );
         self.log
             .dead_letter(r, &format!("{stage}: {reason}"))
             .await?;
@@ -425,18 +433,6 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         telemetry::projector_expanded(expansions.len(), duplicates);
         Ok(())
     }
-}
-
-fn skip(stage: &'static str, r: &StoredRecord, reason: &str) {
-    telemetry::projector_undecodable(stage);
-    tracing::warn!(
-        stage,
-        topic = r.topic.name(),
-        partition = r.partition,
-        offset = r.offset,
-        reason,
-        "skipping a record the projector cannot use"
-    );
 }
 
 /// Progress of a rebuild, for progress bars.
