@@ -5,10 +5,12 @@
 //!   fingerprint so older writer schemas still decode.
 //! * [`partition`]: the stable user → partition hash, and [`cursor`]: epoch-tagged resume cursors.
 //! * [`projection`]: the inbox projection fold (`state × event → writes`) and its invariants.
+//! * [`batch`]: the fold over a cache of fetched facts, for stores read asynchronously.
 //! * [`mem`]: an in-memory projection state, used by unit and property tests and as the
 //!   canonical snapshot that adapters are compared against.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod codec;
 pub mod cursor;
 pub mod delivery;

@@ -1,7 +1,9 @@
 //! The projection fold: behaviour of each event, and property tests over random logs.
 
+use herald_core::batch::{self, BatchState};
 use herald_core::mem::MemProjection;
 use herald_core::model::*;
+use herald_core::projection::ProjectionState;
 use proptest::prelude::*;
 
 fn added(user: &str, id: &str, collapse: Option<&str>) -> UserEvent {
@@ -256,5 +258,51 @@ proptest! {
             twice.apply(i as u64, e);
         }
         prop_assert_eq!(once.snapshot, twice.snapshot);
+    }
+
+    /// Folding batches through [`BatchState`] (facts fetched from the store as of the batch's
+    /// start, with or without prefetching, writes flushed at the end) equals one fold.
+    #[test]
+    fn batches_over_fetched_facts_equal_one_fold(
+        events in proptest::collection::vec(arb_event(), 0..60),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        prefetching in any::<bool>(),
+    ) {
+        let reference = fold(&events);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(events.len() + 1)).collect();
+        cuts.push(events.len());
+        cuts.sort();
+        let mut store = MemProjection::new();
+        let mut start = 0;
+        for end in cuts {
+            let batch = &events[start..end];
+            let mut state = BatchState::new();
+            if prefetching {
+                for need in batch::prefetch(batch) {
+                    let Ok(fact) = batch::answer(&mut store, &need);
+                    state.fill(&need, fact).unwrap();
+                }
+            }
+            for (i, e) in batch.iter().enumerate() {
+                let mut rounds = 0;
+                loop {
+                    match state.try_apply((start + i) as u64, e) {
+                        Ok(_) => break,
+                        Err(need) => {
+                            let Ok(fact) = batch::answer(&mut store, &need);
+                            state.fill(&need, fact).unwrap();
+                        }
+                    }
+                    rounds += 1;
+                    prop_assert!(rounds < 100, "no progress");
+                }
+            }
+            for (_, w) in state.into_writes() {
+                let Ok(()) = store.write(w);
+            }
+            start = end;
+        }
+        let diff = reference.snapshot.diff(&store.snapshot, 10);
+        prop_assert!(diff.is_empty(), "{:#?}", diff);
     }
 }
