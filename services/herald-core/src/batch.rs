@@ -49,10 +49,10 @@ pub enum Fact {
 
 /// A fact was filled in that does not answer its need (an adapter bug).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the fact {fact:?} does not answer {need:?}")]
+#[error("the fact {fact} does not answer {need}")]
 pub struct MismatchedFact {
-    pub need: Need,
-    pub fact: Fact,
+    pub need: String,
+    pub fact: String,
 }
 
 #[derive(Debug, Default)]
@@ -126,9 +126,9 @@ impl BatchState {
     /// Records the store's answer to `need`. Facts the batch already knows (it wrote or
     /// fetched them) are kept, as they are newer than the store's.
     pub fn fill(&mut self, need: &Need, fact: Fact) -> Result<(), MismatchedFact> {
-        let mismatch = |fact| MismatchedFact {
-            need: need.clone(),
-            fact,
+        let mismatch = |fact: Fact| MismatchedFact {
+            need: format!("{need:?}"),
+            fact: format!("{fact:?}"),
         };
         match (need, fact) {
             (
