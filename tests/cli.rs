@@ -93,6 +93,9 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
     let missing = missing.to_str().unwrap();
     let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
+    let scylla = format!("scylla://127.0.0.1:{port}/ks");
+    let fresh = tmp.path().join("fresh");
+    let fresh = fresh.to_str().unwrap();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["bogus"], 2, "unrecognized subcommand"),
         (vec!["dev", "--no-such-flag"], 2, "unexpected argument"),
@@ -125,6 +128,33 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
             "invalid id",
         ),
         (vec!["replay", "--data-dir", missing], 1, "does not exist"),
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                &fresh,
+                "--projection-url",
+                "mysql://h/db",
+            ],
+            1,
+            "unknown projection URL",
+        ),
+        (
+            vec!["dev", "--data-dir", &fresh, "--projection-url", &scylla],
+            1,
+            "cannot connect to ScyllaDB at 127.0.0.1:",
+        ),
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                &fresh,
+                "--projection-url",
+                "scylla://h/bad-keyspace",
+            ],
+            1,
+            "keyspace name",
+        ),
     ];
     for (args, code, message) in cases {
         let out = herald(&args);

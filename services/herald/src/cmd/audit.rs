@@ -22,7 +22,7 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// The projection is in PostgreSQL at this URL.
+    /// The projection is in PostgreSQL or ScyllaDB at this URL.
     #[arg(long, env = "HERALD_PROJECTION_URL")]
     projection_url: Option<String>,
     #[command(flatten)]

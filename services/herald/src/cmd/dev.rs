@@ -26,8 +26,8 @@ pub struct Args {
     /// Partitions of the user-events topic of a new log (an existing log keeps its own).
     #[arg(long, env = "HERALD_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     partitions: Option<u32>,
-    /// Keep the projection in PostgreSQL (postgres://user@host:port/db) instead of
-    /// DATA_DIR/projection.db.
+    /// Keep the projection in a shared store instead of DATA_DIR/projection.db:
+    /// postgres://user@host:port/db or scylla://host:9042[,host…]/keyspace.
     #[arg(long, env = "HERALD_PROJECTION_URL")]
     projection_url: Option<String>,
     /// HS256 secret for user JWTs. Default: a random secret kept in DATA_DIR/dev-secret.

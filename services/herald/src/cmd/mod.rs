@@ -119,9 +119,61 @@ pub async fn open_log_read_only(data_dir: &Path) -> anyhow::Result<EmbeddedLog> 
         .context("opening the log")
 }
 
-/// The projection: PostgreSQL at `url` (the schema is applied on connect), else the data
-/// directory's SQLite file. A read-only open needs the file to exist; `hint` says what to pass
-/// instead.
+/// A projection shared by several processes, named by URL.
+pub enum SharedProjection {
+    /// `postgres://` or `postgresql://`.
+    Postgres(herald_postgres::PostgresProjection),
+    /// `scylla://host:9042[,host…]/keyspace`.
+    Scylla(herald_scylla::ScyllaProjection),
+}
+
+impl SharedProjection {
+    /// Connects and applies the schema (both stores migrate on connect).
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(
+                herald_postgres::PostgresProjection::connect(url)
+                    .await
+                    .context("opening the PostgreSQL projection")?,
+            ))
+        } else if url.starts_with("scylla://") {
+            Ok(Self::Scylla(
+                herald_scylla::ScyllaProjection::connect(url)
+                    .await
+                    .context("opening the ScyllaDB projection")?,
+            ))
+        } else {
+            bail!(
+                "unknown projection URL {url:?}: expected postgres://user@host:port/db or \
+                 scylla://host:9042/keyspace"
+            )
+        }
+    }
+
+    pub fn store(&self) -> Arc<dyn herald_ports::ProjectionStore> {
+        match self {
+            Self::Postgres(p) => Arc::new(p.clone()),
+            Self::Scylla(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// A snapshot and the consumer offsets it covers (for `herald replay`).
+    pub async fn snapshot_with_offsets(
+        &self,
+    ) -> anyhow::Result<(
+        herald_core::mem::ProjectionSnapshot,
+        std::collections::BTreeMap<String, std::collections::BTreeMap<u32, u64>>,
+    )> {
+        Ok(match self {
+            Self::Postgres(p) => p.snapshot_with_offsets().await?,
+            Self::Scylla(s) => s.snapshot_with_offsets().await?,
+        })
+    }
+}
+
+/// The projection: the shared store at `url` (PostgreSQL or ScyllaDB; the schema is applied on
+/// connect), else the data directory's SQLite file. A read-only open needs the file to exist;
+/// `hint` says what to pass instead.
 pub async fn open_projection(
     url: Option<&str>,
     data_dir: &Path,
@@ -129,11 +181,7 @@ pub async fn open_projection(
     hint: &str,
 ) -> anyhow::Result<Arc<dyn herald_ports::ProjectionStore>> {
     if let Some(url) = url {
-        return Ok(Arc::new(
-            herald_postgres::PostgresProjection::connect(url)
-                .await
-                .context("opening the PostgreSQL projection")?,
-        ));
+        return Ok(SharedProjection::connect(url).await?.store());
     }
     let path = projection_path(data_dir);
     if access == Access::ReadOnly && !path.exists() {

@@ -17,7 +17,8 @@ use super::{DEFAULT_DATA_DIR, KafkaArgs, init_tracing};
 pub struct Args {
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// The projection in PostgreSQL (postgres://user@host:port/db), shared by every replica.
+    /// The projection shared by every replica: postgres://user@host:port/db or
+    /// scylla://host:9042[,host…]/keyspace[?consistency=QUORUM&replication_factor=3].
     #[arg(long, env = "HERALD_PROJECTION_URL")]
     projection_url: Option<String>,
     /// Without --projection-url: the data directory of a single replica's SQLite projection.

@@ -28,10 +28,10 @@ pub struct Args {
     /// Keep the rebuilt projection.
     #[arg(long)]
     keep: bool,
-    /// The live projection is in PostgreSQL at this URL (as `herald dev --projection-url`).
+    /// The live projection is in PostgreSQL or ScyllaDB at this URL (as `--projection-url`).
     #[arg(long)]
     live_url: Option<String>,
-    /// Rebuild into this (empty) PostgreSQL database instead of a SQLite file.
+    /// Rebuild into this empty PostgreSQL database or ScyllaDB keyspace instead of a SQLite file.
     #[arg(long, conflicts_with = "into")]
     into_url: Option<String>,
     /// No progress bar.
@@ -61,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let path = super::projection_path(&args.data_dir);
             if !path.exists() {
                 bail!(
-                    "no live projection at {}: pass --data-dir, or --live-url for PostgreSQL",
+                    "no live projection at {}: pass --data-dir, or --live-url for PostgreSQL or ScyllaDB",
                     path.display()
                 );
             }
@@ -72,9 +72,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await?
         }
         Some(url) => {
-            herald_postgres::PostgresProjection::connect(url)
+            super::SharedProjection::connect(url)
                 .await
-                .context("opening the live PostgreSQL projection")?
+                .context("opening the live projection")?
                 .snapshot_with_offsets()
                 .await?
         }
@@ -85,22 +85,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.data_dir
             .join(format!("replay-{}.db", std::process::id()))
     });
-    let fresh: Box<dyn ProjectionStore> = match &args.into_url {
+    let fresh: std::sync::Arc<dyn ProjectionStore> = match &args.into_url {
         Some(url) => {
-            let pg = herald_postgres::PostgresProjection::connect(url)
+            let store = super::SharedProjection::connect(url)
                 .await
-                .context("opening the PostgreSQL database to rebuild into")?;
-            let existing = pg.snapshot().await?;
+                .context("opening the store to rebuild into")?
+                .store();
+            let existing = store.snapshot().await?;
             if !existing.rows.is_empty()
                 || !existing.users.is_empty()
-                || !pg.consumer_offsets(INBOX).await?.is_empty()
+                || !store.consumer_offsets(INBOX).await?.is_empty()
             {
                 bail!(
-                    "the PostgreSQL database at --into-url already holds a projection: \
+                    "the store at --into-url already holds a projection: \
                      replay builds into an empty one"
                 );
             }
-            Box::new(pg)
+            store
         }
         None => {
             if target.exists() {
@@ -109,7 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     target.display()
                 );
             }
-            Box::new(
+            std::sync::Arc::new(
                 EmbeddedProjection::open(&target, Access::ReadWrite)
                     .await
                     .context("creating the rebuilt projection")?,
