@@ -162,6 +162,79 @@ fn kafka_is_a_kraft_quorum_of_three_and_scylla_has_three_nodes() {
     }
 }
 
+/// `${NAME:-default}` as compose resolves it with NAME unset.
+fn compose_default(v: &str) -> &str {
+    v.strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once(":-"))
+        .map_or(v, |(_, default)| default)
+}
+
+#[test]
+fn the_projection_is_scylla_by_default_and_postgres_is_a_profile() {
+    let services = compose();
+    for (name, svc) in herald_services(&services) {
+        let url = svc["environment"]["HERALD_PROJECTION_URL"]
+            .as_str()
+            .unwrap();
+        let config = herald_scylla::ScyllaConfig::from_url(compose_default(url))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut nodes = config.nodes.clone();
+        nodes.sort();
+        let scylla: Vec<String> = services
+            .keys()
+            .filter(|k| k.starts_with("scylla-"))
+            .map(|k| format!("{k}:9042"))
+            .collect();
+        assert_eq!(nodes, scylla, "{name} knows every ScyllaDB node");
+        assert!(
+            config.replication.contains("'replication_factor': 3"),
+            "{name}"
+        );
+    }
+    assert_eq!(strings(&services["postgres"]["profiles"]), ["postgres"]);
+}
+
+#[test]
+fn the_load_balancer_fronts_every_gateway_with_websocket_upgrades() {
+    let services = compose();
+    let conf = infra("nginx.conf");
+    let upstreams: BTreeSet<String> = conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(';')
+                .to_owned()
+        })
+        .collect();
+    let gateways: BTreeSet<String> = herald_services(&services)
+        .into_iter()
+        .filter(|(_, s)| strings(&s["command"])[0] == "gateway")
+        .map(|(name, s)| {
+            let command = strings(&s["command"]);
+            let listen = command.windows(2).find(|w| w[0] == "--listen").unwrap()[1].clone();
+            format!("{name}:{}", listen.rsplit(':').next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        upstreams, gateways,
+        "nginx upstreams are exactly the gateways"
+    );
+    assert!(conf.contains("proxy_set_header Upgrade $http_upgrade"));
+    let lb = &services["lb"];
+    assert!(strings(&lb["volumes"])[0].starts_with("./nginx.conf:"));
+    let listen = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen "))
+        .unwrap()
+        .trim_end_matches(';');
+    assert_eq!(strings(&lb["ports"]), [format!("{listen}:{listen}")]);
+}
+
 #[test]
 fn the_dashboard_queries_metrics_herald_exports() {
     let known = [
