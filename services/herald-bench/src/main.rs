@@ -13,6 +13,10 @@ use herald_embedded::{Access, EmbeddedLog, LogOptions};
 use herald_ports::log::{EventLog, Record, Topic};
 use serde_json::json;
 
+mod peers;
+mod report;
+mod suite;
+
 #[derive(Parser)]
 #[command(name = "herald-bench")]
 struct Cli {
@@ -22,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Herald next to Socket.IO and ws: idle memory, fanout, latency, resume, ingest and
+    /// rebuild (see docs/benchmarks.md).
+    Suite(suite::SuiteArgs),
     /// Server memory per idle, authenticated WebSocket session (`herald dev`, release build).
     IdleConnections {
         /// Sessions to open.
@@ -70,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.scenario {
+        Scenario::Suite(args) => rt.block_on(suite::run(args)),
         Scenario::IdleConnections {
             connections,
             herald,
@@ -91,7 +99,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Raw baseline: one connection, the log's own table and pragmas, one commit (fsync) per
 /// 1000 rows.
-fn raw_sqlite(path: &Path, records: usize, value: &[u8]) -> anyhow::Result<f64> {
+pub(crate) fn raw_sqlite(path: &Path, records: usize, value: &[u8]) -> anyhow::Result<f64> {
     let conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -336,7 +344,7 @@ async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyho
 }
 
 /// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -350,7 +358,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Kernel memory of TCP sockets, in KiB (from /proc/net/sockstat, pages of 4 KiB).
-fn tcp_kernel_kib() -> anyhow::Result<u64> {
+pub(crate) fn tcp_kernel_kib() -> anyhow::Result<u64> {
     let s = std::fs::read_to_string("/proc/net/sockstat")?;
     let tcp = s
         .lines()
@@ -476,7 +484,7 @@ async fn idle_connections(n: usize, herald: &Path, report: bool) -> anyhow::Resu
 }
 
 /// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
-fn replace_section(doc: &Path, name: &str, body: &str) -> anyhow::Result<()> {
+pub(crate) fn replace_section(doc: &Path, name: &str, body: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(doc)?;
     let (open, close) = (
         format!("<!-- bench:{name} -->"),
