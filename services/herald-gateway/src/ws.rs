@@ -403,6 +403,13 @@ impl Session {
                     }
                 }
                 live = self.reg.rx.recv() => match live {
+                    // ACKs and deliveries (the replay's own echo: one Delivered per replayed
+                    // row) only settle what was sent; they need no ordering against the replay.
+                    Some(ev) if self.replaying()
+                        && matches!(*ev.event, UserEvent::Acked(_) | UserEvent::Delivered(_)) =>
+                    {
+                        self.event(ev.offset, &ev.event, true)
+                    }
                     Some(ev) if self.replaying() => {
                         if self.held.len() >= MAX_HELD {
                             Err(End::Close(Close::SlowConsumer, "too many live events during replay".into()))

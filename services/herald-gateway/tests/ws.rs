@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use herald_client::{ClientError, Credentials, Inbox, connect, open};
 use herald_core::protocol::{ClientFrame, ServerFrame};
 use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
@@ -235,6 +236,78 @@ async fn reconnect_replays_unacked_exactly_once_then_goes_live() {
     let live = srv.post(&["alice"], "live").await;
     let (ids, _, _) = collect(&mut c, 1, true).await;
     assert_eq!(ids, vec![live]);
+    srv.shutdown.cancel();
+}
+
+/// A backlog larger than the live events a session holds during its replay: every replayed row
+/// echoes back as a live `Delivered` (and, acked, an `Acked`) event of the same user, which
+/// must not count as live traffic that overflows the hold (found by the resume benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_replay_hold_arrives_whole() {
+    let config = GatewayConfig {
+        producer_rate: 1e6,
+        producer_burst: 1e6,
+        ..config()
+    };
+    let srv = server(config, true).await;
+    const N: usize = 10_000; // echoes well past MAX_HELD (4 × SESSION_LIVE_QUEUE)
+    let http = reqwest::Client::new();
+    let posts = (0..N).map(|i| {
+        let (http, url) = (http.clone(), format!("{}/v1/notifications", srv.http));
+        async move {
+            let r = http
+                .post(url)
+                .json(&json!({"recipients": {"users": ["alice"]}, "event_type": "t", "source": "ws-test", "data": {"i": i}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    });
+    futures_util::stream::iter(posts)
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    // The whole backlog in the projection first, so what comes live is only the echo.
+    let waited = std::time::Instant::now();
+    loop {
+        let v: Value = http
+            .get(format!("{}/v1/inbox/unread-count", srv.http))
+            .bearer_auth(token("alice", 3600))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["unread_count"].as_u64() == Some(N as u64) {
+            break;
+        }
+        assert!(waited.elapsed() < GUARD, "backlog not projected: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut c, _) = connect(&srv.ws, &bearer("alice"), "phone", None)
+        .await
+        .unwrap();
+    // Acknowledge cumulatively every 64, as a client under a backlog should.
+    let (mut ids, mut seqs) = (Vec::new(), Vec::new());
+    while ids.len() < N {
+        let f = tokio::time::timeout(GUARD, c.next())
+            .await
+            .expect("frames stopped")
+            .unwrap();
+        if let ServerFrame::Notification {
+            id, seq, cursor, ..
+        } = f
+        {
+            ids.push(id);
+            seqs.push(seq);
+            if ids.len() % 64 == 0 || ids.len() == N {
+                c.ack(&[], Some(&cursor)).await.unwrap();
+            }
+        }
+    }
+    assert_unique_increasing(&ids, &seqs);
     srv.shutdown.cancel();
 }
 
