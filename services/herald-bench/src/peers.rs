@@ -262,7 +262,14 @@ impl Server {
         v["unread_count"].as_u64().context("unread count")
     }
 
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Server {
+    /// A server never outlives its scenario, even one that failed.
+    fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

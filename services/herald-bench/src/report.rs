@@ -9,9 +9,6 @@ use serde_json::Value;
 
 use crate::suite::{Size, SuiteArgs};
 
-const DOC: &str = "docs/benchmarks.md";
-const IMAGES: &str = "docs/images";
-
 fn command_output(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
@@ -33,13 +30,14 @@ fn package_version(name: &str) -> String {
 
 /// A grouped bar chart: one group per category, one bar per series.
 fn bars(
+    images: &Path,
     file: &str,
     title: &str,
     y_label: &str,
     categories: &[String],
     series: &[(String, Vec<f64>)],
 ) -> anyhow::Result<()> {
-    let path = Path::new(IMAGES).join(file);
+    let path = images.join(file);
     let root = SVGBackend::new(&path, (860, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = series
@@ -109,7 +107,12 @@ fn find(runs: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
 }
 
 pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(IMAGES)?;
+    let images = args
+        .doc
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("images");
+    std::fs::create_dir_all(&images)?;
     let size = match args.size {
         Size::Smoke => "smoke",
         Size::Small => "small",
@@ -164,6 +167,7 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
         }
         let cats: Vec<String> = sizes.iter().map(|n| format!("{n} connections")).collect();
         bars(
+            &images,
             "bench-idle.svg",
             "Server RSS per idle connection",
             "KiB per connection",
@@ -200,6 +204,7 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
             r0["clients"], 10, crate::suite::MAX_PUBLISHES_IN_FLIGHT
         ));
         bars(
+            &images,
             "bench-fanout.svg",
             "Fanout: deliveries per second",
             "messages/s",
@@ -239,6 +244,7 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
             series[2].1.push(f(l, "p999_ms"));
         }
         bars(
+            &images,
             "bench-latency.svg",
             "End-to-end latency",
             "ms",
@@ -271,6 +277,7 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
         }
         let cats: Vec<String> = backlogs.iter().map(|b| format!("{b} missed")).collect();
         bars(
+            &images,
             "bench-resume.svg",
             "Time to receive the whole backlog after reconnecting",
             "ms",
@@ -291,5 +298,6 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
             ing["replay_records"], ing["replay_records_per_s"], ing["replay_equal"],
         ));
     }
-    crate::replace_section(Path::new(DOC), "suite", &md).context("updating docs/benchmarks.md")
+    crate::replace_section(&args.doc, "suite", &md)
+        .with_context(|| format!("updating {}", args.doc.display()))
 }

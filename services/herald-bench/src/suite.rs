@@ -48,9 +48,12 @@ pub struct SuiteArgs {
     /// Where the raw JSON goes.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
-    /// Rewrite the suite section of docs/benchmarks.md and its plots.
+    /// Rewrite the suite section of the report (and its plots, in `images/` beside it).
     #[arg(long)]
     pub report: bool,
+    /// The report.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub doc: PathBuf,
 }
 
 pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
