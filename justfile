@@ -13,8 +13,10 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks; rewrites docs/benchmarks.md.
+# Benchmarks; rewrites docs/benchmarks.md and docs/images/bench-*.svg (raw JSON in target/bench).
 bench:
+    cargo build --release -p herald
+    cargo run --release -p herald-bench -- suite --size large --report
     cargo run --release -p herald-bench -- log-append --records 1000000 --report
     cargo run --release -p herald-bench -- kafka-append --records 50000 --report
 

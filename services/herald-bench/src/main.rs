@@ -29,18 +29,6 @@ enum Scenario {
     /// Herald next to Socket.IO and ws: idle memory, fanout, latency, resume, ingest and
     /// rebuild (see docs/benchmarks.md).
     Suite(suite::SuiteArgs),
-    /// Server memory per idle, authenticated WebSocket session (`herald dev`, release build).
-    IdleConnections {
-        /// Sessions to open.
-        #[arg(long, default_value_t = 2_000)]
-        connections: usize,
-        /// The herald binary (build it with `cargo build --release -p herald`).
-        #[arg(long, default_value = "target/release/herald")]
-        herald: PathBuf,
-        /// Rewrite the section in docs/benchmarks.md.
-        #[arg(long)]
-        report: bool,
-    },
     /// Appends through the Kafka log (`KafkaLog::append`, the 202 path) vs a raw rdkafka
     /// producer with the same settings, on one tansu broker started here.
     KafkaAppend {
@@ -78,11 +66,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.scenario {
         Scenario::Suite(args) => rt.block_on(suite::run(args)),
-        Scenario::IdleConnections {
-            connections,
-            herald,
-            report,
-        } => rt.block_on(idle_connections(connections, &herald, report)),
         Scenario::LogAppend {
             records,
             value_bytes,
@@ -371,116 +354,6 @@ pub(crate) fn tcp_kernel_kib() -> anyhow::Result<u64> {
         }
     }
     anyhow::bail!("no TCP mem in /proc/net/sockstat")
-}
-
-async fn idle_connections(n: usize, herald: &Path, report: bool) -> anyhow::Result<()> {
-    rlimit::increase_nofile_limit(u64::MAX)?;
-    anyhow::ensure!(
-        herald.exists(),
-        "{} missing: cargo build --release -p herald",
-        herald.display()
-    );
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = std::process::Command::new(herald)
-        .args(["dev", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--max-connections-per-user",
-            "64",
-        ])
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        anyhow::ensure!(started.elapsed().as_secs() < 30, "herald dev did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    // Tokens for n/8 users (8 devices each), fetched before measuring.
-    let users = n.div_ceil(8);
-    let mut tokens = Vec::with_capacity(users);
-    for u in 0..users {
-        let v: serde_json::Value = http
-            .post(format!("{base}/v1/dev/token"))
-            .json(&json!({"user_id": format!("idle-{u}")}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        tokens.push(v["token"].as_str().context("token")?.to_owned());
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let (rss0, kern0) = (rss_kib(child.id())?, tcp_kernel_kib()?);
-    let ws = format!("ws://127.0.0.1:{port}/v1/ws");
-    let mut conns = Vec::with_capacity(n);
-    let opened = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-        let batch = chunk.iter().map(|i| {
-            let creds = herald_client::Credentials::Bearer(tokens[i / 8].clone());
-            let ws = ws.clone();
-            async move { herald_client::connect(&ws, &creds, &format!("d{}", i % 8), None).await }
-        });
-        for r in futures_util::future::join_all(batch).await {
-            conns.push(r.map_err(|e| anyhow::anyhow!("connect: {e}"))?.0);
-        }
-    }
-    let open_secs = opened.elapsed().as_secs_f64();
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let (rss1, kern1) = (rss_kib(child.id())?, tcp_kernel_kib()?);
-    let per_conn = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
-    // Both ends of each loopback connection are on this machine: half the kernel growth is
-    // the server's side.
-    let kernel_per_conn = (kern1.saturating_sub(kern0)) as f64 * 1024.0 / (2 * n) as f64;
-    let result = json!({
-        "scenario": "idle-connections",
-        "connections": n,
-        "server_rss_before_kib": rss0,
-        "server_rss_after_kib": rss1,
-        "server_rss_bytes_per_connection": per_conn.round(),
-        "kernel_tcp_bytes_per_connection_side": kernel_per_conn.round(),
-        "open_seconds": (open_secs * 100.0).round() / 100.0,
-    });
-    println!("{}", serde_json::to_string_pretty(&result)?);
-    drop(conns);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let out = PathBuf::from("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("idle-connections.json"),
-        serde_json::to_string_pretty(&result)?,
-    )?;
-    if report {
-        let section = format!(
-            "Command: `cargo build --release -p herald && cargo run --release -p herald-bench -- idle-connections --connections {n} --report`\n\n\
-             | sessions | server RSS before | after | **per session** | kernel TCP memory per server-side socket |\n|---:|---:|---:|---:|---:|\n\
-             | {n} | {rss0} KiB | {rss1} KiB | **{:.0} bytes ({:.1} KiB)** | {:.0} bytes |\n\n\
-             Each session is authenticated (JWT), said `hello`, got its `session` and `replayed` frames and then \
-             sits idle. RSS is read from /proc; kernel socket memory from /proc/net/sockstat (both ends \
-             are on loopback, so half of its growth is counted per server-side socket). Target: 6 KiB per \
-             session at 50k (the 25k and 50k runs need the harness of the benchmarks issue: more source \
-             addresses and a higher descriptor limit).\n",
-            per_conn,
-            per_conn / 1024.0,
-            kernel_per_conn,
-        );
-        replace_section(
-            Path::new("docs/benchmarks.md"),
-            "idle-connections",
-            &section,
-        )
-        .context("updating docs/benchmarks.md")?;
-    }
-    Ok(())
 }
 
 /// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
