@@ -42,6 +42,9 @@ pub struct SuiteArgs {
     /// rebuild).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Servers to measure (default: all three).
+    #[arg(long, value_delimiter = ',', value_parser = ["herald", "socketio", "ws"])]
+    pub targets: Vec<String>,
     /// The herald binary (build it with `cargo build --release -p herald`).
     #[arg(long, default_value = "target/release/herald")]
     pub herald: PathBuf,
@@ -54,6 +57,22 @@ pub struct SuiteArgs {
     /// The report.
     #[arg(long, default_value = "docs/benchmarks.md")]
     pub doc: PathBuf,
+}
+
+impl SuiteArgs {
+    fn targets(&self) -> Vec<Target> {
+        Target::ALL
+            .into_iter()
+            .filter(|t| {
+                let key = match t {
+                    Target::Herald => "herald",
+                    Target::SocketIo => "socketio",
+                    Target::Ws => "ws",
+                };
+                self.targets.is_empty() || self.targets.iter().any(|x| x == key)
+            })
+            .collect()
+    }
 }
 
 pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
@@ -192,7 +211,7 @@ async fn idle(args: &SuiteArgs) -> anyhow::Result<Value> {
     };
     let mut runs = Vec::new();
     for &n in sizes {
-        for target in Target::ALL {
+        for target in args.targets() {
             let server = Server::start(target, &args.herald).await?;
             let users = n.div_ceil(8);
             let mut tokens = Vec::new();
@@ -241,7 +260,7 @@ async fn fanout(args: &SuiteArgs) -> anyhow::Result<Value> {
         Size::Large => (1_000, 10, [20_000, 400, 100]),
     };
     let mut runs = Vec::new();
-    for target in Target::ALL {
+    for target in args.targets() {
         let server = Server::start(target, &args.herald).await?;
         let mut clients = connect_users(&server, clients_n, groups).await?;
         for (mode, publishes) in ["users", "groups", "everyone"].into_iter().zip(per_mode) {
@@ -303,7 +322,7 @@ async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
         Size::Large => (1_000, &[1_000, 5_000, 10_000], 10.0),
     };
     let mut runs = Vec::new();
-    for target in Target::ALL {
+    for target in args.targets() {
         let server = Arc::new(Server::start(target, &args.herald).await?);
         let mut clients = connect_users(&server, clients_n, 1).await?;
         for &rate in rates {
@@ -361,7 +380,7 @@ async fn resume(args: &SuiteArgs) -> anyhow::Result<Value> {
         Size::Large => &[1_000, 10_000, 100_000],
     };
     let mut runs = Vec::new();
-    for target in [Target::Herald, Target::SocketIo] {
+    for target in args.targets().into_iter().filter(|t| *t != Target::Ws) {
         for &n in backlogs {
             let server = Server::start(target, &args.herald).await?;
             let user = "resumer";
