@@ -69,6 +69,16 @@ pub struct Recipients {
 }
 
 impl Recipients {
+    /// The users, sorted and each once, when the request names users only: no directory
+    /// lookup is needed to resolve it.
+    pub fn only_users(&self) -> Option<Vec<String>> {
+        if !self.groups.is_empty() || self.topic.is_some() || self.everyone {
+            return None;
+        }
+        let users: std::collections::BTreeSet<&String> = self.users.iter().collect();
+        Some(users.into_iter().cloned().collect())
+    }
+
     pub fn validate(&self) -> Result<(), CoreError> {
         if self.users.is_empty() && self.groups.is_empty() && self.topic.is_none() && !self.everyone
         {
@@ -401,4 +411,38 @@ pub enum RequestRecord {
 pub enum Event {
     Request(RequestRecord),
     User(UserEvent),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_users_resolves_without_the_directory_and_nothing_else_does() {
+        let users = |u: &[&str]| Recipients {
+            users: u.iter().map(|s| s.to_string()).collect(),
+            ..Recipients::default()
+        };
+        assert_eq!(
+            users(&["b", "a", "b"]).only_users(),
+            Some(vec!["a".to_string(), "b".to_string()]),
+            "sorted, each once, as ProjectionStore::resolve answers"
+        );
+        for needs_directory in [
+            Recipients {
+                groups: vec!["g".into()],
+                ..users(&["a"])
+            },
+            Recipients {
+                topic: Some("t".into()),
+                ..users(&["a"])
+            },
+            Recipients {
+                everyone: true,
+                ..users(&[])
+            },
+        ] {
+            assert_eq!(needs_directory.only_users(), None);
+        }
+    }
 }

@@ -407,7 +407,11 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 duplicates += 1;
                 continue;
             }
-            let users = self.store.resolve(&req.recipients).await?;
+            // Most requests name users only: those need no round trip to the store.
+            let users = match req.recipients.only_users() {
+                Some(users) => users,
+                None => self.store.resolve(&req.recipients).await?,
+            };
             for u in &users {
                 records.push(user_event_record(
                     &UserEvent::Added(req.added_for(u)),
