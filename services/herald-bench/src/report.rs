@@ -51,7 +51,7 @@ fn bars(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(0.0..categories.len() as f64 * width, 0.0..max * 1.15)?;
+        .build_cartesian_2d(0.0..categories.len() as f64 * width, 0.0..max * 1.35)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -65,6 +65,7 @@ fn bars(
                 String::new()
             }
         })
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .y_desc(y_label)
         .draw()?;
     let colors = [
@@ -225,10 +226,10 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
         for r in &lat {
             let l = &r["latency"];
             md.push_str(&format!(
-                "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+                "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |\n",
                 r["target"].as_str().unwrap_or("?"),
                 r["rate"],
-                r["achieved_publish_rate"],
+                f(r, "achieved_publish_rate"),
                 f(l, "p50_ms"),
                 f(l, "p99_ms"),
                 f(l, "p999_ms"),
@@ -290,12 +291,12 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
     if let Some(ing) = results.get("ingest") {
         md.push_str(&format!(
             "\n### Durable ingest and projection rebuild\n\n| what | per second | vs raw SQLite |\n|---|---:|---:|\n\
-             | raw SQLite inserts (WAL, synchronous=FULL, commit per 1000 rows), same run | {} | 1.00 |\n\
-             | Herald `POST /v1/notifications` answered 202 ({} in flight, one recipient each) | {} | {:.2} |\n\
-             | `herald replay` rebuilding the projection ({} records) | {} | |\n\n\
+             | raw SQLite inserts (WAL, synchronous=FULL, commit per 1000 rows), same run | {:.0} | 1.00 |\n\
+             | Herald `POST /v1/notifications` answered 202 ({} in flight, one recipient each) | {:.0} | {:.3} |\n\
+             | `herald replay` rebuilding the projection ({} records) | {:.0} | |\n\n\
              Target: ingest ≥ 0.5 of raw; rebuild ≥ 200k records/s. The rebuilt projection equals the live one: {}.\n",
-            ing["raw_sqlite_records_per_s"], crate::suite::MAX_PUBLISHES_IN_FLIGHT, ing["accepted_per_s"], f(ing, "ratio"),
-            ing["replay_records"], ing["replay_records_per_s"], ing["replay_equal"],
+            f(ing, "raw_sqlite_records_per_s"), crate::suite::MAX_PUBLISHES_IN_FLIGHT, f(ing, "accepted_per_s"), f(ing, "ratio"),
+            ing["replay_records"], f(ing, "replay_records_per_s"), ing["replay_equal"],
         ));
     }
     crate::replace_section(&args.doc, "suite", &md)

@@ -57,6 +57,9 @@ pub struct SuiteArgs {
     /// The report.
     #[arg(long, default_value = "docs/benchmarks.md")]
     pub doc: PathBuf,
+    /// Do not measure: rewrite the report from the JSON an earlier run left in --out.
+    #[arg(long, requires = "report")]
+    pub reuse: bool,
 }
 
 impl SuiteArgs {
@@ -99,6 +102,13 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     ];
     for (name, fut) in scenarios {
         if !selected(name) {
+            continue;
+        }
+        if args.reuse {
+            let path = args.out.join(format!("suite-{name}.json"));
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--reuse needs {}", path.display()))?;
+            results.insert(name.to_owned(), serde_json::from_str(&text)?);
             continue;
         }
         eprintln!("== {name}");
