@@ -408,3 +408,107 @@ async fn a_closed_stdout_ends_the_cli_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(status.success(), "exit {status}: {err}");
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, `herald dev` exports its spans over OTLP/HTTP
+/// (protobuf) under its service name: the receiver here decodes the real export requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use std::sync::{Arc, Mutex};
+
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let receiver = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    for rs in req.resource_spans {
+                        let service = rs
+                            .resource
+                            .iter()
+                            .flat_map(|r| &r.attributes)
+                            .find(|a| a.key == "service.name")
+                            .and_then(|a| a.value.clone())
+                            .map(|v| format!("{:?}", v.value))
+                            .unwrap_or_default();
+                        for ss in rs.scope_spans {
+                            for span in ss.spans {
+                                seen.lock().unwrap().push((service.clone(), span.name));
+                            }
+                        }
+                    }
+                    ""
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    let tmp = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut child = std::process::Command::new(support::BIN)
+        .args(["dev", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_SERVICE_NAME", "herald-under-test")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while http.get(format!("{url}/healthz")).send().await.is_err() {
+        assert!(
+            started.elapsed() < support::READY_GUARD,
+            "herald dev did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let r = http
+        .post(format!("{url}/v1/notifications"))
+        .json(&serde_json::json!({"recipients": {"users": ["ann"]}, "event_type": "t", "source": "otel-test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The batch processor exports every 100 ms; SIGTERM flushes the rest.
+    let waited = std::time::Instant::now();
+    while !seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, name)| name == "append")
+    {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(30),
+            "no append span exported: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = support::terminate(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().any(|(_, name)| name == "request"),
+        "the HTTP request span: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|(service, _)| service.contains("herald-under-test")),
+        "{seen:?}"
+    );
+}

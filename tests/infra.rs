@@ -196,6 +196,30 @@ fn the_projection_is_scylla_by_default_and_postgres_is_a_profile() {
 }
 
 #[test]
+fn herald_exports_spans_to_the_collector() {
+    let services = compose();
+    let collector = &services["otel-collector"];
+    let config: Value = serde_yaml::from_str(&infra("otel-collector.yaml")).unwrap();
+    let http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+        .as_str()
+        .unwrap_or("0.0.0.0:4318");
+    let port = http.rsplit(':').next().unwrap();
+    assert!(
+        strings(&collector["ports"]).contains(&format!("{port}:{port}")),
+        "the collector publishes its OTLP/HTTP port {port}"
+    );
+    for (name, svc) in herald_services(&services) {
+        let env = &svc["environment"];
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
+            Some(format!("http://otel-collector:{port}").as_str()),
+            "{name}"
+        );
+        assert!(env["OTEL_SERVICE_NAME"].as_str().is_some(), "{name}");
+    }
+}
+
+#[test]
 fn the_load_balancer_fronts_every_gateway_with_websocket_upgrades() {
     let services = compose();
     let conf = infra("nginx.conf");

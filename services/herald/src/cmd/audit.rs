@@ -46,7 +46,7 @@ async fn fetch(url: &str, id: &str) -> anyhow::Result<AuditReport> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_tracing("warn");
+    let _telemetry = init_tracing("warn");
     herald_core::ids::validate_id("id", &args.id)?;
     let report = match &args.url {
         Some(url) => fetch(url, &args.id).await?,

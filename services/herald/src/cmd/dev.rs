@@ -161,7 +161,7 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         );
     }
     let signal = shutdown_signal()?;
-    init_tracing("info");
+    let _telemetry = init_tracing("info");
     // Every connection is a file descriptor: take the whole allowance the system grants.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),

@@ -97,13 +97,85 @@ pub fn projection_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Logs to stderr at `RUST_LOG` (default `default_level`).
-pub fn init_tracing(default_level: &str) {
+pub fn init_tracing(default_level: &str) -> Telemetry {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (otel, provider) = match otlp_provider() {
+        Ok(Some(provider)) => {
+            use opentelemetry::trace::TracerProvider as _;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("herald"))
+                .with_filter(otlp_targets());
+            (Some(layer), Some(provider))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("warning: OTLP export is off: {e}");
+            (None, None)
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
         .try_init();
+    Telemetry(provider)
+}
+
+/// Spans exported over OTLP: Herald's own (HTTP requests, log appends, projector batches)
+/// at debug level, whatever the console's filter is.
+fn otlp_targets() -> tracing_subscriber::filter::Targets {
+    use tracing::Level;
+    tracing_subscriber::filter::Targets::new()
+        .with_target("herald", Level::DEBUG)
+        .with_target("herald_gateway", Level::DEBUG)
+        .with_target("herald_projector", Level::DEBUG)
+        .with_target("herald_embedded", Level::DEBUG)
+        .with_target("herald_kafka", Level::DEBUG)
+        .with_target("tower_http", Level::DEBUG)
+}
+
+/// The OTLP/HTTP span exporter, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: the standard OpenTelemetry variables, read by
+/// the exporter itself (`OTEL_BSP_*` tune the batch processor, `OTEL_SERVICE_NAME` the name).
+fn otlp_provider() -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .context("building the OTLP span exporter")?;
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "herald".into());
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    Ok(Some(provider))
+}
+
+/// Flushes exported spans when the command ends.
+pub struct Telemetry(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: flushing OTLP spans: {e}");
+        }
+    }
 }
 
 /// Opens an existing data directory's log read-only.

@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_tracing("warn");
+    let _telemetry = init_tracing("warn");
     let data: Value = serde_json::from_str(&args.data)
         .with_context(|| format!("--data is not valid JSON: {}", args.data))?;
     if args.to.is_empty() && args.group.is_empty() && args.topic.is_none() && !args.everyone {

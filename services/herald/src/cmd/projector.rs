@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_tracing("info");
+    let _telemetry = init_tracing("info");
     if args.kafka.kafka_brokers.is_none() {
         anyhow::bail!(
             "herald projector runs against Kafka: pass --kafka-brokers (or HERALD_KAFKA_BROKERS). \

@@ -53,7 +53,7 @@ impl Progress for Bar {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_tracing("warn");
+    let _telemetry = init_tracing("warn");
     // One consistent view of the live projection and the offsets it covers.
     let log = super::open_any_log_read_only(&args.kafka, &args.data_dir).await?;
     let (live_snapshot, offsets) = match &args.live_url {
