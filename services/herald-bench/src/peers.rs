@@ -249,6 +249,22 @@ impl Server {
         Ok(())
     }
 
+    /// Herald only: one batch request of notifications to `users` (one each), stamped `t_us`.
+    pub async fn publish_batch(&self, users: &[String], t_us: u64) -> anyhow::Result<()> {
+        let notifications: Vec<Value> = users
+            .iter()
+            .map(|u| json!({"recipients": {"users": [u]}, "event_type": "bench", "source": "bench", "data": {"t": t_us}}))
+            .collect();
+        let r = self
+            .http
+            .post(format!("{}/v1/notifications/batch", self.base()))
+            .json(&json!({"notifications": notifications}))
+            .send()
+            .await?;
+        ensure!(r.status().as_u16() == 202, "batch refused: {}", r.status());
+        Ok(())
+    }
+
     /// Herald's unread count for `user` (to know a backlog is in the projection).
     pub async fn unread(&self, token: &str) -> anyhow::Result<u64> {
         let v: Value = self

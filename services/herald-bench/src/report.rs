@@ -293,9 +293,11 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
             "\n### Durable ingest and projection rebuild\n\n| what | per second | vs raw SQLite |\n|---|---:|---:|\n\
              | raw SQLite inserts (WAL, synchronous=FULL, commit per 1000 rows), same run | {:.0} | 1.00 |\n\
              | Herald `POST /v1/notifications` answered 202 ({} in flight, one recipient each) | {:.0} | {:.3} |\n\
+             | Herald `POST /v1/notifications/batch`, {} per request ({} requests in flight) | {:.0} | {:.3} |\n\
              | `herald replay` rebuilding the projection ({} records) | {:.0} | |\n\n\
              Target: ingest ≥ 0.5 of raw; rebuild ≥ 200k records/s. The rebuilt projection equals the live one: {}.\n",
             f(ing, "raw_sqlite_records_per_s"), crate::suite::MAX_PUBLISHES_IN_FLIGHT, f(ing, "accepted_per_s"), f(ing, "ratio"),
+            crate::suite::BATCH, crate::suite::BATCHES_IN_FLIGHT, f(ing, "accepted_batched_per_s"), f(ing, "batched_ratio"),
             ing["replay_records"], f(ing, "replay_records_per_s"), ing["replay_equal"],
         ));
     }

@@ -17,6 +17,9 @@ use crate::peers::{Client, Server, Target, To, now_us};
 
 /// Most publish requests in flight at once.
 pub const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
+/// Notifications per request in the batched ingest, and batch requests in flight.
+pub const BATCH: usize = 100;
+pub const BATCHES_IN_FLIGHT: usize = 16;
 /// Longest a scenario waits for the messages it expects.
 pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Connections opened at once.
@@ -470,6 +473,19 @@ async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
     })
     .await?;
     let accepted = n as f64 / started.elapsed().as_secs_f64();
+    // The same number again, BATCH to a request.
+    let started = Instant::now();
+    bounded((0..n.div_ceil(BATCH)).collect(), BATCHES_IN_FLIGHT, |b| {
+        let server = &server;
+        async move {
+            let users: Vec<String> = (b * BATCH..((b + 1) * BATCH).min(n))
+                .map(|i| format!("u{}", i % 1000))
+                .collect();
+            server.publish_batch(&users, now_us()).await
+        }
+    })
+    .await?;
+    let accepted_batched = n as f64 / started.elapsed().as_secs_f64();
     // Let the projector finish, then rebuild the projection from the log.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let data = server.data_path().context("herald data dir")?;
@@ -496,6 +512,9 @@ async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
         "accepted_per_s": accepted.round(),
         "raw_sqlite_records_per_s": raw.round(),
         "ratio": (accepted / raw * 1000.0).round() / 1000.0,
+        "batch": BATCH,
+        "accepted_batched_per_s": accepted_batched.round(),
+        "batched_ratio": (accepted_batched / raw * 1000.0).round() / 1000.0,
         "replay_records": records,
         "replay_records_per_s": replay_rate.round(),
         "replay_equal": out.status.success(),

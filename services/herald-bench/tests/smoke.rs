@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The debug `herald`, which `cargo test --workspace` builds for its own tests (built here if
+/// missing; rebuild it when running this test alone after changing herald).
 fn herald_binary() -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/herald");
     if !target.exists() {

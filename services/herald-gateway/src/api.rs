@@ -110,6 +110,13 @@ impl ProducerBuckets {
             Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
         }
     }
+
+    /// Returns tokens a refused batch had taken.
+    fn give_back(&mut self, producer: &str, n: usize) {
+        if let Some((tokens, _)) = self.buckets.get_mut(producer) {
+            *tokens = (*tokens + n as f64).min(self.burst);
+        }
+    }
 }
 
 /// Connection limits (global and per user) and producer rate limits.
@@ -192,6 +199,7 @@ impl Drop for ConnectionGuard {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/notifications", post(post_notification))
+        .route("/v1/notifications/batch", post(post_notification_batch))
         .route("/v1/inbox", get(get_inbox))
         .route("/v1/inbox/unread-count", get(get_unread_count))
         .route("/v1/inbox/read", post(post_read))
@@ -315,33 +323,29 @@ async fn post_notification(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
-async fn accept(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Json<NotificationBody>, JsonRejection>,
-) -> Result<Accepted, AppError> {
-    let producer = state.auth.producer(headers, &state.config.open_producer)?;
-    if let Err(retry_after_secs) = state
-        .limits
-        .producers
-        .lock()
-        .expect("limits lock")
-        .take(&producer)
-    {
-        return Err(AppError::RateLimited {
-            producer,
-            retry_after_secs,
-        });
+/// Takes one token per notification from the producer's bucket (all or none).
+fn take_tokens(state: &AppState, producer: &str, n: usize) -> Result<(), AppError> {
+    let mut limits = state.limits.producers.lock().expect("limits lock");
+    for taken in 0..n {
+        if let Err(retry_after_secs) = limits.take(producer) {
+            limits.give_back(producer, taken);
+            return Err(AppError::RateLimited {
+                producer: producer.to_owned(),
+                retry_after_secs,
+            });
+        }
     }
-    let Json(body) = body?;
-    let header_key = headers
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .map(str::to_owned)
-                .map_err(|_| AppError::Invalid("Idempotency-Key must be visible ASCII".into()))
-        })
-        .transpose()?;
+    Ok(())
+}
+
+/// A notification request from one body: the key from the body or the header (`header_key`),
+/// validated.
+fn build_request(
+    producer: &str,
+    body: NotificationBody,
+    header_key: Option<String>,
+    traceparent: Option<String>,
+) -> Result<NotificationRequest, AppError> {
     let key = match (header_key, body.idempotency_key) {
         (Some(h), Some(b)) if h != b => {
             return Err(AppError::Invalid(
@@ -356,15 +360,10 @@ async fn accept(
         Some(p) => p.parse::<Priority>()?,
         None => Priority::Normal,
     };
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| t.len() <= 128)
-        .map(str::to_owned);
     let request = NotificationRequest {
-        notification_id: notification_id(&producer, &key),
+        notification_id: notification_id(producer, &key),
         idempotency_key: key,
-        producer,
+        producer: producer.to_owned(),
         recipients: body.recipients,
         event_type: body.event_type,
         source: body.source,
@@ -385,21 +384,134 @@ async fn accept(
         priority,
     };
     request.validate()?;
-    let record = request_record(
-        &RequestRecord::Notification(Box::new(request.clone())),
-        state.log.partitions(Topic::Requests),
-        now_ms(),
-    )?;
-    // 202 only once the append is durable.
-    let appended = state.log.append(Topic::Requests, vec![record]).await?;
-    let at = appended[0];
-    tracing::info!(notification_id = %request.notification_id, partition = at.partition, offset = at.offset, "notification accepted");
-    Ok(Accepted {
-        notification_id: request.notification_id,
-        idempotency_key: request.idempotency_key,
-        partition: at.partition,
-        offset: at.offset,
-    })
+    Ok(request)
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| t.len() <= 128)
+        .map(str::to_owned)
+}
+
+/// Appends requests in one call and answers for each. 202 only once the append is durable.
+async fn append_requests(
+    state: &AppState,
+    requests: Vec<NotificationRequest>,
+) -> Result<Vec<Accepted>, AppError> {
+    let partitions = state.log.partitions(Topic::Requests);
+    let records = requests
+        .iter()
+        .map(|r| {
+            request_record(
+                &RequestRecord::Notification(Box::new(r.clone())),
+                partitions,
+                now_ms(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let appended = state.log.append(Topic::Requests, records).await?;
+    Ok(requests
+        .into_iter()
+        .zip(appended)
+        .map(|(request, at)| {
+            tracing::info!(notification_id = %request.notification_id, partition = at.partition, offset = at.offset, "notification accepted");
+            Accepted {
+                notification_id: request.notification_id,
+                idempotency_key: request.idempotency_key,
+                partition: at.partition,
+                offset: at.offset,
+            }
+        })
+        .collect())
+}
+
+async fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<NotificationBody>, JsonRejection>,
+) -> Result<Accepted, AppError> {
+    let producer = state.auth.producer(headers, &state.config.open_producer)?;
+    take_tokens(state, &producer, 1)?;
+    let Json(body) = body?;
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| AppError::Invalid("Idempotency-Key must be visible ASCII".into()))
+        })
+        .transpose()?;
+    let request = build_request(&producer, body, header_key, traceparent(headers))?;
+    let mut accepted = append_requests(state, vec![request]).await?;
+    Ok(accepted.remove(0))
+}
+
+/// Most notifications in one batch request.
+pub const MAX_BATCH_NOTIFICATIONS: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    notifications: Vec<NotificationBody>,
+}
+
+/// `POST /v1/notifications/batch`: many notifications, validated all or none, appended in one
+/// call; the answers come in the same order. Each may carry its own `idempotency_key`.
+async fn post_notification_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<BatchBody>, JsonRejection>,
+) -> Result<impl IntoResponse, AppError> {
+    let result = accept_batch(&state, &headers, body).await;
+    telemetry::http_request(
+        "post_notification_batch",
+        result
+            .as_ref()
+            .map_or_else(|e| e.status().as_u16(), |_| 202),
+    );
+    let accepted = result?;
+    for _ in &accepted {
+        telemetry::notification_accepted();
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))))
+}
+
+async fn accept_batch(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<BatchBody>, JsonRejection>,
+) -> Result<Vec<Accepted>, AppError> {
+    let producer = state.auth.producer(headers, &state.config.open_producer)?;
+    let Json(body) = body?;
+    let n = body.notifications.len();
+    if n == 0 || n > MAX_BATCH_NOTIFICATIONS {
+        return Err(AppError::Invalid(format!(
+            "a batch holds 1 to {MAX_BATCH_NOTIFICATIONS} notifications, not {n}"
+        )));
+    }
+    if headers.contains_key("idempotency-key") {
+        return Err(AppError::Invalid(
+            "a batch takes an idempotency_key per notification, not the Idempotency-Key header"
+                .into(),
+        ));
+    }
+    let traceparent = traceparent(headers);
+    let mut requests = Vec::with_capacity(n);
+    let mut ids = std::collections::HashSet::with_capacity(n);
+    for (i, body) in body.notifications.into_iter().enumerate() {
+        let request = build_request(&producer, body, None, traceparent.clone())
+            .map_err(|e| AppError::Invalid(format!("notifications[{i}]: {e}")))?;
+        if !ids.insert(request.notification_id.clone()) {
+            return Err(AppError::Invalid(format!(
+                "notifications[{i}]: idempotency_key repeats an earlier one in this batch"
+            )));
+        }
+        requests.push(request);
+    }
+    take_tokens(state, &producer, n)?;
+    append_requests(state, requests).await
 }
 
 #[derive(Debug, Deserialize)]

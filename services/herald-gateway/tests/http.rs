@@ -562,3 +562,114 @@ async fn a_read_with_after_waits_for_the_projection() {
     stop.cancel();
     task.await.unwrap();
 }
+
+fn post_batch(body: Value) -> Request<Body> {
+    Request::post("/v1/notifications/batch")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_is_accepted_whole_in_order_with_per_item_keys() {
+    let env = env().await;
+    let item = |key: &str, user: &str| {
+        let mut v = valid();
+        v["idempotency_key"] = json!(key);
+        v["recipients"] = json!({"users": [user]});
+        v
+    };
+    let (s, b) = call(
+        &env,
+        post_batch(
+            json!({"notifications": [item("b-1", "ann"), item("b-2", "bob"), item("b-3", "cy")]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let accepted = b["accepted"].as_array().unwrap();
+    assert_eq!(accepted.len(), 3);
+    let keys: Vec<&str> = accepted
+        .iter()
+        .map(|a| a["idempotency_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["b-1", "b-2", "b-3"], "answers in request order");
+    assert_eq!(
+        request_records(&env).await,
+        3,
+        "one record per notification"
+    );
+    // The same key through the single endpoint is the same notification.
+    let (_, single) = call(&env, post(item("b-2", "bob").to_string(), None)).await;
+    assert_eq!(single["notification_id"], accepted[1]["notification_id"]);
+}
+
+async fn request_records(env: &Env) -> usize {
+    use herald_ports::EventLog;
+    let mut n = 0;
+    for p in 0..env.log.partitions(herald_ports::Topic::Requests) {
+        n += env
+            .log
+            .read(herald_ports::Topic::Requests, p, 0, 10_000)
+            .await
+            .unwrap()
+            .len();
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_item_appends_nothing() {
+    let env = env().await;
+    let mut bad = valid();
+    bad["event_type"] = json!("");
+    let cases = [
+        (json!({"notifications": [valid(), bad]}), "notifications[1]"),
+        (json!({"notifications": []}), "1 to 1000"),
+        (json!({"notifications": vec![valid(); 1001]}), ""),
+        (
+            json!({"notifications": [
+                {"idempotency_key": "same", "recipients": {"users": ["a"]}, "event_type": "t", "source": "s"},
+                {"idempotency_key": "same", "recipients": {"users": ["b"]}, "event_type": "t", "source": "s"},
+            ]}),
+            "repeats",
+        ),
+        (json!({"items": [valid()]}), ""),
+    ];
+    for (body, message) in cases {
+        let (s, b) = call(&env, post_batch(body)).await;
+        assert!(s.is_client_error(), "{s} {b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(message),
+            "{b}"
+        );
+    }
+    assert_eq!(request_records(&env).await, 0, "nothing appended");
+}
+
+#[tokio::test]
+async fn a_batch_over_the_rate_takes_no_tokens() {
+    let env = env_with(GatewayConfig {
+        producer_rate: 0.001,
+        producer_burst: 2.0,
+        ..dev_config()
+    })
+    .await;
+    let (s, b) = call(
+        &env,
+        post_batch(json!({"notifications": [valid(), valid(), valid()]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    let (s, b) = call(
+        &env,
+        post_batch(json!({"notifications": [valid(), valid()]})),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::ACCEPTED,
+        "the refused batch gave its tokens back: {b}"
+    );
+    assert_eq!(request_records(&env).await, 2);
+}
