@@ -110,6 +110,28 @@ impl Server {
         }
     }
 
+    /// Waits (bounded by GUARD) until the projection shows `n` unread for `user`.
+    async fn wait_unread(&self, user: &str, n: u64) {
+        let http = reqwest::Client::new();
+        let waited = std::time::Instant::now();
+        loop {
+            let v: Value = http
+                .get(format!("{}/v1/inbox/unread-count", self.http))
+                .bearer_auth(token(user, 3600))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["unread_count"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(waited.elapsed() < GUARD, "projection did not catch up: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn post(&self, users: &[&str], key: &str) -> String {
         let resp: Value = reqwest::Client::new()
             .post(format!("{}/v1/notifications", self.http))
@@ -269,23 +291,7 @@ async fn a_backlog_larger_than_the_replay_hold_arrives_whole() {
         .collect::<Vec<()>>()
         .await;
     // The whole backlog in the projection first, so what comes live is only the echo.
-    let waited = std::time::Instant::now();
-    loop {
-        let v: Value = http
-            .get(format!("{}/v1/inbox/unread-count", srv.http))
-            .bearer_auth(token("alice", 3600))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["unread_count"].as_u64() == Some(N as u64) {
-            break;
-        }
-        assert!(waited.elapsed() < GUARD, "backlog not projected: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    srv.wait_unread("alice", N as u64).await;
     let (mut c, _) = connect(&srv.ws, &bearer("alice"), "phone", None)
         .await
         .unwrap();
@@ -1095,26 +1101,7 @@ async fn a_slow_consumer_is_closed_and_loses_nothing() {
         ids.push(v["notification_id"].as_str().unwrap().to_owned());
     }
     // Wait until all 600 are in the projection, then connect and do not read.
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        let v: Value = http
-            .get(format!("{}/v1/inbox/unread-count", srv.http))
-            .bearer_auth(token("max", 600))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["unread_count"] == 600 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "projection did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    srv.wait_unread("max", 600).await;
     let (mut slow, _) = connect(&srv.ws, &bearer("max"), "phone", None)
         .await
         .unwrap();
