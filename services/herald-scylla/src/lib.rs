@@ -420,6 +420,25 @@ impl ScyllaProjection {
         &self.config
     }
 
+    /// The rows of a (possibly large) result, paged as they are read.
+    async fn stream<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<impl futures_util::Stream<Item = Result<R, ProjectionError>> + Unpin, ProjectionError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        Ok(self
+            .session
+            .execute_iter(st.clone(), values)
+            .await
+            .map_err(|e| storage("read")(&e))?
+            .rows_stream::<R>()
+            .map_err(|e| storage("read")(&e))?
+            .map_err(|e| storage("read")(&e)))
+    }
+
     /// All rows of a (possibly large) result, paged.
     async fn all<R>(
         &self,
@@ -429,15 +448,7 @@ impl ScyllaProjection {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm> + Send + 'static,
     {
-        self.session
-            .execute_iter(st.clone(), values)
-            .await
-            .map_err(|e| storage("read")(&e))?
-            .rows_stream::<R>()
-            .map_err(|e| storage("read")(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| storage("read")(&e))
+        self.stream(st, values).await?.try_collect().await
     }
 
     /// The first row of a point read.
@@ -680,6 +691,9 @@ impl ScyllaProjection {
         let st = &self.st;
         let ts = big(monotonic_micros());
         let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
+        // A member set's key: (name, shard of the user), user.
+        let member =
+            |name: &str, user: &str| vec![text(name), Some(CqlValue::Int(shard(user))), text(user)];
         let (st, values) = match w {
             DirectoryWrite::UpsertUser { user_id, roles } => {
                 (&st.set_roles, vec![text(&user_id), text(&json(&roles)), ts])
@@ -687,39 +701,18 @@ impl ScyllaProjection {
             DirectoryWrite::KnowUser { user_id } => (&st.know_user, vec![text(&user_id), ts]),
             DirectoryWrite::AddMember { group, user_id } => (
                 &st.add_member,
-                vec![
-                    text(&group),
-                    Some(CqlValue::Int(shard(&user_id))),
-                    text(&user_id),
-                    ts,
-                ],
+                [member(&group, &user_id), vec![ts]].concat(),
             ),
             DirectoryWrite::RemoveMember { group, user_id } => (
                 &st.del_member,
-                vec![
-                    ts,
-                    text(&group),
-                    Some(CqlValue::Int(shard(&user_id))),
-                    text(&user_id),
-                ],
+                [vec![ts], member(&group, &user_id)].concat(),
             ),
-            DirectoryWrite::Subscribe { topic, user_id } => (
-                &st.subscribe,
-                vec![
-                    text(&topic),
-                    Some(CqlValue::Int(shard(&user_id))),
-                    text(&user_id),
-                    ts,
-                ],
-            ),
+            DirectoryWrite::Subscribe { topic, user_id } => {
+                (&st.subscribe, [member(&topic, &user_id), vec![ts]].concat())
+            }
             DirectoryWrite::Unsubscribe { topic, user_id } => (
                 &st.unsubscribe,
-                vec![
-                    ts,
-                    text(&topic),
-                    Some(CqlValue::Int(shard(&user_id))),
-                    text(&user_id),
-                ],
+                [vec![ts], member(&topic, &user_id)].concat(),
             ),
             DirectoryWrite::DefineRole { role, topics } => {
                 (&st.define_role, vec![text(&role), text(&json(&topics)), ts])
@@ -1138,13 +1131,9 @@ impl ProjectionStore for ScyllaProjection {
         let mut out = Vec::new();
         for (b,) in buckets {
             let mut rows = self
-                .session
-                .execute_iter(self.st.rows_down.clone(), (user_id, b, before as i64))
-                .await
-                .map_err(|e| storage("read")(&e))?
-                .rows_stream::<RowTuple>()
-                .map_err(|e| storage("read")(&e))?;
-            while let Some(t) = rows.try_next().await.map_err(|e| storage("read")(&e))? {
+                .stream::<RowTuple>(&self.st.rows_down, (user_id, b, before as i64))
+                .await?;
+            while let Some(t) = rows.try_next().await? {
                 let r = to_row(t);
                 let wanted = match q.filter {
                     InboxFilter::Inbox => !r.archived,
@@ -1191,13 +1180,9 @@ impl ProjectionStore for ScyllaProjection {
                 .map(|(s,)| s)
                 .collect();
             let mut rows = self
-                .session
-                .execute_iter(self.st.rows_up.clone(), (user_id, b, lower))
-                .await
-                .map_err(|e| storage("read")(&e))?
-                .rows_stream::<RowTuple>()
-                .map_err(|e| storage("read")(&e))?;
-            while let Some(t) = rows.try_next().await.map_err(|e| storage("read")(&e))? {
+                .stream::<RowTuple>(&self.st.rows_up, (user_id, b, lower))
+                .await?;
+            while let Some(t) = rows.try_next().await? {
                 let r = to_row(t);
                 if r.listed() && r.due(now_ms) && !acked.contains(&(r.seq as i64)) {
                     out.push(r);
