@@ -6,6 +6,9 @@
 //! * [`partition`]: the stable user → partition hash, and [`cursor`]: epoch-tagged resume cursors.
 //! * [`projection`]: the inbox projection fold (`state × event → writes`) and its invariants.
 //! * [`batch`]: the fold over a cache of fetched facts, for stores read asynchronously.
+//! * [`delivery`]: one device's send window and redelivery timers; [`session`]: a device's
+//!   whole session (replay → live merge, ACKs, marks, flow) as a pure state machine.
+//! * [`time`]: RFC 3339 formatting and parsing over a documented range of Unix milliseconds.
 //! * [`mem`]: an in-memory projection state, used by unit and property tests and as the
 //!   canonical snapshot that adapters are compared against.
 #![forbid(unsafe_code)]
@@ -21,5 +24,7 @@ pub mod model;
 pub mod partition;
 pub mod projection;
 pub mod protocol;
+pub mod session;
+pub mod time;
 
 pub use error::CoreError;

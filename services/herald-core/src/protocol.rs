@@ -134,6 +134,30 @@ impl Close {
     }
 }
 
+/// The `notification` frame of an inbox row, for attempt `attempt` (1 = first send).
+pub fn notification_frame(
+    row: &crate::projection::InboxRow,
+    epoch: crate::cursor::Epoch,
+    attempt: u32,
+) -> ServerFrame {
+    ServerFrame::Notification {
+        id: row.notification_id.clone(),
+        cursor: crate::cursor::Cursor {
+            epoch,
+            seq: row.seq,
+        }
+        .to_string(),
+        seq: row.seq,
+        event_type: row.event_type.clone(),
+        source: row.source.clone(),
+        created_at: crate::time::format_rfc3339_millis(row.created_at),
+        data: serde_json::from_str(&row.payload).unwrap_or(Value::Null),
+        priority: row.priority.as_str().to_owned(),
+        collapse_key: row.collapse_key.clone(),
+        attempt,
+    }
+}
+
 /// Parses a client frame; the error says what is wrong, for the close reason.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {
     let frame: ClientFrame = serde_json::from_str(text).map_err(|e| {

@@ -1,0 +1,701 @@
+//! Property test of the session state machine against a model of the world around it: one
+//! user's log partition (with other users' records between), an inbox projection that trails
+//! the log, a hub that delivers every event from `live_from` on, a send queue drained by a
+//! writer, and a device that receives frames in order, dedupes by id and ACKs.
+//!
+//! Any interleaving of read answers, live events, ACKs, produced notifications, marks from
+//! other devices, projection progress, writer progress, ticks and reconnects must give, per
+//! session: first sends in increasing seq, no id first-sent twice, `replayed` between the
+//! replayed and the live notifications, nothing sent again after its ACK was handled; and in the
+//! end every notification the device had not acknowledged reaches it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use herald_core::cursor::{Cursor, Epoch};
+use herald_core::delivery::DeliveryConfig;
+use herald_core::model::{MarkChange, NotificationAcked, NotificationAdded, UserEvent};
+use herald_core::projection::InboxRow;
+use herald_core::protocol::{ClientFrame, ServerFrame};
+use herald_core::session::{
+    Action, Hello, Input, Io, Outgoing, Session, SessionConfig, Start, added_row,
+};
+use proptest::prelude::*;
+
+const USER: &str = "u";
+const DEVICE: &str = "d";
+const EPOCH: Epoch = Epoch(7);
+const CAPACITY: usize = 16;
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        delivery: DeliveryConfig {
+            max_in_flight: 3,
+            max_queued: 10_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 400,
+            max_redeliveries: 2,
+        },
+        replay_page: 4,
+        gap_chunk: 3,
+        max_held: 100_000,
+        send_reserve: 2,
+        ..SessionConfig::default()
+    }
+}
+
+fn added(id: &str) -> UserEvent {
+    UserEvent::Added(NotificationAdded {
+        user_id: USER.into(),
+        notification_id: id.into(),
+        event_type: "t".into(),
+        source: "s".into(),
+        payload: "{}".into(),
+        priority: Default::default(),
+        collapse_key: None,
+        deliver_at: None,
+        expires_at: None,
+        created_at: 0,
+        traceparent: None,
+    })
+}
+
+fn acked(device: &str, ids: Vec<String>, up_to: Option<i64>) -> UserEvent {
+    UserEvent::Acked(NotificationAcked {
+        user_id: USER.into(),
+        device_id: device.into(),
+        notification_ids: ids,
+        up_to,
+        at: 0,
+    })
+}
+
+fn read_elsewhere(ids: Vec<String>) -> UserEvent {
+    UserEvent::Read(MarkChange {
+        user_id: USER.into(),
+        device_id: Some("elsewhere".into()),
+        notification_ids: ids,
+        up_to: None,
+        at: 0,
+    })
+}
+
+/// A stream of choices the test draws from (proptest shrinks it).
+struct Dice {
+    rolls: Vec<u32>,
+    at: usize,
+}
+
+impl Dice {
+    fn roll(&mut self, n: u32) -> u32 {
+        let r = self.rolls.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        if n == 0 { 0 } else { r % n }
+    }
+
+    fn done(&self) -> bool {
+        self.at >= self.rolls.len()
+    }
+}
+
+/// The user's partition: offsets 0.. with this user's events at some of them (the others are
+/// other users' records).
+#[derive(Default)]
+struct Log {
+    events: BTreeMap<u64, UserEvent>,
+    end: u64,
+}
+
+impl Log {
+    fn append(&mut self, ev: UserEvent) -> u64 {
+        let at = self.end;
+        self.events.insert(at, ev);
+        self.end += 1;
+        at
+    }
+
+    fn other_user(&mut self) {
+        self.end += 1;
+    }
+
+    /// The first seq of every notification id, in the log before `before`.
+    fn first_seqs(&self, before: u64) -> BTreeMap<String, u64> {
+        let mut first = BTreeMap::new();
+        for (o, ev) in self.events.range(..before) {
+            if let UserEvent::Added(a) = ev {
+                first.entry(a.notification_id.clone()).or_insert(*o);
+            }
+        }
+        first
+    }
+
+    /// What the projection holds for the device after applying offsets below `applied`: rows
+    /// by seq, and the ones the device has ACKed (by id, or by cumulative cursor, each only
+    /// covering what precedes the ACK).
+    fn projection(&self, applied: u64) -> (BTreeMap<u64, String>, BTreeSet<u64>) {
+        let mut rows = BTreeMap::new();
+        let mut by_id: HashMap<String, u64> = HashMap::new();
+        let mut acked = BTreeSet::new();
+        let mut cursor: Option<u64> = None;
+        for (o, ev) in self.events.range(..applied) {
+            match ev {
+                UserEvent::Added(a) if !by_id.contains_key(&a.notification_id) => {
+                    by_id.insert(a.notification_id.clone(), *o);
+                    rows.insert(*o, a.notification_id.clone());
+                }
+                UserEvent::Acked(a) if a.device_id == DEVICE => {
+                    for id in &a.notification_ids {
+                        if let Some(s) = by_id.get(id).filter(|s| **s < *o) {
+                            acked.insert(*s);
+                        }
+                    }
+                    if let Some(u) = a.up_to.and_then(|u| u64::try_from(u).ok()) {
+                        let c = u.min(o - 1);
+                        cursor = Some(cursor.map_or(c, |x| x.max(c)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = cursor {
+            acked.extend(rows.range(..=c).map(|(s, _)| *s));
+        }
+        (rows, acked)
+    }
+
+    /// `pending(after, limit)` against the projection at `applied`.
+    fn pending(&self, applied: u64, after: Option<u64>, limit: usize) -> Vec<InboxRow> {
+        let (rows, acked) = self.projection(applied);
+        rows.iter()
+            .filter(|(s, _)| after.is_none_or(|a| **s > a) && !acked.contains(*s))
+            .take(limit)
+            .map(|(s, id)| match &self.events[s] {
+                UserEvent::Added(a) => {
+                    assert_eq!(&a.notification_id, id);
+                    added_row(a, *s)
+                }
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+}
+
+/// What one session did, for the per-session checks.
+#[derive(Default)]
+struct Trace {
+    first_sends: Vec<(u64, String)>,
+    /// Index into `first_sends` where `replayed` came, and its cursor.
+    replayed: Option<(usize, Option<u64>)>,
+    /// What the device ACKed in this session (by id, and cumulatively by seq), and sends of
+    /// it the session asked for after handling the ACK.
+    acked: HashSet<String>,
+    acked_through: Option<u64>,
+    sent_after_ack: Vec<String>,
+}
+
+/// The device: what it received (deduped by id) and its cursor.
+#[derive(Default)]
+struct Device {
+    received: BTreeMap<String, u64>,
+    unacked: Vec<String>,
+    cursor: Option<u64>,
+}
+
+struct Run {
+    log: Log,
+    applied: u64,
+    device: Device,
+}
+
+enum SessionEnd {
+    /// Closed by the session (e.g. slow consumer): reconnect.
+    Closed,
+    /// The script disconnected the device.
+    Disconnected,
+    /// Drained: nothing more to do.
+    Quiet,
+}
+
+impl Run {
+    /// Runs one session, with dice deciding what happens next; `drain` runs it to quiescence
+    /// with a fast writer and a device that ACKs everything.
+    fn session(&mut self, dice: &mut Dice, drain: bool) -> (Trace, SessionEnd) {
+        let cfg = config();
+        let mut trace = Trace::default();
+        let live_from = self.log.end;
+        let hello = Hello::parse(
+            DEVICE.into(),
+            self.device
+                .cursor
+                .map(|seq| Cursor { epoch: EPOCH, seq }.to_string())
+                .as_deref(),
+            EPOCH,
+        )
+        .unwrap();
+        let mut now = 1_000_000i64;
+        let mut queued = 0usize;
+        let mut written = 0u64;
+        let io = |now: i64, queued: usize, written: u64| Io {
+            now_ms: now,
+            room: CAPACITY - queued,
+            written,
+        };
+        let (mut session, first) = Session::new(
+            cfg,
+            Start {
+                user_id: USER.into(),
+                hello,
+                epoch: EPOCH,
+                session_id: "s".into(),
+                live_from,
+                projection_applied: self.applied,
+            },
+            io(now, queued, written),
+        );
+        // What the replay owes the device: every notification before `live_from` above its
+        // cursor that it had not acknowledged by then.
+        let owed: BTreeMap<u64, String> = {
+            let (rows, acked) = self.log.projection(live_from);
+            let cursor = self.device.cursor;
+            rows.into_iter()
+                .filter(|(s, _)| cursor.is_none_or(|c| *s > c) && !acked.contains(s))
+                .collect()
+        };
+        let mut emitted_first: HashSet<String> = HashSet::new();
+        let mut hub = live_from;
+        let mut read: Option<Action> = None;
+        let mut frames: VecDeque<Outgoing> = VecDeque::new();
+        let mut actions = first;
+        let mut quiet_rounds = 0;
+        loop {
+            // Perform the actions.
+            for a in std::mem::take(&mut actions) {
+                match a {
+                    Action::Send(f) => {
+                        if let Outgoing::Frame(frame) = &f
+                            && matches!(**frame, ServerFrame::Replayed { .. })
+                        {
+                            let missing: Vec<&String> = owed
+                                .iter()
+                                .filter(|(s, id)| {
+                                    !emitted_first.contains(*id)
+                                        && !trace.acked.contains(*id)
+                                        && trace.acked_through.is_none_or(|t| **s > t)
+                                })
+                                .map(|(_, id)| id)
+                                .collect();
+                            assert!(missing.is_empty(), "replayed before {missing:?} was sent");
+                        }
+                        if let Outgoing::Notification { row, attempt: 1 } = &f {
+                            emitted_first.insert(row.notification_id.clone());
+                        }
+                        if let Outgoing::Notification { row, .. } = &f
+                            && (trace.acked.contains(&row.notification_id)
+                                || trace.acked_through.is_some_and(|t| row.seq <= t))
+                        {
+                            trace.sent_after_ack.push(row.notification_id.clone());
+                        }
+                        if queued >= CAPACITY {
+                            // The real shell closes a session whose queue overflows.
+                            return (trace, SessionEnd::Closed);
+                        }
+                        queued += 1;
+                        frames.push_back(f);
+                    }
+                    Action::ReadPending { .. } | Action::ReadLog { .. } => {
+                        assert!(read.is_none(), "one read at a time");
+                        read = Some(a);
+                    }
+                    Action::Append(events) => {
+                        for ev in events {
+                            self.log.append(ev);
+                        }
+                    }
+                    Action::Close(_) => return (trace, SessionEnd::Closed),
+                }
+            }
+            let choice = if drain {
+                // Everything gets its turn: the writer, the device's ACKs, the read, the hub,
+                // and time.
+                quiet_rounds += 1;
+                match quiet_rounds % 6 {
+                    0 => 0,
+                    1 => 1,
+                    2 => 2,
+                    3 => 3,
+                    4 => 5,
+                    _ => 6,
+                }
+            } else {
+                if dice.done() {
+                    return (trace, SessionEnd::Disconnected);
+                }
+                dice.roll(10)
+            };
+            let input = match choice {
+                // The writer puts frames on the wire; the device receives them.
+                0 => {
+                    let n = if drain {
+                        CAPACITY
+                    } else {
+                        dice.roll(4) as usize
+                    };
+                    for _ in 0..n {
+                        let Some(f) = frames.pop_front() else { break };
+                        queued -= 1;
+                        written += 1;
+                        self.receive(f, &mut trace);
+                    }
+                    Input::Tick
+                }
+                // The device ACKs something it received (by id, or everything up to its cursor).
+                1 => {
+                    if self.device.unacked.is_empty() {
+                        Input::Tick
+                    } else if drain || dice.roll(3) > 0 {
+                        let take = if drain {
+                            self.device.unacked.len()
+                        } else {
+                            1 + dice.roll(self.device.unacked.len() as u32) as usize
+                        };
+                        let ids: Vec<String> = self.device.unacked.drain(..take).collect();
+                        trace.acked.extend(ids.iter().cloned());
+                        Input::Client(ClientFrame::Ack { ids, up_to: None })
+                    } else {
+                        let cursor = self.device.cursor.expect("received something");
+                        self.device.unacked.clear();
+                        trace.acked_through =
+                            Some(trace.acked_through.map_or(cursor, |t| t.max(cursor)));
+                        Input::Client(ClientFrame::Ack {
+                            ids: vec![],
+                            up_to: Some(
+                                Cursor {
+                                    epoch: EPOCH,
+                                    seq: cursor,
+                                }
+                                .to_string(),
+                            ),
+                        })
+                    }
+                }
+                // The read the session asked for is answered.
+                2 => match read.take() {
+                    Some(Action::ReadPending { after, limit }) => {
+                        Input::Pending(self.log.pending(self.applied, after, limit))
+                    }
+                    Some(Action::ReadLog { from, max }) => {
+                        let to = (from + max as u64).min(self.log.end);
+                        Input::Log {
+                            events: self
+                                .log
+                                .events
+                                .range(from..to)
+                                .map(|(o, e)| (*o, e.clone()))
+                                .collect(),
+                            next: (to > from).then_some(to),
+                        }
+                    }
+                    _ => Input::Tick,
+                },
+                // The hub delivers the next live event (deliveries are not forwarded).
+                3 => {
+                    let next = self
+                        .log
+                        .events
+                        .range(hub..)
+                        .next()
+                        .map(|(o, e)| (*o, e.clone()));
+                    match next {
+                        Some((o, ev)) => {
+                            hub = o + 1;
+                            if matches!(ev, UserEvent::Delivered(_)) {
+                                Input::Tick
+                            } else {
+                                Input::Live {
+                                    offset: o,
+                                    event: Arc::new(ev),
+                                }
+                            }
+                        }
+                        None => {
+                            hub = self.log.end;
+                            Input::Tick
+                        }
+                    }
+                }
+                // A producer notifies the user (sometimes a repeat of a notification the device
+                // has not acknowledged: a repeated expansion), or someone else writes.
+                4 => {
+                    match dice.roll(6) {
+                        0 => self.log.other_user(),
+                        1 => {
+                            let unacked: Vec<String> = self.device.unacked.clone();
+                            if let Some(id) = unacked.first() {
+                                self.log.append(added(id));
+                            }
+                        }
+                        2 => {
+                            let ids: Vec<String> =
+                                self.device.received.keys().take(2).cloned().collect();
+                            self.log.append(read_elsewhere(ids));
+                        }
+                        _ => {
+                            let id = format!("n{}", self.log.end);
+                            self.log.append(added(&id));
+                        }
+                    }
+                    Input::Tick
+                }
+                // The projection applies more of the log.
+                5 => {
+                    let step = if drain {
+                        u64::MAX
+                    } else {
+                        1 + dice.roll(4) as u64
+                    };
+                    self.applied = self.applied.saturating_add(step).min(self.log.end);
+                    Input::Tick
+                }
+                // Time passes.
+                _ => {
+                    now += if drain { 150 } else { dice.roll(300) as i64 };
+                    Input::Tick
+                }
+            };
+            if drain {
+                let idle = frames.is_empty()
+                    && read.is_none()
+                    && self.device.unacked.is_empty()
+                    && hub >= self.log.end
+                    && !session.replaying()
+                    && session.in_flight() == 0;
+                if idle && matches!(input, Input::Tick) {
+                    return (trace, SessionEnd::Quiet);
+                }
+                assert!(quiet_rounds < 100_000, "the session never went quiet");
+            }
+            actions = session.handle(io(now, queued, written), input);
+        }
+    }
+
+    /// The device gets a frame.
+    fn receive(&mut self, f: Outgoing, trace: &mut Trace) {
+        match f {
+            Outgoing::Notification { row, attempt } => {
+                let id = row.notification_id.clone();
+                if attempt == 1 {
+                    trace.first_sends.push((row.seq, id.clone()));
+                }
+                if !self.device.received.contains_key(&id) {
+                    self.device.received.insert(id.clone(), row.seq);
+                    self.device.unacked.push(id);
+                    self.device.cursor =
+                        Some(self.device.cursor.map_or(row.seq, |c| c.max(row.seq)));
+                }
+            }
+            Outgoing::Frame(f) => {
+                if let ServerFrame::Replayed { cursor } = *f {
+                    assert!(trace.replayed.is_none(), "one replayed per session");
+                    let seq = cursor.map(|c| c.parse::<Cursor>().unwrap().seq);
+                    trace.replayed = Some((trace.first_sends.len(), seq));
+                }
+            }
+        }
+    }
+}
+
+fn check_session(trace: &Trace) {
+    let seqs: Vec<u64> = trace.first_sends.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "first sends in increasing seq: {seqs:?}"
+    );
+    let ids: HashSet<&String> = trace.first_sends.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), trace.first_sends.len(), "an id first-sent twice");
+    assert!(
+        trace.sent_after_ack.is_empty(),
+        "sent after its ACK was handled: {:?}",
+        trace.sent_after_ack
+    );
+    if let Some((at, cursor)) = trace.replayed {
+        for (i, (seq, _)) in trace.first_sends.iter().enumerate() {
+            let replayed_part = cursor.is_some_and(|c| *seq <= c);
+            assert_eq!(
+                i < at,
+                replayed_part,
+                "replayed (cursor {cursor:?}) must separate the replay from live: {seqs:?}"
+            );
+        }
+    }
+}
+
+/// Builds a history of `n` steps and returns the run with its projection somewhere behind.
+fn history(dice: &mut Dice, n: usize) -> Run {
+    let mut log = Log::default();
+    let mut device = Device::default();
+    let mut ids: Vec<(String, u64)> = Vec::new();
+    for _ in 0..n {
+        match dice.roll(8) {
+            0 => log.other_user(),
+            1 if !ids.is_empty() => {
+                // The device ACKed some by id in an earlier session.
+                let (id, seq) = ids[dice.roll(ids.len() as u32) as usize].clone();
+                log.append(acked(DEVICE, vec![id.clone()], None));
+                device.received.insert(id, seq);
+            }
+            2 if !ids.is_empty() => {
+                let (id, _) = &ids[dice.roll(ids.len() as u32) as usize];
+                log.append(acked("other", vec![id.clone()], None));
+            }
+            3 if !ids.is_empty() => {
+                let (id, _) = &ids[dice.roll(ids.len() as u32) as usize];
+                log.append(read_elsewhere(vec![id.clone()]));
+            }
+            _ => {
+                let id = format!("n{}", log.end);
+                let seq = log.append(added(&id));
+                ids.push((id, seq));
+            }
+        }
+    }
+    // Sometimes the device resumes from a cursor, having processed everything up to it.
+    if !ids.is_empty() && dice.roll(2) == 0 {
+        let (_, seq) = ids[dice.roll(ids.len() as u32) as usize];
+        device.cursor = Some(seq);
+        for (id, s) in &ids {
+            if *s <= seq {
+                device.received.insert(id.clone(), *s);
+            }
+        }
+    }
+    let applied = dice.roll(log.end as u32 + 1) as u64;
+    Run {
+        log,
+        applied,
+        device,
+    }
+}
+
+fn run_case(rolls: Vec<u32>, history_len: usize, reconnects: usize) {
+    let mut dice = Dice { rolls, at: 0 };
+    let mut run = history(&mut dice, history_len);
+    let already: HashSet<String> = run.device.received.keys().cloned().collect();
+    let per_session = dice.rolls.len().saturating_sub(dice.at) / (reconnects + 1);
+    for _ in 0..reconnects {
+        let from = dice.at.min(dice.rolls.len());
+        let mut part = Dice {
+            rolls: dice.rolls[from..(from + per_session).min(dice.rolls.len())].to_vec(),
+            at: 0,
+        };
+        dice.at += per_session;
+        let (trace, _end) = run.session(&mut part, false);
+        check_session(&trace);
+    }
+    let (trace, end) = run.session(&mut dice, true);
+    check_session(&trace);
+    assert!(
+        matches!(end, SessionEnd::Quiet),
+        "the last session ends quiet"
+    );
+    // No gap: every notification of the user (first copy) the device had not processed before
+    // has reached it.
+    for (id, _) in run.log.first_seqs(run.log.end) {
+        assert!(
+            already.contains(&id) || run.device.received.contains_key(&id),
+            "{id} never reached the device"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_interleaving_gives_no_gap_no_duplicate_first_send_and_order(
+        rolls in prop::collection::vec(any::<u32>(), 0..400),
+        history_len in 0usize..40,
+        reconnects in 0usize..3,
+    ) {
+        run_case(rolls, history_len, reconnects);
+    }
+}
+
+#[test]
+fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
+    // n0 at seq 0 reaches the device; a repeat of it at seq 1 (a repeated expansion after a
+    // crash) arrives live. It is not a new notification.
+    let mut log = Log::default();
+    log.append(added("n0"));
+    let mut run = Run {
+        log,
+        applied: 1,
+        device: Device::default(),
+    };
+    let live_from = run.log.end;
+    let (mut s, first) = Session::new(
+        config(),
+        Start {
+            user_id: USER.into(),
+            hello: Hello::parse(DEVICE.into(), None, EPOCH).unwrap(),
+            epoch: EPOCH,
+            session_id: "s".into(),
+            live_from,
+            projection_applied: 1,
+        },
+        Io {
+            now_ms: 0,
+            room: CAPACITY,
+            written: 0,
+        },
+    );
+    assert!(
+        first
+            .iter()
+            .any(|a| matches!(a, Action::ReadPending { .. }))
+    );
+    let io = Io {
+        now_ms: 0,
+        room: CAPACITY,
+        written: 0,
+    };
+    let sent = |actions: &[Action]| -> Vec<(String, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(Outgoing::Notification { row, attempt }) => {
+                    Some((row.notification_id.clone(), *attempt))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let a = s.handle(io, Input::Pending(run.log.pending(1, None, 4)));
+    assert_eq!(sent(&a), vec![("n0".to_string(), 1)]);
+    let repeat = run.log.append(added("n0"));
+    let a = s.handle(
+        io,
+        Input::Live {
+            offset: repeat,
+            event: Arc::new(added("n0")),
+        },
+    );
+    assert!(sent(&a).is_empty(), "the repeat is not a new notification");
+    s.handle(
+        io,
+        Input::Client(ClientFrame::Ack {
+            ids: vec!["n0".into()],
+            up_to: None,
+        }),
+    );
+    assert_eq!(s.in_flight(), 0, "the ACK by id settled it");
+    let later = Io {
+        now_ms: 60_000,
+        room: CAPACITY,
+        written: 1,
+    };
+    assert!(
+        sent(&s.handle(later, Input::Tick)).is_empty(),
+        "never redelivered"
+    );
+    run.applied = run.log.end;
+}
