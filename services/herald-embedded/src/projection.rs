@@ -496,21 +496,23 @@ fn collect_strings(conn: &Connection, sql: &str, arg: &str) -> rusqlite::Result<
 }
 
 #[async_trait]
-impl ProjectionStore for EmbeddedProjection {
-    async fn consumer_offsets(
-        &self,
-        consumer: &str,
-    ) -> Result<BTreeMap<u32, u64>, ProjectionError> {
+impl AppliedOffsets for EmbeddedProjection {
+    async fn consumer_offsets(&self, stage: Stage) -> Result<BTreeMap<u32, u64>, ProjectionError> {
+        let consumer = stage.name();
         let consumer = consumer.to_owned();
         self.read(move |c| offsets_of(c, &consumer)).await
     }
+}
 
+#[async_trait]
+impl ProjectionWriter for EmbeddedProjection {
     async fn apply_user_events(
         &self,
-        consumer: &str,
+        stage: Stage,
         events: &[Positioned<UserEvent>],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, events, offsets) = (consumer.to_owned(), events.to_vec(), offsets.to_vec());
         self.write(move |tx| {
             // Skip what the stored offsets already cover (the write transaction holds SQLite's
@@ -530,10 +532,11 @@ impl ProjectionStore for EmbeddedProjection {
 
     async fn apply_directory(
         &self,
-        consumer: &str,
+        stage: Stage,
         changes: &[DirectoryChange],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, changes, offsets) =
             (consumer.to_owned(), changes.to_vec(), offsets.to_vec());
         self.write(move |tx| {
@@ -549,10 +552,11 @@ impl ProjectionStore for EmbeddedProjection {
 
     async fn define_roles(
         &self,
-        consumer: &str,
+        stage: Stage,
         roles: &[RoleDefinition],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, roles, offsets) = (consumer.to_owned(), roles.to_vec(), offsets.to_vec());
         self.write(move |tx| {
             for r in &roles {
@@ -563,28 +567,13 @@ impl ProjectionStore for EmbeddedProjection {
         .await
     }
 
-    async fn expanded(&self, ids: &[String]) -> Result<Vec<String>, ProjectionError> {
-        let ids = ids.to_vec();
-        self.read(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT 1 FROM expansions WHERE notification_id = ?1")?;
-            let mut out = Vec::new();
-            for id in ids {
-                if stmt.exists([&id])? {
-                    out.push(id);
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     async fn record_expansions(
         &self,
-        consumer: &str,
+        stage: Stage,
         expansions: &[(String, Vec<String>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, expansions, offsets) =
             (consumer.to_owned(), expansions.to_vec(), offsets.to_vec());
         self.write(move |tx| {
@@ -606,10 +595,11 @@ impl ProjectionStore for EmbeddedProjection {
 
     async fn schedule(
         &self,
-        consumer: &str,
+        stage: Stage,
         requests: &[(String, i64, Vec<u8>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, requests, offsets) =
             (consumer.to_owned(), requests.to_vec(), offsets.to_vec());
         self.write(move |tx| {
@@ -625,83 +615,10 @@ impl ProjectionStore for EmbeddedProjection {
         })
         .await
     }
+}
 
-    async fn due(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT notification_id, request FROM scheduled WHERE due_at <= ?1 ORDER BY due_at, notification_id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn expiring(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, ProjectionError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT user_id, notification_id FROM inbox WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
-                 AND expired = 0 AND archived = 0 AND superseded = 0 ORDER BY expires_at LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError> {
-        let r = recipients.clone();
-        self.read(move |c| {
-            let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
-            for g in &r.groups {
-                users.extend(collect_strings(
-                    c,
-                    "SELECT user_id FROM group_members WHERE group_id = ?1",
-                    g,
-                )?);
-            }
-            if let Some(t) = &r.topic {
-                for u in collect_strings(
-                    c,
-                    "SELECT user_id FROM topic_subscribers WHERE topic = ?1",
-                    t,
-                )? {
-                    if topic_allowed(c, &u, t)? {
-                        users.insert(u);
-                    }
-                }
-            }
-            if r.everyone {
-                let mut stmt = c.prepare_cached("SELECT user_id FROM users")?;
-                for u in stmt.query_map([], |r| r.get::<_, String>(0))? {
-                    users.insert(u?);
-                }
-            }
-            Ok(users.into_iter().collect())
-        })
-        .await
-    }
-
-    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
-        let id = notification_id.to_owned();
-        self.read(move |c| {
-            collect_strings(
-                c,
-                "SELECT user_id FROM expansion_users WHERE notification_id = ?1 ORDER BY user_id",
-                &id,
-            )
-        })
-        .await
-    }
-
+#[async_trait]
+impl InboxReader for EmbeddedProjection {
     async fn inbox(&self, user_id: &str, q: &InboxQuery) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, q) = (user_id.to_owned(), q.clone());
         self.read(move |c| {
@@ -793,7 +710,108 @@ impl ProjectionStore for EmbeddedProjection {
         })
         .await
     }
+}
 
+#[async_trait]
+impl DirectoryReader for EmbeddedProjection {
+    async fn expanded(&self, ids: &[String]) -> Result<Vec<String>, ProjectionError> {
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT 1 FROM expansions WHERE notification_id = ?1")?;
+            let mut out = Vec::new();
+            for id in ids {
+                if stmt.exists([&id])? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError> {
+        let r = recipients.clone();
+        self.read(move |c| {
+            let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
+            for g in &r.groups {
+                users.extend(collect_strings(
+                    c,
+                    "SELECT user_id FROM group_members WHERE group_id = ?1",
+                    g,
+                )?);
+            }
+            if let Some(t) = &r.topic {
+                for u in collect_strings(
+                    c,
+                    "SELECT user_id FROM topic_subscribers WHERE topic = ?1",
+                    t,
+                )? {
+                    if topic_allowed(c, &u, t)? {
+                        users.insert(u);
+                    }
+                }
+            }
+            if r.everyone {
+                let mut stmt = c.prepare_cached("SELECT user_id FROM users")?;
+                for u in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                    users.insert(u?);
+                }
+            }
+            Ok(users.into_iter().collect())
+        })
+        .await
+    }
+
+    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
+        let id = notification_id.to_owned();
+        self.read(move |c| {
+            collect_strings(
+                c,
+                "SELECT user_id FROM expansion_users WHERE notification_id = ?1 ORDER BY user_id",
+                &id,
+            )
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TimerQueries for EmbeddedProjection {
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT notification_id, request FROM scheduled WHERE due_at <= ?1 ORDER BY due_at, notification_id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn expiring(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, ProjectionError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, notification_id FROM inbox WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
+                 AND expired = 0 AND archived = 0 AND superseded = 0 ORDER BY expires_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Snapshots for EmbeddedProjection {
     async fn snapshot(&self) -> Result<ProjectionSnapshot, ProjectionError> {
         self.read(|c| {
             let tx = c.transaction()?;

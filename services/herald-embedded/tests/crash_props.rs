@@ -8,7 +8,7 @@
 
 use herald_embedded::{Access, EmbeddedProjection};
 use herald_ports::contract::generate::{end_offsets, reference, user_log};
-use herald_ports::projection::ProjectionStore;
+use herald_ports::prelude::*;
 use proptest::prelude::*;
 
 fn run(seed: u64, n: usize, batches: Vec<usize>, crashes: Vec<bool>) {
@@ -34,13 +34,19 @@ fn run(seed: u64, n: usize, batches: Vec<usize>, crashes: Vec<bool>) {
             let batch = &events[at..(at + size).min(events.len())];
             if crash {
                 // Writes land, offsets do not; then the process dies.
-                store.apply_user_events("inbox", batch, &[]).await.unwrap();
+                store
+                    .apply_user_events(herald_ports::Stage::Inbox, batch, &[])
+                    .await
+                    .unwrap();
                 drop(store);
                 store = EmbeddedProjection::open(&path, Access::ReadWrite)
                     .await
                     .unwrap();
                 // Resume from the stored offsets: the first event past them.
-                let stored = store.consumer_offsets("inbox").await.unwrap();
+                let stored = store
+                    .consumer_offsets(herald_ports::Stage::Inbox)
+                    .await
+                    .unwrap();
                 at = events
                     .iter()
                     .position(|e| e.offset >= stored.get(&e.partition).copied().unwrap_or(0))
@@ -55,7 +61,11 @@ fn run(seed: u64, n: usize, batches: Vec<usize>, crashes: Vec<bool>) {
                 );
             } else {
                 store
-                    .apply_user_events("inbox", batch, &end_offsets(&events[..at + batch.len()]))
+                    .apply_user_events(
+                        herald_ports::Stage::Inbox,
+                        batch,
+                        &end_offsets(&events[..at + batch.len()]),
+                    )
                     .await
                     .unwrap();
                 at += batch.len();

@@ -1,10 +1,19 @@
-//! The gateway's knobs, with defaults documented in docs/protocol.md and docs/operations.md.
+//! The gateway's knobs: defaults live here and only here (the CLI maps onto this struct), and
+//! [`GatewayConfig::validate`] says what is wrong before anything starts. Documented in
+//! docs/protocol.md and docs/operations.md.
 
 use std::time::Duration;
 
 use herald_core::delivery::DeliveryConfig;
+use herald_core::session::SessionConfig;
 
 use crate::auth::AuthConfig;
+
+/// Frames waiting for a connection's writer.
+pub const SEND_QUEUE: usize = 512;
+/// Room in the send queue kept for marks, errors and pongs: notifications only use the rest, so
+/// the server's own bursts (a replay) never overflow the queue.
+pub const SEND_RESERVE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -18,14 +27,14 @@ pub struct GatewayConfig {
     pub slow_consumer_timeout: Duration,
     /// How long a new connection may take to send `hello`.
     pub hello_timeout: Duration,
-    /// Most WebSocket connections at once.
+    /// Most WebSocket and SSE connections at once.
     pub max_connections: usize,
-    /// Most WebSocket connections of one user at once.
+    /// Most connections of one user at once.
     pub max_connections_per_user: usize,
     /// Client frames per second allowed per connection (sustained), and the burst.
     pub frame_rate: f64,
     pub frame_burst: f64,
-    /// Allowed `Origin`s for WebSocket upgrades; empty allows any.
+    /// Allowed `Origin`s for WebSocket and SSE connections; empty allows any.
     pub allowed_origins: Vec<String>,
     /// Producer name used when producers are open (`herald dev`).
     pub open_producer: String,
@@ -55,5 +64,110 @@ impl Default for GatewayConfig {
             producer_burst: 2_000.0,
             read_after_wait: Duration::from_secs(5),
         }
+    }
+}
+
+/// A setting out of its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct InvalidConfig {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn at_least(setting: &'static str, d: Duration, min: Duration) -> Result<(), InvalidConfig> {
+    if d < min {
+        return Err(InvalidConfig {
+            setting,
+            problem: format!(
+                "{} ms is below the minimum of {} ms",
+                d.as_millis(),
+                min.as_millis()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn positive(setting: &'static str, v: f64) -> Result<(), InvalidConfig> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(InvalidConfig {
+            setting,
+            problem: format!("{v} must be a positive number"),
+        });
+    }
+    Ok(())
+}
+
+impl GatewayConfig {
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let ms = Duration::from_millis;
+        at_least("heartbeat interval", self.heartbeat_interval, ms(100))?;
+        at_least("pong timeout", self.pong_timeout, ms(100))?;
+        at_least("slow-consumer timeout", self.slow_consumer_timeout, ms(100))?;
+        at_least("hello timeout", self.hello_timeout, ms(100))?;
+        at_least("read-after wait", self.read_after_wait, Duration::ZERO)?;
+        positive("frame rate", self.frame_rate)?;
+        positive("frame burst", self.frame_burst)?;
+        positive("producer rate", self.producer_rate)?;
+        positive("producer burst", self.producer_burst)?;
+        if self.max_connections == 0 {
+            return Err(InvalidConfig {
+                setting: "max connections",
+                problem: "must be at least 1".into(),
+            });
+        }
+        if self.max_connections_per_user == 0 {
+            return Err(InvalidConfig {
+                setting: "max connections per user",
+                problem: "must be at least 1".into(),
+            });
+        }
+        let d = &self.delivery;
+        if d.max_in_flight == 0 || d.max_queued == 0 {
+            return Err(InvalidConfig {
+                setting: "delivery window",
+                problem: "max in flight and max queued must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The per-session knobs these settings imply.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            delivery: self.delivery,
+            heartbeat_ms: self.heartbeat_interval.as_millis() as u64,
+            send_reserve: SEND_RESERVE,
+            slow_consumer_timeout_ms: self.slow_consumer_timeout.as_millis() as i64,
+            max_held: crate::hub::SESSION_LIVE_QUEUE * 4,
+            ..SessionConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_bad_settings_are_named() {
+        assert_eq!(GatewayConfig::default().validate(), Ok(()));
+        let bad = GatewayConfig {
+            heartbeat_interval: Duration::from_millis(5),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().setting, "heartbeat interval");
+        let bad = GatewayConfig {
+            producer_rate: f64::NAN,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().setting, "producer rate");
+        let bad = GatewayConfig {
+            max_connections_per_user: 0,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

@@ -4,7 +4,19 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+
+/// The body of every error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub code: &'static str,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -41,6 +53,8 @@ pub enum AppError {
     LogUnavailable(String),
     #[error("the projection is unavailable: {0}")]
     ProjectionUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl AppError {
@@ -61,6 +75,7 @@ impl AppError {
             AppError::LogUnavailable(_) | AppError::ProjectionUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -82,6 +97,7 @@ impl AppError {
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::LogUnavailable(_) => "log_unavailable",
             AppError::ProjectionUnavailable(_) => "projection_unavailable",
+            AppError::Internal(_) => "internal_error",
         }
     }
 }
@@ -91,7 +107,12 @@ impl IntoResponse for AppError {
         if self.status().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        };
         let mut resp = (self.status(), Json(body)).into_response();
         if let AppError::RateLimited {
             retry_after_secs, ..
@@ -118,7 +139,7 @@ impl From<JsonRejection> for AppError {
             JsonRejection::JsonDataError(e) => AppError::WrongShape(e.body_text()),
             JsonRejection::MissingJsonContentType(_) => AppError::UnsupportedMediaType,
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                AppError::TooLarge(crate::MAX_BODY_BYTES)
+                AppError::TooLarge(crate::limits::MAX_BODY_BYTES)
             }
             other => AppError::MalformedJson(other.body_text()),
         }
@@ -149,12 +170,24 @@ impl From<herald_ports::ProjectionError> for AppError {
     }
 }
 
-impl From<herald_projector::ProjectorError> for AppError {
-    fn from(e: herald_projector::ProjectorError) -> Self {
+impl From<herald_ports::AuditError> for AppError {
+    fn from(e: herald_ports::AuditError) -> Self {
         match e {
-            herald_projector::ProjectorError::Log(l) => l.into(),
-            herald_projector::ProjectorError::Projection(p) => p.into(),
-            herald_projector::ProjectorError::Encode(c) => c.into(),
+            herald_ports::AuditError::Log(l) => l.into(),
+            herald_ports::AuditError::Projection(p) => p.into(),
+        }
+    }
+}
+
+impl From<crate::limits::Refused> for AppError {
+    fn from(r: crate::limits::Refused) -> Self {
+        match r {
+            crate::limits::Refused::Global => {
+                AppError::TooManyConnections("the server is at its connection limit".into())
+            }
+            crate::limits::Refused::PerUser(max) => {
+                AppError::TooManyConnections(format!("at most {max} connections per user"))
+            }
         }
     }
 }

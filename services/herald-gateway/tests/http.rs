@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
 use herald_gateway::{AppState, AuthConfig, GatewayConfig, MAX_BODY_BYTES, app};
-use herald_ports::projection::ProjectionStore;
+use herald_ports::prelude::*;
 use herald_projector::Projector;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -27,6 +27,7 @@ fn dev_config() -> GatewayConfig {
             hs256_secret: Some(b"http-test".to_vec()),
             dev_login: true,
             open_producers: true,
+            open_operators: true,
             ..Default::default()
         },
         ..Default::default()
@@ -53,7 +54,15 @@ async fn env_with(config: GatewayConfig) -> Env {
             .await
             .unwrap(),
     );
-    let state = AppState::start(log.clone(), store.clone(), config, CancellationToken::new())
+    let ports = herald_gateway::Ports {
+        log: log.clone(),
+        inbox: store.clone(),
+        audit: Arc::new(herald_projector::audit::LogAuditor {
+            log: log.clone(),
+            store: store.clone(),
+        }),
+    };
+    let state = AppState::start(ports, config, CancellationToken::new())
         .await
         .unwrap();
     Env {

@@ -48,6 +48,7 @@ fn config() -> GatewayConfig {
             hs256_secret: Some(SECRET.to_vec()),
             dev_login: true,
             open_producers: true,
+            open_operators: true,
             ..Default::default()
         },
         ..Default::default()
@@ -71,7 +72,15 @@ async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
             .unwrap(),
     );
     let shutdown = CancellationToken::new();
-    let state = AppState::start(log.clone(), store.clone(), config, shutdown.clone())
+    let ports = herald_gateway::Ports {
+        log: log.clone(),
+        inbox: store.clone(),
+        audit: Arc::new(herald_projector::audit::LogAuditor {
+            log: log.clone(),
+            store: store.clone(),
+        }),
+    };
+    let state = AppState::start(ports, config, shutdown.clone())
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,6 +3,7 @@
 //! contract suite ([`contract`], behind the `contract` feature).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod log;
 pub mod projection;
 pub mod records;
@@ -11,7 +12,20 @@ pub mod telemetry;
 #[cfg(feature = "contract")]
 pub mod contract;
 
+pub use audit::{AuditEntry, AuditError, AuditReport, AuditSubject, Auditor};
 pub use log::{
     Appended, ConsumerEvent, EventLog, LogConsumer, LogError, Record, StoredRecord, Topic,
 };
-pub use projection::{InboxFilter, InboxQuery, Positioned, ProjectionError, ProjectionStore};
+pub use projection::{
+    AppliedOffsets, DirectoryReader, InboxFilter, InboxQuery, InboxReader, Positioned,
+    ProjectionError, ProjectionStore, ProjectionWriter, Snapshots, Stage, TimerQueries,
+};
+
+/// The role traits of the projection port, for code that holds a whole store and calls its
+/// methods (`use herald_ports::prelude::*`).
+pub mod prelude {
+    pub use crate::projection::{
+        AppliedOffsets, DirectoryReader, InboxReader, ProjectionStore, ProjectionWriter, Snapshots,
+        TimerQueries,
+    };
+}

@@ -1,8 +1,14 @@
 //! The projection port: per-user inboxes, device ACK state, the directory, the projector's own
 //! bookkeeping (consumed offsets, expanded requests), and the queries the gateway serves from.
 //!
+//! The port is split by the roles its callers have: [`ProjectionWriter`] (the projector's
+//! stages), [`InboxReader`] (the gateway), [`DirectoryReader`] (fanout), [`TimerQueries`] (the
+//! timer stage) and [`Snapshots`] (replay and tests); [`ProjectionStore`] is their union, which
+//! every adapter gets by implementing the roles. So the compiler enforces that the gateway does
+//! not write the projection.
+//!
 //! Every write method is idempotent; stores that can (embedded, PostgreSQL) also commit the
-//! consumer offsets in the same transaction as the writes they cover.
+//! stage offsets in the same transaction as the writes they cover.
 
 use std::collections::BTreeMap;
 
@@ -64,81 +70,100 @@ pub enum ProjectionError {
     Corrupt(String),
 }
 
-#[async_trait]
-pub trait ProjectionStore: Send + Sync + 'static {
-    /// Next offsets consumer `consumer` has durably applied, by partition.
-    async fn consumer_offsets(&self, consumer: &str)
-    -> Result<BTreeMap<u32, u64>, ProjectionError>;
+/// A projector stage: a consumer group on one topic, and the name its applied offsets are
+/// stored under in the projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    /// `requests` → `user-events`, directory and roles.
+    Fanout,
+    /// `user-events` → inbox rows.
+    Inbox,
+}
 
-    /// Folds user events (in log order per partition) and stores `offsets` for `consumer`.
+impl Stage {
+    pub const ALL: [Stage; 2] = [Stage::Fanout, Stage::Inbox];
+
+    /// The consumer-group suffix and the projection's consumer name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Fanout => "fanout",
+            Stage::Inbox => "inbox",
+        }
+    }
+
+    /// The topic the stage consumes.
+    pub fn topic(self) -> crate::log::Topic {
+        match self {
+            Stage::Fanout => crate::log::Topic::Requests,
+            Stage::Inbox => crate::log::Topic::UserEvents,
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How far each stage has applied the log. Readers and writers both need it.
+#[async_trait]
+pub trait AppliedOffsets: Send + Sync + 'static {
+    /// Next offsets stage `stage` has durably applied, by partition.
+    async fn consumer_offsets(&self, stage: Stage) -> Result<BTreeMap<u32, u64>, ProjectionError>;
+}
+
+/// What the projector writes. Every write is idempotent and stores the stage's offsets with
+/// the writes they cover (or after them).
+#[async_trait]
+pub trait ProjectionWriter: AppliedOffsets {
+    /// Folds user events (in log order per partition) and stores `offsets` for `stage`.
     async fn apply_user_events(
         &self,
-        consumer: &str,
+        stage: Stage,
         events: &[Positioned<UserEvent>],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError>;
 
-    /// Applies directory changes and stores `offsets` for `consumer`.
+    /// Applies directory changes and stores `offsets` for `stage`.
     async fn apply_directory(
         &self,
-        consumer: &str,
+        stage: Stage,
         changes: &[DirectoryChange],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError>;
 
-    /// Defines roles (RBAC) and stores `offsets` for `consumer`.
+    /// Defines roles (RBAC) and stores `offsets` for `stage`.
     async fn define_roles(
         &self,
-        consumer: &str,
+        stage: Stage,
         roles: &[RoleDefinition],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError>;
 
-    /// Of `notification_ids`, those already expanded into inbox events.
-    async fn expanded(&self, notification_ids: &[String]) -> Result<Vec<String>, ProjectionError>;
-
     /// Records requests as expanded (with their recipients), removes them from the schedule,
-    /// and stores `offsets` for `consumer`.
+    /// and stores `offsets` for `stage`.
     async fn record_expansions(
         &self,
-        consumer: &str,
+        stage: Stage,
         expansions: &[(String, Vec<String>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError>;
 
     /// Holds requests until their `deliver_at` (`(notification id, due ms, encoded request)`),
-    /// and stores `offsets` for `consumer`. Scheduling an id twice keeps one entry.
+    /// and stores `offsets` for `stage`. Scheduling an id twice keeps one entry.
     async fn schedule(
         &self,
-        consumer: &str,
+        stage: Stage,
         requests: &[(String, i64, Vec<u8>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError>;
+}
 
-    /// Scheduled requests due at `now_ms`, earliest first (expanding one removes it: see
-    /// `record_expansions`).
-    async fn due(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError>;
-
-    /// Listed rows whose `expires_at` is at or before `now_ms` and that have no `Expired` event
-    /// applied yet, as (user, notification id).
-    async fn expiring(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, ProjectionError>;
-
-    /// Recipients of a notification request, as of the directory now: sorted, each user once.
-    /// Topic subscribers are filtered by RBAC: a user with roles receives a topic only if one of
-    /// their roles lists it (or `*`); a user without roles receives every topic they follow.
-    async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError>;
-
-    /// The users a notification was expanded to (for audit); empty if never expanded.
-    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError>;
-
+/// What the gateway reads: inboxes, unread counts, what a device has not acknowledged. It has
+/// no way to write.
+#[async_trait]
+pub trait InboxReader: AppliedOffsets {
     async fn inbox(
         &self,
         user_id: &str,
@@ -170,7 +195,57 @@ pub trait ProjectionStore: Send + Sync + 'static {
         user_id: &str,
         notification_id: &str,
     ) -> Result<Option<InboxRow>, ProjectionError>;
+}
 
-    /// Everything, in canonical form (for replay comparison and tests).
+/// What the fanout reads: the directory and its own bookkeeping of expanded requests.
+#[async_trait]
+pub trait DirectoryReader: Send + Sync + 'static {
+    /// Of `notification_ids`, those already expanded into inbox events.
+    async fn expanded(&self, notification_ids: &[String]) -> Result<Vec<String>, ProjectionError>;
+
+    /// Recipients of a notification request, as of the directory now: sorted, each user once.
+    /// Topic subscribers are filtered by RBAC: a user with roles receives a topic only if one of
+    /// their roles lists it (or `*`); a user without roles receives every topic they follow.
+    async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError>;
+
+    /// The users a notification was expanded to (for audit); empty if never expanded.
+    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError>;
+}
+
+/// What the timer stage reads: scheduled requests and rows past their expiry.
+#[async_trait]
+pub trait TimerQueries: Send + Sync + 'static {
+    /// Scheduled requests due at `now_ms`, earliest first (expanding one removes it: see
+    /// `record_expansions`).
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError>;
+
+    /// Listed rows whose `expires_at` is at or before `now_ms` and that have no `Expired` event
+    /// applied yet, as (user, notification id).
+    async fn expiring(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, ProjectionError>;
+}
+
+/// The whole projection in canonical form (for `herald replay` and tests).
+#[async_trait]
+pub trait Snapshots: Send + Sync + 'static {
     async fn snapshot(&self) -> Result<ProjectionSnapshot, ProjectionError>;
+}
+
+/// A whole projection store: every role. Adapters implement the roles; this is their union,
+/// for the projector and the binary. The gateway only ever holds an [`InboxReader`].
+pub trait ProjectionStore:
+    ProjectionWriter + InboxReader + DirectoryReader + TimerQueries + Snapshots
+{
+}
+
+impl<T> ProjectionStore for T where
+    T: ProjectionWriter + InboxReader + DirectoryReader + TimerQueries + Snapshots + ?Sized
+{
 }

@@ -73,17 +73,18 @@ pub fn log_group_commit(records: usize) {
     metrics::histogram!(LOG_GROUP_COMMIT_RECORDS).record(records as f64);
 }
 
-pub fn projector_applied(stage: &'static str, events: usize, took: Duration) {
-    metrics::counter!(PROJECTOR_APPLIED_EVENTS, "stage" => stage).increment(events as u64);
-    metrics::histogram!(PROJECTOR_APPLY_SECONDS, "stage" => stage).record(took.as_secs_f64());
+pub fn projector_applied(stage: crate::Stage, events: usize, took: Duration) {
+    metrics::counter!(PROJECTOR_APPLIED_EVENTS, "stage" => stage.name()).increment(events as u64);
+    metrics::histogram!(PROJECTOR_APPLY_SECONDS, "stage" => stage.name())
+        .record(took.as_secs_f64());
 }
 
-pub fn projector_lag(stage: &'static str, records: u64) {
-    metrics::gauge!(PROJECTOR_LAG_RECORDS, "stage" => stage).set(records as f64);
+pub fn projector_lag(stage: crate::Stage, records: u64) {
+    metrics::gauge!(PROJECTOR_LAG_RECORDS, "stage" => stage.name()).set(records as f64);
 }
 
-pub fn projector_undecodable(stage: &'static str) {
-    metrics::counter!(PROJECTOR_UNDECODABLE, "stage" => stage).increment(1);
+pub fn projector_undecodable(stage: crate::Stage) {
+    metrics::counter!(PROJECTOR_UNDECODABLE, "stage" => stage.name()).increment(1);
 }
 
 pub fn projector_expanded(notifications: usize, duplicates: usize) {

@@ -457,11 +457,9 @@ impl PostgresProjection {
 }
 
 #[async_trait]
-impl ProjectionStore for PostgresProjection {
-    async fn consumer_offsets(
-        &self,
-        consumer: &str,
-    ) -> Result<BTreeMap<u32, u64>, ProjectionError> {
+impl AppliedOffsets for PostgresProjection {
+    async fn consumer_offsets(&self, stage: Stage) -> Result<BTreeMap<u32, u64>, ProjectionError> {
+        let consumer = stage.name();
         let consumer = consumer.to_owned();
         self.run(move |c| {
             Ok(c.query(
@@ -474,13 +472,17 @@ impl ProjectionStore for PostgresProjection {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ProjectionWriter for PostgresProjection {
     async fn apply_user_events(
         &self,
-        consumer: &str,
+        stage: Stage,
         events: &[Positioned<UserEvent>],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, events, offsets) = (consumer.to_owned(), events.to_vec(), offsets.to_vec());
         self.write(move |tx| {
             // Several projector replicas share this store, and during a rebalance two of them
@@ -504,10 +506,11 @@ impl ProjectionStore for PostgresProjection {
 
     async fn apply_directory(
         &self,
-        consumer: &str,
+        stage: Stage,
         changes: &[DirectoryChange],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, changes, offsets) =
             (consumer.to_owned(), changes.to_vec(), offsets.to_vec());
         self.write(move |tx| {
@@ -523,10 +526,11 @@ impl ProjectionStore for PostgresProjection {
 
     async fn define_roles(
         &self,
-        consumer: &str,
+        stage: Stage,
         roles: &[RoleDefinition],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, roles, offsets) = (consumer.to_owned(), roles.to_vec(), offsets.to_vec());
         self.write(move |tx| {
             for r in &roles {
@@ -537,26 +541,13 @@ impl ProjectionStore for PostgresProjection {
         .await
     }
 
-    async fn expanded(&self, ids: &[String]) -> Result<Vec<String>, ProjectionError> {
-        let ids = ids.to_vec();
-        self.run(move |c| {
-            Ok(c.query(
-                "SELECT notification_id FROM expansions WHERE notification_id = ANY($1)",
-                &[&ids],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-        })
-        .await
-    }
-
     async fn record_expansions(
         &self,
-        consumer: &str,
+        stage: Stage,
         expansions: &[(String, Vec<String>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, expansions, offsets) =
             (consumer.to_owned(), expansions.to_vec(), offsets.to_vec());
         self.write(move |tx| {
@@ -577,10 +568,11 @@ impl ProjectionStore for PostgresProjection {
 
     async fn schedule(
         &self,
-        consumer: &str,
+        stage: Stage,
         requests: &[(String, i64, Vec<u8>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let (consumer, requests, offsets) =
             (consumer.to_owned(), requests.to_vec(), offsets.to_vec());
         self.write(move |tx| {
@@ -595,88 +587,10 @@ impl ProjectionStore for PostgresProjection {
         })
         .await
     }
+}
 
-    async fn due(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
-        self.run(move |c| {
-            Ok(c.query(
-                "SELECT notification_id, request FROM scheduled WHERE due_at <= $1 ORDER BY due_at, notification_id LIMIT $2",
-                &[&now_ms, &(limit as i64)],
-            )?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
-        })
-        .await
-    }
-
-    async fn expiring(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, ProjectionError> {
-        self.run(move |c| {
-            Ok(c.query(
-                "SELECT user_id, notification_id FROM inbox WHERE expires_at IS NOT NULL AND expires_at <= $1 \
-                 AND NOT expired AND NOT archived AND NOT superseded ORDER BY expires_at LIMIT $2",
-                &[&now_ms, &(limit as i64)],
-            )?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
-        })
-        .await
-    }
-
-    async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError> {
-        let r = recipients.clone();
-        self.run(move |c| {
-            let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
-            for g in &r.groups {
-                users.extend(strings(
-                    c,
-                    "SELECT user_id FROM group_members WHERE group_id = $1",
-                    g,
-                )?);
-            }
-            if let Some(t) = &r.topic {
-                for u in strings(
-                    c,
-                    "SELECT user_id FROM topic_subscribers WHERE topic = $1",
-                    t,
-                )? {
-                    if topic_allowed(c, &u, t)? {
-                        users.insert(u);
-                    }
-                }
-            }
-            if r.everyone {
-                users.extend(
-                    c.query("SELECT user_id FROM users", &[])?
-                        .iter()
-                        .map(|r| r.get::<_, String>(0)),
-                );
-            }
-            Ok(users.into_iter().collect())
-        })
-        .await
-    }
-
-    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
-        let id = notification_id.to_owned();
-        self.run(move |c| {
-            strings(
-                c,
-                "SELECT user_id FROM expansion_users WHERE notification_id = $1 ORDER BY user_id",
-                &id,
-            )
-        })
-        .await
-    }
-
+#[async_trait]
+impl InboxReader for PostgresProjection {
     async fn inbox(&self, user_id: &str, q: &InboxQuery) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, q) = (user_id.to_owned(), q.clone());
         self.run(move |c| {
@@ -777,7 +691,111 @@ impl ProjectionStore for PostgresProjection {
         })
         .await
     }
+}
 
+#[async_trait]
+impl DirectoryReader for PostgresProjection {
+    async fn expanded(&self, ids: &[String]) -> Result<Vec<String>, ProjectionError> {
+        let ids = ids.to_vec();
+        self.run(move |c| {
+            Ok(c.query(
+                "SELECT notification_id FROM expansions WHERE notification_id = ANY($1)",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+        .await
+    }
+
+    async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError> {
+        let r = recipients.clone();
+        self.run(move |c| {
+            let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
+            for g in &r.groups {
+                users.extend(strings(
+                    c,
+                    "SELECT user_id FROM group_members WHERE group_id = $1",
+                    g,
+                )?);
+            }
+            if let Some(t) = &r.topic {
+                for u in strings(
+                    c,
+                    "SELECT user_id FROM topic_subscribers WHERE topic = $1",
+                    t,
+                )? {
+                    if topic_allowed(c, &u, t)? {
+                        users.insert(u);
+                    }
+                }
+            }
+            if r.everyone {
+                users.extend(
+                    c.query("SELECT user_id FROM users", &[])?
+                        .iter()
+                        .map(|r| r.get::<_, String>(0)),
+                );
+            }
+            Ok(users.into_iter().collect())
+        })
+        .await
+    }
+
+    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
+        let id = notification_id.to_owned();
+        self.run(move |c| {
+            strings(
+                c,
+                "SELECT user_id FROM expansion_users WHERE notification_id = $1 ORDER BY user_id",
+                &id,
+            )
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TimerQueries for PostgresProjection {
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
+        self.run(move |c| {
+            Ok(c.query(
+                "SELECT notification_id, request FROM scheduled WHERE due_at <= $1 ORDER BY due_at, notification_id LIMIT $2",
+                &[&now_ms, &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+        })
+        .await
+    }
+
+    async fn expiring(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, ProjectionError> {
+        self.run(move |c| {
+            Ok(c.query(
+                "SELECT user_id, notification_id FROM inbox WHERE expires_at IS NOT NULL AND expires_at <= $1 \
+                 AND NOT expired AND NOT archived AND NOT superseded ORDER BY expires_at LIMIT $2",
+                &[&now_ms, &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Snapshots for PostgresProjection {
     async fn snapshot(&self) -> Result<ProjectionSnapshot, ProjectionError> {
         self.run(|c| {
             let mut tx = c

@@ -1,46 +1,18 @@
 //! `herald audit`: every event about a notification or a user, in log order.
 
+use std::sync::Arc;
+
 use herald_core::codec;
 use herald_core::model::{Event, RequestRecord, UserEvent};
 use herald_core::partition::partition_for;
+use herald_ports::audit::{AuditEntry, AuditError, AuditReport, AuditSubject, Auditor};
 use herald_ports::log::{EventLog, StoredRecord, Topic};
-use herald_ports::projection::ProjectionStore;
-use serde::{Deserialize, Serialize};
+use herald_ports::projection::{DirectoryReader, InboxReader};
 
 use crate::ProjectorError;
 
 /// Records read per call while scanning a partition.
 const SCAN_CHUNK: usize = 4096;
-
-/// One line of an audit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// When the event happened (producer / device time), Unix ms.
-    pub at_ms: i64,
-    /// When the record was appended, Unix ms.
-    pub logged_ms: i64,
-    pub topic: String,
-    pub partition: u32,
-    pub offset: u64,
-    pub event: String,
-    pub user_id: Option<String>,
-    pub device_id: Option<String>,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditSubject {
-    Notification,
-    User,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditReport {
-    pub subject: AuditSubject,
-    pub id: String,
-    pub entries: Vec<AuditEntry>,
-}
 
 async fn scan<L: EventLog + ?Sized>(
     log: &L,
@@ -111,7 +83,7 @@ fn describe_ids(ids: &[String], up_to: Option<i64>) -> String {
 }
 
 /// Audits `id`: a notification id if any request or expansion knows it, else a user id.
-pub async fn audit<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
+pub async fn audit<L: EventLog + ?Sized, P: DirectoryReader + InboxReader + ?Sized>(
     log: &L,
     store: &P,
     id: &str,
@@ -213,4 +185,29 @@ pub async fn audit<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
         id: id.to_owned(),
         entries,
     })
+}
+
+/// The audit port over a log and a projection (what the gateway serves to operators).
+pub struct LogAuditor<L: ?Sized, P: ?Sized> {
+    pub log: Arc<L>,
+    pub store: Arc<P>,
+}
+
+#[async_trait::async_trait]
+impl<L, P> Auditor for LogAuditor<L, P>
+where
+    L: EventLog + ?Sized,
+    P: DirectoryReader + InboxReader + ?Sized,
+{
+    async fn audit(&self, id: &str) -> Result<AuditReport, AuditError> {
+        audit(self.log.as_ref(), self.store.as_ref(), id)
+            .await
+            .map_err(|e| match e {
+                ProjectorError::Log(l) => AuditError::Log(l),
+                ProjectorError::Projection(p) => AuditError::Projection(p),
+                ProjectorError::Encode(c) => {
+                    AuditError::Projection(herald_ports::ProjectionError::Corrupt(c.to_string()))
+                }
+            })
+    }
 }

@@ -20,15 +20,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use herald_core::codec;
 use herald_core::model::{DirectoryChange, Event, NotificationRequest, RequestRecord, UserEvent};
 use herald_ports::log::{ConsumerEvent, EventLog, LogError, StoredRecord, Topic};
-use herald_ports::projection::{Positioned, ProjectionError, ProjectionStore};
+use herald_ports::projection::{Positioned, ProjectionError, ProjectionStore, Stage};
 use herald_ports::records::user_event_record;
 use herald_ports::telemetry;
 use tokio_util::sync::CancellationToken;
 
-/// Consumer group (and projection consumer name) of the fanout stage.
-pub const FANOUT: &str = "fanout";
-/// Consumer group (and projection consumer name) of the inbox stage.
-pub const INBOX: &str = "inbox";
 /// Most records a stage takes from the log per batch.
 pub const MAX_BATCH_RECORDS: usize = 2048;
 /// Most per-user records appended by the fanout in one call.
@@ -96,8 +92,8 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
 
     /// Runs all stages (fanout, inbox, timers) until `shutdown` is cancelled or one fails.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
-        let fanout = self.run_stage(Topic::Requests, FANOUT, shutdown.clone());
-        let inbox = self.run_stage(Topic::UserEvents, INBOX, shutdown.clone());
+        let fanout = self.run_stage(Stage::Fanout, shutdown.clone());
+        let inbox = self.run_stage(Stage::Inbox, shutdown.clone());
         let timers = self.run_timers(shutdown.clone());
         let result = tokio::try_join!(fanout, inbox, timers).map(|_| ());
         if result.is_err() {
@@ -108,12 +104,12 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
 
     /// Runs only the fanout stage (requests → user events) until `shutdown`.
     pub async fn run_fanout(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
-        self.run_stage(Topic::Requests, FANOUT, shutdown).await
+        self.run_stage(Stage::Fanout, shutdown).await
     }
 
     /// Runs only the inbox stage (user events → projection) until `shutdown`.
     pub async fn run_inbox(&self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
-        self.run_stage(Topic::UserEvents, INBOX, shutdown).await
+        self.run_stage(Stage::Inbox, shutdown).await
     }
 
     /// The timer stage: expands scheduled requests when their `deliver_at` comes, and appends
@@ -173,19 +169,23 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
 
     async fn run_stage(
         &self,
-        topic: Topic,
-        stage: &'static str,
+        stage: Stage,
         shutdown: CancellationToken,
     ) -> Result<(), ProjectorError> {
-        let mut consumer = self.log.consumer(topic, stage).await?;
+        let topic = stage.topic();
+        let mut consumer = self.log.consumer(topic, stage.name()).await?;
         let mut last_lag = Instant::now() - LAG_INTERVAL;
         let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
-        tracing::info!(stage, topic = topic.name(), "projector stage started");
+        tracing::info!(
+            stage = stage.name(),
+            topic = topic.name(),
+            "projector stage started"
+        );
         loop {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    tracing::info!(stage, "projector stage stopped");
+                    tracing::info!(stage = stage.name(), "projector stage stopped");
                     return Ok(());
                 }
                 e = consumer.next(MAX_BATCH_RECORDS) => e?,
@@ -199,7 +199,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         consumer.seek(p, at)?;
                         positions.insert(p, at);
                     }
-                    tracing::info!(stage, ?positions, "partitions assigned");
+                    tracing::info!(stage = stage.name(), ?positions, "partitions assigned");
                 }
                 ConsumerEvent::Revoked(partitions) => {
                     // Each batch is finished before the next event is taken, so nothing of a
@@ -207,11 +207,14 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     for p in &partitions {
                         positions.remove(p);
                     }
-                    tracing::info!(stage, ?partitions, "partitions revoked");
+                    tracing::info!(stage = stage.name(), ?partitions, "partitions revoked");
                 }
                 ConsumerEvent::Records(records) => {
-                    let span =
-                        tracing::debug_span!("projector_batch", stage, records = records.len());
+                    let span = tracing::debug_span!(
+                        "projector_batch",
+                        stage = stage.name(),
+                        records = records.len()
+                    );
                     let _enter = span.enter();
                     let started = Instant::now();
                     let mut offsets = BTreeMap::new();
@@ -243,13 +246,13 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// before the offsets that cover it are stored (so a crash repeats it; never loses it).
     async fn dead_letter(
         &self,
-        stage: &'static str,
+        stage: Stage,
         r: &StoredRecord,
         reason: &str,
     ) -> Result<(), ProjectorError> {
         telemetry::projector_undecodable(stage);
         tracing::warn!(
-            stage,
+            stage = stage.name(),
             topic = r.topic.name(),
             partition = r.partition,
             offset = r.offset,
@@ -274,16 +277,16 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     event,
                 }),
                 Ok(Event::Request(_)) => {
-                    self.dead_letter(INBOX, r, "a request record on the user-events topic")
+                    self.dead_letter(Stage::Inbox, r, "a request record on the user-events topic")
                         .await?
                 }
-                Err(e) => self.dead_letter(INBOX, r, &e.to_string()).await?,
+                Err(e) => self.dead_letter(Stage::Inbox, r, &e.to_string()).await?,
             }
         }
         let mut offsets = BTreeMap::new();
         next_offsets(records, &mut offsets);
         self.store
-            .apply_user_events(INBOX, &events, &offsets_vec(&offsets))
+            .apply_user_events(Stage::Inbox, &events, &offsets_vec(&offsets))
             .await?;
         Ok(())
     }
@@ -299,13 +302,13 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 Ok(Event::Request(RequestRecord::Notification(n))) => {
                     if !run_directory.is_empty() {
                         self.store
-                            .apply_directory(FANOUT, &run_directory, &offsets_vec(&offsets))
+                            .apply_directory(Stage::Fanout, &run_directory, &offsets_vec(&offsets))
                             .await?;
                         run_directory.clear();
                     }
                     match n.validate() {
                         Ok(()) => run_requests.push(*n),
-                        Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
+                        Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
                     }
                 }
                 Ok(Event::Request(RequestRecord::Directory(d))) => {
@@ -315,14 +318,14 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     }
                     match d.validate() {
                         Ok(()) => run_directory.push(d),
-                        Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
+                        Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
                     }
                 }
                 Ok(Event::Request(RequestRecord::Role(role))) => {
                     // A role definition stands alone: flush what came before it, in order.
                     if !run_directory.is_empty() {
                         self.store
-                            .apply_directory(FANOUT, &run_directory, &offsets_vec(&offsets))
+                            .apply_directory(Stage::Fanout, &run_directory, &offsets_vec(&offsets))
                             .await?;
                         run_directory.clear();
                     }
@@ -334,24 +337,24 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     match role.validate() {
                         Ok(()) => {
                             self.store
-                                .define_roles(FANOUT, &[role], &offsets_vec(&offsets))
+                                .define_roles(Stage::Fanout, &[role], &offsets_vec(&offsets))
                                 .await?
                         }
-                        Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
+                        Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
                     }
                     continue;
                 }
                 Ok(Event::User(_)) => {
-                    self.dead_letter(FANOUT, r, "a user event on the requests topic")
+                    self.dead_letter(Stage::Fanout, r, "a user event on the requests topic")
                         .await?
                 }
-                Err(e) => self.dead_letter(FANOUT, r, &e.to_string()).await?,
+                Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
             }
             next_offsets(std::slice::from_ref(r), &mut offsets);
         }
         if !run_directory.is_empty() {
             self.store
-                .apply_directory(FANOUT, &run_directory, &offsets_vec(&offsets))
+                .apply_directory(Stage::Fanout, &run_directory, &offsets_vec(&offsets))
                 .await?;
         }
         if !run_requests.is_empty() || run_directory.is_empty() {
@@ -381,7 +384,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     bytes,
                 ));
             }
-            self.store.schedule(FANOUT, &entries, &[]).await?;
+            self.store.schedule(Stage::Fanout, &entries, &[]).await?;
         }
         let now_due: Vec<NotificationRequest> = now_due.into_iter().cloned().collect();
         self.expand_now(&now_due, offsets).await
@@ -432,7 +435,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         }
         // Only now, with the user events durable, is the request recorded as expanded.
         self.store
-            .record_expansions(FANOUT, &expansions, &offsets_vec(offsets))
+            .record_expansions(Stage::Fanout, &expansions, &offsets_vec(offsets))
             .await?;
         telemetry::projector_expanded(expansions.len(), duplicates);
         Ok(())
@@ -498,14 +501,20 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
                             Ok(Event::Request(RequestRecord::Directory(d))) => changes.push(d),
                             Ok(Event::Request(RequestRecord::Role(role))) => {
                                 store
-                                    .apply_directory(FANOUT, &std::mem::take(&mut changes), &[])
+                                    .apply_directory(
+                                        Stage::Fanout,
+                                        &std::mem::take(&mut changes),
+                                        &[],
+                                    )
                                     .await?;
-                                store.define_roles(FANOUT, &[role], &[]).await?;
+                                store.define_roles(Stage::Fanout, &[role], &[]).await?;
                             }
                             _ => {}
                         }
                     }
-                    store.apply_directory(FANOUT, &changes, &[(p, at)]).await?;
+                    store
+                        .apply_directory(Stage::Fanout, &changes, &[(p, at)])
+                        .await?;
                 }
                 Topic::UserEvents => {
                     let events: Vec<Positioned<UserEvent>> = records
@@ -519,7 +528,9 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
                             _ => None,
                         })
                         .collect();
-                    store.apply_user_events(INBOX, &events, &[(p, at)]).await?;
+                    store
+                        .apply_user_events(Stage::Inbox, &events, &[(p, at)])
+                        .await?;
                 }
             }
             applied += records.len() as u64;

@@ -7,10 +7,11 @@ use std::time::Duration;
 use herald_core::ids::notification_id;
 use herald_core::model::*;
 use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+use herald_ports::Stage;
 use herald_ports::log::{EventLog, Topic};
-use herald_ports::projection::ProjectionStore;
+use herald_ports::prelude::*;
 use herald_ports::records::request_record;
-use herald_projector::{FANOUT, INBOX, Projector, rebuild};
+use herald_projector::{Projector, rebuild};
 use tokio_util::sync::CancellationToken;
 
 struct Env {
@@ -76,7 +77,10 @@ async fn caught_up(env: &Env) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut behind = false;
-        for (topic, stage) in [(Topic::Requests, FANOUT), (Topic::UserEvents, INBOX)] {
+        for (topic, stage) in [
+            (Topic::Requests, Stage::Fanout),
+            (Topic::UserEvents, Stage::Inbox),
+        ] {
             let offsets = env.store.consumer_offsets(stage).await.unwrap();
             for p in 0..env.log.partitions(topic) {
                 let end = env.log.end_offset(topic, p).await.unwrap();

@@ -868,27 +868,29 @@ impl ScyllaProjection {
 }
 
 #[async_trait]
-impl ProjectionStore for ScyllaProjection {
-    async fn consumer_offsets(
-        &self,
-        consumer: &str,
-    ) -> Result<BTreeMap<u32, u64>, ProjectionError> {
+impl AppliedOffsets for ScyllaProjection {
+    async fn consumer_offsets(&self, stage: Stage) -> Result<BTreeMap<u32, u64>, ProjectionError> {
+        let consumer = stage.name();
         let rows: Vec<(i32, i64)> = self.all(&self.st.offsets_of, (consumer,)).await?;
         Ok(rows
             .into_iter()
             .map(|(p, o)| (p as u32, o as u64))
             .collect())
     }
+}
 
+#[async_trait]
+impl ProjectionWriter for ScyllaProjection {
     async fn apply_user_events(
         &self,
-        consumer: &str,
+        stage: Stage,
         events: &[Positioned<UserEvent>],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         // A replica that lost its partitions may still deliver a stale batch: skip what the
         // stored offsets cover (the timestamps make any race here harmless, see the module).
-        let applied = self.consumer_offsets(consumer).await?;
+        let applied = self.consumer_offsets(stage).await?;
         let events: Vec<&Positioned<UserEvent>> =
             events.iter().filter(|e| !e.covered_by(&applied)).collect();
         let mut state = BatchState::new();
@@ -942,10 +944,11 @@ impl ProjectionStore for ScyllaProjection {
 
     async fn apply_directory(
         &self,
-        consumer: &str,
+        stage: Stage,
         changes: &[DirectoryChange],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let stmts = changes
             .iter()
             .flat_map(projection::fold_directory)
@@ -957,10 +960,11 @@ impl ProjectionStore for ScyllaProjection {
 
     async fn define_roles(
         &self,
-        consumer: &str,
+        stage: Stage,
         roles: &[RoleDefinition],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let stmts = roles
             .iter()
             .map(|r| vec![self.directory_statements(projection::fold_role(r))])
@@ -969,21 +973,13 @@ impl ProjectionStore for ScyllaProjection {
         self.store_offsets(consumer, offsets).await
     }
 
-    async fn expanded(&self, ids: &[String]) -> Result<Vec<String>, ProjectionError> {
-        let found: Vec<Option<(String,)>> = stream::iter(ids.to_vec())
-            .map(|id| async move { self.one(&self.st.expansion, (id,)).await })
-            .buffered(FETCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().map(|(id,)| id).collect())
-    }
-
     async fn record_expansions(
         &self,
-        consumer: &str,
+        stage: Stage,
         expansions: &[(String, Vec<String>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         for (id, users) in expansions {
             // Who first, then the marker: "expanded" implies the audit list is complete.
             let who = users
@@ -1020,10 +1016,11 @@ impl ProjectionStore for ScyllaProjection {
 
     async fn schedule(
         &self,
-        consumer: &str,
+        stage: Stage,
         requests: &[(String, i64, Vec<u8>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
+        let consumer = stage.name();
         let ids: Vec<String> = requests.iter().map(|(id, ..)| id.clone()).collect();
         let done: BTreeSet<String> = self.expanded(&ids).await?.into_iter().collect();
         let groups = requests
@@ -1054,71 +1051,10 @@ impl ProjectionStore for ScyllaProjection {
         self.run_batches(groups).await?;
         self.store_offsets(consumer, offsets).await
     }
+}
 
-    async fn due(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
-        self.time_index(
-            &self.st.schedule_hours,
-            &self.st.due_in,
-            &self.st.del_schedule_hour,
-            now_ms,
-            limit,
-        )
-        .await
-    }
-
-    async fn expiring(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, ProjectionError> {
-        self.time_index(
-            &self.st.expiry_hours,
-            &self.st.expiring_in,
-            &self.st.del_expiry_hour,
-            now_ms,
-            limit,
-        )
-        .await
-    }
-
-    async fn resolve(&self, r: &Recipients) -> Result<Vec<String>, ProjectionError> {
-        let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
-        for g in &r.groups {
-            users.extend(self.members(&self.st.group_shard, g).await?);
-        }
-        if let Some(t) = &r.topic {
-            let subscribers = self.members(&self.st.topic_shard, t).await?;
-            let allowed: Vec<Option<String>> = stream::iter(subscribers)
-                .map(|u| async move {
-                    Ok::<_, ProjectionError>(self.topic_allowed(&u, t).await?.then_some(u))
-                })
-                .buffer_unordered(FETCH_CONCURRENCY)
-                .try_collect()
-                .await?;
-            users.extend(allowed.into_iter().flatten());
-        }
-        if r.everyone {
-            let ks = &self.config.keyspace;
-            let all: Vec<(String,)> = self
-                .scan(&format!("SELECT user_id FROM {ks}.users"))
-                .await?;
-            users.extend(all.into_iter().map(|(u,)| u));
-        }
-        Ok(users.into_iter().collect())
-    }
-
-    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
-        let mut users = self
-            .members(&self.st.expansion_shard, notification_id)
-            .await?;
-        users.sort();
-        Ok(users)
-    }
-
+#[async_trait]
+impl InboxReader for ScyllaProjection {
     async fn inbox(&self, user_id: &str, q: &InboxQuery) -> Result<Vec<InboxRow>, ProjectionError> {
         let before = q.before.unwrap_or(u64::MAX).min(i64::MAX as u64);
         let limit = q.limit.min(MAX_PAGE);
@@ -1217,7 +1153,89 @@ impl ProjectionStore for ScyllaProjection {
             None => Ok(None),
         }
     }
+}
 
+#[async_trait]
+impl DirectoryReader for ScyllaProjection {
+    async fn expanded(&self, ids: &[String]) -> Result<Vec<String>, ProjectionError> {
+        let found: Vec<Option<(String,)>> = stream::iter(ids.to_vec())
+            .map(|id| async move { self.one(&self.st.expansion, (id,)).await })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().map(|(id,)| id).collect())
+    }
+
+    async fn resolve(&self, r: &Recipients) -> Result<Vec<String>, ProjectionError> {
+        let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
+        for g in &r.groups {
+            users.extend(self.members(&self.st.group_shard, g).await?);
+        }
+        if let Some(t) = &r.topic {
+            let subscribers = self.members(&self.st.topic_shard, t).await?;
+            let allowed: Vec<Option<String>> = stream::iter(subscribers)
+                .map(|u| async move {
+                    Ok::<_, ProjectionError>(self.topic_allowed(&u, t).await?.then_some(u))
+                })
+                .buffer_unordered(FETCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+            users.extend(allowed.into_iter().flatten());
+        }
+        if r.everyone {
+            let ks = &self.config.keyspace;
+            let all: Vec<(String,)> = self
+                .scan(&format!("SELECT user_id FROM {ks}.users"))
+                .await?;
+            users.extend(all.into_iter().map(|(u,)| u));
+        }
+        Ok(users.into_iter().collect())
+    }
+
+    async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
+        let mut users = self
+            .members(&self.st.expansion_shard, notification_id)
+            .await?;
+        users.sort();
+        Ok(users)
+    }
+}
+
+#[async_trait]
+impl TimerQueries for ScyllaProjection {
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
+        self.time_index(
+            &self.st.schedule_hours,
+            &self.st.due_in,
+            &self.st.del_schedule_hour,
+            now_ms,
+            limit,
+        )
+        .await
+    }
+
+    async fn expiring(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, ProjectionError> {
+        self.time_index(
+            &self.st.expiry_hours,
+            &self.st.expiring_in,
+            &self.st.del_expiry_hour,
+            now_ms,
+            limit,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Snapshots for ScyllaProjection {
     async fn snapshot(&self) -> Result<ProjectionSnapshot, ProjectionError> {
         let ks = &self.config.keyspace;
         let mut s = ProjectionSnapshot::default();

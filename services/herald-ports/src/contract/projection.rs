@@ -21,7 +21,7 @@ pub trait ProjectionHarness: Send + Sync {
 
 async fn apply_in_batches<S: ProjectionStore>(
     store: &S,
-    consumer: &str,
+    consumer: Stage,
     events: &[Positioned<UserEvent>],
     batch: usize,
 ) {
@@ -71,7 +71,7 @@ fn for_user(user: &str, events: Vec<UserEvent>) -> Vec<Positioned<UserEvent>> {
 pub async fn applies_like_the_reference_fold<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
     let events = user_log(1, 600, 12, PARTITIONS);
-    apply_in_batches(&store, "inbox", &events, 37).await;
+    apply_in_batches(&store, Stage::Inbox, &events, 37).await;
     assert_matches_reference(&store, &events).await;
     for user in ["user-0", "user-5"] {
         let expected = reference(&events)
@@ -87,10 +87,10 @@ pub async fn applies_like_the_reference_fold<H: ProjectionHarness>(h: &H) {
 pub async fn reapplying_any_suffix_changes_nothing<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
     let events = user_log(2, 300, 6, PARTITIONS);
-    apply_in_batches(&store, "inbox", &events, 50).await;
+    apply_in_batches(&store, Stage::Inbox, &events, 50).await;
     // Redeliver suffixes of different lengths, in log order, as an at-least-once source would.
     for start in [250usize, 120, 0] {
-        apply_in_batches(&store, "inbox", &events[start..], 23).await;
+        apply_in_batches(&store, Stage::Inbox, &events[start..], 23).await;
         assert_matches_reference(&store, &events).await;
     }
 }
@@ -100,28 +100,43 @@ pub async fn reapplying_any_suffix_changes_nothing<H: ProjectionHarness>(h: &H) 
 pub async fn a_stale_batch_changes_nothing<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
     let events = user_log(5, 300, 6, PARTITIONS);
-    apply_in_batches(&store, "inbox", &events, 50).await;
+    apply_in_batches(&store, Stage::Inbox, &events, 50).await;
     for (start, end) in [(0usize, 150usize), (100, 290), (10, 40)] {
-        apply_in_batches(&store, "inbox", &events[start..end], 17).await;
+        apply_in_batches(&store, Stage::Inbox, &events[start..end], 17).await;
         assert_matches_reference(&store, &events).await;
     }
 }
 
 pub async fn offsets_are_stored_with_the_writes<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
-    assert!(store.consumer_offsets("inbox").await.unwrap().is_empty());
+    assert!(
+        store
+            .consumer_offsets(Stage::Inbox)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let events = user_log(3, 100, 5, PARTITIONS);
-    apply_in_batches(&store, "inbox", &events, 100).await;
-    let stored = store.consumer_offsets("inbox").await.unwrap();
+    apply_in_batches(&store, Stage::Inbox, &events, 100).await;
+    let stored = store.consumer_offsets(Stage::Inbox).await.unwrap();
     let expected: std::collections::BTreeMap<u32, u64> = end_offsets(&events).into_iter().collect();
     assert_eq!(stored, expected);
-    assert!(store.consumer_offsets("other").await.unwrap().is_empty());
+    assert!(
+        store
+            .consumer_offsets(Stage::Fanout)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // An empty batch can still move offsets (e.g. past undecodable records).
     store
-        .apply_user_events("inbox", &[], &[(0, 1_000)])
+        .apply_user_events(Stage::Inbox, &[], &[(0, 1_000)])
         .await
         .unwrap();
-    assert_eq!(store.consumer_offsets("inbox").await.unwrap()[&0], 1_000);
+    assert_eq!(
+        store.consumer_offsets(Stage::Inbox).await.unwrap()[&0],
+        1_000
+    );
 }
 
 pub async fn concurrent_writers_on_disjoint_partitions_match_the_reference<H: ProjectionHarness>(
@@ -138,14 +153,14 @@ pub async fn concurrent_writers_on_disjoint_partitions_match_the_reference<H: Pr
             .collect();
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            apply_in_batches(store.as_ref(), "inbox", &mine, 9).await;
+            apply_in_batches(store.as_ref(), Stage::Inbox, &mine, 9).await;
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
     assert_matches_reference(store.as_ref(), &events).await;
-    let stored = store.consumer_offsets("inbox").await.unwrap();
+    let stored = store.consumer_offsets(Stage::Inbox).await.unwrap();
     assert_eq!(stored, end_offsets(&events).into_iter().collect());
 }
 
@@ -192,7 +207,7 @@ pub async fn pending_is_what_the_device_has_not_acknowledged<H: ProjectionHarnes
     let seqs = |rows: Vec<herald_core::projection::InboxRow>| -> Vec<u64> {
         rows.iter().map(|r| r.seq).collect()
     };
-    apply_in_batches(&store, "inbox", &events, 4).await;
+    apply_in_batches(&store, Stage::Inbox, &events, 4).await;
     let phone = store.pending(u, "phone", None, NOW, 100).await.unwrap();
     assert_eq!(seqs(phone), vec![2, 10]);
     let laptop = store.pending(u, "laptop", None, NOW, 100).await.unwrap();
@@ -236,7 +251,7 @@ pub async fn pending_under_load_is_ordered_and_complete<H: ProjectionHarness>(h:
         at: NOW,
     }));
     let events = for_user(u, events);
-    apply_in_batches(&store, "inbox", &events, 500).await;
+    apply_in_batches(&store, Stage::Inbox, &events, 500).await;
     let expected: Vec<u64> = (500..n).filter(|i| i % 3 != 0).collect();
     let mut got = Vec::new();
     let mut after = None;
@@ -272,7 +287,7 @@ pub async fn inbox_pages_newest_first_with_filters<H: ProjectionHarness>(h: &H) 
         at: NOW,
     }));
     let events = for_user(u, events);
-    apply_in_batches(&store, "inbox", &events, 5).await;
+    apply_in_batches(&store, Stage::Inbox, &events, 5).await;
     let q = |filter, before, limit| InboxQuery {
         before,
         limit,
@@ -329,15 +344,15 @@ pub async fn directory_resolves_groups_topics_and_everyone<H: ProjectionHarness>
         change(DirectoryOp::UnsubscribeTopic, "ann", Some("releases")),
     ];
     store
-        .apply_directory("fanout", &changes, &[(0, 8)])
+        .apply_directory(Stage::Fanout, &changes, &[(0, 8)])
         .await
         .unwrap();
     // Replaying the same changes is harmless.
     store
-        .apply_directory("fanout", &changes, &[(0, 8)])
+        .apply_directory(Stage::Fanout, &changes, &[(0, 8)])
         .await
         .unwrap();
-    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&0], 8);
+    assert_eq!(store.consumer_offsets(Stage::Fanout).await.unwrap()[&0], 8);
     let r = |users: &[&str], groups: &[&str], topic: Option<&str>, everyone| Recipients {
         users: users.iter().map(|s| s.to_string()).collect(),
         groups: groups.iter().map(|s| s.to_string()).collect(),
@@ -365,7 +380,7 @@ pub async fn directory_resolves_groups_topics_and_everyone<H: ProjectionHarness>
     // Users who received a notification are known too.
     store
         .apply_user_events(
-            "inbox",
+            Stage::Inbox,
             &for_user("fay", vec![UserEvent::Added(added("fay", "n"))]),
             &[],
         )
@@ -383,7 +398,7 @@ pub async fn expansions_are_recorded<H: ProjectionHarness>(h: &H) {
     assert!(store.expanded(&ids).await.unwrap().is_empty());
     store
         .record_expansions(
-            "fanout",
+            Stage::Fanout,
             &[
                 ("a".into(), vec!["u1".into(), "u2".into()]),
                 ("c".into(), vec![]),
@@ -397,19 +412,19 @@ pub async fn expansions_are_recorded<H: ProjectionHarness>(h: &H) {
     assert_eq!(got, vec!["a", "c"]);
     assert_eq!(store.expansion_of("a").await.unwrap(), vec!["u1", "u2"]);
     assert!(store.expansion_of("b").await.unwrap().is_empty());
-    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&1], 10);
+    assert_eq!(store.consumer_offsets(Stage::Fanout).await.unwrap()[&1], 10);
 }
 
 pub async fn state_survives_reopen<H: ProjectionHarness>(h: &H) {
     let events = user_log(9, 200, 5, PARTITIONS);
     {
         let store = h.open().await;
-        apply_in_batches(&store, "inbox", &events, 64).await;
+        apply_in_batches(&store, Stage::Inbox, &events, 64).await;
     }
     let store = h.open().await;
     assert_matches_reference(&store, &events).await;
     assert_eq!(
-        store.consumer_offsets("inbox").await.unwrap(),
+        store.consumer_offsets(Stage::Inbox).await.unwrap(),
         end_offsets(&events).into_iter().collect()
     );
 }
@@ -418,7 +433,7 @@ pub async fn scheduled_requests_come_due_and_expired_rows_are_found<H: Projectio
     let store = h.open().await;
     store
         .schedule(
-            "fanout",
+            Stage::Fanout,
             &[
                 ("late".into(), NOW + 1_000, b"L".to_vec()),
                 ("early".into(), NOW - 1_000, b"E".to_vec()),
@@ -428,7 +443,7 @@ pub async fn scheduled_requests_come_due_and_expired_rows_are_found<H: Projectio
         )
         .await
         .unwrap();
-    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&0], 3);
+    assert_eq!(store.consumer_offsets(Stage::Fanout).await.unwrap()[&0], 3);
     assert_eq!(
         store.due(NOW, 10).await.unwrap(),
         vec![("early".to_string(), b"E".to_vec())]
@@ -438,12 +453,12 @@ pub async fn scheduled_requests_come_due_and_expired_rows_are_found<H: Projectio
     assert_eq!(both.len(), 2);
     // Expanding removes it from the schedule; an expanded id is never scheduled again.
     store
-        .record_expansions("fanout", &[("early".into(), vec!["u".into()])], &[])
+        .record_expansions(Stage::Fanout, &[("early".into(), vec!["u".into()])], &[])
         .await
         .unwrap();
     store
         .schedule(
-            "fanout",
+            Stage::Fanout,
             &[("early".into(), NOW - 1_000, b"E".to_vec())],
             &[],
         )
@@ -476,7 +491,7 @@ pub async fn scheduled_requests_come_due_and_expired_rows_are_found<H: Projectio
             }),
         ],
     );
-    apply_in_batches(&store, "inbox", &events, 10).await;
+    apply_in_batches(&store, Stage::Inbox, &events, 10).await;
     assert_eq!(
         store.expiring(NOW, 10).await.unwrap(),
         vec![(u.to_string(), "soon".to_string())]
@@ -484,7 +499,7 @@ pub async fn scheduled_requests_come_due_and_expired_rows_are_found<H: Projectio
     let p = events[0].partition;
     store
         .apply_user_events(
-            "inbox",
+            Stage::Inbox,
             &[pos(
                 p,
                 4,
@@ -513,7 +528,7 @@ pub async fn rbac_limits_topics_by_role<H: ProjectionHarness>(h: &H) {
     };
     store
         .apply_directory(
-            "fanout",
+            Stage::Fanout,
             &[
                 user(DirectoryOp::UpsertUser, "ops1", None, &["ops"]),
                 user(DirectoryOp::UpsertUser, "root", None, &["admin"]),
@@ -530,7 +545,7 @@ pub async fn rbac_limits_topics_by_role<H: ProjectionHarness>(h: &H) {
         .unwrap();
     store
         .define_roles(
-            "fanout",
+            Stage::Fanout,
             &[
                 RoleDefinition {
                     role: "ops".into(),
@@ -570,5 +585,5 @@ pub async fn rbac_limits_topics_by_role<H: ProjectionHarness>(h: &H) {
     let snap = store.snapshot().await.unwrap();
     assert_eq!(snap.roles["admin"], vec!["*"]);
     assert_eq!(snap.users["ops1"], vec!["ops"]);
-    assert_eq!(store.consumer_offsets("fanout").await.unwrap()[&0], 9);
+    assert_eq!(store.consumer_offsets(Stage::Fanout).await.unwrap()[&0], 9);
 }

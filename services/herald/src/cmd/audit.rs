@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use herald_projector::audit::{AuditReport, audit};
+use herald_ports::AuditReport;
+use herald_projector::audit::audit;
 use serde_json::Value;
 
 use super::{DEFAULT_DATA_DIR, init_tracing, rfc3339};

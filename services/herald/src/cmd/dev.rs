@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use herald_embedded::{Access, EmbeddedLog, LogOptions};
-use herald_gateway::{AppState, AuthConfig, GatewayConfig, app};
+use herald_gateway::{AppState, AuthConfig, GatewayConfig, Ports, app};
 use herald_projector::Projector;
 use tokio_util::sync::CancellationToken;
 
@@ -254,6 +254,8 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
             dev_login: mode == Mode::Dev,
             open_producers: mode == Mode::Dev && producer_keys.is_empty(),
             producer_keys,
+            open_operators: true,
+            ..Default::default()
         },
         producer_rate: args.producer_rate,
         producer_burst: args.producer_burst,
@@ -267,11 +269,17 @@ pub async fn serve(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         allowed_origins: args.allowed_origins.clone(),
         ..Default::default()
     };
-    let mut state = AppState::start(log.clone(), store.clone(), config, shutdown.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let ports = Ports {
+        log: log.clone(),
+        inbox: store.clone(),
+        audit: Arc::new(herald_projector::audit::LogAuditor {
+            log: log.clone(),
+            store: store.clone(),
+        }),
+    };
+    let mut state = AppState::start(ports, config, shutdown.clone()).await?;
     state.metrics = Some(Arc::new(move || prometheus.render()));
-    let limits = state.limits.clone();
+    let limits = state.connections.clone();
     let name = match mode {
         Mode::Dev => "herald dev",
         Mode::Gateway => "herald gateway",

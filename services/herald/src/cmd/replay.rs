@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use herald_embedded::{Access, EmbeddedProjection};
-use herald_ports::projection::ProjectionStore;
-use herald_projector::{FANOUT, INBOX, Progress, rebuild};
+use herald_ports::Stage;
+use herald_ports::prelude::*;
+use herald_projector::{Progress, rebuild};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{DEFAULT_DATA_DIR, init_tracing};
@@ -79,8 +80,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await?
         }
     };
-    let requests_end = offsets.get(FANOUT).cloned().unwrap_or_default();
-    let events_end = offsets.get(INBOX).cloned().unwrap_or_default();
+    let requests_end = offsets
+        .get(Stage::Fanout.name())
+        .cloned()
+        .unwrap_or_default();
+    let events_end = offsets
+        .get(Stage::Inbox.name())
+        .cloned()
+        .unwrap_or_default();
     let target = args.into.clone().unwrap_or_else(|| {
         args.data_dir
             .join(format!("replay-{}.db", std::process::id()))
@@ -94,7 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let existing = store.snapshot().await?;
             if !existing.rows.is_empty()
                 || !existing.users.is_empty()
-                || !store.consumer_offsets(INBOX).await?.is_empty()
+                || !store.consumer_offsets(Stage::Inbox).await?.is_empty()
             {
                 bail!(
                     "the store at --into-url already holds a projection: \

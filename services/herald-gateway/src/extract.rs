@@ -1,0 +1,90 @@
+//! Extractors: JSON bodies and query strings whose rejections are [`AppError`]s, and the
+//! callers the route groups' auth layers establish.
+//!
+//! A handler never sees a `HeaderMap` for auth nor a `JsonRejection`: it takes `AppJson<T>`,
+//! `AppQuery<T>`, and one of [`AuthUser`], [`Producer`], [`Operator`]. Those three are put in
+//! the request's extensions by the layer of the handler's route group (`routes::app`), which
+//! runs before any extractor; a handler outside its group fails with 500 rather than run
+//! unauthenticated.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Json, Query, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::AppError;
+use crate::auth::User;
+
+/// A JSON body; a bad one is `400 malformed_json`, `422 invalid_json_shape`, `413` or `415`.
+pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let Json(v) = Json::<T>::from_request(req, state)
+            .await
+            .map_err(|e: JsonRejection| AppError::from(e))?;
+        Ok(AppJson(v))
+    }
+}
+
+/// A query string; a bad one is `400 invalid_request`.
+pub struct AppQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Query(v) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: QueryRejection| AppError::from(e))?;
+        Ok(AppQuery(v))
+    }
+}
+
+/// The authenticated user (set by the user and realtime groups' layers).
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub User);
+
+/// The authenticated producer's name (set by the producer group's layer).
+#[derive(Debug, Clone)]
+pub struct Producer(pub String);
+
+/// The authenticated operator's name (set by the operator group's layer).
+#[derive(Debug, Clone)]
+pub struct Operator(pub String);
+
+fn established<T: Clone + Send + Sync + 'static>(parts: &Parts, what: &str) -> Result<T, AppError> {
+    parts.extensions.get::<T>().cloned().ok_or_else(|| {
+        tracing::error!(
+            route = %parts.uri.path(),
+            "a handler asked for the {what} outside its route group"
+        );
+        AppError::Internal(format!("no {what} was established for this route"))
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        established(parts, "user")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Producer {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        established(parts, "producer")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        established(parts, "operator")
+    }
+}

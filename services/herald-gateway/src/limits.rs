@@ -1,0 +1,227 @@
+//! Limits: one token bucket (producer rates, client frame rates), per-producer buckets, and the
+//! global and per-user connection limits. No I/O; the caller passes the time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Largest request body accepted, in bytes (413 beyond).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Most producers whose rate-limit buckets are remembered; beyond, full (idle) buckets are
+/// dropped.
+pub const MAX_PRODUCER_BUCKETS: usize = 10_000;
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up; starts full.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> TokenBucket {
+        let (rate, burst) = (rate.max(0.001), burst.max(1.0));
+        TokenBucket {
+            tokens: burst,
+            rate,
+            burst,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+    }
+
+    /// Takes `n` tokens, all or none; otherwise says how long until they are there.
+    pub fn take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
+        }
+    }
+
+    /// Whether the bucket is full at `now` (an idle bucket, safe to forget).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
+/// One token bucket per producer, bounded in number.
+pub struct ProducerLimits {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl ProducerLimits {
+    pub fn new(rate: f64, burst: f64) -> ProducerLimits {
+        ProducerLimits {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes `n` tokens (one per notification) from `producer`'s bucket, all or none; otherwise
+    /// the whole seconds until they are there (at least 1).
+    pub fn take(&self, producer: &str, n: usize) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("producer limits lock");
+        if buckets.len() >= MAX_PRODUCER_BUCKETS && !buckets.contains_key(producer) {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        buckets
+            .entry(producer.to_owned())
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
+            .take(n as f64, now)
+            .map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Global,
+    PerUser(usize),
+}
+
+/// The global and per-user connection limits.
+pub struct ConnectionLimits {
+    capacity: usize,
+    global: Arc<Semaphore>,
+    per_user: Mutex<HashMap<String, usize>>,
+    max_per_user: usize,
+}
+
+impl ConnectionLimits {
+    pub fn new(max: usize, max_per_user: usize) -> Arc<ConnectionLimits> {
+        Arc::new(ConnectionLimits {
+            capacity: max,
+            global: Arc::new(Semaphore::new(max)),
+            per_user: Mutex::new(HashMap::new()),
+            max_per_user,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.capacity - self.global.available_permits()
+    }
+
+    /// Waits (at most `timeout`) until every connection has ended.
+    pub async fn drained(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.open() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(open = self.open(), "connections still open at shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A slot for one connection of `user`, held until the guard drops.
+    pub fn acquire(self: &Arc<Self>, user: &str) -> Result<ConnectionGuard, Refused> {
+        let permit = self
+            .global
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Global)?;
+        let mut per = self.per_user.lock().expect("limits lock");
+        let n = per.entry(user.to_owned()).or_default();
+        if *n >= self.max_per_user {
+            if *n == 0 {
+                per.remove(user);
+            }
+            return Err(Refused::PerUser(self.max_per_user));
+        }
+        *n += 1;
+        Ok(ConnectionGuard {
+            _permit: permit,
+            limits: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+/// Held for the life of a connection.
+pub struct ConnectionGuard {
+    _permit: OwnedSemaphorePermit,
+    limits: Arc<ConnectionLimits>,
+    user: String,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut per = self.limits.per_user.lock().expect("limits lock");
+        if let Some(n) = per.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_refills_at_its_rate_up_to_its_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 3.0, t0);
+        for _ in 0..3 {
+            assert!(b.take(1.0, t0).is_ok());
+        }
+        let wait = b.take(1.0, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        assert!(b.take(1.0, t0 + Duration::from_millis(100)).is_ok());
+        assert!(b.is_full(t0 + Duration::from_secs(10)));
+        let later = t0 + Duration::from_secs(10);
+        assert!(b.take(3.0, later).is_ok(), "refilled to the burst");
+        assert!(b.take(1.0, later).is_err(), "and no further");
+    }
+
+    #[test]
+    fn taking_several_is_all_or_none() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1.0, 5.0, t0);
+        assert!(b.take(4.0, t0).is_ok());
+        assert!(b.take(2.0, t0).is_err());
+        assert!(b.take(1.0, t0).is_ok(), "the refused take took nothing");
+    }
+
+    #[test]
+    fn producers_have_buckets_of_their_own() {
+        let p = ProducerLimits::new(1.0, 2.0);
+        assert!(p.take("a", 2).is_ok());
+        assert_eq!(p.take("a", 1), Err(1));
+        assert!(p.take("b", 2).is_ok(), "b is not limited by a");
+        assert!(p.take("a", 3).is_err(), "more than the burst never fits");
+    }
+
+    #[tokio::test]
+    async fn connections_are_limited_globally_and_per_user() {
+        let l = ConnectionLimits::new(3, 2);
+        let a1 = l.acquire("a").unwrap();
+        let _a2 = l.acquire("a").unwrap();
+        assert!(matches!(l.acquire("a"), Err(Refused::PerUser(2))));
+        let _b = l.acquire("b").unwrap();
+        assert!(matches!(l.acquire("c"), Err(Refused::Global)));
+        drop(a1);
+        assert_eq!(l.open(), 2);
+        assert!(l.acquire("a").is_ok());
+    }
+}

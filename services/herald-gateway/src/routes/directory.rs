@@ -1,0 +1,156 @@
+//! The directory and roles (producers): users, group membership, topic subscriptions and the
+//! topics each role may receive. Each change is appended to the requests topic as an event;
+//! the projector applies it.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::put;
+use herald_core::ids::validate_id;
+use herald_core::model::{DirectoryChange, DirectoryOp, RequestRecord, RoleDefinition};
+use herald_ports::log::Topic;
+use herald_ports::records::request_record;
+use serde::{Deserialize, Serialize};
+
+use crate::AppError;
+use crate::clock::now_ms;
+use crate::extract::AppJson;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/users/{user}", put(put_user))
+        .route(
+            "/v1/groups/{group}/members/{user}",
+            put(put_member).delete(delete_member),
+        )
+        .route(
+            "/v1/topics/{topic}/subscribers/{user}",
+            put(put_subscriber).delete(delete_subscriber),
+        )
+        .route("/v1/roles/{role}", put(put_role))
+}
+
+/// Where a directory change landed in the log.
+#[derive(Debug, Serialize)]
+pub struct Recorded {
+    partition: u32,
+    offset: u64,
+}
+
+type Answer = Result<(StatusCode, Json<Recorded>), AppError>;
+
+/// Validates and appends a directory or role record; 202 once durable.
+async fn append(st: &AppState, record: RequestRecord) -> Answer {
+    match &record {
+        RequestRecord::Directory(d) => d.validate()?,
+        RequestRecord::Role(r) => r.validate()?,
+        RequestRecord::Notification(n) => n.validate()?,
+    }
+    let rec = request_record(&record, st.log.partitions(Topic::Requests), now_ms())?;
+    let at = st.log.append(Topic::Requests, vec![rec]).await?[0];
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Recorded {
+            partition: at.partition,
+            offset: at.offset,
+        }),
+    ))
+}
+
+fn change(
+    op: DirectoryOp,
+    user: String,
+    target: Option<String>,
+    roles: Vec<String>,
+) -> RequestRecord {
+    RequestRecord::Directory(DirectoryChange {
+        op,
+        user_id: user,
+        target,
+        roles,
+        at: now_ms(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+async fn put_user(
+    State(st): State<AppState>,
+    Path(user): Path<String>,
+    AppJson(body): AppJson<UserBody>,
+) -> Answer {
+    for r in &body.roles {
+        validate_id("roles", r)?;
+    }
+    append(&st, change(DirectoryOp::UpsertUser, user, None, body.roles)).await
+}
+
+async fn put_member(
+    State(st): State<AppState>,
+    Path((group, user)): Path<(String, String)>,
+) -> Answer {
+    append(
+        &st,
+        change(DirectoryOp::JoinGroup, user, Some(group), vec![]),
+    )
+    .await
+}
+
+async fn delete_member(
+    State(st): State<AppState>,
+    Path((group, user)): Path<(String, String)>,
+) -> Answer {
+    append(
+        &st,
+        change(DirectoryOp::LeaveGroup, user, Some(group), vec![]),
+    )
+    .await
+}
+
+async fn put_subscriber(
+    State(st): State<AppState>,
+    Path((topic, user)): Path<(String, String)>,
+) -> Answer {
+    append(
+        &st,
+        change(DirectoryOp::SubscribeTopic, user, Some(topic), vec![]),
+    )
+    .await
+}
+
+async fn delete_subscriber(
+    State(st): State<AppState>,
+    Path((topic, user)): Path<(String, String)>,
+) -> Answer {
+    append(
+        &st,
+        change(DirectoryOp::UnsubscribeTopic, user, Some(topic), vec![]),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    topics: Vec<String>,
+}
+
+async fn put_role(
+    State(st): State<AppState>,
+    Path(role): Path<String>,
+    AppJson(body): AppJson<RoleBody>,
+) -> Answer {
+    let record = RequestRecord::Role(RoleDefinition {
+        role,
+        topics: body.topics,
+        at: now_ms(),
+    });
+    append(&st, record).await
+}

@@ -1,0 +1,113 @@
+//! The HTTP API, one module per resource, each group of routes behind the check of who may
+//! call it (a layer, so a route cannot forget it):
+//!
+//! | group | who | routes |
+//! |---|---|---|
+//! | [`notifications`], [`directory`] | producers | `POST /v1/notifications[/batch]`, users, groups, topics, roles |
+//! | [`inbox`], ticket minting | users (Bearer JWT) | `/v1/inbox…`, `POST /v1/ack`, `POST /v1/ws-ticket` |
+//! | [`realtime`] | users (Bearer JWT or ticket), allowed origins | `GET /v1/ws`, `GET /v1/sse` |
+//! | [`ops`] | operators | `/v1/audit/…`, `/v1/status`, `/v1/presence`, `/metrics` |
+//! | [`web`] | anyone | `/healthz`, `/herald.js`; `herald dev`: `/`, `/demo.js`, `POST /v1/dev/token` |
+
+pub mod directory;
+pub mod inbox;
+pub mod notifications;
+pub mod ops;
+pub mod realtime;
+pub mod web;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::Response;
+use serde::Deserialize;
+
+use crate::AppError;
+use crate::extract::{AuthUser, Operator, Producer};
+use crate::limits::MAX_BODY_BYTES;
+use crate::state::AppState;
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let producers = notifications::routes()
+        .merge(directory::routes())
+        .route_layer(from_fn_with_state(state.clone(), require_producer));
+    let users = inbox::routes()
+        .merge(realtime::ticket_routes())
+        .route_layer(from_fn_with_state(state.clone(), require_user));
+    let realtime = realtime::routes().route_layer(from_fn_with_state(state.clone(), realtime_user));
+    let operators = ops::routes().route_layer(from_fn_with_state(state.clone(), require_operator));
+    Router::new()
+        .merge(producers)
+        .merge(users)
+        .merge(realtime)
+        .merge(operators)
+        .merge(web::routes())
+        .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn require_user(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let user = st.auth.user(req.headers())?;
+    req.extensions_mut().insert(AuthUser(user));
+    Ok(next.run(req).await)
+}
+
+async fn require_producer(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let producer = st.auth.producer(req.headers(), &st.config.open_producer)?;
+    req.extensions_mut().insert(Producer(producer));
+    Ok(next.run(req).await)
+}
+
+async fn require_operator(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let operator = st.auth.operator(req.headers())?;
+    req.extensions_mut().insert(Operator(operator));
+    Ok(next.run(req).await)
+}
+
+#[derive(Deserialize)]
+struct TicketParam {
+    #[serde(default)]
+    ticket: Option<String>,
+}
+
+/// WebSocket and SSE: the origin is checked first (a refused origin spends no ticket), then the
+/// user comes from `?ticket=` (browsers) or the Bearer token.
+async fn realtime_user(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    if !st.config.allowed_origins.is_empty() {
+        let origin = req
+            .headers()
+            .get("origin")
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        if !st.config.allowed_origins.iter().any(|o| o == origin) {
+            return Err(AppError::OriginForbidden(origin.to_owned()));
+        }
+    }
+    let Query(p) = Query::<TicketParam>::try_from_uri(req.uri())?;
+    let user = match p.ticket {
+        Some(t) => st.auth.redeem_ticket(&t)?,
+        None => st.auth.user(req.headers())?,
+    };
+    req.extensions_mut().insert(AuthUser(user));
+    Ok(next.run(req).await)
+}

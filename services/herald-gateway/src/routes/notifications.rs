@@ -1,0 +1,283 @@
+//! `POST /v1/notifications` and `POST /v1/notifications/batch` (producers).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use herald_core::ids::notification_id;
+use herald_core::model::{NotificationRequest, Priority, Recipients, RequestRecord};
+use herald_ports::log::Topic;
+use herald_ports::records::request_record;
+use herald_ports::telemetry;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::AppError;
+use crate::clock::now_ms;
+use crate::extract::{AppJson, Producer};
+use crate::state::AppState;
+
+/// Most notifications in one batch request.
+pub const MAX_BATCH_NOTIFICATIONS: usize = 1000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/notifications", post(post_notification))
+        .route("/v1/notifications/batch", post(post_batch))
+}
+
+/// A time given as Unix milliseconds or an RFC 3339 string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TimeInput {
+    Millis(i64),
+    Text(String),
+}
+
+impl TimeInput {
+    fn to_ms(&self, field: &'static str) -> Result<i64, AppError> {
+        match self {
+            TimeInput::Millis(ms) => Ok(*ms),
+            TimeInput::Text(t) => Ok(herald_core::time::parse_rfc3339(field, t)?),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationBody {
+    recipients: Recipients,
+    event_type: String,
+    source: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    collapse_key: Option<String>,
+    #[serde(default)]
+    deliver_at: Option<TimeInput>,
+    #[serde(default)]
+    expires_at: Option<TimeInput>,
+    /// Alternative to the `Idempotency-Key` header.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// The answer for one accepted notification.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    notification_id: String,
+    idempotency_key: String,
+    partition: u32,
+    offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AcceptedBatch {
+    accepted: Vec<Accepted>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    notifications: Vec<NotificationBody>,
+}
+
+async fn post_notification(
+    State(st): State<AppState>,
+    Producer(producer): Producer,
+    headers: HeaderMap,
+    body: Result<AppJson<NotificationBody>, AppError>,
+) -> Result<impl IntoResponse, AppError> {
+    let result = accept(&st, &producer, &headers, body).await;
+    telemetry::http_request(
+        "post_notification",
+        result
+            .as_ref()
+            .map_or_else(|e| e.status().as_u16(), |_| 202),
+    );
+    let accepted = result?;
+    telemetry::notification_accepted();
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+async fn accept(
+    st: &AppState,
+    producer: &str,
+    headers: &HeaderMap,
+    body: Result<AppJson<NotificationBody>, AppError>,
+) -> Result<Accepted, AppError> {
+    take_tokens(st, producer, 1)?;
+    let AppJson(body) = body?;
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| AppError::Invalid("Idempotency-Key must be visible ASCII".into()))
+        })
+        .transpose()?;
+    let request = build_request(producer, body, header_key, traceparent(headers))?;
+    let mut accepted = append_requests(st, vec![request]).await?;
+    Ok(accepted.remove(0))
+}
+
+/// `POST /v1/notifications/batch`: many notifications, validated all or none, appended in one
+/// call; the answers come in the same order. Each may carry its own `idempotency_key`.
+async fn post_batch(
+    State(st): State<AppState>,
+    Producer(producer): Producer,
+    headers: HeaderMap,
+    body: Result<AppJson<BatchBody>, AppError>,
+) -> Result<impl IntoResponse, AppError> {
+    let result = accept_batch(&st, &producer, &headers, body).await;
+    telemetry::http_request(
+        "post_notification_batch",
+        result
+            .as_ref()
+            .map_or_else(|e| e.status().as_u16(), |_| 202),
+    );
+    let accepted = result?;
+    for _ in &accepted {
+        telemetry::notification_accepted();
+    }
+    Ok((StatusCode::ACCEPTED, Json(AcceptedBatch { accepted })))
+}
+
+async fn accept_batch(
+    st: &AppState,
+    producer: &str,
+    headers: &HeaderMap,
+    body: Result<AppJson<BatchBody>, AppError>,
+) -> Result<Vec<Accepted>, AppError> {
+    let AppJson(body) = body?;
+    let n = body.notifications.len();
+    if n == 0 || n > MAX_BATCH_NOTIFICATIONS {
+        return Err(AppError::Invalid(format!(
+            "a batch holds 1 to {MAX_BATCH_NOTIFICATIONS} notifications, not {n}"
+        )));
+    }
+    if headers.contains_key("idempotency-key") {
+        return Err(AppError::Invalid(
+            "a batch takes an idempotency_key per notification, not the Idempotency-Key header"
+                .into(),
+        ));
+    }
+    let traceparent = traceparent(headers);
+    let mut requests = Vec::with_capacity(n);
+    let mut ids = std::collections::HashSet::with_capacity(n);
+    for (i, body) in body.notifications.into_iter().enumerate() {
+        let request = build_request(producer, body, None, traceparent.clone())
+            .map_err(|e| AppError::Invalid(format!("notifications[{i}]: {e}")))?;
+        if !ids.insert(request.notification_id.clone()) {
+            return Err(AppError::Invalid(format!(
+                "notifications[{i}]: idempotency_key repeats an earlier one in this batch"
+            )));
+        }
+        requests.push(request);
+    }
+    take_tokens(st, producer, n)?;
+    append_requests(st, requests).await
+}
+
+/// Takes one token per notification from the producer's bucket (all or none).
+fn take_tokens(st: &AppState, producer: &str, n: usize) -> Result<(), AppError> {
+    st.producers
+        .take(producer, n)
+        .map_err(|retry_after_secs| AppError::RateLimited {
+            producer: producer.to_owned(),
+            retry_after_secs,
+        })
+}
+
+/// A notification request from one body: the key from the body or the header (`header_key`),
+/// validated.
+fn build_request(
+    producer: &str,
+    body: NotificationBody,
+    header_key: Option<String>,
+    traceparent: Option<String>,
+) -> Result<NotificationRequest, AppError> {
+    let key = match (header_key, body.idempotency_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(AppError::Invalid(
+                "Idempotency-Key header and idempotency_key field differ".into(),
+            ));
+        }
+        (Some(k), _) | (None, Some(k)) => k,
+        // No key: the request cannot be retried safely, like an HTTP POST without one.
+        (None, None) => uuid::Uuid::new_v4().to_string(),
+    };
+    let priority = match &body.priority {
+        Some(p) => p.parse::<Priority>()?,
+        None => Priority::Normal,
+    };
+    let request = NotificationRequest {
+        notification_id: notification_id(producer, &key),
+        idempotency_key: key,
+        producer: producer.to_owned(),
+        recipients: body.recipients,
+        event_type: body.event_type,
+        source: body.source,
+        payload: serde_json::to_string(&body.data).expect("a Value serializes"),
+        collapse_key: body.collapse_key,
+        deliver_at: body
+            .deliver_at
+            .as_ref()
+            .map(|t| t.to_ms("deliver_at"))
+            .transpose()?,
+        expires_at: body
+            .expires_at
+            .as_ref()
+            .map(|t| t.to_ms("expires_at"))
+            .transpose()?,
+        created_at: now_ms(),
+        traceparent,
+        priority,
+    };
+    request.validate()?;
+    Ok(request)
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| t.len() <= 128)
+        .map(str::to_owned)
+}
+
+/// Appends requests in one call and answers for each. 202 only once the append is durable.
+async fn append_requests(
+    st: &AppState,
+    requests: Vec<NotificationRequest>,
+) -> Result<Vec<Accepted>, AppError> {
+    let partitions = st.log.partitions(Topic::Requests);
+    let records = requests
+        .iter()
+        .map(|r| {
+            request_record(
+                &RequestRecord::Notification(Box::new(r.clone())),
+                partitions,
+                now_ms(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let appended = st.log.append(Topic::Requests, records).await?;
+    Ok(requests
+        .into_iter()
+        .zip(appended)
+        .map(|(request, at)| {
+            tracing::info!(notification_id = %request.notification_id, partition = at.partition, offset = at.offset, "notification accepted");
+            Accepted {
+                notification_id: request.notification_id,
+                idempotency_key: request.idempotency_key,
+                partition: at.partition,
+                offset: at.offset,
+            }
+        })
+        .collect())
+}

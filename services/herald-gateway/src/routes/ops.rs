@@ -1,0 +1,107 @@
+//! Operator endpoints: audit, status (log ends, applied offsets, lag), presence, metrics.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use herald_core::ids::validate_id;
+use herald_ports::AuditReport;
+use herald_ports::projection::Stage;
+use serde::Serialize;
+
+use crate::AppError;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/audit/{id}", get(get_audit))
+        .route("/v1/status", get(get_status))
+        .route("/v1/presence", get(get_presence))
+        .route("/metrics", get(get_metrics))
+}
+
+async fn get_audit(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AuditReport>, AppError> {
+    validate_id("id", &id)?;
+    Ok(Json(st.audit.audit(&id).await?))
+}
+
+async fn get_metrics(State(st): State<AppState>) -> Result<String, AppError> {
+    match &st.metrics {
+        Some(render) => Ok(render()),
+        None => Err(AppError::NotFound),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageStatus {
+    topic: &'static str,
+    log_end_offsets: Vec<u64>,
+    applied_offsets: Vec<u64>,
+    lag_records: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    epoch: String,
+    stages: BTreeMap<&'static str, StageStatus>,
+}
+
+/// Log end offsets, the projector's applied offsets and the lag between them, per stage.
+async fn get_status(State(st): State<AppState>) -> Result<Json<Status>, AppError> {
+    let mut stages = BTreeMap::new();
+    for stage in Stage::ALL {
+        let topic = stage.topic();
+        let applied = st.inbox.consumer_offsets(stage).await?;
+        let mut log_end_offsets = Vec::new();
+        let mut applied_offsets = Vec::new();
+        let mut lag_records = 0u64;
+        for p in 0..st.log.partitions(topic) {
+            let end = st.log.end_offset(topic, p).await?;
+            let at = applied.get(&p).copied().unwrap_or(0);
+            lag_records += end.saturating_sub(at);
+            log_end_offsets.push(end);
+            applied_offsets.push(at);
+        }
+        stages.insert(
+            stage.name(),
+            StageStatus {
+                topic: topic.name(),
+                log_end_offsets,
+                applied_offsets,
+                lag_records,
+            },
+        );
+    }
+    Ok(Json(Status {
+        epoch: st.log.epoch().to_string(),
+        stages,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Online {
+    user_id: String,
+    devices: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Presence {
+    online: Vec<Online>,
+}
+
+/// Who is connected to this gateway, with which devices.
+async fn get_presence(State(st): State<AppState>) -> Json<Presence> {
+    Json(Presence {
+        online: st
+            .hub
+            .online()
+            .into_iter()
+            .map(|(user_id, devices)| Online { user_id, devices })
+            .collect(),
+    })
+}

@@ -1,0 +1,108 @@
+//! Live delivery: `GET /v1/ws` (WebSocket, protocol `herald.v1`), `GET /v1/sse` (the
+//! Server-Sent Events fallback), and `POST /v1/ws-ticket` (single-use tickets for browsers).
+//! The user is established by the realtime layer (ticket or Bearer token, after the origin
+//! check); these handlers check the protocol and the connection limits, then hand over to
+//! `session`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use herald_core::cursor::Cursor;
+use herald_core::ids::validate_id;
+use herald_core::protocol::{MAX_FRAME_BYTES, SUBPROTOCOL};
+use herald_core::session::Hello;
+use serde::{Deserialize, Serialize};
+
+use crate::AppError;
+use crate::auth::TICKET_TTL;
+use crate::extract::{AppQuery, AuthUser};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/ws", get(ws_upgrade))
+        .route("/v1/sse", get(sse))
+}
+
+/// Minting tickets needs a user token (it belongs to the user group).
+pub fn ticket_routes() -> Router<AppState> {
+    Router::new().route("/v1/ws-ticket", post(post_ticket))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ticket {
+    ticket: String,
+    expires_in: u64,
+}
+
+/// A single-use ticket for a browser's WebSocket.
+async fn post_ticket(State(st): State<AppState>, AuthUser(user): AuthUser) -> Json<Ticket> {
+    Json(Ticket {
+        ticket: st.auth.issue_ticket(&user),
+        expires_in: TICKET_TTL.as_secs(),
+    })
+}
+
+/// Checks the subprotocol and the limits, then upgrades.
+async fn ws_upgrade(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    let offered = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if !offered {
+        return Err(AppError::SubprotocolRequired);
+    }
+    let ws = ws.map_err(|e| AppError::Invalid(format!("expected a WebSocket upgrade: {e}")))?;
+    let guard = st.connections.acquire(&user.id)?;
+    Ok(ws
+        .protocols([SUBPROTOCOL])
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            crate::session::ws::run(st, user, socket).await;
+            drop(guard);
+        }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SseParams {
+    /// Redeemed by the realtime layer; listed so that unknown parameters are refused.
+    #[serde(default)]
+    #[allow(dead_code)]
+    ticket: Option<String>,
+    device_id: String,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// Server-Sent Events fallback: the same session as a WebSocket, frames as `data:` lines.
+async fn sse(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    AppQuery(p): AppQuery<SseParams>,
+) -> Result<Response, AppError> {
+    validate_id("device_id", &p.device_id)?;
+    if let Some(c) = &p.cursor {
+        c.parse::<Cursor>()?;
+    }
+    let hello = Hello::parse(p.device_id, p.cursor.as_deref(), st.log.epoch())
+        .map_err(|e| AppError::Invalid(e.reason))?;
+    let guard = st.connections.acquire(&user.id)?;
+    let stream = crate::session::sse::stream(st, user, hello, guard);
+    Ok(axum::response::sse::Sse::new(stream).into_response())
+}

@@ -1,0 +1,334 @@
+//! Sessions: the I/O shell around [`herald_core::session::Session`].
+//!
+//! The state machine decides what a device receives; this module only performs its actions:
+//! it subscribes to the hub, reads the projection and the log when asked, queues frames for the
+//! transport's writer, appends events, and feeds the machine its inputs (client frames, live
+//! events, read results, ticks). Transport concerns stay here too: the hello timeout, the
+//! heartbeat, token expiry, kicks, shutdown and the client frame rate. Each transport
+//! ([`ws`], [`sse`]) is a reader of [`Incoming`] and a writer of [`Out`].
+
+pub mod sse;
+pub mod ws;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use herald_core::codec;
+use herald_core::model::Event;
+use herald_core::projection::InboxRow;
+use herald_core::protocol::{ClientFrame, Close, ServerFrame};
+use herald_core::session::{Action, Ending, Hello, Input, Io, Outgoing, Session, Start};
+use herald_ports::log::Topic;
+use herald_ports::projection::Stage;
+use tokio::sync::mpsc;
+
+use crate::auth::User;
+use crate::clock::{now_ms, now_secs};
+use crate::hub::Registration;
+use crate::limits::TokenBucket;
+use crate::state::AppState;
+
+/// What a session sends, whatever the transport.
+pub enum Out {
+    /// Rendered by the writer (`herald_core::protocol::notification_frame`).
+    Notification {
+        row: Arc<InboxRow>,
+        attempt: u32,
+    },
+    /// Boxed: the queue allocates its slots 32 at a time, and an unboxed frame (about 220
+    /// bytes) made that first block alone about 7 KiB of every idle session.
+    Frame(Box<ServerFrame>),
+    Ping,
+    /// The last thing an SSE stream says (a WebSocket closes with a close frame instead).
+    Close(Close, String),
+}
+
+/// Why a session ended.
+pub enum End {
+    Close(Ending),
+    ClientGone,
+}
+
+impl End {
+    fn close(close: Close, reason: impl Into<String>) -> End {
+        End::Close(Ending::new(close, reason))
+    }
+}
+
+/// What a session receives, whatever the transport.
+pub enum Incoming {
+    Frame(ClientFrame),
+    /// Any sign of life (pings, pongs).
+    Activity,
+    End(End),
+}
+
+pub type IncomingStream = Pin<Box<dyn futures_util::Stream<Item = Incoming> + Send>>;
+
+/// The sending half of a transport: a bounded queue to its writer, and how many frames the
+/// writer has put on the wire.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Out>,
+    written: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Out>, Arc<AtomicU64>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let written = Arc::new(AtomicU64::new(0));
+        (
+            Outbox {
+                tx,
+                written: written.clone(),
+            },
+            rx,
+            written,
+        )
+    }
+
+    fn io(&self) -> Io {
+        Io {
+            now_ms: now_ms(),
+            room: self.tx.capacity(),
+            written: self.written.load(Ordering::Relaxed),
+        }
+    }
+
+    fn push(&self, out: Out) -> Result<(), End> {
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(End::close(Close::SlowConsumer, "send queue full"))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+        }
+    }
+
+    /// Queues the last frame of an SSE stream (waits for room: the session is over).
+    pub async fn close(&self, close: Close, reason: String) {
+        let _ = self.tx.send(Out::Close(close, reason)).await;
+    }
+}
+
+type Read = Pin<Box<dyn Future<Output = Input> + Send>>;
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+/// The session after `hello`, on any transport, until it ends. With `reap_silent`, a peer that
+/// shows no sign of life for a heartbeat interval plus the pong timeout is closed.
+pub async fn serve(
+    st: &AppState,
+    user: &User,
+    hello: Hello,
+    incoming: &mut IncomingStream,
+    outbox: &Outbox,
+    reap_silent: bool,
+) -> End {
+    // Subscribe first, then read history (projection, then the log gap), then merge.
+    let mut reg = st.hub.register(&user.id, &hello.device_id);
+    let end = drive(st, user, hello, incoming, outbox, reap_silent, &mut reg).await;
+    st.hub.unregister(&user.id, reg.id);
+    end
+}
+
+/// Performs a session's actions: frames to the outbox, reads as the next read, appends
+/// gathered into one.
+struct Shell<'a> {
+    st: &'a AppState,
+    user: &'a str,
+    device: String,
+    partition: u32,
+    outbox: &'a Outbox,
+}
+
+impl Shell<'_> {
+    fn perform(&self, actions: Vec<Action>, read: &mut Option<Read>) -> Result<(), End> {
+        let mut appends = Vec::new();
+        let mut result = Ok(());
+        for action in actions {
+            match action {
+                Action::Send(Outgoing::Notification { row, attempt }) => {
+                    result = self.outbox.push(Out::Notification { row, attempt });
+                }
+                Action::Send(Outgoing::Frame(f)) => result = self.outbox.push(Out::Frame(f)),
+                Action::ReadPending { after, limit } => {
+                    *read = Some(self.read_pending(after, limit))
+                }
+                Action::ReadLog { from, max } => *read = Some(self.read_log(from, max)),
+                Action::Append(events) => appends.extend(events),
+                Action::Close(ending) => result = Err(End::Close(ending)),
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if !appends.is_empty() {
+            self.st.append_user_events(appends);
+        }
+        result
+    }
+
+    fn read_pending(&self, after: Option<u64>, limit: usize) -> Read {
+        let (inbox, user, device) = (
+            self.st.inbox.clone(),
+            self.user.to_owned(),
+            self.device.clone(),
+        );
+        Box::pin(async move {
+            match inbox.pending(&user, &device, after, now_ms(), limit).await {
+                Ok(rows) => Input::Pending(rows),
+                Err(e) => Input::ReadFailed(e.to_string()),
+            }
+        })
+    }
+
+    fn read_log(&self, from: u64, max: usize) -> Read {
+        let (log, user, partition) = (self.st.log.clone(), self.user.to_owned(), self.partition);
+        Box::pin(async move {
+            match log.read(Topic::UserEvents, partition, from, max).await {
+                Ok(records) => Input::Log {
+                    next: records.last().map(|r| r.offset + 1),
+                    events: records
+                        .iter()
+                        .filter(|r| r.record.key == user)
+                        .filter_map(|r| match codec::decode(&r.record.value) {
+                            Ok(Event::User(ev)) => Some((r.offset, ev)),
+                            _ => None,
+                        })
+                        .collect(),
+                },
+                Err(e) => Input::ReadFailed(e.to_string()),
+            }
+        })
+    }
+}
+
+async fn drive(
+    st: &AppState,
+    user: &User,
+    hello: Hello,
+    incoming: &mut IncomingStream,
+    outbox: &Outbox,
+    reap_silent: bool,
+    reg: &mut Registration,
+) -> End {
+    let projection_applied = match st.inbox.consumer_offsets(Stage::Inbox).await {
+        Ok(o) => o.get(&reg.partition).copied().unwrap_or(0),
+        Err(e) => return End::close(Close::InternalError, e.to_string()),
+    };
+    let shell = Shell {
+        st,
+        user: &user.id,
+        device: hello.device_id.clone(),
+        partition: reg.partition,
+        outbox,
+    };
+    let start = Start {
+        user_id: user.id.clone(),
+        hello,
+        epoch: st.log.epoch(),
+        session_id: format!("{}-{}", reg.id, uuid::Uuid::new_v4().simple()),
+        live_from: reg.live_from,
+        projection_applied,
+    };
+    let (mut session, actions) = Session::new(st.session, start, outbox.io());
+    let mut read: Option<Read> = None;
+    let end = match shell.perform(actions, &mut read) {
+        Err(end) => end,
+        Ok(()) => {
+            run(
+                st,
+                &shell,
+                &mut session,
+                &mut read,
+                incoming,
+                user.exp,
+                reap_silent,
+                reg,
+            )
+            .await
+        }
+    };
+    // Whatever ended it, the ACKs and deliveries gathered still go to the log.
+    let _ = shell.perform(session.finish(now_ms()), &mut read);
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    st: &AppState,
+    shell: &Shell<'_>,
+    session: &mut Session,
+    read: &mut Option<Read>,
+    incoming: &mut IncomingStream,
+    exp: u64,
+    reap_silent: bool,
+    reg: &mut Registration,
+) -> End {
+    let cfg = st.config.clone();
+    let shutdown = st.shutdown.clone();
+    let kick = reg.kick.clone();
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
+    heartbeat.tick().await;
+    let mut last_seen = Instant::now();
+    let mut bucket = TokenBucket::new(cfg.frame_rate, cfg.frame_burst, Instant::now());
+    let expires_in = Duration::from_secs(exp.saturating_sub(now_secs()));
+    let token_expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(token_expiry);
+    loop {
+        let now = now_ms();
+        let wake = session.next_wake(now).map_or_else(far_future, |at| {
+            tokio::time::Instant::now() + Duration::from_millis((at - now).max(0) as u64)
+        });
+        let input = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return End::close(Close::GoingAway, "server shutting down; reconnect"),
+            c = kick.kicked() => return End::close(c, c.name()),
+            _ = &mut token_expiry => return End::close(Close::TokenExpired, "token expired; reconnect with a new one"),
+            _ = shell.outbox.tx.closed() => return End::ClientGone,
+            m = incoming.next() => {
+                last_seen = Instant::now();
+                match m {
+                    None => return End::ClientGone,
+                    Some(Incoming::End(end)) => return end,
+                    Some(Incoming::Activity) => continue,
+                    Some(Incoming::Frame(f)) => {
+                        if bucket.take(1.0, Instant::now()).is_err() {
+                            return End::close(Close::RateLimited, "too many frames per second");
+                        }
+                        Input::Client(f)
+                    }
+                }
+            }
+            live = reg.rx.recv() => match live {
+                Some(ev) => Input::Live { offset: ev.offset, event: ev.event },
+                None => return End::close(Close::SlowConsumer, "live queue overflow"),
+            },
+            input = async { read.as_mut().expect("guarded by is_some").await }, if read.is_some() => {
+                *read = None;
+                input
+            }
+            _ = tokio::time::sleep_until(wake) => Input::Tick,
+            _ = heartbeat.tick() => {
+                if reap_silent && last_seen.elapsed() > cfg.heartbeat_interval + cfg.pong_timeout {
+                    return End::close(Close::HeartbeatTimeout, "no pong");
+                }
+                if let Err(end) = shell.outbox.push(Out::Ping) {
+                    return end;
+                }
+                continue;
+            }
+        };
+        let actions = session.handle(shell.outbox.io(), input);
+        if let Err(end) = shell.perform(actions, read) {
+            return end;
+        }
+    }
+}

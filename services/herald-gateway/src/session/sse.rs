@@ -1,0 +1,89 @@
+//! The Server-Sent Events transport: the same session with no client frames (ACKs and marks
+//! arrive over HTTP and reach the session through the log like any other event). Frames are
+//! `data:` lines, the heartbeat a `: ping` comment, and the end an `event: close`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::response::sse::Event;
+use futures_util::Stream;
+use herald_core::cursor::Epoch;
+use herald_core::protocol::notification_frame;
+use herald_core::session::Hello;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{End, IncomingStream, Out, Outbox};
+use crate::auth::User;
+use crate::config::SEND_QUEUE;
+use crate::limits::ConnectionGuard;
+use crate::state::AppState;
+
+#[derive(Serialize)]
+struct CloseEvent<'a> {
+    code: u16,
+    name: &'a str,
+    reason: &'a str,
+}
+
+/// Starts a session and returns its frames as an SSE stream, which holds `guard` (the
+/// connection's slot) until it ends.
+pub fn stream(
+    st: AppState,
+    user: User,
+    hello: Hello,
+    guard: ConnectionGuard,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let epoch = st.log.epoch();
+    let (outbox, rx, written) = Outbox::new(SEND_QUEUE);
+    tokio::spawn(async move {
+        let mut incoming: IncomingStream = Box::pin(futures_util::stream::pending());
+        if let End::Close(ending) =
+            super::serve(&st, &user, hello, &mut incoming, &outbox, false).await
+        {
+            outbox.close(ending.close, ending.reason).await;
+        }
+    });
+    futures_util::stream::unfold(
+        (rx, guard, written, false),
+        move |(mut rx, guard, written, done): (
+            mpsc::Receiver<Out>,
+            ConnectionGuard,
+            Arc<AtomicU64>,
+            bool,
+        )| async move {
+            if done {
+                return None;
+            }
+            let (event, last) = event(rx.recv().await?, epoch);
+            written.fetch_add(1, Ordering::Relaxed);
+            Some((Ok(event), (rx, guard, written, last)))
+        },
+    )
+}
+
+/// The SSE event for one queued frame, and whether it is the last.
+fn event(out: Out, epoch: Epoch) -> (Event, bool) {
+    let data = |f: &herald_core::protocol::ServerFrame| {
+        Event::default().data(serde_json::to_string(f).expect("frames serialize"))
+    };
+    match out {
+        Out::Notification { row, attempt } => {
+            (data(&notification_frame(&row, epoch, attempt)), false)
+        }
+        Out::Frame(f) => (data(&f), false),
+        Out::Ping => (Event::default().comment("ping"), false),
+        Out::Close(c, reason) => {
+            let body = CloseEvent {
+                code: c.code(),
+                name: c.name(),
+                reason: &reason,
+            };
+            let e = Event::default()
+                .event("close")
+                .data(serde_json::to_string(&body).expect("close events serialize"));
+            (e, true)
+        }
+    }
+}

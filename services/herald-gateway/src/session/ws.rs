@@ -1,0 +1,145 @@
+//! The WebSocket transport of `herald.v1`: a reader mapping messages to [`Incoming`], a writer
+//! task draining the [`Outbox`], the hello timeout and the close handshake.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use herald_core::cursor::Epoch;
+use herald_core::protocol::{
+    ClientFrame, Close, ServerFrame, notification_frame, parse_client_frame,
+};
+use herald_core::session::{Ending, Hello};
+use tokio::sync::oneshot;
+
+use super::{End, Incoming, IncomingStream, Out, Outbox};
+use crate::auth::User;
+use crate::config::SEND_QUEUE;
+use crate::state::AppState;
+
+/// How long the server waits for the peer's Close after sending its own.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// How long the writer may take to finish after the session ended.
+const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+fn close_msg(ending: &Ending) -> Message {
+    let mut reason = ending.reason.clone();
+    reason.truncate(120);
+    Message::Close(Some(CloseFrame {
+        code: ending.close.code(),
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+fn text(f: &ServerFrame) -> Message {
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(f).expect("frames serialize"),
+    ))
+}
+
+/// The message for one queued frame.
+fn message(out: Out, epoch: Epoch) -> Option<Message> {
+    match out {
+        Out::Notification { row, attempt } => Some(text(&notification_frame(&row, epoch, attempt))),
+        Out::Frame(f) => Some(text(&f)),
+        Out::Ping => Some(Message::Ping(Default::default())),
+        Out::Close(..) => None,
+    }
+}
+
+fn stream_error(e: axum::Error) -> End {
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
+        End::close(Close::MessageTooBig, "frames are limited to 64 KiB")
+    } else {
+        End::ClientGone
+    }
+}
+
+/// Maps WebSocket messages to transport-neutral input.
+fn incoming(stream: futures_util::stream::SplitStream<WebSocket>) -> IncomingStream {
+    Box::pin(stream.map(|m| match m {
+        Err(e) => Incoming::End(stream_error(e)),
+        Ok(Message::Close(_)) => Incoming::End(End::ClientGone),
+        Ok(Message::Ping(_) | Message::Pong(_)) => Incoming::Activity,
+        Ok(Message::Binary(_)) => Incoming::End(End::close(
+            Close::ProtocolError,
+            "binary frames are not part of herald.v1",
+        )),
+        Ok(Message::Text(t)) => match parse_client_frame(t.as_str()) {
+            Ok(f) => Incoming::Frame(f),
+            Err(e) => Incoming::End(End::close(Close::ProtocolError, e)),
+        },
+    }))
+}
+
+/// Runs one WebSocket session from the upgraded socket to the end.
+pub async fn run(st: AppState, user: User, socket: WebSocket) {
+    let epoch = st.log.epoch();
+    let (mut sink, stream) = socket.split();
+    let mut incoming = incoming(stream);
+    let (outbox, mut out_rx, written) = Outbox::new(SEND_QUEUE);
+    let (close_tx, mut close_rx) = oneshot::channel::<Message>();
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                c = &mut close_rx => {
+                    if let Ok(c) = c {
+                        let _ = sink.send(c).await;
+                    }
+                    break;
+                }
+                m = out_rx.recv() => {
+                    let Some(msg) = m.and_then(|out| message(out, epoch)) else { break };
+                    if sink.send(msg).await.is_err() {
+                        break;
+                    }
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    // hello, within the timeout.
+    let hello = tokio::time::timeout(st.config.hello_timeout, async {
+        loop {
+            match incoming.next().await {
+                None => return Err(End::ClientGone),
+                Some(Incoming::Activity) => continue,
+                Some(Incoming::End(e)) => return Err(e),
+                Some(Incoming::Frame(f)) => return Ok(f),
+            }
+        }
+    })
+    .await;
+    let end = match hello {
+        Err(_) => End::close(Close::HelloTimeout, "send hello first"),
+        Ok(Err(end)) => end,
+        Ok(Ok(ClientFrame::Hello { device_id, cursor })) => {
+            match Hello::parse(device_id, cursor.as_deref(), epoch) {
+                Ok(hello) => super::serve(&st, &user, hello, &mut incoming, &outbox, true).await,
+                Err(ending) => End::Close(ending),
+            }
+        }
+        Ok(Ok(_)) => End::close(Close::ProtocolError, "the first frame must be hello"),
+    };
+    drop(outbox);
+    if let End::Close(ending) = end {
+        tracing::debug!(user = %user.id, code = ending.close.code(), reason = %ending.reason, "closing session");
+        let _ = close_tx.send(close_msg(&ending));
+        // The close handshake: read (and drop) what the peer still sends until its Close, so
+        // the socket is not torn down under data in flight (which would reset the connection
+        // and could lose our close frame on the client's side).
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            while let Some(m) = incoming.next().await {
+                if matches!(m, Incoming::End(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let _ = tokio::time::timeout(WRITER_DRAIN, writer).await;
+}

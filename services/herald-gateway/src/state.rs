@@ -1,0 +1,119 @@
+//! The state every handler and session shares.
+
+use std::sync::Arc;
+
+use herald_core::model::UserEvent;
+use herald_core::session::SessionConfig;
+use herald_ports::log::{EventLog, Record, Topic};
+use herald_ports::projection::InboxReader;
+use herald_ports::records::user_event_record;
+use herald_ports::{Auditor, LogError};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Auth, KeyError};
+use crate::clock::now_ms;
+use crate::config::{GatewayConfig, InvalidConfig};
+use crate::hub::Hub;
+use crate::limits::{ConnectionLimits, ProducerLimits};
+
+/// What the gateway runs on: the log it appends to and tails, a read-only view of the
+/// projection, and the audit port.
+#[derive(Clone)]
+pub struct Ports {
+    pub log: Arc<dyn EventLog>,
+    pub inbox: Arc<dyn InboxReader>,
+    pub audit: Arc<dyn Auditor>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] InvalidConfig),
+    #[error("loading token keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("starting the live hub: {0}")]
+    Hub(#[from] LogError),
+}
+
+/// Shared state of the HTTP and WebSocket app.
+#[derive(Clone)]
+pub struct AppState {
+    pub log: Arc<dyn EventLog>,
+    /// Read-only: the gateway never writes the projection.
+    pub inbox: Arc<dyn InboxReader>,
+    pub audit: Arc<dyn Auditor>,
+    /// Renders the Prometheus exposition, when a recorder is installed.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    pub auth: Arc<Auth>,
+    pub hub: Arc<Hub>,
+    pub config: Arc<GatewayConfig>,
+    pub session: SessionConfig,
+    pub producers: Arc<ProducerLimits>,
+    pub connections: Arc<ConnectionLimits>,
+    /// Cancelled on shutdown: sessions close with 1001 going away.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Checks the configuration, builds the state and starts the live hub (which tails the log
+    /// until `shutdown`).
+    pub async fn start(
+        ports: Ports,
+        config: GatewayConfig,
+        shutdown: CancellationToken,
+    ) -> Result<AppState, StartError> {
+        config.validate()?;
+        let auth = Auth::new(&config.auth)?;
+        let hub = Hub::start(ports.log.clone(), shutdown.clone()).await?;
+        Ok(AppState {
+            log: ports.log,
+            inbox: ports.inbox,
+            audit: ports.audit,
+            metrics: None,
+            auth: Arc::new(auth),
+            hub,
+            session: config.session(),
+            producers: Arc::new(ProducerLimits::new(
+                config.producer_rate,
+                config.producer_burst,
+            )),
+            connections: ConnectionLimits::new(
+                config.max_connections,
+                config.max_connections_per_user,
+            ),
+            config: Arc::new(config),
+            shutdown,
+        })
+    }
+
+    /// The record of a user event (key = user id, the user's partition).
+    pub fn user_event_record(&self, ev: &UserEvent) -> Result<Record, herald_core::CoreError> {
+        user_event_record(ev, self.log.partitions(Topic::UserEvents), now_ms())
+    }
+
+    /// Appends user events without waiting (deliveries, ACKs and marks from sessions: the
+    /// device learns nothing from the append's answer, and a lost one costs only a redelivery
+    /// or audit detail).
+    pub fn append_user_events(&self, events: Vec<UserEvent>) {
+        let records: Vec<Record> = events
+            .iter()
+            .filter_map(|e| match self.user_event_record(e) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a user event");
+                    None
+                }
+            })
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            if let Err(e) = log.append(Topic::UserEvents, records).await {
+                tracing::warn!(error = %e, "appending user events failed");
+            }
+        });
+    }
+}
