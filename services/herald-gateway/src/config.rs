@@ -15,7 +15,7 @@ pub const SEND_QUEUE: usize = 512;
 /// the server's own bursts (a replay) never overflow the queue.
 pub const SEND_RESERVE: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,

@@ -61,3 +61,60 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    fn help(sub: &str) -> String {
+        Cli::command()
+            .find_subcommand_mut(sub)
+            .expect("subcommand")
+            .render_long_help()
+            .to_string()
+    }
+
+    #[test]
+    fn the_server_flags_default_to_the_gateway_config_defaults() {
+        for args in [
+            vec!["herald", "dev"],
+            vec!["herald", "gateway", "--jwt-secret", "s"],
+        ] {
+            let knobs = match Cli::parse_from(&args).command {
+                Command::Dev(a) => a.knobs().clone(),
+                Command::Gateway(a) => a.knobs().clone(),
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                knobs.config(),
+                herald_gateway::GatewayConfig::default(),
+                "{args:?}: every knob's default comes from GatewayConfig::default()"
+            );
+        }
+    }
+
+    #[test]
+    fn each_server_command_says_what_is_true_of_it() {
+        let dev = help("dev");
+        let gateway = help("gateway");
+        assert!(dev.contains("dev-secret"), "{dev}");
+        assert!(
+            !gateway.contains("dev-secret"),
+            "herald gateway has no dev secret: {gateway}"
+        );
+        for flag in ["--producer-burst", "--partitions", "--projector"] {
+            for h in [&dev, &gateway] {
+                let line = h
+                    .lines()
+                    .skip_while(|l| !l.trim_start().starts_with(flag))
+                    .nth(1)
+                    .unwrap_or_default();
+                assert!(!line.trim().is_empty(), "{flag} has a description");
+            }
+        }
+        let default = herald_gateway::GatewayConfig::default();
+        assert!(gateway.contains(&format!("[default: {}]", default.producer_burst)));
+    }
+}

@@ -30,7 +30,7 @@ pub struct Claims {
 }
 
 /// Where keys come from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthConfig {
     /// HS256 shared secret.
     pub hs256_secret: Option<Vec<u8>>,

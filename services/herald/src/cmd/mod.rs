@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod produce;
 pub mod projector;
 pub mod replay;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -37,7 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
              On embedded storage, `herald dev` and `herald gateway` run the projector in-process"
         );
     }
-    let signal = super::dev::shutdown_signal()?;
+    let signal = super::server::shutdown_signal()?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -66,7 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("creating {}", args.data_dir.display()))?;
-            Some(super::dev::lock_data_dir(&args.data_dir)?)
+            Some(super::server::lock_data_dir(&args.data_dir)?)
         }
     };
     let store = super::open_projection(

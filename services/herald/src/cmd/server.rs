@@ -1,0 +1,351 @@
+//! What `herald dev` and `herald gateway` share: the storage, key and knob flags, and the
+//! server itself (log, projector, HTTP and WebSocket API in one process). Each command has its
+//! own `Args`, so its help says what is true of it; both map onto [`GatewayConfig`], whose
+//! defaults are the only ones (the flags show them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_embedded::{Access, EmbeddedLog, LogOptions};
+use herald_gateway::{AppState, AuthConfig, GatewayConfig, Ports, app};
+use herald_projector::Projector;
+use tokio_util::sync::CancellationToken;
+
+use super::{DEFAULT_DATA_DIR, init_tracing, log_path};
+
+/// The gateway's defaults, the one source of every knob's default.
+fn defaults() -> GatewayConfig {
+    GatewayConfig::default()
+}
+
+/// Where the data lives.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Where the embedded log and projection files live (created if missing).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Partitions of the user-events topic of a new embedded log [default for a new log: 8];
+    /// an existing log keeps its own (naming another count is an error).
+    #[arg(long, env = "HERALD_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: Option<u32>,
+    /// Keep the projection in a shared store instead of DATA_DIR/projection.db:
+    /// postgres://user@host:port/db or scylla://host:9042[,host…]/keyspace.
+    #[arg(long, env = "HERALD_PROJECTION_URL")]
+    pub projection_url: Option<String>,
+    #[command(flatten)]
+    pub kafka: super::KafkaArgs,
+    /// Whether this process runs the projector. Default: yes, except `herald gateway` on Kafka,
+    /// where `herald projector` replicas run it.
+    #[arg(long, value_name = "true|false")]
+    pub projector: Option<bool>,
+}
+
+/// Token keys and credentials.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// RS256 public key (PEM file) for user JWTs (repeat).
+    #[arg(long = "jwt-rs256-public-key", value_name = "FILE")]
+    pub rs256_keys: Vec<PathBuf>,
+    /// ES256 public key (PEM file) for user JWTs (repeat).
+    #[arg(long = "jwt-es256-public-key", value_name = "FILE")]
+    pub es256_keys: Vec<PathBuf>,
+    /// JWKS file (an identity provider's key set) for user JWTs (repeat).
+    #[arg(long = "jwks", value_name = "FILE")]
+    pub jwks: Vec<PathBuf>,
+    /// Producer API key as NAME=KEY (repeat). With any, producers must authenticate.
+    #[arg(long = "producer-key", value_name = "NAME=KEY")]
+    pub producer_keys: Vec<String>,
+}
+
+/// The gateway's knobs; defaults from [`GatewayConfig::default`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct Knobs {
+    /// Notifications per second each producer may send, sustained.
+    #[arg(long, default_value_t = defaults().producer_rate)]
+    pub producer_rate: f64,
+    /// Notifications a producer may send at once above its rate (token bucket size).
+    #[arg(long, default_value_t = defaults().producer_burst)]
+    pub producer_burst: f64,
+    /// Allowed Origin of WebSocket and SSE connections (repeat); none allows any.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+    /// Most WebSocket and SSE connections at once.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = defaults().max_connections)]
+    pub max_connections: usize,
+    /// Most connections of one user at once.
+    #[arg(long, default_value_t = defaults().max_connections_per_user)]
+    pub max_connections_per_user: usize,
+    /// Server ping interval, milliseconds.
+    #[arg(long, default_value_t = defaults().heartbeat_interval.as_millis() as u64)]
+    pub heartbeat_ms: u64,
+    /// Reap a peer this long after a missed ping, milliseconds.
+    #[arg(long, default_value_t = defaults().pong_timeout.as_millis() as u64)]
+    pub pong_timeout_ms: u64,
+    /// Close a connection whose send queue stays full with no progress this long, milliseconds.
+    #[arg(long, default_value_t = defaults().slow_consumer_timeout.as_millis() as u64)]
+    pub slow_consumer_timeout_ms: u64,
+}
+
+impl Knobs {
+    /// The configuration these flags give (auth aside).
+    pub fn config(&self) -> GatewayConfig {
+        GatewayConfig {
+            producer_rate: self.producer_rate,
+            producer_burst: self.producer_burst,
+            allowed_origins: self.allowed_origins.clone(),
+            max_connections: self.max_connections,
+            max_connections_per_user: self.max_connections_per_user,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            pong_timeout: Duration::from_millis(self.pong_timeout_ms),
+            slow_consumer_timeout: Duration::from_millis(self.slow_consumer_timeout_ms),
+            ..defaults()
+        }
+    }
+}
+
+/// Which server this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Dev,
+    Gateway,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Dev => "herald dev",
+            Mode::Gateway => "herald gateway",
+        }
+    }
+}
+
+/// Everything a server needs, from either command's flags.
+pub struct Server {
+    pub mode: Mode,
+    pub listen: SocketAddr,
+    pub storage: StorageArgs,
+    pub keys: KeyArgs,
+    pub knobs: Knobs,
+    /// The HS256 secret for user tokens (given, or `herald dev`'s own).
+    pub hs256_secret: Option<Vec<u8>>,
+}
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is *called*, so a signal
+/// that arrives while Herald is still starting up is not lost (nor fatal).
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
+}
+
+/// One writer per data directory: a second process would fight over log offsets.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let lock_path = dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", lock_path.display()))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another herald process is using {} (it holds {}); stop it or pick another --data-dir",
+            dir.display(),
+            lock_path.display()
+        ),
+    }
+}
+
+/// `NAME=KEY` pairs as key → name, names checked as ids.
+fn named_keys(
+    pairs: &[String],
+    flag: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut keys = std::collections::HashMap::new();
+    for pk in pairs {
+        let (name, key) = pk
+            .split_once('=')
+            .with_context(|| format!("{flag} {pk:?}: expected NAME=KEY"))?;
+        herald_core::ids::validate_id("name", name).with_context(|| format!("{flag} {pk:?}"))?;
+        if key.is_empty() {
+            anyhow::bail!("{flag} {pk:?}: the key is empty");
+        }
+        keys.insert(key.to_owned(), name.to_owned());
+    }
+    Ok(keys)
+}
+
+impl Server {
+    /// The gateway configuration the flags give.
+    fn config(&self) -> anyhow::Result<GatewayConfig> {
+        let read_all = |files: &[PathBuf]| -> anyhow::Result<Vec<Vec<u8>>> {
+            files
+                .iter()
+                .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+                .collect()
+        };
+        let producer_keys = named_keys(&self.keys.producer_keys, "--producer-key")?;
+        let dev = self.mode == Mode::Dev;
+        let config = GatewayConfig {
+            auth: AuthConfig {
+                hs256_secret: self.hs256_secret.clone(),
+                rs256_public_pems: read_all(&self.keys.rs256_keys)?,
+                es256_public_pems: read_all(&self.keys.es256_keys)?,
+                jwks: read_all(&self.keys.jwks)?,
+                dev_login: dev,
+                open_producers: dev && producer_keys.is_empty(),
+                producer_keys,
+                open_operators: true,
+                ..Default::default()
+            },
+            ..self.knobs.config()
+        };
+        config
+            .validate()
+            .with_context(|| format!("{}: invalid settings", self.mode.name()))?;
+        Ok(config)
+    }
+
+    /// Runs the server until SIGTERM or Ctrl-C.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let (mode, storage) = (self.mode, &self.storage);
+        let config = self.config()?;
+        let signal = shutdown_signal()?;
+        let _telemetry = init_tracing("info");
+        // Every connection is a file descriptor: take the whole allowance the system grants.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+        }
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        herald_ports::telemetry::describe();
+
+        if mode == Mode::Gateway
+            && storage.kafka.kafka_brokers.is_some()
+            && storage.projection_url.is_none()
+            && storage.projector != Some(true)
+        {
+            anyhow::bail!(
+                "herald gateway on Kafka reads the projection that `herald projector` replicas \
+                 write: pass --projection-url (a shared PostgreSQL), or --projector true to run \
+                 one here"
+            );
+        }
+        let kafka = storage.kafka.open().await?;
+        // The data directory holds the embedded log, the embedded projection and the dev secret.
+        let needs_dir = kafka.is_none() || storage.projection_url.is_none() || mode == Mode::Dev;
+        let lock = if needs_dir {
+            std::fs::create_dir_all(&storage.data_dir).with_context(|| {
+                format!("creating data directory {}", storage.data_dir.display())
+            })?;
+            Some(lock_data_dir(&storage.data_dir)?)
+        } else {
+            None
+        };
+        let log: Arc<dyn herald_ports::EventLog> = match &kafka {
+            Some(k) => k.clone(),
+            None => {
+                let options = LogOptions {
+                    requests_partitions: None,
+                    user_partitions: storage.partitions,
+                };
+                Arc::new(
+                    EmbeddedLog::open(&log_path(&storage.data_dir), Access::ReadWrite, options)
+                        .await
+                        .context("opening the log")?,
+                )
+            }
+        };
+        let store = super::open_projection(
+            storage.projection_url.as_deref(),
+            &storage.data_dir,
+            Access::ReadWrite,
+            "",
+        )
+        .await?;
+
+        let shutdown = CancellationToken::new();
+        let run_projector = storage
+            .projector
+            .unwrap_or(!(mode == Mode::Gateway && kafka.is_some()));
+        let projector_task = run_projector.then(|| {
+            let projector = Projector::new(log.clone(), store.clone());
+            let token = shutdown.clone();
+            tokio::spawn(async move { projector.run(token).await })
+        });
+
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("binding {}", self.listen))?;
+        let ports = Ports {
+            log: log.clone(),
+            inbox: store.clone(),
+            audit: Arc::new(herald_projector::audit::LogAuditor {
+                log: log.clone(),
+                store: store.clone(),
+            }),
+        };
+        let mut state = AppState::start(ports, config, shutdown.clone()).await?;
+        state.metrics = Some(Arc::new(move || prometheus.render()));
+        let connections = state.connections.clone();
+        let where_ = match (&storage.kafka.kafka_brokers, needs_dir) {
+            (Some(b), true) => {
+                format!(
+                    "log on Kafka at {b}, data in {}",
+                    storage.data_dir.display()
+                )
+            }
+            (Some(b), false) => format!("log on Kafka at {b}"),
+            (None, _) => format!("data in {}", storage.data_dir.display()),
+        };
+        eprintln!(
+            "{}: listening on http://{} ({where_})",
+            mode.name(),
+            listener.local_addr()?
+        );
+        let server_token = shutdown.clone();
+        let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = signal => tracing::info!("shutdown signal received"),
+                _ = server_token.cancelled() => {},
+            }
+            // WebSocket sessions close with 1001 going away.
+            server_token.cancel();
+        });
+        let served = server.await;
+        connections.drained(Duration::from_secs(5)).await;
+        // The server stopped accepting and finished its requests (appends included); stop the
+        // projector between batches, then let the log writer commit what it holds.
+        shutdown.cancel();
+        let projected = match projector_task {
+            Some(t) => t.await.context("projector task")?,
+            None => Ok(()),
+        };
+        drop(log);
+        served.context("HTTP server")?;
+        projected.context("projector")?;
+        drop(lock);
+        eprintln!("{}: stopped", mode.name());
+        Ok(ExitCode::SUCCESS)
+    }
+}
