@@ -174,6 +174,13 @@ impl NotificationRequest {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
             return Err(CoreError::invalid("payload", format!("is not JSON: {e}")));
         }
+        crate::time::check_ms("created_at", self.created_at)?;
+        if let Some(d) = self.deliver_at {
+            crate::time::check_ms("deliver_at", d)?;
+        }
+        if let Some(e) = self.expires_at {
+            crate::time::check_ms("expires_at", e)?;
+        }
         if let (Some(d), Some(e)) = (self.deliver_at, self.expires_at)
             && e <= d
         {

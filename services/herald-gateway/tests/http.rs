@@ -682,3 +682,93 @@ async fn a_batch_over_the_rate_takes_no_tokens() {
     );
     assert_eq!(request_records(&env).await, 2);
 }
+
+#[tokio::test]
+async fn times_outside_the_documented_range_are_refused_and_old_ones_still_read() {
+    let env = env().await;
+    for field in ["expires_at", "deliver_at"] {
+        for bad in [
+            json!(253_402_300_800_000i64),
+            json!(1i64 << 62),
+            json!(i64::MAX),
+            json!(-1),
+            json!("10000-01-01T00:00:00Z"),
+        ] {
+            let mut body = valid();
+            body[field] = bad.clone();
+            let (s, b) = call(&env, post(body.to_string(), None)).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{field} = {bad}: {b}");
+            assert_eq!(code(&b), "invalid_request");
+            assert!(
+                b["error"]["message"].as_str().unwrap().contains(field),
+                "{b}"
+            );
+        }
+    }
+    // A row written before this check existed, with an expiry in year 292 million, still
+    // reads: its time is shown as the latest RFC 3339 can write.
+    let added = herald_core::model::UserEvent::Added(herald_core::model::NotificationAdded {
+        user_id: "alice".into(),
+        notification_id: "old-far-future".into(),
+        event_type: "t".into(),
+        source: "s".into(),
+        payload: "{}".into(),
+        priority: Default::default(),
+        collapse_key: None,
+        deliver_at: None,
+        expires_at: Some(i64::MAX),
+        created_at: i64::MAX,
+        traceparent: None,
+    });
+    let record = herald_ports::records::user_event_record(
+        &added,
+        env.log.partitions(herald_ports::Topic::UserEvents),
+        0,
+    )
+    .unwrap();
+    use herald_ports::EventLog;
+    env.log
+        .append(herald_ports::Topic::UserEvents, vec![record])
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let projector = Projector::new(env.log.clone(), env.store.clone());
+    let token = stop.clone();
+    let task = tokio::spawn(async move { projector.run_inbox(token).await.unwrap() });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while env
+        .store
+        .row("alice", "old-far-future")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let alice = dev_token(&env, "alice").await;
+    let (s, inbox) = call(&env, get("/v1/inbox", &alice)).await;
+    assert_eq!(s, StatusCode::OK, "{inbox}");
+    assert_eq!(inbox["items"][0]["expires_at"], "9999-12-31T23:59:59.999Z");
+    assert_eq!(inbox["items"][0]["created_at"], "9999-12-31T23:59:59.999Z");
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_with_the_error_body() {
+    async fn boom() -> String {
+        panic!("boom")
+    }
+    let router = herald_gateway::routes::outer_layers(
+        axum::Router::new().route("/boom", axum::routing::get(boom)),
+    );
+    let resp = router
+        .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(code(&body), "internal_error");
+}

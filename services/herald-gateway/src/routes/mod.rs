@@ -19,7 +19,7 @@ pub mod web;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::AppError;
@@ -37,17 +37,35 @@ pub fn app(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), require_user));
     let realtime = realtime::routes().route_layer(from_fn_with_state(state.clone(), realtime_user));
     let operators = ops::routes().route_layer(from_fn_with_state(state.clone(), require_operator));
-    Router::new()
+    let routes = Router::new()
         .merge(producers)
         .merge(users)
         .merge(realtime)
         .merge(operators)
-        .merge(web::routes())
+        .merge(web::routes());
+    outer_layers(routes).with_state(state)
+}
+
+/// What wraps every route: the 404/405 fallbacks, the body limit, tracing, and a panic in a
+/// handler answered as `500 internal_error` instead of a dropped connection.
+pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// The answer when a handler panicked.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a handler panicked");
+    tracing::error!(panic = what, "request handler panicked");
+    AppError::Internal("the request failed on the server".into()).into_response()
 }
 
 async fn require_user(

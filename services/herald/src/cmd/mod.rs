@@ -292,8 +292,7 @@ pub fn out(line: impl std::fmt::Display) {
     }
 }
 
-/// Formats Unix milliseconds as RFC 3339.
+/// Formats Unix milliseconds as RFC 3339 (clamped to years 1970..=9999, never failing).
 pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    herald_core::time::format_rfc3339_millis(ms)
 }
