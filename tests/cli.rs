@@ -229,6 +229,7 @@ async fn herald_gateway_has_no_dev_conveniences() {
         stderr(&out)
     );
     let port = support::free_port();
+    let metrics_port = support::free_port();
     let mut child = std::process::Command::new(support::BIN)
         .args([
             "gateway",
@@ -236,8 +237,11 @@ async fn herald_gateway_has_no_dev_conveniences() {
             data.to_str().unwrap(),
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
         ])
         .args(["--jwt-secret", "s3cret", "--producer-key", "billing=k-1"])
+        .args(["--admin-key", "ops=k-admin"])
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
@@ -285,6 +289,38 @@ async fn herald_gateway_has_no_dev_conveniences() {
         status(client.get(format!("{url}/herald.js")).send().await.unwrap()),
         200
     );
+    // Operator endpoints need an operator; /metrics is open on the metrics address only.
+    for path in ["/v1/status", "/v1/presence", "/metrics", "/v1/audit/a"] {
+        let anon = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(status(anon), 401, "{path} without credentials");
+        let ops = client
+            .get(format!("{url}{path}"))
+            .header("x-api-key", "k-admin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(ops), 200, "{path} as an operator");
+    }
+    let scrape = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status().as_u16(), 200);
+    assert!(
+        scrape.text().await.unwrap().contains("herald_"),
+        "Herald's metrics"
+    );
+    let audit = herald(&[
+        "audit",
+        "a",
+        "--url",
+        &url,
+        "--admin-key",
+        "k-admin",
+        "--json",
+    ]);
+    assert!(audit.status.success(), "{}", stderr(&audit));
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

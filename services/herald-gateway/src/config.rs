@@ -43,6 +43,12 @@ pub struct GatewayConfig {
     pub producer_burst: f64,
     /// Longest an inbox read with `after` waits for the projection to catch up to that cursor.
     pub read_after_wait: Duration,
+    /// Audits per second each operator may request (sustained), and the burst.
+    pub audit_rate: f64,
+    pub audit_burst: f64,
+    /// Log records one audit request reads by default, and at most (`max_records`).
+    pub audit_records: u64,
+    pub audit_max_records: u64,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +69,10 @@ impl Default for GatewayConfig {
             producer_rate: 1_000.0,
             producer_burst: 2_000.0,
             read_after_wait: Duration::from_secs(5),
+            audit_rate: 1.0,
+            audit_burst: 5.0,
+            audit_records: 100_000,
+            audit_max_records: 1_000_000,
         }
     }
 }
@@ -112,6 +122,17 @@ impl GatewayConfig {
         positive("frame burst", self.frame_burst)?;
         positive("producer rate", self.producer_rate)?;
         positive("producer burst", self.producer_burst)?;
+        positive("audit rate", self.audit_rate)?;
+        positive("audit burst", self.audit_burst)?;
+        if self.audit_records == 0 || self.audit_records > self.audit_max_records {
+            return Err(InvalidConfig {
+                setting: "audit records",
+                problem: format!(
+                    "{} must be 1..={} (the most one audit may read)",
+                    self.audit_records, self.audit_max_records
+                ),
+            });
+        }
         if self.max_connections == 0 {
             return Err(InvalidConfig {
                 setting: "max connections",

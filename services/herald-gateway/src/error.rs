@@ -42,9 +42,11 @@ pub enum AppError {
     SubprotocolRequired,
     #[error("too many connections: {0}")]
     TooManyConnections(String),
-    #[error("producer {producer} is over its rate limit; retry in {retry_after_secs} s")]
+    #[error("{role} {caller} is over its rate limit; retry in {retry_after_secs} s")]
     RateLimited {
-        producer: String,
+        /// producer, operator, user
+        role: &'static str,
+        caller: String,
         retry_after_secs: u64,
     },
     #[error("method not allowed on this route")]

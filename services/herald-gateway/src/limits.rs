@@ -9,9 +9,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest request body accepted, in bytes (413 beyond).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-/// Most producers whose rate-limit buckets are remembered; beyond, full (idle) buckets are
-/// dropped.
-pub const MAX_PRODUCER_BUCKETS: usize = 10_000;
+/// Most callers whose rate-limit buckets one [`RateLimits`] remembers; beyond, full (idle)
+/// buckets are dropped, and if none is idle the newcomer is refused until one is.
+pub const MAX_RATE_BUCKETS: usize = 10_000;
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up; starts full.
 #[derive(Debug, Clone)]
@@ -57,32 +57,36 @@ impl TokenBucket {
     }
 }
 
-/// One token bucket per producer, bounded in number.
-pub struct ProducerLimits {
+/// One token bucket per caller (a producer, an operator, a user minting tickets), bounded in
+/// number.
+pub struct RateLimits {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
-impl ProducerLimits {
-    pub fn new(rate: f64, burst: f64) -> ProducerLimits {
-        ProducerLimits {
+impl RateLimits {
+    pub fn new(rate: f64, burst: f64) -> RateLimits {
+        RateLimits {
             rate,
             burst,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes `n` tokens (one per notification) from `producer`'s bucket, all or none; otherwise
-    /// the whole seconds until they are there (at least 1).
-    pub fn take(&self, producer: &str, n: usize) -> Result<(), u64> {
+    /// Takes `n` tokens from `caller`'s bucket, all or none; otherwise the whole seconds until
+    /// they are there (at least 1).
+    pub fn take(&self, caller: &str, n: usize) -> Result<(), u64> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("producer limits lock");
-        if buckets.len() >= MAX_PRODUCER_BUCKETS && !buckets.contains_key(producer) {
+        let mut buckets = self.buckets.lock().expect("rate limits lock");
+        if buckets.len() >= MAX_RATE_BUCKETS && !buckets.contains_key(caller) {
             buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= MAX_RATE_BUCKETS {
+                return Err(1);
+            }
         }
         buckets
-            .entry(producer.to_owned())
+            .entry(caller.to_owned())
             .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
             .take(n as f64, now)
             .map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
@@ -204,8 +208,8 @@ mod tests {
     }
 
     #[test]
-    fn producers_have_buckets_of_their_own() {
-        let p = ProducerLimits::new(1.0, 2.0);
+    fn callers_have_buckets_of_their_own() {
+        let p = RateLimits::new(1.0, 2.0);
         assert!(p.take("a", 2).is_ok());
         assert_eq!(p.take("a", 1), Err(1));
         assert!(p.take("b", 2).is_ok(), "b is not limited by a");

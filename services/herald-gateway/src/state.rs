@@ -14,7 +14,7 @@ use crate::auth::{Auth, KeyError};
 use crate::clock::now_ms;
 use crate::config::{GatewayConfig, InvalidConfig};
 use crate::hub::Hub;
-use crate::limits::{ConnectionLimits, ProducerLimits};
+use crate::limits::{ConnectionLimits, RateLimits};
 
 /// What the gateway runs on: the log it appends to and tails, a read-only view of the
 /// projection, and the audit port.
@@ -49,7 +49,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Arc<GatewayConfig>,
     pub session: SessionConfig,
-    pub producers: Arc<ProducerLimits>,
+    /// Notifications per producer.
+    pub producers: Arc<RateLimits>,
+    /// Audits per operator (each may read many log records).
+    pub audits: Arc<RateLimits>,
     pub connections: Arc<ConnectionLimits>,
     /// Cancelled on shutdown: sessions close with 1001 going away.
     pub shutdown: CancellationToken,
@@ -74,10 +77,8 @@ impl AppState {
             auth: Arc::new(auth),
             hub,
             session: config.session(),
-            producers: Arc::new(ProducerLimits::new(
-                config.producer_rate,
-                config.producer_burst,
-            )),
+            producers: Arc::new(RateLimits::new(config.producer_rate, config.producer_burst)),
+            audits: Arc::new(RateLimits::new(config.audit_rate, config.audit_burst)),
             connections: ConnectionLimits::new(
                 config.max_connections,
                 config.max_connections_per_user,

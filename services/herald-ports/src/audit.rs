@@ -36,6 +36,29 @@ pub struct AuditReport {
     pub subject: AuditSubject,
     pub id: String,
     pub entries: Vec<AuditEntry>,
+    /// Log records read to answer.
+    #[serde(default)]
+    pub scanned_records: u64,
+    /// False when the scan stopped at its budget: the entries are what it found until then.
+    #[serde(default = "yes")]
+    pub complete: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How much of the log one audit may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditBudget {
+    pub max_records: u64,
+}
+
+impl AuditBudget {
+    /// For the CLI, where the operator waits for the whole answer.
+    pub const UNLIMITED: AuditBudget = AuditBudget {
+        max_records: u64::MAX,
+    };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +71,7 @@ pub enum AuditError {
 
 #[async_trait]
 pub trait Auditor: Send + Sync + 'static {
-    /// Audits `id`: a notification id if any request or expansion knows it, else a user id.
-    async fn audit(&self, id: &str) -> Result<AuditReport, AuditError>;
+    /// Audits `id`: a notification id if any request or expansion knows it, else a user id,
+    /// reading at most `budget` log records.
+    async fn audit(&self, id: &str, budget: AuditBudget) -> Result<AuditReport, AuditError>;
 }

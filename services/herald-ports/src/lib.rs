@@ -12,7 +12,7 @@ pub mod telemetry;
 #[cfg(feature = "contract")]
 pub mod contract;
 
-pub use audit::{AuditEntry, AuditError, AuditReport, AuditSubject, Auditor};
+pub use audit::{AuditBudget, AuditEntry, AuditError, AuditReport, AuditSubject, Auditor};
 pub use log::{
     Appended, ConsumerEvent, EventLog, LogConsumer, LogError, Record, StoredRecord, Topic,
 };

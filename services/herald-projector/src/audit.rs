@@ -5,7 +5,9 @@ use std::sync::Arc;
 use herald_core::codec;
 use herald_core::model::{Event, RequestRecord, UserEvent};
 use herald_core::partition::partition_for;
-use herald_ports::audit::{AuditEntry, AuditError, AuditReport, AuditSubject, Auditor};
+use herald_ports::audit::{
+    AuditBudget, AuditEntry, AuditError, AuditReport, AuditSubject, Auditor,
+};
 use herald_ports::log::{EventLog, StoredRecord, Topic};
 use herald_ports::projection::{DirectoryReader, InboxReader};
 
@@ -14,24 +16,44 @@ use crate::ProjectorError;
 /// Records read per call while scanning a partition.
 const SCAN_CHUNK: usize = 4096;
 
-async fn scan<L: EventLog + ?Sized>(
-    log: &L,
-    topic: Topic,
-    key: &str,
-    mut each: impl FnMut(&StoredRecord),
-) -> Result<(), ProjectorError> {
-    let p = partition_for(key, log.partitions(topic));
-    let end = log.end_offset(topic, p).await?;
-    let mut at = 0;
-    while at < end {
-        let chunk = log.read(topic, p, at, SCAN_CHUNK).await?;
-        let Some(last) = chunk.last() else { break };
-        at = last.offset + 1;
-        for r in chunk.iter().filter(|r| r.record.key == key) {
-            each(r);
+/// Reads partitions for records of one key, within a budget of records read.
+struct Scanner<'a, L: ?Sized> {
+    log: &'a L,
+    left: u64,
+    scanned: u64,
+    complete: bool,
+}
+
+impl<L: EventLog + ?Sized> Scanner<'_, L> {
+    /// Calls `each` for the records keyed `key` in its partition of `topic`, from offset `from`,
+    /// until the partition's end or the budget's.
+    async fn scan(
+        &mut self,
+        topic: Topic,
+        key: &str,
+        from: u64,
+        mut each: impl FnMut(&StoredRecord),
+    ) -> Result<(), ProjectorError> {
+        let p = partition_for(key, self.log.partitions(topic));
+        let end = self.log.end_offset(topic, p).await?;
+        let mut at = from;
+        while at < end {
+            if self.left == 0 {
+                self.complete = false;
+                return Ok(());
+            }
+            let want = (end - at).min(SCAN_CHUNK as u64).min(self.left) as usize;
+            let chunk = self.log.read(topic, p, at, want).await?;
+            let Some(last) = chunk.last() else { break };
+            at = last.offset + 1;
+            self.left = self.left.saturating_sub(chunk.len() as u64);
+            self.scanned += chunk.len() as u64;
+            for r in chunk.iter().filter(|r| r.record.key == key) {
+                each(r);
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn entry(r: &StoredRecord, event: &str, at_ms: i64, detail: String) -> AuditEntry {
@@ -82,96 +104,108 @@ fn describe_ids(ids: &[String], up_to: Option<i64>) -> String {
     parts.join("; ")
 }
 
-/// Audits `id`: a notification id if any request or expansion knows it, else a user id.
+fn request_detail(n: &herald_core::model::NotificationRequest, repeat: bool) -> String {
+    let r = &n.recipients;
+    format!(
+        "{} from producer {} (key {}) to {} users, {} groups{}{}{}",
+        n.event_type,
+        n.producer,
+        n.idempotency_key,
+        r.users.len(),
+        r.groups.len(),
+        r.topic
+            .as_deref()
+            .map(|t| format!(", topic {t}"))
+            .unwrap_or_default(),
+        if r.everyone { ", everyone" } else { "" },
+        if repeat {
+            " (retry of the same idempotency key; creates nothing new)"
+        } else {
+            ""
+        },
+    )
+}
+
+/// Audits `id`: a notification id if any request or expansion knows it, else a user id. Reads
+/// at most `budget` log records; a notification's recipients are read from the notification's
+/// own seq on (nothing before it can concern it).
 pub async fn audit<L: EventLog + ?Sized, P: DirectoryReader + InboxReader + ?Sized>(
     log: &L,
     store: &P,
     id: &str,
+    budget: AuditBudget,
 ) -> Result<AuditReport, ProjectorError> {
-    let mut entries = Vec::new();
-    let mut requests = 0;
-    scan(log, Topic::Requests, id, |r| {
-        match codec::decode(&r.record.value) {
-            Ok(Event::Request(RequestRecord::Notification(n))) if n.notification_id == id => {
-                requests += 1;
-                let detail = format!(
-                    "{} from producer {} (key {}) to {} users, {} groups{}{}",
-                    n.event_type,
-                    n.producer,
-                    n.idempotency_key,
-                    n.recipients.users.len(),
-                    n.recipients.groups.len(),
-                    n.recipients
-                        .topic
-                        .as_deref()
-                        .map(|t| format!(", topic {t}"))
-                        .unwrap_or_default(),
-                    if n.recipients.everyone {
-                        ", everyone"
-                    } else {
-                        ""
-                    },
-                );
-                let detail = if requests > 1 {
-                    format!("{detail} (retry of the same idempotency key; creates nothing new)")
-                } else {
-                    detail
-                };
-                entries.push(entry(r, "requested", n.created_at, detail));
-            }
-            _ => {}
-        }
-    })
-    .await?;
-    let recipients = store.expansion_of(id).await?;
-    if entries.is_empty() && recipients.is_empty() {
-        // A user.
-        scan(log, Topic::Requests, id, |r| {
-            if let Ok(Event::Request(RequestRecord::Directory(d))) = codec::decode(&r.record.value)
-            {
-                let detail = format!("{:?} {}", d.op, d.target.clone().unwrap_or_default());
-                entries.push(AuditEntry {
-                    user_id: Some(d.user_id.clone()),
-                    ..entry(r, "directory", d.at, detail)
-                });
-            }
-        })
-        .await?;
-        scan(log, Topic::UserEvents, id, |r| {
+    let mut scanner = Scanner {
+        log,
+        left: budget.max_records,
+        scanned: 0,
+        complete: true,
+    };
+    // One pass over the id's requests partition: a notification's requests, or a user's
+    // directory changes.
+    let mut requests = Vec::new();
+    let mut directory = Vec::new();
+    scanner
+        .scan(Topic::Requests, id, 0, |r| {
             match codec::decode(&r.record.value) {
-                Ok(Event::User(e)) => entries.push(user_entry(r, &e)),
-                Ok(_) => {}
-                Err(e) => entries.push(entry(
-                    r,
-                    "undecodable",
-                    r.record.timestamp_ms,
-                    e.to_string(),
-                )),
-            }
-        })
-        .await?;
-        return Ok(AuditReport {
-            subject: AuditSubject::User,
-            id: id.to_owned(),
-            entries,
-        });
-    }
-    for user in &recipients {
-        let seq = store.row(user, id).await?.map(|row| row.seq);
-        scan(log, Topic::UserEvents, user, |r| {
-            if let Ok(Event::User(e)) = codec::decode(&r.record.value) {
-                // A cumulative `up_to` only covers rows that precede the event (see the fold).
-                if e.mentions(id, seq.filter(|s| r.offset > *s)) {
-                    let mut line = user_entry(r, &e);
-                    if matches!(e, UserEvent::Added(_)) && seq.is_some_and(|s| s != r.offset) {
-                        line.detail.push_str(" (repeated expansion; no effect)");
-                    }
-                    entries.push(line);
+                Ok(Event::Request(RequestRecord::Notification(n))) if n.notification_id == id => {
+                    let detail = request_detail(&n, !requests.is_empty());
+                    requests.push(entry(r, "requested", n.created_at, detail));
                 }
+                Ok(Event::Request(RequestRecord::Directory(d))) if d.user_id == id => {
+                    let detail = format!("{:?} {}", d.op, d.target.clone().unwrap_or_default());
+                    directory.push(AuditEntry {
+                        user_id: Some(d.user_id.clone()),
+                        ..entry(r, "directory", d.at, detail)
+                    });
+                }
+                _ => {}
             }
         })
         .await?;
-    }
+    let recipients = store.expansion_of(id).await?;
+    let (subject, mut entries) = if requests.is_empty() && recipients.is_empty() {
+        // A user.
+        let mut entries = directory;
+        scanner
+            .scan(Topic::UserEvents, id, 0, |r| {
+                match codec::decode(&r.record.value) {
+                    Ok(Event::User(e)) => entries.push(user_entry(r, &e)),
+                    Ok(_) => {}
+                    Err(e) => entries.push(entry(
+                        r,
+                        "undecodable",
+                        r.record.timestamp_ms,
+                        e.to_string(),
+                    )),
+                }
+            })
+            .await?;
+        (AuditSubject::User, entries)
+    } else {
+        let mut entries = requests;
+        for user in &recipients {
+            let seq = store.row(user, id).await?.map(|row| row.seq);
+            scanner
+                .scan(Topic::UserEvents, user, seq.unwrap_or(0), |r| {
+                    if let Ok(Event::User(e)) = codec::decode(&r.record.value) {
+                        // A cumulative `up_to` only covers rows that precede the event (see
+                        // the fold).
+                        if e.mentions(id, seq.filter(|s| r.offset > *s)) {
+                            let mut line = user_entry(r, &e);
+                            if matches!(e, UserEvent::Added(_))
+                                && seq.is_some_and(|s| s != r.offset)
+                            {
+                                line.detail.push_str(" (repeated expansion; no effect)");
+                            }
+                            entries.push(line);
+                        }
+                    }
+                })
+                .await?;
+        }
+        (AuditSubject::Notification, entries)
+    };
     entries.sort_by(|a, b| {
         (a.logged_ms, &a.topic, a.partition, a.offset).cmp(&(
             b.logged_ms,
@@ -181,9 +215,11 @@ pub async fn audit<L: EventLog + ?Sized, P: DirectoryReader + InboxReader + ?Siz
         ))
     });
     Ok(AuditReport {
-        subject: AuditSubject::Notification,
+        subject,
         id: id.to_owned(),
         entries,
+        scanned_records: scanner.scanned,
+        complete: scanner.complete,
     })
 }
 
@@ -199,8 +235,8 @@ where
     L: EventLog + ?Sized,
     P: DirectoryReader + InboxReader + ?Sized,
 {
-    async fn audit(&self, id: &str) -> Result<AuditReport, AuditError> {
-        audit(self.log.as_ref(), self.store.as_ref(), id)
+    async fn audit(&self, id: &str, budget: AuditBudget) -> Result<AuditReport, AuditError> {
+        audit(self.log.as_ref(), self.store.as_ref(), id, budget)
             .await
             .map_err(|e| match e {
                 ProjectorError::Log(l) => AuditError::Log(l),

@@ -188,7 +188,8 @@ fn take_tokens(st: &AppState, producer: &str, n: usize) -> Result<(), AppError> 
     st.producers
         .take(producer, n)
         .map_err(|retry_after_secs| AppError::RateLimited {
-            producer: producer.to_owned(),
+            role: "producer",
+            caller: producer.to_owned(),
             retry_after_secs,
         })
 }

@@ -7,11 +7,12 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use herald_core::ids::validate_id;
-use herald_ports::AuditReport;
 use herald_ports::projection::Stage;
-use serde::Serialize;
+use herald_ports::{AuditBudget, AuditReport};
+use serde::{Deserialize, Serialize};
 
 use crate::AppError;
+use crate::extract::{AppQuery, Operator};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -22,12 +23,40 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(get_metrics))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    #[serde(default)]
+    max_records: Option<u64>,
+}
+
+/// Every event about a notification or user. Each audit reads at most `max_records` log
+/// records (`complete: false` when it stopped there), and each operator may run a few a second.
 async fn get_audit(
     State(st): State<AppState>,
+    Operator(operator): Operator,
     Path(id): Path<String>,
+    AppQuery(p): AppQuery<AuditParams>,
 ) -> Result<Json<AuditReport>, AppError> {
     validate_id("id", &id)?;
-    Ok(Json(st.audit.audit(&id).await?))
+    let cfg = &st.config;
+    let max_records = p.max_records.unwrap_or(cfg.audit_records);
+    if max_records == 0 || max_records > cfg.audit_max_records {
+        return Err(AppError::Invalid(format!(
+            "max_records must be 1..={}",
+            cfg.audit_max_records
+        )));
+    }
+    st.audits
+        .take(&operator, 1)
+        .map_err(|retry_after_secs| AppError::RateLimited {
+            role: "operator",
+            caller: operator.clone(),
+            retry_after_secs,
+        })?;
+    Ok(Json(
+        st.audit.audit(&id, AuditBudget { max_records }).await?,
+    ))
 }
 
 async fn get_metrics(State(st): State<AppState>) -> Result<String, AppError> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use herald_ports::AuditReport;
+use herald_ports::{AuditBudget, AuditReport};
 use herald_projector::audit::audit;
 use serde_json::Value;
 
@@ -20,6 +20,18 @@ pub struct Args {
     /// Ask a running Herald over HTTP instead of reading files.
     #[arg(long)]
     url: Option<String>,
+    /// With --url: an operator API key (`herald gateway --admin-key NAME=KEY`).
+    #[arg(
+        long,
+        env = "HERALD_ADMIN_KEY",
+        hide_env_values = true,
+        requires = "url"
+    )]
+    admin_key: Option<String>,
+    /// Read at most this many log records (the answer says when it stopped short). Default:
+    /// all, or the server's default with --url.
+    #[arg(long)]
+    max_records: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -30,9 +42,17 @@ pub struct Args {
     kafka: super::KafkaArgs,
 }
 
-async fn fetch(url: &str, id: &str) -> anyhow::Result<AuditReport> {
-    let url = format!("{}/v1/audit/{id}", url.trim_end_matches('/'));
-    let resp = reqwest::get(&url)
+async fn fetch(args: &Args, url: &str) -> anyhow::Result<AuditReport> {
+    let mut url = format!("{}/v1/audit/{}", url.trim_end_matches('/'), args.id);
+    if let Some(n) = args.max_records {
+        url.push_str(&format!("?max_records={n}"));
+    }
+    let mut req = reqwest::Client::new().get(&url);
+    if let Some(key) = &args.admin_key {
+        req = req.header("x-api-key", key);
+    }
+    let resp = req
+        .send()
         .await
         .with_context(|| format!("cannot reach Herald at {url}"))?;
     let status = resp.status();
@@ -50,7 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _telemetry = init_tracing("warn");
     herald_core::ids::validate_id("id", &args.id)?;
     let report = match &args.url {
-        Some(url) => fetch(url, &args.id).await?,
+        Some(url) => fetch(&args, url).await?,
         None => {
             let log = super::open_any_log_read_only(&args.kafka, &args.data_dir).await?;
             let store = super::open_projection(
@@ -60,12 +80,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "pass --data-dir, --projection-url or --url",
             )
             .await?;
-            audit(log.as_ref(), store.as_ref(), &args.id).await?
+            let budget = args
+                .max_records
+                .map_or(AuditBudget::UNLIMITED, |max_records| AuditBudget {
+                    max_records,
+                });
+            audit(log.as_ref(), store.as_ref(), &args.id, budget).await?
         }
     };
     if args.json {
         super::out(serde_json::to_string_pretty(&report)?.to_string());
         return Ok(ExitCode::SUCCESS);
+    }
+    if !report.complete {
+        eprintln!(
+            "warning: the audit stopped after reading {} log records; more events may exist \
+             (pass a larger --max-records)",
+            report.scanned_records
+        );
     }
     if report.entries.is_empty() {
         super::out(format!("no events about {}", args.id));

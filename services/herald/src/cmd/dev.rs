@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::DEFAULT_LISTEN;
-use super::server::{KeyArgs, Knobs, Mode, Server, StorageArgs};
+use super::server::{AccessArgs, Knobs, Mode, Server, StorageArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
     #[command(flatten)]
-    keys: KeyArgs,
+    keys: AccessArgs,
     #[command(flatten)]
     knobs: Knobs,
 }

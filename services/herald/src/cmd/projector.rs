@@ -43,21 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("installing the metrics recorder")?;
     herald_ports::telemetry::describe();
     if let Some(addr) = args.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let p = prometheus.clone();
-                async move { p.render() }
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        });
+        super::serve_metrics(addr, prometheus).await?;
     }
     let log = args.kafka.open().await?.expect("checked above");
     // A SQLite projection has one writer: this replica holds the data directory's lock.

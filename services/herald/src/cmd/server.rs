@@ -44,9 +44,9 @@ pub struct StorageArgs {
     pub projector: Option<bool>,
 }
 
-/// Token keys and credentials.
+/// Token keys, credentials, and what is reachable without them.
 #[derive(clap::Args, Debug, Clone)]
-pub struct KeyArgs {
+pub struct AccessArgs {
     /// RS256 public key (PEM file) for user JWTs (repeat).
     #[arg(long = "jwt-rs256-public-key", value_name = "FILE")]
     pub rs256_keys: Vec<PathBuf>,
@@ -59,6 +59,20 @@ pub struct KeyArgs {
     /// Producer API key as NAME=KEY (repeat). With any, producers must authenticate.
     #[arg(long = "producer-key", value_name = "NAME=KEY")]
     pub producer_keys: Vec<String>,
+    /// Operator API key as NAME=KEY (repeat), for audit, status, presence and /metrics. JWTs
+    /// with "scope": "admin" are operators too.
+    #[arg(
+        long = "admin-key",
+        value_name = "NAME=KEY",
+        env = "HERALD_ADMIN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<String>,
+    /// Also serve /metrics (and /healthz) on this address, without credentials: for a
+    /// Prometheus on a private network. The main address serves /metrics to operators only.
+    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The gateway's knobs; defaults from [`GatewayConfig::default`].
@@ -128,7 +142,7 @@ pub struct Server {
     pub mode: Mode,
     pub listen: SocketAddr,
     pub storage: StorageArgs,
-    pub keys: KeyArgs,
+    pub keys: AccessArgs,
     pub knobs: Knobs,
     /// The HS256 secret for user tokens (given, or `herald dev`'s own).
     pub hs256_secret: Option<Vec<u8>>,
@@ -203,6 +217,7 @@ impl Server {
                 .collect()
         };
         let producer_keys = named_keys(&self.keys.producer_keys, "--producer-key")?;
+        let admin_keys = named_keys(&self.keys.admin_keys, "--admin-key")?;
         let dev = self.mode == Mode::Dev;
         let config = GatewayConfig {
             auth: AuthConfig {
@@ -213,8 +228,10 @@ impl Server {
                 dev_login: dev,
                 open_producers: dev && producer_keys.is_empty(),
                 producer_keys,
-                open_operators: true,
-                ..Default::default()
+                // `herald dev` on loopback leaves operator endpoints open unless admin keys are
+                // given; `herald gateway` never does.
+                open_operators: dev && admin_keys.is_empty(),
+                admin_keys,
             },
             ..self.knobs.config()
         };
@@ -239,6 +256,9 @@ impl Server {
             .install_recorder()
             .context("installing the metrics recorder")?;
         herald_ports::telemetry::describe();
+        if let Some(addr) = self.keys.metrics_listen {
+            super::serve_metrics(addr, prometheus.clone()).await?;
+        }
 
         if mode == Mode::Gateway
             && storage.kafka.kafka_brokers.is_some()
