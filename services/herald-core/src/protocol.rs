@@ -40,7 +40,8 @@ pub enum ClientFrame {
         #[serde(default)]
         ids: Vec<String>,
     },
-    Ping,
+    /// A struct variant (with no fields) so that unknown fields are refused here too.
+    Ping {},
 }
 
 /// Frames the server sends.
@@ -100,6 +101,7 @@ pub enum Close {
     Replaced,
     HeartbeatTimeout,
     InternalError,
+    InvalidPayload,
 }
 
 impl Close {
@@ -115,6 +117,7 @@ impl Close {
             Close::Replaced => 4010,
             Close::HeartbeatTimeout => 4011,
             Close::InternalError => 4500,
+            Close::InvalidPayload => 1007,
         }
     }
 
@@ -130,6 +133,7 @@ impl Close {
             Close::Replaced => "replaced",
             Close::HeartbeatTimeout => "heartbeat_timeout",
             Close::InternalError => "internal_error",
+            Close::InvalidPayload => "invalid_payload",
         }
     }
 }
@@ -200,7 +204,7 @@ mod tests {
         );
         assert_eq!(
             parse_client_frame(r#"{"type":"ping"}"#).unwrap(),
-            ClientFrame::Ping
+            ClientFrame::Ping {}
         );
         for bad in [
             "",
@@ -212,6 +216,8 @@ mod tests {
             r#"{"type":"hello","device_id":5}"#,
             r#"{"type":"hello","device_id":"d","extra":1}"#,
             r#"{"type":"ack","ids":"x"}"#,
+            r#"{"type":"ping","extra":1}"#,
+            r#"{"type":"ping","device_id":"d"}"#,
         ] {
             assert!(parse_client_frame(bad).is_err(), "{bad}");
         }

@@ -622,7 +622,7 @@ impl Session {
             ClientFrame::Hello { .. } => {
                 return Err(Ending::new(Close::ProtocolError, "hello was already sent"));
             }
-            ClientFrame::Ping => {
+            ClientFrame::Ping {} => {
                 out.frame(ServerFrame::Pong);
                 return Ok(());
             }
@@ -692,9 +692,11 @@ impl Session {
         }
     }
 
-    /// Whether the delivery queue has room for a page of the replay.
+    /// Whether the replay may read another page: only when less than a page waits to be sent,
+    /// so a session holds at most about two pages of a backlog beyond its window, whatever the
+    /// backlog's size (a peer that does not read pins no more than that).
     fn replay_room(&self) -> bool {
-        self.delivery.room() >= self.cfg.replay_page
+        self.delivery.queued() < self.cfg.replay_page
     }
 
     fn finish_replay(&mut self, io: Io, out: &mut Out<'_>) -> Result<(), Ending> {

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::User;
 use crate::clock::{now_ms, now_secs};
+use crate::config::SEND_RESERVE;
 use crate::hub::Registration;
 use crate::limits::TokenBucket;
 use crate::state::AppState;
@@ -62,7 +63,10 @@ impl End {
 /// What a session receives, whatever the transport.
 pub enum Incoming {
     Frame(ClientFrame),
-    /// Any sign of life (pings, pongs).
+    /// A WebSocket ping from the peer: a sign of life, and a frame that counts against the
+    /// client frame rate (the transport answers it).
+    Ping,
+    /// Any other sign of life (pongs).
     Activity,
     End(End),
 }
@@ -91,6 +95,11 @@ impl Outbox {
         )
     }
 
+    /// Free slots in the queue.
+    fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+
     fn io(&self) -> Io {
         Io {
             now_ms: now_ms(),
@@ -116,6 +125,9 @@ impl Outbox {
 }
 
 type Read = Pin<Box<dyn Future<Output = Input> + Send>>;
+
+/// How often a session that stopped reading (its send queue had no room) looks again.
+const ROOM_RECHECK: Duration = Duration::from_millis(20);
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400)
@@ -284,21 +296,34 @@ async fn run(
     tokio::pin!(token_expiry);
     loop {
         let now = now_ms();
-        let wake = session.next_wake(now).map_or_else(far_future, |at| {
+        let mut wake = session.next_wake(now).map_or_else(far_future, |at| {
             tokio::time::Instant::now() + Duration::from_millis((at - now).max(0) as u64)
         });
+        // Client frames are read only while their answers (pongs, errors) have room in the send
+        // queue: a burst waits in the socket (TCP pushes back on the client) instead of
+        // overflowing the queue. While waiting, look again soon.
+        let reading = shell.outbox.room() > SEND_RESERVE;
+        if !reading {
+            wake = wake.min(tokio::time::Instant::now() + ROOM_RECHECK);
+        }
         let input = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return End::close(Close::GoingAway, "server shutting down; reconnect"),
             c = kick.kicked() => return End::close(c, c.name()),
             _ = &mut token_expiry => return End::close(Close::TokenExpired, "token expired; reconnect with a new one"),
             _ = shell.outbox.tx.closed() => return End::ClientGone,
-            m = incoming.next() => {
+            m = incoming.next(), if reading => {
                 last_seen = Instant::now();
                 match m {
                     None => return End::ClientGone,
                     Some(Incoming::End(end)) => return end,
                     Some(Incoming::Activity) => continue,
+                    Some(Incoming::Ping) => {
+                        if bucket.take(1.0, Instant::now()).is_err() {
+                            return End::close(Close::RateLimited, "too many frames per second");
+                        }
+                        continue;
+                    }
                     Some(Incoming::Frame(f)) => {
                         if bucket.take(1.0, Instant::now()).is_err() {
                             return End::close(Close::RateLimited, "too many frames per second");

@@ -18,10 +18,15 @@ use crate::auth::User;
 use crate::config::SEND_QUEUE;
 use crate::state::AppState;
 
-/// How long the server waits for the peer's Close after sending its own.
-const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
-/// How long the writer may take to finish after the session ended.
-const WRITER_DRAIN: Duration = Duration::from_secs(5);
+/// How long the server waits for the peer's Close after sending its own, and how long the
+/// writer may then take to finish before it is aborted and the connection dropped: a peer that
+/// does not read cannot hold a socket, its queue or its connection slot longer than this.
+pub const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Most bytes buffered for writing on one socket (a frame is at most about 66 KiB: 64 KiB of
+/// data and its fields).
+pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// Errors read past while waiting for the peer's Close, at most.
+const CLOSE_DRAIN_ERRORS: usize = 64;
 
 fn close_msg(ending: &Ending) -> Message {
     let mut reason = ending.reason.clone();
@@ -52,6 +57,10 @@ fn stream_error(e: axum::Error) -> End {
     let text = e.to_string();
     if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
         End::close(Close::MessageTooBig, "frames are limited to 64 KiB")
+    } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
+        End::close(Close::InvalidPayload, "text frames must be UTF-8")
+    } else if text.contains("protocol error") {
+        End::close(Close::ProtocolError, "WebSocket protocol error")
     } else {
         End::ClientGone
     }
@@ -62,7 +71,8 @@ fn incoming(stream: futures_util::stream::SplitStream<WebSocket>) -> IncomingStr
     Box::pin(stream.map(|m| match m {
         Err(e) => Incoming::End(stream_error(e)),
         Ok(Message::Close(_)) => Incoming::End(End::ClientGone),
-        Ok(Message::Ping(_) | Message::Pong(_)) => Incoming::Activity,
+        Ok(Message::Ping(_)) => Incoming::Ping,
+        Ok(Message::Pong(_)) => Incoming::Activity,
         Ok(Message::Binary(_)) => Incoming::End(End::close(
             Close::ProtocolError,
             "binary frames are not part of herald.v1",
@@ -107,7 +117,7 @@ pub async fn run(st: AppState, user: User, socket: WebSocket) {
         loop {
             match incoming.next().await {
                 None => return Err(End::ClientGone),
-                Some(Incoming::Activity) => continue,
+                Some(Incoming::Activity | Incoming::Ping) => continue,
                 Some(Incoming::End(e)) => return Err(e),
                 Some(Incoming::Frame(f)) => return Ok(f),
             }
@@ -131,15 +141,34 @@ pub async fn run(st: AppState, user: User, socket: WebSocket) {
         let _ = close_tx.send(close_msg(&ending));
         // The close handshake: read (and drop) what the peer still sends until its Close, so
         // the socket is not torn down under data in flight (which would reset the connection
-        // and could lose our close frame on the client's side).
+        // and could lose our close frame on the client's side). Read past errors too: after an
+        // oversized or malformed message, the rest of it is still on its way.
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            let mut errors = 0;
             while let Some(m) = incoming.next().await {
-                if matches!(m, Incoming::End(_)) {
-                    break;
+                match m {
+                    Incoming::End(End::ClientGone) => break,
+                    Incoming::End(_) => {
+                        errors += 1;
+                        if errors >= CLOSE_DRAIN_ERRORS {
+                            break;
+                        }
+                    }
+                    _ => {}
                 }
             }
         })
         .await;
     }
-    let _ = tokio::time::timeout(WRITER_DRAIN, writer).await;
+    // The writer gets a bounded time to finish; a peer that does not read cannot keep it (and
+    // with it the socket, the queue and the connection slot) any longer.
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(user = %user.id, "aborting the writer of a peer that does not read");
+        writer.abort();
+        let _ = writer.await;
+    }
 }
