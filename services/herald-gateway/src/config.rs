@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     /// Audits per second each operator may request (sustained), and the burst.
     pub audit_rate: f64,
     pub audit_burst: f64,
+    /// WebSocket tickets each user may mint per second (sustained), and the burst.
+    pub ticket_rate: f64,
+    pub ticket_burst: f64,
     /// Log records one audit request reads by default, and at most (`max_records`).
     pub audit_records: u64,
     pub audit_max_records: u64,
@@ -69,6 +72,8 @@ impl Default for GatewayConfig {
             producer_rate: 1_000.0,
             producer_burst: 2_000.0,
             read_after_wait: Duration::from_secs(5),
+            ticket_rate: 5.0,
+            ticket_burst: 20.0,
             audit_rate: 1.0,
             audit_burst: 5.0,
             audit_records: 100_000,
@@ -122,6 +127,8 @@ impl GatewayConfig {
         positive("frame burst", self.frame_burst)?;
         positive("producer rate", self.producer_rate)?;
         positive("producer burst", self.producer_burst)?;
+        positive("ticket rate", self.ticket_rate)?;
+        positive("ticket burst", self.ticket_burst)?;
         positive("audit rate", self.audit_rate)?;
         positive("audit burst", self.audit_burst)?;
         if self.audit_records == 0 || self.audit_records > self.audit_max_records {

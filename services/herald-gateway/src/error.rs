@@ -57,6 +57,8 @@ pub enum AppError {
     ProjectionUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AppError {
@@ -78,6 +80,7 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -100,6 +103,7 @@ impl AppError {
             AppError::LogUnavailable(_) => "log_unavailable",
             AppError::ProjectionUnavailable(_) => "projection_unavailable",
             AppError::Internal(_) => "internal_error",
+            AppError::Unavailable(_) => "unavailable",
         }
     }
 }

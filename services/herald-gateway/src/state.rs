@@ -53,6 +53,8 @@ pub struct AppState {
     pub producers: Arc<RateLimits>,
     /// Audits per operator (each may read many log records).
     pub audits: Arc<RateLimits>,
+    /// WebSocket tickets minted per user.
+    pub tickets: Arc<RateLimits>,
     pub connections: Arc<ConnectionLimits>,
     /// Cancelled on shutdown: sessions close with 1001 going away.
     pub shutdown: CancellationToken,
@@ -79,6 +81,7 @@ impl AppState {
             session: config.session(),
             producers: Arc::new(RateLimits::new(config.producer_rate, config.producer_burst)),
             audits: Arc::new(RateLimits::new(config.audit_rate, config.audit_burst)),
+            tickets: Arc::new(RateLimits::new(config.ticket_rate, config.ticket_burst)),
             connections: ConnectionLimits::new(
                 config.max_connections,
                 config.max_connections_per_user,

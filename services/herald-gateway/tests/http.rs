@@ -869,3 +869,42 @@ async fn an_audit_reads_within_its_budget_and_operators_are_rate_limited() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn ticket_minting_is_rate_limited_and_never_costs_another_user_a_ticket() {
+    let env = env().await;
+    let mint = |user: &str| {
+        let exp = herald_gateway::auth::now_secs() + 600;
+        Request::post("/v1/ws-ticket")
+            .header(
+                "authorization",
+                format!("Bearer {}", jwt(json!({"sub": user, "exp": exp}))),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, bob) = call(&env, mint("bob")).await;
+    assert_eq!(s, StatusCode::OK, "{bob}");
+    let mut statuses = Vec::new();
+    for _ in 0..100 {
+        statuses.push(call(&env, mint("mallory")).await.0);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    // The burst (20), and whatever refilled at 5/s while the calls ran.
+    assert!(ok >= 20, "{ok} of 100 minted");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "minting is rate-limited: {ok} of 100 minted"
+    );
+    // Bob's ticket is still good: the realtime layer accepts it (and the handler then wants a
+    // WebSocket upgrade), and only once.
+    let redeem = || {
+        Request::get(format!("/v1/ws?ticket={}", bob["ticket"].as_str().unwrap()))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, b) = call(&env, redeem()).await;
+    assert_eq!(code(&b), "subprotocol_required", "{s} {b}");
+    let (s, b) = call(&env, redeem()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+}

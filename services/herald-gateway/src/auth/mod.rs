@@ -18,7 +18,7 @@ use crate::AppError;
 pub use crate::clock::now_secs;
 pub use keys::KeyError;
 use keys::VerifyingKey;
-pub use tickets::{MAX_TICKETS, TICKET_TTL, TicketRefused, Tickets};
+pub use tickets::{MAX_TICKETS, MAX_TICKETS_PER_USER, TICKET_TTL, TicketRefused, Tickets};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -214,8 +214,10 @@ impl Auth {
     }
 
     /// A single-use ticket for `GET /v1/ws?ticket=…`.
-    pub fn issue_ticket(&self, user: &User) -> String {
-        self.tickets.issue(user)
+    pub fn issue_ticket(&self, user: &User) -> Result<String, AppError> {
+        self.tickets.issue(user).map_err(|_| {
+            AppError::Unavailable("too many unredeemed tickets; retry in a few seconds".into())
+        })
     }
 
     /// Redeems a ticket once.

@@ -40,12 +40,22 @@ pub struct Ticket {
     expires_in: u64,
 }
 
-/// A single-use ticket for a browser's WebSocket.
-async fn post_ticket(State(st): State<AppState>, AuthUser(user): AuthUser) -> Json<Ticket> {
-    Json(Ticket {
-        ticket: st.auth.issue_ticket(&user),
+/// A single-use ticket for a browser's WebSocket; each user may mint a few a second.
+async fn post_ticket(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Ticket>, AppError> {
+    st.tickets
+        .take(&user.id, 1)
+        .map_err(|retry_after_secs| AppError::RateLimited {
+            role: "user",
+            caller: user.id.clone(),
+            retry_after_secs,
+        })?;
+    Ok(Json(Ticket {
+        ticket: st.auth.issue_ticket(&user)?,
         expires_in: TICKET_TTL.as_secs(),
-    })
+    }))
 }
 
 /// Checks the subprotocol and the limits, then upgrades.
