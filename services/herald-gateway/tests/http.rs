@@ -908,3 +908,59 @@ async fn ticket_minting_is_rate_limited_and_never_costs_another_user_a_ticket() 
     let (s, b) = call(&env, redeem()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
 }
+
+#[tokio::test]
+async fn tokens_are_checked_for_nbf_and_for_the_configured_audience_and_issuer() {
+    let now = herald_gateway::auth::now_secs();
+    let exp = now + 600;
+    async fn status(env: &Env, claims: Value) -> StatusCode {
+        call(env, get("/v1/inbox/unread-count", &jwt(claims)))
+            .await
+            .0
+    }
+    // Nothing configured: nbf is checked, aud and iss are not.
+    let open = env().await;
+    assert_eq!(
+        status(&open, json!({"sub": "a", "exp": exp, "nbf": now + 300})).await,
+        StatusCode::UNAUTHORIZED,
+        "not valid yet"
+    );
+    assert_eq!(
+        status(&open, json!({"sub": "a", "exp": exp, "nbf": now - 1})).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(
+            &open,
+            json!({"sub": "a", "exp": exp, "aud": "anything", "iss": "idp"})
+        )
+        .await,
+        StatusCode::OK,
+        "an identity provider's token carries aud and iss"
+    );
+    // Audience and issuer configured: both required and matched.
+    let mut c = dev_config();
+    c.auth.audiences = vec!["herald".into()];
+    c.auth.issuers = vec!["https://idp.example".into()];
+    let strict = env_with(c).await;
+    let good = json!({"sub": "a", "exp": exp, "aud": "herald", "iss": "https://idp.example"});
+    assert_eq!(status(&strict, good.clone()).await, StatusCode::OK);
+    for (claim, bad) in [
+        ("aud", json!("other")),
+        ("aud", Value::Null),
+        ("iss", json!("https://evil.example")),
+        ("iss", Value::Null),
+    ] {
+        let mut claims = good.clone();
+        if bad.is_null() {
+            claims.as_object_mut().unwrap().remove(claim);
+        } else {
+            claims[claim] = bad.clone();
+        }
+        assert_eq!(
+            status(&strict, claims).await,
+            StatusCode::UNAUTHORIZED,
+            "{claim} = {bad}"
+        );
+    }
+}

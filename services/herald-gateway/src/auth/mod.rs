@@ -45,6 +45,10 @@ pub struct AuthConfig {
     pub producer_keys: HashMap<String, String>,
     /// Operator API keys: key → operator name.
     pub admin_keys: HashMap<String, String>,
+    /// When set, a token's `aud` must name one of these (and must be present).
+    pub audiences: Vec<String>,
+    /// When set, a token's `iss` must be one of these (and must be present).
+    pub issuers: Vec<String>,
     /// `herald dev`: allow `POST /v1/dev/token` to mint tokens for demo users.
     pub dev_login: bool,
     /// `herald dev`: accept notifications without producer credentials (producer `dev`).
@@ -63,6 +67,8 @@ pub struct User {
 
 pub struct Auth {
     keys: Vec<VerifyingKey>,
+    audiences: Vec<String>,
+    issuers: Vec<String>,
     signing: Option<EncodingKey>,
     producer_keys: HashMap<String, String>,
     admin_keys: HashMap<String, String>,
@@ -71,6 +77,9 @@ pub struct Auth {
     open_operators: bool,
     tickets: Tickets,
 }
+
+/// Clock skew allowed on `exp` and `nbf`, seconds.
+pub const JWT_LEEWAY_SECS: u64 = 5;
 
 fn unauthorized(why: &str) -> AppError {
     AppError::Unauthorized(why.to_owned())
@@ -99,6 +108,8 @@ impl Auth {
         }
         Ok(Auth {
             keys,
+            audiences: config.audiences.clone(),
+            issuers: config.issuers.clone(),
             signing: config.hs256_secret.as_deref().map(EncodingKey::from_secret),
             producer_keys: config.producer_keys.clone(),
             admin_keys: config.admin_keys.clone(),
@@ -126,17 +137,38 @@ impl Auth {
                 continue;
             }
             let mut v = Validation::new(k.alg);
-            v.set_required_spec_claims(&["exp", "sub"]);
-            v.leeway = 5;
+            let mut required = vec!["exp", "sub"];
+            // `nbf` (RFC 7519 4.1.5) is checked when present, with the same leeway as `exp`.
+            v.validate_nbf = true;
+            v.leeway = JWT_LEEWAY_SECS;
+            if self.audiences.is_empty() {
+                // No audience configured: a token's `aud` (identity providers set one) is not
+                // checked. Configure --jwt-audience to require one.
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&self.audiences);
+                required.push("aud");
+            }
+            if !self.issuers.is_empty() {
+                v.set_issuer(&self.issuers);
+                required.push("iss");
+            }
+            v.set_required_spec_claims(&required);
             match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
                 Ok(data) => {
                     validate_user(&data.claims.sub)?;
                     return Ok(data.claims);
                 }
                 Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
                     last = match e.kind() {
-                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired",
-                        jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature",
+                        ErrorKind::ExpiredSignature => "token expired",
+                        ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
+                        ErrorKind::InvalidSignature => "bad signature",
+                        ErrorKind::InvalidAudience => "token audience not accepted",
+                        ErrorKind::InvalidIssuer => "token issuer not accepted",
+                        ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud",
+                        ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss",
                         _ => "invalid token",
                     }
                 }

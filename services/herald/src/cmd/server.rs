@@ -56,6 +56,17 @@ pub struct AccessArgs {
     /// JWKS file (an identity provider's key set) for user JWTs (repeat).
     #[arg(long = "jwks", value_name = "FILE")]
     pub jwks: Vec<PathBuf>,
+    /// Require tokens to carry this `aud` (repeat to accept several). Without it, `aud` is not
+    /// checked.
+    #[arg(
+        long = "jwt-audience",
+        env = "HERALD_JWT_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub audiences: Vec<String>,
+    /// Require tokens to carry this `iss` (repeat to accept several).
+    #[arg(long = "jwt-issuer", env = "HERALD_JWT_ISSUER", value_delimiter = ',')]
+    pub issuers: Vec<String>,
     /// Producer API key as NAME=KEY (repeat). With any, producers must authenticate.
     #[arg(long = "producer-key", value_name = "NAME=KEY")]
     pub producer_keys: Vec<String>,
@@ -225,6 +236,8 @@ impl Server {
                 rs256_public_pems: read_all(&self.keys.rs256_keys)?,
                 es256_public_pems: read_all(&self.keys.es256_keys)?,
                 jwks: read_all(&self.keys.jwks)?,
+                audiences: self.keys.audiences.clone(),
+                issuers: self.keys.issuers.clone(),
                 dev_login: dev,
                 open_producers: dev && producer_keys.is_empty(),
                 producer_keys,
