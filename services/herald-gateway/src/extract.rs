@@ -10,22 +10,50 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Json, Query, Request};
 use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 use crate::AppError;
 use crate::auth::User;
 
-/// A JSON body; a bad one is `400 malformed_json`, `422 invalid_json_shape`, `413` or `415`.
+/// A JSON body, which must be an object; a bad one is `400 malformed_json`,
+/// `422 invalid_json_shape`, `413` or `415`.
 pub struct AppJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let Json(v) = Json::<T>::from_request(req, state)
+        let Json(ObjectOnly(v)) = Json::<ObjectOnly<T>>::from_request(req, state)
             .await
             .map_err(|e: JsonRejection| AppError::from(e))?;
         Ok(AppJson(v))
+    }
+}
+
+/// A struct that only deserializes from a JSON object. serde lets a struct be written as an
+/// array of its fields in order (`[["id"], null, "laptop"]`), which the API documents nowhere:
+/// this refuses it (`422 invalid_json_shape`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(PhantomData)).map(ObjectOnly)
     }
 }
 

@@ -964,3 +964,32 @@ async fn tokens_are_checked_for_nbf_and_for_the_configured_audience_and_issuer()
         );
     }
 }
+
+#[tokio::test]
+async fn arrays_where_objects_are_documented_and_unknown_recipient_fields_are_422() {
+    let env = env().await;
+    let alice = dev_token(&env, "alice").await;
+    let positional = json!([{"users": ["alice"]}, "t", "s", {}, null, null, null, null, "k"]);
+    let cases = vec![
+        post(positional.to_string(), None),
+        post(
+            json!({"recipients": {"evryone": true}, "event_type": "t", "source": "s"}).to_string(),
+            None,
+        ),
+        post(
+            json!({"recipients": [["alice"]], "event_type": "t", "source": "s"}).to_string(),
+            None,
+        ),
+        post_batch(json!({"notifications": [["x"]]})),
+        post_batch(json!([[]])),
+        post_json("/v1/inbox/read", &alice, json!([["id"], null, "laptop"])),
+        post_json("/v1/ack", &alice, json!(["d", ["id"], null])),
+    ];
+    for req in cases {
+        let what = req.uri().to_string();
+        let (s, b) = call(&env, req).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {b}");
+        assert_eq!(code(&b), "invalid_json_shape", "{what}: {b}");
+    }
+    assert_eq!(request_records(&env).await, 0, "nothing was accepted");
+}

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::AppError;
 use crate::clock::now_ms;
-use crate::extract::{AppJson, Producer};
+use crate::extract::{AppJson, ObjectOnly, Producer};
 use crate::state::AppState;
 
 /// Most notifications in one batch request.
@@ -45,10 +45,35 @@ impl TimeInput {
     }
 }
 
+/// `recipients` as the API takes it: an object with these fields and no others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipientsBody {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    everyone: bool,
+}
+
+impl From<RecipientsBody> for Recipients {
+    fn from(r: RecipientsBody) -> Recipients {
+        Recipients {
+            users: r.users,
+            groups: r.groups,
+            topic: r.topic,
+            everyone: r.everyone,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationBody {
-    recipients: Recipients,
+    recipients: ObjectOnly<RecipientsBody>,
     event_type: String,
     source: String,
     #[serde(default)]
@@ -83,7 +108,7 @@ pub struct AcceptedBatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    notifications: Vec<NotificationBody>,
+    notifications: Vec<ObjectOnly<NotificationBody>>,
 }
 
 async fn post_notification(
@@ -169,7 +194,7 @@ async fn accept_batch(
     let traceparent = traceparent(headers);
     let mut requests = Vec::with_capacity(n);
     let mut ids = std::collections::HashSet::with_capacity(n);
-    for (i, body) in body.notifications.into_iter().enumerate() {
+    for (i, ObjectOnly(body)) in body.notifications.into_iter().enumerate() {
         let request = build_request(producer, body, None, traceparent.clone())
             .map_err(|e| AppError::Invalid(format!("notifications[{i}]: {e}")))?;
         if !ids.insert(request.notification_id.clone()) {
@@ -220,7 +245,7 @@ fn build_request(
         notification_id: notification_id(producer, &key),
         idempotency_key: key,
         producer: producer.to_owned(),
-        recipients: body.recipients,
+        recipients: body.recipients.0.into(),
         event_type: body.event_type,
         source: body.source,
         payload: serde_json::to_string(&body.data).expect("a Value serializes"),
