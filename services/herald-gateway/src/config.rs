@@ -8,6 +8,7 @@ use herald_core::delivery::DeliveryConfig;
 use herald_core::session::SessionConfig;
 
 use crate::auth::AuthConfig;
+use crate::serve::HttpOptions;
 
 /// Frames waiting for a connection's writer.
 pub const SEND_QUEUE: usize = 512;
@@ -52,6 +53,8 @@ pub struct GatewayConfig {
     /// Log records one audit request reads by default, and at most (`max_records`).
     pub audit_records: u64,
     pub audit_max_records: u64,
+    /// Connection timeouts of the HTTP server.
+    pub http: HttpOptions,
 }
 
 impl Default for GatewayConfig {
@@ -78,6 +81,7 @@ impl Default for GatewayConfig {
             audit_burst: 5.0,
             audit_records: 100_000,
             audit_max_records: 1_000_000,
+            http: HttpOptions::default(),
         }
     }
 }
@@ -123,6 +127,11 @@ impl GatewayConfig {
         at_least("slow-consumer timeout", self.slow_consumer_timeout, ms(100))?;
         at_least("hello timeout", self.hello_timeout, ms(100))?;
         at_least("read-after wait", self.read_after_wait, Duration::ZERO)?;
+        at_least(
+            "HTTP header timeout",
+            self.http.header_read_timeout,
+            ms(100),
+        )?;
         positive("frame rate", self.frame_rate)?;
         positive("frame burst", self.frame_burst)?;
         positive("producer rate", self.producer_rate)?;

@@ -22,6 +22,7 @@ pub mod extract;
 pub mod hub;
 pub mod limits;
 pub mod routes;
+pub mod serve;
 pub mod session;
 pub mod state;
 
@@ -30,4 +31,5 @@ pub use config::GatewayConfig;
 pub use error::AppError;
 pub use limits::MAX_BODY_BYTES;
 pub use routes::app;
+pub use serve::{HttpOptions, serve};
 pub use state::{AppState, Ports, StartError};

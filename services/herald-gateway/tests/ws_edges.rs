@@ -401,3 +401,51 @@ fn server_holds_socket(server_port: u16, client_port: u16) -> bool {
         .filter(|i| i.as_str() != "0")
         .any(|i| held.contains(&format!("socket:[{i}]")))
 }
+
+/// Reads until the server closes the connection; true if it did within the guard.
+async fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + GUARD;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_trickling_and_idle_http_connections_are_closed() {
+    let mut cfg = config();
+    cfg.http.header_read_timeout = Duration::from_millis(300);
+    let srv = server(cfg, true).await;
+    let addr = srv.http.trim_start_matches("http://").to_owned();
+    // Connected, says nothing.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    // Sends half a request head, then nothing.
+    let mut trickling = TcpStream::connect(&addr).await.unwrap();
+    trickling
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A whole request, answered, then an idle keep-alive connection.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    for (name, s) in [
+        ("silent", &mut silent),
+        ("trickling", &mut trickling),
+        ("idle", &mut idle),
+    ] {
+        assert!(
+            closed_by_server(s).await,
+            "the {name} connection stayed open"
+        );
+    }
+    srv.shutdown.cancel();
+}

@@ -85,7 +85,13 @@ pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let serving = state.clone();
-    tokio::spawn(async move { axum::serve(listener, app(serving)).await.unwrap() });
+    let http = state.config.http;
+    tokio::spawn(herald_gateway::serve(
+        listener,
+        app(serving),
+        http,
+        std::future::pending(),
+    ));
     let projector = Projector::new(log, store);
     let p = projector.clone();
     let s = shutdown.clone();

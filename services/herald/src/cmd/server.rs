@@ -113,6 +113,10 @@ pub struct Knobs {
     /// Close a connection whose send queue stays full with no progress this long, milliseconds.
     #[arg(long, default_value_t = defaults().slow_consumer_timeout.as_millis() as u64)]
     pub slow_consumer_timeout_ms: u64,
+    /// An HTTP request's headers must arrive within this long of the connection being ready for
+    /// one; also how long an idle keep-alive connection stays open, milliseconds.
+    #[arg(long, default_value_t = defaults().http.header_read_timeout.as_millis() as u64)]
+    pub http_header_timeout_ms: u64,
 }
 
 impl Knobs {
@@ -127,6 +131,10 @@ impl Knobs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             pong_timeout: Duration::from_millis(self.pong_timeout_ms),
             slow_consumer_timeout: Duration::from_millis(self.slow_consumer_timeout_ms),
+            http: herald_gateway::HttpOptions {
+                header_read_timeout: Duration::from_millis(self.http_header_timeout_ms),
+                ..defaults().http
+            },
             ..defaults()
         }
     }
@@ -357,15 +365,16 @@ impl Server {
             listener.local_addr()?
         );
         let server_token = shutdown.clone();
-        let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let http = state.config.http;
+        let stop = async move {
             tokio::select! {
                 _ = signal => tracing::info!("shutdown signal received"),
                 _ = server_token.cancelled() => {},
             }
             // WebSocket sessions close with 1001 going away.
             server_token.cancel();
-        });
-        let served = server.await;
+        };
+        herald_gateway::serve(listener, app(state), http, stop).await;
         connections.drained(Duration::from_secs(5)).await;
         // The server stopped accepting and finished its requests (appends included); stop the
         // projector between batches, then let the log writer commit what it holds.
@@ -375,7 +384,6 @@ impl Server {
             None => Ok(()),
         };
         drop(log);
-        served.context("HTTP server")?;
         projected.context("projector")?;
         drop(lock);
         eprintln!("{}: stopped", mode.name());
