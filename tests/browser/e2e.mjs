@@ -101,6 +101,20 @@ try {
   await waitFor(async () => (await page.locator("#items li .pill.pending").count()) === 0, "the pending step to be replaced");
   if ((await count()) !== 2) throw new Error(`after approval: ${await count()} items, expected 2`);
 
+  step("markup in a notification is shown as text and never runs");
+  const payload = `x<img src=x onerror="window.__xss=1">`;
+  await notify(["alice"], payload, { title: `<b>bold?</b><script>window.__xss=2</script>` }, null);
+  await notify(["alice"], `evt<svg onload="window.__xss=3">`, {}, null);
+  await waitFor(async () => (await count()) === 4, "the two markup notifications");
+  const xss = await page.evaluate(() => ({
+    ran: window.__xss ?? null,
+    injected: document.querySelectorAll("#items img, #items script, #items svg, #items b").length,
+    titles: [...document.querySelectorAll("#items li .title")].map((t) => t.textContent),
+  }));
+  if (xss.ran !== null || xss.injected !== 0) throw new Error(`markup ran or was injected: ${JSON.stringify(xss)}`);
+  if (!xss.titles.some((t) => t.includes("<b>bold?</b><script>"))) throw new Error(`title not shown as text: ${JSON.stringify(xss.titles)}`);
+  if (!xss.titles.some((t) => t.includes(`evt<svg onload=`))) throw new Error(`event type not shown as text: ${JSON.stringify(xss.titles)}`);
+
   step("WebSockets blocked: /herald.js falls back to SSE by itself and gets the notifications");
   const viaSse = await page.evaluate(async () => {
     const { HeraldClient } = await import("/herald.js");
@@ -121,12 +135,12 @@ try {
     client.addEventListener("fallback", () => (fellBack = true));
     client.start();
     const deadline = Date.now() + 15000;
-    while (seen.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (seen.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     client.stop();
     return { seen: seen.length, fellBack, transport: client.transport };
   });
   if (!viaSse.fellBack || viaSse.transport !== "sse") throw new Error(`no fallback to SSE: ${JSON.stringify(viaSse)}`);
-  if (viaSse.seen < 2) throw new Error(`SSE client saw ${viaSse.seen} notifications, expected at least 2`);
+  if (viaSse.seen < 4) throw new Error(`SSE client saw ${viaSse.seen} notifications, expected at least 4`);
 
   await page.screenshot({ path: SCREENSHOT });
   step(`screenshot saved to ${SCREENSHOT}`);

@@ -993,3 +993,31 @@ async fn arrays_where_objects_are_documented_and_unknown_recipient_fields_are_42
     }
     assert_eq!(request_records(&env).await, 0, "nothing was accepted");
 }
+
+#[tokio::test]
+async fn the_demo_and_the_browser_client_are_served_with_a_content_security_policy() {
+    let env = env().await;
+    for path in ["/", "/demo.js", "/demo.css", "/herald.js"] {
+        let resp = app(env.state.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    }
+    // The page itself has no inline script or style for the policy to allow.
+    let page = include_str!("../web/index.html");
+    assert!(!page.contains("<style"), "styles live in /demo.css");
+    assert!(
+        page.matches("<script").count() == page.matches("<script type=\"module\" src=").count(),
+        "scripts are files"
+    );
+    let demo = include_str!("../web/demo.js");
+    assert!(
+        !demo.contains("innerHTML") && !demo.contains("insertAdjacentHTML"),
+        "the demo builds its DOM from text"
+    );
+}

@@ -68,16 +68,21 @@ function render(n, { prepend }) {
   if (n.read) li.classList.add("read");
   const [cls, label] = status(n);
   const d = n.data ?? {};
-  li.innerHTML = `<span class="dot"></span>
-    <div class="body">
-      <div class="title"></div>
-      <div class="meta"></div>
-    </div>
-    <span class="actions"></span>`;
-  li.querySelector(".title").textContent = d.title ?? n.event_type;
-  li.querySelector(".title").insertAdjacentHTML("beforeend", `<span class="pill ${cls}">${label}</span>`);
+  // Built node by node: notification data is only ever text, never markup.
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const title = el("div", "title", String(d.title ?? n.event_type));
+  title.append(el("span", `pill ${cls}`, label));
+  const meta = el("div", "meta");
+  const body = el("div", "body");
+  body.append(title, meta);
+  li.append(el("span", "dot"), body, el("span", "actions"));
   const who = d.requester ? `from ${d.requester}` : `from ${n.source}`;
-  li.querySelector(".meta").textContent = `${who}${d.amount ? ` · €${d.amount}` : ""} · ${new Date(n.created_at).toLocaleTimeString()}`;
+  meta.textContent = `${who}${d.amount ? ` · €${d.amount}` : ""} · ${new Date(n.created_at).toLocaleTimeString()}`;
   const actions = li.querySelector(".actions");
   const button = (text, cls, fn) => {
     const b = document.createElement("button");

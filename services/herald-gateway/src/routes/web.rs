@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +23,10 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route(
             "/herald.js",
-            get(|| async { javascript(include_str!("../../web/herald.js")) }),
+            get(|| async { asset(JAVASCRIPT, include_str!("../../web/herald.js")) }),
         )
         .route("/demo.js", get(demo_js))
+        .route("/demo.css", get(demo_css))
         .route("/", get(demo_page))
         .route("/v1/dev/token", post(post_dev_token))
 }
@@ -39,30 +40,56 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-fn javascript(body: &'static str) -> Response {
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// What the demo page and its files may load and run: only this origin's scripts and styles
+/// (no inline script, no eval), connections back to this origin (HTTP and WebSocket), no
+/// plugins, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// A static file with its type and the security headers.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    use axum::http::header;
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/javascript; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         body,
     )
         .into_response()
 }
 
+/// The demo's files exist in `herald dev` only.
+fn dev_only(st: &AppState) -> Result<(), AppError> {
+    if st.auth.dev_login() {
+        Ok(())
+    } else {
+        Err(AppError::NotFound)
+    }
+}
+
 /// The demo inbox page (`herald dev` only).
 async fn demo_page(State(st): State<AppState>) -> Result<Response, AppError> {
-    if !st.auth.dev_login() {
-        return Err(AppError::NotFound);
-    }
-    Ok(Html(include_str!("../../web/index.html")).into_response())
+    dev_only(&st)?;
+    Ok(asset(
+        "text/html; charset=utf-8",
+        include_str!("../../web/index.html"),
+    ))
 }
 
 async fn demo_js(State(st): State<AppState>) -> Result<Response, AppError> {
-    if !st.auth.dev_login() {
-        return Err(AppError::NotFound);
-    }
-    Ok(javascript(include_str!("../../web/demo.js")))
+    dev_only(&st)?;
+    Ok(asset(JAVASCRIPT, include_str!("../../web/demo.js")))
+}
+
+async fn demo_css(State(st): State<AppState>) -> Result<Response, AppError> {
+    dev_only(&st)?;
+    Ok(asset(CSS, include_str!("../../web/demo.css")))
 }
 
 #[derive(Debug, Deserialize)]
