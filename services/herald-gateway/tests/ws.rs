@@ -989,3 +989,59 @@ async fn a_slow_consumer_is_closed_and_loses_nothing() {
     );
     srv.shutdown.cancel();
 }
+
+/// A repeated expansion (the same notification appended again at a later seq, as a fanout that
+/// crashed between its appends could have done) is not sent to a device as a new notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
+    use herald_ports::Topic;
+    let srv = server(config(), true).await;
+    let (mut c, _) = connect(&srv.ws, &bearer("rep"), "d1", None).await.unwrap();
+    let first = srv.post(&["rep"], "rep-1").await;
+    let seq = loop {
+        if let ServerFrame::Notification { id, seq, .. } = tokio::time::timeout(GUARD, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+            && id == first
+        {
+            break seq;
+        }
+    };
+    // The same notification appended again, straight into the user's partition.
+    let added = herald_core::model::UserEvent::Added(herald_core::model::NotificationAdded {
+        user_id: "rep".into(),
+        notification_id: first.clone(),
+        event_type: "t".into(),
+        source: "ws-test".into(),
+        payload: "{}".into(),
+        priority: Default::default(),
+        collapse_key: None,
+        deliver_at: None,
+        expires_at: None,
+        created_at: 1,
+        traceparent: None,
+    });
+    let record = srv.state.user_event_record(&added).unwrap();
+    srv.state
+        .log
+        .append(Topic::UserEvents, vec![record])
+        .await
+        .unwrap();
+    // A later notification is the barrier: the repeat precedes it in the user's partition.
+    let later = srv.post(&["rep"], "rep-2").await;
+    loop {
+        match tokio::time::timeout(GUARD, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ServerFrame::Notification { id, seq: s, .. } if id == first => {
+                assert_eq!(s, seq, "the repeat was sent as a new notification")
+            }
+            ServerFrame::Notification { id, .. } if id == later => break,
+            _ => {}
+        }
+    }
+    srv.shutdown.cancel();
+}

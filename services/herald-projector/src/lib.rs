@@ -118,6 +118,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let mut tick = tokio::time::interval(TIMER_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recent: std::collections::HashMap<(String, String), Instant> = Default::default();
+        // The first expansion of due requests after a start may repeat one an earlier timer
+        // stage appended and crashed before recording.
+        let mut first = true;
         loop {
             tokio::select! {
                 biased;
@@ -138,7 +141,14 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     })
                     .collect();
                 tracing::debug!(due = requests.len(), "expanding scheduled requests");
-                self.expand_now(&requests, &BTreeMap::new()).await?;
+                let recovering: HashSet<String> = if first {
+                    requests.iter().map(|r| r.notification_id.clone()).collect()
+                } else {
+                    HashSet::new()
+                };
+                self.expand_now(&requests, &BTreeMap::new(), &recovering)
+                    .await?;
+                first = false;
             }
             recent.retain(|_, at| at.elapsed() < EXPIRED_MEMORY);
             let expiring: Vec<(String, String)> = self
@@ -176,6 +186,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let mut consumer = self.log.consumer(topic, stage.name()).await?;
         let mut last_lag = Instant::now() - LAG_INTERVAL;
         let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+        // Fanout: requests below these offsets may have been expanded (appended) by an earlier
+        // owner of the partition that crashed before recording it; see `Recovery`.
+        let mut recover_below: BTreeMap<u32, u64> = BTreeMap::new();
         tracing::info!(
             stage = stage.name(),
             topic = topic.name(),
@@ -198,6 +211,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         let at = stored.get(&p).copied().unwrap_or(0);
                         consumer.seek(p, at)?;
                         positions.insert(p, at);
+                        // An owner records every batch it expands, and a batch holds at most
+                        // MAX_BATCH_RECORDS records: only those after the stored offset can
+                        // have been expanded without being recorded.
+                        recover_below.insert(p, at + MAX_BATCH_RECORDS as u64);
                     }
                     tracing::info!(stage = stage.name(), ?positions, "partitions assigned");
                 }
@@ -221,7 +238,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     next_offsets(&records, &mut offsets);
                     let n = records.len();
                     match topic {
-                        Topic::Requests => self.fanout_batch(&records).await?,
+                        Topic::Requests => self.fanout_batch(&records, &recover_below).await?,
                         Topic::UserEvents => self.inbox_batch(&records).await?,
                     }
                     consumer.commit(&offsets_vec(&offsets)).await?;
@@ -293,9 +310,23 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
 
     /// Expands a batch of requests and applies directory changes, in log order.
     #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
-    pub async fn fanout_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
+    pub async fn fanout_batch(
+        &self,
+        records: &[StoredRecord],
+        recover_below: &BTreeMap<u32, u64>,
+    ) -> Result<(), ProjectorError> {
         let mut offsets = BTreeMap::new();
         let mut run_requests: Vec<NotificationRequest> = Vec::new();
+        // Ids of requests an earlier owner may have expanded without recording it.
+        let recovering: HashSet<String> = records
+            .iter()
+            .filter(|r| {
+                recover_below
+                    .get(&r.partition)
+                    .is_some_and(|b| r.offset < *b)
+            })
+            .map(|r| r.record.key.clone())
+            .collect();
         let mut run_directory: Vec<DirectoryChange> = Vec::new();
         for r in records {
             match codec::decode(&r.record.value) {
@@ -313,7 +344,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 }
                 Ok(Event::Request(RequestRecord::Directory(d))) => {
                     if !run_requests.is_empty() {
-                        self.expand(&run_requests, &offsets).await?;
+                        self.expand(&run_requests, &offsets, &recovering).await?;
                         run_requests.clear();
                     }
                     match d.validate() {
@@ -330,7 +361,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         run_directory.clear();
                     }
                     if !run_requests.is_empty() {
-                        self.expand(&run_requests, &offsets).await?;
+                        self.expand(&run_requests, &offsets, &recovering).await?;
                         run_requests.clear();
                     }
                     next_offsets(std::slice::from_ref(r), &mut offsets);
@@ -358,7 +389,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 .await?;
         }
         if !run_requests.is_empty() || run_directory.is_empty() {
-            self.expand(&run_requests, &offsets).await?;
+            self.expand(&run_requests, &offsets, &recovering).await?;
         }
         Ok(())
     }
@@ -368,6 +399,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         &self,
         requests: &[NotificationRequest],
         offsets: &BTreeMap<u32, u64>,
+        recovering: &HashSet<String>,
     ) -> Result<(), ProjectorError> {
         let now = now_ms();
         let (later, now_due): (Vec<&NotificationRequest>, Vec<&NotificationRequest>) = requests
@@ -387,27 +419,24 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             self.store.schedule(Stage::Fanout, &entries, &[]).await?;
         }
         let now_due: Vec<NotificationRequest> = now_due.into_iter().cloned().collect();
-        self.expand_now(&now_due, offsets).await
+        self.expand_now(&now_due, offsets, recovering).await
     }
 
-    /// Expands requests whose ids are not yet expanded; records them with `offsets`.
+    /// Expands requests whose ids are not yet expanded; records them with `offsets`. For the
+    /// ids in `recovering`, recipients that already have the notification (an earlier expansion
+    /// that crashed before it was recorded) are skipped, so a crash never repeats an expansion.
     #[tracing::instrument(level = "debug", skip_all, fields(requests = requests.len()))]
     async fn expand_now(
         &self,
         requests: &[NotificationRequest],
         offsets: &BTreeMap<u32, u64>,
+        recovering: &HashSet<String>,
     ) -> Result<(), ProjectorError> {
         let ids: Vec<String> = requests.iter().map(|r| r.notification_id.clone()).collect();
         let done: HashSet<String> = self.store.expanded(&ids).await?.into_iter().collect();
-        let partitions = self.log.partitions(Topic::UserEvents);
-        let now = now_ms();
-        let mut seen = BTreeSet::new();
-        let mut expansions = Vec::new();
-        let mut records = Vec::new();
-        let mut duplicates = 0;
+        let mut resolved: Vec<(&NotificationRequest, Vec<String>)> = Vec::new();
         for req in requests {
-            if done.contains(&req.notification_id) || !seen.insert(req.notification_id.clone()) {
-                duplicates += 1;
+            if done.contains(&req.notification_id) {
                 continue;
             }
             // Most requests name users only: those need no round trip to the store.
@@ -415,7 +444,25 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 Some(users) => users,
                 None => self.store.resolve(&req.recipients).await?,
             };
+            resolved.push((req, users));
+        }
+        let delivered = self.already_added(&resolved, recovering).await?;
+        let partitions = self.log.partitions(Topic::UserEvents);
+        let now = now_ms();
+        let mut seen = BTreeSet::new();
+        let mut expansions = Vec::new();
+        let mut records = Vec::new();
+        let mut duplicates = 0;
+        duplicates += requests.len() - resolved.len();
+        for (req, users) in resolved {
+            if !seen.insert(req.notification_id.clone()) {
+                duplicates += 1;
+                continue;
+            }
             for u in &users {
+                if delivered.contains(&(u.clone(), req.notification_id.clone())) {
+                    continue;
+                }
                 records.push(user_event_record(
                     &UserEvent::Added(req.added_for(u)),
                     partitions,
@@ -439,6 +486,79 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             .await?;
         telemetry::projector_expanded(expansions.len(), duplicates);
         Ok(())
+    }
+}
+
+impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
+    /// Of the (recipient, notification) pairs of the `recovering` requests among `resolved`,
+    /// those whose `NotificationAdded` is already in the log: in the projection (rows) or in
+    /// the part of user-events the inbox stage has not applied yet. The applied offsets are
+    /// read first, so together the two cover the whole log.
+    async fn already_added(
+        &self,
+        resolved: &[(&NotificationRequest, Vec<String>)],
+        recovering: &HashSet<String>,
+    ) -> Result<HashSet<(String, String)>, ProjectorError> {
+        let mut found = HashSet::new();
+        let wanted: Vec<&(&NotificationRequest, Vec<String>)> = resolved
+            .iter()
+            .filter(|(r, _)| recovering.contains(&r.notification_id))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        let ids: HashSet<&str> = wanted
+            .iter()
+            .map(|(r, _)| r.notification_id.as_str())
+            .collect();
+        let users: HashSet<&str> = wanted
+            .iter()
+            .flat_map(|(_, us)| us.iter().map(String::as_str))
+            .collect();
+        let applied = self.store.consumer_offsets(Stage::Inbox).await?;
+        for p in 0..self.log.partitions(Topic::UserEvents) {
+            let mut at = applied.get(&p).copied().unwrap_or(0);
+            let end = self.log.end_offset(Topic::UserEvents, p).await?;
+            while at < end {
+                let chunk = self
+                    .log
+                    .read(
+                        Topic::UserEvents,
+                        p,
+                        at,
+                        ((end - at) as usize).min(MAX_BATCH_RECORDS),
+                    )
+                    .await?;
+                let Some(last) = chunk.last() else { break };
+                at = last.offset + 1;
+                for r in chunk
+                    .iter()
+                    .filter(|r| users.contains(r.record.key.as_str()))
+                {
+                    if let Ok(Event::User(UserEvent::Added(a))) = codec::decode(&r.record.value)
+                        && ids.contains(a.notification_id.as_str())
+                    {
+                        found.insert((a.user_id, a.notification_id));
+                    }
+                }
+            }
+        }
+        for (req, us) in wanted {
+            for u in us {
+                let key = (u.clone(), req.notification_id.clone());
+                if !found.contains(&key) && self.store.row(u, &req.notification_id).await?.is_some()
+                {
+                    found.insert(key);
+                }
+            }
+        }
+        if !found.is_empty() {
+            tracing::info!(
+                recipients = found.len(),
+                "recovery: skipping recipients an interrupted expansion already reached"
+            );
+        }
+        Ok(found)
     }
 }
 

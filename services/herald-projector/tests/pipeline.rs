@@ -381,3 +381,81 @@ async fn scheduled_notifications_appear_when_due_and_leave_when_expired() {
     stop.cancel();
     handle.await.unwrap();
 }
+
+/// The `NotificationAdded` records of `id` in user-events, by recipient.
+async fn added_records(env: &Env, id: &str) -> BTreeMap<String, usize> {
+    let mut by_user = BTreeMap::new();
+    for p in 0..env.log.partitions(Topic::UserEvents) {
+        let end = env.log.end_offset(Topic::UserEvents, p).await.unwrap();
+        for r in env
+            .log
+            .read(Topic::UserEvents, p, 0, end as usize)
+            .await
+            .unwrap()
+        {
+            if let Ok(Event::User(UserEvent::Added(a))) =
+                herald_core::codec::decode(&r.record.value)
+                && a.notification_id == id
+            {
+                *by_user.entry(a.user_id).or_default() += 1;
+            }
+        }
+    }
+    by_user
+}
+
+/// A fanout that appended some recipients' events and crashed before recording the expansion:
+/// the next one appends only what is missing, whether the inbox stage had applied the earlier
+/// events (rows) or not (still in the log's tail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_interrupted_before_it_was_recorded_is_not_repeated() {
+    for applied_before_restart in [false, true] {
+        let env = open(tempfile::tempdir().unwrap()).await;
+        let req = request("p", "interrupted", users(&["alice", "bob", "carol"]));
+        let id = req.notification_id.clone();
+        append_requests(&env, &[RequestRecord::Notification(Box::new(req.clone()))]).await;
+        // What the crashed fanout got to append: alice's and bob's events, not carol's.
+        let partitions = env.log.partitions(Topic::UserEvents);
+        let records = ["alice", "bob"]
+            .iter()
+            .map(|u| {
+                herald_ports::records::user_event_record(
+                    &UserEvent::Added(req.added_for(u)),
+                    partitions,
+                    1,
+                )
+                .unwrap()
+            })
+            .collect();
+        env.log.append(Topic::UserEvents, records).await.unwrap();
+        if applied_before_restart {
+            let token = CancellationToken::new();
+            let p = Projector::new(env.log.clone(), env.store.clone());
+            let t = token.clone();
+            let inbox = tokio::spawn(async move { p.run_inbox(t).await.unwrap() });
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while env.store.row("bob", &id).await.unwrap().is_none() {
+                assert!(tokio::time::Instant::now() < deadline, "never applied");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            token.cancel();
+            inbox.await.unwrap();
+        }
+        let (token, handle) = spawn(&env);
+        caught_up(&env).await;
+        token.cancel();
+        handle.await.unwrap();
+        let expected: BTreeMap<String, usize> = ["alice", "bob", "carol"]
+            .iter()
+            .map(|u| (u.to_string(), 1))
+            .collect();
+        assert_eq!(
+            added_records(&env, &id).await,
+            expected,
+            "one NotificationAdded per recipient (applied before restart: {applied_before_restart})"
+        );
+        for u in ["alice", "bob", "carol"] {
+            assert!(env.store.row(u, &id).await.unwrap().is_some(), "{u}");
+        }
+    }
+}
