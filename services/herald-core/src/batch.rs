@@ -323,6 +323,7 @@ pub fn prefetch<'a>(events: impl IntoIterator<Item = &'a UserEvent>) -> BTreeSet
                 needs.insert(row(&e.user_id, &e.notification_id));
                 needs.insert(count(&e.user_id));
             }
+            UserEvent::Connected(_) => {}
         }
     }
     needs

@@ -41,10 +41,11 @@ pub enum SchemaKind {
     Archived,
     Expired,
     RoleDefinition,
+    Connected,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 10] = [
+    pub const ALL: [SchemaKind; 11] = [
         SchemaKind::NotificationRequest,
         SchemaKind::DirectoryChange,
         SchemaKind::Added,
@@ -55,6 +56,7 @@ impl SchemaKind {
         SchemaKind::Archived,
         SchemaKind::Expired,
         SchemaKind::RoleDefinition,
+        SchemaKind::Connected,
     ];
 
     /// The record's full Avro name, also carried in the `herald-schema` header.
@@ -70,6 +72,7 @@ impl SchemaKind {
             SchemaKind::Archived => "dev.herald.events.NotificationsArchived",
             SchemaKind::Expired => "dev.herald.events.NotificationExpired",
             SchemaKind::RoleDefinition => "dev.herald.events.RoleDefinition",
+            SchemaKind::Connected => "dev.herald.events.DeviceConnected",
         }
     }
 
@@ -95,6 +98,7 @@ impl SchemaKind {
             SchemaKind::RoleDefinition => {
                 include_str!("../../../schemas/avro/role_definition.avsc")
             }
+            SchemaKind::Connected => include_str!("../../../schemas/avro/device_connected.avsc"),
         }
     }
 }
@@ -260,6 +264,7 @@ impl Registry {
             SchemaKind::RoleDefinition => {
                 Event::Request(RequestRecord::Role(self.decode_as(bytes)?.1))
             }
+            SchemaKind::Connected => Event::User(UserEvent::Connected(self.decode_as(bytes)?.1)),
         })
     }
 }
@@ -287,6 +292,7 @@ pub fn encode_user_event(event: &UserEvent) -> Result<Vec<u8>, CoreError> {
         UserEvent::Unread(e) => r.encode(SchemaKind::Unread, e),
         UserEvent::Archived(e) => r.encode(SchemaKind::Archived, e),
         UserEvent::Expired(e) => r.encode(SchemaKind::Expired, e),
+        UserEvent::Connected(e) => r.encode(SchemaKind::Connected, e),
     }
 }
 
@@ -315,5 +321,6 @@ pub fn user_event_kind(event: &UserEvent) -> SchemaKind {
         UserEvent::Unread(_) => SchemaKind::Unread,
         UserEvent::Archived(_) => SchemaKind::Archived,
         UserEvent::Expired(_) => SchemaKind::Expired,
+        UserEvent::Connected(_) => SchemaKind::Connected,
     }
 }

@@ -263,6 +263,14 @@ pub struct NotificationExpired {
     pub at: i64,
 }
 
+/// A user's device opened a session: the user exists from here on (for `everyone`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConnected {
+    pub user_id: String,
+    pub device_id: String,
+    pub at: i64,
+}
+
 /// Every event on the per-user topic. All of a user's events live in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserEvent {
@@ -273,6 +281,7 @@ pub enum UserEvent {
     Unread(MarkChange),
     Archived(MarkChange),
     Expired(NotificationExpired),
+    Connected(DeviceConnected),
 }
 
 impl UserEvent {
@@ -283,6 +292,7 @@ impl UserEvent {
             UserEvent::Acked(e) => &e.user_id,
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => &e.user_id,
             UserEvent::Expired(e) => &e.user_id,
+            UserEvent::Connected(e) => &e.user_id,
         }
     }
 
@@ -296,6 +306,7 @@ impl UserEvent {
             UserEvent::Unread(_) => "unread",
             UserEvent::Archived(_) => "archived",
             UserEvent::Expired(_) => "expired",
+            UserEvent::Connected(_) => "connected",
         }
     }
 
@@ -307,6 +318,7 @@ impl UserEvent {
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
                 e.device_id.as_deref()
             }
+            UserEvent::Connected(e) => Some(&e.device_id),
             UserEvent::Added(_) | UserEvent::Expired(_) => None,
         }
     }
@@ -321,6 +333,7 @@ impl UserEvent {
             UserEvent::Added(e) => e.notification_id == id,
             UserEvent::Delivered(e) => e.notification_id == id,
             UserEvent::Expired(e) => e.notification_id == id,
+            UserEvent::Connected(_) => false,
             UserEvent::Acked(e) => e.notification_ids.iter().any(|n| n == id) || covered(e.up_to),
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
                 e.notification_ids.iter().any(|n| n == id) || covered(e.up_to)
@@ -336,6 +349,7 @@ impl UserEvent {
             UserEvent::Acked(e) => e.at,
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => e.at,
             UserEvent::Expired(e) => e.at,
+            UserEvent::Connected(e) => e.at,
         }
     }
 }

@@ -307,6 +307,9 @@ pub fn fold<S: ProjectionState>(
             touch_named(state, &mut changes, id, offset, |r| r.expired = true)?;
             changes.into_writes(state, 0, &mut out)?;
         }
+        UserEvent::Connected(e) => out.push(Write::KnowUser {
+            user_id: e.user_id.clone(),
+        }),
     }
     Ok(out)
 }

@@ -577,7 +577,7 @@ impl Session {
                     });
                 }
             }
-            UserEvent::Acked(_) | UserEvent::Delivered(_) => {}
+            UserEvent::Acked(_) | UserEvent::Delivered(_) | UserEvent::Connected(_) => {}
         }
         Ok(())
     }

@@ -172,8 +172,9 @@ impl Hub {
             *pos = offset + 1;
             let Some(event) = event else { continue };
             // Sessions have no use for deliveries (each is the echo of a frame a session sent):
-            // forwarding them would double the live traffic of a replaying session.
-            if matches!(*event, UserEvent::Delivered(_)) {
+            // forwarding them would double the live traffic of a replaying session. Nor for
+            // connections (each is the echo of a session starting).
+            if matches!(*event, UserEvent::Delivered(_) | UserEvent::Connected(_)) {
                 continue;
             }
             let Some(entries) = st.sessions.get_mut(&user) else {

@@ -56,9 +56,15 @@ pub struct AppState {
     /// WebSocket tickets minted per user.
     pub tickets: Arc<RateLimits>,
     pub connections: Arc<ConnectionLimits>,
+    /// Users this gateway has announced as connected (bounded; see `announce`).
+    pub announced: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Cancelled on shutdown: sessions close with 1001 going away.
     pub shutdown: CancellationToken,
 }
+
+/// Users a gateway remembers having announced; past this, it forgets them all and announces
+/// again as they connect (an extra `DeviceConnected` costs one small record).
+pub const MAX_ANNOUNCED_USERS: usize = 100_000;
 
 impl AppState {
     /// Checks the configuration, builds the state and starts the live hub (which tails the log
@@ -87,8 +93,43 @@ impl AppState {
                 config.max_connections_per_user,
             ),
             config: Arc::new(config),
+            announced: Default::default(),
             shutdown,
         })
+    }
+
+    /// A device of `user` opened a session: the first time this gateway sees the user, it
+    /// appends a `DeviceConnected`, which makes the user part of `everyone` in the directory.
+    pub fn announce(&self, user: &str, device: &str) {
+        {
+            let mut seen = self.announced.lock().expect("announced lock");
+            if seen.contains(user) {
+                return;
+            }
+            if seen.len() >= MAX_ANNOUNCED_USERS {
+                seen.clear();
+            }
+            seen.insert(user.to_owned());
+        }
+        let event = UserEvent::Connected(herald_core::model::DeviceConnected {
+            user_id: user.to_owned(),
+            device_id: device.to_owned(),
+            at: now_ms(),
+        });
+        let record = match self.user_event_record(&event) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a connection event");
+                return;
+            }
+        };
+        let (log, announced, user) = (self.log.clone(), self.announced.clone(), user.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = log.append(Topic::UserEvents, vec![record]).await {
+                tracing::warn!(error = %e, "appending a connection event failed");
+                announced.lock().expect("announced lock").remove(&user);
+            }
+        });
     }
 
     /// The record of a user event (key = user id, the user's partition).

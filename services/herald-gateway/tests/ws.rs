@@ -1045,3 +1045,63 @@ async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
     }
     srv.shutdown.cancel();
 }
+
+/// "Everyone" includes users who only ever connected: opening a session makes a user known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everyone_reaches_users_who_have_only_connected() {
+    use herald_ports::Topic;
+    use herald_ports::projection::Stage;
+    let srv = server(config(), true).await;
+    let mut clients = Vec::new();
+    for u in ["e1", "e2", "e3"] {
+        clients.push(connect(&srv.ws, &bearer(u), "d", None).await.unwrap().0);
+    }
+    // The connections are in the log; wait until the projection has applied them.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let applied = srv
+            .state
+            .inbox
+            .consumer_offsets(Stage::Inbox)
+            .await
+            .unwrap();
+        let mut behind = false;
+        for p in 0..srv.state.log.partitions(Topic::UserEvents) {
+            let end = srv
+                .state
+                .log
+                .end_offset(Topic::UserEvents, p)
+                .await
+                .unwrap();
+            behind |= applied.get(&p).copied().unwrap_or(0) < end;
+        }
+        if !behind {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp: Value = reqwest::Client::new()
+        .post(format!("{}/v1/notifications", srv.http))
+        .json(&json!({"recipients": {"everyone": true}, "event_type": "t", "source": "ws-test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = resp["notification_id"].as_str().unwrap().to_owned();
+    for c in &mut clients {
+        loop {
+            if let ServerFrame::Notification { id: got, .. } = tokio::time::timeout(GUARD, c.next())
+                .await
+                .unwrap()
+                .unwrap()
+                && got == id
+            {
+                break;
+            }
+        }
+    }
+    srv.shutdown.cancel();
+}

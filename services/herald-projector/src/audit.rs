@@ -81,6 +81,7 @@ fn user_entry(r: &StoredRecord, e: &UserEvent) -> AuditEntry {
         ),
         UserEvent::Delivered(d) => format!("notification {}", d.notification_id),
         UserEvent::Expired(x) => format!("notification {}", x.notification_id),
+        UserEvent::Connected(c) => format!("device {} opened a session", c.device_id),
         UserEvent::Acked(a) => describe_ids(&a.notification_ids, a.up_to),
         UserEvent::Read(m) | UserEvent::Unread(m) | UserEvent::Archived(m) => {
             describe_ids(&m.notification_ids, m.up_to)

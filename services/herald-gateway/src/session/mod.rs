@@ -143,6 +143,7 @@ pub async fn serve(
     outbox: &Outbox,
     reap_silent: bool,
 ) -> End {
+    st.announce(&user.id, &hello.device_id);
     // Subscribe first, then read history (projection, then the log gap), then merge.
     let mut reg = st.hub.register(&user.id, &hello.device_id);
     let end = drive(st, user, hello, incoming, outbox, reap_silent, &mut reg).await;

@@ -68,7 +68,14 @@ pub fn user_log(seed: u64, n: usize, users: usize, partitions: u32) -> Vec<Posit
             }
         };
         let roll = rng.below(100);
-        let event = if roll < 45 || rows[u].is_empty() {
+        let event = if roll >= 98 {
+            // A device connects (a user may exist with no notification yet).
+            UserEvent::Connected(DeviceConnected {
+                user_id: user.clone(),
+                device_id: devices[rng.below(2) as usize].to_string(),
+                at: 1_700_000_000_000 + i as i64,
+            })
+        } else if roll < 45 || rows[u].is_empty() {
             let id = format!("n-{i}");
             let mut a = added(&user, &id);
             if rng.chance(20) {
