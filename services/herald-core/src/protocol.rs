@@ -162,13 +162,25 @@ pub fn notification_frame(
     }
 }
 
+/// Most bytes of a close frame's reason (RFC 6455 leaves 123 after the code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Parses a client frame; the error says what is wrong, for the close reason.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {
-    let frame: ClientFrame = serde_json::from_str(text).map_err(|e| {
-        let mut m = e.to_string();
-        m.truncate(100);
-        m
-    })?;
+    let frame: ClientFrame =
+        serde_json::from_str(text).map_err(|e| truncate_utf8(&e.to_string(), 100).to_owned())?;
     let ids = match &frame {
         ClientFrame::Ack { ids, .. }
         | ClientFrame::Read { ids, .. }
@@ -226,6 +238,15 @@ mod tests {
             vec!["\"x\""; MAX_IDS_PER_FRAME + 1].join(",")
         );
         assert!(parse_client_frame(&many).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn errors_and_reasons_are_cut_at_character_boundaries() {
+        // Found by the fuzzer: a parse error quoting multi-byte text was cut inside a character.
+        let bad = format!("\"{}\"", "é".repeat(80));
+        assert!(parse_client_frame(&bad).unwrap_err().len() <= 100);
+        assert_eq!(truncate_utf8("aé", 2), "a");
+        assert_eq!(truncate_utf8("abc", 5), "abc");
     }
 
     #[test]

@@ -449,3 +449,15 @@ async fn silent_trickling_and_idle_http_connections_are_closed() {
     }
     srv.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_quoting_multibyte_text_closes_with_4000() {
+    // Found by the fuzzer: the close reason (the parse error, which quotes the input) was cut
+    // inside a character, which panicked the session instead of closing it.
+    let srv = server(config(), true).await;
+    let mut c = open(&srv, "utf8-reason").await;
+    c.hello().await;
+    c.send(&text(&format!("\"{}\"", "é".repeat(80)))).await;
+    assert_eq!(c.close_code().await, Some(4000));
+    srv.shutdown.cancel();
+}

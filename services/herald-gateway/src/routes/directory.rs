@@ -41,13 +41,19 @@ pub struct Recorded {
 
 type Answer = Result<(StatusCode, Json<Recorded>), AppError>;
 
-/// Validates and appends a directory or role record; 202 once durable.
-async fn append(st: &AppState, record: RequestRecord) -> Answer {
+/// A directory or role record, validated.
+pub(crate) fn validated(record: RequestRecord) -> Result<RequestRecord, AppError> {
     match &record {
         RequestRecord::Directory(d) => d.validate()?,
         RequestRecord::Role(r) => r.validate()?,
         RequestRecord::Notification(n) => n.validate()?,
     }
+    Ok(record)
+}
+
+/// Validates and appends a directory or role record; 202 once durable.
+async fn append(st: &AppState, record: RequestRecord) -> Answer {
+    let record = validated(record)?;
     let rec = request_record(&record, st.log.partitions(Topic::Requests), now_ms())?;
     let at = st.log.append(Topic::Requests, vec![rec]).await?[0];
     Ok((
@@ -76,9 +82,17 @@ fn change(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserBody {
+pub(crate) struct UserBody {
     #[serde(default)]
     roles: Vec<String>,
+}
+
+/// The record a `PUT /v1/users/{user}` body asks for.
+pub(crate) fn user_record(user: String, body: UserBody) -> Result<RequestRecord, AppError> {
+    for r in &body.roles {
+        validate_id("roles", r)?;
+    }
+    validated(change(DirectoryOp::UpsertUser, user, None, body.roles))
 }
 
 async fn put_user(
@@ -86,10 +100,7 @@ async fn put_user(
     Path(user): Path<String>,
     AppJson(body): AppJson<UserBody>,
 ) -> Answer {
-    for r in &body.roles {
-        validate_id("roles", r)?;
-    }
-    append(&st, change(DirectoryOp::UpsertUser, user, None, body.roles)).await
+    append(&st, user_record(user, body)?).await
 }
 
 async fn put_member(
@@ -138,8 +149,17 @@ async fn delete_subscriber(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoleBody {
+pub(crate) struct RoleBody {
     topics: Vec<String>,
+}
+
+/// The record a `PUT /v1/roles/{role}` body asks for.
+pub(crate) fn role_record(role: String, body: RoleBody) -> Result<RequestRecord, AppError> {
+    validated(RequestRecord::Role(RoleDefinition {
+        role,
+        topics: body.topics,
+        at: now_ms(),
+    }))
 }
 
 async fn put_role(
@@ -147,10 +167,5 @@ async fn put_role(
     Path(role): Path<String>,
     AppJson(body): AppJson<RoleBody>,
 ) -> Answer {
-    let record = RequestRecord::Role(RoleDefinition {
-        role,
-        topics: body.topics,
-        at: now_ms(),
-    });
-    append(&st, record).await
+    append(&st, role_record(role, body)?).await
 }

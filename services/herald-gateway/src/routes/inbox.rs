@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use herald_core::cursor::Cursor;
+use herald_core::cursor::{Cursor, Epoch};
 use herald_core::ids::validate_id;
 use herald_core::model::{MarkChange, NotificationAcked, UserEvent};
 use herald_core::projection::InboxRow;
@@ -41,7 +41,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InboxParams {
+pub(crate) struct InboxParams {
     #[serde(default)]
     filter: Option<String>,
     #[serde(default)]
@@ -155,11 +155,8 @@ async fn wait_applied(st: &AppState, user: &str, after: Option<&str>) -> Result<
     }
 }
 
-async fn get_inbox(
-    State(st): State<AppState>,
-    AuthUser(user): AuthUser,
-    AppQuery(p): AppQuery<InboxParams>,
-) -> Result<Json<InboxPage>, AppError> {
+/// The filter and page size an inbox query asks for.
+pub(crate) fn page_of(p: &InboxParams) -> Result<(InboxFilter, usize), AppError> {
     let filter = match p.filter.as_deref() {
         None | Some("inbox") => InboxFilter::Inbox,
         Some("unread") => InboxFilter::Unread,
@@ -174,6 +171,18 @@ async fn get_inbox(
     if limit == 0 || limit > MAX_PAGE {
         return Err(AppError::Invalid(format!("limit must be 1..={MAX_PAGE}")));
     }
+    if let Some(after) = &p.after {
+        after.parse::<Cursor>()?;
+    }
+    Ok((filter, limit))
+}
+
+async fn get_inbox(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    AppQuery(p): AppQuery<InboxParams>,
+) -> Result<Json<InboxPage>, AppError> {
+    let (filter, limit) = page_of(&p)?;
     let consistent = wait_applied(&st, &user.id, p.after.as_deref()).await?;
     let query = InboxQuery {
         before: p.before,
@@ -218,7 +227,7 @@ async fn get_unread_count(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MarkBody {
+pub(crate) struct MarkBody {
     #[serde(default)]
     ids: Vec<String>,
     #[serde(default)]
@@ -241,10 +250,10 @@ fn check_ids(ids: &[String]) -> Result<(), AppError> {
 }
 
 /// The seq of an `up_to` cursor, which must belong to this log's epoch.
-fn up_to_seq(st: &AppState, up_to: Option<&str>) -> Result<Option<i64>, AppError> {
+fn up_to_seq(epoch: Epoch, up_to: Option<&str>) -> Result<Option<i64>, AppError> {
     match up_to.map(str::parse::<Cursor>) {
         None => Ok(None),
-        Some(Ok(c)) if c.matches(st.log.epoch()) => Ok(Some(c.seq.min(i64::MAX as u64) as i64)),
+        Some(Ok(c)) if c.matches(epoch) => Ok(Some(c.seq.min(i64::MAX as u64) as i64)),
         Some(Ok(_)) => Err(AppError::Invalid(
             "up_to is a cursor of another epoch".into(),
         )),
@@ -259,19 +268,21 @@ async fn append_one(st: &AppState, event: UserEvent) -> Result<(u32, u64), AppEr
     Ok((at.partition, at.offset))
 }
 
-#[derive(Clone, Copy)]
-enum Mark {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mark {
     Read,
     Unread,
     Archive,
 }
 
-async fn mark(
-    st: &AppState,
+/// The event a mark body asks for (validated).
+pub(crate) fn mark_event(
+    epoch: Epoch,
     user: String,
     body: MarkBody,
     kind: Mark,
-) -> Result<(StatusCode, Json<Appended>), AppError> {
+    now: i64,
+) -> Result<UserEvent, AppError> {
     check_ids(&body.ids)?;
     if let Some(d) = &body.device_id {
         validate_id("device_id", d)?;
@@ -279,7 +290,7 @@ async fn mark(
     if body.up_to.is_some() && !matches!(kind, Mark::Read) {
         return Err(AppError::Invalid("up_to is only for read".into()));
     }
-    let up_to = up_to_seq(st, body.up_to.as_deref())?;
+    let up_to = up_to_seq(epoch, body.up_to.as_deref())?;
     if body.ids.is_empty() && up_to.is_none() {
         return Err(AppError::Invalid("name ids (or up_to for read)".into()));
     }
@@ -288,13 +299,22 @@ async fn mark(
         device_id: body.device_id,
         notification_ids: body.ids,
         up_to,
-        at: now_ms(),
+        at: now,
     };
-    let event = match kind {
+    Ok(match kind {
         Mark::Read => UserEvent::Read(change),
         Mark::Unread => UserEvent::Unread(change),
         Mark::Archive => UserEvent::Archived(change),
-    };
+    })
+}
+
+async fn mark(
+    st: &AppState,
+    user: String,
+    body: MarkBody,
+    kind: Mark,
+) -> Result<(StatusCode, Json<Appended>), AppError> {
+    let event = mark_event(st.log.epoch(), user, body, kind, now_ms())?;
     // 202 once the change is durable; the projection and other devices follow.
     let (partition, offset) = append_one(st, event).await?;
     Ok((
@@ -339,12 +359,34 @@ async fn post_archive(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AckBody {
+pub(crate) struct AckBody {
     device_id: String,
     #[serde(default)]
     ids: Vec<String>,
     #[serde(default)]
     up_to: Option<String>,
+}
+
+/// The `Acked` event an ACK body asks for (validated).
+pub(crate) fn ack_event(
+    epoch: Epoch,
+    user: String,
+    body: AckBody,
+    now: i64,
+) -> Result<UserEvent, AppError> {
+    validate_id("device_id", &body.device_id)?;
+    check_ids(&body.ids)?;
+    let up_to = up_to_seq(epoch, body.up_to.as_deref())?;
+    if body.ids.is_empty() && up_to.is_none() {
+        return Err(AppError::Invalid("name ids or up_to".into()));
+    }
+    Ok(UserEvent::Acked(NotificationAcked {
+        user_id: user,
+        device_id: body.device_id,
+        notification_ids: body.ids,
+        up_to,
+        at: now,
+    }))
 }
 
 /// ACK over HTTP (for SSE clients): 202 once the ACK is durable in the log.
@@ -353,19 +395,7 @@ async fn post_ack(
     AuthUser(user): AuthUser,
     AppJson(body): AppJson<AckBody>,
 ) -> Result<(StatusCode, Json<Appended>), AppError> {
-    validate_id("device_id", &body.device_id)?;
-    check_ids(&body.ids)?;
-    let up_to = up_to_seq(&st, body.up_to.as_deref())?;
-    if body.ids.is_empty() && up_to.is_none() {
-        return Err(AppError::Invalid("name ids or up_to".into()));
-    }
-    let event = UserEvent::Acked(NotificationAcked {
-        user_id: user.id,
-        device_id: body.device_id,
-        notification_ids: body.ids,
-        up_to,
-        at: now_ms(),
-    });
+    let event = ack_event(st.log.epoch(), user.id, body, now_ms())?;
     let (partition, offset) = append_one(&st, event).await?;
     Ok((
         StatusCode::ACCEPTED,

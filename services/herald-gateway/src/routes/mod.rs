@@ -10,6 +10,8 @@
 //! | [`web`] | anyone | `/healthz`, `/herald.js`; `herald dev`: `/`, `/demo.js`, `POST /v1/dev/token` |
 
 pub mod directory;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbox;
 pub mod notifications;
 pub mod ops;

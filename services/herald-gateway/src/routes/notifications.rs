@@ -107,7 +107,7 @@ pub struct AcceptedBatch {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchBody {
+pub(crate) struct BatchBody {
     notifications: Vec<ObjectOnly<NotificationBody>>,
 }
 
@@ -180,18 +180,30 @@ async fn accept_batch(
 ) -> Result<Vec<Accepted>, AppError> {
     let AppJson(body) = body?;
     let n = body.notifications.len();
-    if n == 0 || n > MAX_BATCH_NOTIFICATIONS {
-        return Err(AppError::Invalid(format!(
-            "a batch holds 1 to {MAX_BATCH_NOTIFICATIONS} notifications, not {n}"
-        )));
-    }
     if headers.contains_key("idempotency-key") {
         return Err(AppError::Invalid(
             "a batch takes an idempotency_key per notification, not the Idempotency-Key header"
                 .into(),
         ));
     }
-    let traceparent = traceparent(headers);
+    let requests = batch_requests(producer, body, traceparent(headers))?;
+    take_tokens(st, producer, n)?;
+    append_requests(st, requests).await
+}
+
+/// A batch body's requests, each validated and with a key of its own (the whole batch or an
+/// error naming the bad item).
+pub(crate) fn batch_requests(
+    producer: &str,
+    body: BatchBody,
+    traceparent: Option<String>,
+) -> Result<Vec<NotificationRequest>, AppError> {
+    let n = body.notifications.len();
+    if n == 0 || n > MAX_BATCH_NOTIFICATIONS {
+        return Err(AppError::Invalid(format!(
+            "a batch holds 1 to {MAX_BATCH_NOTIFICATIONS} notifications, not {n}"
+        )));
+    }
     let mut requests = Vec::with_capacity(n);
     let mut ids = std::collections::HashSet::with_capacity(n);
     for (i, ObjectOnly(body)) in body.notifications.into_iter().enumerate() {
@@ -204,8 +216,7 @@ async fn accept_batch(
         }
         requests.push(request);
     }
-    take_tokens(st, producer, n)?;
-    append_requests(st, requests).await
+    Ok(requests)
 }
 
 /// Takes one token per notification from the producer's bucket (all or none).
@@ -221,7 +232,7 @@ fn take_tokens(st: &AppState, producer: &str, n: usize) -> Result<(), AppError> 
 
 /// A notification request from one body: the key from the body or the header (`header_key`),
 /// validated.
-fn build_request(
+pub(crate) fn build_request(
     producer: &str,
     body: NotificationBody,
     header_key: Option<String>,

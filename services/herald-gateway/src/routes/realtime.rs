@@ -91,7 +91,7 @@ async fn ws_upgrade(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SseParams {
+pub(crate) struct SseParams {
     /// Redeemed by the realtime layer; listed so that unknown parameters are refused.
     #[serde(default)]
     #[allow(dead_code)]
@@ -101,18 +101,25 @@ struct SseParams {
     cursor: Option<String>,
 }
 
+/// The `hello` an SSE request's parameters stand for.
+pub(crate) fn sse_hello(
+    p: SseParams,
+    epoch: herald_core::cursor::Epoch,
+) -> Result<Hello, AppError> {
+    validate_id("device_id", &p.device_id)?;
+    if let Some(c) = &p.cursor {
+        c.parse::<Cursor>()?;
+    }
+    Hello::parse(p.device_id, p.cursor.as_deref(), epoch).map_err(|e| AppError::Invalid(e.reason))
+}
+
 /// Server-Sent Events fallback: the same session as a WebSocket, frames as `data:` lines.
 async fn sse(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     AppQuery(p): AppQuery<SseParams>,
 ) -> Result<Response, AppError> {
-    validate_id("device_id", &p.device_id)?;
-    if let Some(c) = &p.cursor {
-        c.parse::<Cursor>()?;
-    }
-    let hello = Hello::parse(p.device_id, p.cursor.as_deref(), st.log.epoch())
-        .map_err(|e| AppError::Invalid(e.reason))?;
+    let hello = sse_hello(p, st.log.epoch())?;
     let guard = st.connections.acquire(&user.id)?;
     let stream = crate::session::sse::stream(st, user, hello, guard);
     Ok(axum::response::sse::Sse::new(stream).into_response())

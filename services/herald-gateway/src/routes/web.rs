@@ -94,7 +94,7 @@ async fn demo_css(State(st): State<AppState>) -> Result<Response, AppError> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DevLogin {
+pub(crate) struct DevLogin {
     user_id: String,
 }
 
@@ -104,12 +104,17 @@ pub struct DevToken {
     user_id: String,
 }
 
+/// Checks a demo login.
+pub(crate) fn dev_login(body: &DevLogin) -> Result<(), AppError> {
+    validate_user(&body.user_id)
+}
+
 /// `herald dev` only: a token for a demo user.
 async fn post_dev_token(
     State(st): State<AppState>,
     AppJson(body): AppJson<DevLogin>,
 ) -> Result<Json<DevToken>, AppError> {
-    validate_user(&body.user_id)?;
+    dev_login(&body)?;
     let token = st.auth.dev_token(&body.user_id, DEV_TOKEN_TTL)?;
     Ok(Json(DevToken {
         token,

@@ -8,7 +8,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::cursor::Epoch;
 use herald_core::protocol::{
-    ClientFrame, Close, ServerFrame, notification_frame, parse_client_frame,
+    ClientFrame, Close, MAX_CLOSE_REASON, ServerFrame, notification_frame, parse_client_frame,
+    truncate_utf8,
 };
 use herald_core::session::{Ending, Hello};
 use tokio::sync::oneshot;
@@ -29,11 +30,10 @@ pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 const CLOSE_DRAIN_ERRORS: usize = 64;
 
 fn close_msg(ending: &Ending) -> Message {
-    let mut reason = ending.reason.clone();
-    reason.truncate(120);
+    let reason = truncate_utf8(&ending.reason, MAX_CLOSE_REASON);
     Message::Close(Some(CloseFrame {
         code: ending.close.code(),
-        reason: Utf8Bytes::from(reason),
+        reason: Utf8Bytes::from(reason.to_owned()),
     }))
 }
 
