@@ -6,8 +6,9 @@
 //! * [`EmbeddedProjection`]: the projection port. The core fold runs inside a SQLite
 //!   transaction that also stores the consumer offsets, so writes and offsets commit together.
 //!
-//! Both files open in WAL mode, so other processes (`herald audit`, `herald replay`) can read
-//! them while `herald dev` writes.
+//! Their schemas are `schemas/sql/sqlite/001_log.sql` and `001_projection.sql` beside it, applied
+//! whenever a file is opened read-write. Both files open in WAL mode, so other processes
+//! (`herald audit`, `herald replay`) can read them while `herald dev` writes.
 #![forbid(unsafe_code)]
 
 mod log;

@@ -29,35 +29,7 @@ pub const DEFAULT_REQUEST_PARTITIONS: u32 = 1;
 /// Most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 1024;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS records (
-    topic INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    headers BLOB NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (topic, partition, offset)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    value BLOB NOT NULL,
-    at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS group_offsets (
-    grp TEXT NOT NULL,
-    topic INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic, partition)
-) WITHOUT ROWID;
-";
+const SCHEMA: &str = include_str!("../../../schemas/sql/sqlite/001_log.sql");
 
 /// Partition counts for a *new* log. An existing log keeps the counts it was created with;
 /// asking for different ones is an error (re-partitioning means a new log and a new epoch).

@@ -2,8 +2,8 @@
 //!
 //! The core fold runs inside one PostgreSQL transaction per batch, together with the consumer
 //! offsets, exactly as on SQLite: every write is an idempotent upsert, counts are absolute.
-//! The schema is `schemas/sql/001_projection.sql`, applied at start-up. Connections use the
-//! synchronous `postgres` client on tokio's blocking pool, from a bounded pool.
+//! The schema is `schemas/sql/postgres/001_projection.sql`, applied at start-up. Connections use
+//! the synchronous `postgres` client on tokio's blocking pool, from a bounded pool.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,7 +22,7 @@ pub mod testing;
 /// Most idle connections kept.
 pub const POOL_SIZE: usize = 8;
 
-const MIGRATION: &str = include_str!("../../../schemas/sql/001_projection.sql");
+const MIGRATION: &str = include_str!("../../../schemas/sql/postgres/001_projection.sql");
 
 const ROW_COLUMNS: &str = "user_id, seq, notification_id, event_type, source, payload, priority, \
      collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded";
