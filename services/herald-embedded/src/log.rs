@@ -273,15 +273,7 @@ impl EmbeddedLog {
     }
 
     fn check_partition(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
-        let partitions = self.partitions(topic);
-        if partition >= partitions {
-            return Err(LogError::NoSuchPartition {
-                topic: topic.name(),
-                partition,
-                partitions,
-            });
-        }
-        Ok(())
+        check_partition(topic, partition, self.partitions(topic))
     }
 }
 
@@ -435,15 +427,7 @@ impl EventLog for EmbeddedLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        for r in &records {
-            self.check_partition(topic, r.partition)?;
-            if r.value.len() > MAX_RECORD_BYTES {
-                return Err(LogError::RecordTooLarge {
-                    size: r.value.len(),
-                    max: MAX_RECORD_BYTES,
-                });
-            }
-        }
+        check_append(topic, self.partitions(topic), &records)?;
         let sender = self
             .inner
             .jobs

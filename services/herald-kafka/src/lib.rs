@@ -27,7 +27,7 @@ use futures_util::FutureExt;
 use herald_core::cursor::Epoch;
 use herald_ports::log::{
     Appended, ConsumerEvent, DeadLetter, EventLog, LogConsumer, LogError, MAX_RECORD_BYTES, Record,
-    StoredRecord, Topic,
+    StoredRecord, Topic, check_append, check_partition,
 };
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -270,15 +270,7 @@ impl KafkaLog {
     }
 
     fn check(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
-        let n = self.partitions[&topic];
-        if partition >= n {
-            return Err(LogError::NoSuchPartition {
-                topic: topic.name(),
-                partition,
-                partitions: n,
-            });
-        }
-        Ok(())
+        check_partition(topic, partition, self.partitions[&topic])
     }
 
     /// Produces records to a named topic, in order, and waits for every delivery report.
@@ -499,15 +491,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn append(&self, topic: Topic, records: Vec<Record>) -> Result<Vec<Appended>, LogError> {
-        for r in &records {
-            self.check(topic, r.partition)?;
-            if r.value.len() > MAX_RECORD_BYTES {
-                return Err(LogError::RecordTooLarge {
-                    size: r.value.len(),
-                    max: MAX_RECORD_BYTES,
-                });
-            }
-        }
+        check_append(topic, self.partitions[&topic], &records)?;
         let started = Instant::now();
         let n = records.len();
         let out = self.produce(&self.names[&topic], records).await?;

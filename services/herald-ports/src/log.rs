@@ -100,6 +100,33 @@ pub enum LogError {
     Storage(String),
 }
 
+/// [`LogError::NoSuchPartition`] unless `partition` is one of the `partitions` of `topic`.
+pub fn check_partition(topic: Topic, partition: u32, partitions: u32) -> Result<(), LogError> {
+    if partition >= partitions {
+        return Err(LogError::NoSuchPartition {
+            topic: topic.name(),
+            partition,
+            partitions,
+        });
+    }
+    Ok(())
+}
+
+/// What every log checks before an append: each record names one of the `partitions` of
+/// `topic` and its value fits in [`MAX_RECORD_BYTES`].
+pub fn check_append(topic: Topic, partitions: u32, records: &[Record]) -> Result<(), LogError> {
+    for r in records {
+        check_partition(topic, r.partition, partitions)?;
+        if r.value.len() > MAX_RECORD_BYTES {
+            return Err(LogError::RecordTooLarge {
+                size: r.value.len(),
+                max: MAX_RECORD_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// An event of a consumer's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsumerEvent {
