@@ -1,0 +1,174 @@
+//! The embedded event log: SQLite, group commit on a dedicated writer thread.
+//!
+//! One folder, one role a file: `open` (create or open the file, partition counts, epoch),
+//! `writer` (the writer thread's group commit), `reader` (reads by position), `consumer` (the
+//! single-member group consumer), `dead_letters` and `headers` (how record headers are stored).
+//! This file holds the shared state and the [`EventLog`] impl, which hands each call to its role.
+
+mod consumer;
+mod dead_letters;
+mod headers;
+mod open;
+mod reader;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use herald_core::cursor::Epoch;
+use herald_ports::log::*;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, watch};
+
+use crate::sqlite::{Access, Pool};
+
+/// Append requests that may wait for the writer thread; further callers wait for room.
+pub const APPEND_QUEUE_DEPTH: usize = 1024;
+/// Most records made durable by one group commit (one transaction, one fsync).
+pub const MAX_GROUP_COMMIT_RECORDS: usize = 8192;
+/// Partitions of the user-events topic of a new log, unless configured.
+pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Partitions of the requests topic of a new log, unless configured. One partition makes the
+/// fanout expand requests in accept order, so every user's inbox follows the order in which
+/// notifications were accepted (202); the fanout is one sequential stage either way.
+pub const DEFAULT_REQUEST_PARTITIONS: u32 = 1;
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// Partition counts for a *new* log. An existing log keeps the counts it was created with;
+/// asking for different ones is an error (re-partitioning means a new log and a new epoch).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogOptions {
+    pub requests_partitions: Option<u32>,
+    pub user_partitions: Option<u32>,
+}
+
+struct Shared {
+    path: PathBuf,
+    access: Access,
+    epoch: Epoch,
+    partitions: [u32; 2],
+    /// Next offset per partition, published after each commit (read-write mode only).
+    ends: [Vec<AtomicU64>; 2],
+    /// Bumped after every commit that touched the topic; consumers wait on it.
+    appended: [watch::Sender<u64>; 2],
+    pool: Pool,
+}
+
+impl Shared {
+    /// The next offset of a partition as the live writer last published it.
+    fn end(&self, topic: Topic, partition: u32) -> u64 {
+        self.ends[topic.id() as usize][partition as usize].load(Ordering::Acquire)
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what it holds, then exit.
+        self.jobs.lock().expect("jobs lock").take();
+        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The embedded log. Cheap to clone; the writer thread stops when the last clone is dropped,
+/// after committing every append already queued.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<Inner>,
+}
+
+fn storage(e: impl std::fmt::Display) -> LogError {
+    LogError::Storage(e.to_string())
+}
+
+impl EmbeddedLog {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    fn check_partition(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
+        check_partition(topic, partition, self.partitions(topic))
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let shared = self.shared().clone();
+        tokio::task::spawn_blocking(move || shared.pool.with(f).map_err(storage))
+            .await
+            .map_err(storage)?
+    }
+}
+
+#[async_trait]
+impl EventLog for EmbeddedLog {
+    fn epoch(&self) -> Epoch {
+        self.shared().epoch
+    }
+
+    fn partitions(&self, topic: Topic) -> u32 {
+        self.shared().partitions[topic.id() as usize]
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(topic = topic.name(), records = records.len()))]
+    async fn append(&self, topic: Topic, records: Vec<Record>) -> Result<Vec<Appended>, LogError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        check_append(topic, self.partitions(topic), &records)?;
+        self.submit(topic, records).await
+    }
+
+    async fn read(
+        &self,
+        topic: Topic,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        self.check_partition(topic, partition)?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.read_records(topic, partition, from, max).await
+    }
+
+    async fn end_offset(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
+        self.check_partition(topic, partition)?;
+        if self.shared().access == Access::ReadWrite {
+            return Ok(self.shared().end(topic, partition));
+        }
+        self.with_conn(move |c| reader::max_offset(c, topic, partition))
+            .await
+    }
+
+    async fn dead_letter(&self, record: &StoredRecord, reason: &str) -> Result<(), LogError> {
+        let (topic, partition, offset) = (record.topic.name(), record.partition, record.offset);
+        let (reason, value) = (reason.to_owned(), record.record.value.clone());
+        self.with_conn(move |c| dead_letters::keep(c, (topic, partition, offset), &reason, &value))
+            .await
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, LogError> {
+        self.with_conn(move |c| dead_letters::oldest(c, max)).await
+    }
+
+    async fn consumer(&self, topic: Topic, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
+        Ok(Box::new(consumer::EmbeddedConsumer::new(
+            self, topic, group,
+        )))
+    }
+}

@@ -1,0 +1,160 @@
+//! Opening the log file: the schema (`schemas/sql/sqlite/001_log.sql`), the partition counts
+//! and instance id kept in `meta` (written once, when the log is created), the cursor epoch
+//! derived from them, and the writer thread of a read-write log.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use herald_core::cursor::Epoch;
+use herald_ports::log::{LogError, Topic};
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    APPEND_QUEUE_DEPTH, DEFAULT_PARTITIONS, DEFAULT_REQUEST_PARTITIONS, EmbeddedLog, Inner,
+    LogOptions, MAX_PARTITIONS, Shared, reader, storage, writer,
+};
+use crate::sqlite::{self, Access, Pool};
+
+const SCHEMA: &str = include_str!("../../../../schemas/sql/sqlite/001_log.sql");
+
+fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+impl EmbeddedLog {
+    /// Opens (and in read-write mode creates) the log at `path`.
+    pub async fn open(path: &Path, access: Access, options: LogOptions) -> Result<Self, LogError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, access, options))
+            .await
+            .map_err(storage)?
+    }
+
+    fn open_blocking(path: PathBuf, access: Access, options: LogOptions) -> Result<Self, LogError> {
+        if access == Access::ReadOnly && !path.exists() {
+            return Err(LogError::Config(format!(
+                "no log at {}: check --data-dir, or start `herald dev` once to create it",
+                path.display()
+            )));
+        }
+        let conn = sqlite::open(&path, access)
+            .map_err(|e| {
+                LogError::Storage(format!(
+                    "cannot open log {}: {e} (is it a Herald log, or corrupt? move it aside to start afresh)",
+                    path.display()
+                ))
+            })?;
+        if access == Access::ReadWrite {
+            conn.execute_batch(SCHEMA).map_err(|e| {
+                LogError::Storage(format!(
+                    "{} is not a Herald log (or is corrupt): {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        let bad = |e: rusqlite::Error| {
+            LogError::Storage(format!(
+                "{} is not a Herald log (or is corrupt): {e}",
+                path.display()
+            ))
+        };
+        let mut partitions = [0u32; 2];
+        let instance = match meta(&conn, "instance").map_err(bad)? {
+            Some(id) => {
+                for (i, (key, asked)) in [
+                    ("partitions.requests", options.requests_partitions),
+                    ("partitions.user-events", options.user_partitions),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let stored: u32 = meta(&conn, key)
+                        .map_err(bad)?
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| LogError::Storage(format!("log meta {key} missing")))?;
+                    if let Some(asked) = asked
+                        && asked != stored
+                    {
+                        return Err(LogError::Config(format!(
+                            "the log at {} was created with {stored} {} partitions, not {asked}; \
+                                 re-partitioning needs a new log (and gives a new cursor epoch)",
+                            path.display(),
+                            Topic::ALL[i].name()
+                        )));
+                    }
+                    partitions[i] = stored;
+                }
+                id
+            }
+            None if access == Access::ReadOnly => {
+                return Err(LogError::Config(format!(
+                    "{} holds no Herald log",
+                    path.display()
+                )));
+            }
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                partitions = [
+                    options
+                        .requests_partitions
+                        .unwrap_or(DEFAULT_REQUEST_PARTITIONS),
+                    options.user_partitions.unwrap_or(DEFAULT_PARTITIONS),
+                ];
+                for p in partitions {
+                    if p == 0 || p > MAX_PARTITIONS {
+                        return Err(LogError::Config(format!(
+                            "partitions must be 1..={MAX_PARTITIONS}, got {p}"
+                        )));
+                    }
+                }
+                conn.execute_batch(&format!(
+                    "INSERT INTO meta VALUES ('instance', '{id}'), ('format', '1'), \
+                     ('partitions.requests', '{}'), ('partitions.user-events', '{}');",
+                    partitions[0], partitions[1]
+                ))
+                .map_err(storage)?;
+                id
+            }
+        };
+        let epoch = Epoch::derive(&instance, partitions[1]);
+        let mut ends: [Vec<AtomicU64>; 2] = [Vec::new(), Vec::new()];
+        for topic in Topic::ALL {
+            for p in 0..partitions[topic.id() as usize] {
+                ends[topic.id() as usize].push(AtomicU64::new(
+                    reader::max_offset(&conn, topic, p).map_err(bad)?,
+                ));
+            }
+        }
+        let shared = Arc::new(Shared {
+            pool: Pool::new(path.clone(), access),
+            path,
+            access,
+            epoch,
+            partitions,
+            ends,
+            appended: [watch::Sender::new(0), watch::Sender::new(0)],
+        });
+        let (jobs, writer) = if access == Access::ReadWrite {
+            let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
+            let s = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name("herald-log-writer".into())
+                .spawn(move || writer::writer_loop(conn, rx, s))
+                .map_err(storage)?;
+            (Some(tx), Some(handle))
+        } else {
+            (None, None)
+        };
+        tracing::info!(path = %shared.path.display(), %epoch, ?partitions, ?access, "embedded log open");
+        Ok(EmbeddedLog {
+            inner: Arc::new(Inner {
+                shared,
+                jobs: Mutex::new(jobs),
+                writer: Mutex::new(writer),
+            }),
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! The embedded projection store: SQLite, the core fold applied inside one transaction per
+//! batch together with the consumer offsets.
+//!
+//! One role a file, as the port splits them: `state` (the fold's view of a write transaction and
+//! the stage offsets), `writer` (`AppliedOffsets` and `ProjectionWriter`), `reader`
+//! (`InboxReader`), `directory` (`DirectoryReader`), `timers` (`TimerQueries`) and `snapshot`
+//! (`Snapshots`). This file opens the store and runs closures on its connections. The schema is
+//! `schemas/sql/sqlite/001_projection.sql`.
+
+mod directory;
+mod reader;
+mod snapshot;
+mod state;
+mod timers;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use herald_core::model::Priority;
+use herald_core::projection::InboxRow;
+use herald_ports::projection::ProjectionError;
+use rusqlite::{Connection, Row, Transaction};
+
+use crate::sqlite::{self, Access, Pool};
+
+const SCHEMA: &str = include_str!("../../../../schemas/sql/sqlite/001_projection.sql");
+
+const ROW_COLUMNS: &str = "user_id, seq, notification_id, event_type, source, payload, priority, \
+     collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded";
+
+fn storage(e: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Storage(e.to_string())
+}
+
+fn to_row(r: &Row<'_>) -> rusqlite::Result<InboxRow> {
+    let priority: String = r.get(6)?;
+    Ok(InboxRow {
+        user_id: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        notification_id: r.get(2)?,
+        event_type: r.get(3)?,
+        source: r.get(4)?,
+        payload: r.get(5)?,
+        priority: priority.parse().unwrap_or(Priority::Normal),
+        collapse_key: r.get(7)?,
+        created_at: r.get(8)?,
+        deliver_at: r.get(9)?,
+        expires_at: r.get(10)?,
+        read: r.get(11)?,
+        archived: r.get(12)?,
+        expired: r.get(13)?,
+        superseded: r.get(14)?,
+    })
+}
+
+struct Inner {
+    access: Access,
+    /// The one writer connection (SQLite has one writer at a time anyway).
+    writer: Option<Mutex<Connection>>,
+    pool: Pool,
+}
+
+/// The embedded projection store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedProjection {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedProjection {
+    pub async fn open(path: &Path, access: Access) -> Result<Self, ProjectionError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, access))
+            .await
+            .map_err(storage)?
+    }
+
+    fn open_blocking(path: PathBuf, access: Access) -> Result<Self, ProjectionError> {
+        if access == Access::ReadOnly && !path.exists() {
+            return Err(ProjectionError::Config(format!(
+                "no projection at {}: check --data-dir",
+                path.display()
+            )));
+        }
+        let bad = |e: rusqlite::Error| {
+            ProjectionError::Corrupt(format!(
+                "{} is not a Herald projection (or is corrupt): {e}",
+                path.display()
+            ))
+        };
+        let conn = sqlite::open(&path, access).map_err(bad)?;
+        let writer = if access == Access::ReadWrite {
+            conn.execute_batch(SCHEMA).map_err(bad)?;
+            Some(Mutex::new(conn))
+        } else {
+            conn.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(bad)?;
+            None
+        };
+        Ok(EmbeddedProjection {
+            inner: Arc::new(Inner {
+                pool: Pool::new(path, access),
+                access,
+                writer,
+            }),
+        })
+    }
+
+    /// Runs `f` in one write transaction on a blocking thread.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, ProjectionError> {
+        if self.inner.access == Access::ReadOnly {
+            return Err(ProjectionError::Config(
+                "the projection is open read-only".into(),
+            ));
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let writer = inner.writer.as_ref().expect("read-write has a writer");
+            let mut conn = writer.lock().expect("writer lock");
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok::<T, rusqlite::Error>(out)
+        })
+        .await
+        .map_err(storage)?
+        .map_err(storage)
+    }
+
+    /// Runs `f` with a reader connection on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, ProjectionError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.pool.with(f))
+            .await
+            .map_err(storage)?
+            .map_err(storage)
+    }
+}

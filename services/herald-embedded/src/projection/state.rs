@@ -1,0 +1,202 @@
+//! The write transaction: the fold's view of it ([`ProjectionState`] over SQLite), the stage
+//! offsets it stores with the writes, and the directory's writes.
+
+use std::collections::BTreeMap;
+
+use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{ROW_COLUMNS, to_row};
+
+/// The fold's view of a SQLite transaction.
+pub(super) struct TxState<'a, 'c> {
+    pub(super) tx: &'a Transaction<'c>,
+}
+
+impl ProjectionState for TxState<'_, '_> {
+    type Error = rusqlite::Error;
+
+    fn row(&mut self, user_id: &str, notification_id: &str) -> rusqlite::Result<Option<InboxRow>> {
+        self.tx
+            .prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = ?1 AND notification_id = ?2"
+            ))?
+            .query_row(params![user_id, notification_id], to_row)
+            .optional()
+    }
+
+    fn collapse_holder(&mut self, user_id: &str, key: &str) -> rusqlite::Result<Option<InboxRow>> {
+        self.tx
+            .prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = ?1 AND collapse_key = ?2 \
+                 AND archived = 0 AND expired = 0 AND superseded = 0 ORDER BY seq DESC LIMIT 1"
+            ))?
+            .query_row(params![user_id, key], to_row)
+            .optional()
+    }
+
+    fn unread_up_to(&mut self, user_id: &str, up_to: u64) -> rusqlite::Result<Vec<InboxRow>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = ?1 AND read = 0 AND seq <= ?2 ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map(params![user_id, up_to.min(i64::MAX as u64) as i64], to_row)?;
+        rows.collect()
+    }
+
+    fn unread_count(&mut self, user_id: &str) -> rusqlite::Result<u64> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT n FROM unread WHERE user_id = ?1")?
+            .query_row([user_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0) as u64)
+    }
+
+    fn device_cursor(&mut self, user_id: &str, device_id: &str) -> rusqlite::Result<Option<u64>> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT seq FROM cursors WHERE user_id = ?1 AND device_id = ?2")?
+            .query_row([user_id, device_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|s| s as u64))
+    }
+
+    fn write(&mut self, write: Write) -> rusqlite::Result<()> {
+        match write {
+            Write::PutRow(r) => {
+                self.tx
+                    .prepare_cached(&format!(
+                        "INSERT OR REPLACE INTO inbox ({ROW_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                    ))?
+                    .execute(params![
+                        r.user_id,
+                        r.seq as i64,
+                        r.notification_id,
+                        r.event_type,
+                        r.source,
+                        r.payload,
+                        r.priority.as_str(),
+                        r.collapse_key,
+                        r.created_at,
+                        r.deliver_at,
+                        r.expires_at,
+                        r.read,
+                        r.archived,
+                        r.expired,
+                        r.superseded
+                    ])?;
+            }
+            Write::SetUnreadCount { user_id, count } => {
+                self.tx
+                    .prepare_cached("INSERT OR REPLACE INTO unread (user_id, n) VALUES (?1, ?2)")?
+                    .execute(params![user_id, count as i64])?;
+            }
+            Write::AckSeq {
+                user_id,
+                device_id,
+                seq,
+            } => {
+                self.tx
+                    .prepare_cached("INSERT OR IGNORE INTO acks VALUES (?1, ?2, ?3)")?
+                    .execute(params![user_id, device_id, seq as i64])?;
+            }
+            Write::SetDeviceCursor {
+                user_id,
+                device_id,
+                seq,
+            } => {
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO cursors VALUES (?1, ?2, ?3) ON CONFLICT (user_id, device_id) \
+                         DO UPDATE SET seq = max(seq, excluded.seq)",
+                    )?
+                    .execute(params![user_id, device_id, seq as i64])?;
+            }
+            Write::MarkDelivered {
+                user_id,
+                device_id,
+                seq,
+                at,
+            } => {
+                self.tx
+                    .prepare_cached("INSERT OR IGNORE INTO delivered VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![user_id, device_id, seq as i64, at])?;
+            }
+            Write::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+        }
+        Ok(())
+    }
+}
+
+fn know_user(tx: &Transaction<'_>, user_id: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR IGNORE INTO users (user_id, roles) VALUES (?1, '[]')")?
+        .execute([user_id])?;
+    Ok(())
+}
+
+/// Stores offsets; a stored offset never moves backwards.
+pub(super) fn store_offsets(
+    tx: &Transaction<'_>,
+    consumer: &str,
+    offsets: &[(u32, u64)],
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO consumer_offsets VALUES (?1, ?2, ?3) ON CONFLICT (consumer, partition) \
+         DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
+    )?;
+    for (p, o) in offsets {
+        stmt.execute(params![consumer, p, *o as i64])?;
+    }
+    Ok(())
+}
+
+pub(super) fn apply_directory_write(
+    tx: &Transaction<'_>,
+    w: DirectoryWrite,
+) -> rusqlite::Result<()> {
+    match w {
+        DirectoryWrite::UpsertUser { user_id, roles } => {
+            let roles = serde_json::to_string(&roles).expect("strings serialize");
+            tx.prepare_cached("INSERT OR REPLACE INTO users (user_id, roles) VALUES (?1, ?2)")?
+                .execute(params![user_id, roles])?;
+        }
+        DirectoryWrite::KnowUser { user_id } => know_user(tx, &user_id)?,
+        DirectoryWrite::AddMember { group, user_id } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO group_members VALUES (?1, ?2)")?
+                .execute(params![group, user_id])?;
+        }
+        DirectoryWrite::RemoveMember { group, user_id } => {
+            tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user_id])?;
+        }
+        DirectoryWrite::Subscribe { topic, user_id } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO topic_subscribers VALUES (?1, ?2)")?
+                .execute(params![topic, user_id])?;
+        }
+        DirectoryWrite::Unsubscribe { topic, user_id } => {
+            tx.prepare_cached("DELETE FROM topic_subscribers WHERE topic = ?1 AND user_id = ?2")?
+                .execute(params![topic, user_id])?;
+        }
+        DirectoryWrite::DefineRole { role, topics } => {
+            let topics = serde_json::to_string(&topics).expect("strings serialize");
+            tx.prepare_cached("INSERT OR REPLACE INTO roles (role, topics) VALUES (?1, ?2)")?
+                .execute(params![role, topics])?;
+        }
+    }
+    Ok(())
+}
+
+/// The next offsets `consumer` has applied, by partition.
+pub(super) fn offsets_of(
+    conn: &Connection,
+    consumer: &str,
+) -> rusqlite::Result<BTreeMap<u32, u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = ?1",
+    )?;
+    let rows = stmt.query_map([consumer], |r| {
+        Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    rows.collect()
+}
