@@ -1,0 +1,112 @@
+//! [`InboxReader`]: what the gateway reads, inboxes, unread counts and what a device has not
+//! acknowledged.
+
+use async_trait::async_trait;
+use herald_core::projection::InboxRow;
+use herald_ports::projection::{InboxFilter, InboxQuery, InboxReader, MAX_PAGE, ProjectionError};
+
+use crate::{PostgresProjection, ROW_COLUMNS, to_row};
+
+#[async_trait]
+impl InboxReader for PostgresProjection {
+    async fn inbox(&self, user_id: &str, q: &InboxQuery) -> Result<Vec<InboxRow>, ProjectionError> {
+        let (user, q) = (user_id.to_owned(), q.clone());
+        self.run(move |c| {
+            let filter = match q.filter {
+                InboxFilter::Inbox => "NOT archived",
+                InboxFilter::Unread => "NOT archived AND NOT read",
+                InboxFilter::Archived => "archived",
+            };
+            let before = q.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            let limit = q.limit.min(MAX_PAGE) as i64;
+            Ok(c.query(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND seq < $2 AND {filter} \
+                     AND NOT expired AND NOT superseded \
+                     AND (deliver_at IS NULL OR deliver_at <= $3) AND (expires_at IS NULL OR expires_at > $3) \
+                     ORDER BY seq DESC LIMIT $4"
+                ),
+                &[&user, &before, &q.now_ms, &limit],
+            )?
+            .iter()
+            .map(to_row)
+            .collect())
+        })
+        .await
+    }
+
+    async fn unread_count(&self, user_id: &str) -> Result<u64, ProjectionError> {
+        let user = user_id.to_owned();
+        self.run(move |c| {
+            Ok(
+                c.query_opt("SELECT n FROM unread WHERE user_id = $1", &[&user])?
+                    .map_or(0, |r| r.get::<_, i64>(0) as u64),
+            )
+        })
+        .await
+    }
+
+    async fn pending(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: Option<u64>,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<InboxRow>, ProjectionError> {
+        let (user, device) = (user_id.to_owned(), device_id.to_owned());
+        self.run(move |c| {
+            let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
+            let limit = limit.min(MAX_PAGE * 10) as i64;
+            Ok(c.query(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = $1 \
+                     AND i.seq > GREATEST($2, COALESCE((SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $3), -1)) \
+                     AND NOT i.archived AND NOT i.expired AND NOT i.superseded \
+                     AND (i.deliver_at IS NULL OR i.deliver_at <= $4) AND (i.expires_at IS NULL OR i.expires_at > $4) \
+                     AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.user_id = $1 AND a.device_id = $3 AND a.seq = i.seq) \
+                     ORDER BY i.seq LIMIT $5"
+                ),
+                &[&user, &after, &device, &now_ms, &limit],
+            )?
+            .iter()
+            .map(to_row)
+            .collect())
+        })
+        .await
+    }
+
+    async fn device_cursor(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let (user, device) = (user_id.to_owned(), device_id.to_owned());
+        self.run(move |c| {
+            Ok(c.query_opt(
+                "SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $2",
+                &[&user, &device],
+            )?
+            .map(|r| r.get::<_, i64>(0) as u64))
+        })
+        .await
+    }
+
+    async fn row(
+        &self,
+        user_id: &str,
+        notification_id: &str,
+    ) -> Result<Option<InboxRow>, ProjectionError> {
+        let (user, id) = (user_id.to_owned(), notification_id.to_owned());
+        self.run(move |c| {
+            Ok(c.query_opt(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND notification_id = $2"
+                ),
+                &[&user, &id],
+            )?
+            .map(|r| to_row(&r)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,254 @@
+//! The write transaction: the fold's view of it ([`ProjectionState`] over PostgreSQL), the stage
+//! offsets it locks and stores with the writes, and the directory's writes.
+
+use std::collections::BTreeMap;
+
+use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
+use postgres::Transaction;
+
+use crate::{ROW_COLUMNS, to_row};
+
+/// The fold's view of a PostgreSQL transaction.
+pub(crate) struct TxState<'a, 'b> {
+    pub(crate) tx: &'a mut Transaction<'b>,
+}
+
+impl ProjectionState for TxState<'_, '_> {
+    type Error = postgres::Error;
+
+    fn row(&mut self, user_id: &str, id: &str) -> Result<Option<InboxRow>, postgres::Error> {
+        Ok(self
+            .tx
+            .query_opt(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND notification_id = $2"
+                ),
+                &[&user_id, &id],
+            )?
+            .map(|r| to_row(&r)))
+    }
+
+    fn collapse_holder(
+        &mut self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<InboxRow>, postgres::Error> {
+        Ok(self
+            .tx
+            .query_opt(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND collapse_key = $2 \
+                     AND NOT archived AND NOT expired AND NOT superseded ORDER BY seq DESC LIMIT 1"
+                ),
+                &[&user_id, &key],
+            )?
+            .map(|r| to_row(&r)))
+    }
+
+    fn unread_up_to(
+        &mut self,
+        user_id: &str,
+        up_to: u64,
+    ) -> Result<Vec<InboxRow>, postgres::Error> {
+        let up_to = up_to.min(i64::MAX as u64) as i64;
+        Ok(self
+            .tx
+            .query(
+                &format!("SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND NOT read AND seq <= $2 ORDER BY seq"),
+                &[&user_id, &up_to],
+            )?
+            .iter()
+            .map(to_row)
+            .collect())
+    }
+
+    fn unread_count(&mut self, user_id: &str) -> Result<u64, postgres::Error> {
+        Ok(self
+            .tx
+            .query_opt("SELECT n FROM unread WHERE user_id = $1", &[&user_id])?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn device_cursor(
+        &mut self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Option<u64>, postgres::Error> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $2",
+                &[&user_id, &device_id],
+            )?
+            .map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn write(&mut self, write: Write) -> Result<(), postgres::Error> {
+        match write {
+            Write::PutRow(r) => {
+                self.tx.execute(
+                    &format!(
+                        "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                         ON CONFLICT (user_id, seq) DO UPDATE SET read = EXCLUDED.read, archived = EXCLUDED.archived, \
+                         expired = EXCLUDED.expired, superseded = EXCLUDED.superseded"
+                    ),
+                    &[
+                        &r.user_id,
+                        &(r.seq as i64),
+                        &r.notification_id,
+                        &r.event_type,
+                        &r.source,
+                        &r.payload,
+                        &r.priority.as_str(),
+                        &r.collapse_key,
+                        &r.created_at,
+                        &r.deliver_at,
+                        &r.expires_at,
+                        &r.read,
+                        &r.archived,
+                        &r.expired,
+                        &r.superseded,
+                    ],
+                )?;
+            }
+            Write::SetUnreadCount { user_id, count } => {
+                self.tx.execute(
+                    "INSERT INTO unread (user_id, n) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET n = EXCLUDED.n",
+                    &[&user_id, &(count as i64)],
+                )?;
+            }
+            Write::AckSeq {
+                user_id,
+                device_id,
+                seq,
+            } => {
+                self.tx.execute(
+                    "INSERT INTO acks VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&user_id, &device_id, &(seq as i64)],
+                )?;
+            }
+            Write::SetDeviceCursor {
+                user_id,
+                device_id,
+                seq,
+            } => {
+                self.tx.execute(
+                    "INSERT INTO cursors VALUES ($1, $2, $3) ON CONFLICT (user_id, device_id) \
+                     DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq)",
+                    &[&user_id, &device_id, &(seq as i64)],
+                )?;
+            }
+            Write::MarkDelivered {
+                user_id,
+                device_id,
+                seq,
+                at,
+            } => {
+                self.tx.execute(
+                    "INSERT INTO delivered VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&user_id, &device_id, &(seq as i64), &at],
+                )?;
+            }
+            Write::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+        }
+        Ok(())
+    }
+}
+
+fn know_user(tx: &mut Transaction<'_>, user_id: &str) -> Result<(), postgres::Error> {
+    tx.execute(
+        "INSERT INTO users (user_id, roles) VALUES ($1, '[]') ON CONFLICT DO NOTHING",
+        &[&user_id],
+    )?;
+    Ok(())
+}
+
+/// Locks the offset rows of `offsets`' partitions for this transaction and returns what they
+/// hold: concurrent writers of one partition apply one after the other.
+pub(crate) fn lock_offsets(
+    tx: &mut Transaction<'_>,
+    consumer: &str,
+    offsets: &[(u32, u64)],
+) -> Result<BTreeMap<u32, u64>, postgres::Error> {
+    let mut out = BTreeMap::new();
+    let mut partitions: Vec<u32> = offsets.iter().map(|(p, _)| *p).collect();
+    partitions.sort_unstable(); // one lock order for every writer: no deadlocks
+    partitions.dedup();
+    for p in partitions {
+        tx.execute(
+            "INSERT INTO consumer_offsets VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+            &[&consumer, &(p as i32)],
+        )?;
+        let row = tx.query_one(
+            "SELECT next_offset FROM consumer_offsets WHERE consumer = $1 AND partition = $2 \
+             FOR UPDATE",
+            &[&consumer, &(p as i32)],
+        )?;
+        out.insert(p, row.get::<_, i64>(0) as u64);
+    }
+    Ok(out)
+}
+
+/// Stores offsets; a stored offset never moves backwards.
+pub(crate) fn store_offsets(
+    tx: &mut Transaction<'_>,
+    consumer: &str,
+    offsets: &[(u32, u64)],
+) -> Result<(), postgres::Error> {
+    for (p, o) in offsets {
+        tx.execute(
+            "INSERT INTO consumer_offsets VALUES ($1, $2, $3) ON CONFLICT (consumer, partition) \
+             DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
+            &[&consumer, &(*p as i32), &(*o as i64)],
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn apply_directory_write(
+    tx: &mut Transaction<'_>,
+    w: DirectoryWrite,
+) -> Result<(), postgres::Error> {
+    match w {
+        DirectoryWrite::UpsertUser { user_id, roles } => {
+            let roles = serde_json::to_string(&roles).expect("strings serialize");
+            tx.execute(
+                "INSERT INTO users (user_id, roles) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET roles = EXCLUDED.roles",
+                &[&user_id, &roles],
+            )?;
+        }
+        DirectoryWrite::KnowUser { user_id } => know_user(tx, &user_id)?,
+        DirectoryWrite::AddMember { group, user_id } => {
+            tx.execute(
+                "INSERT INTO group_members VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&group, &user_id],
+            )?;
+        }
+        DirectoryWrite::RemoveMember { group, user_id } => {
+            tx.execute(
+                "DELETE FROM group_members WHERE group_id = $1 AND user_id = $2",
+                &[&group, &user_id],
+            )?;
+        }
+        DirectoryWrite::Subscribe { topic, user_id } => {
+            tx.execute(
+                "INSERT INTO topic_subscribers VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&topic, &user_id],
+            )?;
+        }
+        DirectoryWrite::Unsubscribe { topic, user_id } => {
+            tx.execute(
+                "DELETE FROM topic_subscribers WHERE topic = $1 AND user_id = $2",
+                &[&topic, &user_id],
+            )?;
+        }
+        DirectoryWrite::DefineRole { role, topics } => {
+            let topics = serde_json::to_string(&topics).expect("strings serialize");
+            tx.execute(
+                "INSERT INTO roles (role, topics) VALUES ($1, $2) ON CONFLICT (role) DO UPDATE SET topics = EXCLUDED.topics",
+                &[&role, &topics],
+            )?;
+        }
+    }
+    Ok(())
+}
