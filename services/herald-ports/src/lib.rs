@@ -1,6 +1,7 @@
 //! Herald's ports. The projector and the gateway are written once against these traits; each
 //! backend (embedded SQLite, Kafka, PostgreSQL, ScyllaDB) is an adapter that passes the same
-//! contract suite ([`contract`], behind the `contract` feature).
+//! contract suite ([`contract`], behind the `contract` feature). [`transactional`] is the batch
+//! loop that the stores with transactions share.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -8,6 +9,7 @@ pub mod log;
 pub mod projection;
 pub mod records;
 pub mod telemetry;
+pub mod transactional;
 
 #[cfg(feature = "contract")]
 pub mod contract;

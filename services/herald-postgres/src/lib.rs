@@ -27,10 +27,11 @@ use std::sync::Arc;
 use herald_core::model::Priority;
 use herald_core::projection::InboxRow;
 use herald_ports::projection::ProjectionError;
-use postgres::{Client, Row, Transaction};
+use postgres::{Client, Row};
 
 pub use pool::POOL_SIZE;
 use pool::Pool;
+use state::TxState;
 
 const MIGRATION: &str = include_str!("../../../schemas/sql/postgres/001_projection.sql");
 
@@ -109,11 +110,11 @@ impl PostgresProjection {
     /// Runs `f` in one transaction on a blocking thread.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, postgres::Error> + Send + 'static,
+        f: impl FnOnce(&mut TxState<'_, '_>) -> Result<T, postgres::Error> + Send + 'static,
     ) -> Result<T, ProjectionError> {
         self.run(move |c| {
             let mut tx = c.transaction()?;
-            let out = f(&mut tx)?;
+            let out = f(&mut TxState { tx: &mut tx })?;
             tx.commit()?;
             Ok(out)
         })

@@ -1,9 +1,11 @@
-//! The write transaction: the fold's view of it ([`ProjectionState`] over PostgreSQL), the stage
-//! offsets it locks and stores with the writes, and the directory's writes.
+//! The write transaction: [`ProjectionState`] (the fold's reads and writes) and
+//! [`StageTransaction`] (stage offsets, directory, expansions, schedule) over PostgreSQL, for the
+//! batch loop in `herald_ports::transactional`.
 
 use std::collections::BTreeMap;
 
 use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
+use herald_ports::transactional::StageTransaction;
 use postgres::Transaction;
 
 use crate::{ROW_COLUMNS, to_row};
@@ -163,92 +165,117 @@ fn know_user(tx: &mut Transaction<'_>, user_id: &str) -> Result<(), postgres::Er
     Ok(())
 }
 
-/// Locks the offset rows of `offsets`' partitions for this transaction and returns what they
-/// hold: concurrent writers of one partition apply one after the other.
-pub(crate) fn lock_offsets(
-    tx: &mut Transaction<'_>,
-    consumer: &str,
-    offsets: &[(u32, u64)],
-) -> Result<BTreeMap<u32, u64>, postgres::Error> {
-    let mut out = BTreeMap::new();
-    let mut partitions: Vec<u32> = offsets.iter().map(|(p, _)| *p).collect();
-    partitions.sort_unstable(); // one lock order for every writer: no deadlocks
-    partitions.dedup();
-    for p in partitions {
-        tx.execute(
-            "INSERT INTO consumer_offsets VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-            &[&consumer, &(p as i32)],
-        )?;
-        let row = tx.query_one(
-            "SELECT next_offset FROM consumer_offsets WHERE consumer = $1 AND partition = $2 \
-             FOR UPDATE",
-            &[&consumer, &(p as i32)],
-        )?;
-        out.insert(p, row.get::<_, i64>(0) as u64);
+impl StageTransaction for TxState<'_, '_> {
+    /// Locks the offset rows of `offsets`' partitions for this transaction and returns what they
+    /// hold: several projector replicas share this store, and concurrent writers of one
+    /// partition apply one after the other.
+    fn applied_offsets(
+        &mut self,
+        consumer: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<BTreeMap<u32, u64>, postgres::Error> {
+        let mut out = BTreeMap::new();
+        let mut partitions: Vec<u32> = offsets.iter().map(|(p, _)| *p).collect();
+        partitions.sort_unstable(); // one lock order for every writer: no deadlocks
+        partitions.dedup();
+        for p in partitions {
+            self.tx.execute(
+                "INSERT INTO consumer_offsets VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+                &[&consumer, &(p as i32)],
+            )?;
+            let row = self.tx.query_one(
+                "SELECT next_offset FROM consumer_offsets WHERE consumer = $1 AND partition = $2 \
+                 FOR UPDATE",
+                &[&consumer, &(p as i32)],
+            )?;
+            out.insert(p, row.get::<_, i64>(0) as u64);
+        }
+        Ok(out)
     }
-    Ok(out)
-}
 
-/// Stores offsets; a stored offset never moves backwards.
-pub(crate) fn store_offsets(
-    tx: &mut Transaction<'_>,
-    consumer: &str,
-    offsets: &[(u32, u64)],
-) -> Result<(), postgres::Error> {
-    for (p, o) in offsets {
-        tx.execute(
-            "INSERT INTO consumer_offsets VALUES ($1, $2, $3) ON CONFLICT (consumer, partition) \
-             DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
-            &[&consumer, &(*p as i32), &(*o as i64)],
-        )?;
+    fn store_offsets(
+        &mut self,
+        consumer: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), postgres::Error> {
+        for (p, o) in offsets {
+            self.tx.execute(
+                "INSERT INTO consumer_offsets VALUES ($1, $2, $3) ON CONFLICT (consumer, partition) \
+                 DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
+                &[&consumer, &(*p as i32), &(*o as i64)],
+            )?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-pub(crate) fn apply_directory_write(
-    tx: &mut Transaction<'_>,
-    w: DirectoryWrite,
-) -> Result<(), postgres::Error> {
-    match w {
-        DirectoryWrite::UpsertUser { user_id, roles } => {
-            let roles = serde_json::to_string(&roles).expect("strings serialize");
-            tx.execute(
-                "INSERT INTO users (user_id, roles) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET roles = EXCLUDED.roles",
-                &[&user_id, &roles],
-            )?;
+    fn directory_write(&mut self, write: DirectoryWrite) -> Result<(), postgres::Error> {
+        match write {
+            DirectoryWrite::UpsertUser { user_id, roles } => {
+                let roles = serde_json::to_string(&roles).expect("strings serialize");
+                self.tx.execute(
+                    "INSERT INTO users (user_id, roles) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET roles = EXCLUDED.roles",
+                    &[&user_id, &roles],
+                )?;
+            }
+            DirectoryWrite::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+            DirectoryWrite::AddMember { group, user_id } => {
+                self.tx.execute(
+                    "INSERT INTO group_members VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&group, &user_id],
+                )?;
+            }
+            DirectoryWrite::RemoveMember { group, user_id } => {
+                self.tx.execute(
+                    "DELETE FROM group_members WHERE group_id = $1 AND user_id = $2",
+                    &[&group, &user_id],
+                )?;
+            }
+            DirectoryWrite::Subscribe { topic, user_id } => {
+                self.tx.execute(
+                    "INSERT INTO topic_subscribers VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&topic, &user_id],
+                )?;
+            }
+            DirectoryWrite::Unsubscribe { topic, user_id } => {
+                self.tx.execute(
+                    "DELETE FROM topic_subscribers WHERE topic = $1 AND user_id = $2",
+                    &[&topic, &user_id],
+                )?;
+            }
+            DirectoryWrite::DefineRole { role, topics } => {
+                let topics = serde_json::to_string(&topics).expect("strings serialize");
+                self.tx.execute(
+                    "INSERT INTO roles (role, topics) VALUES ($1, $2) ON CONFLICT (role) DO UPDATE SET topics = EXCLUDED.topics",
+                    &[&role, &topics],
+                )?;
+            }
         }
-        DirectoryWrite::KnowUser { user_id } => know_user(tx, &user_id)?,
-        DirectoryWrite::AddMember { group, user_id } => {
-            tx.execute(
-                "INSERT INTO group_members VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&group, &user_id],
-            )?;
-        }
-        DirectoryWrite::RemoveMember { group, user_id } => {
-            tx.execute(
-                "DELETE FROM group_members WHERE group_id = $1 AND user_id = $2",
-                &[&group, &user_id],
-            )?;
-        }
-        DirectoryWrite::Subscribe { topic, user_id } => {
-            tx.execute(
-                "INSERT INTO topic_subscribers VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&topic, &user_id],
-            )?;
-        }
-        DirectoryWrite::Unsubscribe { topic, user_id } => {
-            tx.execute(
-                "DELETE FROM topic_subscribers WHERE topic = $1 AND user_id = $2",
-                &[&topic, &user_id],
-            )?;
-        }
-        DirectoryWrite::DefineRole { role, topics } => {
-            let topics = serde_json::to_string(&topics).expect("strings serialize");
-            tx.execute(
-                "INSERT INTO roles (role, topics) VALUES ($1, $2) ON CONFLICT (role) DO UPDATE SET topics = EXCLUDED.topics",
-                &[&role, &topics],
-            )?;
-        }
+        Ok(())
     }
-    Ok(())
+
+    fn record_expansion(&mut self, id: &str, users: &[String]) -> Result<(), postgres::Error> {
+        self.tx.execute(
+            "INSERT INTO expansions VALUES ($1, $2) ON CONFLICT (notification_id) DO UPDATE SET recipients = EXCLUDED.recipients",
+            &[&id, &(users.len() as i64)],
+        )?;
+        self.tx
+            .execute("DELETE FROM scheduled WHERE notification_id = $1", &[&id])?;
+        for u in users {
+            self.tx.execute(
+                "INSERT INTO expansion_users VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&id, u],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn schedule(&mut self, id: &str, due: i64, request: &[u8]) -> Result<(), postgres::Error> {
+        // An id already expanded is never scheduled again.
+        self.tx.execute(
+            "INSERT INTO scheduled SELECT $1, $2, $3 \
+             WHERE NOT EXISTS (SELECT 1 FROM expansions WHERE notification_id = $1) ON CONFLICT DO NOTHING",
+            &[&id, &due, &request],
+        )?;
+        Ok(())
+    }
 }

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use herald_core::model::Priority;
 use herald_core::projection::InboxRow;
 use herald_ports::projection::ProjectionError;
-use rusqlite::{Connection, Row, Transaction};
+use rusqlite::{Connection, Row};
+
+use state::TxState;
 
 use crate::sqlite::{self, Access, Pool};
 
@@ -111,7 +113,7 @@ impl EmbeddedProjection {
     /// Runs `f` in one write transaction on a blocking thread.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut TxState<'_, '_>) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, ProjectionError> {
         if self.inner.access == Access::ReadOnly {
             return Err(ProjectionError::Config(
@@ -123,7 +125,7 @@ impl EmbeddedProjection {
             let writer = inner.writer.as_ref().expect("read-write has a writer");
             let mut conn = writer.lock().expect("writer lock");
             let tx = conn.transaction()?;
-            let out = f(&tx)?;
+            let out = f(&mut TxState { tx: &tx })?;
             tx.commit()?;
             Ok::<T, rusqlite::Error>(out)
         })

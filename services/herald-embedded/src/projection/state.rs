@@ -1,9 +1,11 @@
-//! The write transaction: the fold's view of it ([`ProjectionState`] over SQLite), the stage
-//! offsets it stores with the writes, and the directory's writes.
+//! The write transaction: [`ProjectionState`] (the fold's reads and writes) and
+//! [`StageTransaction`] (stage offsets, directory, expansions, schedule) over SQLite, for the
+//! batch loop in `herald_ports::transactional`.
 
 use std::collections::BTreeMap;
 
 use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
+use herald_ports::transactional::StageTransaction;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{ROW_COLUMNS, to_row};
@@ -135,56 +137,97 @@ fn know_user(tx: &Transaction<'_>, user_id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Stores offsets; a stored offset never moves backwards.
-pub(super) fn store_offsets(
-    tx: &Transaction<'_>,
-    consumer: &str,
-    offsets: &[(u32, u64)],
-) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO consumer_offsets VALUES (?1, ?2, ?3) ON CONFLICT (consumer, partition) \
-         DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
-    )?;
-    for (p, o) in offsets {
-        stmt.execute(params![consumer, p, *o as i64])?;
+impl StageTransaction for TxState<'_, '_> {
+    /// All of the stage's offsets: the write transaction holds SQLite's one write lock, so no
+    /// other writer can move them before this one commits.
+    fn applied_offsets(
+        &mut self,
+        consumer: &str,
+        _: &[(u32, u64)],
+    ) -> rusqlite::Result<BTreeMap<u32, u64>> {
+        offsets_of(self.tx, consumer)
     }
-    Ok(())
-}
 
-pub(super) fn apply_directory_write(
-    tx: &Transaction<'_>,
-    w: DirectoryWrite,
-) -> rusqlite::Result<()> {
-    match w {
-        DirectoryWrite::UpsertUser { user_id, roles } => {
-            let roles = serde_json::to_string(&roles).expect("strings serialize");
-            tx.prepare_cached("INSERT OR REPLACE INTO users (user_id, roles) VALUES (?1, ?2)")?
-                .execute(params![user_id, roles])?;
+    fn store_offsets(&mut self, consumer: &str, offsets: &[(u32, u64)]) -> rusqlite::Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO consumer_offsets VALUES (?1, ?2, ?3) ON CONFLICT (consumer, partition) \
+             DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
+        )?;
+        for (p, o) in offsets {
+            stmt.execute(params![consumer, p, *o as i64])?;
         }
-        DirectoryWrite::KnowUser { user_id } => know_user(tx, &user_id)?,
-        DirectoryWrite::AddMember { group, user_id } => {
-            tx.prepare_cached("INSERT OR IGNORE INTO group_members VALUES (?1, ?2)")?
-                .execute(params![group, user_id])?;
-        }
-        DirectoryWrite::RemoveMember { group, user_id } => {
-            tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user_id])?;
-        }
-        DirectoryWrite::Subscribe { topic, user_id } => {
-            tx.prepare_cached("INSERT OR IGNORE INTO topic_subscribers VALUES (?1, ?2)")?
-                .execute(params![topic, user_id])?;
-        }
-        DirectoryWrite::Unsubscribe { topic, user_id } => {
-            tx.prepare_cached("DELETE FROM topic_subscribers WHERE topic = ?1 AND user_id = ?2")?
-                .execute(params![topic, user_id])?;
-        }
-        DirectoryWrite::DefineRole { role, topics } => {
-            let topics = serde_json::to_string(&topics).expect("strings serialize");
-            tx.prepare_cached("INSERT OR REPLACE INTO roles (role, topics) VALUES (?1, ?2)")?
-                .execute(params![role, topics])?;
-        }
+        Ok(())
     }
-    Ok(())
+
+    fn directory_write(&mut self, write: DirectoryWrite) -> rusqlite::Result<()> {
+        match write {
+            DirectoryWrite::UpsertUser { user_id, roles } => {
+                let roles = serde_json::to_string(&roles).expect("strings serialize");
+                self.tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO users (user_id, roles) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![user_id, roles])?;
+            }
+            DirectoryWrite::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+            DirectoryWrite::AddMember { group, user_id } => {
+                self.tx
+                    .prepare_cached("INSERT OR IGNORE INTO group_members VALUES (?1, ?2)")?
+                    .execute(params![group, user_id])?;
+            }
+            DirectoryWrite::RemoveMember { group, user_id } => {
+                self.tx
+                    .prepare_cached(
+                        "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
+                    )?
+                    .execute(params![group, user_id])?;
+            }
+            DirectoryWrite::Subscribe { topic, user_id } => {
+                self.tx
+                    .prepare_cached("INSERT OR IGNORE INTO topic_subscribers VALUES (?1, ?2)")?
+                    .execute(params![topic, user_id])?;
+            }
+            DirectoryWrite::Unsubscribe { topic, user_id } => {
+                self.tx
+                    .prepare_cached(
+                        "DELETE FROM topic_subscribers WHERE topic = ?1 AND user_id = ?2",
+                    )?
+                    .execute(params![topic, user_id])?;
+            }
+            DirectoryWrite::DefineRole { role, topics } => {
+                let topics = serde_json::to_string(&topics).expect("strings serialize");
+                self.tx
+                    .prepare_cached("INSERT OR REPLACE INTO roles (role, topics) VALUES (?1, ?2)")?
+                    .execute(params![role, topics])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_expansion(&mut self, id: &str, users: &[String]) -> rusqlite::Result<()> {
+        let tx = self.tx;
+        tx.prepare_cached("INSERT OR REPLACE INTO expansions VALUES (?1, ?2)")?
+            .execute(params![id, users.len() as i64])?;
+        tx.prepare_cached("DELETE FROM scheduled WHERE notification_id = ?1")?
+            .execute([id])?;
+        let mut stmt =
+            tx.prepare_cached("INSERT OR IGNORE INTO expansion_users VALUES (?1, ?2)")?;
+        for u in users {
+            stmt.execute(params![id, u])?;
+        }
+        Ok(())
+    }
+
+    fn schedule(&mut self, id: &str, due: i64, request: &[u8]) -> rusqlite::Result<()> {
+        // An id already expanded is never scheduled again.
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO scheduled SELECT ?1, ?2, ?3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM expansions WHERE notification_id = ?1)",
+            )?
+            .execute(params![id, due, request])?;
+        Ok(())
+    }
 }
 
 /// The next offsets `consumer` has applied, by partition.

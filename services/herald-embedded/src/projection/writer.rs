@@ -1,25 +1,23 @@
-//! [`AppliedOffsets`] and [`ProjectionWriter`]: the projector's writes, each batch in one write
-//! transaction that also stores the stage's offsets.
+//! [`AppliedOffsets`] and [`ProjectionWriter`]: the projector's writes, each batch run by the
+//! shared loop of `herald_ports::transactional` in one write transaction that also stores the
+//! stage's offsets.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use herald_core::model::{DirectoryChange, RoleDefinition, UserEvent};
-use herald_core::projection;
 use herald_ports::projection::{
     AppliedOffsets, Positioned, ProjectionError, ProjectionWriter, Stage,
 };
-use rusqlite::params;
+use herald_ports::transactional;
 
 use super::EmbeddedProjection;
-use super::state::{TxState, apply_directory_write, offsets_of, store_offsets};
+use super::state::offsets_of;
 
 #[async_trait]
 impl AppliedOffsets for EmbeddedProjection {
     async fn consumer_offsets(&self, stage: Stage) -> Result<BTreeMap<u32, u64>, ProjectionError> {
-        let consumer = stage.name();
-        let consumer = consumer.to_owned();
-        self.read(move |c| offsets_of(c, &consumer)).await
+        self.read(move |c| offsets_of(c, stage.name())).await
     }
 }
 
@@ -31,22 +29,9 @@ impl ProjectionWriter for EmbeddedProjection {
         events: &[Positioned<UserEvent>],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
-        let consumer = stage.name();
-        let (consumer, events, offsets) = (consumer.to_owned(), events.to_vec(), offsets.to_vec());
-        self.write(move |tx| {
-            // Skip what the stored offsets already cover (the write transaction holds SQLite's
-            // one write lock): a stale batch never re-applies old events over newer ones.
-            let applied = offsets_of(tx, &consumer)?;
-            let mut state = TxState { tx };
-            for e in &events {
-                if e.covered_by(&applied) {
-                    continue;
-                }
-                projection::apply(&mut state, e.offset, &e.event)?;
-            }
-            store_offsets(tx, &consumer, &offsets)
-        })
-        .await
+        let (events, offsets) = (events.to_vec(), offsets.to_vec());
+        self.write(move |tx| transactional::apply_user_events(tx, stage, &events, &offsets))
+            .await
     }
 
     async fn apply_directory(
@@ -55,18 +40,9 @@ impl ProjectionWriter for EmbeddedProjection {
         changes: &[DirectoryChange],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
-        let consumer = stage.name();
-        let (consumer, changes, offsets) =
-            (consumer.to_owned(), changes.to_vec(), offsets.to_vec());
-        self.write(move |tx| {
-            for c in &changes {
-                for w in projection::fold_directory(c) {
-                    apply_directory_write(tx, w)?;
-                }
-            }
-            store_offsets(tx, &consumer, &offsets)
-        })
-        .await
+        let (changes, offsets) = (changes.to_vec(), offsets.to_vec());
+        self.write(move |tx| transactional::apply_directory(tx, stage, &changes, &offsets))
+            .await
     }
 
     async fn define_roles(
@@ -75,15 +51,9 @@ impl ProjectionWriter for EmbeddedProjection {
         roles: &[RoleDefinition],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
-        let consumer = stage.name();
-        let (consumer, roles, offsets) = (consumer.to_owned(), roles.to_vec(), offsets.to_vec());
-        self.write(move |tx| {
-            for r in &roles {
-                apply_directory_write(tx, projection::fold_role(r))?;
-            }
-            store_offsets(tx, &consumer, &offsets)
-        })
-        .await
+        let (roles, offsets) = (roles.to_vec(), offsets.to_vec());
+        self.write(move |tx| transactional::define_roles(tx, stage, &roles, &offsets))
+            .await
     }
 
     async fn record_expansions(
@@ -92,24 +62,9 @@ impl ProjectionWriter for EmbeddedProjection {
         expansions: &[(String, Vec<String>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
-        let consumer = stage.name();
-        let (consumer, expansions, offsets) =
-            (consumer.to_owned(), expansions.to_vec(), offsets.to_vec());
-        self.write(move |tx| {
-            for (id, users) in &expansions {
-                tx.prepare_cached("INSERT OR REPLACE INTO expansions VALUES (?1, ?2)")?
-                    .execute(params![id, users.len() as i64])?;
-                tx.prepare_cached("DELETE FROM scheduled WHERE notification_id = ?1")?
-                    .execute([id])?;
-                let mut stmt =
-                    tx.prepare_cached("INSERT OR IGNORE INTO expansion_users VALUES (?1, ?2)")?;
-                for u in users {
-                    stmt.execute(params![id, u])?;
-                }
-            }
-            store_offsets(tx, &consumer, &offsets)
-        })
-        .await
+        let (expansions, offsets) = (expansions.to_vec(), offsets.to_vec());
+        self.write(move |tx| transactional::record_expansions(tx, stage, &expansions, &offsets))
+            .await
     }
 
     async fn schedule(
@@ -118,20 +73,8 @@ impl ProjectionWriter for EmbeddedProjection {
         requests: &[(String, i64, Vec<u8>)],
         offsets: &[(u32, u64)],
     ) -> Result<(), ProjectionError> {
-        let consumer = stage.name();
-        let (consumer, requests, offsets) =
-            (consumer.to_owned(), requests.to_vec(), offsets.to_vec());
-        self.write(move |tx| {
-            for (id, due, request) in &requests {
-                // An id already expanded is never scheduled again.
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO scheduled SELECT ?1, ?2, ?3 \
-                     WHERE NOT EXISTS (SELECT 1 FROM expansions WHERE notification_id = ?1)",
-                )?
-                .execute(params![id, due, request])?;
-            }
-            store_offsets(tx, &consumer, &offsets)
-        })
-        .await
+        let (requests, offsets) = (requests.to_vec(), offsets.to_vec());
+        self.write(move |tx| transactional::schedule(tx, stage, &requests, &offsets))
+            .await
     }
 }
