@@ -6,6 +6,7 @@
 //! * [`partition`]: the stable user → partition hash, and [`cursor`]: epoch-tagged resume cursors.
 //! * [`projection`]: the inbox projection fold (`state × event → writes`) and its invariants.
 //! * [`batch`]: the fold over a cache of fetched facts, for stores read asynchronously.
+//! * [`recipients`]: who a request goes to, as of the directory (groups, topics under RBAC).
 //! * [`delivery`]: one device's send window and redelivery timers; [`session`]: a device's
 //!   whole session (replay → live merge, ACKs, marks, flow) as a pure state machine.
 //! * [`time`]: RFC 3339 formatting and parsing over a documented range of Unix milliseconds.
@@ -24,6 +25,7 @@ pub mod model;
 pub mod partition;
 pub mod projection;
 pub mod protocol;
+pub mod recipients;
 pub mod session;
 pub mod time;
 

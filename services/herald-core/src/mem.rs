@@ -9,6 +9,7 @@ use std::convert::Infallible;
 
 use crate::model::UserEvent;
 use crate::projection::{DirectoryWrite, InboxRow, ProjectionState, Write, apply};
+use crate::recipients::DirectoryState;
 
 /// Everything a projection holds, in a canonical order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -289,4 +290,37 @@ impl ProjectionState for MemProjection {
         }
         Ok(())
     }
+}
+
+/// The reference directory: recipient resolution over a snapshot.
+impl DirectoryState for ProjectionSnapshot {
+    type Error = Infallible;
+
+    fn group_members(&mut self, group: &str) -> Result<Vec<String>, Infallible> {
+        Ok(members(&self.groups, group))
+    }
+
+    fn topic_subscribers(&mut self, topic: &str) -> Result<Vec<String>, Infallible> {
+        Ok(members(&self.topics, topic))
+    }
+
+    fn user_roles(&mut self, user_id: &str) -> Result<Vec<String>, Infallible> {
+        Ok(self.users.get(user_id).cloned().unwrap_or_default())
+    }
+
+    fn role_topics(&mut self, role: &str) -> Result<Vec<String>, Infallible> {
+        Ok(self.roles.get(role).cloned().unwrap_or_default())
+    }
+
+    fn all_users(&mut self) -> Result<Vec<String>, Infallible> {
+        Ok(self.users.keys().cloned().collect())
+    }
+}
+
+/// The users of a (set name, user) set under `name`.
+fn members(set: &BTreeSet<(String, String)>, name: &str) -> Vec<String> {
+    set.iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, u)| u.clone())
+        .collect()
 }

@@ -1,10 +1,10 @@
-//! [`DirectoryReader`]: what the fanout reads, the directory (with RBAC on topic subscribers)
-//! and its bookkeeping of expanded requests.
-
-use std::collections::BTreeSet;
+//! [`DirectoryReader`]: what the fanout reads, the directory (resolved by
+//! `herald_core::recipients`, with RBAC on topic subscribers) and its bookkeeping of expanded
+//! requests.
 
 use async_trait::async_trait;
-use herald_core::model::{Recipients, RoleDefinition};
+use herald_core::model::Recipients;
+use herald_core::recipients::{self, DirectoryState};
 use herald_ports::projection::{DirectoryReader, ProjectionError};
 use postgres::Client;
 
@@ -28,36 +28,8 @@ impl DirectoryReader for PostgresProjection {
 
     async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError> {
         let r = recipients.clone();
-        self.run(move |c| {
-            let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
-            for g in &r.groups {
-                users.extend(strings(
-                    c,
-                    "SELECT user_id FROM group_members WHERE group_id = $1",
-                    g,
-                )?);
-            }
-            if let Some(t) = &r.topic {
-                for u in strings(
-                    c,
-                    "SELECT user_id FROM topic_subscribers WHERE topic = $1",
-                    t,
-                )? {
-                    if topic_allowed(c, &u, t)? {
-                        users.insert(u);
-                    }
-                }
-            }
-            if r.everyone {
-                users.extend(
-                    c.query("SELECT user_id FROM users", &[])?
-                        .iter()
-                        .map(|r| r.get::<_, String>(0)),
-                );
-            }
-            Ok(users.into_iter().collect())
-        })
-        .await
+        self.run(move |c| recipients::resolve(&mut Directory(c), &r))
+            .await
     }
 
     async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
@@ -73,27 +45,58 @@ impl DirectoryReader for PostgresProjection {
     }
 }
 
-fn strings(c: &mut Client, sql: &str, arg: &str) -> Result<Vec<String>, postgres::Error> {
-    Ok(c.query(sql, &[&arg])?.iter().map(|r| r.get(0)).collect())
+/// The directory on a PostgreSQL connection, as recipient resolution reads it.
+struct Directory<'a>(&'a mut Client);
+
+impl DirectoryState for Directory<'_> {
+    type Error = postgres::Error;
+
+    fn group_members(&mut self, group: &str) -> Result<Vec<String>, postgres::Error> {
+        strings(
+            self.0,
+            "SELECT user_id FROM group_members WHERE group_id = $1",
+            group,
+        )
+    }
+
+    fn topic_subscribers(&mut self, topic: &str) -> Result<Vec<String>, postgres::Error> {
+        strings(
+            self.0,
+            "SELECT user_id FROM topic_subscribers WHERE topic = $1",
+            topic,
+        )
+    }
+
+    fn user_roles(&mut self, user_id: &str) -> Result<Vec<String>, postgres::Error> {
+        json_list(
+            self.0,
+            "SELECT roles FROM users WHERE user_id = $1",
+            user_id,
+        )
+    }
+
+    fn role_topics(&mut self, role: &str) -> Result<Vec<String>, postgres::Error> {
+        json_list(self.0, "SELECT topics FROM roles WHERE role = $1", role)
+    }
+
+    fn all_users(&mut self) -> Result<Vec<String>, postgres::Error> {
+        Ok(self
+            .0
+            .query("SELECT user_id FROM users", &[])?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect())
+    }
 }
 
-/// RBAC: whether `user` may receive `topic` (no roles: yes; else one of the roles lists it).
-fn topic_allowed(c: &mut Client, user: &str, topic: &str) -> Result<bool, postgres::Error> {
-    let roles: Vec<String> = c
-        .query_opt("SELECT roles FROM users WHERE user_id = $1", &[&user])?
+/// The JSON list of strings in the one column of the row `sql` finds for `arg`; empty when there
+/// is no such row (or its JSON is not a list of strings).
+fn json_list(c: &mut Client, sql: &str, arg: &str) -> Result<Vec<String>, postgres::Error> {
+    Ok(c.query_opt(sql, &[&arg])?
         .and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok())
-        .unwrap_or_default();
-    if roles.is_empty() {
-        return Ok(true);
-    }
-    for role in roles {
-        let topics: Vec<String> = c
-            .query_opt("SELECT topics FROM roles WHERE role = $1", &[&role])?
-            .and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok())
-            .unwrap_or_default();
-        if RoleDefinition::allows(&topics, topic) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+        .unwrap_or_default())
+}
+
+fn strings(c: &mut Client, sql: &str, arg: &str) -> Result<Vec<String>, postgres::Error> {
+    Ok(c.query(sql, &[&arg])?.iter().map(|r| r.get(0)).collect())
 }

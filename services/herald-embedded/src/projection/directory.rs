@@ -1,10 +1,10 @@
-//! [`DirectoryReader`]: what the fanout reads, the directory (with RBAC on topic subscribers)
-//! and its bookkeeping of expanded requests.
-
-use std::collections::BTreeSet;
+//! [`DirectoryReader`]: what the fanout reads, the directory (resolved by
+//! `herald_core::recipients`, with RBAC on topic subscribers) and its bookkeeping of expanded
+//! requests.
 
 use async_trait::async_trait;
-use herald_core::model::{Recipients, RoleDefinition};
+use herald_core::model::Recipients;
+use herald_core::recipients::{self, DirectoryState};
 use herald_ports::projection::{DirectoryReader, ProjectionError};
 use rusqlite::{Connection, OptionalExtension};
 
@@ -30,35 +30,8 @@ impl DirectoryReader for EmbeddedProjection {
 
     async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError> {
         let r = recipients.clone();
-        self.read(move |c| {
-            let mut users: BTreeSet<String> = r.users.iter().cloned().collect();
-            for g in &r.groups {
-                users.extend(collect_strings(
-                    c,
-                    "SELECT user_id FROM group_members WHERE group_id = ?1",
-                    g,
-                )?);
-            }
-            if let Some(t) = &r.topic {
-                for u in collect_strings(
-                    c,
-                    "SELECT user_id FROM topic_subscribers WHERE topic = ?1",
-                    t,
-                )? {
-                    if topic_allowed(c, &u, t)? {
-                        users.insert(u);
-                    }
-                }
-            }
-            if r.everyone {
-                let mut stmt = c.prepare_cached("SELECT user_id FROM users")?;
-                for u in stmt.query_map([], |r| r.get::<_, String>(0))? {
-                    users.insert(u?);
-                }
-            }
-            Ok(users.into_iter().collect())
-        })
-        .await
+        self.read(move |c| recipients::resolve(&mut Directory(c), &r))
+            .await
     }
 
     async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
@@ -74,28 +47,56 @@ impl DirectoryReader for EmbeddedProjection {
     }
 }
 
-/// RBAC: whether `user` may receive `topic` (no roles: yes; else one of the roles lists it).
-fn topic_allowed(conn: &Connection, user: &str, topic: &str) -> rusqlite::Result<bool> {
-    let roles: Vec<String> = conn
-        .prepare_cached("SELECT roles FROM users WHERE user_id = ?1")?
-        .query_row([user], |r| r.get::<_, String>(0))
+/// The directory on a SQLite connection, as recipient resolution reads it.
+struct Directory<'a>(&'a Connection);
+
+impl DirectoryState for Directory<'_> {
+    type Error = rusqlite::Error;
+
+    fn group_members(&mut self, group: &str) -> rusqlite::Result<Vec<String>> {
+        collect_strings(
+            self.0,
+            "SELECT user_id FROM group_members WHERE group_id = ?1",
+            group,
+        )
+    }
+
+    fn topic_subscribers(&mut self, topic: &str) -> rusqlite::Result<Vec<String>> {
+        collect_strings(
+            self.0,
+            "SELECT user_id FROM topic_subscribers WHERE topic = ?1",
+            topic,
+        )
+    }
+
+    fn user_roles(&mut self, user_id: &str) -> rusqlite::Result<Vec<String>> {
+        json_list(
+            self.0,
+            "SELECT roles FROM users WHERE user_id = ?1",
+            user_id,
+        )
+    }
+
+    fn role_topics(&mut self, role: &str) -> rusqlite::Result<Vec<String>> {
+        json_list(self.0, "SELECT topics FROM roles WHERE role = ?1", role)
+    }
+
+    fn all_users(&mut self) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.0.prepare_cached("SELECT user_id FROM users")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    }
+}
+
+/// The JSON list of strings in the one column of the row `sql` finds for `arg`; empty when there
+/// is no such row (or its JSON is not a list of strings).
+fn json_list(conn: &Connection, sql: &str, arg: &str) -> rusqlite::Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row([arg], |r| r.get::<_, String>(0))
         .optional()?
         .and_then(|j| serde_json::from_str(&j).ok())
-        .unwrap_or_default();
-    if roles.is_empty() {
-        return Ok(true);
-    }
-    let mut stmt = conn.prepare_cached("SELECT topics FROM roles WHERE role = ?1")?;
-    for role in roles {
-        let topics: Option<String> = stmt.query_row([&role], |r| r.get(0)).optional()?;
-        let topics: Vec<String> = topics
-            .and_then(|j| serde_json::from_str(&j).ok())
-            .unwrap_or_default();
-        if RoleDefinition::allows(&topics, topic) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+        .unwrap_or_default())
 }
 
 fn collect_strings(conn: &Connection, sql: &str, arg: &str) -> rusqlite::Result<Vec<String>> {
