@@ -1,5 +1,5 @@
 //! The dead-letter table: records the projector could not use, kept with the reason, where
-//! `herald audit` and operators find them.
+//! operators find them.
 
 use herald_ports::log::DeadLetter;
 use rusqlite::Connection;

@@ -1,0 +1,290 @@
+//! Group consumers: a `StreamConsumer` whose rebalance callbacks become
+//! [`ConsumerEvent::Assigned`] / [`ConsumerEvent::Revoked`] in the same stream as the records,
+//! in the order librdkafka serves them. Offsets are committed only when the caller says so.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use herald_ports::log::{ConsumerEvent, LogConsumer, LogError, StoredRecord, Topic};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::message::stored;
+use crate::{KafkaConfig, storage};
+
+/// How long a refused seek waits before it is tried again.
+const SEEK_RETRY: Duration = Duration::from_millis(10);
+
+/// A member of consumer group `group` on topic `topic`, named `name` on the cluster.
+pub(crate) fn group_consumer(
+    config: &KafkaConfig,
+    topic: Topic,
+    name: String,
+    group: &str,
+) -> Result<KafkaConsumer, LogError> {
+    let context = GroupContext::default();
+    let events = context.events.clone();
+    let wake = context.wake.clone();
+    let consumer: StreamConsumer<GroupContext> = config
+        .client()
+        .set("group.id", config.group_name(group))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_uncommitted")
+        .set("partition.assignment.strategy", "roundrobin")
+        .create_with_context(context)
+        .map_err(storage)?;
+    consumer.subscribe(&[&name]).map_err(storage)?;
+    Ok(KafkaConsumer {
+        topic,
+        name,
+        consumer: Arc::new(consumer),
+        events,
+        wake,
+        stash: VecDeque::new(),
+        assigned: BTreeMap::new(),
+        pending_seeks: BTreeMap::new(),
+        timeout: config.operation_timeout,
+    })
+}
+
+/// Rebalance callbacks, turned into consumer events.
+#[derive(Default)]
+struct GroupContext {
+    events: Arc<Mutex<VecDeque<ConsumerEvent>>>,
+    /// Wakes a `next` that waits for records when a rebalance comes instead.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let ps = partitions_of(tpl);
+            if !ps.is_empty() {
+                self.events
+                    .lock()
+                    .expect("events lock")
+                    .push_back(ConsumerEvent::Revoked(ps));
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let ps = partitions_of(tpl);
+                self.events
+                    .lock()
+                    .expect("events lock")
+                    .push_back(ConsumerEvent::Assigned(ps));
+                self.wake.notify_one();
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance error"),
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<u32> {
+    let mut ps: Vec<u32> = tpl
+        .elements()
+        .iter()
+        .map(|e| e.partition() as u32)
+        .collect();
+    ps.sort_unstable();
+    ps
+}
+
+pub(crate) struct KafkaConsumer {
+    topic: Topic,
+    name: String,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    /// Rebalances seen during polls (a handful at most between two `next` calls).
+    events: Arc<Mutex<VecDeque<ConsumerEvent>>>,
+    wake: Arc<tokio::sync::Notify>,
+    /// Records taken in the same poll as a rebalance, returned after it (at most one batch).
+    stash: VecDeque<StoredRecord>,
+    /// Assigned partitions and the least offset to hand out next (moved by `seek`).
+    assigned: BTreeMap<u32, u64>,
+    /// Seeks librdkafka refused because the partition's fetcher had not started yet; applied
+    /// before the next records are taken, and until then the partition's records are dropped.
+    pending_seeks: BTreeMap<u32, u64>,
+    timeout: Duration,
+}
+
+impl KafkaConsumer {
+    fn control(&mut self) -> Option<ConsumerEvent> {
+        let ev = self.events.lock().expect("events lock").pop_front()?;
+        match &ev {
+            ConsumerEvent::Assigned(ps) => {
+                for p in ps {
+                    self.assigned.insert(*p, 0);
+                }
+            }
+            ConsumerEvent::Revoked(ps) => {
+                for p in ps {
+                    self.assigned.remove(p);
+                    self.pending_seeks.remove(p);
+                }
+            }
+            ConsumerEvent::Records(_) => {}
+        }
+        Some(ev)
+    }
+
+    fn try_seek(&self, partition: u32, offset: u64) -> Result<bool, LogError> {
+        match self.consumer.seek(
+            &self.name,
+            partition as i32,
+            Offset::Offset(offset as i64),
+            self.timeout,
+        ) {
+            Ok(()) => Ok(true),
+            // rdkafka reports RD_KAFKA_RESP_ERR__STATE from a seek only as text.
+            Err(KafkaError::Seek(msg)) if msg.contains("Erroneous state") => Ok(false),
+            Err(e) => Err(storage(format!(
+                "Kafka seek {}/{partition}: {e}",
+                self.name
+            ))),
+        }
+    }
+
+    /// Applies refused seeks, waiting for the fetchers to start (bounded by the timeout).
+    async fn settle_seeks(&mut self) -> Result<(), LogError> {
+        let deadline = Instant::now() + self.timeout;
+        while let Some((&p, &o)) = self.pending_seeks.first_key_value() {
+            if self.try_seek(p, o)? {
+                self.pending_seeks.remove(&p);
+                continue;
+            }
+            if Instant::now() > deadline {
+                return Err(storage(format!(
+                    "Kafka seek {}/{p}: the partition did not start fetching",
+                    self.name
+                )));
+            }
+            tokio::time::sleep(SEEK_RETRY).await;
+        }
+        Ok(())
+    }
+
+    /// Keeps a record only if its partition is still ours and it is not before a seek.
+    fn keep(&mut self, r: &StoredRecord) -> bool {
+        if self.pending_seeks.contains_key(&r.partition) {
+            return false;
+        }
+        match self.assigned.get_mut(&r.partition) {
+            Some(min) if r.offset >= *min => {
+                *min = r.offset + 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl LogConsumer for KafkaConsumer {
+    async fn next(&mut self, max_records: usize) -> Result<ConsumerEvent, LogError> {
+        loop {
+            if let Some(ev) = self.control() {
+                return Ok(ev);
+            }
+            self.settle_seeks().await?;
+            if !self.stash.is_empty() {
+                let stash: Vec<StoredRecord> = self.stash.drain(..).collect();
+                let batch: Vec<StoredRecord> = stash.into_iter().filter(|r| self.keep(r)).collect();
+                if !batch.is_empty() {
+                    return Ok(ConsumerEvent::Records(batch));
+                }
+                continue;
+            }
+            let mut batch = Vec::new();
+            {
+                // The rebalance callback runs inside this poll; it wakes us when it has queued
+                // an event (recv is cancel-safe).
+                let first = tokio::select! {
+                    m = self.consumer.recv() => m.map_err(storage)?,
+                    _ = self.wake.notified() => continue,
+                };
+                batch.push(stored(self.topic, &first));
+            }
+            while batch.len() < max_records.max(1) {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(stored(self.topic, &m)),
+                    Some(Err(e)) => return Err(storage(e)),
+                    None => break,
+                }
+            }
+            if !self.events.lock().expect("events lock").is_empty() {
+                self.stash.extend(batch);
+                continue;
+            }
+            let batch: Vec<StoredRecord> = batch.into_iter().filter(|r| self.keep(r)).collect();
+            if !batch.is_empty() {
+                return Ok(ConsumerEvent::Records(batch));
+            }
+        }
+    }
+
+    fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError> {
+        let Some(min) = self.assigned.get_mut(&partition) else {
+            return Err(LogError::Config(format!(
+                "seek on partition {partition}, which is not assigned"
+            )));
+        };
+        *min = offset;
+        if !self.try_seek(partition, offset)? {
+            self.pending_seeks.insert(partition, offset);
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), LogError> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            if self.assigned.contains_key(p) {
+                tpl.add_partition_offset(&self.name, *p as i32, Offset::Offset(*o as i64))
+                    .map_err(storage)?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(storage)?;
+        match result {
+            Ok(()) => Ok(()),
+            // A rebalance took the partitions while the batch ran: the projection's own offsets
+            // are authoritative, so the group offset of a lost partition is merely stale.
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::RebalanceInProgress
+                            | RDKafkaErrorCode::IllegalGeneration
+                            | RDKafkaErrorCode::UnknownMemberId
+                    )
+                ) =>
+            {
+                tracing::warn!(error = %e, "Kafka commit lost to a rebalance");
+                Ok(())
+            }
+            Err(e) => Err(storage(format!("Kafka commit: {e}"))),
+        }
+    }
+}
