@@ -1,0 +1,190 @@
+//! Events of the user's partition (from the log gap or live), offers, and what settles a
+//! notification.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use super::*;
+
+impl Session {
+    pub(super) fn live(
+        &mut self,
+        offset: u64,
+        event: Arc<UserEvent>,
+        io: Io,
+        out: &mut Out<'_>,
+    ) -> Result<(), Ending> {
+        // ACKs and deliveries only settle what was sent; they need no ordering against the
+        // replay (and holding them would fill the hold with a replay's own echo).
+        if self.replaying() && !matches!(*event, UserEvent::Acked(_) | UserEvent::Delivered(_)) {
+            if self.held.len() >= self.cfg.max_held {
+                return Err(Ending::new(
+                    Close::SlowConsumer,
+                    "too many live events during replay",
+                ));
+            }
+            self.held.push((offset, event));
+            return Ok(());
+        }
+        self.event(offset, &event, true, io, out)
+    }
+
+    /// Settles a notification by id, whatever seq it came with.
+    pub(super) fn settle_id(&mut self, id: &str) {
+        if let Some(seq) = self.ids.remove(id) {
+            self.delivery.settle(seq);
+            self.recent.insert(id.to_owned(), self.cfg.recent_ids);
+        }
+    }
+
+    /// The device has processed these ids and everything up to `up_to`: settle them, and never
+    /// offer them again in this session, even if a replay read finds them later (the projection
+    /// may not have applied the ACK yet).
+    pub(super) fn processed(&mut self, ids: &[String], up_to: Option<u64>) {
+        for id in ids {
+            self.settle_id(id);
+            self.recent.insert(id.clone(), self.cfg.recent_ids);
+        }
+        if let Some(u) = up_to {
+            self.settle_through(u);
+            self.delivery.skip_through(u);
+        }
+    }
+
+    pub(super) fn offer(&mut self, row: Arc<InboxRow>) -> Result<(), Ending> {
+        let seq = row.seq;
+        if self.ids.contains_key(&row.notification_id) || self.recent.contains(&row.notification_id)
+        {
+            // A repeated expansion of a notification this session already has: the projection
+            // keeps the first seq (invariant 4), and so does the device.
+            return Ok(());
+        }
+        match self.delivery.offer(seq, row.clone()) {
+            Offer::Queued => {
+                self.ids.insert(row.notification_id.clone(), seq);
+                if self.replaying() {
+                    self.replay_high = Some(self.replay_high.map_or(seq, |h| h.max(seq)));
+                }
+                Ok(())
+            }
+            Offer::Duplicate => Ok(()),
+            Offer::Overflow => Err(Ending::new(Close::SlowConsumer, "delivery queue full")),
+        }
+    }
+
+    pub(super) fn cursor(&self, seq: u64) -> String {
+        Cursor {
+            epoch: self.epoch,
+            seq,
+        }
+        .to_string()
+    }
+
+    /// An event of this user's partition, from the log gap (`live = false`) or live.
+    pub(super) fn event(
+        &mut self,
+        offset: u64,
+        ev: &UserEvent,
+        live: bool,
+        io: Io,
+        out: &mut Out<'_>,
+    ) -> Result<(), Ending> {
+        if ev.user_id() != self.user {
+            return Ok(());
+        }
+        match ev {
+            UserEvent::Added(a) => {
+                let row = added_row(a, offset);
+                if row.due(io.now_ms) {
+                    self.offer(Arc::new(row))?;
+                }
+            }
+            UserEvent::Acked(a) if a.device_id == self.device => {
+                // Clamped like the fold: an ACK covers only what precedes it in the log.
+                let up_to = match (
+                    a.up_to.and_then(|u| u64::try_from(u).ok()),
+                    offset.checked_sub(1),
+                ) {
+                    (Some(up_to), Some(last)) => Some(up_to.min(last)),
+                    _ => None,
+                };
+                self.processed(&a.notification_ids, up_to);
+            }
+            UserEvent::Read(m) | UserEvent::Unread(m) | UserEvent::Archived(m) => {
+                if matches!(ev, UserEvent::Archived(_)) {
+                    for id in &m.notification_ids {
+                        self.settle_id(id);
+                    }
+                }
+                if live && m.device_id.as_deref() != Some(self.device.as_str()) {
+                    out.frame(ServerFrame::Mark {
+                        kind: ev.kind().to_owned(),
+                        ids: m.notification_ids.clone(),
+                        up_to: m
+                            .up_to
+                            .and_then(|u| u64::try_from(u).ok())
+                            .map(|seq| self.cursor(seq)),
+                        device_id: m.device_id.clone(),
+                        cursor: self.cursor(offset),
+                    });
+                }
+            }
+            UserEvent::Expired(x) => {
+                self.settle_id(&x.notification_id);
+                if live {
+                    out.frame(ServerFrame::Mark {
+                        kind: "expired".into(),
+                        ids: vec![x.notification_id.clone()],
+                        up_to: None,
+                        device_id: None,
+                        cursor: self.cursor(offset),
+                    });
+                }
+            }
+            UserEvent::Acked(_) | UserEvent::Delivered(_) | UserEvent::Connected(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Settles everything at or below `seq` (a cumulative ACK).
+    pub(super) fn settle_through(&mut self, seq: u64) {
+        if self.delivery.settle_through(seq) > 0 {
+            let settled: Vec<String> = self
+                .ids
+                .iter()
+                .filter(|(_, s)| **s <= seq)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in settled {
+                self.ids.remove(&id);
+                self.recent.insert(id, self.cfg.recent_ids);
+            }
+        }
+    }
+}
+
+/// Notification ids settled recently, oldest first out.
+#[derive(Debug, Default)]
+pub(super) struct RecentIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl RecentIds {
+    pub(super) fn insert(&mut self, id: String, cap: usize) {
+        if cap == 0 || self.set.contains(&id) {
+            return;
+        }
+        if self.order.len() >= cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(id.clone());
+        self.order.push_back(id);
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+}

@@ -1,0 +1,407 @@
+//! A device's session as a pure state machine: everything that decides what a device receives.
+//!
+//! The gateway's transports (WebSocket, SSE) own the sockets, the hub subscription and the
+//! timers; they feed a [`Session`] [`Input`]s and perform the [`Action`]s it returns, in order.
+//! No I/O, no clock, no tasks here: the caller passes the time and the state of its send queue
+//! ([`Io`]) with every input, and asks [`Session::next_wake`] when to come back with a
+//! [`Input::Tick`].
+//!
+//! What it decides:
+//! * **the replay → live merge** (invariant 10 in ARCHITECTURE.md). The transport subscribes to
+//!   live events first and learns `live_from`, the first offset the subscription will deliver,
+//!   and `projection_applied`, the inbox projection's applied offset read *after* subscribing.
+//!   The session then reads the device's pending rows from the projection (page by page), then
+//!   the user's log records in `[projection_applied, live_from)`, and only then processes the
+//!   live events it held meanwhile. Offers at or below the highest seq already offered are
+//!   dropped ([`Delivery`]), so the overlap of the three sources is never sent twice, and since
+//!   they cover every offset, nothing falls in a gap. `replayed` goes out once everything up to
+//!   the highest replayed seq has been sent;
+//! * **what is a duplicate**: a notification id this session already holds or recently settled
+//!   is not offered again, even at another seq (a repeated expansion after a crash); an ACK by
+//!   id settles the notification whatever seq it came with;
+//! * **ACKs and marks**: ACK frames settle at once and are coalesced into one `Acked` event per
+//!   pump; an echoed ACK's `up_to` is clamped below its own offset (as the fold does); marks
+//!   from other devices become `mark` frames;
+//! * **flow**: notifications are sent only while the send queue has room beyond a reserve kept
+//!   for other frames; a queue that stays full with no progress by the writer for the
+//!   slow-consumer timeout ends the session (4008); replay reads are issued only while the
+//!   delivery queue has room for a page, so a large backlog replays at the client's pace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cursor::{Cursor, Epoch};
+use crate::delivery::{Delivery, DeliveryConfig, Offer};
+use crate::ids::validate_id;
+use crate::model::{
+    MarkChange, NotificationAcked, NotificationAdded, NotificationDelivered, UserEvent,
+};
+use crate::projection::InboxRow;
+use crate::protocol::{ClientFrame, Close, ServerFrame};
+
+/// Knobs of a session. Defaults match docs/protocol.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub delivery: DeliveryConfig,
+    /// Announced in the `session` frame.
+    pub heartbeat_ms: u64,
+    /// Pending rows read from the projection per replay step.
+    pub replay_page: usize,
+    /// Log records read per step of the replay's log gap.
+    pub gap_chunk: usize,
+    /// Live events held while the replay runs; more is a slow consumer.
+    pub max_held: usize,
+    /// Send-queue slots kept for marks, errors and pongs: notifications only use the rest.
+    pub send_reserve: usize,
+    /// How long the send queue may stay full with no progress by the writer.
+    pub slow_consumer_timeout_ms: i64,
+    /// How often a session waiting for send-queue room looks again.
+    pub blocked_recheck_ms: i64,
+    /// Settled notification ids remembered to drop repeats of them.
+    pub recent_ids: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            delivery: DeliveryConfig::default(),
+            heartbeat_ms: 25_000,
+            replay_page: 256,
+            gap_chunk: 1024,
+            max_held: 4096,
+            send_reserve: 64,
+            slow_consumer_timeout_ms: 10_000,
+            blocked_recheck_ms: 20,
+            recent_ids: 4096,
+        }
+    }
+}
+
+/// Why a session ends, as the transport says it: a close code and a short reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub close: Close,
+    pub reason: String,
+}
+
+impl Ending {
+    pub fn new(close: Close, reason: impl Into<String>) -> Ending {
+        Ending {
+            close,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A validated `hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub device_id: String,
+    /// The device's cursor, when it belongs to this log's epoch.
+    pub after: Option<u64>,
+    /// The device sent a cursor of another epoch: it must drop it (`reset: true`).
+    pub reset: bool,
+}
+
+impl Hello {
+    /// Checks a `hello` frame's fields against the log's epoch.
+    pub fn parse(device_id: String, cursor: Option<&str>, epoch: Epoch) -> Result<Hello, Ending> {
+        validate_id("device_id", &device_id)
+            .map_err(|e| Ending::new(Close::ProtocolError, e.to_string()))?;
+        let (after, reset) = match cursor.map(str::parse::<Cursor>) {
+            None => (None, false),
+            Some(Err(e)) => return Err(Ending::new(Close::ProtocolError, e.to_string())),
+            Some(Ok(c)) if c.matches(epoch) => (Some(c.seq), false),
+            Some(Ok(_)) => (None, true),
+        };
+        Ok(Hello {
+            device_id,
+            after,
+            reset,
+        })
+    }
+}
+
+/// Where the session starts: what the transport learned when it subscribed.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub user_id: String,
+    pub hello: Hello,
+    pub epoch: Epoch,
+    pub session_id: String,
+    /// Every event of the user's partition at or after this offset arrives as [`Input::Live`].
+    pub live_from: u64,
+    /// The inbox projection's applied offset in the user's partition, read after subscribing.
+    pub projection_applied: u64,
+}
+
+/// The transport's state at the moment of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Io {
+    pub now_ms: i64,
+    /// Free slots in the send queue.
+    pub room: usize,
+    /// Frames the writer has put on the wire so far (any progress counts).
+    pub written: u64,
+}
+
+/// What happens to a session.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The answer to [`Action::ReadPending`].
+    Pending(Vec<InboxRow>),
+    /// The answer to [`Action::ReadLog`]: this user's events among the records read, and the
+    /// offset after the last record read (of any user), `None` when nothing was read.
+    Log {
+        events: Vec<(u64, UserEvent)>,
+        next: Option<u64>,
+    },
+    /// A live event of the user's partition.
+    Live { offset: u64, event: Arc<UserEvent> },
+    /// A frame from the device.
+    Client(ClientFrame),
+    /// A read the session asked for failed.
+    ReadFailed(String),
+    /// Time passed (see [`Session::next_wake`]) or the send queue drained.
+    Tick,
+}
+
+/// A frame to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A notification: rendered by [`crate::protocol::notification_frame`].
+    Notification { row: Arc<InboxRow>, attempt: u32 },
+    /// Boxed: frames wait in bounded queues, and most of them are notifications.
+    Frame(Box<ServerFrame>),
+}
+
+/// What the transport must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send(Outgoing),
+    /// Read up to `limit` rows the device has not acknowledged, with `seq > after`, oldest
+    /// first; answer with [`Input::Pending`].
+    ReadPending {
+        after: Option<u64>,
+        limit: usize,
+    },
+    /// Read up to `max` records of the user's partition from offset `from`; answer with
+    /// [`Input::Log`].
+    ReadLog {
+        from: u64,
+        max: usize,
+    },
+    /// Append these events to the user's partition (deliveries, ACKs, marks).
+    Append(Vec<UserEvent>),
+    /// End the session with this close; nothing follows.
+    Close(Ending),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading pending rows from the projection, after this seq.
+    Projection {
+        after: Option<u64>,
+    },
+    /// Reading the log between the projection's applied offset and the live start.
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    Done,
+}
+
+/// One device's session. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    user: String,
+    device: String,
+    epoch: Epoch,
+    delivery: Delivery<Arc<InboxRow>>,
+    /// Notification id → seq, of everything queued or in flight.
+    ids: HashMap<String, u64>,
+    recent: RecentIds,
+    phase: Phase,
+    projection_applied: u64,
+    live_from: u64,
+    /// A read (pending rows or log) is out.
+    reading: bool,
+    held: Vec<(u64, Arc<UserEvent>)>,
+    replay_high: Option<u64>,
+    replayed_sent: bool,
+    delivered: Vec<UserEvent>,
+    ack_ids: Vec<String>,
+    ack_up_to: Option<i64>,
+    /// Since when notifications have waited for send-queue room with no progress by the writer.
+    blocked_since: Option<i64>,
+    last_written: u64,
+    closed: bool,
+}
+
+/// Collects the actions of one input, counting the frames among them.
+struct Out<'a> {
+    actions: &'a mut Vec<Action>,
+    frames: usize,
+}
+
+impl Out<'_> {
+    fn send(&mut self, f: Outgoing) {
+        self.frames += 1;
+        self.actions.push(Action::Send(f));
+    }
+
+    fn frame(&mut self, f: ServerFrame) {
+        self.send(Outgoing::Frame(Box::new(f)));
+    }
+}
+
+impl Session {
+    /// A session after `hello`; the first actions send the `session` frame and start the replay.
+    pub fn new(cfg: SessionConfig, start: Start, io: Io) -> (Session, Vec<Action>) {
+        let mut delivery = Delivery::new(cfg.delivery);
+        if let Some(a) = start.hello.after {
+            delivery.skip_through(a);
+        }
+        let mut s = Session {
+            cfg,
+            user: start.user_id,
+            device: start.hello.device_id,
+            epoch: start.epoch,
+            delivery,
+            ids: HashMap::new(),
+            recent: RecentIds::default(),
+            phase: Phase::Projection {
+                after: start.hello.after,
+            },
+            projection_applied: start.projection_applied,
+            live_from: start.live_from,
+            reading: false,
+            held: Vec::new(),
+            replay_high: None,
+            replayed_sent: false,
+            delivered: Vec::new(),
+            ack_ids: Vec::new(),
+            ack_up_to: None,
+            blocked_since: None,
+            last_written: io.written,
+            closed: false,
+        };
+        let mut actions = Vec::new();
+        let mut out = Out {
+            actions: &mut actions,
+            frames: 0,
+        };
+        out.frame(ServerFrame::Session {
+            session_id: start.session_id,
+            user_id: s.user.clone(),
+            device_id: s.device.clone(),
+            epoch: s.epoch.to_string(),
+            resumed: start.hello.after.is_some(),
+            reset: start.hello.reset,
+            heartbeat_ms: cfg.heartbeat_ms,
+            max_in_flight: cfg.delivery.max_in_flight,
+        });
+        s.settle_replay_and_pump(io, &mut out);
+        (s, actions)
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.device
+    }
+
+    /// Whether the replay (projection and log gap) is still running.
+    pub fn replaying(&self) -> bool {
+        self.phase != Phase::Done
+    }
+
+    /// Notifications sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.delivery.in_flight()
+    }
+
+    /// Handles one input; returns what to do, in order. After an [`Action::Close`] the session
+    /// is over and every further input returns nothing.
+    pub fn handle(&mut self, io: Io, input: Input) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.closed {
+            return actions;
+        }
+        let mut out = Out {
+            actions: &mut actions,
+            frames: 0,
+        };
+        let step = match input {
+            Input::Pending(rows) => self.pending(rows),
+            Input::Log { events, next } => self.log(events, next, io, &mut out),
+            Input::Live { offset, event } => self.live(offset, event, io, &mut out),
+            Input::Client(frame) => self.client(frame, io, &mut out),
+            Input::ReadFailed(e) => Err(Ending::new(Close::InternalError, e)),
+            Input::Tick => Ok(()),
+        };
+        match step {
+            Ok(()) => self.settle_replay_and_pump(io, &mut out),
+            Err(end) => self.close(end, io.now_ms, &mut out),
+        }
+        actions
+    }
+
+    /// The last actions when the transport ends the session: ACKs and deliveries not yet
+    /// appended.
+    pub fn finish(&mut self, now_ms: i64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.flush(now_ms, &mut actions);
+        self.closed = true;
+        actions
+    }
+
+    /// When to come back with [`Input::Tick`] at the latest (Unix ms), if anything waits for
+    /// time: a redelivery, or a send queue without room.
+    pub fn next_wake(&self, now_ms: i64) -> Option<i64> {
+        let blocked = self
+            .blocked_since
+            .map(|_| now_ms + self.cfg.blocked_recheck_ms);
+        match (self.delivery.next_deadline(), blocked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn close(&mut self, end: Ending, now_ms: i64, out: &mut Out<'_>) {
+        self.flush_into(now_ms, out);
+        out.actions.push(Action::Close(end));
+        self.closed = true;
+    }
+}
+
+/// The inbox row a `NotificationAdded` at `seq` stands for.
+pub fn added_row(a: &NotificationAdded, seq: u64) -> InboxRow {
+    InboxRow {
+        user_id: a.user_id.clone(),
+        seq,
+        notification_id: a.notification_id.clone(),
+        event_type: a.event_type.clone(),
+        source: a.source.clone(),
+        payload: a.payload.clone(),
+        priority: a.priority,
+        collapse_key: a.collapse_key.clone(),
+        created_at: a.created_at,
+        deliver_at: a.deliver_at,
+        expires_at: a.expires_at,
+        read: false,
+        archived: false,
+        expired: false,
+        superseded: false,
+    }
+}
+
+mod client;
+mod events;
+mod pump;
+mod replay;
+
+use events::RecentIds;

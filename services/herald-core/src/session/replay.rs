@@ -1,0 +1,98 @@
+//! The replay: pending rows from the projection, then the log gap, then the held live events.
+
+use std::sync::Arc;
+
+use super::*;
+
+impl Session {
+    pub(super) fn pending(&mut self, rows: Vec<InboxRow>) -> Result<(), Ending> {
+        self.reading = false;
+        let Phase::Projection { .. } = self.phase else {
+            return Ok(());
+        };
+        let full = rows.len() >= self.cfg.replay_page;
+        let last = rows.last().map(|r| r.seq);
+        for row in rows {
+            self.offer(Arc::new(row))?;
+        }
+        self.phase = if full {
+            Phase::Projection { after: last }
+        } else {
+            Phase::Gap {
+                from: self.projection_applied,
+                to: self.live_from,
+            }
+        };
+        Ok(())
+    }
+
+    pub(super) fn log(
+        &mut self,
+        events: Vec<(u64, UserEvent)>,
+        next: Option<u64>,
+        io: Io,
+        out: &mut Out<'_>,
+    ) -> Result<(), Ending> {
+        self.reading = false;
+        let Phase::Gap { to, .. } = self.phase else {
+            return Ok(());
+        };
+        for (offset, ev) in events.iter().filter(|(o, _)| *o < to) {
+            self.event(*offset, ev, false, io, out)?;
+        }
+        let from = next.map_or(to, |n| n.min(to));
+        self.phase = Phase::Gap { from, to };
+        Ok(())
+    }
+
+    /// Moves the replay on (finishing it when the log gap is read), sends what is due, and asks
+    /// for the next replay read when there is room for it.
+    pub(super) fn settle_replay_and_pump(&mut self, io: Io, out: &mut Out<'_>) {
+        let result = self
+            .finish_replay(io, out)
+            .and_then(|()| self.pump(io, out));
+        match result {
+            Ok(()) => self.request_read(out),
+            Err(end) => self.close(end, io.now_ms, out),
+        }
+    }
+
+    /// Whether the replay may read another page: only when less than a page waits to be sent,
+    /// so a session holds at most about two pages of a backlog beyond its window, whatever the
+    /// backlog's size (a peer that does not read pins no more than that).
+    pub(super) fn replay_room(&self) -> bool {
+        self.delivery.queued() < self.cfg.replay_page
+    }
+
+    pub(super) fn finish_replay(&mut self, io: Io, out: &mut Out<'_>) -> Result<(), Ending> {
+        if let Phase::Gap { from, to } = self.phase
+            && from >= to
+            && !self.reading
+            && self.replay_room()
+        {
+            self.phase = Phase::Done;
+            for (offset, ev) in std::mem::take(&mut self.held) {
+                self.event(offset, &ev, true, io, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn request_read(&mut self, out: &mut Out<'_>) {
+        if self.reading || !self.replay_room() {
+            return;
+        }
+        match self.phase {
+            Phase::Projection { after } => out.actions.push(Action::ReadPending {
+                after,
+                limit: self.cfg.replay_page,
+            }),
+            Phase::Gap { from, to } if from < to => out.actions.push(Action::ReadLog {
+                from,
+                max: ((to - from) as usize).min(self.cfg.gap_chunk),
+            }),
+            Phase::Gap { .. } | Phase::Done => return,
+        }
+        self.reading = true;
+    }
+}

@@ -1,0 +1,195 @@
+//! The fanout stage: requests expanded into per-user events (or scheduled), directory changes
+//! and role definitions applied, in log order.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use herald_core::codec;
+use herald_core::model::{DirectoryChange, Event, NotificationRequest, RequestRecord, UserEvent};
+use herald_ports::log::{EventLog, StoredRecord, Topic};
+use herald_ports::projection::{ProjectionStore, Stage};
+use herald_ports::records::user_event_record;
+use herald_ports::telemetry;
+
+use crate::{FANOUT_APPEND_CHUNK, Projector, ProjectorError, next_offsets, now_ms, offsets_vec};
+
+impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
+    /// Expands a batch of requests and applies directory changes, in log order.
+    #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
+    pub async fn fanout_batch(
+        &self,
+        records: &[StoredRecord],
+        recover_below: &BTreeMap<u32, u64>,
+    ) -> Result<(), ProjectorError> {
+        let mut offsets = BTreeMap::new();
+        let mut run_requests: Vec<NotificationRequest> = Vec::new();
+        // Ids of requests an earlier owner may have expanded without recording it.
+        let recovering: HashSet<String> = records
+            .iter()
+            .filter(|r| {
+                recover_below
+                    .get(&r.partition)
+                    .is_some_and(|b| r.offset < *b)
+            })
+            .map(|r| r.record.key.clone())
+            .collect();
+        let mut run_directory: Vec<DirectoryChange> = Vec::new();
+        for r in records {
+            match codec::decode(&r.record.value) {
+                Ok(Event::Request(RequestRecord::Notification(n))) => {
+                    if !run_directory.is_empty() {
+                        self.store
+                            .apply_directory(Stage::Fanout, &run_directory, &offsets_vec(&offsets))
+                            .await?;
+                        run_directory.clear();
+                    }
+                    match n.validate() {
+                        Ok(()) => run_requests.push(*n),
+                        Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
+                    }
+                }
+                Ok(Event::Request(RequestRecord::Directory(d))) => {
+                    if !run_requests.is_empty() {
+                        self.expand(&run_requests, &offsets, &recovering).await?;
+                        run_requests.clear();
+                    }
+                    match d.validate() {
+                        Ok(()) => run_directory.push(d),
+                        Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
+                    }
+                }
+                Ok(Event::Request(RequestRecord::Role(role))) => {
+                    // A role definition stands alone: flush what came before it, in order.
+                    if !run_directory.is_empty() {
+                        self.store
+                            .apply_directory(Stage::Fanout, &run_directory, &offsets_vec(&offsets))
+                            .await?;
+                        run_directory.clear();
+                    }
+                    if !run_requests.is_empty() {
+                        self.expand(&run_requests, &offsets, &recovering).await?;
+                        run_requests.clear();
+                    }
+                    next_offsets(std::slice::from_ref(r), &mut offsets);
+                    match role.validate() {
+                        Ok(()) => {
+                            self.store
+                                .define_roles(Stage::Fanout, &[role], &offsets_vec(&offsets))
+                                .await?
+                        }
+                        Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
+                    }
+                    continue;
+                }
+                Ok(Event::User(_)) => {
+                    self.dead_letter(Stage::Fanout, r, "a user event on the requests topic")
+                        .await?
+                }
+                Err(e) => self.dead_letter(Stage::Fanout, r, &e.to_string()).await?,
+            }
+            next_offsets(std::slice::from_ref(r), &mut offsets);
+        }
+        if !run_directory.is_empty() {
+            self.store
+                .apply_directory(Stage::Fanout, &run_directory, &offsets_vec(&offsets))
+                .await?;
+        }
+        if !run_requests.is_empty() || run_directory.is_empty() {
+            self.expand(&run_requests, &offsets, &recovering).await?;
+        }
+        Ok(())
+    }
+
+    /// Schedules requests whose `deliver_at` is in the future, expands the others.
+    pub(crate) async fn expand(
+        &self,
+        requests: &[NotificationRequest],
+        offsets: &BTreeMap<u32, u64>,
+        recovering: &HashSet<String>,
+    ) -> Result<(), ProjectorError> {
+        let now = now_ms();
+        let (later, now_due): (Vec<&NotificationRequest>, Vec<&NotificationRequest>) = requests
+            .iter()
+            .partition(|r| r.deliver_at.is_some_and(|d| d > now));
+        if !later.is_empty() {
+            let mut entries = Vec::with_capacity(later.len());
+            for r in later {
+                let bytes =
+                    codec::encode_request(&RequestRecord::Notification(Box::new(r.clone())))?;
+                entries.push((
+                    r.notification_id.clone(),
+                    r.deliver_at.unwrap_or(now),
+                    bytes,
+                ));
+            }
+            self.store.schedule(Stage::Fanout, &entries, &[]).await?;
+        }
+        let now_due: Vec<NotificationRequest> = now_due.into_iter().cloned().collect();
+        self.expand_now(&now_due, offsets, recovering).await
+    }
+
+    /// Expands requests whose ids are not yet expanded; records them with `offsets`. For the
+    /// ids in `recovering`, recipients that already have the notification (an earlier expansion
+    /// that crashed before it was recorded) are skipped, so a crash never repeats an expansion.
+    #[tracing::instrument(level = "debug", skip_all, fields(requests = requests.len()))]
+    pub(crate) async fn expand_now(
+        &self,
+        requests: &[NotificationRequest],
+        offsets: &BTreeMap<u32, u64>,
+        recovering: &HashSet<String>,
+    ) -> Result<(), ProjectorError> {
+        let ids: Vec<String> = requests.iter().map(|r| r.notification_id.clone()).collect();
+        let done: HashSet<String> = self.store.expanded(&ids).await?.into_iter().collect();
+        let mut resolved: Vec<(&NotificationRequest, Vec<String>)> = Vec::new();
+        for req in requests {
+            if done.contains(&req.notification_id) {
+                continue;
+            }
+            // Most requests name users only: those need no round trip to the store.
+            let users = match req.recipients.only_users() {
+                Some(users) => users,
+                None => self.store.resolve(&req.recipients).await?,
+            };
+            resolved.push((req, users));
+        }
+        let delivered = self.already_added(&resolved, recovering).await?;
+        let partitions = self.log.partitions(Topic::UserEvents);
+        let now = now_ms();
+        let mut seen = BTreeSet::new();
+        let mut expansions = Vec::new();
+        let mut records = Vec::new();
+        let mut duplicates = 0;
+        duplicates += requests.len() - resolved.len();
+        for (req, users) in resolved {
+            if !seen.insert(req.notification_id.clone()) {
+                duplicates += 1;
+                continue;
+            }
+            for u in &users {
+                if delivered.contains(&(u.clone(), req.notification_id.clone())) {
+                    continue;
+                }
+                records.push(user_event_record(
+                    &UserEvent::Added(req.added_for(u)),
+                    partitions,
+                    now,
+                )?);
+                if records.len() >= FANOUT_APPEND_CHUNK {
+                    self.log
+                        .append(Topic::UserEvents, std::mem::take(&mut records))
+                        .await?;
+                }
+            }
+            tracing::debug!(notification_id = %req.notification_id, recipients = users.len(), "expanded");
+            expansions.push((req.notification_id.clone(), users));
+        }
+        if !records.is_empty() {
+            self.log.append(Topic::UserEvents, records).await?;
+        }
+        // Only now, with the user events durable, is the request recorded as expanded.
+        self.store
+            .record_expansions(Stage::Fanout, &expansions, &offsets_vec(offsets))
+            .await?;
+        telemetry::projector_expanded(expansions.len(), duplicates);
+        Ok(())
+    }
+}

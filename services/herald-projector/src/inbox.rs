@@ -1,0 +1,38 @@
+//! The inbox stage: per-user events folded into the projection.
+
+use std::collections::BTreeMap;
+
+use herald_core::codec;
+use herald_core::model::Event;
+use herald_ports::log::{EventLog, StoredRecord};
+use herald_ports::projection::{Positioned, ProjectionStore, Stage};
+
+use crate::{Projector, ProjectorError, next_offsets, offsets_vec};
+
+impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
+    /// Folds a batch of per-user events into the projection.
+    #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
+    pub async fn inbox_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
+        let mut events = Vec::with_capacity(records.len());
+        for r in records {
+            match codec::decode(&r.record.value) {
+                Ok(Event::User(event)) => events.push(Positioned {
+                    partition: r.partition,
+                    offset: r.offset,
+                    event,
+                }),
+                Ok(Event::Request(_)) => {
+                    self.dead_letter(Stage::Inbox, r, "a request record on the user-events topic")
+                        .await?
+                }
+                Err(e) => self.dead_letter(Stage::Inbox, r, &e.to_string()).await?,
+            }
+        }
+        let mut offsets = BTreeMap::new();
+        next_offsets(records, &mut offsets);
+        self.store
+            .apply_user_events(Stage::Inbox, &events, &offsets_vec(&offsets))
+            .await?;
+        Ok(())
+    }
+}
