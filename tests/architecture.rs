@@ -226,3 +226,103 @@ fn herald_core_does_no_io_spawns_nothing_and_reads_no_clock() {
         found.join("\n")
     );
 }
+
+/// The gateway's modules form no cycle (the issue it was split to solve): each top-level
+/// module's `crate::…` uses, with the crate root's re-exports resolved, make a graph that must be
+/// acyclic.
+#[test]
+fn the_gateway_modules_have_no_cycles() {
+    let src = root().join("services/herald-gateway/src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let modules: BTreeSet<String> = lib
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("mod "))
+                .map(|m| m.trim_end_matches(';').to_owned())
+        })
+        .collect();
+    // `pub use error::AppError;` → AppError lives in error.
+    let mut reexports: BTreeMap<String, String> = BTreeMap::new();
+    for l in lib
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub use "))
+    {
+        let (module, names) = l.split_once("::").unwrap();
+        for name in names
+            .trim_end_matches(';')
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+        {
+            reexports.insert(name.trim().to_owned(), module.to_owned());
+        }
+    }
+    let files_of = |m: &str| -> Vec<PathBuf> {
+        let file = src.join(format!("{m}.rs"));
+        if file.exists() {
+            return vec![file];
+        }
+        std::fs::read_dir(src.join(m))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .collect()
+    };
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in &modules {
+        let used = edges.entry(m.clone()).or_default();
+        for f in files_of(m) {
+            let text = std::fs::read_to_string(f).unwrap();
+            for part in text.split("crate::").skip(1) {
+                let ident: String = part
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let target = if modules.contains(&ident) {
+                    Some(ident)
+                } else {
+                    reexports.get(&ident).cloned()
+                };
+                if let Some(t) = target.filter(|t| t != m) {
+                    used.insert(t);
+                }
+            }
+        }
+    }
+    // Depth-first search for a back edge.
+    fn visit(
+        m: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == m) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(m.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m.to_owned());
+        for next in edges.get(m).into_iter().flatten() {
+            if let Some(c) = visit(next, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(m.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for m in &modules {
+        if let Some(cycle) = visit(m, &edges, &mut Vec::new(), &mut done) {
+            panic!("a module cycle in herald-gateway: {}", cycle.join(" -> "));
+        }
+    }
+    assert!(
+        edges["routes"].contains("state"),
+        "the graph was read: {edges:?}"
+    );
+}
