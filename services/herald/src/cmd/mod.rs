@@ -14,6 +14,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use herald_embedded::{Access, EmbeddedLog, LogOptions};
 
+/// The Kafka adapter's defaults, the one source of the flags' defaults.
+fn kafka_defaults() -> herald_kafka::KafkaConfig {
+    herald_kafka::KafkaConfig::default()
+}
+
 /// Where the log is when it is Kafka (`--kafka-brokers`); without brokers the log is the
 /// embedded one in the data directory.
 #[derive(clap::Args, Debug, Clone)]
@@ -22,16 +27,16 @@ pub struct KafkaArgs {
     #[arg(long, env = "HERALD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Prefix of Herald's topic and consumer-group names.
-    #[arg(long, env = "HERALD_KAFKA_PREFIX", default_value = "herald.")]
+    #[arg(long, env = "HERALD_KAFKA_PREFIX", default_value_t = kafka_defaults().prefix)]
     pub kafka_prefix: String,
     /// Partitions of the user-events topic when Herald creates it.
-    #[arg(long, env = "HERALD_KAFKA_PARTITIONS", default_value_t = 16)]
+    #[arg(long, env = "HERALD_KAFKA_PARTITIONS", default_value_t = kafka_defaults().user_events_partitions)]
     pub kafka_partitions: u32,
     /// Partitions of the requests topic when Herald creates it.
-    #[arg(long, env = "HERALD_KAFKA_REQUESTS_PARTITIONS", default_value_t = 8)]
+    #[arg(long, env = "HERALD_KAFKA_REQUESTS_PARTITIONS", default_value_t = kafka_defaults().requests_partitions)]
     pub kafka_requests_partitions: u32,
     /// Replication factor of topics Herald creates (3 on a production cluster).
-    #[arg(long, env = "HERALD_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(long, env = "HERALD_KAFKA_REPLICATION_FACTOR", default_value_t = kafka_defaults().replication_factor)]
     pub kafka_replication_factor: i32,
     /// A librdkafka property KEY=VALUE for every client (repeat), e.g. security.protocol=SASL_SSL,
     /// sasl.mechanism=SCRAM-SHA-512, sasl.username=…, ssl.ca.location=…, session.timeout.ms=…
