@@ -380,3 +380,78 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     );
     drop((g1, g2));
 }
+
+/// Projectors of different stores never share a consumer group: each store gets every
+/// partition (before, a SQLite projector and a shared-store projector split the partitions
+/// between them, each store missing the other's share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn projectors_of_different_stores_do_not_share_a_group() {
+    use herald_embedded::{Access, EmbeddedProjection};
+    use herald_ports::prelude::*;
+    let Some(broker) = testing::broker() else {
+        return;
+    };
+    let prefix = format!("g{}.", uuid::Uuid::new_v4().simple());
+    let log = Arc::new(
+        KafkaLog::open(testing::config(broker, &prefix))
+            .await
+            .unwrap(),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut stores = Vec::new();
+    for name in ["a", "b"] {
+        let store = Arc::new(
+            EmbeddedProjection::open(&tmp.path().join(format!("{name}.db")), Access::ReadWrite)
+                .await
+                .unwrap(),
+        );
+        let p = herald_projector::Projector::new(log.clone(), store.clone());
+        let token = shutdown.clone();
+        tokio::spawn(async move { p.run(token).await.unwrap() });
+        stores.push(store);
+    }
+    assert_ne!(stores[0].store_id(), stores[1].store_id());
+    // Users spread over every partition.
+    let users: Vec<String> = (0..24).map(|i| format!("u{i}")).collect();
+    let request = herald_core::model::NotificationRequest {
+        notification_id: herald_core::ids::notification_id("p", "groups"),
+        idempotency_key: "groups".into(),
+        producer: "p".into(),
+        recipients: herald_core::model::Recipients {
+            users: users.clone(),
+            ..Default::default()
+        },
+        event_type: "t".into(),
+        source: "s".into(),
+        payload: "{}".into(),
+        collapse_key: None,
+        deliver_at: None,
+        expires_at: None,
+        created_at: 1,
+        traceparent: None,
+        priority: Default::default(),
+    };
+    let id = request.notification_id.clone();
+    let record = herald_ports::records::request_record(
+        &herald_core::model::RequestRecord::Notification(Box::new(request)),
+        log.partitions(Topic::Requests),
+        1,
+    )
+    .unwrap();
+    log.append(Topic::Requests, vec![record]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    for store in &stores {
+        for u in &users {
+            while store.row(u, &id).await.unwrap().is_none() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "store {} never got {u}'s row",
+                    store.store_id()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    shutdown.cancel();
+}

@@ -38,8 +38,21 @@ pub(crate) async fn ensure_topics(config: &KafkaConfig) -> Result<Cluster, LogEr
         (config.dead_letter_topic(), config.dead_letter_partitions),
     ];
     let existing = topic_counts(&admin, config.operation_timeout).map_err(|e| unreachable(&e))?;
+    if !config.create_topics
+        && let Some((name, _)) = wanted
+            .iter()
+            .take(2)
+            .find(|(name, _)| !existing.contains_key(name))
+    {
+        return Err(LogError::Config(format!(
+            "Kafka topic {name} does not exist at {} (is --kafka-prefix {:?} right?); \
+             read-only tools do not create topics",
+            config.brokers, config.prefix
+        )));
+    }
     let missing: Vec<NewTopic<'_>> = wanted
         .iter()
+        .filter(|_| config.create_topics)
         .filter(|(name, _)| !existing.contains_key(name))
         .map(|(name, n)| {
             NewTopic::new(
@@ -71,7 +84,13 @@ pub(crate) async fn ensure_topics(config: &KafkaConfig) -> Result<Cluster, LogEr
     let deadline = Instant::now() + config.operation_timeout;
     let counts = loop {
         let counts = topic_counts(&admin, config.operation_timeout).map_err(|e| unreachable(&e))?;
-        if wanted.iter().all(|(n, _)| counts.contains_key(n)) {
+        // A read-only open needs the two topics it reads (the dead-letter topic may not exist).
+        let required = if config.create_topics { 3 } else { 2 };
+        if wanted
+            .iter()
+            .take(required)
+            .all(|(n, _)| counts.contains_key(n))
+        {
             break counts;
         }
         if Instant::now() > deadline {

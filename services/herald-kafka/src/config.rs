@@ -22,6 +22,9 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
     /// Timeout of admin and metadata calls, and of reads.
     pub operation_timeout: Duration,
+    /// Whether opening the log creates missing topics. Read-only tools (`herald audit`,
+    /// `herald replay`) never do: a missing topic (a mistyped prefix) is an error naming it.
+    pub create_topics: bool,
 }
 
 impl Default for KafkaConfig {
@@ -35,6 +38,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             properties: Vec::new(),
             operation_timeout: Duration::from_secs(10),
+            create_topics: true,
         }
     }
 }

@@ -152,8 +152,14 @@ impl KafkaConsumer {
             self.timeout,
         ) {
             Ok(()) => Ok(true),
-            // rdkafka reports RD_KAFKA_RESP_ERR__STATE from a seek only as text.
-            Err(KafkaError::Seek(msg)) if msg.contains("Erroneous state") => Ok(false),
+            // rdkafka reports RD_KAFKA_RESP_ERR__STATE (the fetcher has not started) and
+            // RD_KAFKA_RESP_ERR__OUTDATED (a rebalance moved the partition meanwhile) from a seek
+            // only as text. Both are tried again; a revocation in between drops the seek.
+            Err(KafkaError::Seek(msg))
+                if msg.contains("Erroneous state") || msg.contains("Outdated") =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(storage(format!(
                 "Kafka seek {}/{partition}: {e}",
                 self.name
@@ -161,10 +167,14 @@ impl KafkaConsumer {
         }
     }
 
-    /// Applies refused seeks, waiting for the fetchers to start (bounded by the timeout).
+    /// Applies refused seeks, waiting for the fetchers to start (bounded by the timeout). A
+    /// rebalance event that arrives meanwhile is handed out first (it may revoke the partition).
     async fn settle_seeks(&mut self) -> Result<(), LogError> {
         let deadline = Instant::now() + self.timeout;
         while let Some((&p, &o)) = self.pending_seeks.first_key_value() {
+            if !self.events.lock().expect("events lock").is_empty() {
+                return Ok(());
+            }
             if self.try_seek(p, o)? {
                 self.pending_seeks.remove(&p);
                 continue;
@@ -203,6 +213,9 @@ impl LogConsumer for KafkaConsumer {
                 return Ok(ev);
             }
             self.settle_seeks().await?;
+            if !self.events.lock().expect("events lock").is_empty() {
+                continue;
+            }
             if !self.stash.is_empty() {
                 let stash: Vec<StoredRecord> = self.stash.drain(..).collect();
                 let batch: Vec<StoredRecord> = stash.into_iter().filter(|r| self.keep(r)).collect();

@@ -31,3 +31,33 @@ mod log {
         None => return,
     });
 }
+
+/// Read-only tools open the log without creating topics: a mistyped prefix is an error naming
+/// the missing topic, and it stays missing.
+#[tokio::test]
+async fn a_read_only_open_creates_no_topic_and_names_the_missing_one() {
+    let Some(broker) = testing::broker() else {
+        return;
+    };
+    let prefix = format!("typo{}.", uuid::Uuid::new_v4().simple());
+    let read_only = herald_kafka::KafkaConfig {
+        create_topics: false,
+        ..testing::config(broker, &prefix)
+    };
+    for _ in 0..2 {
+        let err = KafkaLog::open(read_only.clone())
+            .await
+            .err()
+            .expect("no topics: the open fails")
+            .to_string();
+        assert!(
+            err.contains(&format!("{prefix}requests")) && err.contains("does not exist"),
+            "{err}"
+        );
+    }
+    // A writer's open creates them; then the read-only open works.
+    KafkaLog::open(testing::config(broker, &prefix))
+        .await
+        .unwrap();
+    KafkaLog::open(read_only).await.unwrap();
+}

@@ -55,6 +55,7 @@ macro_rules! projection_contract_tests {
             scheduled_requests_come_due_and_expired_rows_are_found,
             rbac_limits_topics_by_role,
             state_survives_reopen,
+            a_store_keeps_one_id,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -111,6 +111,11 @@ impl std::fmt::Display for Stage {
 pub trait AppliedOffsets: Send + Sync + 'static {
     /// Next offsets stage `stage` has durably applied, by partition.
     async fn consumer_offsets(&self, stage: Stage) -> Result<BTreeMap<u32, u64>, ProjectionError>;
+
+    /// This store's identity: chosen once when the store is created and kept in it, the same
+    /// for every process that opens it. Consumer groups are named after it, so projectors of
+    /// different stores never share a group (and never take partitions into the wrong store).
+    fn store_id(&self) -> &str;
 }
 
 /// What the projector writes. Every write is idempotent and stores the stage's offsets with

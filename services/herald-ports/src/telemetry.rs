@@ -14,6 +14,7 @@ pub const PROJECTOR_LAG_RECORDS: &str = "herald_projector_lag_records";
 pub const PROJECTOR_UNDECODABLE: &str = "herald_projector_undecodable_records_total";
 pub const PROJECTOR_EXPANDED: &str = "herald_projector_expanded_notifications_total";
 pub const PROJECTOR_DUPLICATE_REQUESTS: &str = "herald_projector_duplicate_requests_total";
+pub const PROJECTOR_RESTARTS: &str = "herald_projector_stage_restarts_total";
 pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
 pub const NOTIFICATIONS_ACCEPTED: &str = "herald_notifications_accepted_total";
 
@@ -43,7 +44,12 @@ pub fn describe() {
     );
     metrics::describe_gauge!(
         PROJECTOR_LAG_RECORDS,
-        "Records in the log not yet applied, by stage."
+        "Records in the log not yet applied, by stage, over every partition (each replica \
+         reports the whole: aggregate with max)."
+    );
+    metrics::describe_counter!(
+        PROJECTOR_RESTARTS,
+        "Times a projector stage failed and started again, by stage."
     );
     metrics::describe_counter!(
         PROJECTOR_UNDECODABLE,
@@ -81,6 +87,10 @@ pub fn projector_applied(stage: crate::Stage, events: usize, took: Duration) {
 
 pub fn projector_lag(stage: crate::Stage, records: u64) {
     metrics::gauge!(PROJECTOR_LAG_RECORDS, "stage" => stage.name()).set(records as f64);
+}
+
+pub fn projector_restarted(stage: crate::Stage) {
+    metrics::counter!(PROJECTOR_RESTARTS, "stage" => stage.name()).increment(1);
 }
 
 pub fn projector_undecodable(stage: crate::Stage) {

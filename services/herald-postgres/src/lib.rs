@@ -70,30 +70,43 @@ fn to_row(r: &Row) -> InboxRow {
 #[derive(Clone)]
 pub struct PostgresProjection {
     pool: Arc<Pool>,
+    store_id: Arc<str>,
 }
 
 impl PostgresProjection {
     /// Connects (`postgres://user@host:port/db`) and applies the schema.
     pub async fn connect(url: &str) -> Result<Self, ProjectionError> {
         let pool = Arc::new(Pool::new(url));
-        let store = PostgresProjection { pool };
         // Several replicas may start at once: CREATE ... IF NOT EXISTS is not safe concurrently,
-        // so they take turns under an advisory lock.
+        // so they take turns under an advisory lock. The first names the store.
         let outcome = tokio::task::spawn_blocking({
-            let pool = store.pool.clone();
+            let pool = pool.clone();
             move || {
                 pool.with(|c| {
                     let mut tx = c.transaction()?;
                     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
                     tx.batch_execute(MIGRATION)?;
-                    tx.commit()
+                    tx.execute(
+                        "INSERT INTO herald_meta (key, value) VALUES ('store_id', $1) \
+                         ON CONFLICT (key) DO NOTHING",
+                        &[&uuid::Uuid::new_v4().simple().to_string()],
+                    )?;
+                    let id: String = tx
+                        .query_one("SELECT value FROM herald_meta WHERE key = 'store_id'", &[])?
+                        .get(0);
+                    tx.commit()?;
+                    Ok(id)
                 })
             }
         })
         .await
         .map_err(storage)?;
-        outcome.map_err(|e| ProjectionError::Config(format!("PostgreSQL at {url}: {e}")))?;
-        Ok(store)
+        let store_id =
+            outcome.map_err(|e| ProjectionError::Config(format!("PostgreSQL at {url}: {e}")))?;
+        Ok(PostgresProjection {
+            pool,
+            store_id: store_id.into(),
+        })
     }
 
     /// Runs `f` with a pooled connection on a blocking thread.

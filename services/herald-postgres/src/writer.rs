@@ -27,6 +27,10 @@ impl AppliedOffsets for PostgresProjection {
         })
         .await
     }
+
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
 }
 
 #[async_trait]

@@ -121,3 +121,4 @@ mod stage;
 mod timers;
 
 pub use rebuild::{Progress, rebuild};
+pub use stage::group_name;

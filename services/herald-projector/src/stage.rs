@@ -2,7 +2,7 @@
 //! revocation, lag, and dead letters for records the stage cannot use.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herald_ports::log::{ConsumerEvent, EventLog, StoredRecord, Topic};
 use herald_ports::projection::{ProjectionStore, Stage};
@@ -13,37 +13,82 @@ use crate::{
     LAG_INTERVAL, MAX_BATCH_RECORDS, Projector, ProjectorError, next_offsets, offsets_vec,
 };
 
+/// First wait before a failed stage starts again; it doubles up to [`RESTART_MAX`].
+const RESTART_INITIAL: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// The consumer group of `stage` for a store: named after the store, so projectors of
+/// different stores never share a group (on Kafka the log adds its prefix).
+pub fn group_name(stage: Stage, store_id: &str) -> String {
+    let short: String = store_id.chars().take(12).collect();
+    format!("{}.{short}", stage.name())
+}
+
 impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
+    /// Runs a stage until `shutdown`. A stage never gives up: when its consumer or its store
+    /// fails (a rebalance the log could not follow, a store that is briefly away), it logs the
+    /// error, waits (1 s, doubling to 30 s) and starts again from the projection's offsets,
+    /// which the idempotent fold makes safe.
     pub(crate) async fn run_stage(
         &self,
         stage: Stage,
         shutdown: CancellationToken,
     ) -> Result<(), ProjectorError> {
+        let mut wait = RESTART_INITIAL;
+        loop {
+            let mut progressed = false;
+            let result = self.run_stage_once(stage, &shutdown, &mut progressed).await;
+            if shutdown.is_cancelled() {
+                tracing::info!(stage = stage.name(), "projector stage stopped");
+                return Ok(());
+            }
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if progressed {
+                wait = RESTART_INITIAL;
+            }
+            telemetry::projector_restarted(stage);
+            tracing::error!(stage = stage.name(), error = %error, retry_in = ?wait, "projector stage failed; starting it again");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(RESTART_MAX);
+        }
+    }
+
+    async fn run_stage_once(
+        &self,
+        stage: Stage,
+        shutdown: &CancellationToken,
+        progressed: &mut bool,
+    ) -> Result<(), ProjectorError> {
         let topic = stage.topic();
-        let mut consumer = self.log.consumer(topic, stage.name()).await?;
-        let mut last_lag = Instant::now() - LAG_INTERVAL;
-        let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+        let group = group_name(stage, self.store.store_id());
+        let mut consumer = self.log.consumer(topic, &group).await?;
+        let mut last_lag: Option<(Instant, u64)> = None;
         // Fanout: requests below these offsets may have been expanded (appended) by an earlier
-        // owner of the partition that crashed before recording it; see `Recovery`.
+        // owner of the partition that crashed before recording it; see `recovery`.
         let mut recover_below: BTreeMap<u32, u64> = BTreeMap::new();
         tracing::info!(
             stage = stage.name(),
             topic = topic.name(),
-            "projector stage started"
+            group,
+            "projector stage started; waiting for partitions"
         );
         loop {
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    tracing::info!(stage = stage.name(), "projector stage stopped");
-                    return Ok(());
-                }
+                _ = shutdown.cancelled() => return Ok(()),
                 e = consumer.next(MAX_BATCH_RECORDS) => e?,
             };
             match event {
                 ConsumerEvent::Assigned(partitions) => {
                     // The projection's offsets are authoritative: they commit with the writes.
                     let stored = self.store.consumer_offsets(stage).await?;
+                    let mut positions = BTreeMap::new();
                     for p in partitions {
                         let at = stored.get(&p).copied().unwrap_or(0);
                         consumer.seek(p, at)?;
@@ -59,7 +104,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     // Each batch is finished before the next event is taken, so nothing of a
                     // revoked partition is in flight here.
                     for p in &partitions {
-                        positions.remove(p);
+                        recover_below.remove(p);
                     }
                     tracing::info!(stage = stage.name(), ?partitions, "partitions revoked");
                 }
@@ -79,21 +124,38 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         Topic::UserEvents => self.inbox_batch(&records).await?,
                     }
                     consumer.commit(&offsets_vec(&offsets)).await?;
-                    positions.extend(offsets);
+                    *progressed = true;
                     telemetry::projector_applied(stage, n, started.elapsed());
-                    // Measure at most once per interval, and whenever a short batch says the
-                    // stage has caught up, so an idle stage never shows a stale lag.
-                    if last_lag.elapsed() >= LAG_INTERVAL || n < MAX_BATCH_RECORDS {
-                        last_lag = Instant::now();
-                        let mut lag = 0;
-                        for (p, at) in &positions {
-                            lag += self.log.end_offset(topic, *p).await?.saturating_sub(*at);
+                    // Measure at most once per interval, and when a short batch says the stage
+                    // may have caught up while the last measure showed a lag, so an idle stage
+                    // never shows a stale one.
+                    let due = match last_lag {
+                        None => true,
+                        Some((at, lag)) => {
+                            at.elapsed() >= LAG_INTERVAL || (n < MAX_BATCH_RECORDS && lag > 0)
                         }
+                    };
+                    if due {
+                        let lag = self.lag(stage).await?;
                         telemetry::projector_lag(stage, lag);
+                        last_lag = Some((Instant::now(), lag));
                     }
                 }
             }
         }
+    }
+
+    /// Records of the stage's topic the projection has not applied, over every partition
+    /// (those no replica serves included): the same figure on every replica.
+    async fn lag(&self, stage: Stage) -> Result<u64, ProjectorError> {
+        let topic = stage.topic();
+        let applied = self.store.consumer_offsets(stage).await?;
+        let mut lag = 0;
+        for p in 0..self.log.partitions(topic) {
+            let end = self.log.end_offset(topic, p).await?;
+            lag += end.saturating_sub(applied.get(&p).copied().unwrap_or(0));
+        }
+        Ok(lag)
     }
 
     /// A record the projector cannot use: counted, logged, and kept in the log's dead letters

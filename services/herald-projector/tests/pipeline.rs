@@ -459,3 +459,133 @@ async fn an_expansion_interrupted_before_it_was_recorded_is_not_repeated() {
         }
     }
 }
+
+/// The embedded log, with one consumer call made to fail (as a Kafka consumer fails when a
+/// rebalance outdates its seek): everything else is the real log.
+struct FailingOnce {
+    inner: Arc<EmbeddedLog>,
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct FailingConsumer {
+    inner: Box<dyn herald_ports::LogConsumer>,
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl herald_ports::LogConsumer for FailingConsumer {
+    async fn next(
+        &mut self,
+        max: usize,
+    ) -> Result<herald_ports::ConsumerEvent, herald_ports::LogError> {
+        let event = self.inner.next(max).await?;
+        let records = matches!(event, herald_ports::ConsumerEvent::Records(_));
+        let take = |n: usize| n.checked_sub(1);
+        if records
+            && self
+                .failures
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    take,
+                )
+                .is_ok()
+        {
+            return Err(herald_ports::LogError::Storage(
+                "injected: Seek error: Local: Outdated".into(),
+            ));
+        }
+        Ok(event)
+    }
+    fn seek(&mut self, partition: u32, offset: u64) -> Result<(), herald_ports::LogError> {
+        self.inner.seek(partition, offset)
+    }
+    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), herald_ports::LogError> {
+        self.inner.commit(offsets).await
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for FailingOnce {
+    fn epoch(&self) -> herald_core::cursor::Epoch {
+        self.inner.epoch()
+    }
+    fn partitions(&self, topic: Topic) -> u32 {
+        self.inner.partitions(topic)
+    }
+    async fn append(
+        &self,
+        topic: Topic,
+        records: Vec<herald_ports::Record>,
+    ) -> Result<Vec<herald_ports::Appended>, herald_ports::LogError> {
+        self.inner.append(topic, records).await
+    }
+    async fn read(
+        &self,
+        topic: Topic,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<herald_ports::StoredRecord>, herald_ports::LogError> {
+        self.inner.read(topic, partition, from, max).await
+    }
+    async fn end_offset(
+        &self,
+        topic: Topic,
+        partition: u32,
+    ) -> Result<u64, herald_ports::LogError> {
+        self.inner.end_offset(topic, partition).await
+    }
+    async fn consumer(
+        &self,
+        topic: Topic,
+        group: &str,
+    ) -> Result<Box<dyn herald_ports::LogConsumer>, herald_ports::LogError> {
+        Ok(Box::new(FailingConsumer {
+            inner: self.inner.consumer(topic, group).await?,
+            failures: self.failures.clone(),
+        }))
+    }
+    async fn dead_letter(
+        &self,
+        record: &herald_ports::StoredRecord,
+        reason: &str,
+    ) -> Result<(), herald_ports::LogError> {
+        self.inner.dead_letter(record, reason).await
+    }
+    async fn dead_letters(
+        &self,
+        max: usize,
+    ) -> Result<Vec<herald_ports::log::DeadLetter>, herald_ports::LogError> {
+        self.inner.dead_letters(max).await
+    }
+}
+
+/// A stage whose consumer fails starts again and catches up; the projector does not exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_consumer_restarts_its_stage_instead_of_stopping_the_projector() {
+    let env = open(tempfile::tempdir().unwrap()).await;
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let log = Arc::new(FailingOnce {
+        inner: env.log.clone(),
+        failures: failures.clone(),
+    });
+    let token = CancellationToken::new();
+    let projector = Projector::new(log, env.store.clone());
+    let t = token.clone();
+    let task = tokio::spawn(async move { projector.run(t).await });
+    for k in 0..3 {
+        let req = request("p", &format!("restart-{k}"), users(&["alice"]));
+        append_requests(&env, &[RequestRecord::Notification(Box::new(req))]).await;
+    }
+    caught_up(&env).await;
+    assert_eq!(
+        failures.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "both failures happened"
+    );
+    assert_eq!(env.store.unread_count("alice").await.unwrap(), 3);
+    assert!(!task.is_finished(), "the projector is still running");
+    token.cancel();
+    assert!(task.await.unwrap().is_ok());
+}

@@ -72,6 +72,7 @@ pub struct ScyllaProjection {
     session: Arc<Session>,
     st: Arc<Statements>,
     config: Arc<ScyllaConfig>,
+    store_id: Arc<str>,
 }
 
 impl ScyllaProjection {
@@ -113,14 +114,35 @@ impl ScyllaProjection {
             .await
             .map_err(|e| ProjectionError::Config(format!("ScyllaDB schema agreement: {e}")))?;
         let st = Statements::prepare(&session, &config.keyspace, config.consistency).await?;
-        Ok(ScyllaProjection {
+        let mut store = ScyllaProjection {
             session: Arc::new(session),
             st: Arc::new(st),
             config: Arc::new(config),
-        })
+            store_id: "".into(),
+        };
+        store.store_id = store.name_store().await?.into();
+        Ok(store)
     }
 
     pub fn config(&self) -> &ScyllaConfig {
         &self.config
+    }
+
+    /// The store's id: the first writer's wins without a lightweight transaction, because each
+    /// writes its candidate stamped `i64::MAX - now`, so the earliest write has the latest
+    /// timestamp. (Replicas whose first starts race may read different ids until they restart:
+    /// they then project in groups of their own, which the offset fence keeps correct.)
+    async fn name_store(&self) -> Result<String, ProjectionError> {
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let candidate = uuid::Uuid::new_v4().simple().to_string();
+        self.session
+            .execute_unpaged(&self.st.name_store, (&candidate, i64::MAX - now_micros))
+            .await
+            .map_err(|e| ProjectionError::Storage(format!("naming the store: {e}")))?;
+        let id: Option<(String,)> = self.one(&self.st.meta_of, ("store_id",)).await?;
+        Ok(id.map_or(candidate, |(id,)| id))
     }
 }

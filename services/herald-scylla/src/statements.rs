@@ -48,6 +48,8 @@ statements! {
     cursor_of = "SELECT seq FROM {{ks}}.cursors WHERE user_id = ? AND device_id = ?";
     acks_in = "SELECT seq FROM {{ks}}.acks WHERE user_id = ? AND device_id = ? AND bucket = ?";
     offsets_of = "SELECT partition, next_offset FROM {{ks}}.consumer_offsets WHERE consumer = ?";
+    meta_of = "SELECT value FROM {{ks}}.herald_meta WHERE key = ?";
+    name_store = "INSERT INTO {{ks}}.herald_meta (key, value) VALUES ('store_id', ?) USING TIMESTAMP ?";
     expansion = "SELECT notification_id FROM {{ks}}.expansions WHERE notification_id = ?";
     expansion_shard = "SELECT user_id FROM {{ks}}.expansion_users WHERE notification_id = ? AND shard = ?";
     group_shard = "SELECT user_id FROM {{ks}}.group_members WHERE group_id = ? AND shard = ?";

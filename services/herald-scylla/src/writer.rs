@@ -89,6 +89,10 @@ impl AppliedOffsets for ScyllaProjection {
             .map(|(p, o)| (p as u32, o as u64))
             .collect())
     }
+
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
 }
 
 #[async_trait]

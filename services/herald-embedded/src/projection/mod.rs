@@ -61,6 +61,7 @@ struct Inner {
     /// The one writer connection (SQLite has one writer at a time anyway).
     writer: Option<Mutex<Connection>>,
     pool: Pool,
+    store_id: String,
 }
 
 /// The embedded projection store. Cheap to clone.
@@ -91,21 +92,32 @@ impl EmbeddedProjection {
             ))
         };
         let conn = sqlite::open(&path, access).map_err(bad)?;
-        let writer = if access == Access::ReadWrite {
+        if access == Access::ReadWrite {
             conn.execute_batch(SCHEMA).map_err(bad)?;
-            Some(Mutex::new(conn))
+            conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('store_id', ?1)",
+                [uuid::Uuid::new_v4().simple().to_string()],
+            )
+            .map_err(bad)?;
         } else {
             conn.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
                 r.get::<_, String>(0)
             })
             .map_err(bad)?;
-            None
-        };
+        }
+        // A projection made before stores had ids (opened read-only) has none to give.
+        let store_id = conn
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap_or_else(|_| "unnamed".into());
+        let writer = (access == Access::ReadWrite).then(|| Mutex::new(conn));
         Ok(EmbeddedProjection {
             inner: Arc::new(Inner {
                 pool: Pool::new(path, access),
                 access,
                 writer,
+                store_id,
             }),
         })
     }

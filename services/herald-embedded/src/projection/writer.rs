@@ -19,6 +19,10 @@ impl AppliedOffsets for EmbeddedProjection {
     async fn consumer_offsets(&self, stage: Stage) -> Result<BTreeMap<u32, u64>, ProjectionError> {
         self.read(move |c| offsets_of(c, stage.name())).await
     }
+
+    fn store_id(&self) -> &str {
+        &self.inner.store_id
+    }
 }
 
 #[async_trait]

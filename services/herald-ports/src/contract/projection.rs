@@ -587,3 +587,12 @@ pub async fn rbac_limits_topics_by_role<H: ProjectionHarness>(h: &H) {
     assert_eq!(snap.users["ops1"], vec!["ops"]);
     assert_eq!(store.consumer_offsets(Stage::Fanout).await.unwrap()[&0], 9);
 }
+
+/// A store names itself once: every open of the same storage gives the same id.
+pub async fn a_store_keeps_one_id<H: ProjectionHarness>(h: &H) {
+    let first = h.open().await;
+    let id = first.store_id().to_owned();
+    assert!(!id.is_empty() && id != "unnamed", "{id:?}");
+    drop(first);
+    assert_eq!(h.open().await.store_id(), id, "the id survives a reopen");
+}

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, env = "HERALD_PROJECTION_URL")]
     projection_url: Option<String>,
     #[command(flatten)]
-    kafka: super::KafkaArgs,
+    kafka: super::KafkaConnect,
 }
 
 async fn fetch(args: &Args, url: &str) -> anyhow::Result<AuditReport> {

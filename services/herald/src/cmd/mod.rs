@@ -14,30 +14,16 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use herald_embedded::{Access, EmbeddedLog, LogOptions};
 
-/// The Kafka adapter's defaults, the one source of the flags' defaults.
-fn kafka_defaults() -> herald_kafka::KafkaConfig {
-    herald_kafka::KafkaConfig::default()
-}
-
-/// Where the log is when it is Kafka (`--kafka-brokers`); without brokers the log is the
-/// embedded one in the data directory.
+/// How to reach Kafka (`--kafka-brokers`): with it the log is Kafka, without it the embedded
+/// log in the data directory. The read-only tools (`audit`, `replay`) take only these.
 #[derive(clap::Args, Debug, Clone)]
-pub struct KafkaArgs {
+pub struct KafkaConnect {
     /// Kafka bootstrap servers (host:port,...). With it, the log is Kafka.
     #[arg(long, env = "HERALD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Prefix of Herald's topic and consumer-group names.
     #[arg(long, env = "HERALD_KAFKA_PREFIX", default_value_t = kafka_defaults().prefix)]
     pub kafka_prefix: String,
-    /// Partitions of the user-events topic when Herald creates it.
-    #[arg(long, env = "HERALD_KAFKA_PARTITIONS", default_value_t = kafka_defaults().user_events_partitions)]
-    pub kafka_partitions: u32,
-    /// Partitions of the requests topic when Herald creates it.
-    #[arg(long, env = "HERALD_KAFKA_REQUESTS_PARTITIONS", default_value_t = kafka_defaults().requests_partitions)]
-    pub kafka_requests_partitions: u32,
-    /// Replication factor of topics Herald creates (3 on a production cluster).
-    #[arg(long, env = "HERALD_KAFKA_REPLICATION_FACTOR", default_value_t = kafka_defaults().replication_factor)]
-    pub kafka_replication_factor: i32,
     /// A librdkafka property KEY=VALUE for every client (repeat), e.g. security.protocol=SASL_SSL,
     /// sasl.mechanism=SCRAM-SHA-512, sasl.username=…, ssl.ca.location=…, session.timeout.ms=…
     /// HERALD_KAFKA_PROPERTIES takes the same, comma-separated.
@@ -52,8 +38,14 @@ pub struct KafkaArgs {
     pub kafka_properties: Vec<String>,
 }
 
-impl KafkaArgs {
-    pub fn config(&self) -> anyhow::Result<Option<herald_kafka::KafkaConfig>> {
+/// The Kafka adapter's defaults, the one source of the flags' defaults.
+fn kafka_defaults() -> herald_kafka::KafkaConfig {
+    herald_kafka::KafkaConfig::default()
+}
+
+impl KafkaConnect {
+    /// The adapter's configuration, if brokers were given; read-only tools never create topics.
+    pub fn config(&self, create_topics: bool) -> anyhow::Result<Option<herald_kafka::KafkaConfig>> {
         let Some(brokers) = &self.kafka_brokers else {
             return Ok(None);
         };
@@ -67,24 +59,64 @@ impl KafkaArgs {
         Ok(Some(herald_kafka::KafkaConfig {
             brokers: brokers.clone(),
             prefix: self.kafka_prefix.clone(),
-            user_events_partitions: self.kafka_partitions,
-            requests_partitions: self.kafka_requests_partitions,
-            replication_factor: self.kafka_replication_factor,
             properties,
+            create_topics,
             ..Default::default()
         }))
     }
 
-    /// The Kafka log, if brokers were given.
+    /// The Kafka log for a read-only tool (no topic is created), if brokers were given.
+    pub async fn open_read_only(&self) -> anyhow::Result<Option<Arc<herald_kafka::KafkaLog>>> {
+        open_kafka(self.config(false)?).await
+    }
+}
+
+async fn open_kafka(
+    config: Option<herald_kafka::KafkaConfig>,
+) -> anyhow::Result<Option<Arc<herald_kafka::KafkaLog>>> {
+    match config {
+        None => Ok(None),
+        Some(c) => Ok(Some(Arc::new(
+            herald_kafka::KafkaLog::open(c)
+                .await
+                .context("opening the Kafka log")?,
+        ))),
+    }
+}
+
+/// Kafka for the servers: how to reach it, and the topics they create when missing.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    #[command(flatten)]
+    pub connect: KafkaConnect,
+    /// Partitions of the user-events topic when Herald creates it.
+    #[arg(long, env = "HERALD_KAFKA_PARTITIONS", default_value_t = kafka_defaults().user_events_partitions)]
+    pub kafka_partitions: u32,
+    /// Partitions of the requests topic when Herald creates it.
+    #[arg(long, env = "HERALD_KAFKA_REQUESTS_PARTITIONS", default_value_t = kafka_defaults().requests_partitions)]
+    pub kafka_requests_partitions: u32,
+    /// Replication factor of topics Herald creates (3 on a production cluster).
+    #[arg(long, env = "HERALD_KAFKA_REPLICATION_FACTOR", default_value_t = kafka_defaults().replication_factor)]
+    pub kafka_replication_factor: i32,
+}
+
+impl KafkaArgs {
+    pub fn brokers(&self) -> Option<&str> {
+        self.connect.kafka_brokers.as_deref()
+    }
+
+    /// The Kafka log, if brokers were given (missing topics are created).
     pub async fn open(&self) -> anyhow::Result<Option<Arc<herald_kafka::KafkaLog>>> {
-        match self.config()? {
-            None => Ok(None),
-            Some(c) => Ok(Some(Arc::new(
-                herald_kafka::KafkaLog::open(c)
-                    .await
-                    .context("opening the Kafka log")?,
-            ))),
-        }
+        let config = self
+            .connect
+            .config(true)?
+            .map(|c| herald_kafka::KafkaConfig {
+                user_events_partitions: self.kafka_partitions,
+                requests_partitions: self.kafka_requests_partitions,
+                replication_factor: self.kafka_replication_factor,
+                ..c
+            });
+        open_kafka(config).await
     }
 }
 
@@ -274,10 +306,10 @@ pub async fn open_projection(
 
 /// The log for read-only tools: Kafka when brokers are given, else the data directory's.
 pub async fn open_any_log_read_only(
-    kafka: &KafkaArgs,
+    kafka: &KafkaConnect,
     data_dir: &Path,
 ) -> anyhow::Result<Arc<dyn herald_ports::EventLog>> {
-    Ok(match kafka.open().await? {
+    Ok(match kafka.open_read_only().await? {
         Some(k) => k,
         None => Arc::new(open_log_read_only(data_dir).await?),
     })

@@ -31,7 +31,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _telemetry = init_tracing("info");
-    if args.kafka.kafka_brokers.is_none() {
+    if args.kafka.brokers().is_none() {
         anyhow::bail!(
             "herald projector runs against Kafka: pass --kafka-brokers (or HERALD_KAFKA_BROKERS). \
              On embedded storage, `herald dev` and `herald gateway` run the projector in-process"
@@ -68,8 +68,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let task = tokio::spawn(async move { projector.run(token).await });
     eprintln!(
         "herald projector: consuming {} (prefix {:?})",
-        args.kafka.kafka_brokers.as_deref().unwrap_or_default(),
-        args.kafka.kafka_prefix
+        args.kafka.brokers().unwrap_or_default(),
+        args.kafka.connect.kafka_prefix
     );
     let mut task = task;
     tokio::select! {

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
-    kafka: super::KafkaArgs,
+    kafka: super::KafkaConnect,
 }
 
 struct Bar(ProgressBar);
@@ -115,6 +115,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 bail!(
                     "{} already exists: replay builds into a fresh store",
                     target.display()
+                );
+            }
+            let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                bail!(
+                    "the rebuilt projection goes to {}, but directory {} does not exist: pass \
+                     --into FILE, --into-url, or an existing --data-dir",
+                    target.display(),
+                    dir.display()
                 );
             }
             std::sync::Arc::new(

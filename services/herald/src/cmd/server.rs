@@ -282,7 +282,7 @@ impl Server {
         }
 
         if mode == Mode::Gateway
-            && storage.kafka.kafka_brokers.is_some()
+            && storage.kafka.brokers().is_some()
             && storage.projection_url.is_none()
             && storage.projector != Some(true)
         {
@@ -349,7 +349,7 @@ impl Server {
         let mut state = AppState::start(ports, config, shutdown.clone()).await?;
         state.metrics = Some(Arc::new(move || prometheus.render()));
         let connections = state.connections.clone();
-        let where_ = match (&storage.kafka.kafka_brokers, needs_dir) {
+        let where_ = match (storage.kafka.brokers(), needs_dir) {
             (Some(b), true) => {
                 format!(
                     "log on Kafka at {b}, data in {}",
