@@ -35,3 +35,8 @@ chaos KILLS="15" SECONDS="3":
 # A longer multi-process run on Kafka (SECONDS of producing before the first kill).
 kafka-chaos SECONDS="20":
     HERALD_KAFKA_CHAOS_SECONDS={{SECONDS}} cargo test --release -p herald --test kafka -- --nocapture
+
+# Long fuzzing run (release): ITERS mutated inputs per target (frames, every HTTP body and query,
+# every Avro schema, cursors, times). HERALD_FUZZ_SEED=… replays a run.
+fuzz ITERS="1000000":
+    HERALD_FUZZ_ITERS={{ITERS}} cargo test --release -p herald-gateway --test fuzz -- --nocapture --test-threads 1
