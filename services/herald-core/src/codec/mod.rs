@@ -7,8 +7,16 @@
 //! written before a field (with a default) was added still decode.
 //!
 //! Bad input never panics: too short, wrong marker, unknown fingerprint, a datum that does not
-//! parse, or trailing bytes each give a typed [`CoreError`]. Avro's allocation cap is set to
-//! [`MAX_AVRO_ALLOCATION`] so a corrupt length prefix cannot ask for gigabytes.
+//! parse, or trailing bytes each give a typed [`CoreError`]. No string or array may claim more
+//! than [`MAX_AVRO_ALLOCATION`], so a corrupt length prefix cannot ask for gigabytes.
+//!
+//! The schemas are parsed (with apache-avro) once, for their fingerprints; the data itself is
+//! encoded and decoded by hand ([`binary`], [`records`]), field by field in schema order, with
+//! no intermediate value tree: that was most of the time Herald spent per record. The
+//! hand-written codec is checked byte for byte against apache-avro on the schema files.
+
+mod binary;
+mod records;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -16,10 +24,10 @@ use std::sync::OnceLock;
 use apache_avro::Schema;
 use apache_avro::rabin::Rabin;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::CoreError;
 use crate::model::*;
+use binary::{Reader, Writer};
 
 /// Largest single allocation the Avro decoder may make for one field (a corrupt length prefix
 /// is refused rather than honoured).
@@ -79,26 +87,30 @@ impl SchemaKind {
     fn current_text(self) -> &'static str {
         match self {
             SchemaKind::NotificationRequest => {
-                include_str!("../../../schemas/avro/notification_request.avsc")
+                include_str!("../../../../schemas/avro/notification_request.avsc")
             }
             SchemaKind::DirectoryChange => {
-                include_str!("../../../schemas/avro/directory_change.avsc")
+                include_str!("../../../../schemas/avro/directory_change.avsc")
             }
-            SchemaKind::Added => include_str!("../../../schemas/avro/notification_added.avsc"),
+            SchemaKind::Added => include_str!("../../../../schemas/avro/notification_added.avsc"),
             SchemaKind::Delivered => {
-                include_str!("../../../schemas/avro/notification_delivered.avsc")
+                include_str!("../../../../schemas/avro/notification_delivered.avsc")
             }
-            SchemaKind::Acked => include_str!("../../../schemas/avro/notification_acked.avsc"),
-            SchemaKind::Read => include_str!("../../../schemas/avro/notifications_read.avsc"),
-            SchemaKind::Unread => include_str!("../../../schemas/avro/notifications_unread.avsc"),
+            SchemaKind::Acked => include_str!("../../../../schemas/avro/notification_acked.avsc"),
+            SchemaKind::Read => include_str!("../../../../schemas/avro/notifications_read.avsc"),
+            SchemaKind::Unread => {
+                include_str!("../../../../schemas/avro/notifications_unread.avsc")
+            }
             SchemaKind::Archived => {
-                include_str!("../../../schemas/avro/notifications_archived.avsc")
+                include_str!("../../../../schemas/avro/notifications_archived.avsc")
             }
-            SchemaKind::Expired => include_str!("../../../schemas/avro/notification_expired.avsc"),
+            SchemaKind::Expired => {
+                include_str!("../../../../schemas/avro/notification_expired.avsc")
+            }
             SchemaKind::RoleDefinition => {
-                include_str!("../../../schemas/avro/role_definition.avsc")
+                include_str!("../../../../schemas/avro/role_definition.avsc")
             }
-            SchemaKind::Connected => include_str!("../../../schemas/avro/device_connected.avsc"),
+            SchemaKind::Connected => include_str!("../../../../schemas/avro/device_connected.avsc"),
         }
     }
 }
@@ -106,19 +118,20 @@ impl SchemaKind {
 /// Older writer schemas that must still decode, by kind.
 const HISTORY: &[(SchemaKind, &str)] = &[(
     SchemaKind::NotificationRequest,
-    include_str!("../../../schemas/avro/history/notification_request.v1.avsc"),
+    include_str!("../../../../schemas/avro/history/notification_request.v1.avsc"),
 )];
 
-struct Writer {
-    schema: Schema,
+/// A writer schema the registry knows, by fingerprint.
+struct WriterSchema {
     kind: SchemaKind,
-    current: bool,
+    /// Not the current schema of its kind (an older version that still decodes).
+    historical: bool,
 }
 
 /// All known schemas, by kind (current) and by fingerprint (current and historical).
 pub struct Registry {
     current: HashMap<SchemaKind, (Schema, [u8; 8])>,
-    by_fingerprint: HashMap<u64, Writer>,
+    by_fingerprint: HashMap<u64, WriterSchema>,
 }
 
 fn fingerprint(schema: &Schema) -> [u8; 8] {
@@ -139,10 +152,9 @@ impl Registry {
             let fp = fingerprint(&schema);
             by_fingerprint.insert(
                 u64::from_le_bytes(fp),
-                Writer {
-                    schema: schema.clone(),
+                WriterSchema {
                     kind,
-                    current: true,
+                    historical: false,
                 },
             );
             current.insert(kind, (schema, fp));
@@ -152,10 +164,9 @@ impl Registry {
                 .unwrap_or_else(|e| panic!("historical schema of {} is invalid: {e}", kind.name()));
             by_fingerprint.insert(
                 u64::from_le_bytes(fingerprint(&schema)),
-                Writer {
-                    schema,
+                WriterSchema {
                     kind: *kind,
-                    current: false,
+                    historical: true,
                 },
             );
         }
@@ -177,19 +188,14 @@ impl Registry {
         (schema, u64::from_le_bytes(*fp))
     }
 
-    /// Encodes `value` with the current schema of `kind`.
-    pub fn encode<T: Serialize>(&self, kind: SchemaKind, value: &T) -> Result<Vec<u8>, CoreError> {
-        let (schema, fp) = &self.current[&kind];
-        let mut buf = Vec::with_capacity(128);
+    /// The header of a record of `kind` (marker and current fingerprint), with room for `datum`
+    /// bytes after it.
+    fn start(&self, kind: SchemaKind, datum: usize) -> Vec<u8> {
+        let (_, fp) = &self.current[&kind];
+        let mut buf = Vec::with_capacity(HEADER_LEN + datum);
         buf.extend_from_slice(&MARKER);
         buf.extend_from_slice(fp);
-        apache_avro::write_avro_datum_ref(schema, value, &mut buf).map_err(|e| {
-            CoreError::Encode {
-                schema: kind.name(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok(buf)
+        buf
     }
 
     /// Encodes a test-only value with an explicit (e.g. historical) schema.
@@ -219,53 +225,43 @@ impl Registry {
         Ok((writer.kind, fp))
     }
 
-    fn decode_as<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(SchemaKind, T), CoreError> {
+    /// Decodes any Herald record.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, CoreError> {
         let fp = header_fingerprint(bytes)?;
         let writer = self
             .by_fingerprint
             .get(&fp)
             .ok_or(CoreError::UnknownFingerprint(fp))?;
-        let corrupt = |reason: String| CoreError::Corrupt {
-            schema: writer.kind.name(),
-            reason,
-        };
-        let mut rest = &bytes[HEADER_LEN..];
-        let reader_schema = if writer.current {
-            None
-        } else {
-            Some(&self.current[&writer.kind].0)
-        };
-        let value = apache_avro::from_avro_datum(&writer.schema, &mut rest, reader_schema)
-            .map_err(|e| corrupt(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(corrupt(format!("{} trailing bytes", rest.len())));
-        }
-        let typed = apache_avro::from_value::<T>(&value).map_err(|e| corrupt(e.to_string()))?;
-        Ok((writer.kind, typed))
-    }
-
-    /// Decodes any Herald record.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Event, CoreError> {
-        let (kind, _) = self.peek(bytes)?;
-        Ok(match kind {
-            SchemaKind::NotificationRequest => {
-                Event::Request(RequestRecord::Notification(self.decode_as(bytes)?.1))
-            }
+        let mut r = Reader::new(
+            &bytes[HEADER_LEN..],
+            writer.kind.name(),
+            MAX_AVRO_ALLOCATION,
+        );
+        let event = match writer.kind {
+            SchemaKind::NotificationRequest => Event::Request(RequestRecord::Notification(
+                Box::new(records::read_request(&mut r, writer.historical)?),
+            )),
             SchemaKind::DirectoryChange => {
-                Event::Request(RequestRecord::Directory(self.decode_as(bytes)?.1))
+                Event::Request(RequestRecord::Directory(records::read_directory(&mut r)?))
             }
-            SchemaKind::Added => Event::User(UserEvent::Added(self.decode_as(bytes)?.1)),
-            SchemaKind::Delivered => Event::User(UserEvent::Delivered(self.decode_as(bytes)?.1)),
-            SchemaKind::Acked => Event::User(UserEvent::Acked(self.decode_as(bytes)?.1)),
-            SchemaKind::Read => Event::User(UserEvent::Read(self.decode_as(bytes)?.1)),
-            SchemaKind::Unread => Event::User(UserEvent::Unread(self.decode_as(bytes)?.1)),
-            SchemaKind::Archived => Event::User(UserEvent::Archived(self.decode_as(bytes)?.1)),
-            SchemaKind::Expired => Event::User(UserEvent::Expired(self.decode_as(bytes)?.1)),
             SchemaKind::RoleDefinition => {
-                Event::Request(RequestRecord::Role(self.decode_as(bytes)?.1))
+                Event::Request(RequestRecord::Role(records::read_role(&mut r)?))
             }
-            SchemaKind::Connected => Event::User(UserEvent::Connected(self.decode_as(bytes)?.1)),
-        })
+            SchemaKind::Added => Event::User(UserEvent::Added(records::read_added(&mut r)?)),
+            SchemaKind::Delivered => {
+                Event::User(UserEvent::Delivered(records::read_delivered(&mut r)?))
+            }
+            SchemaKind::Acked => Event::User(UserEvent::Acked(records::read_acked(&mut r)?)),
+            SchemaKind::Read => Event::User(UserEvent::Read(records::read_mark(&mut r)?)),
+            SchemaKind::Unread => Event::User(UserEvent::Unread(records::read_mark(&mut r)?)),
+            SchemaKind::Archived => Event::User(UserEvent::Archived(records::read_mark(&mut r)?)),
+            SchemaKind::Expired => Event::User(UserEvent::Expired(records::read_expired(&mut r)?)),
+            SchemaKind::Connected => {
+                Event::User(UserEvent::Connected(records::read_connected(&mut r)?))
+            }
+        };
+        r.finish()?;
+        Ok(event)
     }
 }
 
@@ -283,27 +279,39 @@ fn header_fingerprint(bytes: &[u8]) -> Result<u64, CoreError> {
 
 /// Encodes a user event with its current schema.
 pub fn encode_user_event(event: &UserEvent) -> Result<Vec<u8>, CoreError> {
-    let r = Registry::global();
+    let kind = user_event_kind(event);
+    let datum = match event {
+        UserEvent::Added(a) => a.payload.len() + 128,
+        _ => 96,
+    };
+    let mut buf = Registry::global().start(kind, datum);
+    let w = &mut Writer { buf: &mut buf };
     match event {
-        UserEvent::Added(e) => r.encode(SchemaKind::Added, e),
-        UserEvent::Delivered(e) => r.encode(SchemaKind::Delivered, e),
-        UserEvent::Acked(e) => r.encode(SchemaKind::Acked, e),
-        UserEvent::Read(e) => r.encode(SchemaKind::Read, e),
-        UserEvent::Unread(e) => r.encode(SchemaKind::Unread, e),
-        UserEvent::Archived(e) => r.encode(SchemaKind::Archived, e),
-        UserEvent::Expired(e) => r.encode(SchemaKind::Expired, e),
-        UserEvent::Connected(e) => r.encode(SchemaKind::Connected, e),
+        UserEvent::Added(e) => records::added(w, e),
+        UserEvent::Delivered(e) => records::delivered(w, e),
+        UserEvent::Acked(e) => records::acked(w, e),
+        UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => records::mark(w, e),
+        UserEvent::Expired(e) => records::expired(w, e),
+        UserEvent::Connected(e) => records::connected(w, e),
     }
+    Ok(buf)
 }
 
 /// Encodes a requests-topic record with its current schema.
 pub fn encode_request(record: &RequestRecord) -> Result<Vec<u8>, CoreError> {
-    let r = Registry::global();
+    let (kind, datum) = match record {
+        RequestRecord::Notification(n) => (SchemaKind::NotificationRequest, n.payload.len() + 256),
+        RequestRecord::Directory(_) => (SchemaKind::DirectoryChange, 96),
+        RequestRecord::Role(_) => (SchemaKind::RoleDefinition, 96),
+    };
+    let mut buf = Registry::global().start(kind, datum);
+    let w = &mut Writer { buf: &mut buf };
     match record {
-        RequestRecord::Notification(n) => r.encode(SchemaKind::NotificationRequest, n),
-        RequestRecord::Directory(d) => r.encode(SchemaKind::DirectoryChange, d),
-        RequestRecord::Role(role) => r.encode(SchemaKind::RoleDefinition, role),
+        RequestRecord::Notification(n) => records::request(w, n),
+        RequestRecord::Directory(d) => records::directory(w, d),
+        RequestRecord::Role(r) => records::role(w, r),
     }
+    Ok(buf)
 }
 
 /// Decodes any Herald record.
