@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_core::codec;
+use herald_core::codec::{self, SchemaKind};
 use herald_core::model::{Event, UserEvent};
 use herald_core::partition::partition_for;
 use herald_core::protocol::Close;
-use herald_ports::log::{ConsumerEvent, EventLog, Topic};
+use herald_ports::log::{ConsumerEvent, EventLog, StoredRecord, Topic};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -145,41 +145,41 @@ impl Hub {
                     }
                 }
                 ConsumerEvent::Revoked(_) => {}
-                ConsumerEvent::Records(records) => {
-                    let decoded: Vec<(u32, u64, String, Option<Arc<UserEvent>>)> = records
-                        .into_iter()
-                        .map(|r| {
-                            let ev = match codec::decode(&r.record.value) {
-                                Ok(Event::User(e)) => Some(Arc::new(e)),
-                                _ => None,
-                            };
-                            (r.partition, r.offset, r.record.key, ev)
-                        })
-                        .collect();
-                    self.dispatch(decoded);
-                }
+                ConsumerEvent::Records(records) => self.dispatch(&records),
             }
         }
     }
 
-    fn dispatch(&self, records: Vec<(u32, u64, String, Option<Arc<UserEvent>>)>) {
+    /// Hands each record to the sessions of its user. Only records of users with a session
+    /// here are decoded (the key says whose a record is), and deliveries, device progress and
+    /// connections (which sessions have no use for: each is the echo of something a session
+    /// did) are skipped by their schema, undecoded. Runs under the lock that `register` takes, so a session never
+    /// misses an event at or after its `live_from`.
+    fn dispatch(&self, records: &[StoredRecord]) {
         let mut st = self.state.lock().expect("hub lock");
-        for (partition, offset, user, event) in records {
-            let pos = &mut st.positions[partition as usize];
-            if offset < *pos {
+        for r in records {
+            let pos = &mut st.positions[r.partition as usize];
+            if r.offset < *pos {
                 continue; // already dispatched (a consumer restart re-read it)
             }
-            *pos = offset + 1;
-            let Some(event) = event else { continue };
-            // Sessions have no use for deliveries (each is the echo of a frame a session sent):
-            // forwarding them would double the live traffic of a replaying session. Nor for
-            // connections (each is the echo of a session starting).
-            if matches!(*event, UserEvent::Delivered(_) | UserEvent::Connected(_)) {
-                continue;
-            }
-            let Some(entries) = st.sessions.get_mut(&user) else {
+            *pos = r.offset + 1;
+            let Some(entries) = st.sessions.get_mut(&r.record.key) else {
                 continue;
             };
+            if matches!(
+                codec::Registry::global().peek(&r.record.value),
+                Ok((
+                    SchemaKind::Delivered | SchemaKind::Connected | SchemaKind::Progress,
+                    _
+                ))
+            ) {
+                continue;
+            }
+            let Ok(Event::User(event)) = codec::decode(&r.record.value) else {
+                continue;
+            };
+            let event = Arc::new(event);
+            let (partition, offset) = (r.partition, r.offset);
             entries.retain(|e| {
                 let live = LiveEvent {
                     partition,
@@ -196,7 +196,7 @@ impl Hub {
                 }
             });
             if entries.is_empty() {
-                st.sessions.remove(&user);
+                st.sessions.remove(&r.record.key);
             }
         }
     }
