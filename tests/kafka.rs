@@ -43,16 +43,29 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The servers' Kafka flags: where, and the topics they create.
     fn kafka_args(&self) -> Vec<String> {
+        let mut a = self.kafka_connect_args();
+        a.extend(
+            [
+                "--kafka-partitions",
+                PARTITIONS,
+                "--kafka-requests-partitions",
+                REQUEST_PARTITIONS,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        a
+    }
+
+    /// The read-only tools' Kafka flags: where only.
+    fn kafka_connect_args(&self) -> Vec<String> {
         let mut a: Vec<String> = [
             "--kafka-brokers",
             &self.broker,
             "--kafka-prefix",
             &self.prefix,
-            "--kafka-partitions",
-            PARTITIONS,
-            "--kafka-requests-partitions",
-            REQUEST_PARTITIONS,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -73,6 +86,9 @@ impl Cluster {
         Command::new(support::BIN)
             .arg("projector")
             .args(self.kafka_args())
+            // Rejoin soon if the test broker leaves a group without an assignment (it does
+            // when members come and go mid-rebalance, more often on a loaded machine).
+            .args(["--stall-timeout-ms", "15000"])
             .args(["--projection-url", &self.pg_url])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -334,7 +350,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     // notification was requested, then added for each of its recipients.
     let out = Command::new(support::BIN)
         .args(["audit", &py_first[0], "--json", "--projection-url", &db.url])
-        .args(cluster.kafka_args())
+        .args(cluster.kafka_connect_args())
         .output()
         .expect("run herald audit");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
@@ -361,7 +377,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     }
     let out = Command::new(support::BIN)
         .arg("replay")
-        .args(cluster.kafka_args())
+        .args(cluster.kafka_connect_args())
         .args([
             "--live-url",
             &db.url,

@@ -82,6 +82,18 @@ fn user_entry(r: &StoredRecord, e: &UserEvent) -> AuditEntry {
         UserEvent::Delivered(d) => format!("notification {}", d.notification_id),
         UserEvent::Expired(x) => format!("notification {}", x.notification_id),
         UserEvent::Connected(c) => format!("device {} opened a session", c.device_id),
+        UserEvent::Progress(p) => {
+            let mut parts = Vec::new();
+            if !p.delivered.is_empty() {
+                let seqs: Vec<String> = p.delivered.iter().map(i64::to_string).collect();
+                parts.push(format!("delivered seqs {}", seqs.join(", ")));
+            }
+            let acks = describe_ids(&p.acked_ids, p.acked_up_to);
+            if !acks.is_empty() {
+                parts.push(format!("acked {acks}"));
+            }
+            parts.join("; ")
+        }
         UserEvent::Acked(a) => describe_ids(&a.notification_ids, a.up_to),
         UserEvent::Read(m) | UserEvent::Unread(m) | UserEvent::Archived(m) => {
             describe_ids(&m.notification_ids, m.up_to)
@@ -244,6 +256,9 @@ where
                 ProjectorError::Projection(p) => AuditError::Projection(p),
                 ProjectorError::Encode(c) => {
                     AuditError::Projection(herald_ports::ProjectionError::Corrupt(c.to_string()))
+                }
+                e @ ProjectorError::Stalled { .. } => {
+                    AuditError::Log(herald_ports::LogError::Storage(e.to_string()))
                 }
             })
     }

@@ -47,7 +47,22 @@ pub enum ProjectorError {
     Projection(#[from] ProjectionError),
     #[error("cannot encode a user event: {0}")]
     Encode(#[from] herald_core::CoreError),
+    #[error(
+        "{stage} partition {partition} has not moved for {secs} s with records to apply: \
+         rejoining the consumer group"
+    )]
+    Stalled {
+        stage: Stage,
+        partition: u32,
+        secs: u64,
+    },
 }
+
+/// How long a partition with records to apply may go without any replica applying one before
+/// every replica rejoins its consumer group (a group left without an assignment, which the
+/// tansu broker does when members come and go mid-rebalance). Longer than librdkafka's default
+/// session timeout (45 s), within which a dead member's partitions wait anyway.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub mod audit;
 
@@ -74,6 +89,7 @@ fn offsets_vec(m: &BTreeMap<u32, u64>) -> Vec<(u32, u64)> {
 pub struct Projector<L: ?Sized, P: ?Sized> {
     log: Arc<L>,
     store: Arc<P>,
+    stall_timeout: Duration,
 }
 
 impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
@@ -81,13 +97,26 @@ impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
         Projector {
             log: self.log.clone(),
             store: self.store.clone(),
+            stall_timeout: self.stall_timeout,
         }
     }
 }
 
 impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     pub fn new(log: Arc<L>, store: Arc<P>) -> Self {
-        Projector { log, store }
+        Projector {
+            log,
+            store,
+            stall_timeout: STALL_TIMEOUT,
+        }
+    }
+
+    /// The stall timeout (default [`STALL_TIMEOUT`]).
+    pub fn with_stall_timeout(self, stall_timeout: Duration) -> Self {
+        Projector {
+            stall_timeout,
+            ..self
+        }
     }
 
     /// Runs all stages (fanout, inbox, timers) until `shutdown` is cancelled or one fails.

@@ -13,6 +13,8 @@ use crate::{
     LAG_INTERVAL, MAX_BATCH_RECORDS, Projector, ProjectorError, next_offsets, offsets_vec,
 };
 
+/// How often a stage looks for partitions nobody applies.
+const STALL_CHECK: Duration = Duration::from_secs(2);
 /// First wait before a failed stage starts again; it doubles up to [`RESTART_MAX`].
 const RESTART_INITIAL: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(30);
@@ -69,6 +71,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let group = group_name(stage, self.store.store_id());
         let mut consumer = self.log.consumer(topic, &group).await?;
         let mut last_lag: Option<(Instant, u64)> = None;
+        let mut watch = tokio::time::interval(STALL_CHECK);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress: BTreeMap<u32, (u64, Instant)> = BTreeMap::new();
         // Fanout: requests below these offsets may have been expanded (appended) by an earlier
         // owner of the partition that crashed before recording it; see `recovery`.
         let mut recover_below: BTreeMap<u32, u64> = BTreeMap::new();
@@ -82,6 +87,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = watch.tick() => {
+                    self.watch_stalls(stage, &mut progress).await?;
+                    continue;
+                }
                 e = consumer.next(MAX_BATCH_RECORDS) => e?,
             };
             match event {
@@ -143,6 +152,36 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 }
             }
         }
+    }
+
+    /// Fails with [`ProjectorError::Stalled`] when a partition has had records to apply and no
+    /// progress for the stall timeout, whoever owns it: the restart then rejoins the group.
+    async fn watch_stalls(
+        &self,
+        stage: Stage,
+        progress: &mut BTreeMap<u32, (u64, Instant)>,
+    ) -> Result<(), ProjectorError> {
+        let topic = stage.topic();
+        let applied = self.store.consumer_offsets(stage).await?;
+        for partition in 0..self.log.partitions(topic) {
+            let at = applied.get(&partition).copied().unwrap_or(0);
+            if self.log.end_offset(topic, partition).await? <= at {
+                progress.remove(&partition);
+                continue;
+            }
+            let (seen, since) = progress.entry(partition).or_insert((at, Instant::now()));
+            if *seen != at {
+                *seen = at;
+                *since = Instant::now();
+            } else if since.elapsed() >= self.stall_timeout {
+                return Err(ProjectorError::Stalled {
+                    stage,
+                    partition,
+                    secs: since.elapsed().as_secs(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Records of the stage's topic the projection has not applied, over every partition

@@ -27,6 +27,10 @@ pub struct Args {
     /// Serve Prometheus metrics (consumer lag, apply times, dead letters) on this address.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// A partition with records to apply and no progress this long makes every replica rejoin
+    /// its consumer group, milliseconds (a group a broker left without an assignment).
+    #[arg(long, default_value_t = herald_projector::STALL_TIMEOUT.as_millis() as u64)]
+    stall_timeout_ms: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -63,7 +67,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let shutdown = CancellationToken::new();
-    let projector = Projector::new(log.clone(), store);
+    let projector = Projector::new(log.clone(), store).with_stall_timeout(
+        std::time::Duration::from_millis(args.stall_timeout_ms.max(1000)),
+    );
     let token = shutdown.clone();
     let task = tokio::spawn(async move { projector.run(token).await });
     eprintln!(
