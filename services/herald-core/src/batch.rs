@@ -310,6 +310,15 @@ pub fn prefetch<'a>(events: impl IntoIterator<Item = &'a UserEvent>) -> BTreeSet
                     });
                 }
             }
+            UserEvent::Progress(e) => {
+                needs.extend(e.acked_ids.iter().map(|id| row(&e.user_id, id)));
+                if e.acked_up_to.is_some() {
+                    needs.insert(Need::Cursor {
+                        user_id: e.user_id.clone(),
+                        device_id: e.device_id.clone(),
+                    });
+                }
+            }
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
                 needs.extend(e.notification_ids.iter().map(|id| row(&e.user_id, id)));
                 if e.up_to.is_some() && matches!(event, UserEvent::Read(_)) {

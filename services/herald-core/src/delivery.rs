@@ -51,6 +51,8 @@ struct InFlight<T> {
     item: T,
     attempt: u32,
     due_ms: i64,
+    /// The transport's number of the frame that carries the latest send (0: not told).
+    frame: u64,
 }
 
 /// Something to put on the wire.
@@ -150,11 +152,21 @@ impl<T: Clone> Delivery<T> {
 
     /// What to send at `now_ms`: due redeliveries first, then new items while the window has room.
     pub fn poll(&mut self, now_ms: i64) -> Vec<Send<T>> {
-        self.poll_limited(now_ms, usize::MAX)
+        self.poll_limited(now_ms, usize::MAX, u64::MAX)
     }
 
-    /// Like [`Delivery::poll`], but at most `max` sends; what does not fit stays due.
-    pub fn poll_limited(&mut self, now_ms: i64, max: usize) -> Vec<Send<T>> {
+    /// The send of `seq` just handed out travels as the transport's frame number `frame`.
+    pub fn sent_as(&mut self, seq: u64, frame: u64) {
+        if let Some(f) = self.in_flight.get_mut(&seq) {
+            f.frame = frame;
+        }
+    }
+
+    /// Like [`Delivery::poll`], but at most `max` sends; what does not fit stays due. A send
+    /// whose frame the transport has not written yet (`written` frames so far) is not resent
+    /// when its timer runs out: the timer starts again, so the wait runs from (at least) the
+    /// write, and a queue that does not drain makes redelivery back off instead of piling up.
+    pub fn poll_limited(&mut self, now_ms: i64, max: usize, written: u64) -> Vec<Send<T>> {
         let mut out = Vec::new();
         if max == 0 {
             return out;
@@ -170,6 +182,10 @@ impl<T: Clone> Delivery<T> {
                 return out;
             }
             let f = self.in_flight.get_mut(&seq).expect("due seq is in flight");
+            if f.frame > written {
+                f.due_ms = now_ms + self.config.backoff_ms(f.attempt) as i64;
+                continue;
+            }
             if f.attempt > self.config.max_redeliveries {
                 self.in_flight.remove(&seq);
                 self.gave_up += 1;
@@ -177,6 +193,7 @@ impl<T: Clone> Delivery<T> {
             }
             f.attempt += 1;
             f.due_ms = now_ms + self.config.backoff_ms(f.attempt) as i64;
+            f.frame = 0;
             out.push(Send {
                 seq,
                 item: f.item.clone(),
@@ -193,6 +210,7 @@ impl<T: Clone> Delivery<T> {
                     item: item.clone(),
                     attempt: 1,
                     due_ms: now_ms + self.config.backoff_ms(1) as i64,
+                    frame: 0,
                 },
             );
             out.push(Send {
@@ -299,13 +317,34 @@ mod tests {
         for s in 1..=4 {
             d.offer(s, "x");
         }
-        assert_eq!(seqs(&d.poll_limited(0, 2)), vec![(1, 1), (2, 1)]);
+        assert_eq!(seqs(&d.poll_limited(0, 2, u64::MAX)), vec![(1, 1), (2, 1)]);
         assert!(d.has_work(0));
-        assert_eq!(seqs(&d.poll_limited(0, 0)), vec![]);
+        assert_eq!(seqs(&d.poll_limited(0, 0, u64::MAX)), vec![]);
         // Redeliveries due and new items share the limit; nothing is skipped or bumped.
-        assert_eq!(seqs(&d.poll_limited(100, 3)), vec![(1, 2), (2, 2), (3, 1)]);
-        assert_eq!(seqs(&d.poll_limited(100, 5)), vec![(4, 1)]);
+        assert_eq!(
+            seqs(&d.poll_limited(100, 3, u64::MAX)),
+            vec![(1, 2), (2, 2), (3, 1)]
+        );
+        assert_eq!(seqs(&d.poll_limited(100, 5, u64::MAX)), vec![(4, 1)]);
         assert!(!d.has_work(100));
+    }
+
+    #[test]
+    fn a_send_not_yet_written_is_not_resent_and_its_timer_starts_again() {
+        let mut d = Delivery::new(cfg(4));
+        d.offer(1, "a");
+        assert_eq!(seqs(&d.poll_limited(0, 4, 0)), vec![(1, 1)]);
+        d.sent_as(1, 5);
+        // Due at 100, but the writer has put only 4 frames on the wire: not resent.
+        assert!(d.poll_limited(100, 4, 4).is_empty());
+        assert_eq!(d.next_deadline(), Some(200), "the wait starts again");
+        assert!(
+            d.poll_limited(150, 4, 5).is_empty(),
+            "written now, not yet due"
+        );
+        assert_eq!(seqs(&d.poll_limited(200, 4, 5)), vec![(1, 2)]);
+        // The resend has no frame yet: it is due on its timer alone.
+        assert_eq!(seqs(&d.poll_limited(400, 4, 5)), vec![(1, 3)]);
     }
 
     #[test]

@@ -271,6 +271,23 @@ pub struct DeviceConnected {
     pub at: i64,
 }
 
+/// What one device's session did in one flush: first sends (by seq) and ACKs, coalesced into
+/// one event (a delivery or an ACK still is an event in the log, just not one record each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceProgress {
+    pub user_id: String,
+    pub device_id: String,
+    /// Seqs of the notifications sent to the device for the first time.
+    #[serde(default)]
+    pub delivered: Vec<i64>,
+    /// Notifications the device acknowledged by id.
+    #[serde(default)]
+    pub acked_ids: Vec<String>,
+    /// Everything up to this seq acknowledged (cumulatively).
+    pub acked_up_to: Option<i64>,
+    pub at: i64,
+}
+
 /// Every event on the per-user topic. All of a user's events live in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserEvent {
@@ -282,6 +299,7 @@ pub enum UserEvent {
     Archived(MarkChange),
     Expired(NotificationExpired),
     Connected(DeviceConnected),
+    Progress(DeviceProgress),
 }
 
 impl UserEvent {
@@ -293,6 +311,7 @@ impl UserEvent {
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => &e.user_id,
             UserEvent::Expired(e) => &e.user_id,
             UserEvent::Connected(e) => &e.user_id,
+            UserEvent::Progress(e) => &e.user_id,
         }
     }
 
@@ -307,6 +326,7 @@ impl UserEvent {
             UserEvent::Archived(_) => "archived",
             UserEvent::Expired(_) => "expired",
             UserEvent::Connected(_) => "connected",
+            UserEvent::Progress(_) => "device_progress",
         }
     }
 
@@ -319,6 +339,7 @@ impl UserEvent {
                 e.device_id.as_deref()
             }
             UserEvent::Connected(e) => Some(&e.device_id),
+            UserEvent::Progress(e) => Some(&e.device_id),
             UserEvent::Added(_) | UserEvent::Expired(_) => None,
         }
     }
@@ -334,6 +355,11 @@ impl UserEvent {
             UserEvent::Delivered(e) => e.notification_id == id,
             UserEvent::Expired(e) => e.notification_id == id,
             UserEvent::Connected(_) => false,
+            UserEvent::Progress(e) => {
+                e.acked_ids.iter().any(|n| n == id)
+                    || covered(e.acked_up_to)
+                    || seq_of_id.is_some_and(|s| e.delivered.contains(&(s as i64)))
+            }
             UserEvent::Acked(e) => e.notification_ids.iter().any(|n| n == id) || covered(e.up_to),
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
                 e.notification_ids.iter().any(|n| n == id) || covered(e.up_to)
@@ -350,6 +376,7 @@ impl UserEvent {
             UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => e.at,
             UserEvent::Expired(e) => e.at,
             UserEvent::Connected(e) => e.at,
+            UserEvent::Progress(e) => e.at,
         }
     }
 }

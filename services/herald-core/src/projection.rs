@@ -250,30 +250,38 @@ pub fn fold<S: ProjectionState>(
                 });
             }
         }
-        UserEvent::Acked(e) => {
-            let ids: BTreeSet<&String> = e.notification_ids.iter().collect();
-            for id in ids {
-                if let Some(row) = row_before(state, &e.user_id, id, offset)? {
-                    out.push(Write::AckSeq {
-                        user_id: e.user_id.clone(),
-                        device_id: e.device_id.clone(),
-                        seq: row.seq,
-                    });
-                }
+        UserEvent::Acked(e) => fold_acks(
+            state,
+            (&e.user_id, &e.device_id),
+            &e.notification_ids,
+            e.up_to,
+            offset,
+            &mut out,
+        )?,
+        UserEvent::Progress(e) => {
+            // Seqs name rows directly; only rows that precede the event can have been sent.
+            let seqs: BTreeSet<u64> = e
+                .delivered
+                .iter()
+                .filter_map(|s| u64::try_from(*s).ok())
+                .filter(|s| *s < offset)
+                .collect();
+            for seq in seqs {
+                out.push(Write::MarkDelivered {
+                    user_id: e.user_id.clone(),
+                    device_id: e.device_id.clone(),
+                    seq,
+                    at: e.at,
+                });
             }
-            // A cumulative ACK can only cover rows that precede it: clamp, so a cursor from the
-            // future cannot swallow notifications that do not exist yet.
-            if let (Some(up_to), Some(last)) = (non_negative(e.up_to), offset.checked_sub(1)) {
-                let up_to = up_to.min(last);
-                let current = state.device_cursor(&e.user_id, &e.device_id)?;
-                if current.is_none_or(|c| up_to > c) {
-                    out.push(Write::SetDeviceCursor {
-                        user_id: e.user_id.clone(),
-                        device_id: e.device_id.clone(),
-                        seq: up_to,
-                    });
-                }
-            }
+            fold_acks(
+                state,
+                (&e.user_id, &e.device_id),
+                &e.acked_ids,
+                e.acked_up_to,
+                offset,
+                &mut out,
+            )?;
         }
         UserEvent::Read(e) => {
             let mut changes = RowChanges::new(&e.user_id);
@@ -312,6 +320,41 @@ pub fn fold<S: ProjectionState>(
         }),
     }
     Ok(out)
+}
+
+/// A device's ACKs at `offset`: by id (rows that precede the ACK) and cumulative.
+fn fold_acks<S: ProjectionState>(
+    state: &mut S,
+    (user_id, device_id): (&str, &str),
+    ids: &[String],
+    up_to: Option<i64>,
+    offset: u64,
+    out: &mut Vec<Write>,
+) -> Result<(), S::Error> {
+    let ids: BTreeSet<&String> = ids.iter().collect();
+    for id in ids {
+        if let Some(row) = row_before(state, user_id, id, offset)? {
+            out.push(Write::AckSeq {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+                seq: row.seq,
+            });
+        }
+    }
+    // A cumulative ACK can only cover rows that precede it: clamp, so a cursor from the future
+    // cannot swallow notifications that do not exist yet.
+    if let (Some(up_to), Some(last)) = (non_negative(up_to), offset.checked_sub(1)) {
+        let up_to = up_to.min(last);
+        let current = state.device_cursor(user_id, device_id)?;
+        if current.is_none_or(|c| up_to > c) {
+            out.push(Write::SetDeviceCursor {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+                seq: up_to,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Folds one event and applies its writes to `state`. Returns how many writes it made.

@@ -383,7 +383,9 @@ proptest! {
         m in mark(),
         (user, device, id, at) in (text(), text(), text(), any::<i64>()),
         (ack_ids, up_to) in (ids(), opt_long()),
+        seqs in proptest::collection::vec(any::<i64>(), 0..6),
     ) {
+        let ids_again = ack_ids.clone();
         let events = [
             (SchemaKind::Added, UserEvent::Added(a.clone())),
             (SchemaKind::Read, UserEvent::Read(m.clone())),
@@ -393,13 +395,17 @@ proptest! {
                 user_id: user.clone(), device_id: device.clone(), notification_id: id.clone(), at,
             })),
             (SchemaKind::Acked, UserEvent::Acked(NotificationAcked {
-                user_id: user.clone(), device_id: device.clone(), notification_ids: ack_ids, up_to, at,
+                user_id: user.clone(), device_id: device.clone(), notification_ids: ack_ids.clone(), up_to, at,
             })),
             (SchemaKind::Expired, UserEvent::Expired(NotificationExpired {
                 user_id: user.clone(), notification_id: id.clone(), at,
             })),
             (SchemaKind::Connected, UserEvent::Connected(DeviceConnected {
                 user_id: user.clone(), device_id: device.clone(), at,
+            })),
+            (SchemaKind::Progress, UserEvent::Progress(DeviceProgress {
+                user_id: user.clone(), device_id: device.clone(), delivered: seqs,
+                acked_ids: ids_again, acked_up_to: up_to, at,
             })),
         ];
         for (kind, ev) in events {
@@ -411,6 +417,7 @@ proptest! {
                 UserEvent::Acked(x) => x,
                 UserEvent::Expired(x) => x,
                 UserEvent::Connected(x) => x,
+                UserEvent::Progress(x) => x,
             };
             value.check(kind, ours, Event::User(ev.clone()));
         }

@@ -143,6 +143,17 @@ impl Log {
                     by_id.insert(a.notification_id.clone(), *o);
                     rows.insert(*o, a.notification_id.clone());
                 }
+                UserEvent::Progress(p) if p.device_id == DEVICE => {
+                    for id in &p.acked_ids {
+                        if let Some(s) = by_id.get(id).filter(|s| **s < *o) {
+                            acked.insert(*s);
+                        }
+                    }
+                    if let Some(u) = p.acked_up_to.and_then(|u| u64::try_from(u).ok()) {
+                        let c = u.min(o - 1);
+                        cursor = Some(cursor.map_or(c, |x| x.max(c)));
+                    }
+                }
                 UserEvent::Acked(a) if a.device_id == DEVICE => {
                     for id in &a.notification_ids {
                         if let Some(s) = by_id.get(id).filter(|s| **s < *o) {
@@ -408,7 +419,7 @@ impl Run {
                     match next {
                         Some((o, ev)) => {
                             hub = o + 1;
-                            if matches!(ev, UserEvent::Delivered(_)) {
+                            if matches!(ev, UserEvent::Delivered(_) | UserEvent::Progress(_)) {
                                 Input::Tick
                             } else {
                                 Input::Live {

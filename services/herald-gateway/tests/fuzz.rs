@@ -347,6 +347,14 @@ fn samples() -> Vec<Event> {
             device_id: "d".into(),
             at: 10,
         })),
+        Event::User(UserEvent::Progress(DeviceProgress {
+            user_id: "alice".into(),
+            device_id: "d".into(),
+            delivered: vec![3, 5, 8],
+            acked_ids: vec!["n1".into()],
+            acked_up_to: Some(2),
+            at: 11,
+        })),
     ]
 }
 

@@ -57,6 +57,17 @@ impl Writer<'_> {
         }
     }
 
+    /// `{"type": "array", "items": "long"}`: one block, then the end.
+    pub(crate) fn longs(&mut self, items: &[i64]) {
+        if !items.is_empty() {
+            self.long(items.len() as i64);
+            for n in items {
+                self.long(*n);
+            }
+        }
+        self.long(0);
+    }
+
     /// `{"type": "array", "items": "string"}`: one block, then the end.
     pub(crate) fn strs(&mut self, items: &[String]) {
         if !items.is_empty() {
@@ -190,10 +201,26 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn strs(&mut self) -> Result<Vec<String>, CoreError> {
         let mut out = Vec::new();
+        self.blocks(&mut out, |r| r.str())?;
+        Ok(out)
+    }
+
+    pub(crate) fn longs(&mut self) -> Result<Vec<i64>, CoreError> {
+        let mut out = Vec::new();
+        self.blocks(&mut out, |r| r.long())?;
+        Ok(out)
+    }
+
+    /// The blocks of an array, each item read by `item` (each takes at least one byte).
+    fn blocks<T>(
+        &mut self,
+        out: &mut Vec<T>,
+        item: impl Fn(&mut Self) -> Result<T, CoreError>,
+    ) -> Result<(), CoreError> {
         loop {
             let mut count = self.long()?;
             if count == 0 {
-                return Ok(out);
+                return Ok(());
             }
             if count < 0 {
                 // A negative count is followed by the block's size in bytes.
@@ -212,7 +239,7 @@ impl<'a> Reader<'a> {
             }
             out.reserve(count);
             for _ in 0..count {
-                out.push(self.str()?);
+                out.push(item(self)?);
             }
         }
     }

@@ -50,10 +50,11 @@ pub enum SchemaKind {
     Expired,
     RoleDefinition,
     Connected,
+    Progress,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 11] = [
+    pub const ALL: [SchemaKind; 12] = [
         SchemaKind::NotificationRequest,
         SchemaKind::DirectoryChange,
         SchemaKind::Added,
@@ -65,6 +66,7 @@ impl SchemaKind {
         SchemaKind::Expired,
         SchemaKind::RoleDefinition,
         SchemaKind::Connected,
+        SchemaKind::Progress,
     ];
 
     /// The record's full Avro name, also carried in the `herald-schema` header.
@@ -81,6 +83,7 @@ impl SchemaKind {
             SchemaKind::Expired => "dev.herald.events.NotificationExpired",
             SchemaKind::RoleDefinition => "dev.herald.events.RoleDefinition",
             SchemaKind::Connected => "dev.herald.events.DeviceConnected",
+            SchemaKind::Progress => "dev.herald.events.DeviceProgress",
         }
     }
 
@@ -111,6 +114,7 @@ impl SchemaKind {
                 include_str!("../../../../schemas/avro/role_definition.avsc")
             }
             SchemaKind::Connected => include_str!("../../../../schemas/avro/device_connected.avsc"),
+            SchemaKind::Progress => include_str!("../../../../schemas/avro/device_progress.avsc"),
         }
     }
 }
@@ -259,6 +263,9 @@ impl Registry {
             SchemaKind::Connected => {
                 Event::User(UserEvent::Connected(records::read_connected(&mut r)?))
             }
+            SchemaKind::Progress => {
+                Event::User(UserEvent::Progress(records::read_progress(&mut r)?))
+            }
         };
         r.finish()?;
         Ok(event)
@@ -293,6 +300,7 @@ pub fn encode_user_event(event: &UserEvent) -> Result<Vec<u8>, CoreError> {
         UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => records::mark(w, e),
         UserEvent::Expired(e) => records::expired(w, e),
         UserEvent::Connected(e) => records::connected(w, e),
+        UserEvent::Progress(e) => records::progress(w, e),
     }
     Ok(buf)
 }
@@ -330,5 +338,6 @@ pub fn user_event_kind(event: &UserEvent) -> SchemaKind {
         UserEvent::Archived(_) => SchemaKind::Archived,
         UserEvent::Expired(_) => SchemaKind::Expired,
         UserEvent::Connected(_) => SchemaKind::Connected,
+        UserEvent::Progress(_) => SchemaKind::Progress,
     }
 }

@@ -229,3 +229,23 @@ pub(crate) fn read_connected(r: &mut Reader<'_>) -> Result<DeviceConnected, Core
         at: r.long()?,
     })
 }
+
+pub(crate) fn progress(w: &mut Writer<'_>, p: &DeviceProgress) {
+    w.str(&p.user_id);
+    w.str(&p.device_id);
+    w.longs(&p.delivered);
+    w.strs(&p.acked_ids);
+    w.opt_long(p.acked_up_to);
+    w.long(p.at);
+}
+
+pub(crate) fn read_progress(r: &mut Reader<'_>) -> Result<DeviceProgress, CoreError> {
+    Ok(DeviceProgress {
+        user_id: r.str()?,
+        device_id: r.str()?,
+        delivered: r.longs()?,
+        acked_ids: r.strs()?,
+        acked_up_to: r.opt_long()?,
+        at: r.long()?,
+    })
+}

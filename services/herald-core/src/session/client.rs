@@ -49,6 +49,9 @@ impl Session {
                     self.ack_up_to = Some(self.ack_up_to.map_or(u, |a| a.max(u)));
                 }
                 // Coalesced: every ACK since the last pump becomes one event.
+                if !ids.is_empty() || up_to.is_some() {
+                    self.progress_since.get_or_insert(io.now_ms);
+                }
                 self.ack_ids.extend(ids);
                 return Ok(());
             }

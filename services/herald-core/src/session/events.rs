@@ -100,15 +100,10 @@ impl Session {
                 }
             }
             UserEvent::Acked(a) if a.device_id == self.device => {
-                // Clamped like the fold: an ACK covers only what precedes it in the log.
-                let up_to = match (
-                    a.up_to.and_then(|u| u64::try_from(u).ok()),
-                    offset.checked_sub(1),
-                ) {
-                    (Some(up_to), Some(last)) => Some(up_to.min(last)),
-                    _ => None,
-                };
-                self.processed(&a.notification_ids, up_to);
+                self.echoed_acks(offset, &a.notification_ids, a.up_to);
+            }
+            UserEvent::Progress(p) if p.device_id == self.device => {
+                self.echoed_acks(offset, &p.acked_ids, p.acked_up_to);
             }
             UserEvent::Read(m) | UserEvent::Unread(m) | UserEvent::Archived(m) => {
                 if matches!(ev, UserEvent::Archived(_)) {
@@ -141,9 +136,25 @@ impl Session {
                     });
                 }
             }
-            UserEvent::Acked(_) | UserEvent::Delivered(_) | UserEvent::Connected(_) => {}
+            UserEvent::Acked(_)
+            | UserEvent::Delivered(_)
+            | UserEvent::Connected(_)
+            | UserEvent::Progress(_) => {}
         }
         Ok(())
+    }
+
+    /// This device's ACKs read back from the log (sent over HTTP, or by an earlier session),
+    /// clamped like the fold: an ACK covers only what precedes it in the log.
+    fn echoed_acks(&mut self, offset: u64, ids: &[String], up_to: Option<i64>) {
+        let up_to = match (
+            up_to.and_then(|u| u64::try_from(u).ok()),
+            offset.checked_sub(1),
+        ) {
+            (Some(up_to), Some(last)) => Some(up_to.min(last)),
+            _ => None,
+        };
+        self.processed(ids, up_to);
     }
 
     /// Settles everything at or below `seq` (a cumulative ACK).

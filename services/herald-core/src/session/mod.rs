@@ -19,8 +19,8 @@
 //! * **what is a duplicate**: a notification id this session already holds or recently settled
 //!   is not offered again, even at another seq (a repeated expansion after a crash); an ACK by
 //!   id settles the notification whatever seq it came with;
-//! * **ACKs and marks**: ACK frames settle at once and are coalesced into one `Acked` event per
-//!   pump; an echoed ACK's `up_to` is clamped below its own offset (as the fold does); marks
+//! * **ACKs, deliveries and marks**: ACK frames settle at once; first sends and ACKs are
+//!   gathered and appended as one `DeviceProgress` event at most `progress_flush_ms` later; an echoed ACK's `up_to` is clamped below its own offset (as the fold does); marks
 //!   from other devices become `mark` frames;
 //! * **flow**: notifications are sent only while the send queue has room beyond a reserve kept
 //!   for other frames; a queue that stays full with no progress by the writer for the
@@ -33,9 +33,7 @@ use std::sync::Arc;
 use crate::cursor::{Cursor, Epoch};
 use crate::delivery::{Delivery, DeliveryConfig, Offer};
 use crate::ids::validate_id;
-use crate::model::{
-    MarkChange, NotificationAcked, NotificationAdded, NotificationDelivered, UserEvent,
-};
+use crate::model::{DeviceProgress, MarkChange, NotificationAdded, UserEvent};
 use crate::projection::InboxRow;
 use crate::protocol::{ClientFrame, Close, ServerFrame};
 
@@ -59,6 +57,10 @@ pub struct SessionConfig {
     pub blocked_recheck_ms: i64,
     /// Settled notification ids remembered to drop repeats of them.
     pub recent_ids: usize,
+    /// Deliveries and ACKs are appended as one `DeviceProgress` at most this long after the
+    /// first of them, or once `progress_max` have gathered.
+    pub progress_flush_ms: i64,
+    pub progress_max: usize,
 }
 
 impl Default for SessionConfig {
@@ -73,6 +75,8 @@ impl Default for SessionConfig {
             slow_consumer_timeout_ms: 10_000,
             blocked_recheck_ms: 20,
             recent_ids: 4096,
+            progress_flush_ms: 100,
+            progress_max: 512,
         }
     }
 }
@@ -230,9 +234,13 @@ pub struct Session {
     held: Vec<(u64, Arc<UserEvent>)>,
     replay_high: Option<u64>,
     replayed_sent: bool,
-    delivered: Vec<UserEvent>,
+    /// Seqs first sent, and ACKs, since the last `DeviceProgress`; and since when.
+    delivered: Vec<i64>,
     ack_ids: Vec<String>,
     ack_up_to: Option<i64>,
+    progress_since: Option<i64>,
+    /// Frames this session has asked the transport to send.
+    frames_out: u64,
     /// Since when notifications have waited for send-queue room with no progress by the writer.
     blocked_since: Option<i64>,
     last_written: u64,
@@ -283,6 +291,8 @@ impl Session {
             delivered: Vec::new(),
             ack_ids: Vec::new(),
             ack_up_to: None,
+            progress_since: None,
+            frames_out: 0,
             blocked_since: None,
             last_written: io.written,
             closed: false,
@@ -303,6 +313,7 @@ impl Session {
             max_in_flight: cfg.delivery.max_in_flight,
         });
         s.settle_replay_and_pump(io, &mut out);
+        s.frames_out += out.frames as u64;
         (s, actions)
     }
 
@@ -347,6 +358,7 @@ impl Session {
             Ok(()) => self.settle_replay_and_pump(io, &mut out),
             Err(end) => self.close(end, io.now_ms, &mut out),
         }
+        self.frames_out += out.frames as u64;
         actions
     }
 
@@ -354,25 +366,26 @@ impl Session {
     /// appended.
     pub fn finish(&mut self, now_ms: i64) -> Vec<Action> {
         let mut actions = Vec::new();
-        self.flush(now_ms, &mut actions);
+        self.flush(now_ms, true, &mut actions);
         self.closed = true;
         actions
     }
 
     /// When to come back with [`Input::Tick`] at the latest (Unix ms), if anything waits for
-    /// time: a redelivery, or a send queue without room.
+    /// time: a redelivery, a send queue without room, or deliveries and ACKs to append.
     pub fn next_wake(&self, now_ms: i64) -> Option<i64> {
         let blocked = self
             .blocked_since
             .map(|_| now_ms + self.cfg.blocked_recheck_ms);
-        match (self.delivery.next_deadline(), blocked) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let flush = self.progress_since.map(|s| s + self.cfg.progress_flush_ms);
+        [self.delivery.next_deadline(), blocked, flush]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn close(&mut self, end: Ending, now_ms: i64, out: &mut Out<'_>) {
-        self.flush_into(now_ms, out);
+        self.flush(now_ms, true, out.actions);
         out.actions.push(Action::Close(end));
         self.closed = true;
     }

@@ -13,7 +13,9 @@ impl Session {
         let free = io.room.saturating_sub(out.frames);
         let room = free.saturating_sub(self.cfg.send_reserve);
         // `replayed` may need a slot of its own.
-        let sends = self.delivery.poll_limited(now, room.saturating_sub(1));
+        let sends = self
+            .delivery
+            .poll_limited(now, room.saturating_sub(1), io.written);
         if self.delivery.has_work(now) && free <= self.cfg.send_reserve + sends.len() + 1 {
             // Waiting for room: a slow consumer only if the writer makes no progress at all.
             if progressed || self.blocked_since.is_none() {
@@ -39,14 +41,12 @@ impl Session {
                 self.send_replayed(out);
             }
             if s.attempt == 1 {
-                self.delivered
-                    .push(UserEvent::Delivered(NotificationDelivered {
-                        user_id: self.user.clone(),
-                        device_id: self.device.clone(),
-                        notification_id: s.item.notification_id.clone(),
-                        at: now,
-                    }));
+                self.progress_since.get_or_insert(now);
+                self.delivered.push(s.seq as i64);
             }
+            // Its redelivery timer runs from when the writer has put this frame on the wire.
+            let frame = self.frames_out + out.frames as u64 + 1;
+            self.delivery.sent_as(s.seq, frame);
             out.send(Outgoing::Notification {
                 row: s.item,
                 attempt: s.attempt,
@@ -60,7 +60,7 @@ impl Session {
         {
             self.send_replayed(out);
         }
-        self.flush_into(now, out);
+        self.flush(now, false, out.actions);
         Ok(())
     }
 
@@ -70,28 +70,29 @@ impl Session {
         out.frame(ServerFrame::Replayed { cursor });
     }
 
-    pub(super) fn flush_into(&mut self, now_ms: i64, out: &mut Out<'_>) {
-        self.flush(now_ms, out.actions);
-    }
-
-    /// Appends the ACKs gathered since the last flush as one `Acked` event, and the deliveries.
-    pub(super) fn flush(&mut self, now_ms: i64, actions: &mut Vec<Action>) {
-        let mut events = Vec::new();
-        if !self.ack_ids.is_empty() || self.ack_up_to.is_some() {
-            let mut ids = std::mem::take(&mut self.ack_ids);
-            ids.sort();
-            ids.dedup();
-            events.push(UserEvent::Acked(NotificationAcked {
-                user_id: self.user.clone(),
-                device_id: self.device.clone(),
-                notification_ids: ids,
-                up_to: self.ack_up_to.take(),
-                at: now_ms,
-            }));
+    /// Appends the deliveries and ACKs gathered as one `DeviceProgress`, when the oldest has
+    /// waited `progress_flush_ms`, when `progress_max` have gathered, or when `force`d (the
+    /// session ends).
+    pub(super) fn flush(&mut self, now_ms: i64, force: bool, actions: &mut Vec<Action>) {
+        let Some(since) = self.progress_since else {
+            return;
+        };
+        let gathered = self.delivered.len() + self.ack_ids.len();
+        if !force && now_ms - since < self.cfg.progress_flush_ms && gathered < self.cfg.progress_max
+        {
+            return;
         }
-        events.append(&mut self.delivered);
-        if !events.is_empty() {
-            actions.push(Action::Append(events));
-        }
+        let mut ids = std::mem::take(&mut self.ack_ids);
+        ids.sort();
+        ids.dedup();
+        actions.push(Action::Append(vec![UserEvent::Progress(DeviceProgress {
+            user_id: self.user.clone(),
+            device_id: self.device.clone(),
+            delivered: std::mem::take(&mut self.delivered),
+            acked_ids: ids,
+            acked_up_to: self.ack_up_to.take(),
+            at: now_ms,
+        })]));
+        self.progress_since = None;
     }
 }

@@ -56,8 +56,13 @@ pub fn stream(
             if done {
                 return None;
             }
-            let (event, last) = event(rx.recv().await?, epoch);
-            written.fetch_add(1, Ordering::Relaxed);
+            let out = rx.recv().await?;
+            // The session numbers its own frames (not the heartbeat's pings).
+            let counted = matches!(out, Out::Notification { .. } | Out::Frame(_));
+            let (event, last) = event(out, epoch);
+            if counted {
+                written.fetch_add(1, Ordering::Relaxed);
+            }
             Some((Ok(event), (rx, guard, written, last)))
         },
     )

@@ -102,11 +102,16 @@ pub async fn run(st: AppState, user: User, socket: WebSocket) {
                     break;
                 }
                 m = out_rx.recv() => {
-                    let Some(msg) = m.and_then(|out| message(out, epoch)) else { break };
+                    let Some(out) = m else { break };
+                    // The session numbers its own frames (not the heartbeat's pings).
+                    let counted = matches!(out, Out::Notification { .. } | Out::Frame(_));
+                    let Some(msg) = message(out, epoch) else { break };
                     if sink.send(msg).await.is_err() {
                         break;
                     }
-                    written.fetch_add(1, Ordering::Relaxed);
+                    if counted {
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

@@ -100,11 +100,19 @@ pub fn user_log(seed: u64, n: usize, users: usize, partitions: u32) -> Vec<Posit
                     notification_id: id,
                     at,
                 }),
-                55..=69 => UserEvent::Acked(NotificationAcked {
+                55..=62 => UserEvent::Acked(NotificationAcked {
                     user_id: user.clone(),
                     device_id: device,
                     notification_ids: if rng.chance(50) { vec![id] } else { vec![] },
                     up_to: rng.chance(50).then_some(seq as i64),
+                    at,
+                }),
+                63..=69 => UserEvent::Progress(DeviceProgress {
+                    user_id: user.clone(),
+                    device_id: device,
+                    delivered: vec![seq as i64],
+                    acked_ids: if rng.chance(50) { vec![id] } else { vec![] },
+                    acked_up_to: rng.chance(30).then_some(seq as i64),
                     at,
                 }),
                 70..=81 => UserEvent::Read(MarkChange {
