@@ -162,6 +162,70 @@ pub fn notification_frame(
     }
 }
 
+/// The `notification` frame of an inbox row as JSON text, written straight into `out`: the
+/// same frame as [`notification_frame`] serializes to (a test checks), without building it.
+/// The payload, JSON already, is spliced in as it is (it was checked when the request was
+/// accepted; a payload that does not parse, which only a corrupt log could hold, is `null`, as
+/// in the frame).
+pub fn write_notification_json(
+    row: &crate::projection::InboxRow,
+    epoch: crate::cursor::Epoch,
+    attempt: u32,
+    out: &mut String,
+) {
+    use std::fmt::Write as _;
+    out.push_str(r#"{"type":"notification","id":"#);
+    json_str(&row.notification_id, out);
+    let _ = write!(out, r#","cursor":"{epoch}-{}","seq":{}"#, row.seq, row.seq);
+    out.push_str(r#","event_type":"#);
+    json_str(&row.event_type, out);
+    out.push_str(r#","source":"#);
+    json_str(&row.source, out);
+    out.push_str(r#","created_at":""#);
+    out.push_str(&crate::time::format_rfc3339_millis(row.created_at));
+    out.push_str(r#"","data":"#);
+    if serde_json::from_str::<serde::de::IgnoredAny>(&row.payload).is_ok() {
+        out.push_str(&row.payload);
+    } else {
+        out.push_str("null");
+    }
+    out.push_str(r#","priority":""#);
+    out.push_str(row.priority.as_str());
+    out.push_str(r#"","collapse_key":"#);
+    match &row.collapse_key {
+        Some(k) => json_str(k, out),
+        None => out.push_str("null"),
+    }
+    let _ = write!(out, r#","attempt":{attempt}}}"#);
+}
+
+/// `s` as a JSON string literal.
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
 /// Most bytes of a close frame's reason (RFC 6455 leaves 123 after the code).
 pub const MAX_CLOSE_REASON: usize = 123;
 
@@ -247,6 +311,47 @@ mod tests {
         assert!(parse_client_frame(&bad).unwrap_err().len() <= 100);
         assert_eq!(truncate_utf8("aé", 2), "a");
         assert_eq!(truncate_utf8("abc", 5), "abc");
+    }
+
+    proptest::proptest! {
+        /// The written frame is the serialized frame (as JSON values; the payload spliced).
+        #[test]
+        fn a_written_notification_is_the_serialized_frame(
+            id in "\\PC{0,20}", event_type in "\\PC{0,20}", source in ".{0,20}",
+            collapse in proptest::option::of(".{0,10}"),
+            payload in proptest::prop_oneof![
+                proptest::strategy::Just("{\"a\":[1,2.5,\"x\\n\",null]}".to_string()),
+                proptest::strategy::Just("\"just a string\"".to_string()),
+                proptest::strategy::Just("not json".to_string()),
+                ".{0,10}",
+            ],
+            seq in 0u64..u64::MAX, created_at in proptest::num::i64::ANY, attempt in 1u32..5,
+        ) {
+            let row = crate::projection::InboxRow {
+                user_id: "u".into(),
+                seq,
+                notification_id: id,
+                event_type,
+                source,
+                payload,
+                priority: crate::model::Priority::High,
+                collapse_key: collapse,
+                created_at,
+                deliver_at: None,
+                expires_at: None,
+                read: false,
+                archived: false,
+                expired: false,
+                superseded: false,
+            };
+            let epoch = crate::cursor::Epoch(0xabc);
+            let mut written = String::new();
+            write_notification_json(&row, epoch, attempt, &mut written);
+            let serialized = serde_json::to_string(&notification_frame(&row, epoch, attempt)).unwrap();
+            let a: Value = serde_json::from_str(&written).unwrap();
+            let b: Value = serde_json::from_str(&serialized).unwrap();
+            proptest::prop_assert_eq!(a, b);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (bit flips, byte edits, splices, JSON- and Avro-shaped tokens); each must give a value or a
 //! typed error, never a panic, and what parses must round-trip.
 //!
-//! The test suite runs `HERALD_FUZZ_ITERS` inputs per target (default 50,000); `just fuzz` runs
+//! The test suite runs `HERALD_FUZZ_ITERS` inputs per target (default 20,000); `just fuzz` runs
 //! a million or more in release mode. `HERALD_FUZZ_SEED` replays a run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -21,7 +21,7 @@ fn iterations() -> usize {
     std::env::var("HERALD_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000)
+        .unwrap_or(20_000)
 }
 
 fn rng(target: &str) -> (SmallRng, u64) {

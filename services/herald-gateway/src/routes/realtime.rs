@@ -81,7 +81,7 @@ async fn ws_upgrade(
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(crate::session::ws::WRITE_BUFFER)
         .max_write_buffer_size(crate::session::ws::MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             crate::session::ws::run(st, user, socket).await;

@@ -8,8 +8,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::cursor::Epoch;
 use herald_core::protocol::{
-    ClientFrame, Close, MAX_CLOSE_REASON, ServerFrame, notification_frame, parse_client_frame,
-    truncate_utf8,
+    ClientFrame, Close, MAX_CLOSE_REASON, ServerFrame, parse_client_frame, truncate_utf8,
+    write_notification_json,
 };
 use herald_core::session::{Ending, Hello};
 use tokio::sync::oneshot;
@@ -26,6 +26,9 @@ pub const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Most bytes buffered for writing on one socket (a frame is at most about 66 KiB: 64 KiB of
 /// data and its fields).
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// Frames gather in the socket's write buffer up to this size before it is written out (the
+/// writer flushes after each batch anyway).
+pub const WRITE_BUFFER: usize = 16 * 1024;
 /// Errors read past while waiting for the peer's Close, at most.
 const CLOSE_DRAIN_ERRORS: usize = 64;
 
@@ -46,12 +49,20 @@ fn text(f: &ServerFrame) -> Message {
 /// The message for one queued frame.
 fn message(out: Out, epoch: Epoch) -> Option<Message> {
     match out {
-        Out::Notification { row, attempt } => Some(text(&notification_frame(&row, epoch, attempt))),
+        Out::Notification { row, attempt } => {
+            let mut json = String::with_capacity(row.payload.len() + 320);
+            write_notification_json(&row, epoch, attempt, &mut json);
+            Some(Message::Text(Utf8Bytes::from(json)))
+        }
         Out::Frame(f) => Some(text(&f)),
         Out::Ping => Some(Message::Ping(Default::default())),
         Out::Close(..) => None,
     }
 }
+
+/// Most frames the writer hands to the socket before one flush (one system call, or a few,
+/// for a burst instead of one per frame).
+const WRITE_BATCH: usize = 64;
 
 fn stream_error(e: axum::Error) -> End {
     let text = e.to_string();
@@ -92,6 +103,7 @@ pub async fn run(st: AppState, user: User, socket: WebSocket) {
     let (outbox, mut out_rx, written) = Outbox::new(SEND_QUEUE);
     let (close_tx, mut close_rx) = oneshot::channel::<Message>();
     let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -102,16 +114,30 @@ pub async fn run(st: AppState, user: User, socket: WebSocket) {
                     break;
                 }
                 m = out_rx.recv() => {
-                    let Some(out) = m else { break };
-                    // The session numbers its own frames (not the heartbeat's pings).
-                    let counted = matches!(out, Out::Notification { .. } | Out::Frame(_));
-                    let Some(msg) = message(out, epoch) else { break };
-                    if sink.send(msg).await.is_err() {
+                    // A frame, and whatever else is queued behind it (up to a batch), then one
+                    // flush.
+                    let Some(first) = m else { break };
+                    batch.push(first);
+                    while batch.len() < WRITE_BATCH {
+                        match out_rx.try_recv() {
+                            Ok(out) => batch.push(out),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut counted = 0;
+                    let mut open = true;
+                    for out in batch.drain(..) {
+                        // The session numbers its own frames (not the heartbeat's pings).
+                        counted += u64::from(matches!(out, Out::Notification { .. } | Out::Frame(_)));
+                        match message(out, epoch) {
+                            Some(msg) if open => open = sink.feed(msg).await.is_ok(),
+                            _ => open = false,
+                        }
+                    }
+                    if !open || sink.flush().await.is_err() {
                         break;
                     }
-                    if counted {
-                        written.fetch_add(1, Ordering::Relaxed);
-                    }
+                    written.fetch_add(counted, Ordering::Relaxed);
                 }
             }
         }
