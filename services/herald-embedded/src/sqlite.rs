@@ -1,9 +1,10 @@
 //! SQLite connections: durable pragmas and a small bounded pool of reader connections.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
 
 /// Most idle reader connections kept per database.
 pub const READ_POOL_SIZE: usize = 8;
@@ -41,11 +42,14 @@ pub fn open(path: &Path, access: Access) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// A bounded pool of connections for reads (and small writes in read-write mode).
+/// A bounded pool of connections for reads (and small writes in read-write mode): at most
+/// [`READ_POOL_SIZE`] run at once, each on a blocking thread; more wait their turn without a
+/// thread (a burst of connecting devices must not open a connection and a thread each).
 pub struct Pool {
     path: PathBuf,
     access: Access,
     idle: Mutex<Vec<Connection>>,
+    turns: Arc<Semaphore>,
 }
 
 impl Pool {
@@ -54,7 +58,29 @@ impl Pool {
             path,
             access,
             idle: Mutex::new(Vec::new()),
+            turns: Arc::new(Semaphore::new(READ_POOL_SIZE)),
         }
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread, once one of the pool's turns is
+    /// free.
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<rusqlite::Result<T>, tokio::task::JoinError> {
+        let turn = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the pool's semaphore is never closed");
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = pool.with(f);
+            drop(turn);
+            out
+        })
+        .await
     }
 
     /// Runs `f` with a pooled connection (call from a blocking thread).

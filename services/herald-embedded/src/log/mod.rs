@@ -55,7 +55,7 @@ struct Shared {
     ends: [Vec<AtomicU64>; 2],
     /// Bumped after every commit that touched the topic; consumers wait on it.
     appended: [watch::Sender<u64>; 2],
-    pool: Pool,
+    pool: Arc<Pool>,
 }
 
 impl Shared {
@@ -106,10 +106,12 @@ impl EmbeddedLog {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LogError> {
-        let shared = self.shared().clone();
-        tokio::task::spawn_blocking(move || shared.pool.with(f).map_err(storage))
+        self.shared()
+            .pool
+            .run(f)
             .await
             .map_err(storage)?
+            .map_err(storage)
     }
 }
 

@@ -129,7 +129,7 @@ impl EmbeddedLog {
             }
         }
         let shared = Arc::new(Shared {
-            pool: Pool::new(path.clone(), access),
+            pool: Arc::new(Pool::new(path.clone(), access)),
             path,
             access,
             epoch,

@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::headers::decode_headers;
 use super::{EmbeddedLog, storage};
-use crate::sqlite::{Access, Pool};
+use crate::sqlite::Access;
 
 /// The next offset of a partition, as stored: one past its greatest record.
 pub(super) fn max_offset(conn: &Connection, topic: Topic, partition: u32) -> rusqlite::Result<u64> {
@@ -31,57 +31,49 @@ impl EmbeddedLog {
         {
             return Ok(Vec::new());
         }
-        let shared = self.shared().clone();
-        tokio::task::spawn_blocking(move || {
-            read_blocking(&shared.pool, topic, partition, from, max)
-        })
-        .await
-        .map_err(storage)?
+        let rows = self
+            .shared()
+            .pool
+            .run(move |c| read_rows(c, topic, partition, from, max))
+            .await
+            .map_err(storage)?
+            .map_err(storage)?;
+        rows.into_iter()
+            .map(|(offset, key, ts, headers, value)| {
+                Ok(StoredRecord {
+                    topic,
+                    partition,
+                    offset: offset as u64,
+                    record: Record {
+                        partition,
+                        key,
+                        value,
+                        headers: decode_headers(&headers)?,
+                        timestamp_ms: ts,
+                    },
+                })
+            })
+            .collect()
     }
 }
 
-fn read_blocking(
-    pool: &Pool,
+/// One stored row: offset, key, timestamp, encoded headers, value.
+type Row = (i64, String, i64, Vec<u8>, Vec<u8>);
+
+fn read_rows(
+    conn: &mut Connection,
     topic: Topic,
     partition: u32,
     from: u64,
     max: usize,
-) -> Result<Vec<StoredRecord>, LogError> {
-    let rows = pool
-        .with(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT offset, key, ts, headers, value FROM records \
-                 WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(
-                params![topic.id(), partition, from as i64, max as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                    ))
-                },
-            )?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(storage)?;
-    rows.into_iter()
-        .map(|(offset, key, ts, headers, value)| {
-            Ok(StoredRecord {
-                topic,
-                partition,
-                offset: offset as u64,
-                record: Record {
-                    partition,
-                    key,
-                    value,
-                    headers: decode_headers(&headers)?,
-                    timestamp_ms: ts,
-                },
-            })
-        })
-        .collect()
+) -> rusqlite::Result<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT offset, key, ts, headers, value FROM records \
+         WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![topic.id(), partition, from as i64, max as i64],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
+    rows.collect()
 }

@@ -60,7 +60,7 @@ struct Inner {
     access: Access,
     /// The one writer connection (SQLite has one writer at a time anyway).
     writer: Option<Mutex<Connection>>,
-    pool: Pool,
+    pool: Arc<Pool>,
     store_id: String,
 }
 
@@ -114,7 +114,7 @@ impl EmbeddedProjection {
         let writer = (access == Access::ReadWrite).then(|| Mutex::new(conn));
         Ok(EmbeddedProjection {
             inner: Arc::new(Inner {
-                pool: Pool::new(path, access),
+                pool: Arc::new(Pool::new(path, access)),
                 access,
                 writer,
                 store_id,
@@ -151,8 +151,9 @@ impl EmbeddedProjection {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, ProjectionError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.pool.with(f))
+        self.inner
+            .pool
+            .run(f)
             .await
             .map_err(storage)?
             .map_err(storage)
