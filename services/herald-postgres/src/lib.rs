@@ -127,7 +127,9 @@ impl PostgresProjection {
     ) -> Result<T, ProjectionError> {
         self.run(move |c| {
             let mut tx = c.transaction()?;
-            let out = f(&mut TxState { tx: &mut tx })?;
+            let mut state = TxState::new(&mut tx);
+            let out = f(&mut state)?;
+            state.flush()?;
             tx.commit()?;
             Ok(out)
         })

@@ -2,7 +2,7 @@
 //! [`StageTransaction`] (stage offsets, directory, expansions, schedule) over PostgreSQL, for the
 //! batch loop in `herald_ports::transactional`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
 use herald_ports::transactional::StageTransaction;
@@ -11,8 +11,67 @@ use postgres::Transaction;
 use crate::{ROW_COLUMNS, to_row};
 
 /// The fold's view of a PostgreSQL transaction.
+///
+/// Writes the fold never reads back (deliveries, ACKs by id, known users) are gathered and
+/// inserted in one statement each by [`TxState::flush`]: a batch of device progress names
+/// hundreds of rows, and one round trip per row made a batch outlast the consumer's poll
+/// interval.
 pub(crate) struct TxState<'a, 'b> {
-    pub(crate) tx: &'a mut Transaction<'b>,
+    tx: &'a mut Transaction<'b>,
+    delivered: BTreeMap<(String, String, i64), i64>,
+    acks: BTreeSet<(String, String, i64)>,
+    users: BTreeSet<String>,
+}
+
+impl<'a, 'b> TxState<'a, 'b> {
+    pub(crate) fn new(tx: &'a mut Transaction<'b>) -> Self {
+        TxState {
+            tx,
+            delivered: BTreeMap::new(),
+            acks: BTreeSet::new(),
+            users: BTreeSet::new(),
+        }
+    }
+
+    /// Inserts the gathered writes, in key order (one lock order for every writer).
+    pub(crate) fn flush(&mut self) -> Result<(), postgres::Error> {
+        if !self.users.is_empty() {
+            let users: Vec<String> = std::mem::take(&mut self.users).into_iter().collect();
+            self.tx.execute(
+                "INSERT INTO users (user_id, roles) SELECT u, '[]' FROM UNNEST($1::text[]) AS u \
+                 ON CONFLICT DO NOTHING",
+                &[&users],
+            )?;
+        }
+        if !self.delivered.is_empty() {
+            let (mut users, mut devices, mut seqs, mut ats) = (vec![], vec![], vec![], vec![]);
+            for ((user, device, seq), at) in std::mem::take(&mut self.delivered) {
+                users.push(user);
+                devices.push(device);
+                seqs.push(seq);
+                ats.push(at);
+            }
+            self.tx.execute(
+                "INSERT INTO delivered SELECT * FROM \
+                 UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) ON CONFLICT DO NOTHING",
+                &[&users, &devices, &seqs, &ats],
+            )?;
+        }
+        if !self.acks.is_empty() {
+            let (mut users, mut devices, mut seqs) = (vec![], vec![], vec![]);
+            for (user, device, seq) in std::mem::take(&mut self.acks) {
+                users.push(user);
+                devices.push(device);
+                seqs.push(seq);
+            }
+            self.tx.execute(
+                "INSERT INTO acks SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&users, &devices, &seqs],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl ProjectionState for TxState<'_, '_> {
@@ -124,10 +183,7 @@ impl ProjectionState for TxState<'_, '_> {
                 device_id,
                 seq,
             } => {
-                self.tx.execute(
-                    "INSERT INTO acks VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    &[&user_id, &device_id, &(seq as i64)],
-                )?;
+                self.acks.insert((user_id, device_id, seq as i64));
             }
             Write::SetDeviceCursor {
                 user_id,
@@ -146,12 +202,14 @@ impl ProjectionState for TxState<'_, '_> {
                 seq,
                 at,
             } => {
-                self.tx.execute(
-                    "INSERT INTO delivered VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&user_id, &device_id, &(seq as i64), &at],
-                )?;
+                // The first delivery of a row to a device is the one kept.
+                self.delivered
+                    .entry((user_id, device_id, seq as i64))
+                    .or_insert(at);
             }
-            Write::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+            Write::KnowUser { user_id } => {
+                self.users.insert(user_id);
+            }
         }
         Ok(())
     }
