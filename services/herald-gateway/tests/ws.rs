@@ -1059,36 +1059,31 @@ async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
 /// "Everyone" includes users who only ever connected: opening a session makes a user known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everyone_reaches_users_who_have_only_connected() {
-    use herald_ports::Topic;
-    use herald_ports::projection::Stage;
     let srv = server(config(), true).await;
     let mut clients = Vec::new();
     for u in ["e1", "e2", "e3"] {
         clients.push(connect(&srv.ws, &bearer(u), "d", None).await.unwrap().0);
     }
-    // The connections are in the log; wait until the projection has applied them.
+    // Each connection appends a `DeviceConnected` in the background; wait until the directory
+    // resolves "everyone" to all three users.
+    use herald_ports::DirectoryReader;
+    let everyone = herald_core::model::Recipients {
+        everyone: true,
+        ..Default::default()
+    };
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
-        let applied = srv
-            .state
-            .inbox
-            .consumer_offsets(Stage::Inbox)
-            .await
-            .unwrap();
-        let mut behind = false;
-        for p in 0..srv.state.log.partitions(Topic::UserEvents) {
-            let end = srv
-                .state
-                .log
-                .end_offset(Topic::UserEvents, p)
-                .await
-                .unwrap();
-            behind |= applied.get(&p).copied().unwrap_or(0) < end;
-        }
-        if !behind {
+        let known = srv.store.resolve(&everyone).await.unwrap();
+        if ["e1", "e2", "e3"]
+            .iter()
+            .all(|u| known.iter().any(|k| k == u))
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never applied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never known: {known:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let resp: Value = reqwest::Client::new()

@@ -24,6 +24,8 @@ pub struct Server {
     pub state: AppState,
     pub inbox_stop: Option<CancellationToken>,
     pub projector: Projector<EmbeddedLog, EmbeddedProjection>,
+    /// The projection store, with the reads the gateway's port does not offer (the directory).
+    pub store: Arc<EmbeddedProjection>,
     pub _dir: tempfile::TempDir,
 }
 
@@ -92,7 +94,7 @@ pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
         http,
         std::future::pending(),
     ));
-    let projector = Projector::new(log, store);
+    let projector = Projector::new(log, store.clone());
     let p = projector.clone();
     let s = shutdown.clone();
     tokio::spawn(async move { p.run_fanout(s).await.unwrap() });
@@ -103,6 +105,7 @@ pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
         state,
         inbox_stop: None,
         projector,
+        store,
         _dir: dir,
     };
     if inbox_running {
