@@ -56,6 +56,7 @@ macro_rules! projection_contract_tests {
             rbac_limits_topics_by_role,
             state_survives_reopen,
             a_store_keeps_one_id,
+            group_generations_only_move_forward,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -116,6 +116,25 @@ pub trait AppliedOffsets: Send + Sync + 'static {
     /// for every process that opens it. Consumer groups are named after it, so projectors of
     /// different stores never share a group (and never take partitions into the wrong store).
     fn store_id(&self) -> &str;
+
+    /// The generation of `stage`'s consumer group, 0 until a replica advances it. Replicas join
+    /// the group of the current generation, so a group the log cannot get going again (a broker
+    /// that left it without an assignment) is left for a fresh one; the stage's offsets are in
+    /// the store, not the group, so nothing is lost or repeated by the move.
+    async fn group_generation(&self, stage: Stage) -> Result<u64, ProjectionError>;
+
+    /// Moves `stage`'s generation past `seen` (to `seen + 1`, unless it is further already) and
+    /// returns it. Replicas that find the same stall move it once, together.
+    async fn advance_group_generation(
+        &self,
+        stage: Stage,
+        seen: u64,
+    ) -> Result<u64, ProjectionError>;
+}
+
+/// The store's key of `stage`'s consumer-group generation (in its meta table).
+pub fn group_generation_key(stage: Stage) -> String {
+    format!("group_generation.{}", stage.name())
 }
 
 /// What the projector writes. Every write is idempotent and stores the stage's offsets with

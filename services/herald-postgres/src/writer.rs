@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use herald_core::model::{DirectoryChange, RoleDefinition, UserEvent};
 use herald_ports::projection::{
-    AppliedOffsets, Positioned, ProjectionError, ProjectionWriter, Stage,
+    AppliedOffsets, Positioned, ProjectionError, ProjectionWriter, Stage, group_generation_key,
 };
 use herald_ports::transactional;
 
@@ -30,6 +30,36 @@ impl AppliedOffsets for PostgresProjection {
 
     fn store_id(&self) -> &str {
         &self.store_id
+    }
+
+    async fn group_generation(&self, stage: Stage) -> Result<u64, ProjectionError> {
+        self.run(move |c| {
+            Ok(c.query_opt(
+                "SELECT value::bigint FROM herald_meta WHERE key = $1",
+                &[&group_generation_key(stage)],
+            )?
+            .map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+        })
+        .await
+    }
+
+    async fn advance_group_generation(
+        &self,
+        stage: Stage,
+        seen: u64,
+    ) -> Result<u64, ProjectionError> {
+        let next = seen.saturating_add(1).min(i64::MAX as u64) as i64;
+        self.run(move |c| {
+            let row = c.query_one(
+                "INSERT INTO herald_meta (key, value) VALUES ($1, $2::bigint::text) \
+                 ON CONFLICT (key) DO UPDATE \
+                 SET value = GREATEST(herald_meta.value::bigint, EXCLUDED.value::bigint)::text \
+                 RETURNING value::bigint",
+                &[&group_generation_key(stage), &next],
+            )?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
+        .await
     }
 }
 

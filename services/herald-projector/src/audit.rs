@@ -257,7 +257,7 @@ where
                 ProjectorError::Encode(c) => {
                     AuditError::Projection(herald_ports::ProjectionError::Corrupt(c.to_string()))
                 }
-                e @ ProjectorError::Stalled { .. } => {
+                e @ (ProjectorError::Stalled { .. } | ProjectorError::GroupMoved { .. }) => {
                     AuditError::Log(herald_ports::LogError::Storage(e.to_string()))
                 }
             })

@@ -49,18 +49,21 @@ pub enum ProjectorError {
     Encode(#[from] herald_core::CoreError),
     #[error(
         "{stage} partition {partition} has not moved for {secs} s with records to apply: \
-         rejoining the consumer group"
+         the replicas move to consumer-group generation {generation}"
     )]
     Stalled {
         stage: Stage,
         partition: u32,
         secs: u64,
+        generation: u64,
     },
+    #[error("{stage}'s consumer group moved to generation {generation}")]
+    GroupMoved { stage: Stage, generation: u64 },
 }
 
 /// How long a partition with records to apply may go without any replica applying one before
-/// every replica rejoins its consumer group (a group left without an assignment, which the
-/// tansu broker does when members come and go mid-rebalance). Longer than librdkafka's default
+/// the replicas move to a fresh consumer group (a group left without an assignment, which the
+/// tansu broker does when its leader leaves mid-rebalance). Longer than librdkafka's default
 /// session timeout (45 s), within which a dead member's partitions wait anyway.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 

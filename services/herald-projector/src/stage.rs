@@ -18,19 +18,51 @@ const STALL_CHECK: Duration = Duration::from_secs(2);
 /// First wait before a failed stage starts again; it doubles up to [`RESTART_MAX`].
 const RESTART_INITIAL: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A batch that takes this long is logged (the consumer must poll within its poll interval).
+const SLOW_BATCH: Duration = Duration::from_secs(2);
+/// How long a batch should take at most: the consumer is not polled while a batch is applied,
+/// and Kafka drops a member that does not poll for `max.poll.interval.ms`. Batches halve while
+/// they take longer and double (up to [`MAX_BATCH_RECORDS`]) while they take under a quarter.
+const BATCH_TARGET: Duration = Duration::from_secs(1);
+/// The smallest batch the sizing goes down to.
+const MIN_BATCH_RECORDS: usize = 16;
+
+/// The most records to take next, after a batch of `n` records (asked for at most `asked`)
+/// took `took`.
+fn next_batch_max(asked: usize, n: usize, took: Duration) -> usize {
+    if took > BATCH_TARGET {
+        (n / 2).max(MIN_BATCH_RECORDS)
+    } else if took < BATCH_TARGET / 4 && n == asked {
+        (asked * 2).min(MAX_BATCH_RECORDS)
+    } else {
+        asked
+    }
+}
 
 /// The consumer group of `stage` for a store: named after the store, so projectors of
-/// different stores never share a group (on Kafka the log adds its prefix).
-pub fn group_name(stage: Stage, store_id: &str) -> String {
+/// different stores never share a group (on Kafka the log adds its prefix), and after the
+/// group's generation once a stall moved it (see [`AppliedOffsets::group_generation`]).
+///
+/// [`AppliedOffsets::group_generation`]: herald_ports::projection::AppliedOffsets::group_generation
+pub fn group_name(stage: Stage, store_id: &str, generation: u64) -> String {
     let short: String = store_id.chars().take(12).collect();
-    format!("{}.{short}", stage.name())
+    match generation {
+        0 => format!("{}.{short}", stage.name()),
+        g => format!("{}.{short}.g{g}", stage.name()),
+    }
+}
+
+/// `d` scaled by a random factor from `range`.
+fn jitter(d: Duration, range: std::ops::Range<f64>) -> Duration {
+    d.mul_f64(rand::random_range(range))
 }
 
 impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// Runs a stage until `shutdown`. A stage never gives up: when its consumer or its store
     /// fails (a rebalance the log could not follow, a store that is briefly away), it logs the
-    /// error, waits (1 s, doubling to 30 s) and starts again from the projection's offsets,
-    /// which the idempotent fold makes safe.
+    /// error, waits (1 s, doubling to 30 s, each drawn from half to one and a half of it) and
+    /// starts again from the projection's offsets, which the idempotent fold makes safe. When
+    /// the group's generation moves it joins the new group after about a second.
     pub(crate) async fn run_stage(
         &self,
         stage: Stage,
@@ -51,13 +83,26 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             if progressed {
                 wait = RESTART_INITIAL;
             }
-            telemetry::projector_restarted(stage);
-            tracing::error!(stage = stage.name(), error = %error, retry_in = ?wait, "projector stage failed; starting it again");
+            // Replicas that stop together (a generation move every replica sees) must not
+            // rejoin together, so every wait is drawn at random.
+            let retry_in = if let ProjectorError::GroupMoved { generation, .. } = error {
+                tracing::info!(
+                    stage = stage.name(),
+                    generation,
+                    "joining the consumer group's new generation"
+                );
+                jitter(RESTART_INITIAL, 0.5..1.5)
+            } else {
+                telemetry::projector_restarted(stage);
+                let retry_in = jitter(wait, 0.5..1.5);
+                tracing::error!(stage = stage.name(), error = %error, ?retry_in, "projector stage failed; starting it again");
+                wait = (wait * 2).min(RESTART_MAX);
+                retry_in
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(retry_in) => {}
             }
-            wait = (wait * 2).min(RESTART_MAX);
         }
     }
 
@@ -68,12 +113,17 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         progressed: &mut bool,
     ) -> Result<(), ProjectorError> {
         let topic = stage.topic();
-        let group = group_name(stage, self.store.store_id());
+        let generation = self.store.group_generation(stage).await?;
+        let group = group_name(stage, self.store.store_id(), generation);
         let mut consumer = self.log.consumer(topic, &group).await?;
         let mut last_lag: Option<(Instant, u64)> = None;
+        let mut batch_max = MAX_BATCH_RECORDS;
         let mut watch = tokio::time::interval(STALL_CHECK);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress: BTreeMap<u32, (u64, Instant)> = BTreeMap::new();
+        // Each run of each replica draws its own stall timeout (up to half as long again), so
+        // one replica, not all at once, finds a stall and moves the group.
+        let stall_timeout = jitter(self.stall_timeout, 1.0..1.5);
         // Fanout: requests below these offsets may have been expanded (appended) by an earlier
         // owner of the partition that crashed before recording it; see `recovery`.
         let mut recover_below: BTreeMap<u32, u64> = BTreeMap::new();
@@ -88,10 +138,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = watch.tick() => {
-                    self.watch_stalls(stage, &mut progress).await?;
+                    self.watch_stalls(stage, generation, stall_timeout, &mut progress).await?;
                     continue;
                 }
-                e = consumer.next(MAX_BATCH_RECORDS) => e?,
+                e = consumer.next(batch_max) => e?,
             };
             match event {
                 ConsumerEvent::Assigned(partitions) => {
@@ -134,7 +184,12 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     }
                     consumer.commit(&offsets_vec(&offsets)).await?;
                     *progressed = true;
-                    telemetry::projector_applied(stage, n, started.elapsed());
+                    let took = started.elapsed();
+                    telemetry::projector_applied(stage, n, took);
+                    if took >= SLOW_BATCH {
+                        tracing::warn!(stage = stage.name(), records = n, ?took, "a slow batch");
+                    }
+                    batch_max = next_batch_max(batch_max, n, took);
                     // Measure at most once per interval, and when a short batch says the stage
                     // may have caught up while the last measure showed a lag, so an idle stage
                     // never shows a stale one.
@@ -154,13 +209,26 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         }
     }
 
-    /// Fails with [`ProjectorError::Stalled`] when a partition has had records to apply and no
-    /// progress for the stall timeout, whoever owns it: the restart then rejoins the group.
+    /// Fails with [`ProjectorError::GroupMoved`] when another replica moved the group's
+    /// generation past `generation`, and with [`ProjectorError::Stalled`] (after moving it)
+    /// when a partition has had records to apply and no progress for `stall_timeout`, whoever
+    /// owns it. A broker can leave a group without an assignment for good (tansu 0.6 does when
+    /// its leader leaves mid-rebalance), so the replicas do not rejoin it: they all move to a
+    /// fresh group, seeking to the store's offsets as always.
     async fn watch_stalls(
         &self,
         stage: Stage,
+        generation: u64,
+        stall_timeout: Duration,
         progress: &mut BTreeMap<u32, (u64, Instant)>,
     ) -> Result<(), ProjectorError> {
+        let current = self.store.group_generation(stage).await?;
+        if current != generation {
+            return Err(ProjectorError::GroupMoved {
+                stage,
+                generation: current,
+            });
+        }
         let topic = stage.topic();
         let applied = self.store.consumer_offsets(stage).await?;
         for partition in 0..self.log.partitions(topic) {
@@ -173,11 +241,17 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             if *seen != at {
                 *seen = at;
                 *since = Instant::now();
-            } else if since.elapsed() >= self.stall_timeout {
+            } else if since.elapsed() >= stall_timeout {
+                let secs = since.elapsed().as_secs();
+                let generation = self
+                    .store
+                    .advance_group_generation(stage, generation)
+                    .await?;
                 return Err(ProjectorError::Stalled {
                     stage,
                     partition,
-                    secs: since.elapsed().as_secs(),
+                    secs,
+                    generation,
                 });
             }
         }
@@ -218,5 +292,26 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             .dead_letter(r, &format!("{stage}: {reason}"))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_while_slow_and_grow_back_while_fast() {
+        let ms = Duration::from_millis;
+        // Slow: halve what was taken, never below the floor.
+        assert_eq!(next_batch_max(2048, 2048, ms(3000)), 1024);
+        assert_eq!(next_batch_max(2048, 300, ms(3000)), 150);
+        assert_eq!(next_batch_max(20, 20, ms(3000)), MIN_BATCH_RECORDS);
+        // Fast and full: double, never above the ceiling.
+        assert_eq!(next_batch_max(64, 64, ms(10)), 128);
+        assert_eq!(next_batch_max(2048, 2048, ms(10)), MAX_BATCH_RECORDS);
+        // Fast but short (the consumer had no more): no evidence more would be fast.
+        assert_eq!(next_batch_max(64, 10, ms(10)), 64);
+        // Within the target: keep.
+        assert_eq!(next_batch_max(512, 512, ms(600)), 512);
     }
 }

@@ -50,6 +50,7 @@ statements! {
     offsets_of = "SELECT partition, next_offset FROM {{ks}}.consumer_offsets WHERE consumer = ?";
     meta_of = "SELECT value FROM {{ks}}.herald_meta WHERE key = ?";
     name_store = "INSERT INTO {{ks}}.herald_meta (key, value) VALUES ('store_id', ?) USING TIMESTAMP ?";
+    meta_at = "INSERT INTO {{ks}}.herald_meta (key, value) VALUES (?, ?) USING TIMESTAMP ?";
     expansion = "SELECT notification_id FROM {{ks}}.expansions WHERE notification_id = ?";
     expansion_shard = "SELECT user_id FROM {{ks}}.expansion_users WHERE notification_id = ? AND shard = ?";
     group_shard = "SELECT user_id FROM {{ks}}.group_members WHERE group_id = ? AND shard = ?";

@@ -10,7 +10,7 @@ use herald_core::model::{DirectoryChange, RoleDefinition, UserEvent};
 use herald_core::projection::{self, InboxRow, Write};
 use herald_ports::projection::{
     AppliedOffsets, DirectoryReader, InboxReader, Positioned, ProjectionError, ProjectionWriter,
-    Stage,
+    Stage, group_generation_key,
 };
 use scylla::value::CqlValue;
 
@@ -92,6 +92,31 @@ impl AppliedOffsets for ScyllaProjection {
 
     fn store_id(&self) -> &str {
         &self.store_id
+    }
+
+    async fn group_generation(&self, stage: Stage) -> Result<u64, ProjectionError> {
+        let value: Option<(String,)> = self
+            .one(&self.st.meta_of, (group_generation_key(stage),))
+            .await?;
+        Ok(value.and_then(|(v,)| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Written with the generation as its timestamp: whatever order replicas write in, the
+    /// greatest generation is the one kept.
+    async fn advance_group_generation(
+        &self,
+        stage: Stage,
+        seen: u64,
+    ) -> Result<u64, ProjectionError> {
+        let next = seen.saturating_add(1).min(i64::MAX as u64);
+        self.session
+            .execute_unpaged(
+                &self.st.meta_at,
+                (group_generation_key(stage), next.to_string(), next as i64),
+            )
+            .await
+            .map_err(|e| ProjectionError::Storage(format!("advancing a group generation: {e}")))?;
+        self.group_generation(stage).await
     }
 }
 

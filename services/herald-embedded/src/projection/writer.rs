@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use herald_core::model::{DirectoryChange, RoleDefinition, UserEvent};
 use herald_ports::projection::{
-    AppliedOffsets, Positioned, ProjectionError, ProjectionWriter, Stage,
+    AppliedOffsets, Positioned, ProjectionError, ProjectionWriter, Stage, group_generation_key,
 };
 use herald_ports::transactional;
 
@@ -23,6 +23,39 @@ impl AppliedOffsets for EmbeddedProjection {
     fn store_id(&self) -> &str {
         &self.inner.store_id
     }
+
+    async fn group_generation(&self, stage: Stage) -> Result<u64, ProjectionError> {
+        self.read(move |c| generation_of(c, stage)).await
+    }
+
+    async fn advance_group_generation(
+        &self,
+        stage: Stage,
+        seen: u64,
+    ) -> Result<u64, ProjectionError> {
+        let next = seen.saturating_add(1).min(i64::MAX as u64) as i64;
+        self.write(move |tx| {
+            tx.tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
+                 SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                rusqlite::params![group_generation_key(stage), next],
+            )?;
+            generation_of(tx.tx, stage)
+        })
+        .await
+    }
+}
+
+fn generation_of(c: &rusqlite::Connection, stage: Stage) -> rusqlite::Result<u64> {
+    use rusqlite::OptionalExtension;
+    let value: Option<i64> = c
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1",
+            [group_generation_key(stage)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(value.map_or(0, |v| v.max(0) as u64))
 }
 
 #[async_trait]

@@ -596,3 +596,58 @@ pub async fn a_store_keeps_one_id<H: ProjectionHarness>(h: &H) {
     drop(first);
     assert_eq!(h.open().await.store_id(), id, "the id survives a reopen");
 }
+
+/// A stage's consumer-group generation starts at 0, only moves forward, moves once for
+/// replicas that saw the same one, is kept per stage, and survives a reopen.
+pub async fn group_generations_only_move_forward<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    for stage in Stage::ALL {
+        assert_eq!(store.group_generation(stage).await.unwrap(), 0, "{stage}");
+    }
+    assert_eq!(
+        store
+            .advance_group_generation(Stage::Inbox, 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .advance_group_generation(Stage::Inbox, 0)
+            .await
+            .unwrap(),
+        1,
+        "a second replica that saw generation 0 does not move it again"
+    );
+    assert_eq!(
+        store
+            .advance_group_generation(Stage::Inbox, 1)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .advance_group_generation(Stage::Inbox, 0)
+            .await
+            .unwrap(),
+        2,
+        "never backwards"
+    );
+    assert_eq!(store.group_generation(Stage::Inbox).await.unwrap(), 2);
+    assert_eq!(
+        store.group_generation(Stage::Fanout).await.unwrap(),
+        0,
+        "per stage"
+    );
+    drop(store);
+    let reopened = h.open().await;
+    assert_eq!(reopened.group_generation(Stage::Inbox).await.unwrap(), 2);
+    assert_eq!(
+        reopened
+            .advance_group_generation(Stage::Fanout, 7)
+            .await
+            .unwrap(),
+        8
+    );
+}

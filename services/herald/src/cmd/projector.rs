@@ -27,8 +27,9 @@ pub struct Args {
     /// Serve Prometheus metrics (consumer lag, apply times, dead letters) on this address.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// A partition with records to apply and no progress this long makes every replica rejoin
-    /// its consumer group, milliseconds (a group a broker left without an assignment).
+    /// A partition with records to apply and no progress this long (each replica adds up to
+    /// half again at random) moves the stage to a fresh consumer group (the next generation),
+    /// which every replica joins, milliseconds (a group a broker left without an assignment).
     #[arg(long, default_value_t = herald_projector::STALL_TIMEOUT.as_millis() as u64)]
     stall_timeout_ms: u64,
 }
