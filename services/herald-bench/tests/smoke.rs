@@ -1,20 +1,24 @@
 //! The benchmark harness works end to end at its smallest size: every scenario runs against
-//! Herald, Socket.IO and ws, delivers what it expects, writes its JSON, and the report and
-//! plots are generated. This checks the harness, never speed.
+//! Herald, a baseline Herald (the same binary here, to check the `--baseline` path), Socket.IO
+//! and ws, delivers what it expects, writes its JSON, and the report and plots are generated.
+//! This checks the harness, never speed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The debug `herald`, which `cargo test --workspace` builds for its own tests (built here if
-/// missing; rebuild it when running this test alone after changing herald).
+/// The `herald` beside this test's `herald-bench` (same target dir and profile), which
+/// `cargo test --workspace` builds for its own tests (built here if missing; rebuild it when
+/// running this test alone after changing herald).
 fn herald_binary() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/herald");
+    let bench = Path::new(env!("CARGO_BIN_EXE_herald-bench"));
+    let target = bench.with_file_name("herald");
     if !target.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "herald"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building herald");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "herald"]);
+        if bench.parent().and_then(Path::file_name) == Some("release".as_ref()) {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "building herald");
     }
     target
 }
@@ -29,9 +33,12 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     )
     .unwrap();
     let out = tmp.path().join("out");
+    let herald = herald_binary();
     let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
         .args(["suite", "--size", "smoke", "--report", "--herald"])
-        .arg(herald_binary())
+        .arg(&herald)
+        .arg("--baseline")
+        .arg(&herald)
         .arg("--out")
         .arg(&out)
         .arg("--doc")
@@ -50,8 +57,9 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
             let runs = v["runs"].as_array().unwrap();
             let targets: std::collections::BTreeSet<&str> =
                 runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
-            assert!(targets.contains("Herald"), "{scenario}: {targets:?}");
-            assert!(targets.contains("Socket.IO"), "{scenario}: {targets:?}");
+            for t in ["Herald", "Herald (before)", "Socket.IO"] {
+                assert!(targets.contains(t), "{scenario}: {targets:?}");
+            }
         }
     }
     // Every delivery the fanout expected arrived (the harness waits for each client's count).
@@ -64,12 +72,18 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     let ingest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("suite-ingest.json")).unwrap())
             .unwrap();
-    assert_eq!(
-        ingest["replay_equal"], true,
-        "the rebuilt projection equals the live one"
-    );
+    let ingest_runs = ingest["runs"].as_array().unwrap();
+    assert_eq!(ingest_runs.len(), 2, "{ingest}");
+    for r in ingest_runs {
+        assert_eq!(
+            r["replay_equal"], true,
+            "the rebuilt projection equals the live one: {r}"
+        );
+        assert!(r["accepted_batched_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
     let report = std::fs::read_to_string(&doc).unwrap();
     assert!(!report.contains("\nold\n"));
+    assert!(report.contains("| Herald (before) |"), "{report}");
     for section in [
         "Idle connections",
         "Fanout throughput",

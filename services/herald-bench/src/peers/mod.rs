@@ -1,0 +1,260 @@
+//! The servers under test and a client that speaks each one's protocol, all driven from this
+//! process on loopback:
+//! - [`http`]: servers published to over HTTP: Herald (`herald dev`; the current build and,
+//!   with `--baseline`, an older one) and the Node peers in `peers/` (Socket.IO, `ws`);
+//! - [`websocket`]: the WebSocket client for those.
+//!
+//! A [`Server`] is one server process with the way to publish to it; a [`Client`] is one
+//! connected device. The scenarios in `suite` see only these two.
+
+mod http;
+mod websocket;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use websocket::{ACK_EVERY, ACK_IDLE, Recovery};
+
+/// How long a server may take to start.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Herald,
+    /// An older `herald` binary (`--baseline`), run the same way.
+    HeraldBefore,
+    SocketIo,
+    Ws,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [
+        Target::Herald,
+        Target::HeraldBefore,
+        Target::SocketIo,
+        Target::Ws,
+    ];
+
+    /// The name in results and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Herald => "Herald",
+            Target::HeraldBefore => "Herald (before)",
+            Target::SocketIo => "Socket.IO",
+            Target::Ws => "ws",
+        }
+    }
+
+    /// The name `--targets` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Target::Herald => "herald",
+            Target::HeraldBefore => "herald-before",
+            Target::SocketIo => "socketio",
+            Target::Ws => "ws",
+        }
+    }
+
+    /// The current Herald or the baseline: the same protocol, API and client code.
+    pub fn is_herald(self) -> bool {
+        matches!(self, Target::Herald | Target::HeraldBefore)
+    }
+}
+
+/// Where the binaries under test are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub herald: PathBuf,
+    /// The older herald, for [`Target::HeraldBefore`].
+    pub baseline: Option<PathBuf>,
+}
+
+/// Microseconds since this process's first call: the clock stamped into every message.
+pub fn now_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// What a publish reaches.
+#[derive(Debug, Clone)]
+pub enum To {
+    User(String),
+    Group(String),
+    Everyone,
+}
+
+/// A server process: stopped (SIGTERM, then waited for) when dropped, so a server never
+/// outlives its scenario, even one that failed.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+enum Api {
+    Http(http::Api),
+}
+
+pub struct Server {
+    pub target: Target,
+    pub port: u16,
+    // Dropped in this order: the publisher's connections, the process, its files.
+    api: Api,
+    process: Process,
+    data_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub async fn start(target: Target, bins: &Binaries) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let (child, data_dir) = match target {
+            Target::Herald | Target::HeraldBefore => {
+                let bin = match target {
+                    Target::Herald => bins.herald.as_path(),
+                    _ => bins
+                        .baseline
+                        .as_deref()
+                        .ok_or_else(|| anyhow::anyhow!("herald-before needs --baseline"))?,
+                };
+                let dir = tempfile::tempdir()?;
+                let child = http::start_herald(bin, port, &dir.path().join("data"))?;
+                (child, Some(dir))
+            }
+            Target::SocketIo | Target::Ws => (http::start_node(target, port)?, None),
+        };
+        let process = Process(child);
+        let api = Api::Http(http::Api::ready(target, port).await?);
+        Ok(Server {
+            target,
+            port,
+            api,
+            process,
+            data_dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    /// The server's data (Herald's `--data-dir`).
+    pub fn data_path(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| d.path().join("data"))
+    }
+
+    /// The binary that runs this target (Herald's, for `herald replay`).
+    pub fn herald_binary<'a>(&self, bins: &'a Binaries) -> Option<&'a Path> {
+        match self.target {
+            Target::Herald => Some(&bins.herald),
+            Target::HeraldBefore => bins.baseline.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A user token (Herald only; the others trust the client).
+    pub async fn token(&self, user: &str) -> anyhow::Result<Option<String>> {
+        match &self.api {
+            Api::Http(a) => a.token(user).await,
+        }
+    }
+
+    /// Puts users in groups.
+    pub async fn join(&self, memberships: &[(String, String)]) -> anyhow::Result<()> {
+        match &self.api {
+            Api::Http(a) => a.join(memberships).await,
+        }
+    }
+
+    /// Publishes one message stamped `t_us`, and returns once the server accepted it.
+    pub async fn publish(&self, to: &To, t_us: u64) -> anyhow::Result<()> {
+        match &self.api {
+            Api::Http(a) => a.publish(to, t_us).await,
+        }
+    }
+
+    /// The durable targets: one message to each of `users`, stamped `t_us`, in one batch.
+    /// `Ok(false)`: the target takes no batches.
+    pub async fn publish_batch(&self, users: &[String], t_us: u64) -> anyhow::Result<bool> {
+        match &self.api {
+            Api::Http(a) => a.publish_batch(users, t_us).await,
+        }
+    }
+
+    /// Herald's unread count for a user (to know a backlog is in the projection).
+    pub async fn unread(&self, token: &str) -> anyhow::Result<u64> {
+        match &self.api {
+            Api::Http(a) => a.unread(token).await,
+        }
+    }
+
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// One connected device of a user.
+pub enum Client {
+    Ws(Box<websocket::WsClient>),
+}
+
+impl Client {
+    /// Connects client number `i` as `user`'s `device` (member of `groups`), authenticated and
+    /// ready to receive: Herald after `session`, Socket.IO after its namespace CONNECT, ws at
+    /// once.
+    pub async fn connect(
+        server: &Server,
+        i: usize,
+        user: &str,
+        groups: &[String],
+        token: Option<&str>,
+        device: &str,
+        recover: Option<&Recovery>,
+    ) -> anyhow::Result<Client> {
+        let c = websocket::WsClient::connect(
+            server.target,
+            server.port,
+            i,
+            user,
+            groups,
+            token,
+            device,
+            recover,
+        )
+        .await?;
+        Ok(Client::Ws(Box::new(c)))
+    }
+
+    /// The stamp (`t`, µs) of the next delivered message, acknowledging as the protocol wants.
+    pub async fn next_message(&mut self) -> anyhow::Result<u64> {
+        match self {
+            Client::Ws(c) => c.next_message().await,
+        }
+    }
+
+    /// Socket.IO's session, to recover it after a reconnect.
+    pub fn recovery(&self) -> Recovery {
+        match self {
+            Client::Ws(c) => c.recovery.clone(),
+        }
+    }
+
+    /// Drops the connection without a goodbye (a network loss, as far as the server knows).
+    pub fn vanish(self) {
+        match self {
+            Client::Ws(c) => c.vanish(),
+        }
+    }
+}

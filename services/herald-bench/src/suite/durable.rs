@@ -1,0 +1,170 @@
+//! The scenarios about what is kept: resume from a backlog, durable ingest and the projection
+//! rebuild.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::peers::{Client, Server, Target, To, now_us};
+
+// ---------------------------------------------------------------------------------------------
+// 4. Resume after a disconnect with a backlog
+
+pub(super) async fn resume(args: &SuiteArgs) -> anyhow::Result<Value> {
+    let backlogs: &[usize] = match args.size {
+        Size::Smoke => &[100],
+        Size::Small => &[1_000, 10_000],
+        Size::Large => &[1_000, 10_000, 100_000],
+    };
+    let bins = args.binaries();
+    let mut runs = Vec::new();
+    // ws keeps nothing for a device that is away.
+    for target in args.targets().into_iter().filter(|t| *t != Target::Ws) {
+        for &n in backlogs {
+            let server = Server::start(target, &bins).await?;
+            let user = "resumer";
+            let token = server.token(user).await?;
+            // Socket.IO can only recover a session it saw, from an offset it sent: connect,
+            // take one message, then vanish. Herald needs nothing: the inbox is durable.
+            let recovery = if target == Target::SocketIo {
+                let mut c = Client::connect(&server, 0, user, &[], None, "d", None).await?;
+                server.publish(&To::User(user.into()), now_us()).await?;
+                tokio::time::timeout(RECEIVE_TIMEOUT, c.next_message()).await??;
+                let r = c.recovery();
+                c.vanish();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Some(r)
+            } else {
+                None
+            };
+            let filled = Instant::now();
+            bounded((0..n).collect(), MAX_PUBLISHES_IN_FLIGHT, |_| {
+                let server = &server;
+                async move { server.publish(&To::User(user.into()), now_us()).await }
+            })
+            .await?;
+            if let Some(token) = &token {
+                // Wait until the whole backlog is in the projection.
+                while server.unread(token).await? < n as u64 {
+                    ensure!(filled.elapsed() < RECEIVE_TIMEOUT, "backlog not projected");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            let started = Instant::now();
+            let c = Client::connect(
+                &server,
+                1,
+                user,
+                &[],
+                token.as_deref(),
+                "d",
+                recovery.as_ref(),
+            )
+            .await?;
+            let (_, _, last) = receive_all(vec![c], vec![n]).await?;
+            let secs = last.duration_since(started).as_secs_f64();
+            runs.push(json!({
+                "target": target.name(), "backlog": n, "seconds": secs,
+                "messages_per_s": (n as f64 / secs).round(),
+            }));
+            server.stop();
+        }
+    }
+    Ok(json!({"scenario": "resume", "runs": runs}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5 and 6. Durable ingest (accepted/s vs raw SQLite in the same run) and projection rebuild
+
+pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
+    let n = match args.size {
+        Size::Smoke => 500,
+        Size::Small => 20_000,
+        Size::Large => 100_000,
+    };
+    let raw_dir = tempfile::tempdir()?;
+    let raw = {
+        let path = raw_dir.path().join("raw.db");
+        tokio::task::spawn_blocking(move || crate::raw_sqlite(&path, n, &[7u8; 200])).await??
+    };
+    let bins = args.binaries();
+    let mut runs = Vec::new();
+    for target in args.targets().into_iter().filter(|t| t.is_herald()) {
+        let server = Server::start(target, &bins).await?;
+        let started = Instant::now();
+        bounded((0..n).collect(), MAX_PUBLISHES_IN_FLIGHT, |i| {
+            let server = &server;
+            async move {
+                server
+                    .publish(&To::User(format!("u{}", i % 1000)), now_us())
+                    .await
+            }
+        })
+        .await?;
+        let accepted = n as f64 / started.elapsed().as_secs_f64();
+        // The same number again, BATCH to a request.
+        let started = Instant::now();
+        let taken = bounded((0..n.div_ceil(BATCH)).collect(), BATCHES_IN_FLIGHT, |b| {
+            let server = &server;
+            async move {
+                let users: Vec<String> = (b * BATCH..((b + 1) * BATCH).min(n))
+                    .map(|i| format!("u{}", i % 1000))
+                    .collect();
+                server.publish_batch(&users, now_us()).await
+            }
+        })
+        .await?;
+        // None: this build has no batch endpoint.
+        let accepted_batched = taken
+            .iter()
+            .all(|t| *t)
+            .then(|| n as f64 / started.elapsed().as_secs_f64());
+        let mut run = json!({
+            "target": target.name(),
+            "accepted_per_s": accepted.round(),
+            "ratio": (accepted / raw * 1000.0).round() / 1000.0,
+            "accepted_batched_per_s": accepted_batched.map(f64::round),
+            "batched_ratio": accepted_batched.map(|a| (a / raw * 1000.0).round() / 1000.0),
+        });
+        // Let the projector finish, then rebuild the projection from the log.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (records, rate, equal) = replay(&server, &bins)?;
+        run["replay_records"] = json!(records);
+        run["replay_records_per_s"] = json!(rate.round());
+        run["replay_equal"] = json!(equal);
+        runs.push(run);
+        server.stop();
+    }
+    Ok(json!({
+        "scenario": "ingest",
+        "requests": n,
+        "raw_sqlite_records_per_s": raw.round(),
+        "batch": BATCH,
+        "runs": runs,
+    }))
+}
+
+/// `herald replay` on a Herald server's data: (records, records/s, rebuilt equals live).
+fn replay(server: &Server, bins: &crate::peers::Binaries) -> anyhow::Result<(u64, f64, bool)> {
+    let data = server.data_path().context("herald data dir")?;
+    let herald = server.herald_binary(bins).context("herald binary")?;
+    let out = std::process::Command::new(herald)
+        .args(["replay", "--quiet", "--data-dir"])
+        .arg(&data)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "replayed N records in S s (R records/s): …"
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let records: u64 = words
+        .get(1)
+        .and_then(|w| w.parse().ok())
+        .context(text.clone())?;
+    let rate: f64 = words
+        .iter()
+        .position(|w| *w == "records/s):")
+        .and_then(|i| words[i - 1].trim_start_matches('(').parse().ok())
+        .context(text.clone())?;
+    Ok((records, rate, out.status.success()))
+}

@@ -1,0 +1,184 @@
+//! The scenarios with many connected clients: idle memory, fanout throughput, open-loop
+//! latency.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::peers::{Client, Server, To, now_us};
+
+// ---------------------------------------------------------------------------------------------
+// 1. Idle connections
+
+pub(super) async fn idle(args: &SuiteArgs) -> anyhow::Result<Value> {
+    let sizes: &[usize] = match args.size {
+        Size::Smoke => &[50],
+        Size::Small => &[2_000],
+        Size::Large => &[5_000, 10_000, 18_000],
+    };
+    let bins = args.binaries();
+    let mut runs = Vec::new();
+    for &n in sizes {
+        for target in args.targets() {
+            let server = Server::start(target, &bins).await?;
+            let users = n.div_ceil(8);
+            let mut tokens = Vec::new();
+            for u in 0..users {
+                tokens.push(server.token(&format!("idle-{u}")).await?);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (rss0, kern0) = (crate::rss_kib(server.pid())?, crate::tcp_kernel_kib()?);
+            let opened = Instant::now();
+            let clients = bounded((0..n).collect(), CONNECT_CONCURRENCY, |i| {
+                let server = &server;
+                let token = tokens[i / 8].clone();
+                async move {
+                    let user = format!("idle-{}", i / 8);
+                    let device = format!("d{}", i % 8);
+                    Client::connect(server, i, &user, &[], token.as_deref(), &device, None).await
+                }
+            })
+            .await?;
+            let open_s = opened.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (rss1, kern1) = (crate::rss_kib(server.pid())?, crate::tcp_kernel_kib()?);
+            let per = rss1.saturating_sub(rss0) as f64 * 1024.0 / n as f64;
+            let kernel = kern1.saturating_sub(kern0) as f64 * 1024.0 / (2 * n) as f64;
+            runs.push(json!({
+                "target": target.name(), "connections": n,
+                "rss_before_kib": rss0, "rss_after_kib": rss1,
+                "rss_bytes_per_connection": per.round(),
+                "kernel_tcp_bytes_per_connection": kernel.round(),
+                "connects_per_s": (n as f64 / open_s).round(),
+            }));
+            drop(clients);
+            server.stop();
+        }
+    }
+    Ok(json!({"scenario": "idle", "runs": runs}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Fanout throughput
+
+pub(super) async fn fanout(args: &SuiteArgs) -> anyhow::Result<Value> {
+    let (clients_n, groups, per_mode) = match args.size {
+        Size::Smoke => (20, 2, [40, 4, 2]),
+        Size::Small => (1_000, 10, [5_000, 100, 20]),
+        Size::Large => (1_000, 10, [20_000, 400, 100]),
+    };
+    let bins = args.binaries();
+    let mut runs = Vec::new();
+    for target in args.targets() {
+        let server = Server::start(target, &bins).await?;
+        let mut clients = connect_users(&server, clients_n, groups).await?;
+        for (mode, publishes) in ["users", "groups", "everyone"].into_iter().zip(per_mode) {
+            let to: Vec<To> = (0..publishes)
+                .map(|i| match mode {
+                    "users" => To::User(format!("u{}", i % clients_n)),
+                    "groups" => To::Group(format!("g{}", i % groups)),
+                    _ => To::Everyone,
+                })
+                .collect();
+            let mut expect = vec![0usize; clients_n];
+            for t in &to {
+                match t {
+                    To::User(u) => expect[u[1..].parse::<usize>()?] += 1,
+                    To::Group(g) => {
+                        let g: usize = g[1..].parse()?;
+                        for (i, e) in expect.iter_mut().enumerate() {
+                            if i % groups == g {
+                                *e += 1;
+                            }
+                        }
+                    }
+                    To::Everyone => expect.iter_mut().for_each(|e| *e += 1),
+                }
+            }
+            let deliveries: usize = expect.iter().sum();
+            let started = Instant::now();
+            let receiving = tokio::spawn(receive_all(std::mem::take(&mut clients), expect));
+            bounded(to, MAX_PUBLISHES_IN_FLIGHT, |t| {
+                let server = &server;
+                async move { server.publish(&t, now_us()).await }
+            })
+            .await?;
+            let published = started.elapsed().as_secs_f64();
+            let (back, lat, last) = receiving.await??;
+            clients = back;
+            let secs = last.duration_since(started).as_secs_f64();
+            runs.push(json!({
+                "target": target.name(), "mode": mode, "clients": clients_n, "groups": groups,
+                "publishes": publishes, "deliveries": deliveries,
+                "seconds": secs, "publish_seconds": published,
+                "deliveries_per_s": (deliveries as f64 / secs).round(),
+                "latency": percentiles(lat),
+            }));
+        }
+        drop(clients);
+        server.stop();
+    }
+    Ok(json!({"scenario": "fanout", "runs": runs}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. End-to-end latency at fixed offered rates
+
+pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
+    let (clients_n, rates, secs): (usize, &[u64], f64) = match args.size {
+        Size::Smoke => (20, &[200], 1.0),
+        Size::Small => (1_000, &[1_000, 5_000], 3.0),
+        Size::Large => (1_000, &[1_000, 5_000, 10_000], 10.0),
+    };
+    let bins = args.binaries();
+    let mut runs = Vec::new();
+    for target in args.targets() {
+        let server = Arc::new(Server::start(target, &bins).await?);
+        let mut clients = connect_users(&server, clients_n, 1).await?;
+        for &rate in rates {
+            let total = (rate as f64 * secs) as usize;
+            let mut expect = vec![0usize; clients_n];
+            for i in 0..total {
+                expect[i % clients_n] += 1;
+            }
+            let receiving = tokio::spawn(receive_all(std::mem::take(&mut clients), expect));
+            // Open loop: message i is due at start + i/rate and stamped with that time, so a
+            // stalled server shows as latency (no coordinated omission).
+            let sem = Arc::new(Semaphore::new(MAX_PUBLISHES_IN_FLIGHT));
+            let start = now_us();
+            let begun = tokio::time::Instant::now();
+            let mut tasks = Vec::with_capacity(total);
+            for i in 0..total {
+                let due_us = (i as u64 * 1_000_000) / rate;
+                tokio::time::sleep_until(begun + Duration::from_micros(due_us)).await;
+                let permit = sem.clone().acquire_owned().await?;
+                let server = server.clone();
+                let to = To::User(format!("u{}", i % clients_n));
+                tasks.push(tokio::spawn(async move {
+                    let r = server.publish(&to, start + due_us).await;
+                    drop(permit);
+                    r
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            let offered = total as f64 / begun.elapsed().as_secs_f64();
+            let (back, lat, _) = receiving.await??;
+            clients = back;
+            runs.push(json!({
+                "target": target.name(), "rate": rate, "messages": total,
+                "achieved_publish_rate": offered.round(),
+                "latency": percentiles(lat),
+            }));
+        }
+        drop(clients);
+        if let Ok(server) = Arc::try_unwrap(server) {
+            server.stop();
+        }
+    }
+    Ok(json!({"scenario": "latency", "runs": runs}))
+}
