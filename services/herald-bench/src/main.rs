@@ -340,6 +340,23 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
+/// CPU time (user + system, all threads) a process has used, in seconds, from
+/// `/proc/PID/stat` (in clock ticks of 1/100 s, Linux's USER_HZ).
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields are counted after its last ')'.
+    let rest = &stat[stat.rfind(')').context("no ) in stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("short stat")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
 /// Kernel memory of TCP sockets, in KiB (from /proc/net/sockstat, pages of 4 KiB).
 pub(crate) fn tcp_kernel_kib() -> anyhow::Result<u64> {
     let s = std::fs::read_to_string("/proc/net/sockstat")?;

@@ -164,6 +164,11 @@ impl Server {
         }
     }
 
+    /// CPU time (user + system) the server process has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        crate::cpu_seconds(self.pid())
+    }
+
     /// A user token (Herald only; the others trust the client).
     pub async fn token(&self, user: &str) -> anyhow::Result<Option<String>> {
         match &self.api {

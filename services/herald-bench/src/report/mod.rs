@@ -215,6 +215,23 @@ fn fanout(md: &mut String, images: &Path, fan: &[Value]) -> anyhow::Result<()> {
         row.push('\n');
         md.push_str(&row);
     }
+    md.push_str("\nServer CPU per 1,000 deliveries (user + system time of the server process, all threads, from the first publish to the last delivery):\n\n");
+    let mut cols = vec!["mode".to_owned()];
+    cols.extend(names.iter().map(|n| n.to_string()));
+    md.push_str(&header(&cols, false));
+    for m in modes {
+        let mut row = format!("| {m} |");
+        for name in &names {
+            let cell = find(fan, |r| r["mode"] == m && r["target"] == *name)
+                .and_then(|r| Some((r["server_cpu_seconds"].as_f64()?, f(r, "deliveries"))))
+                .map_or("–".to_owned(), |(cpu, d)| {
+                    format!("{:.0} ms", cpu * 1000.0 / d.max(1.0) * 1000.0)
+                });
+            row.push_str(&format!(" {cell} |"));
+        }
+        row.push('\n');
+        md.push_str(&row);
+    }
     let r0 = &fan[0];
     md.push_str(&format!(
         "\n![fanout](images/bench-fanout.svg)\n\n{} connected clients (one per user, users in {} groups); `users`: each publish to one user; `groups`: to one group; `everyone`: to all. Time from the first publish to the last delivery; publishes are HTTP POSTs, {} in flight.\n",
@@ -236,11 +253,15 @@ fn latency(md: &mut String, images: &Path, lat: &[Value]) -> anyhow::Result<()> 
     if lat.is_empty() {
         return Ok(());
     }
-    md.push_str("\n### End-to-end latency: POST → client receive, at fixed offered rates\n\n| target | offered/s | achieved/s | p50 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n### End-to-end latency: publish → client receive, at fixed offered rates\n\n| target | offered/s | achieved/s | p50 | p99 | p99.9 | max | server CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in lat {
         let l = &r["latency"];
+        let cpu = match (r["server_cpu_seconds"].as_f64(), r["seconds"].as_f64()) {
+            (Some(c), Some(s)) if s > 0.0 => format!("{:.2} cores", c / s),
+            _ => "–".into(),
+        };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {cpu} |\n",
             r["target"].as_str().unwrap_or("?"),
             r["rate"],
             f(r, "achieved_publish_rate"),
@@ -276,7 +297,7 @@ fn latency(md: &mut String, images: &Path, lat: &[Value]) -> anyhow::Result<()> 
             .collect();
         bars(images, file, title, "ms", &cats, &series)?;
     }
-    md.push_str("\n![latency p99](images/bench-latency.svg)\n![latency p50](images/bench-latency-p50.svg)\n\nOpen loop: message i is due at start + i/rate and stamped with that due time, so a server that falls behind shows as latency rather than as a lower rate. Each message goes to one of the connected users in turn.\n");
+    md.push_str("\n![latency p99](images/bench-latency.svg)\n![latency p50](images/bench-latency-p50.svg)\n\nOpen loop: message i is due at start + i/rate and stamped with that due time, so a server that falls behind shows as latency rather than as a lower rate. Each message goes to one of the connected users in turn. Server CPU: the server process's CPU time over the run (first due time to last receipt) divided by its length; this machine has 2 cores, shared with the load generator.\n");
     Ok(())
 }
 
@@ -334,39 +355,50 @@ fn ingest(md: &mut String, ing: &Value) {
         }
     };
     let raw = f(ing, "raw_sqlite_records_per_s");
+    let n = f(ing, "requests").max(1.0);
     let batch = ing["batch"].as_u64().unwrap_or(crate::suite::BATCH as u64);
+    let (in_flight, batches) = (
+        crate::suite::MAX_PUBLISHES_IN_FLIGHT,
+        crate::suite::BATCHES_IN_FLIGHT,
+    );
+    // Server CPU per accepted message, in µs.
+    let cpu = |r: &Value, k: &str| {
+        r[k].as_f64()
+            .map_or("–".to_owned(), |c| format!("{:.0} µs", c / n * 1e6))
+    };
     md.push_str(&format!(
-        "\n### Durable ingest and projection rebuild\n\n| what | per second | vs raw SQLite |\n|---|---:|---:|\n\
-         | raw SQLite inserts (WAL, synchronous=FULL, commit per 1000 rows), same run | {raw:.0} | 1.00 |\n"
+        "\n### Durable ingest and projection rebuild\n\n| what | per second | vs raw SQLite | server CPU per message |\n|---|---:|---:|---:|\n\
+         | raw SQLite inserts (WAL, synchronous=FULL, commit per 1000 rows), same run | {raw:.0} | 1.00 | |\n"
     ));
     let mut equal = vec![];
     for r in &runs {
         let name = r["target"].as_str().unwrap_or("?");
         md.push_str(&format!(
-            "| {name}: `POST /v1/notifications` answered 202 ({} in flight, one recipient each) | {:.0} | {:.3} |\n",
-            crate::suite::MAX_PUBLISHES_IN_FLIGHT,
+            "| {name}: `POST /v1/notifications` answered 202 ({in_flight} in flight, one recipient each) | {:.0} | {:.3} | {} |\n",
             f(r, "accepted_per_s"),
             f(r, "ratio"),
+            cpu(r, "server_cpu_seconds"),
         ));
         match r["accepted_batched_per_s"].as_f64() {
             Some(b) => md.push_str(&format!(
-                "| {name}: `POST /v1/notifications/batch`, {batch} per request ({} requests in flight) | {b:.0} | {:.3} |\n",
-                crate::suite::BATCHES_IN_FLIGHT,
+                "| {name}: `POST /v1/notifications/batch`, {batch} per request ({batches} requests in flight) | {b:.0} | {:.3} | {} |\n",
                 f(r, "batched_ratio"),
+                cpu(r, "batched_server_cpu_seconds"),
             )),
             None => md.push_str(&format!(
-                "| {name}: `POST /v1/notifications/batch` | (not in this build) | |\n"
+                "| {name}: `POST /v1/notifications/batch` | (not in this build) | | |\n"
             )),
         }
         md.push_str(&format!(
-            "| {name}: `herald replay` rebuilding the projection ({} records) | {:.0} | |\n",
+            "| {name}: `herald replay` rebuilding the projection ({} records) | {:.0} | | |\n",
             r["replay_records"],
             f(r, "replay_records_per_s"),
         ));
         equal.push(format!("{name} {}", r["replay_equal"]));
     }
     md.push_str(&format!(
-        "\nTarget: ingest ≥ 0.5 of raw; rebuild ≥ 200k records/s. The rebuilt projection equals the live one: {}.\n",
+        "\n{n} messages per measurement, one recipient each. Server CPU: the server process's CPU time during the measurement (Herald's includes its projector, which works on while the requests come in) per message. \
+         Target: ingest ≥ 0.5 of raw; rebuild ≥ 200k records/s. The rebuilt projection equals the live one: {}.\n",
         equal.join(", ")
     ));
 }

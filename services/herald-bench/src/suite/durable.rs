@@ -52,6 +52,7 @@ pub(super) async fn resume(args: &SuiteArgs) -> anyhow::Result<Value> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
+            let cpu0 = server.cpu_seconds()?;
             let started = Instant::now();
             let c = Client::connect(
                 &server,
@@ -64,9 +65,11 @@ pub(super) async fn resume(args: &SuiteArgs) -> anyhow::Result<Value> {
             )
             .await?;
             let (_, _, last) = receive_all(vec![c], vec![n]).await?;
+            let cpu = server.cpu_seconds()? - cpu0;
             let secs = last.duration_since(started).as_secs_f64();
             runs.push(json!({
                 "target": target.name(), "backlog": n, "seconds": secs,
+                "server_cpu_seconds": cpu,
                 "messages_per_s": (n as f64 / secs).round(),
             }));
             server.stop();
@@ -93,6 +96,7 @@ pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
     let mut runs = Vec::new();
     for target in args.targets().into_iter().filter(|t| t.is_herald()) {
         let server = Server::start(target, &bins).await?;
+        let cpu0 = server.cpu_seconds()?;
         let started = Instant::now();
         bounded((0..n).collect(), MAX_PUBLISHES_IN_FLIGHT, |i| {
             let server = &server;
@@ -104,6 +108,7 @@ pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
         })
         .await?;
         let accepted = n as f64 / started.elapsed().as_secs_f64();
+        let cpu1 = server.cpu_seconds()?;
         // The same number again, BATCH to a request.
         let started = Instant::now();
         let taken = bounded((0..n.div_ceil(BATCH)).collect(), BATCHES_IN_FLIGHT, |b| {
@@ -121,12 +126,15 @@ pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
             .iter()
             .all(|t| *t)
             .then(|| n as f64 / started.elapsed().as_secs_f64());
+        let cpu2 = server.cpu_seconds()?;
         let mut run = json!({
             "target": target.name(),
             "accepted_per_s": accepted.round(),
             "ratio": (accepted / raw * 1000.0).round() / 1000.0,
             "accepted_batched_per_s": accepted_batched.map(f64::round),
             "batched_ratio": accepted_batched.map(|a| (a / raw * 1000.0).round() / 1000.0),
+            "server_cpu_seconds": cpu1 - cpu0,
+            "batched_server_cpu_seconds": cpu2 - cpu1,
         });
         // Let the projector finish, then rebuild the projection from the log.
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -99,6 +99,7 @@ pub(super) async fn fanout(args: &SuiteArgs) -> anyhow::Result<Value> {
                 }
             }
             let deliveries: usize = expect.iter().sum();
+            let cpu0 = server.cpu_seconds()?;
             let started = Instant::now();
             let receiving = tokio::spawn(receive_all(std::mem::take(&mut clients), expect));
             bounded(to, MAX_PUBLISHES_IN_FLIGHT, |t| {
@@ -108,6 +109,7 @@ pub(super) async fn fanout(args: &SuiteArgs) -> anyhow::Result<Value> {
             .await?;
             let published = started.elapsed().as_secs_f64();
             let (back, lat, last) = receiving.await??;
+            let cpu = server.cpu_seconds()? - cpu0;
             clients = back;
             let secs = last.duration_since(started).as_secs_f64();
             runs.push(json!({
@@ -115,6 +117,7 @@ pub(super) async fn fanout(args: &SuiteArgs) -> anyhow::Result<Value> {
                 "publishes": publishes, "deliveries": deliveries,
                 "seconds": secs, "publish_seconds": published,
                 "deliveries_per_s": (deliveries as f64 / secs).round(),
+                "server_cpu_seconds": cpu,
                 "latency": percentiles(lat),
             }));
         }
@@ -130,8 +133,8 @@ pub(super) async fn fanout(args: &SuiteArgs) -> anyhow::Result<Value> {
 pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
     let (clients_n, rates, secs): (usize, &[u64], f64) = match args.size {
         Size::Smoke => (20, &[200], 1.0),
-        Size::Small => (1_000, &[1_000, 5_000], 3.0),
-        Size::Large => (1_000, &[1_000, 5_000, 10_000], 10.0),
+        Size::Small => (1_000, &[1_000, 2_000, 5_000], 3.0),
+        Size::Large => (1_000, &[1_000, 2_000, 5_000, 10_000], 10.0),
     };
     let bins = args.binaries();
     let mut runs = Vec::new();
@@ -148,6 +151,7 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
             // Open loop: message i is due at start + i/rate and stamped with that time, so a
             // stalled server shows as latency (no coordinated omission).
             let sem = Arc::new(Semaphore::new(MAX_PUBLISHES_IN_FLIGHT));
+            let cpu0 = server.cpu_seconds()?;
             let start = now_us();
             let begun = tokio::time::Instant::now();
             let mut tasks = Vec::with_capacity(total);
@@ -167,11 +171,15 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
                 t.await??;
             }
             let offered = total as f64 / begun.elapsed().as_secs_f64();
-            let (back, lat, _) = receiving.await??;
+            let (back, lat, last) = receiving.await??;
+            let cpu = server.cpu_seconds()? - cpu0;
+            let secs = last.duration_since(begun.into_std()).as_secs_f64();
             clients = back;
             runs.push(json!({
                 "target": target.name(), "rate": rate, "messages": total,
                 "achieved_publish_rate": offered.round(),
+                "seconds": secs,
+                "server_cpu_seconds": cpu,
                 "latency": percentiles(lat),
             }));
         }
