@@ -76,6 +76,12 @@ pub fn nats_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         .map_err(|why| anyhow!("nats-server for the JetStream peer: {why}"))
 }
 
+/// `nats-server --version`, for the report.
+pub fn version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The server's configuration for `target`: clients on `port`, monitoring on `monitor`, both
 /// on loopback; JetStream with its files under `dir`.
 fn config(target: Target, port: u16, monitor: u16, dir: &Path) -> String {

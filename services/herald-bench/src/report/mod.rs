@@ -1,7 +1,9 @@
 //! The suite's section of docs/benchmarks.md and its plots ([`plot`]). Every table has a column
 //! (or rows) for each target that the results hold, in [`Target::ALL`] order, so a baseline
-//! Herald and the peers stand next to the current Herald wherever they were measured.
+//! Herald and the peers stand next to the current Herald wherever they were measured; what the
+//! JetStream peer is and how each scenario maps onto it is in [`jetstream`].
 
+mod jetstream;
 mod plot;
 
 use std::collections::BTreeMap;
@@ -55,12 +57,17 @@ fn present(runs: &[Value]) -> Vec<&'static str> {
         .collect()
 }
 
-/// Ratio columns worth a glance: the current Herald over its baseline and over Socket.IO.
+/// Ratio columns worth a glance: the current Herald over its baseline, over Socket.IO and
+/// over the durable peer with the same durability (fsync before the ack).
 fn ratios(names: &[&str]) -> Vec<(&'static str, &'static str)> {
-    [("Herald", "Herald (before)"), ("Herald", "Socket.IO")]
-        .into_iter()
-        .filter(|(a, b)| names.contains(a) && names.contains(b))
-        .collect()
+    [
+        ("Herald", "Herald (before)"),
+        ("Herald", "Socket.IO"),
+        ("Herald", "JetStream (fsync always)"),
+    ]
+    .into_iter()
+    .filter(|(a, b)| names.contains(a) && names.contains(b))
+    .collect()
 }
 
 /// `| a | b |` header and its alignment row: numbers right-aligned, the first column left
@@ -83,6 +90,17 @@ pub fn write(args: &SuiteArgs, results: &BTreeMap<String, Value>) -> anyhow::Res
         .join("images");
     std::fs::create_dir_all(&images)?;
     let mut md = environment(args);
+    let all: Vec<Value> = results
+        .iter()
+        .flat_map(|(k, v)| match k.as_str() {
+            "ingest" => runs_of_ingest(v),
+            _ => runs(Some(v)),
+        })
+        .collect();
+    let js = jetstream::present(&present(&all));
+    if js {
+        md.push_str(&jetstream::setup(args));
+    }
     idle(&mut md, &images, &runs(results.get("idle")))?;
     fanout(&mut md, &images, &runs(results.get("fanout")))?;
     latency(&mut md, &images, &runs(results.get("latency")))?;
@@ -104,6 +122,9 @@ fn environment(args: &SuiteArgs) -> String {
     if let Some(b) = &args.baseline {
         flags.push_str(&format!(" --baseline {}", b.display()));
     }
+    if let Some(n) = &args.nats_server {
+        flags.push_str(&format!(" --nats-server {}", n.display()));
+    }
     if !args.targets.is_empty() {
         flags.push_str(&format!(" --targets {}", args.targets.join(",")));
     }
@@ -111,8 +132,8 @@ fn environment(args: &SuiteArgs) -> String {
         "Command: `cargo build --release -p herald && cargo run --release -p herald-bench -- suite --size {size}{flags} --report` \
          (raw results: `target/bench/suite-*.json`).\n\n\
          Environment: {} cores, {}; rustc {}; Node.js {}; socket.io {}, ws {}. Herald runs `herald dev` \
-         (embedded storage, fsync on every commit: a notification is durable before its 202). The peers \
-         keep nothing: a publish is an in-memory broadcast, and a Socket.IO backlog lives in the server's \
+         (embedded storage, fsync on every commit: a notification is durable before its 202). The Node \
+         peers (Socket.IO, ws) keep nothing: a publish is an in-memory broadcast, and a Socket.IO backlog lives in the server's \
          memory for 2 minutes. Every client is a Rust tokio task in one load-generator process on \
          loopback (sources 127.0.0.1–4); Herald clients acknowledge every {} notifications or after {} ms idle.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -180,7 +201,11 @@ fn idle(md: &mut String, images: &Path, idle: &[Value]) -> anyhow::Result<()> {
         &cats,
         &series,
     )?;
-    md.push_str("\n![idle memory](images/bench-idle.svg)\n\nRSS growth of the server process from before the first connection to 2 s after the last, divided by the connections. Herald's connections are authenticated (JWT), said `hello` and got `session` and `replayed`; Socket.IO's completed the Engine.IO handshake and namespace CONNECT. This machine's hard descriptor limit is 20,000 per process and cannot be raised in its container, so 25k and 50k connections cannot be opened here: the largest run is 18,000.\n");
+    md.push_str("\n![idle memory](images/bench-idle.svg)\n\nRSS growth of the server process from before the first connection to 2 s after the last, divided by the connections. Herald's connections are authenticated (JWT), said `hello` and got `session` and `replayed`; Socket.IO's completed the Engine.IO handshake and namespace CONNECT.");
+    if jetstream::present(&names) {
+        md.push_str(jetstream::IDLE);
+    }
+    md.push_str(" This machine's hard descriptor limit is 20,000 per process and cannot be raised in its container, so 25k and 50k connections cannot be opened here: the largest run is 18,000.\n");
     Ok(())
 }
 
@@ -234,11 +259,15 @@ fn fanout(md: &mut String, images: &Path, fan: &[Value]) -> anyhow::Result<()> {
     }
     let r0 = &fan[0];
     md.push_str(&format!(
-        "\n![fanout](images/bench-fanout.svg)\n\n{} connected clients (one per user, users in {} groups); `users`: each publish to one user; `groups`: to one group; `everyone`: to all. Time from the first publish to the last delivery; publishes are HTTP POSTs, {} in flight.\n",
+        "\n![fanout](images/bench-fanout.svg)\n\n{} connected clients (one per user, users in {} groups); `users`: each publish to one user; `groups`: to one group; `everyone`: to all. Time from the first publish to the last delivery; publishes to Herald and the Node peers are HTTP POSTs, {} in flight.",
         r0["clients"],
         r0["groups"].as_u64().unwrap_or(10),
         crate::suite::MAX_PUBLISHES_IN_FLIGHT
     ));
+    if jetstream::present(&names) {
+        md.push_str(&jetstream::fanout());
+    }
+    md.push('\n');
     bars(
         images,
         "bench-fanout.svg",
@@ -297,7 +326,11 @@ fn latency(md: &mut String, images: &Path, lat: &[Value]) -> anyhow::Result<()> 
             .collect();
         bars(images, file, title, "ms", &cats, &series)?;
     }
-    md.push_str("\n![latency p99](images/bench-latency.svg)\n![latency p50](images/bench-latency-p50.svg)\n\nOpen loop: message i is due at start + i/rate and stamped with that due time, so a server that falls behind shows as latency rather than as a lower rate. Each message goes to one of the connected users in turn. Server CPU: the server process's CPU time over the run (first due time to last receipt) divided by its length; this machine has 2 cores, shared with the load generator.\n");
+    md.push_str("\n![latency p99](images/bench-latency.svg)\n![latency p50](images/bench-latency-p50.svg)\n\nOpen loop: message i is due at start + i/rate and stamped with that due time, so a server that falls behind shows as latency rather than as a lower rate. Each message goes to one of the connected users in turn. Server CPU: the server process's CPU time over the run (first due time to last receipt) divided by its length; this machine has 2 cores, shared with the load generator.");
+    if jetstream::present(&names) {
+        md.push_str(&jetstream::latency());
+    }
+    md.push('\n');
     Ok(())
 }
 
@@ -340,20 +373,29 @@ fn resume(md: &mut String, images: &Path, res: &[Value]) -> anyhow::Result<()> {
         &cats,
         &series,
     )?;
-    md.push_str("\n![resume](images/bench-resume.svg)\n\nFrom the start of the reconnect to the last backlog message. Herald replays from the durable inbox projection (anything not acknowledged, however old, across restarts), acknowledged as it arrives; Socket.IO replays from its in-memory buffer, which holds missed packets for `maxDisconnectionDuration` (2 minutes here) and is lost with the process.\n");
+    md.push_str("\n![resume](images/bench-resume.svg)\n\nFrom the start of the reconnect to the last backlog message. Herald replays from the durable inbox projection (anything not acknowledged, however old, across restarts), acknowledged as it arrives; Socket.IO replays from its in-memory buffer, which holds missed packets for `maxDisconnectionDuration` (2 minutes here) and is lost with the process.");
+    if jetstream::present(&names) {
+        md.push_str(jetstream::RESUME);
+    }
+    md.push('\n');
     Ok(())
 }
 
-fn ingest(md: &mut String, ing: &Value) {
-    // Results written before the ingest had one run per target were Herald's alone, flat.
-    let runs = match ing["runs"].as_array() {
+/// The ingest's runs. Results written before the ingest had one run per target were Herald's
+/// alone, flat.
+fn runs_of_ingest(ing: &Value) -> Vec<Value> {
+    match ing["runs"].as_array() {
         Some(r) => r.clone(),
         None => {
             let mut r = ing.clone();
             r["target"] = json!("Herald");
             vec![r]
         }
-    };
+    }
+}
+
+fn ingest(md: &mut String, ing: &Value) {
+    let runs = runs_of_ingest(ing);
     let raw = f(ing, "raw_sqlite_records_per_s");
     let n = f(ing, "requests").max(1.0);
     let batch = ing["batch"].as_u64().unwrap_or(crate::suite::BATCH as u64);
@@ -373,6 +415,22 @@ fn ingest(md: &mut String, ing: &Value) {
     let mut equal = vec![];
     for r in &runs {
         let name = r["target"].as_str().unwrap_or("?");
+        if jetstream::NAMES.contains(&name) {
+            md.push_str(&jetstream::ingest_rows(
+                name,
+                (
+                    f(r, "accepted_per_s"),
+                    f(r, "ratio"),
+                    cpu(r, "server_cpu_seconds"),
+                ),
+                (
+                    f(r, "accepted_batched_per_s"),
+                    f(r, "batched_ratio"),
+                    cpu(r, "batched_server_cpu_seconds"),
+                ),
+            ));
+            continue;
+        }
         md.push_str(&format!(
             "| {name}: `POST /v1/notifications` answered 202 ({in_flight} in flight, one recipient each) | {:.0} | {:.3} | {} |\n",
             f(r, "accepted_per_s"),

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// A target keeps its colour in every plot; other series (percentiles) take the rest in turn.
 fn color(series: &str, i: usize) -> RGBColor {
@@ -39,28 +40,30 @@ pub(super) fn bars(
         .fold(0.0f64, f64::max)
         .max(1e-9);
     let width = series.len() as f64 + 1.0;
+    // Room above the tallest bar for the legend, one line per series.
+    let headroom = 1.2 + 0.08 * series.len() as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(0.0..categories.len() as f64 * width, 0.0..max * 1.35)?;
+        .build_cartesian_2d(0.0..categories.len() as f64 * width, 0.0..max * headroom)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(categories.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = (x / width).floor() as usize;
-            let centre = i as f64 * width + width / 2.0;
-            if (x - centre).abs() < 0.51 && i < categories.len() {
-                categories[i].clone()
-            } else {
-                String::new()
-            }
-        })
+        .x_labels(0)
         .y_label_formatter(&|y| format!("{y:.0}"))
         .y_desc(y_label)
         .draw()?;
+    // Each category's name under the centre of its group (tick positions would not land there).
+    let label = ("sans-serif", 14)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, name) in categories.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64 * width + width / 2.0, 0.0));
+        root.draw(&Text::new(name.as_str(), (x, y + 10), label.clone()))?;
+    }
     for (s, (name, values)) in series.iter().enumerate() {
         let color = color(name, s);
         chart
