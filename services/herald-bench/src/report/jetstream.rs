@@ -39,7 +39,9 @@ pub(super) fn setup(args: &SuiteArgs) -> String {
          filtered to its user's subject, deliver-all, ack policy `all` (cumulative, like Herald's \
          `ack up_to`), the server's defaults otherwise (ack wait 30 s, at most 1,000 unacknowledged); \
          it pulls in batches of 200 and acknowledges its latest message every {ACK_EVERY} messages \
-         or after {} ms without one, as the Herald clients do.\n",
+         or after {} ms without one, as the Herald clients do. The devices all connect from \
+         127.0.0.1 (async-nats cannot choose a source address), which bounds a run to the \
+         ephemeral port range (about 28,000 connections).\n",
         DUPLICATE_WINDOW.as_secs(),
         ACK_IDLE.as_millis(),
     )
@@ -49,7 +51,7 @@ pub(super) const IDLE: &str = " A JetStream connection is a device's NATS connec
 
 pub(super) fn fanout() -> String {
     format!(
-        " JetStream: {MAX_PUBLISHES_IN_FLIGHT} publishes in flight, each expanded by the publisher into one message per recipient user (no groups in JetStream), done when every message's publish ack is in."
+        " JetStream: {MAX_PUBLISHES_IN_FLIGHT} publishes in flight, each expanded by the publisher into one message per recipient user (no groups in JetStream), done when every message's publish ack is in; that expansion runs in the load generator, so its CPU is not in JetStream's column, while Herald's fanout stage is in Herald's."
     )
 }
 
