@@ -377,6 +377,26 @@ fn resume(md: &mut String, images: &Path, res: &[Value]) -> anyhow::Result<()> {
     if jetstream::present(&names) {
         md.push_str(jetstream::RESUME);
     }
+    let extra: Vec<String> = res
+        .iter()
+        .filter(|r| r["extra_messages"].as_u64().is_some_and(|e| e > 0))
+        .map(|r| {
+            format!(
+                "{} {} at {}",
+                r["target"].as_str().unwrap_or("?"),
+                r["extra_messages"],
+                r["backlog"]
+            )
+        })
+        .collect();
+    if extra.is_empty() {
+        md.push_str(" Nothing beyond the backlog arrived in the 300 ms after it.");
+    } else {
+        md.push_str(&format!(
+            " Messages beyond the backlog (redeliveries, so the time above ends early): {}.",
+            extra.join(", ")
+        ));
+    }
     md.push('\n');
     Ok(())
 }
