@@ -16,7 +16,9 @@ use herald_core::model::{Event, UserEvent};
 use herald_core::partition::partition_for;
 use herald_core::protocol::Close;
 use herald_ports::log::{ConsumerEvent, EventLog, StoredRecord, Topic};
-use tokio::sync::{Notify, mpsc};
+
+use crate::queue::{self, TrySendError};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Live events that may wait for one session; more makes it a slow consumer.
@@ -61,7 +63,7 @@ impl Kick {
 struct Entry {
     id: u64,
     device_id: String,
-    tx: mpsc::Sender<LiveEvent>,
+    tx: queue::Sender<LiveEvent>,
     kick: Arc<Kick>,
 }
 
@@ -79,7 +81,7 @@ pub struct Hub {
 /// What a session gets when it registers.
 pub struct Registration {
     pub id: u64,
-    pub rx: mpsc::Receiver<LiveEvent>,
+    pub rx: queue::Receiver<LiveEvent>,
     pub kick: Arc<Kick>,
     pub partition: u32,
     /// Every event of the partition at or after this offset will arrive on `rx`.
@@ -188,11 +190,11 @@ impl Hub {
                 };
                 match e.tx.try_send(live) {
                     Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(TrySendError::Full(_)) => {
                         e.kick.kick(Close::SlowConsumer);
                         false
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Err(TrySendError::Closed(_)) => false,
                 }
             });
             if entries.is_empty() {
@@ -205,7 +207,7 @@ impl Hub {
     /// kicked with [`Close::Replaced`].
     pub fn register(&self, user: &str, device: &str) -> Registration {
         let partition = partition_for(user, self.partitions);
-        let (tx, rx) = mpsc::channel(SESSION_LIVE_QUEUE);
+        let (tx, rx) = queue::bounded(SESSION_LIVE_QUEUE);
         let kick = Arc::new(Kick::default());
         let mut st = self.state.lock().expect("hub lock");
         let id = st.next_id;

@@ -80,7 +80,7 @@ async fn ws_upgrade(
         .protocols([SUBPROTOCOL])
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(crate::session::ws::READ_BUFFER)
         .write_buffer_size(crate::session::ws::WRITE_BUFFER)
         .max_write_buffer_size(crate::session::ws::MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {

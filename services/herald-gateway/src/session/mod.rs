@@ -24,13 +24,13 @@ use herald_core::protocol::{ClientFrame, Close, ServerFrame};
 use herald_core::session::{Action, Ending, Hello, Input, Io, Outgoing, Session, Start};
 use herald_ports::log::Topic;
 use herald_ports::projection::Stage;
-use tokio::sync::mpsc;
 
 use crate::auth::User;
 use crate::clock::{now_ms, now_secs};
 use crate::config::SEND_RESERVE;
 use crate::hub::Registration;
 use crate::limits::TokenBucket;
+use crate::queue::{self, TrySendError};
 use crate::state::AppState;
 
 /// What a session sends, whatever the transport.
@@ -77,13 +77,13 @@ pub type IncomingStream = Pin<Box<dyn futures_util::Stream<Item = Incoming> + Se
 /// writer has put on the wire.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Out>,
+    tx: queue::Sender<Out>,
     written: Arc<AtomicU64>,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Out>, Arc<AtomicU64>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    pub fn new(capacity: usize) -> (Outbox, queue::Receiver<Out>, Arc<AtomicU64>) {
+        let (tx, rx) = queue::bounded(capacity);
         let written = Arc::new(AtomicU64::new(0));
         (
             Outbox {
@@ -111,10 +111,8 @@ impl Outbox {
     fn push(&self, out: Out) -> Result<(), End> {
         match self.tx.try_send(out) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Err(End::close(Close::SlowConsumer, "send queue full"))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+            Err(TrySendError::Full(_)) => Err(End::close(Close::SlowConsumer, "send queue full")),
+            Err(TrySendError::Closed(_)) => Err(End::ClientGone),
         }
     }
 

@@ -12,7 +12,6 @@ use herald_core::cursor::Epoch;
 use herald_core::protocol::notification_frame;
 use herald_core::session::Hello;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use super::{End, IncomingStream, Out, Outbox};
 use crate::auth::User;
@@ -48,7 +47,7 @@ pub fn stream(
     futures_util::stream::unfold(
         (rx, guard, written, false),
         move |(mut rx, guard, written, done): (
-            mpsc::Receiver<Out>,
+            crate::queue::Receiver<Out>,
             ConnectionGuard,
             Arc<AtomicU64>,
             bool,

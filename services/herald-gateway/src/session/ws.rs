@@ -29,6 +29,10 @@ pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// Frames gather in the socket's write buffer up to this size before it is written out (the
 /// writer flushes after each batch anyway).
 pub const WRITE_BUFFER: usize = 16 * 1024;
+/// The socket's read buffer, allocated for the session's whole life: client frames are small
+/// (an ACK is under 100 bytes), and a larger frame is read in several steps (tungstenite
+/// reserves room for a frame's whole length once it has its header).
+pub const READ_BUFFER: usize = 1024;
 /// Errors read past while waiting for the peer's Close, at most.
 const CLOSE_DRAIN_ERRORS: usize = 64;
 
@@ -113,16 +117,11 @@ pub async fn run(st: AppState, user: User, socket: WebSocket) {
                     }
                     break;
                 }
-                m = out_rx.recv() => {
+                n = out_rx.recv_many(&mut batch, WRITE_BATCH) => {
                     // A frame, and whatever else is queued behind it (up to a batch), then one
                     // flush.
-                    let Some(first) = m else { break };
-                    batch.push(first);
-                    while batch.len() < WRITE_BATCH {
-                        match out_rx.try_recv() {
-                            Ok(out) => batch.push(out),
-                            Err(_) => break,
-                        }
+                    if n == 0 {
+                        break;
                     }
                     let mut counted = 0;
                     let mut open = true;
