@@ -83,9 +83,8 @@ async fn ws_upgrade(
         .read_buffer_size(crate::session::ws::READ_BUFFER)
         .write_buffer_size(crate::session::ws::WRITE_BUFFER)
         .max_write_buffer_size(crate::session::ws::MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            crate::session::ws::run(st, user, socket).await;
-            drop(guard);
+        .on_upgrade(move |socket| {
+            crate::session::ws::run(std::sync::Arc::new(st), user, socket, guard)
         }))
 }
 

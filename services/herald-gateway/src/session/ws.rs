@@ -1,10 +1,13 @@
 //! The WebSocket transport of `herald.v1`: a reader mapping messages to [`Incoming`], a writer
 //! task draining the [`Outbox`], the hello timeout and the close handshake.
 
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::cursor::Epoch;
 use herald_core::protocol::{
@@ -17,6 +20,8 @@ use tokio::sync::oneshot;
 use super::{End, Incoming, IncomingStream, Out, Outbox};
 use crate::auth::User;
 use crate::config::SEND_QUEUE;
+use crate::limits::ConnectionGuard;
+use crate::queue;
 use crate::state::AppState;
 
 /// How long the server waits for the peer's Close after sending its own, and how long the
@@ -99,49 +104,82 @@ fn incoming(stream: futures_util::stream::SplitStream<WebSocket>) -> IncomingStr
     }))
 }
 
-/// Runs one WebSocket session from the upgraded socket to the end.
-pub async fn run(st: AppState, user: User, socket: WebSocket) {
+/// One WebSocket session from the upgraded socket to the end. The socket is split and the
+/// writer started here, outside the returned future, so that the future (which every connected
+/// device keeps for its whole life) holds only what the session needs: the shared state by
+/// `Arc`, the halves' handles and the session itself, not a moved-from socket and state too.
+pub fn run(
+    st: Arc<AppState>,
+    user: User,
+    socket: WebSocket,
+    guard: ConnectionGuard,
+) -> impl Future<Output = ()> + Send + 'static {
     let epoch = st.log.epoch();
-    let (mut sink, stream) = socket.split();
-    let mut incoming = incoming(stream);
-    let (outbox, mut out_rx, written) = Outbox::new(SEND_QUEUE);
-    let (close_tx, mut close_rx) = oneshot::channel::<Message>();
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                biased;
-                c = &mut close_rx => {
-                    if let Ok(c) = c {
-                        let _ = sink.send(c).await;
-                    }
+    let (sink, stream) = socket.split();
+    let incoming = incoming(stream);
+    let (outbox, out_rx, written) = Outbox::new(SEND_QUEUE);
+    let (close_tx, close_rx) = oneshot::channel::<Message>();
+    let writer = tokio::spawn(write(sink, out_rx, close_rx, written, epoch));
+    async move {
+        session(&st, &user, incoming, outbox, close_tx, writer, epoch).await;
+        drop(guard);
+    }
+}
+
+/// The writer: drains the outbox into the socket, a batch per flush, until the session ends
+/// (its close frame, or the outbox closing).
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut out_rx: queue::Receiver<Out>,
+    mut close_rx: oneshot::Receiver<Message>,
+    written: Arc<AtomicU64>,
+    epoch: Epoch,
+) {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            c = &mut close_rx => {
+                if let Ok(c) = c {
+                    let _ = sink.send(c).await;
+                }
+                break;
+            }
+            n = out_rx.recv_many(&mut batch, WRITE_BATCH) => {
+                // A frame, and whatever else is queued behind it (up to a batch), then one
+                // flush.
+                if n == 0 {
                     break;
                 }
-                n = out_rx.recv_many(&mut batch, WRITE_BATCH) => {
-                    // A frame, and whatever else is queued behind it (up to a batch), then one
-                    // flush.
-                    if n == 0 {
-                        break;
+                let mut counted = 0;
+                let mut open = true;
+                for out in batch.drain(..) {
+                    // The session numbers its own frames (not the heartbeat's pings).
+                    counted += u64::from(matches!(out, Out::Notification { .. } | Out::Frame(_)));
+                    match message(out, epoch) {
+                        Some(msg) if open => open = sink.feed(msg).await.is_ok(),
+                        _ => open = false,
                     }
-                    let mut counted = 0;
-                    let mut open = true;
-                    for out in batch.drain(..) {
-                        // The session numbers its own frames (not the heartbeat's pings).
-                        counted += u64::from(matches!(out, Out::Notification { .. } | Out::Frame(_)));
-                        match message(out, epoch) {
-                            Some(msg) if open => open = sink.feed(msg).await.is_ok(),
-                            _ => open = false,
-                        }
-                    }
-                    if !open || sink.flush().await.is_err() {
-                        break;
-                    }
-                    written.fetch_add(counted, Ordering::Relaxed);
                 }
+                if !open || sink.flush().await.is_err() {
+                    break;
+                }
+                written.fetch_add(counted, Ordering::Relaxed);
             }
         }
-        let _ = sink.close().await;
-    });
+    }
+    let _ = sink.close().await;
+}
+
+async fn session(
+    st: &AppState,
+    user: &User,
+    mut incoming: IncomingStream,
+    outbox: Outbox,
+    close_tx: oneshot::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
+    epoch: Epoch,
+) {
     // hello, within the timeout.
     let hello = tokio::time::timeout(st.config.hello_timeout, async {
         loop {
@@ -159,7 +197,7 @@ pub async fn run(st: AppState, user: User, socket: WebSocket) {
         Ok(Err(end)) => end,
         Ok(Ok(ClientFrame::Hello { device_id, cursor })) => {
             match Hello::parse(device_id, cursor.as_deref(), epoch) {
-                Ok(hello) => super::serve(&st, &user, hello, &mut incoming, &outbox, true).await,
+                Ok(hello) => super::serve(st, user, hello, &mut incoming, &outbox, true).await,
                 Err(ending) => End::Close(ending),
             }
         }
