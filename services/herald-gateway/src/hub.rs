@@ -7,7 +7,7 @@
 //! event before it is the session's to read from the projection and the log (see
 //! ARCHITECTURE.md, invariant 10).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,27 @@ use tokio_util::sync::CancellationToken;
 pub const SESSION_LIVE_QUEUE: usize = 1024;
 /// Records the hub takes from the log per batch.
 const HUB_BATCH: usize = 2048;
+/// Recent records the hub keeps per partition for the log gaps of connecting sessions.
+pub const RECENT_RECORDS: usize = 4096;
+/// Bytes of recent records (keys and values) the hub keeps, over all partitions; each
+/// partition gets an equal share.
+pub const RECENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A record as a connecting session's log gap needs it: whose it is and its bytes.
+pub struct RecentRecord {
+    pub offset: u64,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// The latest records of one partition, complete from `complete_from` on: a session whose gap
+/// starts there or later reads it here instead of from the log (a burst of connecting sessions
+/// would otherwise each read the same partition's records from storage).
+struct Recent {
+    records: VecDeque<Arc<RecentRecord>>,
+    bytes: usize,
+    complete_from: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
@@ -69,6 +90,9 @@ struct Entry {
 
 struct State {
     positions: Vec<u64>,
+    recent: Vec<Recent>,
+    /// Bytes of recent records each partition may keep.
+    recent_bytes: usize,
     sessions: HashMap<String, Vec<Entry>>,
     next_id: u64,
 }
@@ -99,10 +123,20 @@ impl Hub {
         for p in 0..partitions {
             positions.push(log.end_offset(Topic::UserEvents, p).await?);
         }
+        let recent = positions
+            .iter()
+            .map(|&p| Recent {
+                records: VecDeque::new(),
+                bytes: 0,
+                complete_from: p,
+            })
+            .collect();
         let hub = Arc::new(Hub {
             partitions,
             state: Mutex::new(State {
                 positions,
+                recent,
+                recent_bytes: RECENT_BYTES / partitions.max(1) as usize,
                 sessions: HashMap::new(),
                 next_id: 1,
             }),
@@ -147,7 +181,7 @@ impl Hub {
                     }
                 }
                 ConsumerEvent::Revoked(_) => {}
-                ConsumerEvent::Records(records) => self.dispatch(&records),
+                ConsumerEvent::Records(records) => self.dispatch(records),
             }
         }
     }
@@ -157,50 +191,74 @@ impl Hub {
     /// connections (which sessions have no use for: each is the echo of something a session
     /// did) are skipped by their schema, undecoded. Runs under the lock that `register` takes, so a session never
     /// misses an event at or after its `live_from`.
-    fn dispatch(&self, records: &[StoredRecord]) {
-        let mut st = self.state.lock().expect("hub lock");
+    fn dispatch(&self, records: Vec<StoredRecord>) {
+        let mut guard = self.state.lock().expect("hub lock");
+        let st = &mut *guard;
         for r in records {
             let pos = &mut st.positions[r.partition as usize];
             if r.offset < *pos {
                 continue; // already dispatched (a consumer restart re-read it)
             }
             *pos = r.offset + 1;
-            let Some(entries) = st.sessions.get_mut(&r.record.key) else {
-                continue;
-            };
-            if matches!(
-                codec::Registry::global().peek(&r.record.value),
-                Ok((
-                    SchemaKind::Delivered | SchemaKind::Connected | SchemaKind::Progress,
-                    _
-                ))
-            ) {
-                continue;
-            }
-            let Ok(Event::User(event)) = codec::decode(&r.record.value) else {
-                continue;
-            };
-            let event = Arc::new(event);
-            let (partition, offset) = (r.partition, r.offset);
-            entries.retain(|e| {
-                let live = LiveEvent {
-                    partition,
-                    offset,
-                    event: event.clone(),
-                };
-                match e.tx.try_send(live) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(_)) => {
-                        e.kick.kick(Close::SlowConsumer);
-                        false
+            if let Some(entries) = st.sessions.get_mut(&r.record.key)
+                && !matches!(
+                    codec::Registry::global().peek(&r.record.value),
+                    Ok((
+                        SchemaKind::Delivered | SchemaKind::Connected | SchemaKind::Progress,
+                        _
+                    ))
+                )
+                && let Ok(Event::User(event)) = codec::decode(&r.record.value)
+            {
+                let event = Arc::new(event);
+                let (partition, offset) = (r.partition, r.offset);
+                entries.retain(|e| {
+                    let live = LiveEvent {
+                        partition,
+                        offset,
+                        event: event.clone(),
+                    };
+                    match e.tx.try_send(live) {
+                        Ok(()) => true,
+                        Err(TrySendError::Full(_)) => {
+                            e.kick.kick(Close::SlowConsumer);
+                            false
+                        }
+                        Err(TrySendError::Closed(_)) => false,
                     }
-                    Err(TrySendError::Closed(_)) => false,
+                });
+                if entries.is_empty() {
+                    st.sessions.remove(&r.record.key);
                 }
-            });
-            if entries.is_empty() {
-                st.sessions.remove(&r.record.key);
+            }
+            let recent = &mut st.recent[r.partition as usize];
+            let record = RecentRecord {
+                offset: r.offset,
+                key: r.record.key,
+                value: r.record.value,
+            };
+            recent.bytes += record.key.len() + record.value.len();
+            recent.records.push_back(Arc::new(record));
+            while recent.records.len() > RECENT_RECORDS || recent.bytes > st.recent_bytes {
+                let Some(old) = recent.records.pop_front() else {
+                    break;
+                };
+                recent.bytes -= old.key.len() + old.value.len();
+                recent.complete_from = old.offset + 1;
             }
         }
+    }
+
+    /// Up to `max` records of `partition` from offset `from` on, when the hub still holds every
+    /// record from there (`None`: read the log).
+    pub fn recent(&self, partition: u32, from: u64, max: usize) -> Option<Vec<Arc<RecentRecord>>> {
+        let st = self.state.lock().expect("hub lock");
+        let recent = st.recent.get(partition as usize)?;
+        if from < recent.complete_from {
+            return None;
+        }
+        let start = recent.records.partition_point(|r| r.offset < from);
+        Some(recent.records.range(start..).take(max).cloned().collect())
     }
 
     /// Registers a session of `user` on `device`; an older session of the same device is
@@ -266,5 +324,85 @@ impl Hub {
                 e.kick.kick(close);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_ports::log::Record;
+
+    use super::*;
+
+    fn hub(partitions: u32, start: u64, recent_bytes: usize) -> Hub {
+        Hub {
+            partitions,
+            state: Mutex::new(State {
+                positions: vec![start; partitions as usize],
+                recent: (0..partitions)
+                    .map(|_| Recent {
+                        records: VecDeque::new(),
+                        bytes: 0,
+                        complete_from: start,
+                    })
+                    .collect(),
+                recent_bytes,
+                sessions: HashMap::new(),
+                next_id: 1,
+            }),
+        }
+    }
+
+    fn record(partition: u32, offset: u64, key: &str) -> StoredRecord {
+        StoredRecord {
+            topic: Topic::UserEvents,
+            partition,
+            offset,
+            record: Record {
+                partition,
+                key: key.to_owned(),
+                value: vec![0; 10],
+                headers: Vec::new(),
+                timestamp_ms: 0,
+            },
+        }
+    }
+
+    fn offsets(records: Option<Vec<Arc<RecentRecord>>>) -> Option<Vec<u64>> {
+        records.map(|rs| rs.iter().map(|r| r.offset).collect())
+    }
+
+    #[test]
+    fn recent_records_answer_only_gaps_they_hold_whole() {
+        let h = hub(2, 5, RECENT_BYTES);
+        h.dispatch((5..10).map(|o| record(0, o, "u")).collect());
+        h.dispatch(vec![record(1, 5, "v")]);
+        // From the hub's start on, in order, up to max.
+        assert_eq!(offsets(h.recent(0, 5, 3)), Some(vec![5, 6, 7]));
+        assert_eq!(offsets(h.recent(0, 8, 100)), Some(vec![8, 9]));
+        assert_eq!(offsets(h.recent(1, 5, 100)), Some(vec![5]));
+        // At the end: nothing yet, but nothing missed either.
+        assert_eq!(offsets(h.recent(0, 10, 100)), Some(vec![]));
+        // Before the hub started: the log has to answer.
+        assert_eq!(offsets(h.recent(0, 4, 100)), None);
+        // A re-read record is not kept twice.
+        h.dispatch(vec![record(0, 9, "u")]);
+        assert_eq!(offsets(h.recent(0, 9, 100)), Some(vec![9]));
+    }
+
+    #[test]
+    fn evicted_records_move_the_complete_mark() {
+        // Room for two records of 11 bytes (a 1-byte key and 10 bytes of value) per partition.
+        let h = hub(1, 0, 22);
+        h.dispatch((0..5).map(|o| record(0, o, "u")).collect());
+        assert_eq!(offsets(h.recent(0, 3, 100)), Some(vec![3, 4]));
+        assert_eq!(offsets(h.recent(0, 2, 100)), None);
+        let h = hub(1, 0, RECENT_BYTES);
+        h.dispatch(
+            (0..RECENT_RECORDS as u64 + 3)
+                .map(|o| record(0, o, "u"))
+                .collect(),
+        );
+        assert_eq!(offsets(h.recent(0, 2, 1)), None);
+        assert_eq!(offsets(h.recent(0, 3, 1)), Some(vec![3]));
     }
 }
