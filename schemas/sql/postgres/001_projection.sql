@@ -23,8 +23,12 @@ CREATE TABLE IF NOT EXISTS inbox (
     archived BOOLEAN NOT NULL,
     expired BOOLEAN NOT NULL,
     superseded BOOLEAN NOT NULL,
+    -- false: the user's preferences kept it off their devices (never pending).
+    live BOOLEAN NOT NULL DEFAULT TRUE,
     PRIMARY KEY (user_id, seq)
 );
+-- Stores made before preferences: every row they hold was live.
+ALTER TABLE inbox ADD COLUMN IF NOT EXISTS live BOOLEAN NOT NULL DEFAULT TRUE;
 CREATE UNIQUE INDEX IF NOT EXISTS inbox_by_id ON inbox (user_id, notification_id);
 CREATE INDEX IF NOT EXISTS inbox_unread ON inbox (user_id, seq) WHERE NOT read;
 CREATE INDEX IF NOT EXISTS inbox_collapse ON inbox (user_id, collapse_key)
@@ -54,6 +58,8 @@ CREATE TABLE IF NOT EXISTS expansion_users (
 CREATE TABLE IF NOT EXISTS scheduled (
     notification_id TEXT PRIMARY KEY, due_at BIGINT NOT NULL, request BYTEA NOT NULL);
 CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled (due_at);
+-- Each user's newest preferences document (JSON, as GET /v1/preferences answers it).
+CREATE TABLE IF NOT EXISTS preferences (user_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
     PRIMARY KEY (consumer, partition));

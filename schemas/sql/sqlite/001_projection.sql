@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS inbox (
     archived INTEGER NOT NULL,
     expired INTEGER NOT NULL,
     superseded INTEGER NOT NULL,
+    -- 0: the user's preferences kept it off their devices (never pending). Files from before
+    -- preferences get this column from the adapter (ALTER TABLE … DEFAULT 1).
+    live INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS inbox_by_id ON inbox (user_id, notification_id);
@@ -53,6 +56,8 @@ CREATE INDEX IF NOT EXISTS inbox_expiring ON inbox (expires_at)
 CREATE TABLE IF NOT EXISTS expansion_users (
     notification_id TEXT NOT NULL, user_id TEXT NOT NULL,
     PRIMARY KEY (notification_id, user_id)) WITHOUT ROWID;
+-- Each user's newest preferences document (JSON, as GET /v1/preferences answers it).
+CREATE TABLE IF NOT EXISTS preferences (user_id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (consumer, partition)) WITHOUT ROWID;

@@ -270,7 +270,10 @@ impl ProjectionState for BatchState {
                 let c = self.user(&user_id).cursors.entry(device_id).or_insert(None);
                 *c = Some(c.map_or(seq, |c| c.max(seq)));
             }
-            Write::AckSeq { .. } | Write::MarkDelivered { .. } | Write::KnowUser { .. } => {}
+            Write::AckSeq { .. }
+            | Write::MarkDelivered { .. }
+            | Write::KnowUser { .. }
+            | Write::SetPreferences { .. } => {}
         }
         Ok(())
     }
@@ -332,7 +335,7 @@ pub fn prefetch<'a>(events: impl IntoIterator<Item = &'a UserEvent>) -> BTreeSet
                 needs.insert(row(&e.user_id, &e.notification_id));
                 needs.insert(count(&e.user_id));
             }
-            UserEvent::Connected(_) => {}
+            UserEvent::Connected(_) | UserEvent::Preferences(_) => {}
         }
     }
     needs

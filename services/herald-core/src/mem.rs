@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 
-use crate::model::UserEvent;
+use crate::model::{Preferences, UserEvent};
 use crate::projection::{DirectoryWrite, InboxRow, ProjectionState, Write, apply};
 use crate::recipients::DirectoryState;
 
@@ -32,6 +32,8 @@ pub struct ProjectionSnapshot {
     pub topics: BTreeSet<(String, String)>,
     /// role → topics its users may receive.
     pub roles: BTreeMap<String, Vec<String>>,
+    /// user → their newest preferences document.
+    pub preferences: BTreeMap<String, Preferences>,
 }
 
 impl ProjectionSnapshot {
@@ -99,6 +101,12 @@ impl ProjectionSnapshot {
         diff_sets("group member", &self.groups, &other.groups, &mut out);
         diff_sets("topic subscriber", &self.topics, &other.topics, &mut out);
         diff_maps("role", &self.roles, &other.roles, &mut out);
+        diff_maps(
+            "preferences",
+            &self.preferences,
+            &other.preferences,
+            &mut out,
+        );
         out.truncate(limit);
         out
     }
@@ -286,6 +294,12 @@ impl ProjectionState for MemProjection {
             }
             Write::KnowUser { user_id } => {
                 s.users.entry(user_id).or_default();
+            }
+            Write::SetPreferences {
+                user_id,
+                preferences,
+            } => {
+                s.preferences.insert(user_id, preferences);
             }
         }
         Ok(())

@@ -3,6 +3,8 @@
 //! Field names match the Avro schemas in `schemas/avro/` one to one; times are Unix epoch
 //! milliseconds.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
@@ -14,6 +16,178 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const MAX_NAMED_RECIPIENTS: usize = 10_000;
 /// Longest accepted event type, source or collapse key, in bytes.
 pub const MAX_LABEL_LEN: usize = 256;
+
+/// Most rules (event types and topics together) in one user's preferences.
+pub const MAX_PREFERENCE_RULES: usize = 200;
+
+/// How a notification reaches one recipient: decided by the recipient's preferences when the
+/// projector expands the request, carried on `NotificationAdded`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Pushed to connected devices and counted as unread (the default, and every record
+    /// written before preferences existed).
+    #[default]
+    Live,
+    /// In the inbox and unread, but not pushed to devices.
+    Inbox,
+    /// Muted: not pushed, and stored already read (still findable in the inbox).
+    Muted,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Live => "live",
+            Delivery::Inbox => "inbox",
+            Delivery::Muted => "muted",
+        }
+    }
+}
+
+/// One preference rule's channels: `live` (pushed to connected devices) and `inbox` (counted
+/// as unread in the inbox). `inbox: false` mutes, whatever `live` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channels {
+    #[serde(default = "yes")]
+    pub live: bool,
+    #[serde(default = "yes")]
+    pub inbox: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Channels {
+    /// The delivery this rule asks for.
+    pub fn delivery(self) -> Delivery {
+        if !self.inbox {
+            Delivery::Muted
+        } else if !self.live {
+            Delivery::Inbox
+        } else {
+            Delivery::Live
+        }
+    }
+}
+
+/// A user's notification preferences: rules by event type and by topic. The JSON document of
+/// `GET`/`PUT /v1/preferences`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    #[serde(default)]
+    pub event_types: BTreeMap<String, Channels>,
+    #[serde(default)]
+    pub topics: BTreeMap<String, Channels>,
+}
+
+impl Preferences {
+    /// Names like everywhere else (event types as labels, topics as ids), and at most
+    /// [`MAX_PREFERENCE_RULES`] rules in all.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        let n = self.event_types.len() + self.topics.len();
+        if n > MAX_PREFERENCE_RULES {
+            return Err(CoreError::invalid(
+                "preferences",
+                format!(
+                    "has {n} rules, at most {MAX_PREFERENCE_RULES} (event types and topics together) allowed"
+                ),
+            ));
+        }
+        for t in self.event_types.keys() {
+            validate_label("event_types", t)?;
+        }
+        for t in self.topics.keys() {
+            validate_id("topics", t)?;
+        }
+        Ok(())
+    }
+
+    /// The delivery of a notification of `event_type`, sent to `topic` if it was: the rules
+    /// for its event type and its topic both apply, and the stricter wins (muted over
+    /// inbox-only over live).
+    pub fn delivery(&self, event_type: &str, topic: Option<&str>) -> Delivery {
+        let by_type = self.event_types.get(event_type).map(|c| c.delivery());
+        let by_topic = topic.and_then(|t| self.topics.get(t)).map(|c| c.delivery());
+        by_type
+            .into_iter()
+            .chain(by_topic)
+            .max()
+            .unwrap_or(Delivery::Live)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.event_types.is_empty() && self.topics.is_empty()
+    }
+}
+
+/// One rule as the log stores it (Avro has no maps of records here: a list, sorted by name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreferenceRule {
+    pub name: String,
+    pub live: bool,
+    pub inbox: bool,
+}
+
+/// The user replaced their preferences with these. Topic: user-events, key: user id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreferencesChanged {
+    pub user_id: String,
+    #[serde(default)]
+    pub event_types: Vec<PreferenceRule>,
+    #[serde(default)]
+    pub topics: Vec<PreferenceRule>,
+    pub at: i64,
+}
+
+fn rules(map: &BTreeMap<String, Channels>) -> Vec<PreferenceRule> {
+    map.iter()
+        .map(|(name, c)| PreferenceRule {
+            name: name.clone(),
+            live: c.live,
+            inbox: c.inbox,
+        })
+        .collect()
+}
+
+fn rule_map(rules: &[PreferenceRule]) -> BTreeMap<String, Channels> {
+    rules
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                Channels {
+                    live: r.live,
+                    inbox: r.inbox,
+                },
+            )
+        })
+        .collect()
+}
+
+impl PreferencesChanged {
+    pub fn new(user_id: &str, preferences: &Preferences, at: i64) -> PreferencesChanged {
+        PreferencesChanged {
+            user_id: user_id.to_owned(),
+            event_types: rules(&preferences.event_types),
+            topics: rules(&preferences.topics),
+            at,
+        }
+    }
+
+    /// The document (a name given twice keeps its last rule).
+    pub fn preferences(&self) -> Preferences {
+        Preferences {
+            event_types: rule_map(&self.event_types),
+            topics: rule_map(&self.topics),
+        }
+    }
+}
 
 /// Delivery priority of a notification.
 #[derive(
@@ -206,6 +380,7 @@ impl NotificationRequest {
             expires_at: self.expires_at,
             created_at: self.created_at,
             traceparent: self.traceparent.clone(),
+            delivery: Delivery::Live,
         }
     }
 }
@@ -225,6 +400,9 @@ pub struct NotificationAdded {
     pub expires_at: Option<i64>,
     pub created_at: i64,
     pub traceparent: Option<String>,
+    /// How it reaches the user (their preferences at expansion); `live` in older records.
+    #[serde(default)]
+    pub delivery: Delivery,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +478,7 @@ pub enum UserEvent {
     Expired(NotificationExpired),
     Connected(DeviceConnected),
     Progress(DeviceProgress),
+    Preferences(PreferencesChanged),
 }
 
 impl UserEvent {
@@ -312,6 +491,7 @@ impl UserEvent {
             UserEvent::Expired(e) => &e.user_id,
             UserEvent::Connected(e) => &e.user_id,
             UserEvent::Progress(e) => &e.user_id,
+            UserEvent::Preferences(e) => &e.user_id,
         }
     }
 
@@ -327,6 +507,7 @@ impl UserEvent {
             UserEvent::Expired(_) => "expired",
             UserEvent::Connected(_) => "connected",
             UserEvent::Progress(_) => "device_progress",
+            UserEvent::Preferences(_) => "preferences",
         }
     }
 
@@ -340,7 +521,7 @@ impl UserEvent {
             }
             UserEvent::Connected(e) => Some(&e.device_id),
             UserEvent::Progress(e) => Some(&e.device_id),
-            UserEvent::Added(_) | UserEvent::Expired(_) => None,
+            UserEvent::Added(_) | UserEvent::Expired(_) | UserEvent::Preferences(_) => None,
         }
     }
 
@@ -354,7 +535,7 @@ impl UserEvent {
             UserEvent::Added(e) => e.notification_id == id,
             UserEvent::Delivered(e) => e.notification_id == id,
             UserEvent::Expired(e) => e.notification_id == id,
-            UserEvent::Connected(_) => false,
+            UserEvent::Connected(_) | UserEvent::Preferences(_) => false,
             UserEvent::Progress(e) => {
                 e.acked_ids.iter().any(|n| n == id)
                     || covered(e.acked_up_to)
@@ -377,6 +558,7 @@ impl UserEvent {
             UserEvent::Expired(e) => e.at,
             UserEvent::Connected(e) => e.at,
             UserEvent::Progress(e) => e.at,
+            UserEvent::Preferences(e) => e.at,
         }
     }
 }
@@ -464,6 +646,81 @@ pub enum Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_for_the_type_or_the_topic_applies_and_mute_wins() {
+        let c = |live, inbox| Channels { live, inbox };
+        let prefs = Preferences {
+            event_types: [
+                ("chat".to_string(), c(false, true)),
+                ("spam".to_string(), c(true, false)),
+            ]
+            .into(),
+            topics: [
+                ("news".to_string(), c(true, false)),
+                ("ops".to_string(), c(false, true)),
+            ]
+            .into(),
+        };
+        assert_eq!(prefs.delivery("other", None), Delivery::Live);
+        assert_eq!(prefs.delivery("other", Some("elsewhere")), Delivery::Live);
+        assert_eq!(prefs.delivery("chat", None), Delivery::Inbox);
+        assert_eq!(prefs.delivery("spam", None), Delivery::Muted);
+        assert_eq!(prefs.delivery("other", Some("ops")), Delivery::Inbox);
+        assert_eq!(
+            prefs.delivery("chat", Some("news")),
+            Delivery::Muted,
+            "mute wins"
+        );
+        assert_eq!(
+            prefs.delivery("spam", Some("ops")),
+            Delivery::Muted,
+            "mute wins"
+        );
+        assert_eq!(
+            prefs.delivery("news", None),
+            Delivery::Live,
+            "a topic rule does not match an event type of the same name"
+        );
+        let round = PreferencesChanged::new("u", &prefs, 1).preferences();
+        assert_eq!(round, prefs);
+    }
+
+    #[test]
+    fn preferences_are_bounded_and_named_like_everything_else() {
+        let on = Channels {
+            live: true,
+            inbox: true,
+        };
+        let many = Preferences {
+            event_types: (0..=MAX_PREFERENCE_RULES)
+                .map(|i| (format!("t{i}"), on))
+                .collect(),
+            topics: BTreeMap::new(),
+        };
+        let e = many.validate().unwrap_err().to_string();
+        assert!(e.contains("at most 200"), "{e}");
+        let bad_topic = Preferences {
+            topics: [("has space".to_string(), on)].into(),
+            ..Preferences::default()
+        };
+        assert!(bad_topic.validate().is_err());
+        let bad_type = Preferences {
+            event_types: [(String::new(), on)].into(),
+            ..Preferences::default()
+        };
+        assert!(bad_type.validate().is_err());
+        let doc: Preferences =
+            serde_json::from_str(r#"{"event_types": {"chat": {"live": false}}}"#).unwrap();
+        assert_eq!(
+            doc.event_types["chat"],
+            Channels {
+                live: false,
+                inbox: true
+            }
+        );
+        assert!(serde_json::from_str::<Preferences>(r#"{"mute": {}}"#).is_err());
+    }
 
     #[test]
     fn only_users_resolves_without_the_directory_and_nothing_else_does() {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::model::{DirectoryChange, DirectoryOp, Priority, UserEvent};
+use crate::model::{Delivery, DirectoryChange, DirectoryOp, Preferences, Priority, UserEvent};
 
 /// One notification in one user's inbox. `seq` is the offset of its `Added` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,6 +38,9 @@ pub struct InboxRow {
     pub archived: bool,
     pub expired: bool,
     pub superseded: bool,
+    /// Pushed to devices (its `NotificationAdded` said `delivery: live`). A row that is not
+    /// stays in the inbox but is never sent over a session, live or replayed.
+    pub live: bool,
 }
 
 impl InboxRow {
@@ -90,6 +93,11 @@ pub enum Write {
     },
     /// The user exists (for `everyone`).
     KnowUser { user_id: String },
+    /// Replace the user's preferences (the newest event's document wins).
+    SetPreferences {
+        user_id: String,
+        preferences: Preferences,
+    },
 }
 
 /// What the fold reads. Implemented by each projection adapter over its own store.
@@ -218,10 +226,12 @@ pub fn fold<S: ProjectionState>(
                 created_at: e.created_at,
                 deliver_at: e.deliver_at,
                 expires_at: e.expires_at,
-                read: false,
+                // Muted by the user's preferences: in the inbox, never unread.
+                read: e.delivery == Delivery::Muted,
                 archived: false,
                 expired: false,
                 superseded: false,
+                live: e.delivery == Delivery::Live,
             };
             let mut changes = RowChanges::new(&e.user_id);
             if let Some(key) = &e.collapse_key
@@ -317,6 +327,10 @@ pub fn fold<S: ProjectionState>(
         }
         UserEvent::Connected(e) => out.push(Write::KnowUser {
             user_id: e.user_id.clone(),
+        }),
+        UserEvent::Preferences(e) => out.push(Write::SetPreferences {
+            user_id: e.user_id.clone(),
+            preferences: e.preferences(),
         }),
     }
     Ok(out)

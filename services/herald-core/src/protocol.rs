@@ -343,6 +343,7 @@ mod tests {
                 archived: false,
                 expired: false,
                 superseded: false,
+                live: true,
             };
             let epoch = crate::cursor::Epoch(0xabc);
             let mut written = String::new();

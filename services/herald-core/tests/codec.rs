@@ -64,6 +64,24 @@ fn every_user_event() -> Vec<UserEvent> {
             notification_id: "n1".into(),
             at: 9,
         }),
+        UserEvent::Added(NotificationAdded {
+            delivery: Delivery::Muted,
+            ..request().added_for("bob")
+        }),
+        UserEvent::Preferences(PreferencesChanged {
+            user_id: "alice".into(),
+            event_types: vec![PreferenceRule {
+                name: "approval.requested".into(),
+                live: false,
+                inbox: true,
+            }],
+            topics: vec![PreferenceRule {
+                name: "incidents".into(),
+                live: true,
+                inbox: false,
+            }],
+            at: 11,
+        }),
     ]
 }
 
@@ -177,6 +195,54 @@ fn a_v1_request_decodes_under_v2_with_the_default_priority() {
 }
 
 #[test]
+fn a_v1_added_event_decodes_under_v2_as_live() {
+    let v1 = Schema::parse_str(include_str!(
+        "../../../schemas/avro/history/notification_added.v1.avsc"
+    ))
+    .unwrap();
+    #[derive(Serialize)]
+    struct V1Added {
+        user_id: String,
+        notification_id: String,
+        event_type: String,
+        source: String,
+        payload: String,
+        priority: Priority,
+        collapse_key: Option<String>,
+        deliver_at: Option<i64>,
+        expires_at: Option<i64>,
+        created_at: i64,
+        traceparent: Option<String>,
+    }
+    let old = V1Added {
+        user_id: "alice".into(),
+        notification_id: "n1".into(),
+        event_type: "t".into(),
+        source: "s".into(),
+        payload: "{}".into(),
+        priority: Priority::Urgent,
+        collapse_key: None,
+        deliver_at: None,
+        expires_at: Some(5),
+        created_at: 1,
+        traceparent: None,
+    };
+    let bytes = Registry::encode_with_schema(&v1, &old).unwrap();
+    let (_, v2_fp) = Registry::global().current(SchemaKind::Added);
+    assert_ne!(&bytes[2..10], &v2_fp.to_le_bytes(), "v1 and v2 differ");
+    let Event::User(UserEvent::Added(a)) = codec::decode(&bytes).unwrap() else {
+        panic!("an added event");
+    };
+    assert_eq!(
+        a.delivery,
+        Delivery::Live,
+        "records before preferences are live"
+    );
+    assert_eq!(a.priority, Priority::Urgent);
+    assert_eq!(a.expires_at, Some(5));
+}
+
+#[test]
 fn unknown_fingerprint_is_a_typed_error() {
     let mut bytes = codec::encode_user_event(&every_user_event()[1]).unwrap();
     bytes[2] ^= 0xff;
@@ -229,7 +295,7 @@ proptest! {
 
     /// Flipping bytes of a valid record never panics.
     #[test]
-    fn corrupted_records_never_panic(ix in 0usize..7, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+    fn corrupted_records_never_panic(ix in 0usize..9, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let mut bytes = codec::encode_user_event(&every_user_event()[ix]).unwrap();
         let p = pos.index(bytes.len());
         bytes[p] = byte;
@@ -264,9 +330,36 @@ fn priority() -> impl Strategy<Value = Priority> {
     ]
 }
 
+fn delivery() -> impl Strategy<Value = Delivery> {
+    prop_oneof![
+        Just(Delivery::Live),
+        Just(Delivery::Inbox),
+        Just(Delivery::Muted)
+    ]
+}
+
+fn rules() -> impl Strategy<Value = Vec<PreferenceRule>> {
+    proptest::collection::vec(
+        (text(), any::<bool>(), any::<bool>()).prop_map(|(name, live, inbox)| PreferenceRule {
+            name,
+            live,
+            inbox,
+        }),
+        0..5,
+    )
+}
+
 fn added_event() -> impl Strategy<Value = NotificationAdded> {
     (
-        (text(), text(), text(), text(), text(), priority()),
+        (
+            text(),
+            text(),
+            text(),
+            text(),
+            text(),
+            priority(),
+            delivery(),
+        ),
         (
             proptest::option::of(text()),
             opt_long(),
@@ -277,7 +370,7 @@ fn added_event() -> impl Strategy<Value = NotificationAdded> {
     )
         .prop_map(
             |(
-                (user_id, notification_id, event_type, source, payload, priority),
+                (user_id, notification_id, event_type, source, payload, priority, delivery),
                 (ck, d, e, c),
                 tp,
             )| {
@@ -293,6 +386,7 @@ fn added_event() -> impl Strategy<Value = NotificationAdded> {
                     expires_at: e,
                     created_at: c,
                     traceparent: tp,
+                    delivery,
                 }
             },
         )
@@ -384,6 +478,7 @@ proptest! {
         (user, device, id, at) in (text(), text(), text(), any::<i64>()),
         (ack_ids, up_to) in (ids(), opt_long()),
         seqs in proptest::collection::vec(any::<i64>(), 0..6),
+        (event_types, topics) in (rules(), rules()),
     ) {
         let ids_again = ack_ids.clone();
         let events = [
@@ -407,6 +502,9 @@ proptest! {
                 user_id: user.clone(), device_id: device.clone(), delivered: seqs,
                 acked_ids: ids_again, acked_up_to: up_to, at,
             })),
+            (SchemaKind::Preferences, UserEvent::Preferences(PreferencesChanged {
+                user_id: user.clone(), event_types, topics, at,
+            })),
         ];
         for (kind, ev) in events {
             let ours = codec::encode_user_event(&ev).unwrap();
@@ -418,6 +516,7 @@ proptest! {
                 UserEvent::Expired(x) => x,
                 UserEvent::Connected(x) => x,
                 UserEvent::Progress(x) => x,
+                UserEvent::Preferences(x) => x,
             };
             value.check(kind, ours, Event::User(ev.clone()));
         }

@@ -19,6 +19,7 @@ fn added(user: &str, id: &str, collapse: Option<&str>) -> UserEvent {
         expires_at: None,
         created_at: 0,
         traceparent: None,
+        delivery: herald_core::model::Delivery::Live,
     })
 }
 
@@ -48,6 +49,52 @@ fn fold(events: &[UserEvent]) -> MemProjection {
 
 fn unread(m: &MemProjection, user: &str) -> u64 {
     m.snapshot.unread.get(user).copied().unwrap_or(0)
+}
+
+fn added_as(user: &str, id: &str, delivery: Delivery) -> UserEvent {
+    let UserEvent::Added(a) = added(user, id, None) else {
+        unreachable!()
+    };
+    UserEvent::Added(NotificationAdded { delivery, ..a })
+}
+
+#[test]
+fn a_muted_notification_is_stored_read_and_an_inbox_only_one_unread_neither_live() {
+    let m = fold(&[
+        added_as("a", "muted", Delivery::Muted),
+        added_as("a", "quiet", Delivery::Inbox),
+        added("a", "loud", None),
+    ]);
+    let row = |seq: u64| &m.snapshot.rows[&("a".to_string(), seq)];
+    assert!(row(0).read && !row(0).live, "muted: read, not live");
+    assert!(!row(1).read && !row(1).live, "inbox only: unread, not live");
+    assert!(!row(2).read && row(2).live, "live by default");
+    assert_eq!(unread(&m, "a"), 2, "the muted one is not counted");
+    assert!(m.snapshot.check_invariants().is_empty());
+    // Marking the muted one unread counts it like any other row.
+    let mut m = m;
+    m.apply(3, &UserEvent::Unread(mark("a", &["muted"], None)));
+    assert_eq!(unread(&m, "a"), 3);
+}
+
+#[test]
+fn the_newest_preferences_event_is_the_users_document() {
+    let prefs = |live: bool| PreferencesChanged {
+        user_id: "a".into(),
+        event_types: vec![PreferenceRule {
+            name: "t".into(),
+            live,
+            inbox: true,
+        }],
+        topics: vec![],
+        at: 1,
+    };
+    let m = fold(&[
+        UserEvent::Preferences(prefs(false)),
+        UserEvent::Preferences(prefs(true)),
+    ]);
+    assert_eq!(m.snapshot.preferences["a"], prefs(true).preferences());
+    assert!(m.snapshot.rows.is_empty() && m.snapshot.unread.is_empty());
 }
 
 #[test]

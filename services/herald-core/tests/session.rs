@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use herald_core::cursor::{Cursor, Epoch};
 use herald_core::delivery::DeliveryConfig;
-use herald_core::model::{MarkChange, NotificationAcked, NotificationAdded, UserEvent};
+use herald_core::model::{Delivery, MarkChange, NotificationAcked, NotificationAdded, UserEvent};
 use herald_core::projection::InboxRow;
 use herald_core::protocol::{ClientFrame, ServerFrame};
 use herald_core::session::{
@@ -44,7 +44,14 @@ fn config() -> SessionConfig {
     }
 }
 
+/// A notification; ids starting with `q` are quiet (the user's preferences keep them off
+/// devices: inbox-only or muted) and must never be sent.
 fn added(id: &str) -> UserEvent {
+    let delivery = match id.as_bytes() {
+        [b'q', .., last] if last % 2 == 0 => Delivery::Inbox,
+        [b'q', ..] => Delivery::Muted,
+        _ => Delivery::Live,
+    };
     UserEvent::Added(NotificationAdded {
         user_id: USER.into(),
         notification_id: id.into(),
@@ -57,6 +64,7 @@ fn added(id: &str) -> UserEvent {
         expires_at: None,
         created_at: 0,
         traceparent: None,
+        delivery,
     })
 }
 
@@ -263,13 +271,15 @@ impl Run {
             },
             io(now, queued, written),
         );
-        // What the replay owes the device: every notification before `live_from` above its
-        // cursor that it had not acknowledged by then.
+        // What the replay owes the device: every live notification (not quiet by the user's
+        // preferences) before `live_from` above its cursor that it had not acknowledged by then.
         let owed: BTreeMap<u64, String> = {
             let (rows, acked) = self.log.projection(live_from);
             let cursor = self.device.cursor;
             rows.into_iter()
-                .filter(|(s, _)| cursor.is_none_or(|c| *s > c) && !acked.contains(s))
+                .filter(|(s, id)| {
+                    cursor.is_none_or(|c| *s > c) && !acked.contains(s) && !id.starts_with('q')
+                })
                 .collect()
         };
         let mut emitted_first: HashSet<String> = HashSet::new();
@@ -450,6 +460,10 @@ impl Run {
                                 self.device.received.keys().take(2).cloned().collect();
                             self.log.append(read_elsewhere(ids));
                         }
+                        3 => {
+                            let id = format!("q{}", self.log.end);
+                            self.log.append(added(&id));
+                        }
                         _ => {
                             let id = format!("n{}", self.log.end);
                             self.log.append(added(&id));
@@ -494,6 +508,10 @@ impl Run {
         match f {
             Outgoing::Notification { row, attempt } => {
                 let id = row.notification_id.clone();
+                assert!(
+                    !id.starts_with('q'),
+                    "{id} is not live (the user's preferences) but was sent"
+                );
                 if attempt == 1 {
                     trace.first_sends.push((row.seq, id.clone()));
                 }
@@ -562,6 +580,11 @@ fn history(dice: &mut Dice, n: usize) -> Run {
                 let (id, _) = &ids[dice.roll(ids.len() as u32) as usize];
                 log.append(read_elsewhere(vec![id.clone()]));
             }
+            4 => {
+                // Quiet by the user's preferences: in the projection, never sent.
+                let id = format!("q{}", log.end);
+                log.append(added(&id));
+            }
             _ => {
                 let id = format!("n{}", log.end);
                 let seq = log.append(added(&id));
@@ -611,6 +634,9 @@ fn run_case(rolls: Vec<u32>, history_len: usize, reconnects: usize) {
     // No gap: every notification of the user (first copy) the device had not processed before
     // has reached it.
     for (id, _) in run.log.first_seqs(run.log.end) {
+        if id.starts_with('q') {
+            continue; // not live: checked in `receive`
+        }
         assert!(
             already.contains(&id) || run.device.received.contains_key(&id),
             "{id} never reached the device"

@@ -719,6 +719,7 @@ async fn times_outside_the_documented_range_are_refused_and_old_ones_still_read(
         expires_at: Some(i64::MAX),
         created_at: i64::MAX,
         traceparent: None,
+        delivery: herald_core::model::Delivery::Live,
     });
     let record = herald_ports::records::user_event_record(
         &added,

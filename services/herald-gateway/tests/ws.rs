@@ -1031,6 +1031,7 @@ async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
         expires_at: None,
         created_at: 1,
         traceparent: None,
+        delivery: herald_core::model::Delivery::Live,
     });
     let record = srv.state.user_event_record(&added).unwrap();
     srv.state

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use herald_core::mem::ProjectionSnapshot;
-use herald_core::model::{DirectoryChange, Recipients, RoleDefinition, UserEvent};
+use herald_core::model::{DirectoryChange, Preferences, Recipients, RoleDefinition, UserEvent};
 use herald_core::projection::InboxRow;
 
 /// Largest page an inbox query returns.
@@ -219,6 +219,9 @@ pub trait InboxReader: AppliedOffsets {
         user_id: &str,
         notification_id: &str,
     ) -> Result<Option<InboxRow>, ProjectionError>;
+
+    /// The user's newest preferences document (empty when they never set one).
+    async fn preferences(&self, user_id: &str) -> Result<Preferences, ProjectionError>;
 }
 
 /// What the fanout reads: the directory and its own bookkeeping of expanded requests.
@@ -234,7 +237,17 @@ pub trait DirectoryReader: Send + Sync + 'static {
 
     /// The users a notification was expanded to (for audit); empty if never expanded.
     async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError>;
+
+    /// The preferences of those of `user_ids` who have a document (users without one are left
+    /// out), in any order. Callers pass at most [`MAX_PREFERENCE_LOOKUP`] users at once.
+    async fn preferences_of(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, Preferences)>, ProjectionError>;
 }
+
+/// Most users one [`DirectoryReader::preferences_of`] call asks about.
+pub const MAX_PREFERENCE_LOOKUP: usize = 1000;
 
 /// What the timer stage reads: scheduled requests and rows past their expiry.
 #[async_trait]

@@ -219,6 +219,7 @@ mod tests {
                 expires_at: None,
                 created_at: 0,
                 traceparent: None,
+                delivery: herald_core::model::Delivery::Live,
             }),
         }
     }

@@ -3,7 +3,7 @@
 //! requests.
 
 use async_trait::async_trait;
-use herald_core::model::Recipients;
+use herald_core::model::{Preferences, Recipients};
 use herald_core::recipients::{self, DirectoryState};
 use herald_ports::projection::{DirectoryReader, ProjectionError};
 use postgres::Client;
@@ -42,6 +42,30 @@ impl DirectoryReader for PostgresProjection {
             )
         })
         .await
+    }
+
+    async fn preferences_of(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, Preferences)>, ProjectionError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let users = user_ids.to_vec();
+        let docs: Vec<(String, String)> = self
+            .run(move |c| {
+                Ok(c.query(
+                    "SELECT user_id, doc FROM preferences WHERE user_id = ANY($1)",
+                    &[&users],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+            })
+            .await?;
+        docs.into_iter()
+            .map(|(user, doc)| Ok((user, crate::parse_preferences(&doc)?)))
+            .collect()
     }
 }
 

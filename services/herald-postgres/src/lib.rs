@@ -39,7 +39,7 @@ const MIGRATION: &str = include_str!("../../../schemas/sql/postgres/001_projecti
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64; // "herald"
 
 const ROW_COLUMNS: &str = "user_id, seq, notification_id, event_type, source, payload, priority, \
-     collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded";
+     collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded, live";
 
 fn storage(e: impl std::fmt::Display) -> ProjectionError {
     ProjectionError::Storage(e.to_string())
@@ -63,7 +63,14 @@ fn to_row(r: &Row) -> InboxRow {
         archived: r.get(12),
         expired: r.get(13),
         superseded: r.get(14),
+        live: r.get(15),
     }
+}
+
+/// A stored preferences document.
+fn parse_preferences(doc: &str) -> Result<herald_core::model::Preferences, ProjectionError> {
+    serde_json::from_str(doc)
+        .map_err(|e| ProjectionError::Corrupt(format!("a stored preferences document: {e}")))
 }
 
 /// The PostgreSQL projection store. Cheap to clone.
@@ -85,6 +92,8 @@ impl PostgresProjection {
                 pool.with(|c| {
                     let mut tx = c.transaction()?;
                     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+                    // `IF NOT EXISTS` on a second start is not news: no NOTICE lines for it.
+                    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
                     tx.batch_execute(MIGRATION)?;
                     tx.execute(
                         "INSERT INTO herald_meta (key, value) VALUES ('store_id', $1) \

@@ -62,7 +62,7 @@ impl InboxReader for PostgresProjection {
                 &format!(
                     "SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = $1 \
                      AND i.seq > GREATEST($2, COALESCE((SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $3), -1)) \
-                     AND NOT i.archived AND NOT i.expired AND NOT i.superseded \
+                     AND NOT i.archived AND NOT i.expired AND NOT i.superseded AND i.live \
                      AND (i.deliver_at IS NULL OR i.deliver_at <= $4) AND (i.expires_at IS NULL OR i.expires_at > $4) \
                      AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.user_id = $1 AND a.device_id = $3 AND a.seq = i.seq) \
                      ORDER BY i.seq LIMIT $5"
@@ -108,5 +108,21 @@ impl InboxReader for PostgresProjection {
             .map(|r| to_row(&r)))
         })
         .await
+    }
+
+    async fn preferences(
+        &self,
+        user_id: &str,
+    ) -> Result<herald_core::model::Preferences, ProjectionError> {
+        let user = user_id.to_owned();
+        let doc = self
+            .run(move |c| {
+                Ok(
+                    c.query_opt("SELECT doc FROM preferences WHERE user_id = $1", &[&user])?
+                        .map(|r| r.get::<_, String>(0)),
+                )
+            })
+            .await?;
+        doc.map_or(Ok(Default::default()), |d| crate::parse_preferences(&d))
     }
 }

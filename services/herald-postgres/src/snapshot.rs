@@ -95,5 +95,11 @@ fn dump(c: &mut impl GenericClient) -> Result<ProjectionSnapshot, postgres::Erro
             serde_json::from_str(&r.get::<_, String>(1)).unwrap_or_default(),
         );
     }
+    for r in c.query("SELECT user_id, doc FROM preferences", &[])? {
+        s.preferences.insert(
+            r.get(0),
+            serde_json::from_str(&r.get::<_, String>(1)).unwrap_or_default(),
+        );
+    }
     Ok(s)
 }

@@ -149,7 +149,7 @@ impl ProjectionState for TxState<'_, '_> {
             Write::PutRow(r) => {
                 self.tx.execute(
                     &format!(
-                        "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                        "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                          ON CONFLICT (user_id, seq) DO UPDATE SET read = EXCLUDED.read, archived = EXCLUDED.archived, \
                          expired = EXCLUDED.expired, superseded = EXCLUDED.superseded"
                     ),
@@ -169,6 +169,7 @@ impl ProjectionState for TxState<'_, '_> {
                         &r.archived,
                         &r.expired,
                         &r.superseded,
+                        &r.live,
                     ],
                 )?;
             }
@@ -209,6 +210,17 @@ impl ProjectionState for TxState<'_, '_> {
             }
             Write::KnowUser { user_id } => {
                 self.users.insert(user_id);
+            }
+            Write::SetPreferences {
+                user_id,
+                preferences,
+            } => {
+                let doc = serde_json::to_string(&preferences).expect("preferences serialize");
+                self.tx.execute(
+                    "INSERT INTO preferences (user_id, doc) VALUES ($1, $2) \
+                     ON CONFLICT (user_id) DO UPDATE SET doc = EXCLUDED.doc",
+                    &[&user_id, &doc],
+                )?;
             }
         }
         Ok(())

@@ -73,12 +73,42 @@ fn entry(r: &StoredRecord, event: &str, at_ms: i64, detail: String) -> AuditEntr
 fn user_entry(r: &StoredRecord, e: &UserEvent) -> AuditEntry {
     let detail = match e {
         UserEvent::Added(a) => format!(
-            "notification {} ({}, from {}, priority {})",
+            "notification {} ({}, from {}, priority {}, {})",
             a.notification_id,
             a.event_type,
             a.source,
-            a.priority.as_str()
+            a.priority.as_str(),
+            a.delivery.as_str()
         ),
+        UserEvent::Preferences(p) => {
+            let rules = |kind: &str, rules: &[herald_core::model::PreferenceRule]| {
+                rules
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{kind} {}: {}",
+                            r.name,
+                            herald_core::model::Channels {
+                                live: r.live,
+                                inbox: r.inbox
+                            }
+                            .delivery()
+                            .as_str()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let all = [
+                rules("event type", &p.event_types),
+                rules("topic", &p.topics),
+            ]
+            .concat();
+            if all.is_empty() {
+                "preferences cleared".to_string()
+            } else {
+                format!("preferences: {}", all.join(", "))
+            }
+        }
         UserEvent::Delivered(d) => format!("notification {}", d.notification_id),
         UserEvent::Expired(x) => format!("notification {}", x.notification_id),
         UserEvent::Connected(c) => format!("device {} opened a session", c.device_id),

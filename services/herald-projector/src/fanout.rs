@@ -1,12 +1,14 @@
 //! The fanout stage: requests expanded into per-user events (or scheduled), directory changes
 //! and role definitions applied, in log order.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use herald_core::codec;
-use herald_core::model::{DirectoryChange, Event, NotificationRequest, RequestRecord, UserEvent};
+use herald_core::model::{
+    DirectoryChange, Event, NotificationRequest, Preferences, RequestRecord, UserEvent,
+};
 use herald_ports::log::{EventLog, StoredRecord, Topic};
-use herald_ports::projection::{ProjectionStore, Stage};
+use herald_ports::projection::{MAX_PREFERENCE_LOOKUP, ProjectionError, ProjectionStore, Stage};
 use herald_ports::records::user_event_record;
 use herald_ports::telemetry;
 
@@ -152,6 +154,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             resolved.push((req, users));
         }
         let delivered = self.already_added(&resolved, recovering).await?;
+        let preferences = self.preferences_of(&resolved).await?;
         let partitions = self.log.partitions(Topic::UserEvents);
         let now = now_ms();
         let mut seen = BTreeSet::new();
@@ -168,8 +171,12 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 if delivered.contains(&(u.clone(), req.notification_id.clone())) {
                     continue;
                 }
+                let mut added = req.added_for(u);
+                if let Some(p) = preferences.get(u) {
+                    added.delivery = p.delivery(&req.event_type, req.recipients.topic.as_deref());
+                }
                 records.push(user_event_record(
-                    &UserEvent::Added(req.added_for(u)),
+                    &UserEvent::Added(added),
                     partitions,
                     now,
                 )?);
@@ -191,5 +198,27 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             .await?;
         telemetry::projector_expanded(expansions.len(), duplicates);
         Ok(())
+    }
+}
+
+impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
+    /// The preferences of every recipient in `resolved` who has any, as of the projection now
+    /// (a change the inbox stage has not applied yet applies from the next expansion on).
+    async fn preferences_of(
+        &self,
+        resolved: &[(&NotificationRequest, Vec<String>)],
+    ) -> Result<HashMap<String, Preferences>, ProjectionError> {
+        let users: Vec<String> = resolved
+            .iter()
+            .flat_map(|(_, users)| users.iter())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut out = HashMap::new();
+        for chunk in users.chunks(MAX_PREFERENCE_LOOKUP) {
+            out.extend(self.store.preferences_of(chunk).await?);
+        }
+        Ok(out)
     }
 }

@@ -94,4 +94,24 @@ impl DirectoryReader for ScyllaProjection {
         users.sort();
         Ok(users)
     }
+
+    async fn preferences_of(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, herald_core::model::Preferences)>, ProjectionError> {
+        let found: Vec<Option<(String, String)>> = stream::iter(user_ids.to_vec())
+            .map(|user| async move {
+                let doc: Option<(Option<String>,)> =
+                    self.one(&self.st.preferences_of, (user.as_str(),)).await?;
+                Ok::<_, ProjectionError>(doc.and_then(|(d,)| d).map(|d| (user, d)))
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        found
+            .into_iter()
+            .flatten()
+            .map(|(user, doc)| Ok((user, crate::layout::parse_preferences(&doc)?)))
+            .collect()
+    }
 }

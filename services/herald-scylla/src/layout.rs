@@ -14,7 +14,7 @@ const HOUR_MS: i64 = 3_600_000;
 /// `delivered` keeps the first delivery: stamped `FIRST_WINS - offset`, the earliest wins.
 pub(crate) const FIRST_WINS: i64 = 1 << 62;
 pub(crate) const ROW_COLUMNS: &str = "user_id, seq, notification_id, event_type, source, payload, priority, \
-     collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded";
+     collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded, live";
 
 pub(crate) type RowTuple = (
     String,
@@ -32,6 +32,7 @@ pub(crate) type RowTuple = (
     bool,
     bool,
     bool,
+    Option<bool>,
 );
 
 pub(crate) fn to_row(t: RowTuple) -> InboxRow {
@@ -51,7 +52,17 @@ pub(crate) fn to_row(t: RowTuple) -> InboxRow {
         archived: t.12,
         expired: t.13,
         superseded: t.14,
+        // Null in rows written before preferences: those were all live.
+        live: t.15.unwrap_or(true),
     }
+}
+
+/// A stored preferences document.
+pub(crate) fn parse_preferences(
+    doc: &str,
+) -> Result<herald_core::model::Preferences, ProjectionError> {
+    serde_json::from_str(doc)
+        .map_err(|e| ProjectionError::Corrupt(format!("a stored preferences document: {e}")))
 }
 
 pub(crate) fn bucket(seq: u64) -> i64 {

@@ -66,6 +66,35 @@ pub const MAX_BATCH_STATEMENTS: usize = 200;
 /// How long connecting to the cluster may take before start-up fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A keyspace made before preferences has no `inbox.live`: add it (CQL has no
+/// `ADD COLUMN IF NOT EXISTS`; rows without it read as live).
+async fn add_live_column(session: &Session, keyspace: &str) -> Result<(), ProjectionError> {
+    let found = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = 'inbox' AND column_name = 'live'",
+            (keyspace,),
+        )
+        .await
+        .map(|r| {
+            r.into_rows_result()
+                .map(|rows| rows.rows_num() > 0)
+                .unwrap_or(false)
+        })
+        .map_err(|e| ProjectionError::Config(format!("reading the ScyllaDB schema: {e}")))?;
+    if !found {
+        session
+            .query_unpaged(format!("ALTER TABLE {keyspace}.inbox ADD live boolean"), ())
+            .await
+            .map_err(|e| ProjectionError::Config(format!("adding inbox.live: {e}")))?;
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| ProjectionError::Config(format!("ScyllaDB schema agreement: {e}")))?;
+    }
+    Ok(())
+}
+
 /// The ScyllaDB projection store. Cheap to clone.
 #[derive(Clone)]
 pub struct ScyllaProjection {
@@ -113,6 +142,7 @@ impl ScyllaProjection {
             .await_schema_agreement()
             .await
             .map_err(|e| ProjectionError::Config(format!("ScyllaDB schema agreement: {e}")))?;
+        add_live_column(&session, &config.keyspace).await?;
         let st = Statements::prepare(&session, &config.keyspace, config.consistency).await?;
         let mut store = ScyllaProjection {
             session: Arc::new(session),

@@ -92,7 +92,7 @@ impl InboxReader for ScyllaProjection {
                 .await?;
             while let Some(t) = rows.try_next().await? {
                 let r = to_row(t);
-                if r.listed() && r.due(now_ms) && !acked.contains(&(r.seq as i64)) {
+                if r.listed() && r.live && r.due(now_ms) && !acked.contains(&(r.seq as i64)) {
                     out.push(r);
                     if out.len() >= limit {
                         return Ok(out);
@@ -123,6 +123,17 @@ impl InboxReader for ScyllaProjection {
         match seq {
             Some((seq,)) => self.row_at(user_id, seq as u64).await,
             None => Ok(None),
+        }
+    }
+
+    async fn preferences(
+        &self,
+        user_id: &str,
+    ) -> Result<herald_core::model::Preferences, ProjectionError> {
+        let doc: Option<(Option<String>,)> = self.one(&self.st.preferences_of, (user_id,)).await?;
+        match doc.and_then(|(d,)| d) {
+            Some(d) => crate::layout::parse_preferences(&d),
+            None => Ok(Default::default()),
         }
     }
 }

@@ -120,6 +120,15 @@ impl Snapshots for ScyllaProjection {
                 .unwrap_or_default();
             s.roles.insert(r, topics);
         }
+        for (u, doc) in self
+            .scan::<(String, Option<String>)>(&format!("SELECT user_id, doc FROM {ks}.preferences"))
+            .await?
+        {
+            if let Some(doc) = doc {
+                s.preferences
+                    .insert(u, serde_json::from_str(&doc).unwrap_or_default());
+            }
+        }
         Ok(s)
     }
 }

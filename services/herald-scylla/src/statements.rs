@@ -63,7 +63,7 @@ statements! {
     expiry_hours = "SELECT hour FROM {{ks}}.expiry_hours WHERE one = 0 AND hour <= ?";
     expiring_in = "SELECT user_id, notification_id FROM {{ks}}.expiry_by_time WHERE hour = ? AND expires_at <= ? LIMIT ?";
 
-    put_row = "INSERT INTO {{ks}}.inbox (bucket, {ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    put_row = "INSERT INTO {{ks}}.inbox (bucket, {ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
     put_bucket = "INSERT INTO {{ks}}.inbox_buckets (user_id, bucket) VALUES (?, ?) USING TIMESTAMP ?";
     put_id = "INSERT INTO {{ks}}.inbox_ids (user_id, notification_id, seq) VALUES (?, ?, ?) USING TIMESTAMP ?";
     put_unread = "INSERT INTO {{ks}}.unread_rows (user_id, bucket, seq) VALUES (?, ?, ?) USING TIMESTAMP ?";
@@ -79,6 +79,8 @@ statements! {
     set_cursor = "INSERT INTO {{ks}}.cursors (user_id, device_id, seq) VALUES (?, ?, ?) USING TIMESTAMP ?";
     put_delivered = "INSERT INTO {{ks}}.delivered (user_id, device_id, bucket, seq, at) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
     know_user = "INSERT INTO {{ks}}.users (user_id) VALUES (?) USING TIMESTAMP ?";
+    put_preferences = "INSERT INTO {{ks}}.preferences (user_id, doc) VALUES (?, ?) USING TIMESTAMP ?";
+    preferences_of = "SELECT doc FROM {{ks}}.preferences WHERE user_id = ?";
     set_offset = "INSERT INTO {{ks}}.consumer_offsets (consumer, partition, next_offset) VALUES (?, ?, ?) USING TIMESTAMP ?";
     set_roles = "INSERT INTO {{ks}}.users (user_id, roles) VALUES (?, ?) USING TIMESTAMP ?";
     define_role = "INSERT INTO {{ks}}.roles (role, topics) VALUES (?, ?) USING TIMESTAMP ?";

@@ -166,6 +166,7 @@ impl ProjectionWriter for ScyllaProjection {
                 | Write::AckSeq { user_id, .. }
                 | Write::SetDeviceCursor { user_id, .. }
                 | Write::MarkDelivered { user_id, .. }
+                | Write::SetPreferences { user_id, .. }
                 | Write::KnowUser { user_id } => user_id.clone(),
             };
             let groups = by_user.entry(user).or_default();

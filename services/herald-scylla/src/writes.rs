@@ -41,6 +41,7 @@ impl ScyllaProjection {
                             Some(CqlValue::Boolean(r.archived)),
                             Some(CqlValue::Boolean(r.expired)),
                             Some(CqlValue::Boolean(r.superseded)),
+                            Some(CqlValue::Boolean(r.live)),
                             ts.clone(),
                         ],
                     ),
@@ -148,6 +149,13 @@ impl ScyllaProjection {
                 ],
             )],
             Write::KnowUser { user_id } => vec![s(&st.know_user, vec![text(&user_id), ts])],
+            Write::SetPreferences {
+                user_id,
+                preferences,
+            } => {
+                let doc = serde_json::to_string(&preferences).expect("preferences serialize");
+                vec![s(&st.put_preferences, vec![text(&user_id), text(&doc), ts])]
+            }
         }
     }
 

@@ -211,6 +211,16 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// An array of records, each read by `item`.
+    pub(crate) fn array<T>(
+        &mut self,
+        item: impl Fn(&mut Self) -> Result<T, CoreError>,
+    ) -> Result<Vec<T>, CoreError> {
+        let mut out = Vec::new();
+        self.blocks(&mut out, item)?;
+        Ok(out)
+    }
+
     /// The blocks of an array, each item read by `item` (each takes at least one byte).
     fn blocks<T>(
         &mut self,

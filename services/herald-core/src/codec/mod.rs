@@ -51,10 +51,11 @@ pub enum SchemaKind {
     RoleDefinition,
     Connected,
     Progress,
+    Preferences,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 12] = [
+    pub const ALL: [SchemaKind; 13] = [
         SchemaKind::NotificationRequest,
         SchemaKind::DirectoryChange,
         SchemaKind::Added,
@@ -67,6 +68,7 @@ impl SchemaKind {
         SchemaKind::RoleDefinition,
         SchemaKind::Connected,
         SchemaKind::Progress,
+        SchemaKind::Preferences,
     ];
 
     /// The record's full Avro name, also carried in the `herald-schema` header.
@@ -84,6 +86,7 @@ impl SchemaKind {
             SchemaKind::RoleDefinition => "dev.herald.events.RoleDefinition",
             SchemaKind::Connected => "dev.herald.events.DeviceConnected",
             SchemaKind::Progress => "dev.herald.events.DeviceProgress",
+            SchemaKind::Preferences => "dev.herald.events.PreferencesChanged",
         }
     }
 
@@ -115,15 +118,24 @@ impl SchemaKind {
             }
             SchemaKind::Connected => include_str!("../../../../schemas/avro/device_connected.avsc"),
             SchemaKind::Progress => include_str!("../../../../schemas/avro/device_progress.avsc"),
+            SchemaKind::Preferences => {
+                include_str!("../../../../schemas/avro/preferences_changed.avsc")
+            }
         }
     }
 }
 
 /// Older writer schemas that must still decode, by kind.
-const HISTORY: &[(SchemaKind, &str)] = &[(
-    SchemaKind::NotificationRequest,
-    include_str!("../../../../schemas/avro/history/notification_request.v1.avsc"),
-)];
+const HISTORY: &[(SchemaKind, &str)] = &[
+    (
+        SchemaKind::NotificationRequest,
+        include_str!("../../../../schemas/avro/history/notification_request.v1.avsc"),
+    ),
+    (
+        SchemaKind::Added,
+        include_str!("../../../../schemas/avro/history/notification_added.v1.avsc"),
+    ),
+];
 
 /// A writer schema the registry knows, by fingerprint.
 struct WriterSchema {
@@ -251,7 +263,10 @@ impl Registry {
             SchemaKind::RoleDefinition => {
                 Event::Request(RequestRecord::Role(records::read_role(&mut r)?))
             }
-            SchemaKind::Added => Event::User(UserEvent::Added(records::read_added(&mut r)?)),
+            SchemaKind::Added => Event::User(UserEvent::Added(records::read_added(
+                &mut r,
+                writer.historical,
+            )?)),
             SchemaKind::Delivered => {
                 Event::User(UserEvent::Delivered(records::read_delivered(&mut r)?))
             }
@@ -265,6 +280,9 @@ impl Registry {
             }
             SchemaKind::Progress => {
                 Event::User(UserEvent::Progress(records::read_progress(&mut r)?))
+            }
+            SchemaKind::Preferences => {
+                Event::User(UserEvent::Preferences(records::read_preferences(&mut r)?))
             }
         };
         r.finish()?;
@@ -301,6 +319,7 @@ pub fn encode_user_event(event: &UserEvent) -> Result<Vec<u8>, CoreError> {
         UserEvent::Expired(e) => records::expired(w, e),
         UserEvent::Connected(e) => records::connected(w, e),
         UserEvent::Progress(e) => records::progress(w, e),
+        UserEvent::Preferences(e) => records::preferences(w, e),
     }
     Ok(buf)
 }
@@ -339,5 +358,6 @@ pub fn user_event_kind(event: &UserEvent) -> SchemaKind {
         UserEvent::Expired(_) => SchemaKind::Expired,
         UserEvent::Connected(_) => SchemaKind::Connected,
         UserEvent::Progress(_) => SchemaKind::Progress,
+        UserEvent::Preferences(_) => SchemaKind::Preferences,
     }
 }

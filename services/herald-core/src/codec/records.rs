@@ -21,6 +21,15 @@ const OPS: [DirectoryOp; 5] = [
     DirectoryOp::UnsubscribeTopic,
 ];
 
+const DELIVERIES: [Delivery; 3] = [Delivery::Live, Delivery::Inbox, Delivery::Muted];
+
+fn delivery_index(d: Delivery) -> usize {
+    DELIVERIES
+        .iter()
+        .position(|x| *x == d)
+        .expect("every delivery")
+}
+
 fn priority_index(p: Priority) -> usize {
     PRIORITIES
         .iter()
@@ -131,9 +140,11 @@ pub(crate) fn added(w: &mut Writer<'_>, a: &NotificationAdded) {
     w.opt_long(a.expires_at);
     w.long(a.created_at);
     w.opt_str(a.traceparent.as_deref());
+    w.symbol(delivery_index(a.delivery));
 }
 
-pub(crate) fn read_added(r: &mut Reader<'_>) -> Result<NotificationAdded, CoreError> {
+/// An added event, current schema (`v1`: written before `delivery`, which then is live).
+pub(crate) fn read_added(r: &mut Reader<'_>, v1: bool) -> Result<NotificationAdded, CoreError> {
     Ok(NotificationAdded {
         user_id: r.str()?,
         notification_id: r.str()?,
@@ -146,6 +157,11 @@ pub(crate) fn read_added(r: &mut Reader<'_>) -> Result<NotificationAdded, CoreEr
         expires_at: r.opt_long()?,
         created_at: r.long()?,
         traceparent: r.opt_str()?,
+        delivery: if v1 {
+            Delivery::Live
+        } else {
+            DELIVERIES[r.symbol(DELIVERIES.len())?]
+        },
     })
 }
 
@@ -246,6 +262,42 @@ pub(crate) fn read_progress(r: &mut Reader<'_>) -> Result<DeviceProgress, CoreEr
         delivered: r.longs()?,
         acked_ids: r.strs()?,
         acked_up_to: r.opt_long()?,
+        at: r.long()?,
+    })
+}
+
+fn rules(w: &mut Writer<'_>, items: &[PreferenceRule]) {
+    if !items.is_empty() {
+        w.long(items.len() as i64);
+        for rule in items {
+            w.str(&rule.name);
+            w.bool(rule.live);
+            w.bool(rule.inbox);
+        }
+    }
+    w.long(0);
+}
+
+fn read_rule(r: &mut Reader<'_>) -> Result<PreferenceRule, CoreError> {
+    Ok(PreferenceRule {
+        name: r.str()?,
+        live: r.bool()?,
+        inbox: r.bool()?,
+    })
+}
+
+pub(crate) fn preferences(w: &mut Writer<'_>, p: &PreferencesChanged) {
+    w.str(&p.user_id);
+    rules(w, &p.event_types);
+    rules(w, &p.topics);
+    w.long(p.at);
+}
+
+pub(crate) fn read_preferences(r: &mut Reader<'_>) -> Result<PreferencesChanged, CoreError> {
+    Ok(PreferencesChanged {
+        user_id: r.str()?,
+        event_types: r.array(read_rule)?,
+        topics: r.array(read_rule)?,
         at: r.long()?,
     })
 }

@@ -53,6 +53,10 @@ impl Session {
 
     pub(super) fn offer(&mut self, row: Arc<InboxRow>) -> Result<(), Ending> {
         let seq = row.seq;
+        if !row.live {
+            // The user's preferences keep it off their devices (it is in the inbox).
+            return Ok(());
+        }
         if self.ids.contains_key(&row.notification_id) || self.recent.contains(&row.notification_id)
         {
             // A repeated expansion of a notification this session already has: the projection
@@ -95,7 +99,8 @@ impl Session {
         match ev {
             UserEvent::Added(a) => {
                 let row = added_row(a, offset);
-                if row.due(io.now_ms) {
+                // Not live (the user's preferences): in the inbox, never pushed.
+                if row.live && row.due(io.now_ms) {
                     self.offer(Arc::new(row))?;
                 }
             }
@@ -139,7 +144,8 @@ impl Session {
             UserEvent::Acked(_)
             | UserEvent::Delivered(_)
             | UserEvent::Connected(_)
-            | UserEvent::Progress(_) => {}
+            | UserEvent::Progress(_)
+            | UserEvent::Preferences(_) => {}
         }
         Ok(())
     }

@@ -405,10 +405,11 @@ pub fn added_row(a: &NotificationAdded, seq: u64) -> InboxRow {
         created_at: a.created_at,
         deliver_at: a.deliver_at,
         expires_at: a.expires_at,
-        read: false,
+        read: a.delivery == crate::model::Delivery::Muted,
         archived: false,
         expired: false,
         superseded: false,
+        live: a.delivery == crate::model::Delivery::Live,
     }
 }
 

@@ -3,7 +3,7 @@
 //! requests.
 
 use async_trait::async_trait;
-use herald_core::model::Recipients;
+use herald_core::model::{Preferences, Recipients};
 use herald_core::recipients::{self, DirectoryState};
 use herald_ports::projection::{DirectoryReader, ProjectionError};
 use rusqlite::{Connection, OptionalExtension};
@@ -44,6 +44,32 @@ impl DirectoryReader for EmbeddedProjection {
             )
         })
         .await
+    }
+
+    async fn preferences_of(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, Preferences)>, ProjectionError> {
+        let users = user_ids.to_vec();
+        let docs = self
+            .read(move |c| {
+                let mut stmt =
+                    c.prepare_cached("SELECT doc FROM preferences WHERE user_id = ?1")?;
+                let mut out = Vec::new();
+                for user in users {
+                    if let Some(doc) = stmt
+                        .query_row([&user], |r| r.get::<_, String>(0))
+                        .optional()?
+                    {
+                        out.push((user, doc));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        docs.into_iter()
+            .map(|(user, doc)| Ok((user, super::parse_preferences(&doc)?)))
+            .collect()
     }
 }
 

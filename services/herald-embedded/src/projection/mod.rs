@@ -29,7 +29,7 @@ use crate::sqlite::{self, Access, Pool};
 const SCHEMA: &str = include_str!("../../../../schemas/sql/sqlite/001_projection.sql");
 
 const ROW_COLUMNS: &str = "user_id, seq, notification_id, event_type, source, payload, priority, \
-     collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded";
+     collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded, live";
 
 fn storage(e: impl std::fmt::Display) -> ProjectionError {
     ProjectionError::Storage(e.to_string())
@@ -53,7 +53,32 @@ fn to_row(r: &Row<'_>) -> rusqlite::Result<InboxRow> {
         archived: r.get(12)?,
         expired: r.get(13)?,
         superseded: r.get(14)?,
+        live: r.get(15)?,
     })
+}
+
+/// A projection made before preferences has no `inbox.live`: add it (every old row was live).
+fn add_live_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has_inbox: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
+        [],
+        |r| r.get(0),
+    )?;
+    let has_live: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('inbox') WHERE name = 'live'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_inbox && !has_live {
+        conn.execute_batch("ALTER TABLE inbox ADD COLUMN live INTEGER NOT NULL DEFAULT 1")?;
+    }
+    Ok(())
+}
+
+/// A stored preferences document.
+fn parse_preferences(doc: &str) -> Result<herald_core::model::Preferences, ProjectionError> {
+    serde_json::from_str(doc)
+        .map_err(|e| ProjectionError::Corrupt(format!("a stored preferences document: {e}")))
 }
 
 struct Inner {
@@ -93,6 +118,7 @@ impl EmbeddedProjection {
         };
         let conn = sqlite::open(&path, access).map_err(bad)?;
         if access == Access::ReadWrite {
+            add_live_column(&conn).map_err(bad)?;
             conn.execute_batch(SCHEMA).map_err(bad)?;
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('store_id', ?1)",

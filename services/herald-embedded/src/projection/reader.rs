@@ -2,6 +2,7 @@
 //! acknowledged.
 
 use async_trait::async_trait;
+use herald_core::model::Preferences;
 use herald_core::projection::InboxRow;
 use herald_ports::projection::{InboxFilter, InboxQuery, InboxReader, MAX_PAGE, ProjectionError};
 use rusqlite::{OptionalExtension, params};
@@ -56,7 +57,7 @@ impl InboxReader for EmbeddedProjection {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = ?1 \
                  AND i.seq > max(?2, coalesce((SELECT seq FROM cursors WHERE user_id = ?1 AND device_id = ?3), -1)) \
-                 AND i.archived = 0 AND i.expired = 0 AND i.superseded = 0 \
+                 AND i.archived = 0 AND i.expired = 0 AND i.superseded = 0 AND i.live = 1 \
                  AND (i.deliver_at IS NULL OR i.deliver_at <= ?4) AND (i.expires_at IS NULL OR i.expires_at > ?4) \
                  AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.user_id = ?1 AND a.device_id = ?3 AND a.seq = i.seq) \
                  ORDER BY i.seq LIMIT ?5"
@@ -100,5 +101,17 @@ impl InboxReader for EmbeddedProjection {
             .optional()
         })
         .await
+    }
+
+    async fn preferences(&self, user_id: &str) -> Result<Preferences, ProjectionError> {
+        let user = user_id.to_owned();
+        let doc = self
+            .read(move |c| {
+                c.prepare_cached("SELECT doc FROM preferences WHERE user_id = ?1")?
+                    .query_row([user], |r| r.get::<_, String>(0))
+                    .optional()
+            })
+            .await?;
+        doc.map_or(Ok(Preferences::default()), |d| super::parse_preferences(&d))
     }
 }

@@ -111,5 +111,11 @@ fn dump(conn: &Connection) -> rusqlite::Result<ProjectionSnapshot> {
         s.roles
             .insert(role, serde_json::from_str(&topics).unwrap_or_default());
     }
+    let mut stmt = conn.prepare("SELECT user_id, doc FROM preferences")?;
+    for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (user, doc) = r?;
+        s.preferences
+            .insert(user, serde_json::from_str(&doc).unwrap_or_default());
+    }
     Ok(s)
 }

@@ -69,7 +69,7 @@ impl ProjectionState for TxState<'_, '_> {
                 self.tx
                     .prepare_cached(&format!(
                         "INSERT OR REPLACE INTO inbox ({ROW_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
                     ))?
                     .execute(params![
                         r.user_id,
@@ -86,7 +86,8 @@ impl ProjectionState for TxState<'_, '_> {
                         r.read,
                         r.archived,
                         r.expired,
-                        r.superseded
+                        r.superseded,
+                        r.live
                     ])?;
             }
             Write::SetUnreadCount { user_id, count } => {
@@ -126,6 +127,15 @@ impl ProjectionState for TxState<'_, '_> {
                     .execute(params![user_id, device_id, seq as i64, at])?;
             }
             Write::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+            Write::SetPreferences {
+                user_id,
+                preferences,
+            } => {
+                let doc = serde_json::to_string(&preferences).expect("preferences serialize");
+                self.tx
+                    .prepare_cached("INSERT OR REPLACE INTO preferences VALUES (?1, ?2)")?
+                    .execute(params![user_id, doc])?;
+            }
         }
         Ok(())
     }

@@ -134,6 +134,12 @@ async fn wait_applied(st: &AppState, user: &str, after: Option<&str>) -> Result<
             "after is a cursor of another epoch".into(),
         ));
     }
+    applied_past(st, user, cursor.seq).await
+}
+
+/// Waits until the inbox projection has applied the user's partition past `seq`, at most
+/// `read_after_wait`; returns whether it has.
+pub(crate) async fn applied_past(st: &AppState, user: &str, seq: u64) -> Result<bool, AppError> {
     let partition =
         herald_core::partition::partition_for(user, st.log.partitions(Topic::UserEvents));
     let deadline = tokio::time::Instant::now() + st.config.read_after_wait;
@@ -145,7 +151,7 @@ async fn wait_applied(st: &AppState, user: &str, after: Option<&str>) -> Result<
             .get(&partition)
             .copied()
             .unwrap_or(0);
-        if applied > cursor.seq {
+        if applied > seq {
             return Ok(true);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -262,7 +268,7 @@ fn up_to_seq(epoch: Epoch, up_to: Option<&str>) -> Result<Option<i64>, AppError>
 }
 
 /// Appends one user event and answers 202 once it is durable.
-async fn append_one(st: &AppState, event: UserEvent) -> Result<(u32, u64), AppError> {
+pub(crate) async fn append_one(st: &AppState, event: UserEvent) -> Result<(u32, u64), AppError> {
     let record = st.user_event_record(&event)?;
     let at = st.log.append(Topic::UserEvents, vec![record]).await?[0];
     Ok((at.partition, at.offset))

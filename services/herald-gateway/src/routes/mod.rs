@@ -4,7 +4,7 @@
 //! | group | who | routes |
 //! |---|---|---|
 //! | [`notifications`], [`directory`] | producers | `POST /v1/notifications[/batch]`, users, groups, topics, roles |
-//! | [`inbox`], ticket minting | users (Bearer JWT) | `/v1/inbox…`, `POST /v1/ack`, `POST /v1/ws-ticket` |
+//! | [`inbox`], [`preferences`], ticket minting | users (Bearer JWT) | `/v1/inbox…`, `POST /v1/ack`, `/v1/preferences`, `POST /v1/ws-ticket` |
 //! | [`realtime`] | users (Bearer JWT or ticket), allowed origins | `GET /v1/ws`, `GET /v1/sse` |
 //! | [`ops`] | operators | `/v1/audit/…`, `/v1/status`, `/v1/presence`, `/metrics` |
 //! | [`web`] | anyone | `/healthz`, `/herald.js`; `herald dev`: `/`, `/demo.js`, `POST /v1/dev/token` |
@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod inbox;
 pub mod notifications;
 pub mod ops;
+pub mod preferences;
 pub mod realtime;
 pub mod web;
 
@@ -35,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .merge(directory::routes())
         .route_layer(from_fn_with_state(state.clone(), require_producer));
     let users = inbox::routes()
+        .merge(preferences::routes())
         .merge(realtime::ticket_routes())
         .route_layer(from_fn_with_state(state.clone(), require_user));
     let realtime = realtime::routes().route_layer(from_fn_with_state(state.clone(), realtime_user));

@@ -41,6 +41,7 @@ pub fn added(user: &str, id: &str) -> NotificationAdded {
         expires_at: None,
         created_at: 1_700_000_000_000,
         traceparent: None,
+        delivery: herald_core::model::Delivery::Live,
     }
 }
 
@@ -68,7 +69,24 @@ pub fn user_log(seed: u64, n: usize, users: usize, partitions: u32) -> Vec<Posit
             }
         };
         let roll = rng.below(100);
-        let event = if roll >= 98 {
+        let event = if roll >= 98 && rng.chance(50) {
+            // The user replaces their preferences (a document of a few rules).
+            let rule = |rng: &mut Rng, name: &str| PreferenceRule {
+                name: name.into(),
+                live: rng.chance(50),
+                inbox: rng.chance(50),
+            };
+            UserEvent::Preferences(PreferencesChanged {
+                user_id: user.clone(),
+                event_types: vec![rule(&mut rng, "approval.requested")],
+                topics: if rng.chance(50) {
+                    vec![rule(&mut rng, "incidents"), rule(&mut rng, "news")]
+                } else {
+                    vec![]
+                },
+                at: 1_700_000_000_000 + i as i64,
+            })
+        } else if roll >= 98 {
             // A device connects (a user may exist with no notification yet).
             UserEvent::Connected(DeviceConnected {
                 user_id: user.clone(),
@@ -86,6 +104,14 @@ pub fn user_log(seed: u64, n: usize, users: usize, partitions: u32) -> Vec<Posit
             }
             if rng.chance(10) {
                 a.expires_at = Some(1_700_000_000_000 + 1 + rng.below(2) as i64 * 10_000_000_000);
+            }
+            if rng.chance(10) {
+                // The user's preferences at expansion: inbox only, or muted.
+                a.delivery = if rng.chance(50) {
+                    Delivery::Inbox
+                } else {
+                    Delivery::Muted
+                };
             }
             rows[u].push((id.clone(), offset));
             UserEvent::Added(a)

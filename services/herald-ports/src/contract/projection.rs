@@ -232,6 +232,98 @@ pub async fn pending_is_what_the_device_has_not_acknowledged<H: ProjectionHarnes
     );
 }
 
+/// Preferences: the newest document per user (read by the gateway and by fanout, kept over a
+/// reopen); notifications the user's preferences kept quiet are in the inbox (a muted one
+/// read, not counted) but never pending for a device.
+pub async fn preferences_are_the_newest_document_and_quiet_rows_are_not_pending<
+    H: ProjectionHarness,
+>(
+    h: &H,
+) {
+    let store = h.open().await;
+    let u = "dora";
+    let doc = |live: bool, muted_topic: &str| PreferencesChanged {
+        user_id: u.into(),
+        event_types: vec![PreferenceRule {
+            name: "chat.message".into(),
+            live,
+            inbox: true,
+        }],
+        topics: vec![PreferenceRule {
+            name: muted_topic.into(),
+            live: true,
+            inbox: false,
+        }],
+        at: NOW,
+    };
+    let with = |id: &str, delivery: Delivery| {
+        let mut a = added(u, id);
+        a.delivery = delivery;
+        UserEvent::Added(a)
+    };
+    let events = for_user(
+        u,
+        vec![
+            UserEvent::Preferences(doc(true, "news")),       // 0
+            with("n1", Delivery::Live),                      // 1
+            with("n2", Delivery::Inbox),                     // 2
+            with("n3", Delivery::Muted),                     // 3
+            UserEvent::Preferences(doc(false, "incidents")), // 4
+            with("n5", Delivery::Live),                      // 5
+        ],
+    );
+    apply_in_batches(&store, Stage::Inbox, &events, 2).await;
+    assert_matches_reference(&store, &events).await;
+    let newest = doc(false, "incidents").preferences();
+    assert_eq!(store.preferences(u).await.unwrap(), newest);
+    assert_eq!(
+        store.preferences("nobody").await.unwrap(),
+        Preferences::default()
+    );
+    let found = store
+        .preferences_of(&["nobody".to_string(), u.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(found, vec![(u.to_string(), newest.clone())]);
+    assert!(store.preferences_of(&[]).await.unwrap().is_empty());
+    let seqs = |rows: Vec<herald_core::projection::InboxRow>| -> Vec<u64> {
+        rows.iter().map(|r| r.seq).collect()
+    };
+    assert_eq!(
+        seqs(store.pending(u, "phone", None, NOW, 100).await.unwrap()),
+        vec![1, 5],
+        "inbox-only and muted rows are never pending"
+    );
+    let q = |filter| InboxQuery {
+        before: None,
+        limit: 100,
+        filter,
+        now_ms: NOW,
+    };
+    assert_eq!(
+        seqs(store.inbox(u, &q(InboxFilter::Inbox)).await.unwrap()),
+        vec![5, 3, 2, 1],
+        "all of them are in the inbox"
+    );
+    assert_eq!(
+        seqs(store.inbox(u, &q(InboxFilter::Unread)).await.unwrap()),
+        vec![5, 2, 1],
+        "the muted one is read"
+    );
+    assert_eq!(store.unread_count(u).await.unwrap(), 3);
+    let muted = store.row(u, "n3").await.unwrap().unwrap();
+    assert!(muted.read && !muted.live);
+    let quiet = store.row(u, "n2").await.unwrap().unwrap();
+    assert!(!quiet.read && !quiet.live);
+    assert!(store.row(u, "n1").await.unwrap().unwrap().live);
+    // Re-applying the older document (a replayed suffix) does not bring it back.
+    apply_in_batches(&store, Stage::Inbox, &events[..1], 1).await;
+    assert_eq!(store.preferences(u).await.unwrap(), newest);
+    drop(store);
+    let reopened = h.open().await;
+    assert_eq!(reopened.preferences(u).await.unwrap(), newest);
+}
+
 pub async fn pending_under_load_is_ordered_and_complete<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
     let u = "loaded";

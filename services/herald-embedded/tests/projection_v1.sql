@@ -1,0 +1,60 @@
+-- Herald projection on SQLite (the embedded store), version 1. Applied by the adapter each time
+-- it opens the file read-write (idempotent). Table for table the PostgreSQL schema
+-- (../postgres/001_projection.sql), in SQLite's types (booleans are 0/1; `meta` is `herald_meta`
+-- there). Every write the projector makes is an upsert keyed deterministically, so replays change
+-- nothing; one writer connection applies a batch and its consumer offsets in one transaction.
+
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+-- One row per notification per user; seq is the offset of its Added event in the user's partition.
+CREATE TABLE IF NOT EXISTS inbox (
+    user_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    notification_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    collapse_key TEXT,
+    created_at INTEGER NOT NULL,
+    deliver_at INTEGER,
+    expires_at INTEGER,
+    read INTEGER NOT NULL,
+    archived INTEGER NOT NULL,
+    expired INTEGER NOT NULL,
+    superseded INTEGER NOT NULL,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_by_id ON inbox (user_id, notification_id);
+CREATE INDEX IF NOT EXISTS inbox_unread ON inbox (user_id, seq) WHERE read = 0;
+CREATE INDEX IF NOT EXISTS inbox_collapse ON inbox (user_id, collapse_key)
+    WHERE collapse_key IS NOT NULL AND archived = 0 AND expired = 0 AND superseded = 0;
+CREATE TABLE IF NOT EXISTS unread (user_id TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks (
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivered (
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, roles TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (group_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roles (role TEXT PRIMARY KEY, topics TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS topic_subscribers (
+    topic TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (topic, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expansions (notification_id TEXT PRIMARY KEY, recipients INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scheduled (
+    notification_id TEXT PRIMARY KEY, due_at INTEGER NOT NULL, request BLOB NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled (due_at);
+CREATE INDEX IF NOT EXISTS inbox_expiring ON inbox (expires_at)
+    WHERE expires_at IS NOT NULL AND expired = 0 AND archived = 0 AND superseded = 0;
+CREATE TABLE IF NOT EXISTS expansion_users (
+    notification_id TEXT NOT NULL, user_id TEXT NOT NULL,
+    PRIMARY KEY (notification_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (consumer, partition)) WITHOUT ROWID;
+
+INSERT OR IGNORE INTO meta VALUES ('format', '1');

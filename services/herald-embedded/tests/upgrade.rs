@@ -1,0 +1,49 @@
+//! A projection file written before preferences (the schema as it was, `projection_v1.sql`)
+//! opens with this version: its rows gain `live` (they were all live), and the new tables work.
+
+use herald_embedded::{Access, EmbeddedProjection};
+use herald_ports::prelude::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("projection.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("projection_v1.sql"))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO inbox VALUES ('alice', 0, 'n0', 't', 's', '{}', 'normal', NULL, 1, NULL, \
+             NULL, 0, 0, 0, 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO unread VALUES ('alice', 1)", [])
+            .unwrap();
+    }
+    let store = EmbeddedProjection::open(&path, Access::ReadWrite)
+        .await
+        .expect("an old projection opens");
+    let row = store
+        .row("alice", "n0")
+        .await
+        .unwrap()
+        .expect("the old row");
+    assert!(row.live && !row.read, "{row:?}");
+    assert_eq!(
+        store
+            .pending("alice", "phone", None, i64::MAX / 2, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "an old row is still pending for a device"
+    );
+    assert!(store.preferences("alice").await.unwrap().is_empty());
+    drop(store);
+    // And again: opening an upgraded file changes nothing.
+    let store = EmbeddedProjection::open(&path, Access::ReadWrite)
+        .await
+        .unwrap();
+    assert!(store.row("alice", "n0").await.unwrap().unwrap().live);
+}
