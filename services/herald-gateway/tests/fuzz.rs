@@ -355,6 +355,20 @@ fn samples() -> Vec<Event> {
             acked_up_to: Some(2),
             at: 11,
         })),
+        Event::User(UserEvent::Preferences(PreferencesChanged {
+            user_id: "alice".into(),
+            event_types: vec![PreferenceRule {
+                name: "t".into(),
+                live: false,
+                inbox: true,
+            }],
+            topics: vec![PreferenceRule {
+                name: "news".into(),
+                live: true,
+                inbox: false,
+            }],
+            at: 12,
+        })),
     ]
 }
 
