@@ -50,6 +50,7 @@ impl Delivery {
 /// One preference rule's channels: `live` (pushed to connected devices) and `inbox` (counted
 /// as unread in the inbox). `inbox: false` mutes, whatever `live` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Channels {
     #[serde(default = "yes")]
@@ -78,6 +79,7 @@ impl Channels {
 /// A user's notification preferences: rules by event type and by topic. The JSON document of
 /// `GET`/`PUT /v1/preferences`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Preferences {
     #[serde(default)]

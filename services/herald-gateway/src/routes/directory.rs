@@ -33,7 +33,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Where a directory change landed in the log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Recorded {
     partition: u32,
     offset: u64,
@@ -80,7 +80,7 @@ fn change(
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserBody {
     #[serde(default)]
@@ -95,6 +95,9 @@ pub(crate) fn user_record(user: String, body: UserBody) -> Result<RequestRecord,
     validated(change(DirectoryOp::UpsertUser, user, None, body.roles))
 }
 
+#[utoipa::path(put, path = "/v1/users/{user}", tag = "directory", request_body = UserBody, params(("user" = String, Path, description = "User id")),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn put_user(
     State(st): State<AppState>,
     Path(user): Path<String>,
@@ -103,6 +106,9 @@ async fn put_user(
     append(&st, user_record(user, body)?).await
 }
 
+#[utoipa::path(put, path = "/v1/groups/{group}/members/{user}", tag = "directory", params(("group" = String, Path), ("user" = String, Path)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn put_member(
     State(st): State<AppState>,
     Path((group, user)): Path<(String, String)>,
@@ -114,6 +120,9 @@ async fn put_member(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/groups/{group}/members/{user}", tag = "directory", params(("group" = String, Path), ("user" = String, Path)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn delete_member(
     State(st): State<AppState>,
     Path((group, user)): Path<(String, String)>,
@@ -125,6 +134,9 @@ async fn delete_member(
     .await
 }
 
+#[utoipa::path(put, path = "/v1/topics/{topic}/subscribers/{user}", tag = "directory", params(("topic" = String, Path), ("user" = String, Path)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn put_subscriber(
     State(st): State<AppState>,
     Path((topic, user)): Path<(String, String)>,
@@ -136,6 +148,9 @@ async fn put_subscriber(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/topics/{topic}/subscribers/{user}", tag = "directory", params(("topic" = String, Path), ("user" = String, Path)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn delete_subscriber(
     State(st): State<AppState>,
     Path((topic, user)): Path<(String, String)>,
@@ -147,7 +162,7 @@ async fn delete_subscriber(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RoleBody {
     topics: Vec<String>,
@@ -162,6 +177,9 @@ pub(crate) fn role_record(role: String, body: RoleBody) -> Result<RequestRecord,
     }))
 }
 
+#[utoipa::path(put, path = "/v1/roles/{role}", tag = "directory", request_body = RoleBody, params(("role" = String, Path)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn put_role(
     State(st): State<AppState>,
     Path(role): Path<String>,

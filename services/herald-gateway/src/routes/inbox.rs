@@ -60,14 +60,16 @@ struct AfterParam {
 }
 
 /// One row of an inbox page (docs/protocol.md).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InboxItem {
     id: String,
     seq: u64,
     cursor: String,
     event_type: String,
     source: String,
+    #[schema(value_type = Object)]
     data: Value,
+    #[schema(value_type = String)]
     priority: &'static str,
     collapse_key: Option<String>,
     created_at: String,
@@ -97,7 +99,7 @@ impl InboxItem {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InboxPage {
     user_id: String,
     items: Vec<InboxItem>,
@@ -106,7 +108,7 @@ pub struct InboxPage {
     consistent: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UnreadCount {
     user_id: String,
     unread_count: u64,
@@ -114,7 +116,7 @@ pub struct UnreadCount {
 }
 
 /// A change accepted into the log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Appended {
     partition: u32,
     offset: u64,
@@ -183,6 +185,14 @@ pub(crate) fn page_of(p: &InboxParams) -> Result<(InboxFilter, usize), AppError>
     Ok((filter, limit))
 }
 
+/// The token user's inbox, newest first.
+#[utoipa::path(get, path = "/v1/inbox", tag = "inbox",
+    params(("filter" = Option<String>, Query, description = "inbox (default), unread or archived"),
+           ("before" = Option<u64>, Query, description = "Only rows with a lower seq (paging: `next_before`)"),
+           ("limit" = Option<usize>, Query, description = "1..=1000, default 50"),
+           ("after" = Option<String>, Query, description = "Read-your-writes: wait until this cursor is applied")),
+    responses((status = 200, description = "A page of the inbox", body = InboxPage), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 async fn get_inbox(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -217,6 +227,11 @@ async fn get_inbox(
     }))
 }
 
+/// The token user's unread count.
+#[utoipa::path(get, path = "/v1/inbox/unread-count", tag = "inbox",
+    params(("after" = Option<String>, Query, description = "Read-your-writes: wait until this cursor is applied")),
+    responses((status = 200, description = "The unread count", body = UnreadCount), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 async fn get_unread_count(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -231,7 +246,7 @@ async fn get_unread_count(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MarkBody {
     #[serde(default)]
@@ -339,6 +354,10 @@ async fn mark(
     ))
 }
 
+/// Mark notifications read (by id, or everything up to a cursor).
+#[utoipa::path(post, path = "/v1/inbox/read", tag = "inbox", request_body = MarkBody,
+    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 async fn post_read(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -347,6 +366,10 @@ async fn post_read(
     mark(&st, user.id, body, Mark::Read).await
 }
 
+/// Mark notifications unread.
+#[utoipa::path(post, path = "/v1/inbox/unread", tag = "inbox", request_body = MarkBody,
+    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 async fn post_unread(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -355,6 +378,10 @@ async fn post_unread(
     mark(&st, user.id, body, Mark::Unread).await
 }
 
+/// Archive notifications.
+#[utoipa::path(post, path = "/v1/inbox/archive", tag = "inbox", request_body = MarkBody,
+    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 async fn post_archive(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -363,7 +390,7 @@ async fn post_archive(
     mark(&st, user.id, body, Mark::Archive).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AckBody {
     device_id: String,
@@ -396,6 +423,10 @@ pub(crate) fn ack_event(
 }
 
 /// ACK over HTTP (for SSE clients): 202 once the ACK is durable in the log.
+/// ACK notifications for a device over HTTP (SSE clients).
+#[utoipa::path(post, path = "/v1/ack", tag = "inbox", request_body = AckBody,
+    responses((status = 202, description = "Durable in the log", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 async fn post_ack(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,

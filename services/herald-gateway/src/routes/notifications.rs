@@ -29,7 +29,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// A time given as Unix milliseconds or an RFC 3339 string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TimeInput {
     Millis(i64),
@@ -46,7 +46,7 @@ impl TimeInput {
 }
 
 /// `recipients` as the API takes it: an object with these fields and no others.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RecipientsBody {
     #[serde(default)]
@@ -70,13 +70,15 @@ impl From<RecipientsBody> for Recipients {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationBody {
+    #[schema(value_type = RecipientsBody)]
     recipients: ObjectOnly<RecipientsBody>,
     event_type: String,
     source: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     data: Value,
     #[serde(default)]
     priority: Option<String>,
@@ -92,7 +94,7 @@ pub struct NotificationBody {
 }
 
 /// The answer for one accepted notification.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     notification_id: String,
     idempotency_key: String,
@@ -100,17 +102,23 @@ pub struct Accepted {
     offset: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AcceptedBatch {
     accepted: Vec<Accepted>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchBody {
+    #[schema(value_type = Vec<NotificationBody>)]
     notifications: Vec<ObjectOnly<NotificationBody>>,
 }
 
+/// Send one notification (202 once it is durable in the log).
+#[utoipa::path(post, path = "/v1/notifications", tag = "producers", request_body = NotificationBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to `idempotency_key`")),
+    responses((status = 202, description = "Durable in the log", body = Accepted), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry with the same key", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn post_notification(
     State(st): State<AppState>,
     Producer(producer): Producer,
@@ -152,6 +160,10 @@ async fn accept(
 
 /// `POST /v1/notifications/batch`: many notifications, validated all or none, appended in one
 /// call; the answers come in the same order. Each may carry its own `idempotency_key`.
+/// Send 1 to 1,000 notifications in one request, all or none.
+#[utoipa::path(post, path = "/v1/notifications/batch", tag = "producers", request_body = BatchBody,
+    responses((status = 202, description = "All durable in the log", body = AcceptedBatch), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn post_batch(
     State(st): State<AppState>,
     Producer(producer): Producer,
@@ -308,7 +320,7 @@ async fn append_requests(
         .into_iter()
         .zip(appended)
         .map(|(request, at)| {
-            tracing::info!(notification_id = %request.notification_id, partition = at.partition, offset = at.offset, "notification accepted");
+            tracing::debug!(notification_id = %request.notification_id, partition = at.partition, offset = at.offset, "notification accepted");
             Accepted {
                 notification_id: request.notification_id,
                 idempotency_key: request.idempotency_key,

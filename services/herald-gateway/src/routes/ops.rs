@@ -32,6 +32,11 @@ pub(crate) struct AuditParams {
 
 /// Every event about a notification or user. Each audit reads at most `max_records` log
 /// records (`complete: false` when it stopped there), and each operator may run a few a second.
+#[utoipa::path(get, path = "/v1/audit/{id}", tag = "operators",
+    params(("id" = String, Path, description = "A notification id or a user id"),
+           ("max_records" = Option<u64>, Query, description = "Most log records to read")),
+    responses((status = 200, description = "Every event about it, in log order (see docs/protocol.md)", body = Object), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn get_audit(
     State(st): State<AppState>,
     Operator(operator): Operator,
@@ -59,6 +64,10 @@ async fn get_audit(
     ))
 }
 
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operators",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn get_metrics(State(st): State<AppState>) -> Result<String, AppError> {
     match &st.metrics {
         Some(render) => Ok(render()),
@@ -66,21 +75,26 @@ async fn get_metrics(State(st): State<AppState>) -> Result<String, AppError> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StageStatus {
+    #[schema(value_type = String)]
     topic: &'static str,
     log_end_offsets: Vec<u64>,
     applied_offsets: Vec<u64>,
     lag_records: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     epoch: String,
+    #[schema(value_type = BTreeMap<String, StageStatus>)]
     stages: BTreeMap<&'static str, StageStatus>,
 }
 
 /// Log end offsets, the projector's applied offsets and the lag between them, per stage.
+#[utoipa::path(get, path = "/v1/status", tag = "operators",
+    responses((status = 200, description = "Log ends, applied offsets and lag per stage", body = Status), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn get_status(State(st): State<AppState>) -> Result<Json<Status>, AppError> {
     let mut stages = BTreeMap::new();
     for stage in Stage::ALL {
@@ -112,18 +126,21 @@ async fn get_status(State(st): State<AppState>) -> Result<Json<Status>, AppError
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Online {
     user_id: String,
     devices: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Presence {
     online: Vec<Online>,
 }
 
 /// Who is connected to this gateway, with which devices.
+#[utoipa::path(get, path = "/v1/presence", tag = "operators",
+    responses((status = 200, description = "This gateway's connected users", body = Presence), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn get_presence(State(st): State<AppState>) -> Json<Presence> {
     Json(Presence {
         online: st

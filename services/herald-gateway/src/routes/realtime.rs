@@ -34,13 +34,16 @@ pub fn ticket_routes() -> Router<AppState> {
     Router::new().route("/v1/ws-ticket", post(post_ticket))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Ticket {
     ticket: String,
     expires_in: u64,
 }
 
 /// A single-use ticket for a browser's WebSocket; each user may mint a few a second.
+#[utoipa::path(post, path = "/v1/ws-ticket", tag = "realtime",
+    responses((status = 200, description = "A ticket for `?ticket=` of /v1/ws or /v1/sse", body = Ticket), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 async fn post_ticket(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -59,6 +62,11 @@ async fn post_ticket(
 }
 
 /// Checks the subprotocol and the limits, then upgrades.
+/// The WebSocket session (subprotocol `herald.v1`, frames in docs/protocol.md).
+#[utoipa::path(get, path = "/v1/ws", tag = "realtime",
+    params(("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token")),
+    responses((status = 101, description = "Switching to the `herald.v1` WebSocket protocol"), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []), ("ticket" = [])))]
 async fn ws_upgrade(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -113,6 +121,11 @@ pub(crate) fn sse_hello(
 }
 
 /// Server-Sent Events fallback: the same session as a WebSocket, frames as `data:` lines.
+#[utoipa::path(get, path = "/v1/sse", tag = "realtime",
+    params(("device_id" = String, Query), ("cursor" = Option<String>, Query, description = "Resume after this cursor"),
+           ("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token")),
+    responses((status = 200, description = "An event stream of `herald.v1` frames", content_type = "text/event-stream", body = String), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []), ("ticket" = [])))]
 async fn sse(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
