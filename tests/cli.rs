@@ -371,16 +371,20 @@ async fn the_projection_can_live_in_postgresql() {
         !data.join("projection.db").exists(),
         "nothing went to SQLite"
     );
-    let replay = herald(&[
-        "replay",
-        "--quiet",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--live-url",
-        &live_db.url,
-        "--into-url",
-        &rebuilt_db.url,
-    ]);
+    // At info, so PostgreSQL's notices would show (they are logged at info).
+    let replay = support::herald_with_log(
+        "info",
+        &[
+            "replay",
+            "--quiet",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--projection-url",
+            &live_db.url,
+            "--into-url",
+            &rebuilt_db.url,
+        ],
+    );
     assert!(
         replay.status.success(),
         "{}{}",
@@ -391,6 +395,12 @@ async fn the_projection_can_live_in_postgresql() {
         stdout(&replay).contains("equals the live one"),
         "{}",
         stdout(&replay)
+    );
+    // The schema was applied before (by dev): its `IF NOT EXISTS` is not news.
+    assert!(
+        !stderr(&replay).contains("already exists") && !stderr(&replay).contains("NOTICE"),
+        "{}",
+        stderr(&replay)
     );
     // A second replay into the now non-empty database is refused.
     let again = herald(&[
@@ -546,5 +556,45 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         seen.iter()
             .all(|(service, _)| service.contains("herald-under-test")),
         "{seen:?}"
+    );
+}
+
+/// `herald dev` says where its demo page is; its log (stderr, not a terminal here) has no
+/// colour codes; and accepting a notification writes no info line per notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_the_demo_url_and_logs_plainly_without_a_line_per_notification() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut dev = Dev::start(&data).await;
+    let url = dev.url();
+    for i in 0..3 {
+        let out = herald(&[
+            "produce",
+            "--url",
+            &url,
+            "--to",
+            "alice",
+            "--type",
+            "t",
+            "--key",
+            &format!("k{i}"),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    dev.terminate();
+    // Dev::start logs at RUST_LOG=info to DATA_DIR.log.
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(
+        log.contains(&format!("demo inbox at {url}/")),
+        "no demo URL in:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    assert!(log.contains("INFO"), "info lines are there:\n{log}");
+    assert!(
+        !log.contains("notification accepted"),
+        "a line per notification at info:\n{log}"
     );
 }

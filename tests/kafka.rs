@@ -379,7 +379,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
         .arg("replay")
         .args(cluster.kafka_connect_args())
         .args([
-            "--live-url",
+            "--projection-url",
             &db.url,
             "--into-url",
             &rebuilt_db.url,
@@ -470,4 +470,168 @@ async fn projectors_of_different_stores_do_not_share_a_group() {
         }
     }
     shutdown.cancel();
+}
+
+/// The README's scale-out recipe, line by line as written there (placeholders filled in, plus
+/// the test broker's prefix and client settings): a `herald projector` and a `herald gateway` on
+/// Kafka with a shared PostgreSQL projection, and `herald produce --api-key` sending through the
+/// gateway, which refuses it without the key. The notification reaches the user's inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_scale_out_recipe_runs_with_produce_api_key() {
+    let Some(broker) = testing::broker() else {
+        return;
+    };
+    let Some(db) = herald_postgres::testing::TestDb::new() else {
+        return;
+    };
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let recipe: Vec<&str> = readme
+        .split("runs these lines as they are written here")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the README's scale-out recipe")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(recipe.len(), 3, "projector, gateway, produce: {recipe:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let (secret, key) = ("recipe-secret", "recipe-key");
+    let prefix = format!("r{}.", uuid::Uuid::new_v4().simple());
+    // One README line as arguments: placeholders filled in, quotes dropped.
+    let args = |line: &str| -> Vec<String> {
+        line.replace("BROKER", &broker.address)
+            .replace("postgres://herald@db/herald", &db.url)
+            .replace("0.0.0.0:7400", &format!("127.0.0.1:{port}"))
+            .replace("http://gateway:7400", &format!("http://127.0.0.1:{port}"))
+            .replace("\"$JWT_SECRET\"", secret)
+            .replace("\"$BILLING_KEY\"", key)
+            .split_whitespace()
+            .skip(1) // `herald`
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut test_kafka = vec!["--kafka-prefix".to_string(), prefix];
+    for (k, v) in testing::test_properties() {
+        test_kafka.push("-X".into());
+        test_kafka.push(format!("{k}={v}"));
+    }
+    let spawn = |name: &str, line: &str| {
+        let log = std::fs::File::create(tmp.path().join(format!("{name}.log"))).unwrap();
+        Command::new(support::BIN)
+            .args(args(line))
+            .args(&test_kafka)
+            .current_dir(tmp.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {line}: {e}"))
+    };
+    let mut projector = spawn("projector", recipe[0]);
+    let mut gateway = spawn("gateway", recipe[1]);
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while !http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < support::READY_GUARD,
+            "the gateway did not start: {}",
+            std::fs::read_to_string(tmp.path().join("gateway.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Without the key the gateway refuses, and says how to pass one.
+    let mut keyless: Vec<String> = args(recipe[2]);
+    let at = keyless.iter().position(|a| a == "--api-key").unwrap();
+    keyless.drain(at..at + 2);
+    let refused = Command::new(support::BIN)
+        .args(&keyless)
+        .env_remove("HERALD_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "accepted without a key");
+    assert!(err.contains("401") && err.contains("--api-key"), "{err}");
+    // The same through HERALD_API_KEY, and the README's line itself.
+    let by_env = Command::new(support::BIN)
+        .args(&keyless)
+        .env("HERALD_API_KEY", key)
+        .output()
+        .unwrap();
+    assert!(
+        by_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_env.stderr)
+    );
+    let sent = Command::new(support::BIN)
+        .args(args(recipe[2]))
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let id_of = |out: &std::process::Output| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["notification_id"].as_str().unwrap().to_owned()
+    };
+    let wanted = [id_of(&by_env), id_of(&sent)];
+
+    // The projector replica expands it into alice's inbox in the shared projection.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "alice", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let page: serde_json::Value = http
+            .get(format!("{url}/v1/inbox"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["id"].as_str())
+            .collect();
+        if wanted.iter().all(|w| ids.contains(&w.as_str())) {
+            assert_eq!(
+                ids.len(),
+                2,
+                "the HERALD_API_KEY one and the README's: {page}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the notifications never reached the inbox: {page}\n{}",
+            std::fs::read_to_string(tmp.path().join("projector.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    terminate(&mut gateway);
+    terminate(&mut projector);
 }

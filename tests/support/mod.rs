@@ -24,9 +24,14 @@ pub fn free_port() -> u16 {
 
 /// Runs the binary to completion.
 pub fn herald(args: &[&str]) -> Output {
+    herald_with_log("warn", args)
+}
+
+/// Runs the binary to completion with `RUST_LOG` at `level`.
+pub fn herald_with_log(level: &str, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .output()
         .expect("run herald")
 }

@@ -168,6 +168,15 @@ impl GatewayConfig {
                 problem: "max in flight and max queued must be at least 1".into(),
             });
         }
+        if d.backoff_initial_ms == 0 || d.backoff_max_ms < d.backoff_initial_ms {
+            return Err(InvalidConfig {
+                setting: "redelivery",
+                problem: format!(
+                    "the first wait ({} ms) must be at least 1 ms and at most the longest ({} ms)",
+                    d.backoff_initial_ms, d.backoff_max_ms
+                ),
+            });
+        }
         Ok(())
     }
 

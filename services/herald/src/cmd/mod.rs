@@ -142,7 +142,9 @@ pub fn init_tracing(default_level: &str) -> Telemetry {
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour only for a person at a terminal: no escape codes in files, pipes and journald.
     let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_filter(filter);
     let (otel, provider) = match otlp_provider() {

@@ -12,6 +12,19 @@ pub struct Args {
     /// Base URL of Herald's HTTP API.
     #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
     url: String,
+    /// Producer API key (one of the gateway's `--producer-key NAME=KEY`), sent as `X-Api-Key`.
+    /// `herald dev` without producer keys needs none.
+    #[arg(
+        long,
+        env = "HERALD_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "jwt"
+    )]
+    api_key: Option<String>,
+    /// Producer JWT (with `"scope": "produce"`; its `sub` is the producer), sent as a Bearer
+    /// token, instead of an API key.
+    #[arg(long, env = "HERALD_PRODUCER_JWT", hide_env_values = true)]
+    jwt: Option<String>,
     /// Recipient user ids, comma separated.
     #[arg(long, value_delimiter = ',')]
     to: Vec<String>,
@@ -39,6 +52,7 @@ pub struct Args {
     /// low, normal, high or urgent.
     #[arg(long)]
     priority: Option<String>,
+    /// A newer notification with the same key replaces this one in each recipient's inbox.
     #[arg(long)]
     collapse_key: Option<String>,
     /// RFC 3339 time before which the notification is not shown.
@@ -79,17 +93,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let url = format!("{}/v1/notifications", args.url.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach Herald at {}: is `herald dev` running?",
-                args.url
-            )
-        })?;
+    let mut request = reqwest::Client::new().post(&url).json(&body);
+    if let Some(key) = &args.api_key {
+        request = request.header("x-api-key", key);
+    }
+    if let Some(jwt) = &args.jwt {
+        request = request.bearer_auth(jwt);
+    }
+    let resp = request.send().await.with_context(|| {
+        format!(
+            "cannot reach Herald at {}: is `herald dev` running?",
+            args.url
+        )
+    })?;
     let status = resp.status();
     let text = resp.text().await.context("reading the response")?;
     if status.is_success() {
@@ -106,5 +122,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ))
         })
         .unwrap_or(text);
+    if status == reqwest::StatusCode::UNAUTHORIZED && args.api_key.is_none() && args.jwt.is_none() {
+        bail!(
+            "Herald refused the notification: HTTP {status}: {reason}; pass a producer key with \
+             --api-key (or HERALD_API_KEY), or a producer token with --jwt"
+        );
+    }
     bail!("Herald refused the notification: HTTP {status}: {reason}")
 }

@@ -10,7 +10,7 @@ use herald_embedded::{Access, EmbeddedProjection};
 use herald_ports::Stage;
 use herald_ports::prelude::*;
 use herald_projector::{Progress, rebuild};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use super::{DEFAULT_DATA_DIR, init_tracing};
 
@@ -29,8 +29,14 @@ pub struct Args {
     /// Keep the rebuilt projection.
     #[arg(long)]
     keep: bool,
-    /// The live projection is in PostgreSQL or ScyllaDB at this URL (as `--projection-url`).
-    #[arg(long)]
+    /// The live projection is in PostgreSQL or ScyllaDB at this URL (the servers'
+    /// `--projection-url`; `--live-url` is an old name for it).
+    #[arg(
+        long = "projection-url",
+        alias = "live-url",
+        value_name = "URL",
+        env = "HERALD_PROJECTION_URL"
+    )]
     live_url: Option<String>,
     /// Rebuild into this empty PostgreSQL database or ScyllaDB keyspace instead of a SQLite file.
     #[arg(long, conflicts_with = "into")]
@@ -62,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let path = super::projection_path(&args.data_dir);
             if !path.exists() {
                 bail!(
-                    "no live projection at {}: pass --data-dir, or --live-url for PostgreSQL or ScyllaDB",
+                    "no live projection at {}: pass --data-dir, or --projection-url for PostgreSQL or ScyllaDB",
                     path.display()
                 );
             }
@@ -138,13 +144,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::new(0)
     };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} replaying [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    bar.set_style(replay_style());
     // Read only what the live projection had applied; partitions it never touched are empty.
     let bound = |m: &std::collections::BTreeMap<u32, u64>, topic| {
         let n = log.partitions(topic);
@@ -163,6 +163,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     .await?;
     bar.finish_and_clear();
     let took = started.elapsed();
+    // Reading both projections back and comparing them takes a while too: say so.
+    let comparing = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    comparing.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+    );
+    comparing.set_message("comparing the rebuilt projection with the live one");
+    comparing.enable_steady_tick(std::time::Duration::from_millis(100));
     let rebuilt = fresh.snapshot().await?;
     drop(fresh);
     if !args.keep && args.into.is_none() && args.into_url.is_none() {
@@ -172,13 +183,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let rate = applied as f64 / took.as_secs_f64().max(1e-9);
     super::out(format!(
-        "replayed {applied} records in {:.2}s ({rate:.0} records/s): {} inbox rows, {} users",
+        "replayed {applied} records in {:.2}s ({} records/s): {} inbox rows, {} users",
         took.as_secs_f64(),
+        thousands(rate as u64),
         rebuilt.rows.len(),
         rebuilt.users.len()
     ));
     let mut problems = live_snapshot.check_invariants();
     problems.extend(live_snapshot.diff(&rebuilt, MAX_DIFFERENCES_SHOWN));
+    comparing.finish_and_clear();
     if problems.is_empty() {
         super::out("the rebuilt projection equals the live one".to_string());
         Ok(ExitCode::SUCCESS)
@@ -188,5 +201,76 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             super::out(format!("  {p}"));
         }
         Ok(ExitCode::from(1))
+    }
+}
+
+/// The replay bar: records so far, the mean rate since the start as a whole number with its
+/// unit, and the time left at that rate (indicatif's own estimate follows the last few steps
+/// and settled near a constant for the large, uneven steps a rebuild reports).
+fn replay_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner} replaying [{bar:40}] {pos}/{len} records ({rate}, eta {remaining})",
+    )
+    .expect("valid template")
+    .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{} records/s", thousands(mean_rate(s) as u64));
+    })
+    .with_key(
+        "remaining",
+        |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&eta(s.pos(), s.len(), mean_rate(s)));
+        },
+    )
+    .progress_chars("=> ")
+}
+
+fn mean_rate(s: &ProgressState) -> f64 {
+    let secs = s.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        s.pos() as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Time left for `len - pos` records at `rate` records/s: `m:ss`, or `?` before there is a rate.
+fn eta(pos: u64, len: Option<u64>, rate: f64) -> String {
+    match len {
+        Some(len) if rate >= 1.0 => {
+            let secs = (len.saturating_sub(pos) as f64 / rate).ceil() as u64;
+            format!("{}:{:02}", secs / 60, secs % 60)
+        }
+        _ => "?".into(),
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{eta, thousands};
+
+    #[test]
+    fn rates_are_whole_numbers_with_separators_and_the_eta_follows_the_mean_rate() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(111_154), "111,154");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(eta(0, Some(1_500_000), 100_000.0), "0:15");
+        assert_eq!(eta(1_000_000, Some(1_500_000), 100_000.0), "0:05");
+        assert_eq!(eta(0, Some(9_000_000), 100_000.0), "1:30");
+        assert_eq!(eta(10, None, 5.0), "?");
+        assert_eq!(eta(0, Some(10), 0.0), "?", "no rate yet");
     }
 }

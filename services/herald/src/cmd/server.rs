@@ -117,6 +117,21 @@ pub struct Knobs {
     /// one; also how long an idle keep-alive connection stays open, milliseconds.
     #[arg(long, default_value_t = defaults().http.header_read_timeout.as_millis() as u64)]
     pub http_header_timeout_ms: u64,
+    /// How long an inbox read with `after=CURSOR` waits for the projection to catch up before
+    /// it answers with `"consistent": false`, milliseconds (0: never wait).
+    #[arg(long, default_value_t = defaults().read_after_wait.as_millis() as u64)]
+    pub read_after_wait_ms: u64,
+    /// Wait before the first redelivery of a notification a device has not ACKed, milliseconds;
+    /// it doubles after each one, up to --redelivery-max-ms.
+    #[arg(long, default_value_t = defaults().delivery.backoff_initial_ms)]
+    pub redelivery_initial_ms: u64,
+    /// Longest wait between two redeliveries, milliseconds.
+    #[arg(long, default_value_t = defaults().delivery.backoff_max_ms)]
+    pub redelivery_max_ms: u64,
+    /// Redeliveries of an unACKed notification within one connection; after them it waits for
+    /// the device's next resume.
+    #[arg(long, default_value_t = defaults().delivery.max_redeliveries)]
+    pub max_redeliveries: u32,
 }
 
 impl Knobs {
@@ -134,6 +149,13 @@ impl Knobs {
             http: herald_gateway::HttpOptions {
                 header_read_timeout: Duration::from_millis(self.http_header_timeout_ms),
                 ..defaults().http
+            },
+            read_after_wait: Duration::from_millis(self.read_after_wait_ms),
+            delivery: herald_core::delivery::DeliveryConfig {
+                backoff_initial_ms: self.redelivery_initial_ms,
+                backoff_max_ms: self.redelivery_max_ms,
+                max_redeliveries: self.max_redeliveries,
+                ..defaults().delivery
             },
             ..defaults()
         }
@@ -359,11 +381,17 @@ impl Server {
             (Some(b), false) => format!("log on Kafka at {b}"),
             (None, _) => format!("data in {}", storage.data_dir.display()),
         };
-        eprintln!(
-            "{}: listening on http://{} ({where_})",
-            mode.name(),
-            listener.local_addr()?
-        );
+        let addr = listener.local_addr()?;
+        eprintln!("{}: listening on http://{addr} ({where_})", mode.name());
+        if mode == Mode::Dev {
+            // An unspecified address (0.0.0.0) is reached through localhost.
+            let host = if addr.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
+            eprintln!("herald dev: demo inbox at http://{host}/ (open it in a browser)");
+        }
         let server_token = shutdown.clone();
         let http = state.config.http;
         let stop = async move {
