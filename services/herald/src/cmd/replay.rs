@@ -247,12 +247,15 @@ fn eta(pos: u64, len: Option<u64>, rate: f64) -> String {
 /// `1234567` as `1,234,567`.
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    let first = match digits.len() % 3 {
+        0 => 3,
+        r => r,
+    };
+    let (head, tail) = digits.split_at(first.min(digits.len()));
+    let mut out = head.to_owned();
+    for group in tail.as_bytes().chunks(3) {
+        out.push(',');
+        out.push_str(std::str::from_utf8(group).expect("ASCII digits"));
     }
     out
 }
