@@ -21,7 +21,6 @@ mod error;
 pub mod extract;
 pub mod hub;
 pub mod limits;
-pub mod openapi;
 pub mod queue;
 pub mod routes;
 pub mod serve;

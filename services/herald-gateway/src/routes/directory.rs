@@ -96,7 +96,7 @@ pub(crate) fn user_record(user: String, body: UserBody) -> Result<RequestRecord,
 }
 
 #[utoipa::path(put, path = "/v1/users/{user}", tag = "directory", request_body = UserBody, params(("user" = String, Path, description = "User id")),
-    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_user(
     State(st): State<AppState>,
@@ -107,7 +107,7 @@ async fn put_user(
 }
 
 #[utoipa::path(put, path = "/v1/groups/{group}/members/{user}", tag = "directory", params(("group" = String, Path), ("user" = String, Path)),
-    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_member(
     State(st): State<AppState>,
@@ -121,7 +121,7 @@ async fn put_member(
 }
 
 #[utoipa::path(delete, path = "/v1/groups/{group}/members/{user}", tag = "directory", params(("group" = String, Path), ("user" = String, Path)),
-    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn delete_member(
     State(st): State<AppState>,
@@ -135,7 +135,7 @@ async fn delete_member(
 }
 
 #[utoipa::path(put, path = "/v1/topics/{topic}/subscribers/{user}", tag = "directory", params(("topic" = String, Path), ("user" = String, Path)),
-    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_subscriber(
     State(st): State<AppState>,
@@ -149,7 +149,7 @@ async fn put_subscriber(
 }
 
 #[utoipa::path(delete, path = "/v1/topics/{topic}/subscribers/{user}", tag = "directory", params(("topic" = String, Path), ("user" = String, Path)),
-    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn delete_subscriber(
     State(st): State<AppState>,
@@ -178,7 +178,7 @@ pub(crate) fn role_record(role: String, body: RoleBody) -> Result<RequestRecord,
 }
 
 #[utoipa::path(put, path = "/v1/roles/{role}", tag = "directory", request_body = RoleBody, params(("role" = String, Path)),
-    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Recorded), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_role(
     State(st): State<AppState>,

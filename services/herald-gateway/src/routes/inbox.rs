@@ -191,7 +191,7 @@ pub(crate) fn page_of(p: &InboxParams) -> Result<(InboxFilter, usize), AppError>
            ("before" = Option<u64>, Query, description = "Only rows with a lower seq (paging: `next_before`)"),
            ("limit" = Option<usize>, Query, description = "1..=1000, default 50"),
            ("after" = Option<String>, Query, description = "Read-your-writes: wait until this cursor is applied")),
-    responses((status = 200, description = "A page of the inbox", body = InboxPage), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "A page of the inbox", body = InboxPage), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn get_inbox(
     State(st): State<AppState>,
@@ -230,7 +230,7 @@ async fn get_inbox(
 /// The token user's unread count.
 #[utoipa::path(get, path = "/v1/inbox/unread-count", tag = "inbox",
     params(("after" = Option<String>, Query, description = "Read-your-writes: wait until this cursor is applied")),
-    responses((status = 200, description = "The unread count", body = UnreadCount), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "The unread count", body = UnreadCount), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn get_unread_count(
     State(st): State<AppState>,
@@ -356,7 +356,7 @@ async fn mark(
 
 /// Mark notifications read (by id, or everything up to a cursor).
 #[utoipa::path(post, path = "/v1/inbox/read", tag = "inbox", request_body = MarkBody,
-    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn post_read(
     State(st): State<AppState>,
@@ -368,7 +368,7 @@ async fn post_read(
 
 /// Mark notifications unread.
 #[utoipa::path(post, path = "/v1/inbox/unread", tag = "inbox", request_body = MarkBody,
-    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn post_unread(
     State(st): State<AppState>,
@@ -380,7 +380,7 @@ async fn post_unread(
 
 /// Archive notifications.
 #[utoipa::path(post, path = "/v1/inbox/archive", tag = "inbox", request_body = MarkBody,
-    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn post_archive(
     State(st): State<AppState>,
@@ -425,7 +425,7 @@ pub(crate) fn ack_event(
 /// ACK over HTTP (for SSE clients): 202 once the ACK is durable in the log.
 /// ACK notifications for a device over HTTP (SSE clients).
 #[utoipa::path(post, path = "/v1/ack", tag = "inbox", request_body = AckBody,
-    responses((status = 202, description = "Durable in the log", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn post_ack(
     State(st): State<AppState>,

@@ -7,13 +7,14 @@
 //! | [`inbox`], [`preferences`], ticket minting | users (Bearer JWT) | `/v1/inbox…`, `POST /v1/ack`, `/v1/preferences`, `POST /v1/ws-ticket` |
 //! | [`realtime`] | users (Bearer JWT or ticket), allowed origins | `GET /v1/ws`, `GET /v1/sse` |
 //! | [`ops`] | operators | `/v1/audit/…`, `/v1/status`, `/v1/presence`, `/metrics` |
-//! | [`web`], [`crate::openapi`] | anyone | `/healthz`, `/herald.js`, `/v1/openapi.json`; `herald dev`: `/`, `/demo.js`, `POST /v1/dev/token` |
+//! | [`web`], [`openapi`] | anyone | `/healthz`, `/herald.js`, `/v1/openapi.json`; `herald dev`: `/`, `/demo.js`, `POST /v1/dev/token` |
 
 pub mod directory;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbox;
 pub mod notifications;
+pub mod openapi;
 pub mod ops;
 pub mod preferences;
 pub mod realtime;
@@ -47,7 +48,7 @@ pub fn app(state: AppState) -> Router {
         .merge(realtime)
         .merge(operators)
         .merge(web::routes())
-        .merge(crate::openapi::routes());
+        .merge(openapi::routes());
     outer_layers(routes).with_state(state)
 }
 

@@ -117,7 +117,7 @@ pub(crate) struct BatchBody {
 /// Send one notification (202 once it is durable in the log).
 #[utoipa::path(post, path = "/v1/notifications", tag = "producers", request_body = NotificationBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to `idempotency_key`")),
-    responses((status = 202, description = "Durable in the log", body = Accepted), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry with the same key", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Durable in the log", body = Accepted), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry with the same key", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn post_notification(
     State(st): State<AppState>,
@@ -162,7 +162,7 @@ async fn accept(
 /// call; the answers come in the same order. Each may carry its own `idempotency_key`.
 /// Send 1 to 1,000 notifications in one request, all or none.
 #[utoipa::path(post, path = "/v1/notifications/batch", tag = "producers", request_body = BatchBody,
-    responses((status = 202, description = "All durable in the log", body = AcceptedBatch), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "All durable in the log", body = AcceptedBatch), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log could not make it durable; retry", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn post_batch(
     State(st): State<AppState>,

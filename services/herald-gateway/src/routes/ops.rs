@@ -35,7 +35,7 @@ pub(crate) struct AuditParams {
 #[utoipa::path(get, path = "/v1/audit/{id}", tag = "operators",
     params(("id" = String, Path, description = "A notification id or a user id"),
            ("max_records" = Option<u64>, Query, description = "Most log records to read")),
-    responses((status = 200, description = "Every event about it, in log order (see docs/protocol.md)", body = Object), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Every event about it, in log order (see docs/protocol.md)", body = Object), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn get_audit(
     State(st): State<AppState>,
@@ -66,7 +66,7 @@ async fn get_audit(
 
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operators",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn get_metrics(State(st): State<AppState>) -> Result<String, AppError> {
     match &st.metrics {
@@ -93,7 +93,7 @@ pub struct Status {
 
 /// Log end offsets, the projector's applied offsets and the lag between them, per stage.
 #[utoipa::path(get, path = "/v1/status", tag = "operators",
-    responses((status = 200, description = "Log ends, applied offsets and lag per stage", body = Status), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Log ends, applied offsets and lag per stage", body = Status), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn get_status(State(st): State<AppState>) -> Result<Json<Status>, AppError> {
     let mut stages = BTreeMap::new();
@@ -139,7 +139,7 @@ pub struct Presence {
 
 /// Who is connected to this gateway, with which devices.
 #[utoipa::path(get, path = "/v1/presence", tag = "operators",
-    responses((status = 200, description = "This gateway's connected users", body = Presence), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "This gateway's connected users", body = Presence), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn get_presence(State(st): State<AppState>) -> Json<Presence> {
     Json(Presence {

@@ -21,7 +21,7 @@ pub fn routes() -> Router<AppState> {
 
 /// The token user's preferences (empty maps when they never set any).
 #[utoipa::path(get, path = "/v1/preferences", tag = "preferences",
-    responses((status = 200, description = "The user's preferences", body = Preferences), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "The user's preferences", body = Preferences), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn get_preferences(
     State(st): State<AppState>,
@@ -34,7 +34,7 @@ async fn get_preferences(
 /// is durable in the log. It also waits (at most `read_after_wait`) for the projector to apply
 /// it, so a `GET` and the next notification's expansion see it.
 #[utoipa::path(put, path = "/v1/preferences", tag = "preferences", request_body = Preferences,
-    responses((status = 200, description = "Durable in the log: the stored document", body = Preferences), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Durable in the log: the stored document", body = Preferences), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn put_preferences(
     State(st): State<AppState>,

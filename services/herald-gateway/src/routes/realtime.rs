@@ -42,7 +42,7 @@ pub struct Ticket {
 
 /// A single-use ticket for a browser's WebSocket; each user may mint a few a second.
 #[utoipa::path(post, path = "/v1/ws-ticket", tag = "realtime",
-    responses((status = 200, description = "A ticket for `?ticket=` of /v1/ws or /v1/sse", body = Ticket), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "A ticket for `?ticket=` of /v1/ws or /v1/sse", body = Ticket), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = [])))]
 async fn post_ticket(
     State(st): State<AppState>,
@@ -65,7 +65,7 @@ async fn post_ticket(
 /// The WebSocket session (subprotocol `herald.v1`, frames in docs/protocol.md).
 #[utoipa::path(get, path = "/v1/ws", tag = "realtime",
     params(("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token")),
-    responses((status = 101, description = "Switching to the `herald.v1` WebSocket protocol"), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 101, description = "Switching to the `herald.v1` WebSocket protocol"), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = []), ("ticket" = [])))]
 async fn ws_upgrade(
     State(st): State<AppState>,
@@ -124,7 +124,7 @@ pub(crate) fn sse_hello(
 #[utoipa::path(get, path = "/v1/sse", tag = "realtime",
     params(("device_id" = String, Query), ("cursor" = Option<String>, Query, description = "Resume after this cursor"),
            ("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token")),
-    responses((status = 200, description = "An event stream of `herald.v1` frames", content_type = "text/event-stream", body = String), (status = "4XX", description = "Refused: see the error code", body = crate::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "An event stream of `herald.v1` frames", content_type = "text/event-stream", body = String), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = []), ("ticket" = [])))]
 async fn sse(
     State(st): State<AppState>,

@@ -4,7 +4,7 @@
 //! response types they use, so a producer in any language can generate a client from it.
 //! `tests/openapi.rs` checks it against the router: every route registered in `routes/` is in
 //! the document with its methods, and every documented operation answers on the real router.
-//! The static routes of `routes/web.rs` (health, the browser client, the `herald dev` demo) are
+//! The static routes of `web.rs` (health, the browser client, the `herald dev` demo) are
 //! described by the small stubs below, beside the module that serves them.
 
 use axum::Json;
