@@ -128,6 +128,18 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
             "invalid id",
         ),
         (vec!["replay", "--data-dir", missing], 1, "does not exist"),
+        // A live projection elsewhere does not make a missing data directory "corrupt data".
+        (
+            vec![
+                "replay",
+                "--projection-url",
+                "postgres://127.0.0.1:1/x",
+                "--data-dir",
+                missing,
+            ],
+            1,
+            "does not exist",
+        ),
         (
             vec![
                 "dev",

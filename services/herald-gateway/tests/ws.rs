@@ -1054,6 +1054,48 @@ async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
             _ => {}
         }
     }
+    // An ACK by id settles the notification whatever seq the repeat would have had: once the
+    // projection has it, a reconnect of the device replays neither.
+    c.ack(&[first.clone(), later.clone()], None).await.unwrap();
+    c.close().await;
+    use herald_ports::InboxReader;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let now = herald_gateway::clock::now_ms();
+        let pending = srv
+            .store
+            .pending("rep", "d1", None, now, 100)
+            .await
+            .unwrap();
+        if !pending
+            .iter()
+            .any(|r| r.notification_id == first || r.notification_id == later)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ACKs by id never cleared the rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut c, _) = connect(&srv.ws, &bearer("rep"), "d1", None).await.unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ServerFrame::Notification { id, .. } => {
+                assert!(
+                    id != first && id != later,
+                    "{id} was replayed after its ACK"
+                )
+            }
+            ServerFrame::Replayed { .. } => break,
+            _ => {}
+        }
+    }
     srv.shutdown.cancel();
 }
 
