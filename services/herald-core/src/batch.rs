@@ -322,7 +322,10 @@ pub fn prefetch<'a>(events: impl IntoIterator<Item = &'a UserEvent>) -> BTreeSet
                     });
                 }
             }
-            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
+            UserEvent::Read(e)
+            | UserEvent::Unread(e)
+            | UserEvent::Archived(e)
+            | UserEvent::Unarchived(e) => {
                 needs.extend(e.notification_ids.iter().map(|id| row(&e.user_id, id)));
                 if e.up_to.is_some() && matches!(event, UserEvent::Read(_)) {
                     needs.insert(Need::Unread {

@@ -477,6 +477,8 @@ pub enum UserEvent {
     Read(MarkChange),
     Unread(MarkChange),
     Archived(MarkChange),
+    /// Taken out of the archive (by id).
+    Unarchived(MarkChange),
     Expired(NotificationExpired),
     Connected(DeviceConnected),
     Progress(DeviceProgress),
@@ -489,7 +491,10 @@ impl UserEvent {
             UserEvent::Added(e) => &e.user_id,
             UserEvent::Delivered(e) => &e.user_id,
             UserEvent::Acked(e) => &e.user_id,
-            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => &e.user_id,
+            UserEvent::Read(e)
+            | UserEvent::Unread(e)
+            | UserEvent::Archived(e)
+            | UserEvent::Unarchived(e) => &e.user_id,
             UserEvent::Expired(e) => &e.user_id,
             UserEvent::Connected(e) => &e.user_id,
             UserEvent::Progress(e) => &e.user_id,
@@ -506,6 +511,7 @@ impl UserEvent {
             UserEvent::Read(_) => "read",
             UserEvent::Unread(_) => "unread",
             UserEvent::Archived(_) => "archived",
+            UserEvent::Unarchived(_) => "unarchived",
             UserEvent::Expired(_) => "expired",
             UserEvent::Connected(_) => "connected",
             UserEvent::Progress(_) => "device_progress",
@@ -518,9 +524,10 @@ impl UserEvent {
         match self {
             UserEvent::Delivered(e) => Some(&e.device_id),
             UserEvent::Acked(e) => Some(&e.device_id),
-            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
-                e.device_id.as_deref()
-            }
+            UserEvent::Read(e)
+            | UserEvent::Unread(e)
+            | UserEvent::Archived(e)
+            | UserEvent::Unarchived(e) => e.device_id.as_deref(),
             UserEvent::Connected(e) => Some(&e.device_id),
             UserEvent::Progress(e) => Some(&e.device_id),
             UserEvent::Added(_) | UserEvent::Expired(_) | UserEvent::Preferences(_) => None,
@@ -544,7 +551,10 @@ impl UserEvent {
                     || seq_of_id.is_some_and(|s| e.delivered.contains(&(s as i64)))
             }
             UserEvent::Acked(e) => e.notification_ids.iter().any(|n| n == id) || covered(e.up_to),
-            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => {
+            UserEvent::Read(e)
+            | UserEvent::Unread(e)
+            | UserEvent::Archived(e)
+            | UserEvent::Unarchived(e) => {
                 e.notification_ids.iter().any(|n| n == id) || covered(e.up_to)
             }
         }
@@ -556,7 +566,10 @@ impl UserEvent {
             UserEvent::Added(e) => e.created_at,
             UserEvent::Delivered(e) => e.at,
             UserEvent::Acked(e) => e.at,
-            UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => e.at,
+            UserEvent::Read(e)
+            | UserEvent::Unread(e)
+            | UserEvent::Archived(e)
+            | UserEvent::Unarchived(e) => e.at,
             UserEvent::Expired(e) => e.at,
             UserEvent::Connected(e) => e.at,
             UserEvent::Progress(e) => e.at,

@@ -319,6 +319,40 @@ pub fn fold<S: ProjectionState>(
             })?;
             changes.into_writes(state, 0, &mut out)?;
         }
+        UserEvent::Unarchived(e) => {
+            let mut changes = RowChanges::new(&e.user_id);
+            touch_named(state, &mut changes, &e.notification_ids, offset, |r| {
+                r.archived = false
+            })?;
+            // Invariant 3: a row back in the list may meet a listed row of its collapse key (one
+            // that arrived while it was archived, so did not supersede it). The newer of the two
+            // stays listed, as if both had been listed all along.
+            let mut back: Vec<InboxRow> = changes
+                .rows
+                .values()
+                .map(|(_, after)| after.clone())
+                .filter(|r| r.listed() && r.collapse_key.is_some())
+                .collect();
+            back.sort_by_key(|r| std::cmp::Reverse(r.seq));
+            let mut claimed = BTreeSet::new();
+            for row in back {
+                let key = row.collapse_key.clone().unwrap_or_default();
+                if !claimed.insert(key.clone()) {
+                    changes.touch(row, |r| r.superseded = true); // a newer one came back too
+                    continue;
+                }
+                if let Some(holder) = state.collapse_holder(&e.user_id, &key)?
+                    && holder.seq != row.seq
+                {
+                    if holder.seq > row.seq {
+                        changes.touch(row, |r| r.superseded = true);
+                    } else {
+                        changes.touch(holder, |r| r.superseded = true);
+                    }
+                }
+            }
+            changes.into_writes(state, 0, &mut out)?;
+        }
         UserEvent::Expired(e) => {
             let mut changes = RowChanges::new(&e.user_id);
             let id = std::slice::from_ref(&e.notification_id);

@@ -58,7 +58,8 @@ fn every_user_event() -> Vec<UserEvent> {
             device_id: None,
             ..mark.clone()
         }),
-        UserEvent::Archived(mark),
+        UserEvent::Archived(mark.clone()),
+        UserEvent::Unarchived(mark),
         UserEvent::Expired(NotificationExpired {
             user_id: "alice".into(),
             notification_id: "n1".into(),
@@ -486,6 +487,7 @@ proptest! {
             (SchemaKind::Read, UserEvent::Read(m.clone())),
             (SchemaKind::Unread, UserEvent::Unread(m.clone())),
             (SchemaKind::Archived, UserEvent::Archived(m.clone())),
+            (SchemaKind::Unarchived, UserEvent::Unarchived(m.clone())),
             (SchemaKind::Delivered, UserEvent::Delivered(NotificationDelivered {
                 user_id: user.clone(), device_id: device.clone(), notification_id: id.clone(), at,
             })),
@@ -510,7 +512,7 @@ proptest! {
             let ours = codec::encode_user_event(&ev).unwrap();
             let value: &dyn erased::Value = match &ev {
                 UserEvent::Added(x) => x,
-                UserEvent::Read(x) | UserEvent::Unread(x) | UserEvent::Archived(x) => x,
+                UserEvent::Read(x) | UserEvent::Unread(x) | UserEvent::Archived(x) | UserEvent::Unarchived(x) => x,
                 UserEvent::Delivered(x) => x,
                 UserEvent::Acked(x) => x,
                 UserEvent::Expired(x) => x,

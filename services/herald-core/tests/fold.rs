@@ -148,6 +148,43 @@ fn a_newer_collapse_key_supersedes_the_older_row() {
 }
 
 #[test]
+fn unarchive_lists_the_row_again_and_the_newer_collapse_key_row_wins() {
+    let m = fold(&[
+        added("a", "n1", None),
+        UserEvent::Archived(mark("a", &["n1"], None)),
+        UserEvent::Unarchived(mark("a", &["n1"], None)),
+    ]);
+    let row = &m.snapshot.rows[&("a".into(), 0)];
+    assert!(!row.archived && row.listed());
+    assert_eq!(unread(&m, "a"), 1, "unread again once back in the list");
+    // n1 is archived when n2 arrives with its key, so n2 supersedes nothing; unarchiving n1
+    // must not list two rows of one key: the newer, n2, stays.
+    let m = fold(&[
+        added("a", "n1", Some("k")),
+        UserEvent::Archived(mark("a", &["n1"], None)),
+        added("a", "n2", Some("k")),
+        UserEvent::Unarchived(mark("a", &["n1"], None)),
+    ]);
+    assert!(m.snapshot.rows[&("a".into(), 0)].superseded);
+    assert!(m.snapshot.rows[&("a".into(), 2)].listed());
+    assert_eq!(unread(&m, "a"), 1);
+    assert!(m.snapshot.check_invariants().is_empty());
+    // The other way round: the newer row comes back over an older listed one.
+    let m = fold(&[
+        added("a", "n1", Some("k")),
+        UserEvent::Archived(mark("a", &["n1"], None)),
+        added("a", "n2", Some("k")),
+        UserEvent::Archived(mark("a", &["n2"], None)),
+        UserEvent::Unarchived(mark("a", &["n1"], None)),
+        UserEvent::Unarchived(mark("a", &["n2"], None)),
+    ]);
+    assert!(m.snapshot.rows[&("a".into(), 0)].superseded);
+    assert!(m.snapshot.rows[&("a".into(), 2)].listed());
+    assert_eq!(unread(&m, "a"), 1);
+    assert!(m.snapshot.check_invariants().is_empty());
+}
+
+#[test]
 fn acks_are_per_device_and_the_cursor_never_moves_back() {
     let m = fold(&[
         added("a", "n1", None),
@@ -248,6 +285,7 @@ fn arb_event() -> impl Strategy<Value = UserEvent> {
         2 => mark().prop_map(UserEvent::Read),
         1 => mark().prop_map(UserEvent::Unread),
         1 => mark().prop_map(UserEvent::Archived),
+        1 => mark().prop_map(UserEvent::Unarchived),
         1 => (user, id).prop_map(|(u, n)| UserEvent::Expired(NotificationExpired { user_id: u, notification_id: n, at: 9 })),
     ]
 }

@@ -1022,3 +1022,90 @@ async fn the_demo_and_the_browser_client_are_served_with_a_content_security_poli
         "the demo builds its DOM from text"
     );
 }
+
+/// Unarchive: `POST /v1/inbox/unarchive` brings an archived notification back to the inbox
+/// (through the log and the projector, like the other marks), and takes no `up_to`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unarchive_brings_a_notification_back_to_the_inbox() {
+    let env = env().await;
+    let stop = CancellationToken::new();
+    let projector = Projector::new(env.log.clone(), env.store.clone());
+    let token = stop.clone();
+    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (_, accepted) = call(&env, post(valid().to_string(), Some("unarchive-1"))).await;
+    let id = accepted["notification_id"].as_str().unwrap().to_owned();
+    let alice = dev_token(&env, "alice").await;
+    // Reads below pass each change's cursor as `after`, so they include it.
+    let page = |filter: &str, after: &str| {
+        get(&format!("/v1/inbox?filter={filter}&after={after}"), &alice)
+    };
+    let ids = |b: &Value| -> Vec<String> {
+        b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (s, archived) = call(
+        &env,
+        post_json("/v1/inbox/archive", &alice, json!({"ids": [id]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{archived}");
+    let after = archived["cursor"].as_str().unwrap().to_owned();
+    let (_, inbox) = call(&env, page("inbox", &after)).await;
+    assert_eq!(inbox["consistent"], true, "{inbox}");
+    assert!(
+        ids(&inbox).is_empty(),
+        "archived: not in the inbox: {inbox}"
+    );
+    let (_, arch) = call(&env, page("archived", &after)).await;
+    assert_eq!(ids(&arch), vec![id.clone()], "{arch}");
+
+    let (s, back) = call(
+        &env,
+        post_json(
+            "/v1/inbox/unarchive",
+            &alice,
+            json!({"ids": [id], "device_id": "laptop"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{back}");
+    let after = back["cursor"].as_str().unwrap().to_owned();
+    let (_, inbox) = call(&env, page("inbox", &after)).await;
+    assert_eq!(inbox["consistent"], true, "{inbox}");
+    assert_eq!(
+        ids(&inbox),
+        vec![id.clone()],
+        "unarchived: back in the inbox: {inbox}"
+    );
+    assert_eq!(inbox["items"][0]["archived"], false, "{inbox}");
+    assert_eq!(
+        inbox["unread_count"], 1,
+        "still unread, so counted again: {inbox}"
+    );
+    let (_, arch) = call(&env, page("archived", &after)).await;
+    assert!(ids(&arch).is_empty(), "{arch}");
+
+    // Like unread and archive, it names ids and takes no up_to.
+    let (s, b) = call(
+        &env,
+        post_json("/v1/inbox/unarchive", &alice, json!({"up_to": after})),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::BAD_REQUEST, "invalid_request"),
+        "{b}"
+    );
+    let (s, b) = call(&env, post_json("/v1/inbox/unarchive", &alice, json!({}))).await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::BAD_REQUEST, "invalid_request"),
+        "{b}"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -125,9 +125,10 @@ fn user_entry(r: &StoredRecord, e: &UserEvent) -> AuditEntry {
             parts.join("; ")
         }
         UserEvent::Acked(a) => describe_ids(&a.notification_ids, a.up_to),
-        UserEvent::Read(m) | UserEvent::Unread(m) | UserEvent::Archived(m) => {
-            describe_ids(&m.notification_ids, m.up_to)
-        }
+        UserEvent::Read(m)
+        | UserEvent::Unread(m)
+        | UserEvent::Archived(m)
+        | UserEvent::Unarchived(m) => describe_ids(&m.notification_ids, m.up_to),
     };
     AuditEntry {
         user_id: Some(e.user_id().to_owned()),

@@ -52,10 +52,11 @@ pub enum SchemaKind {
     Connected,
     Progress,
     Preferences,
+    Unarchived,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 13] = [
+    pub const ALL: [SchemaKind; 14] = [
         SchemaKind::NotificationRequest,
         SchemaKind::DirectoryChange,
         SchemaKind::Added,
@@ -69,6 +70,7 @@ impl SchemaKind {
         SchemaKind::Connected,
         SchemaKind::Progress,
         SchemaKind::Preferences,
+        SchemaKind::Unarchived,
     ];
 
     /// The record's full Avro name, also carried in the `herald-schema` header.
@@ -87,6 +89,7 @@ impl SchemaKind {
             SchemaKind::Connected => "dev.herald.events.DeviceConnected",
             SchemaKind::Progress => "dev.herald.events.DeviceProgress",
             SchemaKind::Preferences => "dev.herald.events.PreferencesChanged",
+            SchemaKind::Unarchived => "dev.herald.events.NotificationsUnarchived",
         }
     }
 
@@ -120,6 +123,9 @@ impl SchemaKind {
             SchemaKind::Progress => include_str!("../../../../schemas/avro/device_progress.avsc"),
             SchemaKind::Preferences => {
                 include_str!("../../../../schemas/avro/preferences_changed.avsc")
+            }
+            SchemaKind::Unarchived => {
+                include_str!("../../../../schemas/avro/notifications_unarchived.avsc")
             }
         }
     }
@@ -274,6 +280,9 @@ impl Registry {
             SchemaKind::Read => Event::User(UserEvent::Read(records::read_mark(&mut r)?)),
             SchemaKind::Unread => Event::User(UserEvent::Unread(records::read_mark(&mut r)?)),
             SchemaKind::Archived => Event::User(UserEvent::Archived(records::read_mark(&mut r)?)),
+            SchemaKind::Unarchived => {
+                Event::User(UserEvent::Unarchived(records::read_mark(&mut r)?))
+            }
             SchemaKind::Expired => Event::User(UserEvent::Expired(records::read_expired(&mut r)?)),
             SchemaKind::Connected => {
                 Event::User(UserEvent::Connected(records::read_connected(&mut r)?))
@@ -315,7 +324,10 @@ pub fn encode_user_event(event: &UserEvent) -> Result<Vec<u8>, CoreError> {
         UserEvent::Added(e) => records::added(w, e),
         UserEvent::Delivered(e) => records::delivered(w, e),
         UserEvent::Acked(e) => records::acked(w, e),
-        UserEvent::Read(e) | UserEvent::Unread(e) | UserEvent::Archived(e) => records::mark(w, e),
+        UserEvent::Read(e)
+        | UserEvent::Unread(e)
+        | UserEvent::Archived(e)
+        | UserEvent::Unarchived(e) => records::mark(w, e),
         UserEvent::Expired(e) => records::expired(w, e),
         UserEvent::Connected(e) => records::connected(w, e),
         UserEvent::Progress(e) => records::progress(w, e),
@@ -355,6 +367,7 @@ pub fn user_event_kind(event: &UserEvent) -> SchemaKind {
         UserEvent::Read(_) => SchemaKind::Read,
         UserEvent::Unread(_) => SchemaKind::Unread,
         UserEvent::Archived(_) => SchemaKind::Archived,
+        UserEvent::Unarchived(_) => SchemaKind::Unarchived,
         UserEvent::Expired(_) => SchemaKind::Expired,
         UserEvent::Connected(_) => SchemaKind::Connected,
         UserEvent::Progress(_) => SchemaKind::Progress,

@@ -110,7 +110,10 @@ impl Session {
             UserEvent::Progress(p) if p.device_id == self.device => {
                 self.echoed_acks(offset, &p.acked_ids, p.acked_up_to);
             }
-            UserEvent::Read(m) | UserEvent::Unread(m) | UserEvent::Archived(m) => {
+            UserEvent::Read(m)
+            | UserEvent::Unread(m)
+            | UserEvent::Archived(m)
+            | UserEvent::Unarchived(m) => {
                 if matches!(ev, UserEvent::Archived(_)) {
                     for id in &m.notification_ids {
                         self.settle_id(id);

@@ -1,4 +1,4 @@
-//! The user's inbox over HTTP: pages, the unread count, read / unread / archive marks, and
+//! The user's inbox over HTTP: pages, the unread count, read / unread / archive / unarchive marks, and
 //! ACKs for SSE clients. Reads come from the projection; changes are appended to the log.
 
 use std::time::Duration;
@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/inbox/read", post(post_read))
         .route("/v1/inbox/unread", post(post_unread))
         .route("/v1/inbox/archive", post(post_archive))
+        .route("/v1/inbox/unarchive", post(post_unarchive))
         .route("/v1/ack", post(post_ack))
 }
 
@@ -294,6 +295,7 @@ pub(crate) enum Mark {
     Read,
     Unread,
     Archive,
+    Unarchive,
 }
 
 /// The event a mark body asks for (validated).
@@ -326,6 +328,7 @@ pub(crate) fn mark_event(
         Mark::Read => UserEvent::Read(change),
         Mark::Unread => UserEvent::Unread(change),
         Mark::Archive => UserEvent::Archived(change),
+        Mark::Unarchive => UserEvent::Unarchived(change),
     })
 }
 
@@ -388,6 +391,18 @@ async fn post_archive(
     AppJson(body): AppJson<MarkBody>,
 ) -> Result<(StatusCode, Json<Appended>), AppError> {
     mark(&st, user.id, body, Mark::Archive).await
+}
+
+/// Take notifications out of the archive, back to the inbox.
+#[utoipa::path(post, path = "/v1/inbox/unarchive", tag = "inbox", request_body = MarkBody,
+    responses((status = 202, description = "Durable in the log; pass `cursor` as `after` to read it back", body = Appended), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+async fn post_unarchive(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    AppJson(body): AppJson<MarkBody>,
+) -> Result<(StatusCode, Json<Appended>), AppError> {
+    mark(&st, user.id, body, Mark::Unarchive).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -53,6 +53,7 @@ pub struct ErrorDetail {
         routes::inbox::post_read,
         routes::inbox::post_unread,
         routes::inbox::post_archive,
+        routes::inbox::post_unarchive,
         routes::inbox::post_ack,
         routes::preferences::get_preferences,
         routes::preferences::put_preferences,
