@@ -998,7 +998,14 @@ async fn arrays_where_objects_are_documented_and_unknown_recipient_fields_are_42
 #[tokio::test]
 async fn the_demo_and_the_browser_client_are_served_with_a_content_security_policy() {
     let env = env().await;
-    for path in ["/", "/demo.js", "/demo.css", "/herald.js"] {
+    for path in [
+        "/",
+        "/demo.js",
+        "/demo.css",
+        "/herald.js",
+        "/favicon.svg",
+        "/favicon.ico",
+    ] {
         let resp = app(env.state.clone())
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
@@ -1108,4 +1115,37 @@ async fn unarchive_brings_a_notification_back_to_the_inbox() {
     );
     stop.cancel();
     task.await.unwrap();
+}
+
+/// The gateway serves the npm package's file itself at /herald.js: one file, no copy to drift.
+#[tokio::test]
+async fn herald_js_is_the_npm_package_file() {
+    let env = env().await;
+    let resp = app(env.state.clone())
+        .oneshot(Request::get("/herald.js").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let served = resp.into_body().collect().await.unwrap().to_bytes();
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../clients/js/herald.js"
+    ))
+    .unwrap();
+    assert_eq!(
+        served.as_ref(),
+        file.as_slice(),
+        "/herald.js is clients/js/herald.js"
+    );
+    let pkg: Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../clients/js/package.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pkg["type"], "module", "{pkg}");
+    assert_eq!(pkg["exports"]["."]["default"], "./herald.js", "{pkg}");
+    assert_eq!(pkg["types"], "./herald.d.ts", "{pkg}");
 }

@@ -7,7 +7,7 @@
 //! | [`inbox`], [`preferences`], ticket minting | users (Bearer JWT) | `/v1/inbox…`, `POST /v1/ack`, `/v1/preferences`, `POST /v1/ws-ticket` |
 //! | [`realtime`] | users (Bearer JWT or ticket), allowed origins | `GET /v1/ws`, `GET /v1/sse` |
 //! | [`ops`] | operators | `/v1/audit/…`, `/v1/status`, `/v1/presence`, `/metrics` |
-//! | [`web`], [`openapi`] | anyone | `/healthz`, `/herald.js`, `/v1/openapi.json`; `herald dev`: `/`, `/demo.js`, `POST /v1/dev/token` |
+//! | [`web`], [`openapi`] | anyone | `/healthz`, `/herald.js`, `/v1/openapi.json`; `herald dev`: `/`, `/demo.js`, `/demo.css`, `/favicon.svg`, `POST /v1/dev/token` |
 
 pub mod directory;
 #[doc(hidden)]

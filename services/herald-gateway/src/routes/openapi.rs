@@ -69,6 +69,8 @@ pub struct ErrorDetail {
         demo_page,
         demo_js,
         demo_css,
+        favicon_svg,
+        favicon_ico,
         dev_token,
         openapi_json,
     ),
@@ -192,6 +194,20 @@ fn demo_js() {}
               (status = 404, description = "Not `herald dev`", body = ErrorBody)))]
 #[allow(dead_code)]
 fn demo_css() {}
+
+/// The demo page's icon (`herald dev` only).
+#[utoipa::path(get, path = "/favicon.svg", tag = "public",
+    responses((status = 200, description = "SVG", content_type = "image/svg+xml", body = String),
+              (status = 404, description = "Not `herald dev`", body = ErrorBody)))]
+#[allow(dead_code)]
+fn favicon_svg() {}
+
+/// The same icon where browsers look for it by themselves (`herald dev` only).
+#[utoipa::path(get, path = "/favicon.ico", tag = "public",
+    responses((status = 200, description = "SVG", content_type = "image/svg+xml", body = String),
+              (status = 404, description = "Not `herald dev`", body = ErrorBody)))]
+#[allow(dead_code)]
+fn favicon_ico() {}
 
 /// A 12-hour token for a demo user (`herald dev` only).
 #[utoipa::path(post, path = "/v1/dev/token", tag = "public", request_body = DevLogin,

@@ -1,5 +1,5 @@
-//! What anyone may fetch: health, the browser client; and in `herald dev` the demo inbox and
-//! its token endpoint.
+//! What anyone may fetch: health, the browser client (`clients/js/herald.js`, the npm
+//! package's own file); and in `herald dev` the demo inbox, its icon and its token endpoint.
 
 use std::time::Duration;
 
@@ -23,10 +23,12 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route(
             "/herald.js",
-            get(|| async { asset(JAVASCRIPT, include_str!("../../web/herald.js")) }),
+            get(|| async { asset(JAVASCRIPT, include_str!("../../../../clients/js/herald.js")) }),
         )
         .route("/demo.js", get(demo_js))
         .route("/demo.css", get(demo_css))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .route("/", get(demo_page))
         .route("/v1/dev/token", post(post_dev_token))
 }
@@ -42,6 +44,7 @@ async fn healthz() -> Json<Health> {
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 /// What the demo page and its files may load and run: only this origin's scripts and styles
 /// (no inline script, no eval), connections back to this origin (HTTP and WebSocket), no
@@ -90,6 +93,12 @@ async fn demo_js(State(st): State<AppState>) -> Result<Response, AppError> {
 async fn demo_css(State(st): State<AppState>) -> Result<Response, AppError> {
     dev_only(&st)?;
     Ok(asset(CSS, include_str!("../../web/demo.css")))
+}
+
+/// The demo's icon, also at `/favicon.ico` for browsers that ask there by themselves.
+async fn favicon(State(st): State<AppState>) -> Result<Response, AppError> {
+    dev_only(&st)?;
+    Ok(asset(SVG, include_str!("../../web/favicon.svg")))
 }
 
 #[derive(Debug, Deserialize)]
