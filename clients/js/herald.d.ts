@@ -220,7 +220,10 @@ export declare class OfflineError extends Error {
 export declare class HeraldHttpError extends Error {
   name: "HeraldHttpError";
   status: number;
+  /** The error body's `code` (docs/protocol.md, Errors). */
   code: string | null;
+  /** The error body's `message`, for people. */
+  serverMessage: string | null;
 }
 
 export declare class HeraldClient extends EventTarget {

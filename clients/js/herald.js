@@ -56,6 +56,7 @@ export class HeraldHttpError extends Error {
     this.name = "HeraldHttpError";
     this.status = status;
     this.code = code ?? null;
+    this.serverMessage = message ?? null;
   }
 }
 

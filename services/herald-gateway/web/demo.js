@@ -286,7 +286,11 @@ async function loadPage(first) {
   } catch (e) {
     if (gen !== generation) return;
     $("load-error-text").textContent =
-      e instanceof TypeError ? "Can't reach the server; the inbox will load when it is back." : `Couldn't load the inbox: ${e.message}`;
+      e instanceof TypeError
+        ? "Can't reach the server; the inbox will load when it is back."
+        : e instanceof HeraldHttpError
+          ? `Couldn't load the inbox (HTTP ${e.status}): ${e.serverMessage ?? e.code ?? "no details"}.`
+          : `Couldn't load the inbox: ${e.message}`;
     $("load-error").hidden = false;
   } finally {
     if (gen === generation) {
