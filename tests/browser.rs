@@ -35,12 +35,21 @@ fn demo_inbox_in_headless_chromium() {
     let shots = root.join("target/browser");
     std::fs::create_dir_all(&shots).unwrap();
     let screenshot: PathBuf = shots.join("inbox.png");
+    // The screenshots of each state go to docs/images (inbox-*.png), which the README shows.
+    let images = root.join("docs/images");
+    let expected = [
+        "empty", "loading", "error", "all", "unread", "archived", "offline", "mobile", "settings",
+    ];
+    for name in expected {
+        let _ = std::fs::remove_file(images.join(format!("inbox-{name}.png")));
+    }
     let out = Command::new("node")
         .arg(browser_dir.join("e2e.mjs"))
         .env("HERALD_BIN", support::BIN)
         .env("DATA_DIR", tmp.path().join("data"))
         .env("PORT", support::free_port().to_string())
         .env("SCREENSHOT", &screenshot)
+        .env("SHOTS_DIR", &images)
         .env("CHROMIUM", &chromium)
         .output()
         .expect("run node");
@@ -52,9 +61,15 @@ fn demo_inbox_in_headless_chromium() {
         "browser test failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("e2e: passed"));
-    assert!(
-        screenshot.exists(),
-        "no screenshot at {}",
-        screenshot.display()
-    );
+    for name in expected {
+        let path = images.join(format!("inbox-{name}.png"));
+        let size = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("no screenshot at {}: {e}", path.display()))
+            .len();
+        assert!(
+            size < 300_000,
+            "{} is {size} bytes: keep screenshots small",
+            path.display()
+        );
+    }
 }
