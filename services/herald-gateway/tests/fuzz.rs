@@ -336,7 +336,8 @@ fn samples() -> Vec<Event> {
         })),
         Event::User(UserEvent::Read(mark.clone())),
         Event::User(UserEvent::Unread(mark.clone())),
-        Event::User(UserEvent::Archived(mark)),
+        Event::User(UserEvent::Archived(mark.clone())),
+        Event::User(UserEvent::Unarchived(mark)),
         Event::User(UserEvent::Expired(NotificationExpired {
             user_id: "alice".into(),
             notification_id: "n1".into(),

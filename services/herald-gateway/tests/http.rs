@@ -1041,6 +1041,12 @@ async fn unarchive_brings_a_notification_back_to_the_inbox() {
     let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
     let (_, accepted) = call(&env, post(valid().to_string(), Some("unarchive-1"))).await;
     let id = accepted["notification_id"].as_str().unwrap().to_owned();
+    // Marks act on rows that exist: wait until the projector has expanded the request.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.store.row("alice", &id).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let alice = dev_token(&env, "alice").await;
     // Reads below pass each change's cursor as `after`, so they include it.
     let page = |filter: &str, after: &str| {
