@@ -379,14 +379,15 @@ export class HeraldClient extends EventTarget {
     es.addEventListener("close", (m) => {
       // The server ends the stream with its close code: 4010 is not retried.
       let code = null;
+      let reason = "";
       try {
-        code = JSON.parse(m.data).code;
+        ({ code, reason = "" } = JSON.parse(m.data)); // {code, name, reason}
       } catch {}
       es.close();
       if (this.es === es) this.es = null;
       this.closes += 1;
-      this.emitAll("close", { code, reason: "" });
-      if (NO_RECONNECT_CODES.includes(code)) this.replaced("");
+      this.emitAll("close", { code, reason });
+      if (NO_RECONNECT_CODES.includes(code)) this.replaced(reason);
       else this.retry(new Error(`event stream closed ${code}`));
     });
     es.onerror = () => {
