@@ -40,3 +40,7 @@ kafka-chaos SECONDS="20":
 # every Avro schema, cursors, times). HERALD_FUZZ_SEED=… replays a run.
 fuzz ITERS="1000000":
     HERALD_FUZZ_ITERS={{ITERS}} cargo test --release -p herald-gateway --test fuzz -- --nocapture --test-threads 1
+
+# The browser test, saving its screenshots of each inbox state into docs/images (inbox-*.png).
+screenshots:
+    HERALD_UPDATE_SCREENSHOTS=1 cargo test -p herald --test browser -- --nocapture
