@@ -114,8 +114,13 @@ fn mutate_json(rng: &mut SmallRng, v: &mut serde_json::Value) {
                     items.remove(i);
                 }
                 1 => {
+                    // Long arrays, but never past what a body may be: nested copies of copies
+                    // grew one mutant to gigabytes (the test was killed for memory).
                     let copy = items[i].clone();
-                    for _ in 0..rng.random_range(1..1500) {
+                    let size = serde_json::to_vec(&copy).map_or(1, |b| b.len()).max(1);
+                    let room = MAX_INPUT
+                        .saturating_sub(serde_json::to_vec(&*items).map_or(0, |b| b.len()));
+                    for _ in 0..rng.random_range(1..1500).min(room / size) {
                         items.push(copy.clone());
                     }
                 }
@@ -132,8 +137,18 @@ fn mutate_json(rng: &mut SmallRng, v: &mut serde_json::Value) {
     }
 }
 
-/// One mutation of `input` (with `others` to splice from).
+/// The largest input tried: an HTTP body is refused past `MAX_BODY_BYTES` before it is parsed,
+/// and frames are smaller still.
+const MAX_INPUT: usize = herald_gateway::MAX_BODY_BYTES;
+
+/// One mutation of `input` (with `others` to splice from), at most [`MAX_INPUT`] bytes.
 fn mutate(rng: &mut SmallRng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = mutate_unbounded(rng, input, others);
+    v.truncate(MAX_INPUT);
+    v
+}
+
+fn mutate_unbounded(rng: &mut SmallRng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
     if rng.random_bool(0.5)
         && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(input)
     {
@@ -445,6 +460,11 @@ fn body_seeds(input: Input) -> Vec<Vec<u8>> {
         ]),
         Input::Unread | Input::Archive => strings(&[r#"{"ids":["a"],"device_id":"d"}"#]),
         Input::Ack => strings(&[r#"{"device_id":"d","ids":["a"],"up_to":"00c0ffee-9"}"#]),
+        Input::Unarchive => strings(&[r#"{"ids":["a","b"]}"#]),
+        Input::Preferences => strings(&[
+            r#"{"event_types":{"billing.invoice":{"live":false,"inbox":true}},"topics":{"deploys":{"live":false,"inbox":false}}}"#,
+            r#"{"event_types":{},"topics":{}}"#,
+        ]),
         Input::User => strings(&[r#"{"roles":["ops","admin"]}"#, "{}"]),
         Input::Role => strings(&[r#"{"topics":["*","incidents"]}"#]),
         Input::DevLogin => strings(&[r#"{"user_id":"alice"}"#]),

@@ -18,7 +18,9 @@ pub enum Input {
     Read,
     Unread,
     Archive,
+    Unarchive,
     Ack,
+    Preferences,
     User,
     Role,
     DevLogin,
@@ -28,13 +30,15 @@ pub enum Input {
 }
 
 impl Input {
-    pub const ALL: [Input; 12] = [
+    pub const ALL: [Input; 14] = [
         Input::Notification,
         Input::Batch,
         Input::Read,
         Input::Unread,
         Input::Archive,
+        Input::Unarchive,
         Input::Ack,
+        Input::Preferences,
         Input::User,
         Input::Role,
         Input::DevLogin,
@@ -81,16 +85,21 @@ pub fn check(input: Input, bytes: &[u8]) -> Result<(), AppError> {
         Input::Batch => {
             notifications::batch_requests("fuzz", json(bytes)?, None)?;
         }
-        Input::Read | Input::Unread | Input::Archive => {
+        Input::Read | Input::Unread | Input::Archive | Input::Unarchive => {
             let kind = match input {
                 Input::Read => inbox::Mark::Read,
                 Input::Unread => inbox::Mark::Unread,
-                _ => inbox::Mark::Archive,
+                Input::Archive => inbox::Mark::Archive,
+                _ => inbox::Mark::Unarchive,
             };
             inbox::mark_event(EPOCH, user(), json(bytes)?, kind, 0)?;
         }
         Input::Ack => {
             inbox::ack_event(EPOCH, user(), json(bytes)?, 0)?;
+        }
+        Input::Preferences => {
+            let preferences: herald_core::model::Preferences = json(bytes)?;
+            preferences.validate()?;
         }
         Input::User => {
             directory::user_record(user(), json(bytes)?)?;
