@@ -341,8 +341,12 @@ pub fn fold<S: ProjectionState>(
                     changes.touch(row, |r| r.superseded = true); // a newer one came back too
                     continue;
                 }
+                // Only a holder that existed when the unarchive was appended counts: a redelivered
+                // unarchive (after a crash) can meet a row added after it, whose own fold already
+                // decided between the two, and the row's later archive is redelivered too.
                 if let Some(holder) = state.collapse_holder(&e.user_id, &key)?
                     && holder.seq != row.seq
+                    && holder.seq < offset
                 {
                     if holder.seq > row.seq {
                         changes.touch(row, |r| r.superseded = true);
