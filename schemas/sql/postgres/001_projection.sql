@@ -63,5 +63,7 @@ CREATE TABLE IF NOT EXISTS preferences (user_id TEXT PRIMARY KEY, doc TEXT NOT N
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
     PRIMARY KEY (consumer, partition));
+-- Leases (the timer stage's): one holder at a time, until expires_at (Unix ms, the holder's clock).
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at BIGINT NOT NULL);
 
 INSERT INTO herald_meta (key, value) VALUES ('format', '1') ON CONFLICT (key) DO NOTHING;

@@ -61,5 +61,8 @@ CREATE TABLE IF NOT EXISTS preferences (user_id TEXT PRIMARY KEY, doc TEXT NOT N
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (consumer, partition)) WITHOUT ROWID;
+-- Leases (the timer stage's): one holder at a time, until expires_at (Unix ms, the holder's clock).
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 
 INSERT OR IGNORE INTO meta VALUES ('format', '1');

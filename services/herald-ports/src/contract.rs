@@ -58,6 +58,7 @@ macro_rules! projection_contract_tests {
             state_survives_reopen,
             a_store_keeps_one_id,
             group_generations_only_move_forward,
+            a_lease_has_one_holder_until_it_expires,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

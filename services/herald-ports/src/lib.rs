@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod log;
 pub mod projection;
+pub mod readiness;
 pub mod records;
 pub mod telemetry;
 pub mod transactional;
@@ -19,7 +20,7 @@ pub use log::{
     Appended, ConsumerEvent, EventLog, LogConsumer, LogError, Record, StoredRecord, Topic,
 };
 pub use projection::{
-    AppliedOffsets, DirectoryReader, InboxFilter, InboxQuery, InboxReader, Positioned,
+    AppliedOffsets, DirectoryReader, InboxFilter, InboxQuery, InboxReader, Lease, Positioned,
     ProjectionError, ProjectionStore, ProjectionWriter, Snapshots, Stage, TimerQueries,
 };
 

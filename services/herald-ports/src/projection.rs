@@ -249,9 +249,39 @@ pub trait DirectoryReader: Send + Sync + 'static {
 /// Most users one [`DirectoryReader::preferences_of`] call asks about.
 pub const MAX_PREFERENCE_LOOKUP: usize = 1000;
 
-/// What the timer stage reads: scheduled requests and rows past their expiry.
+/// A lease: who holds it, and until when (Unix ms, the holder's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_at_ms: i64,
+}
+
+/// The name of the timer stage's lease: only its holder scans schedules and expiries.
+pub const TIMER_LEASE: &str = "timers";
+
+/// What the timer stage reads (scheduled requests and rows past their expiry), and the lease
+/// that makes one replica of many do it.
 #[async_trait]
 pub trait TimerQueries: Send + Sync + 'static {
+    /// Takes lease `name` for `holder` until `now_ms + ttl_ms`, or renews it, when it is free,
+    /// expired at `now_ms`, or held by `holder` already; otherwise leaves it. Returns the lease
+    /// as it stands after the attempt (the caller holds it when `holder` is its own id).
+    /// Atomic: two replicas trying at once never both get it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, ProjectionError>;
+
+    /// Lets lease `name` go (expires it now) if `holder` holds it, so another replica takes it
+    /// at its next attempt instead of after the expiry. A lease someone else holds is left.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), ProjectionError>;
+
+    /// Lease `name` as stored, if anyone ever took it.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, ProjectionError>;
+
     /// Scheduled requests due at `now_ms`, earliest first (expanding one removes it: see
     /// `record_expansions`).
     async fn due(

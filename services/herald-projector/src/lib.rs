@@ -14,8 +14,9 @@
 //! `NotificationAdded` from a repeated expansion is a no-op in the fold (same id, same user), and
 //! the fanout does not repeat an interrupted expansion in the first place (`recovery`).
 //!
-//! Modules: `stage` (one stage's consumer loop), `fanout`, `inbox`, `timers`, `recovery`,
-//! [`rebuild`] (`herald replay`), [`audit`].
+//! Modules: `stage` (one stage's consumer loop), `fanout`, `inbox`, `timers` (behind a lease in
+//! the store, so one replica of many scans schedules), `recovery`, [`rebuild`] (`herald replay`),
+//! [`audit`], and [`readiness`] (what `/readyz` reports).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +36,12 @@ const LAG_INTERVAL: Duration = Duration::from_secs(1);
 pub const TIMER_INTERVAL: Duration = Duration::from_millis(250);
 /// Most scheduled requests or expiring rows handled per timer tick.
 const TIMER_BATCH: usize = 512;
+/// How long the timer lease lasts without renewal. The holder renews it every third of this;
+/// a replica that dies is replaced by another within about this plus a third (the others try
+/// every third of it too). The holder stops scanning once less than a third is left without a
+/// renewal, so two replicas scan at the same time only if their clocks differ by more than a
+/// third of this (and their work is idempotent even then).
+pub const TIMER_LEASE_TTL: Duration = Duration::from_secs(15);
 /// How long the timer stage remembers an `Expired` it appended (so it does not append it again
 /// while the projection catches up; a repeat would be harmless, only wasteful).
 const EXPIRED_MEMORY: Duration = Duration::from_secs(30);
@@ -93,6 +100,11 @@ pub struct Projector<L: ?Sized, P: ?Sized> {
     log: Arc<L>,
     store: Arc<P>,
     stall_timeout: Duration,
+    /// This replica's name as the timer lease's holder: unique per replica.
+    instance_id: String,
+    timer_lease_ttl: Duration,
+    ready_max_lag: u64,
+    status: Arc<readiness::Status>,
 }
 
 impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
@@ -101,6 +113,10 @@ impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
             log: self.log.clone(),
             store: self.store.clone(),
             stall_timeout: self.stall_timeout,
+            instance_id: self.instance_id.clone(),
+            timer_lease_ttl: self.timer_lease_ttl,
+            ready_max_lag: self.ready_max_lag,
+            status: self.status.clone(),
         }
     }
 }
@@ -111,7 +127,48 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             log,
             store,
             stall_timeout: STALL_TIMEOUT,
+            instance_id: format!("projector-{:016x}", rand::random::<u64>()),
+            timer_lease_ttl: TIMER_LEASE_TTL,
+            ready_max_lag: herald_ports::readiness::READY_MAX_LAG_RECORDS,
+            status: Default::default(),
         }
+    }
+
+    /// This replica's name as holder of the timer lease (default: `projector-` and 16 random
+    /// hex digits). It must differ between replicas of one store; a replica that is the only
+    /// possible one (it holds the data directory's lock) may keep one name across restarts, so
+    /// that it takes its own lease back at once after a crash.
+    pub fn with_instance_id(self, instance_id: impl Into<String>) -> Self {
+        Projector {
+            instance_id: instance_id.into(),
+            ..self
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The timer lease's time to live (default [`TIMER_LEASE_TTL`]).
+    pub fn with_timer_lease_ttl(self, timer_lease_ttl: Duration) -> Self {
+        Projector {
+            timer_lease_ttl,
+            ..self
+        }
+    }
+
+    /// How many records behind a stage may be and count as ready (default
+    /// [`herald_ports::readiness::READY_MAX_LAG_RECORDS`]).
+    pub fn with_ready_max_lag(self, ready_max_lag: u64) -> Self {
+        Projector {
+            ready_max_lag,
+            ..self
+        }
+    }
+
+    /// Whether each stage has its partitions and has caught up, and who holds the timer lease.
+    pub fn readiness(&self) -> herald_ports::readiness::Report {
+        self.status.report(self.ready_max_lag)
     }
 
     /// The stall timeout (default [`STALL_TIMEOUT`]).
@@ -147,6 +204,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
 
 mod fanout;
 mod inbox;
+pub mod readiness;
 mod rebuild;
 mod recovery;
 mod stage;

@@ -127,6 +127,8 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         // Fanout: requests below these offsets may have been expanded (appended) by an earlier
         // owner of the partition that crashed before recording it; see `recovery`.
         let mut recover_below: BTreeMap<u32, u64> = BTreeMap::new();
+        self.status.waiting(stage, &group);
+        let waiting_since = Instant::now();
         tracing::info!(
             stage = stage.name(),
             topic = topic.name(),
@@ -148,6 +150,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     // The projection's offsets are authoritative: they commit with the writes.
                     let stored = self.store.consumer_offsets(stage).await?;
                     let mut positions = BTreeMap::new();
+                    self.status.assigned(stage, &partitions);
                     for p in partitions {
                         let at = stored.get(&p).copied().unwrap_or(0);
                         consumer.seek(p, at)?;
@@ -157,9 +160,17 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         // have been expanded without being recorded.
                         recover_below.insert(p, at + MAX_BATCH_RECORDS as u64);
                     }
-                    tracing::info!(stage = stage.name(), ?positions, "partitions assigned");
+                    tracing::info!(
+                        stage = stage.name(),
+                        group,
+                        ?positions,
+                        waited = ?waiting_since.elapsed(),
+                        "partitions assigned"
+                    );
+                    self.measure_ready(stage, &stored).await?;
                 }
                 ConsumerEvent::Revoked(partitions) => {
+                    self.status.revoked(stage, &partitions);
                     // Each batch is finished before the next event is taken, so nothing of a
                     // revoked partition is in flight here.
                     for p in &partitions {
@@ -231,9 +242,15 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         }
         let topic = stage.topic();
         let applied = self.store.consumer_offsets(stage).await?;
+        let mine = self.status.partitions(stage);
+        let mut my_lag = 0u64;
         for partition in 0..self.log.partitions(topic) {
             let at = applied.get(&partition).copied().unwrap_or(0);
-            if self.log.end_offset(topic, partition).await? <= at {
+            let end = self.log.end_offset(topic, partition).await?;
+            if mine.contains(&partition) {
+                my_lag += end.saturating_sub(at);
+            }
+            if end <= at {
                 progress.remove(&partition);
                 continue;
             }
@@ -255,6 +272,24 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 });
             }
         }
+        self.status.lag(stage, my_lag, self.ready_max_lag);
+        Ok(())
+    }
+
+    /// Measures the stage's lag over the partitions it holds (for readiness), from the
+    /// projection's offsets `applied`.
+    async fn measure_ready(
+        &self,
+        stage: Stage,
+        applied: &BTreeMap<u32, u64>,
+    ) -> Result<(), ProjectorError> {
+        let topic = stage.topic();
+        let mut lag = 0u64;
+        for p in self.status.partitions(stage) {
+            let end = self.log.end_offset(topic, p).await?;
+            lag += end.saturating_sub(applied.get(&p).copied().unwrap_or(0));
+        }
+        self.status.lag(stage, lag, self.ready_max_lag);
         Ok(())
     }
 

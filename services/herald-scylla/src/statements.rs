@@ -51,6 +51,11 @@ statements! {
     meta_of = "SELECT value FROM {{ks}}.herald_meta WHERE key = ?";
     name_store = "INSERT INTO {{ks}}.herald_meta (key, value) VALUES ('store_id', ?) USING TIMESTAMP ?";
     meta_at = "INSERT INTO {{ks}}.herald_meta (key, value) VALUES (?, ?) USING TIMESTAMP ?";
+    lease_of = "SELECT holder, expires_at FROM {{ks}}.leases WHERE name = ?";
+    lease_new = "INSERT INTO {{ks}}.leases (name, holder, expires_at) VALUES (?, ?, ?) IF NOT EXISTS";
+    lease_renew = "UPDATE {{ks}}.leases SET expires_at = ? WHERE name = ? IF holder = ?";
+    lease_take = "UPDATE {{ks}}.leases SET holder = ?, expires_at = ? WHERE name = ? IF expires_at <= ?";
+    lease_release = "UPDATE {{ks}}.leases SET expires_at = 0 WHERE name = ? IF holder = ?";
     expansion = "SELECT notification_id FROM {{ks}}.expansions WHERE notification_id = ?";
     expansion_shard = "SELECT user_id FROM {{ks}}.expansion_users WHERE notification_id = ? AND shard = ?";
     group_shard = "SELECT user_id FROM {{ks}}.group_members WHERE group_id = ? AND shard = ?";

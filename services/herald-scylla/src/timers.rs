@@ -1,7 +1,7 @@
 //! [`TimerQueries`]: due scheduled requests and expiring rows, from hour-bucketed time indexes.
 
 use async_trait::async_trait;
-use herald_ports::projection::{ProjectionError, TimerQueries};
+use herald_ports::projection::{Lease, ProjectionError, TimerQueries};
 use scylla::deserialize::row::DeserializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -43,8 +43,63 @@ impl ScyllaProjection {
     }
 }
 
+impl ScyllaProjection {
+    /// Runs a lightweight transaction (its outcome is read back by the caller: a retried one
+    /// that applied reports "not applied", so only the stored lease is trusted).
+    async fn lwt(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<(), ProjectionError> {
+        self.session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(|e| storage("lease")(&e))?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl TimerQueries for ScyllaProjection {
+    /// Lightweight transactions (Paxos): `IF NOT EXISTS` for a new lease, `IF holder = ?` to
+    /// renew, `IF expires_at <= ?` to take an expired one, so two replicas never both succeed.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, ProjectionError> {
+        let until = now_ms.saturating_add(ttl_ms);
+        match self.lease(name).await? {
+            None => self.lwt(&self.st.lease_new, (name, holder, until)).await?,
+            Some(l) if l.holder == holder => {
+                self.lwt(&self.st.lease_renew, (until, name, holder))
+                    .await?
+            }
+            Some(l) if l.expires_at_ms <= now_ms => {
+                self.lwt(&self.st.lease_take, (holder, until, name, now_ms))
+                    .await?
+            }
+            Some(l) => return Ok(l),
+        }
+        self.lease(name)
+            .await?
+            .ok_or_else(|| ProjectionError::Storage(format!("lease {name} vanished")))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), ProjectionError> {
+        self.lwt(&self.st.lease_release, (name, holder)).await
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, ProjectionError> {
+        let row: Option<(String, i64)> = self.one(&self.st.lease_of, (name,)).await?;
+        Ok(row.map(|(holder, expires_at_ms)| Lease {
+            holder,
+            expires_at_ms,
+        }))
+    }
+
     async fn due(
         &self,
         now_ms: i64,

@@ -743,3 +743,93 @@ pub async fn group_generations_only_move_forward<H: ProjectionHarness>(h: &H) {
         8
     );
 }
+
+/// A lease has one holder at a time: a free lease is taken, its holder renews it, another
+/// replica cannot take it until it expires (by the caller's clock) or is released, and then
+/// exactly one of two replicas trying at once gets it. Leases are kept per name and survive a
+/// reopen.
+pub async fn a_lease_has_one_holder_until_it_expires<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let ttl = 10_000;
+    assert_eq!(store.lease(TIMER_LEASE).await.unwrap(), None, "never taken");
+    let a = store
+        .acquire_lease(TIMER_LEASE, "a", NOW, ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        a,
+        Lease {
+            holder: "a".into(),
+            expires_at_ms: NOW + ttl
+        },
+        "a free lease is taken"
+    );
+    let b = store
+        .acquire_lease(TIMER_LEASE, "b", NOW + 1_000, ttl)
+        .await
+        .unwrap();
+    assert_eq!(b.holder, "a", "held and unexpired: b does not get it");
+    assert_eq!(b.expires_at_ms, NOW + ttl, "and b's try moves nothing");
+    let renewed = store
+        .acquire_lease(TIMER_LEASE, "a", NOW + 5_000, ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed.expires_at_ms,
+        NOW + 5_000 + ttl,
+        "the holder renews"
+    );
+    let still = store
+        .acquire_lease(TIMER_LEASE, "b", NOW + ttl + 1_000, ttl)
+        .await
+        .unwrap();
+    assert_eq!(still.holder, "a", "the renewal pushed the expiry on");
+    // a stops renewing (it was killed): once its lease expired, b takes it.
+    let expired_at = NOW + 5_000 + ttl;
+    let taken = store
+        .acquire_lease(TIMER_LEASE, "b", expired_at, ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken,
+        Lease {
+            holder: "b".into(),
+            expires_at_ms: expired_at + ttl
+        },
+        "an expired lease is taken over"
+    );
+    let late = store
+        .acquire_lease(TIMER_LEASE, "a", expired_at + 1, ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        late.holder, "b",
+        "the old holder coming back does not get it back"
+    );
+    // Release: only the holder's counts.
+    store.release_lease(TIMER_LEASE, "a").await.unwrap();
+    assert_eq!(store.lease(TIMER_LEASE).await.unwrap().unwrap().holder, "b");
+    store.release_lease(TIMER_LEASE, "b").await.unwrap();
+    let now = expired_at + 2;
+    // Two replicas trying at once on a released lease: exactly one holds it after both.
+    let (x, y) = tokio::join!(
+        store.acquire_lease(TIMER_LEASE, "x", now, ttl),
+        store.acquire_lease(TIMER_LEASE, "y", now, ttl)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let holder = store.lease(TIMER_LEASE).await.unwrap().unwrap().holder;
+    assert!(holder == "x" || holder == "y", "{holder}");
+    assert_eq!(
+        (x.holder.as_str(), y.holder.as_str()),
+        (holder.as_str(), holder.as_str()),
+        "both were told the one holder"
+    );
+    // Per name, and kept across a reopen.
+    assert_eq!(store.lease("other").await.unwrap(), None);
+    drop(store);
+    let reopened = h.open().await;
+    assert_eq!(
+        reopened.lease(TIMER_LEASE).await.unwrap().unwrap().holder,
+        holder
+    );
+}
