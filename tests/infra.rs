@@ -259,40 +259,283 @@ fn the_load_balancer_fronts_every_gateway_with_websocket_upgrades() {
     assert_eq!(strings(&lb["ports"]), [format!("{listen}:{listen}")]);
 }
 
+/// The metric names a dashboard query uses (`herald_…` and `process_…`).
+fn queried_metrics(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("herald_") || w.starts_with("process_"))
+        .collect()
+}
+
+/// Every dashboard panel, with the metric names its queries use.
+fn dashboard_panels() -> Vec<(String, Vec<String>)> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&infra("grafana/dashboards/herald.json")).unwrap();
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|panel| {
+            let title = panel["title"].as_str().unwrap().to_owned();
+            let mut names = Vec::new();
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let found = queried_metrics(expr);
+                assert!(
+                    !found.is_empty(),
+                    "{title}: {expr} queries no Herald metric"
+                );
+                names.extend(found.into_iter().map(str::to_owned));
+            }
+            (title, names)
+        })
+        .collect()
+}
+
 #[test]
 fn the_dashboard_queries_metrics_herald_exports() {
-    let known = [
+    let mut known: Vec<&str> = vec![
         telemetry::LOG_APPENDED_RECORDS,
-        telemetry::LOG_APPEND_SECONDS,
         telemetry::LOG_GROUP_COMMIT_RECORDS,
         telemetry::PROJECTOR_APPLIED_EVENTS,
-        telemetry::PROJECTOR_APPLY_SECONDS,
         telemetry::PROJECTOR_LAG_RECORDS,
         telemetry::PROJECTOR_UNDECODABLE,
         telemetry::PROJECTOR_EXPANDED,
         telemetry::PROJECTOR_DUPLICATE_REQUESTS,
+        telemetry::PROJECTOR_RESTARTS,
+        telemetry::PROJECTOR_TIMER_LEASE_HELD,
+        telemetry::PROJECTOR_READY,
         telemetry::HTTP_REQUESTS,
+        telemetry::HTTP_RATE_LIMITED,
         telemetry::NOTIFICATIONS_ACCEPTED,
+        telemetry::SESSIONS_CONNECTED,
+        telemetry::SESSIONS_CLOSED,
+        telemetry::SLOW_CONSUMER_DISCONNECTS,
+        telemetry::DELIVERIES,
+        telemetry::REDELIVERIES,
+        telemetry::ACKS,
+        telemetry::TICKETS,
+        telemetry::BUILD_INFO,
+        telemetry::PROCESS_RESIDENT_MEMORY,
+        telemetry::PROCESS_VIRTUAL_MEMORY,
+        telemetry::PROCESS_OPEN_FDS,
+        telemetry::PROCESS_MAX_FDS,
+        telemetry::PROCESS_CPU_SECONDS,
+        telemetry::PROCESS_START_TIME,
+        telemetry::PROCESS_THREADS,
     ];
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&infra("grafana/dashboards/herald.json")).unwrap();
-    let mut queried = 0;
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for t in panel["targets"].as_array().unwrap() {
-            let expr = t["expr"].as_str().unwrap();
-            let names: Vec<&str> = expr
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("herald_"))
-                .collect();
-            assert!(!names.is_empty(), "{expr}");
-            for n in names {
-                assert!(
-                    known.contains(&n),
-                    "the dashboard queries {n}, which Herald does not export"
-                );
-                queried += 1;
+    // Histograms are queried by their buckets, never by quantile (summaries do not add up
+    // across replicas).
+    let buckets: Vec<String> = telemetry::HISTOGRAM_BUCKETS
+        .iter()
+        .map(|(n, _)| format!("{n}_bucket"))
+        .collect();
+    known.extend(buckets.iter().map(String::as_str));
+    let panels = dashboard_panels();
+    for (title, names) in &panels {
+        for n in names {
+            assert!(
+                known.contains(&n.as_str()),
+                "{title}: the dashboard queries {n}, which Herald does not export"
+            );
+        }
+    }
+    assert!(panels.len() >= 15, "the panels an SRE needs");
+    let dashboard = infra("grafana/dashboards/herald.json");
+    assert!(!dashboard.contains("quantile=\""), "no summary quantiles");
+}
+
+/// The series names of a Prometheus text exposition.
+fn scraped(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let r = client.get(url).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
+}
+
+/// Waits for `url` to answer 200 (a hang guard: [`support::READY_GUARD`] and more).
+async fn until_ok(client: &reqwest::Client, url: &str, log: &Path) -> String {
+    let deadline = tokio::time::Instant::now() + support::READY_GUARD * 3;
+    loop {
+        if let Some((200, body)) = get_text(client, url).await {
+            return body;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{url} never answered 200; the log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Every panel's metrics exist in a live scrape: a gateway (`herald dev`, which serves a
+/// device and a producer first, one of them rate-limited) and a `herald projector` on the test
+/// Kafka broker. Projector metrics must come from the projector; the rest from the gateway;
+/// build and process metrics from both. Histograms must be scraped as `_bucket` series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_metric_is_in_a_live_scrape() {
+    use std::process::{Command, Stdio};
+    let Some(broker) = herald_kafka::testing::broker() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+
+    // The projector, on Kafka with its own SQLite projection.
+    let projector_metrics = support::free_port();
+    let projector_log = dir.path().join("projector.log");
+    let prefix = format!("infra{}.", uuid_like());
+    let mut projector_cmd = Command::new(support::BIN);
+    projector_cmd
+        .args(["projector", "--kafka-brokers", &broker.address])
+        .args(["--kafka-prefix", &prefix])
+        .args([
+            "--kafka-partitions",
+            "2",
+            "--kafka-requests-partitions",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("projector"))
+        .args([
+            "--metrics-listen",
+            &format!("127.0.0.1:{projector_metrics}"),
+        ]);
+    for (k, v) in herald_kafka::testing::test_properties() {
+        projector_cmd.args(["-X", &format!("{k}={v}")]);
+    }
+    let mut projector = projector_cmd
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&projector_log).unwrap())
+        .spawn()
+        .expect("spawn herald projector");
+    let projector_url = format!("http://127.0.0.1:{projector_metrics}");
+
+    // The gateway, with a producer limit of one notification per second (the second is 429).
+    let gateway_metrics = support::free_port();
+    let mut dev = support::Dev::start_with(
+        &dir.path().join("gateway"),
+        support::free_port(),
+        &[
+            "--metrics-listen",
+            &format!("127.0.0.1:{gateway_metrics}"),
+            "--producer-rate",
+            "1",
+            "--producer-burst",
+            "1",
+        ],
+    )
+    .await;
+    let gateway_log = dir.path().join("gateway.log");
+    until_ok(&client, &format!("{}/readyz", dev.url()), &gateway_log).await;
+
+    // A device connects (and gets a ticket), a notification is delivered live and ACKed.
+    let token: serde_json::Value = client
+        .post(format!("{}/v1/dev/token", dev.url()))
+        .json(&serde_json::json!({"user_id": "ada"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let ticket = client
+        .post(format!("{}/v1/ws-ticket", dev.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ticket.status(), 200);
+    let ws = format!("ws://127.0.0.1:{}/v1/ws", dev.port);
+    let (mut conn, _) = herald_client::connect(
+        &ws,
+        &herald_client::Credentials::Bearer(token.clone()),
+        "phone",
+        None,
+    )
+    .await
+    .unwrap();
+    let post = |key: &str| {
+        client
+            .post(format!("{}/v1/notifications", dev.url()))
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({
+                "recipients": {"users": ["ada"]},
+                "event_type": "e", "source": "s", "data": {}
+            }))
+            .send()
+    };
+    assert_eq!(post("k1").await.unwrap().status(), 202);
+    assert_eq!(
+        post("k2").await.unwrap().status(),
+        429,
+        "over the producer's rate"
+    );
+    let deadline = tokio::time::Instant::now() + support::READY_GUARD;
+    let id = loop {
+        let frame = tokio::time::timeout_at(deadline, conn.next())
+            .await
+            .expect("the notification never arrived")
+            .unwrap();
+        if let herald_core::protocol::ServerFrame::Notification { id, .. } = frame {
+            break id;
+        }
+    };
+    conn.ack(&[id], None).await.unwrap();
+    conn.close().await;
+
+    let gateway = scraped(
+        &until_ok(
+            &client,
+            &format!("http://127.0.0.1:{gateway_metrics}/metrics"),
+            &gateway_log,
+        )
+        .await,
+    );
+    until_ok(&client, &format!("{projector_url}/healthz"), &projector_log).await;
+    let projector_text =
+        until_ok(&client, &format!("{projector_url}/metrics"), &projector_log).await;
+    // The projector becomes ready once both stages have their partitions.
+    let ready = until_ok(&client, &format!("{projector_url}/readyz"), &projector_log).await;
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+    let projector_scrape = scraped(&projector_text);
+
+    let mut missing = Vec::new();
+    for (title, names) in dashboard_panels() {
+        for n in names {
+            let from_projector = n.starts_with("herald_projector_");
+            let everywhere = n.starts_with("process_") || n == telemetry::BUILD_INFO;
+            let mut wanted = Vec::new();
+            if from_projector || everywhere {
+                wanted.push(("projector", &projector_scrape));
+            }
+            if !from_projector || everywhere {
+                wanted.push(("gateway", &gateway));
+            }
+            for (who, scrape) in wanted {
+                if !scrape.contains(&n) {
+                    missing.push(format!("{title}: {n} not in the {who}'s /metrics"));
+                }
             }
         }
     }
-    assert!(queried >= 5);
+    support::terminate(&mut projector);
+    dev.terminate();
+    assert!(missing.is_empty(), "{missing:#?}");
+}
+
+/// A short random name part (no uuid dependency here).
+fn uuid_like() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }

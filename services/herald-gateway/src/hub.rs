@@ -100,6 +100,8 @@ struct State {
 pub struct Hub {
     partitions: u32,
     state: Mutex<State>,
+    /// The consumer group of the current tail and its partitions (`None` while it waits).
+    assignment: Mutex<(String, Option<Vec<u32>>)>,
 }
 
 /// What a session gets when it registers.
@@ -140,6 +142,7 @@ impl Hub {
                 sessions: HashMap::new(),
                 next_id: 1,
             }),
+            assignment: Mutex::new((String::new(), None)),
         });
         let h = hub.clone();
         tokio::spawn(async move {
@@ -166,6 +169,9 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Result<(), herald_ports::LogError> {
         let group = format!("gateway-{}", uuid::Uuid::new_v4().simple());
+        *self.assignment.lock().expect("hub lock") = (group.clone(), None);
+        tracing::info!(group, "live hub started; waiting for partitions");
+        let waiting_since = std::time::Instant::now();
         let mut consumer = log.consumer(Topic::UserEvents, &group).await?;
         loop {
             let event = tokio::select! {
@@ -176,11 +182,13 @@ impl Hub {
             match event {
                 ConsumerEvent::Assigned(ps) => {
                     let positions = self.state.lock().expect("hub lock").positions.clone();
-                    for p in ps {
-                        consumer.seek(p, positions[p as usize])?;
+                    for p in &ps {
+                        consumer.seek(*p, positions[*p as usize])?;
                     }
+                    tracing::info!(group, partitions = ?ps, waited = ?waiting_since.elapsed(), "live hub assigned");
+                    self.assignment.lock().expect("hub lock").1 = Some(ps);
                 }
-                ConsumerEvent::Revoked(_) => {}
+                ConsumerEvent::Revoked(_) => self.assignment.lock().expect("hub lock").1 = None,
                 ConsumerEvent::Records(records) => self.dispatch(records),
             }
         }
@@ -315,6 +323,21 @@ impl Hub {
             .collect();
         out.sort();
         out
+    }
+
+    /// The partitions the hub's tail holds, `None` while it waits for them (readiness).
+    pub fn assignment(&self) -> Option<Vec<u32>> {
+        self.assignment.lock().expect("hub lock").1.clone()
+    }
+
+    /// The consumer group of the hub's tail.
+    pub fn group(&self) -> String {
+        self.assignment.lock().expect("hub lock").0.clone()
+    }
+
+    /// The next offset the hub hands out, per partition.
+    pub fn positions(&self) -> Vec<u64> {
+        self.state.lock().expect("hub lock").positions.clone()
     }
 
     pub fn kick_all(&self, close: Close) {

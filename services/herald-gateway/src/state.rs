@@ -6,6 +6,7 @@ use herald_core::model::UserEvent;
 use herald_core::session::SessionConfig;
 use herald_ports::log::{EventLog, Record, Topic};
 use herald_ports::projection::InboxReader;
+use herald_ports::readiness::{READY_MAX_LAG_RECORDS, Report};
 use herald_ports::records::user_event_record;
 use herald_ports::{Auditor, LogError};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub audit: Arc<dyn Auditor>,
     /// Renders the Prometheus exposition, when a recorder is installed.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// The readiness of a projector running in this process (`herald dev`), part of `/readyz`.
+    pub projector_readiness: Option<Arc<dyn Fn() -> Report + Send + Sync>>,
     pub auth: Arc<Auth>,
     pub hub: Arc<Hub>,
     pub config: Arc<GatewayConfig>,
@@ -61,6 +64,9 @@ pub struct AppState {
     /// Cancelled on shutdown: sessions close with 1001 going away.
     pub shutdown: CancellationToken,
 }
+
+/// How long `/readyz` waits for the log and the projection store to answer.
+pub const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Users a gateway remembers having announced; past this, it forgets them all and announces
 /// again as they connect (an extra `DeviceConnected` costs one small record).
@@ -82,6 +88,7 @@ impl AppState {
             inbox: ports.inbox,
             audit: ports.audit,
             metrics: None,
+            projector_readiness: None,
             auth: Arc::new(auth),
             hub,
             session: config.session(),
@@ -96,6 +103,76 @@ impl AppState {
             announced: Default::default(),
             shutdown,
         })
+    }
+
+    /// Whether this gateway is ready to serve (`GET /readyz`): the live hub has its partitions
+    /// and is at most [`READY_MAX_LAG_RECORDS`] behind the log, the projection store answers
+    /// (within [`READY_CHECK_TIMEOUT`]), and an in-process projector, if any, is ready.
+    pub async fn readiness(&self) -> Report {
+        let mut report = Report::new(Vec::new());
+        match self.hub.assignment() {
+            None => report.push(
+                "hub",
+                false,
+                format!("waiting for partitions of group {}", self.hub.group()),
+            ),
+            Some(partitions) => {
+                let positions = self.hub.positions();
+                let ends = tokio::time::timeout(READY_CHECK_TIMEOUT, async {
+                    let mut ends = Vec::with_capacity(positions.len());
+                    for p in 0..positions.len() as u32 {
+                        ends.push(self.log.end_offset(Topic::UserEvents, p).await?);
+                    }
+                    Ok::<_, LogError>(ends)
+                })
+                .await;
+                match ends {
+                    Ok(Ok(ends)) => {
+                        let lag: u64 = ends
+                            .iter()
+                            .zip(&positions)
+                            .map(|(end, at)| end.saturating_sub(*at))
+                            .sum();
+                        report.push(
+                            "hub",
+                            lag <= READY_MAX_LAG_RECORDS,
+                            format!(
+                                "group {}, {} partitions; {lag} records behind (ready at \
+                                 {READY_MAX_LAG_RECORDS} or fewer)",
+                                self.hub.group(),
+                                partitions.len()
+                            ),
+                        );
+                    }
+                    Ok(Err(e)) => report.push("hub", false, format!("reading the log: {e}")),
+                    Err(_) => report.push(
+                        "hub",
+                        false,
+                        format!("the log did not answer within {READY_CHECK_TIMEOUT:?}"),
+                    ),
+                }
+            }
+        }
+        let answered = tokio::time::timeout(
+            READY_CHECK_TIMEOUT,
+            self.inbox.consumer_offsets(herald_ports::Stage::Inbox),
+        )
+        .await;
+        match answered {
+            Ok(Ok(_)) => report.push("projection", true, "answers"),
+            Ok(Err(e)) => report.push("projection", false, e.to_string()),
+            Err(_) => report.push(
+                "projection",
+                false,
+                format!("no answer within {READY_CHECK_TIMEOUT:?}"),
+            ),
+        }
+        if let Some(projector) = &self.projector_readiness {
+            for c in projector().checks {
+                report.push(format!("projector.{}", c.name), c.ok, c.detail);
+            }
+        }
+        report
     }
 
     /// A device of `user` opened a session: the first time this gateway sees the user, it

@@ -29,18 +29,32 @@ pub(crate) fn group_consumer(
     name: String,
     group: &str,
 ) -> Result<KafkaConsumer, LogError> {
-    let context = GroupContext::default();
+    let group_id = config.group_name(group);
+    let context = GroupContext {
+        group: group_id.clone(),
+        since: Instant::now(),
+        events: Default::default(),
+        wake: Default::default(),
+    };
     let events = context.events.clone();
     let wake = context.wake.clone();
+    tracing::info!(
+        group = group_id,
+        topic = name,
+        "joining consumer group; waiting for partitions"
+    );
     let consumer: StreamConsumer<GroupContext> = config
         .client()
-        .set("group.id", config.group_name(group))
+        .set("group.id", &group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_uncommitted")
-        .set("partition.assignment.strategy", "roundrobin")
+        .set(
+            "partition.assignment.strategy",
+            assignment_strategy(&config.properties),
+        )
         .create_with_context(context)
         .map_err(storage)?;
     consumer.subscribe(&[&name]).map_err(storage)?;
@@ -57,9 +71,20 @@ pub(crate) fn group_consumer(
     })
 }
 
-/// Rebalance callbacks, turned into consumer events.
-#[derive(Default)]
+/// The assignment strategy: `roundrobin` unless the properties (`-X`) name one.
+fn assignment_strategy(properties: &[(String, String)]) -> &str {
+    properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "partition.assignment.strategy")
+        .map_or("roundrobin", |(_, v)| v.as_str())
+}
+
+/// Rebalance callbacks, turned into consumer events (and logged: how long a member waited
+/// for its partitions is the start-up time of a consumer on Kafka).
 struct GroupContext {
+    group: String,
+    since: Instant,
     events: Arc<Mutex<VecDeque<ConsumerEvent>>>,
     /// Wakes a `next` that waits for records when a rebalance comes instead.
     wake: Arc<tokio::sync::Notify>,
@@ -71,6 +96,7 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let ps = partitions_of(tpl);
+            tracing::info!(group = self.group, partitions = ?ps, "consumer group revoked partitions");
             if !ps.is_empty() {
                 self.events
                     .lock()
@@ -85,6 +111,12 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let ps = partitions_of(tpl);
+                tracing::info!(
+                    group = self.group,
+                    partitions = ?ps,
+                    since_start = ?self.since.elapsed(),
+                    "consumer group assigned partitions"
+                );
                 self.events
                     .lock()
                     .expect("events lock")

@@ -21,7 +21,7 @@ impl Cluster {
                 use std::io::Write;
                 let _ = writeln!(
                     std::io::stderr(),
-                    "SKIPPED: the ScyllaDB projection contract suite (13 cases) needs a cluster: \
+                    "SKIPPED: the ScyllaDB projection contract suite needs a cluster: \
                      set HERALD_SCYLLA_URI=scylla://HOST:9042 (no ScyllaDB server runs on this machine)"
                 );
             });

@@ -449,6 +449,7 @@ async fn post_ack(
 ) -> Result<(StatusCode, Json<Appended>), AppError> {
     let event = ack_event(st.log.epoch(), user.id, body, now_ms())?;
     let (partition, offset) = append_one(&st, event).await?;
+    herald_ports::telemetry::ack("http");
     Ok((
         StatusCode::ACCEPTED,
         Json(Appended {

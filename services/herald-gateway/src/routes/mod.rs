@@ -8,10 +8,15 @@
 //! | [`realtime`] | users (Bearer JWT or ticket), allowed origins | `GET /v1/ws`, `GET /v1/sse` |
 //! | [`ops`] | operators | `/v1/audit/…`, `/v1/status`, `/v1/presence`, `/metrics` |
 //! | [`web`], [`openapi`] | anyone | `/healthz`, `/herald.js`, `/v1/openapi.json`; `herald dev`: `/`, `/demo.js`, `/demo.css`, `/favicon.svg`, `POST /v1/dev/token` |
+//! | [`health`] | anyone | `/readyz` |
+//!
+//! Every request is counted and timed by [`track`] under its route template
+//! (`herald_http_requests_total`, `herald_http_request_duration_seconds`).
 
 pub mod directory;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod inbox;
 pub mod notifications;
 pub mod openapi;
@@ -48,12 +53,13 @@ pub fn app(state: AppState) -> Router {
         .merge(realtime)
         .merge(operators)
         .merge(web::routes())
-        .merge(openapi::routes());
+        .merge(openapi::routes())
+        .merge(health::routes());
     outer_layers(routes).with_state(state)
 }
 
-/// What wraps every route: the 404/405 fallbacks, the body limit, tracing, and a panic in a
-/// handler answered as `500 internal_error` instead of a dropped connection.
+/// What wraps every route: the 404/405 fallbacks, the body limit, tracing, request metrics, and
+/// a panic in a handler answered as `500 internal_error` instead of a dropped connection.
 pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
     routes
         .fallback(|| async { AppError::NotFound })
@@ -61,6 +67,30 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(track))
+}
+
+/// Counts and times every request under its route template ([`MatchedPath`]: `/v1/audit/{id}`,
+/// never the id itself, so the label stays bounded), `unmatched` when no route matched. The
+/// time runs to the response head (a WebSocket's 101, an SSE stream's headers). Outermost, so
+/// it also sees a panic's 500.
+///
+/// [`MatchedPath`]: axum::extract::MatchedPath
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    herald_ports::telemetry::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// The answer when a handler panicked.

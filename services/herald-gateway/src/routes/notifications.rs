@@ -125,14 +125,7 @@ async fn post_notification(
     headers: HeaderMap,
     body: Result<AppJson<NotificationBody>, AppError>,
 ) -> Result<impl IntoResponse, AppError> {
-    let result = accept(&st, &producer, &headers, body).await;
-    telemetry::http_request(
-        "post_notification",
-        result
-            .as_ref()
-            .map_or_else(|e| e.status().as_u16(), |_| 202),
-    );
-    let accepted = result?;
+    let accepted = accept(&st, &producer, &headers, body).await?;
     telemetry::notification_accepted();
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -170,14 +163,7 @@ async fn post_batch(
     headers: HeaderMap,
     body: Result<AppJson<BatchBody>, AppError>,
 ) -> Result<impl IntoResponse, AppError> {
-    let result = accept_batch(&st, &producer, &headers, body).await;
-    telemetry::http_request(
-        "post_notification_batch",
-        result
-            .as_ref()
-            .map_or_else(|e| e.status().as_u16(), |_| 202),
-    );
-    let accepted = result?;
+    let accepted = accept_batch(&st, &producer, &headers, body).await?;
     for _ in &accepted {
         telemetry::notification_accepted();
     }

@@ -4,8 +4,8 @@
 //! response types they use, so a producer in any language can generate a client from it.
 //! `tests/openapi.rs` checks it against the router: every route registered in `routes/` is in
 //! the document with its methods, and every documented operation answers on the real router.
-//! The static routes of `web.rs` (health, the browser client, the `herald dev` demo) are
-//! described by the small stubs below, beside the module that serves them.
+//! The static routes of `web.rs` (health, the browser client, the `herald dev` demo) and
+//! `health.rs` (`/readyz`) are described by the small stubs below.
 
 use axum::Json;
 use axum::Router;
@@ -65,6 +65,7 @@ pub struct ErrorDetail {
         routes::ops::get_presence,
         routes::ops::get_metrics,
         healthz,
+        readyz,
         herald_js,
         demo_page,
         demo_js,
@@ -167,6 +168,34 @@ struct DevToken {
     responses((status = 200, description = "The process serves HTTP", body = Health)))]
 #[allow(dead_code)]
 fn healthz() {}
+
+/// One readiness check (`herald_ports::readiness::Check`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ReadyCheck {
+    /// `hub`, `projection`, `projector.fanout`, …
+    name: String,
+    ok: bool,
+    /// What was seen: the partitions, the lag, the error.
+    detail: String,
+}
+
+/// A readiness report (`herald_ports::readiness::Report`): ready when every check passes.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ReadyReport {
+    ready: bool,
+    checks: Vec<ReadyCheck>,
+}
+
+/// Readiness: the live hub has its partitions and is caught up, the projection answers, and an
+/// in-process projector (if any) is ready (docs/operations.md, "Health and readiness").
+#[utoipa::path(get, path = "/readyz", tag = "public",
+    responses(
+        (status = 200, description = "Ready to serve", body = ReadyReport),
+        (status = 503, description = "Not ready; the failing checks say why", body = ReadyReport)))]
+#[allow(dead_code)]
+fn readyz() {}
 
 /// The browser client (an ES module).
 #[utoipa::path(get, path = "/herald.js", tag = "public",

@@ -48,15 +48,18 @@ async fn post_ticket(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<Ticket>, AppError> {
-    st.tickets
+    let ticket = st
+        .tickets
         .take(&user.id, 1)
         .map_err(|retry_after_secs| AppError::RateLimited {
             role: "user",
             caller: user.id.clone(),
             retry_after_secs,
-        })?;
+        })
+        .and_then(|()| st.auth.issue_ticket(&user));
+    herald_ports::telemetry::ticket(ticket.is_ok());
     Ok(Json(Ticket {
-        ticket: st.auth.issue_ticket(&user)?,
+        ticket: ticket?,
         expires_in: TICKET_TTL.as_secs(),
     }))
 }

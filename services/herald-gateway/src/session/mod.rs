@@ -58,6 +58,14 @@ impl End {
     fn close(close: Close, reason: impl Into<String>) -> End {
         End::Close(Ending::new(close, reason))
     }
+
+    /// The close code sent, `None` when the client went first (for metrics).
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            End::Close(ending) => Some(ending.close.code()),
+            End::ClientGone => None,
+        }
+    }
 }
 
 /// What a session receives, whatever the transport.
@@ -157,6 +165,7 @@ struct Shell<'a> {
     device: String,
     partition: u32,
     outbox: &'a Outbox,
+    meter: herald_ports::telemetry::SessionMeter,
 }
 
 impl Shell<'_> {
@@ -166,9 +175,13 @@ impl Shell<'_> {
         for action in actions {
             match action {
                 Action::Send(Outgoing::Notification { row, attempt }) => {
+                    self.meter.notification(&row, attempt, now_ms());
                     result = self.outbox.push(Out::Notification { row, attempt });
                 }
-                Action::Send(Outgoing::Frame(f)) => result = self.outbox.push(Out::Frame(f)),
+                Action::Send(Outgoing::Frame(f)) => {
+                    self.meter.frame(&f);
+                    result = self.outbox.push(Out::Frame(f));
+                }
                 Action::ReadPending { after, limit } => {
                     *read = Some(self.read_pending(after, limit))
                 }
@@ -256,6 +269,7 @@ async fn drive(
         device: hello.device_id.clone(),
         partition: reg.partition,
         outbox,
+        meter: Default::default(),
     };
     let start = Start {
         user_id: user.id.clone(),
@@ -343,6 +357,7 @@ async fn run(
                         if bucket.take(1.0, Instant::now()).is_err() {
                             return End::close(Close::RateLimited, "too many frames per second");
                         }
+                        if matches!(f, ClientFrame::Ack { .. }) { herald_ports::telemetry::ack("ws"); }
                         Input::Client(f)
                     }
                 }

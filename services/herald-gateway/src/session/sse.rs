@@ -37,10 +37,11 @@ pub fn stream(
     let epoch = st.log.epoch();
     let (outbox, rx, written) = Outbox::new(SEND_QUEUE);
     tokio::spawn(async move {
+        let _connected = herald_ports::telemetry::SessionGauge::open("sse");
         let mut incoming: IncomingStream = Box::pin(futures_util::stream::pending());
-        if let End::Close(ending) =
-            super::serve(&st, &user, hello, &mut incoming, &outbox, false).await
-        {
+        let end = super::serve(&st, &user, hello, &mut incoming, &outbox, false).await;
+        herald_ports::telemetry::session_closed("sse", end.code());
+        if let End::Close(ending) = end {
             outbox.close(ending.close, ending.reason).await;
         }
     });

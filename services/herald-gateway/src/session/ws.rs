@@ -180,6 +180,7 @@ async fn session(
     writer: tokio::task::JoinHandle<()>,
     epoch: Epoch,
 ) {
+    let _connected = herald_ports::telemetry::SessionGauge::open("ws");
     // hello, within the timeout.
     let hello = tokio::time::timeout(st.config.hello_timeout, async {
         loop {
@@ -204,6 +205,7 @@ async fn session(
         Ok(Ok(_)) => End::close(Close::ProtocolError, "the first frame must be hello"),
     };
     drop(outbox);
+    herald_ports::telemetry::session_closed("ws", end.code());
     if let End::Close(ending) = end {
         tracing::debug!(user = %user.id, code = ending.close.code(), reason = %ending.reason, "closing session");
         let _ = close_tx.send(close_msg(&ending));

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod dev;
 pub mod gateway;
+pub mod metrics;
 pub mod produce;
 pub mod projector;
 pub mod replay;
@@ -315,35 +316,6 @@ pub async fn open_any_log_read_only(
         Some(k) => k,
         None => Arc::new(open_log_read_only(data_dir).await?),
     })
-}
-
-/// Serves `/metrics` (Prometheus text) and `/healthz` on `addr`, without credentials, until the
-/// process ends.
-pub async fn serve_metrics(
-    addr: std::net::SocketAddr,
-    prometheus: metrics_exporter_prometheus::PrometheusHandle,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics address {addr}"))?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let p = prometheus.clone();
-                async move { p.render() }
-            }),
-        )
-        .route(
-            "/healthz",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    });
-    Ok(())
 }
 
 /// Writes a line to stdout. A closed stdout (`herald audit x | head`) ends the process quietly

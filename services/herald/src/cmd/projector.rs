@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use herald_embedded::Access;
@@ -24,7 +25,8 @@ pub struct Args {
     /// Without --projection-url: the data directory of a single replica's SQLite projection.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// Serve Prometheus metrics (consumer lag, apply times, dead letters) on this address.
+    /// Serve /metrics (Prometheus), /healthz and /readyz (each stage assigned and caught up)
+    /// on this address, without credentials.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// A partition with records to apply and no progress this long (each replica adds up to
@@ -32,6 +34,10 @@ pub struct Args {
     /// which every replica joins, milliseconds (a group a broker left without an assignment).
     #[arg(long, default_value_t = herald_projector::STALL_TIMEOUT.as_millis() as u64)]
     stall_timeout_ms: u64,
+    /// /readyz on the metrics address answers 200 once each stage has its partitions and is at
+    /// most this many records behind on them.
+    #[arg(long, env = "HERALD_READY_MAX_LAG_RECORDS", default_value_t = herald_ports::readiness::READY_MAX_LAG_RECORDS)]
+    ready_max_lag_records: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -43,12 +49,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let signal = super::server::shutdown_signal()?;
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    herald_ports::telemetry::describe();
+    let prometheus = super::metrics::install("projector")?;
+    herald_ports::telemetry::zero_projector();
+    let ready = super::metrics::ReadinessSlot::default();
     if let Some(addr) = args.metrics_listen {
-        super::serve_metrics(addr, prometheus).await?;
+        super::metrics::serve(addr, prometheus, ready.clone()).await?;
     }
     let log = args.kafka.open().await?.expect("checked above");
     // A SQLite projection has one writer: this replica holds the data directory's lock.
@@ -68,9 +73,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let shutdown = CancellationToken::new();
-    let projector = Projector::new(log.clone(), store).with_stall_timeout(
-        std::time::Duration::from_millis(args.stall_timeout_ms.max(1000)),
-    );
+    let mut projector = Projector::new(log.clone(), store)
+        .with_stall_timeout(std::time::Duration::from_millis(
+            args.stall_timeout_ms.max(1000),
+        ))
+        .with_ready_max_lag(args.ready_max_lag_records);
+    if args.projection_url.is_none() {
+        // The data directory's lock makes this the only replica of its SQLite projection: it
+        // keeps one lease holder name across restarts (and takes its lease back at once).
+        projector = projector.with_instance_id("embedded");
+    }
+    let p = projector.clone();
+    let _ = ready.set(Arc::new(move || {
+        let report = p.readiness();
+        Box::pin(async move { report })
+    }));
     let token = shutdown.clone();
     let task = tokio::spawn(async move { projector.run(token).await });
     eprintln!(

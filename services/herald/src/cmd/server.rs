@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use herald_embedded::{Access, EmbeddedLog, LogOptions};
 use herald_gateway::{AppState, AuthConfig, GatewayConfig, Ports, app};
+use herald_ports::readiness::Report;
 use herald_projector::Projector;
 use tokio_util::sync::CancellationToken;
 
@@ -80,8 +81,9 @@ pub struct AccessArgs {
         hide_env_values = true
     )]
     pub admin_keys: Vec<String>,
-    /// Also serve /metrics (and /healthz) on this address, without credentials: for a
-    /// Prometheus on a private network. The main address serves /metrics to operators only.
+    /// Also serve /metrics, /healthz and /readyz on this address, without credentials: for a
+    /// Prometheus on a private network. The main address serves /metrics to operators only
+    /// (and /healthz, /readyz to anyone).
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -295,12 +297,11 @@ impl Server {
             Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
         }
-        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .context("installing the metrics recorder")?;
-        herald_ports::telemetry::describe();
+        let prometheus = super::metrics::install(mode.name())?;
+        herald_ports::telemetry::zero_gateway();
+        let ready = super::metrics::ReadinessSlot::default();
         if let Some(addr) = self.keys.metrics_listen {
-            super::serve_metrics(addr, prometheus.clone()).await?;
+            super::metrics::serve(addr, prometheus.clone(), ready.clone()).await?;
         }
 
         if mode == Mode::Gateway
@@ -351,8 +352,23 @@ impl Server {
         let run_projector = storage
             .projector
             .unwrap_or(!(mode == Mode::Gateway && kafka.is_some()));
-        let projector_task = run_projector.then(|| {
+        let projector = run_projector.then(|| {
             let projector = Projector::new(log.clone(), store.clone());
+            if storage.projection_url.is_none() {
+                // The data directory's lock makes this the only projector of its SQLite
+                // projection: one lease holder name across restarts.
+                projector.with_instance_id("embedded")
+            } else {
+                projector
+            }
+        });
+        let projector_ready = projector
+            .clone()
+            .map(|p| Arc::new(move || p.readiness()) as Arc<dyn Fn() -> Report + Send + Sync>);
+        if projector.is_some() {
+            herald_ports::telemetry::zero_projector();
+        }
+        let projector_task = projector.map(|projector| {
             let token = shutdown.clone();
             tokio::spawn(async move { projector.run(token).await })
         });
@@ -369,7 +385,14 @@ impl Server {
             }),
         };
         let mut state = AppState::start(ports, config, shutdown.clone()).await?;
-        state.metrics = Some(Arc::new(move || prometheus.render()));
+        state.projector_readiness = projector_ready;
+        // The metrics address's /readyz is the gateway's own.
+        let st = state.clone();
+        let _ = ready.set(Arc::new(move || {
+            let st = st.clone();
+            Box::pin(async move { st.readiness().await })
+        }));
+        state.metrics = Some(Arc::new(move || super::metrics::render(&prometheus)));
         let connections = state.connections.clone();
         let where_ = match (storage.kafka.brokers(), needs_dir) {
             (Some(b), true) => {
