@@ -377,9 +377,9 @@ async fn until_ok(client: &reqwest::Client, url: &str, log: &Path) -> String {
     }
 }
 
-/// Every panel's metrics exist in a live scrape: a gateway (`herald dev`, which serves a
-/// device and a producer first, one of them rate-limited) and a `herald projector` on the test
-/// Kafka broker. Projector metrics must come from the projector; the rest from the gateway;
+/// Every panel's metrics exist in a live scrape: a gateway (`herald dev` on the test Kafka
+/// broker, which serves a device and a producer first, the producer once rate-limited) and a
+/// `herald projector` on the same topics. Projector metrics must come from the projector; the rest from the gateway;
 /// build and process metrics from both. Histograms must be scraped as `_bucket` series.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_metric_is_in_a_live_scrape() {
@@ -421,22 +421,41 @@ async fn every_dashboard_metric_is_in_a_live_scrape() {
         .expect("spawn herald projector");
     let projector_url = format!("http://127.0.0.1:{projector_metrics}");
 
-    // The gateway, with a producer limit of one notification per second (the second is 429).
+    // The gateway (on the same topics, with a projector of its own: another store, other
+    // groups), with a producer limit of one notification per second (the second is 429).
     let gateway_metrics = support::free_port();
+    let mut gateway_args: Vec<String> = [
+        "--kafka-brokers",
+        &broker.address,
+        "--kafka-prefix",
+        &prefix,
+        "--kafka-partitions",
+        "2",
+        "--kafka-requests-partitions",
+        "1",
+        "--metrics-listen",
+        &format!("127.0.0.1:{gateway_metrics}"),
+        "--producer-rate",
+        "1",
+        "--producer-burst",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (k, v) in herald_kafka::testing::test_properties() {
+        gateway_args.push("-X".into());
+        gateway_args.push(format!("{k}={v}"));
+    }
+    let gateway_args: Vec<&str> = gateway_args.iter().map(String::as_str).collect();
     let mut dev = support::Dev::start_with(
         &dir.path().join("gateway"),
         support::free_port(),
-        &[
-            "--metrics-listen",
-            &format!("127.0.0.1:{gateway_metrics}"),
-            "--producer-rate",
-            "1",
-            "--producer-burst",
-            "1",
-        ],
+        &gateway_args,
     )
     .await;
     let gateway_log = dir.path().join("gateway.log");
+    // Ready: the hub and the in-process projector have their partitions.
     until_ok(&client, &format!("{}/readyz", dev.url()), &gateway_log).await;
 
     // A device connects (and gets a ticket), a notification is delivered live and ACKed.
@@ -504,8 +523,18 @@ async fn every_dashboard_metric_is_in_a_live_scrape() {
         .await,
     );
     until_ok(&client, &format!("{projector_url}/healthz"), &projector_log).await;
-    let projector_text =
-        until_ok(&client, &format!("{projector_url}/metrics"), &projector_log).await;
+    // The projector expands the notification too (its own store): wait until it has applied
+    // a batch, so its batch latency has a sample.
+    let deadline = tokio::time::Instant::now() + support::READY_GUARD * 2;
+    let projector_text = loop {
+        let text = until_ok(&client, &format!("{projector_url}/metrics"), &projector_log).await;
+        if text.contains("herald_projector_apply_seconds_bucket")
+            || tokio::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
     // The projector becomes ready once both stages have their partitions.
     let ready = until_ok(&client, &format!("{projector_url}/readyz"), &projector_log).await;
     assert!(ready.contains("\"ready\":true"), "{ready}");

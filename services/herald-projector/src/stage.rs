@@ -243,10 +243,11 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let topic = stage.topic();
         let applied = self.store.consumer_offsets(stage).await?;
         let mine = self.status.partitions(stage);
-        let mut my_lag = 0u64;
+        let (mut my_lag, mut lag) = (0u64, 0u64);
         for partition in 0..self.log.partitions(topic) {
             let at = applied.get(&partition).copied().unwrap_or(0);
             let end = self.log.end_offset(topic, partition).await?;
+            lag += end.saturating_sub(at);
             if mine.contains(&partition) {
                 my_lag += end.saturating_sub(at);
             }
@@ -273,6 +274,8 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             }
         }
         self.status.lag(stage, my_lag, self.ready_max_lag);
+        // The same figure the batches report, also while the stage is idle or stuck.
+        telemetry::projector_lag(stage, lag);
         Ok(())
     }
 
