@@ -43,18 +43,17 @@ pub(crate) fn group_consumer(
         topic = name,
         "joining consumer group; waiting for partitions"
     );
-    let consumer: StreamConsumer<GroupContext> = config
-        .client()
+    let mut client = config.client();
+    for (key, default) in GROUP_DEFAULTS {
+        client.set(*key, group_setting(&config.properties, key, default));
+    }
+    let consumer: StreamConsumer<GroupContext> = client
         .set("group.id", &group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_uncommitted")
-        .set(
-            "partition.assignment.strategy",
-            assignment_strategy(&config.properties),
-        )
         .create_with_context(context)
         .map_err(storage)?;
     consumer.subscribe(&[&name]).map_err(storage)?;
@@ -71,13 +70,26 @@ pub(crate) fn group_consumer(
     })
 }
 
-/// The assignment strategy: `roundrobin` unless the properties (`-X`) name one.
-fn assignment_strategy(properties: &[(String, String)]) -> &str {
+/// Group settings Herald sets unless the properties (`-X`) give their own. Measured on tansu
+/// (`tests/startup.rs`, docs/operations.md "Start-up on Kafka"): a member waits about half the
+/// session timeout for its first assignment, so librdkafka's 45 s made a projector or a gateway
+/// wait about 23 s; 10 s makes it about 5 s, and a dead member is replaced within 10 s.
+/// Static membership (`group.instance.id`) and `cooperative-sticky` made joins slower there,
+/// so neither is a default. On Apache Kafka the first join waits the broker's
+/// `group.initial.rebalance.delay.ms` (3 s) instead.
+pub const GROUP_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+    ("partition.assignment.strategy", "roundrobin"),
+];
+
+/// `key`'s value: the properties' last, else Herald's default.
+fn group_setting<'a>(properties: &'a [(String, String)], key: &str, default: &'a str) -> &'a str {
     properties
         .iter()
         .rev()
-        .find(|(k, _)| k == "partition.assignment.strategy")
-        .map_or("roundrobin", |(_, v)| v.as_str())
+        .find(|(k, _)| k == key)
+        .map_or(default, |(_, v)| v.as_str())
 }
 
 /// Rebalance callbacks, turned into consumer events (and logged: how long a member waited

@@ -49,6 +49,7 @@ use herald_ports::log::{
 use rdkafka::producer::FutureProducer;
 
 pub use config::KafkaConfig;
+pub use consumer::GROUP_DEFAULTS;
 pub use dead_letters::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
 pub use reader::READER_POOL;
 use reader::ReaderPool;

@@ -63,8 +63,8 @@ async fn group_join_times_under_each_setting() {
     };
     let prefix = format!("s{}.", uuid::Uuid::new_v4().simple());
     let tests = testing::config(broker, &prefix);
-    // librdkafka's own defaults: what `herald projector` and `herald gateway` use unless -X
-    // says otherwise.
+    // Herald's group defaults (`GROUP_DEFAULTS`): what `herald projector` and `herald gateway`
+    // use unless -X says otherwise.
     let defaults = KafkaConfig {
         properties: Vec::new(),
         ..tests.clone()
@@ -80,9 +80,23 @@ async fn group_join_times_under_each_setting() {
         Vec<(&'static str, &'static str)>,
     );
     let settings: Vec<Setting> = vec![
-        ("librdkafka defaults", defaults.clone(), false, vec![]),
         (
-            "session.timeout.ms=6000",
+            "librdkafka's defaults (session.timeout.ms=45000, heartbeat 3000)",
+            defaults.clone(),
+            false,
+            vec![
+                ("session.timeout.ms", "45000"),
+                ("heartbeat.interval.ms", "3000"),
+            ],
+        ),
+        (
+            "Herald's defaults (session.timeout.ms=10000, heartbeat 1000)",
+            defaults.clone(),
+            false,
+            vec![],
+        ),
+        (
+            "session.timeout.ms=6000, heartbeat 500",
             defaults.clone(),
             false,
             vec![
