@@ -372,6 +372,7 @@ mod tests {
                 sessions: HashMap::new(),
                 next_id: 1,
             }),
+            assignment: Mutex::new((String::new(), None)),
         }
     }
 
