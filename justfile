@@ -44,3 +44,7 @@ fuzz ITERS="1000000":
 # The browser test, saving its screenshots of each inbox state into docs/images (inbox-*.png).
 screenshots:
     HERALD_UPDATE_SCREENSHOTS=1 cargo test -p herald --test browser -- --nocapture
+
+# How long a Kafka consumer-group member waits for partitions on the test broker, per setting.
+kafka-startup:
+    HERALD_KAFKA_STARTUP=1 cargo test -p herald-kafka --test startup -- --nocapture
