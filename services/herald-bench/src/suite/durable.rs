@@ -185,16 +185,18 @@ fn replay(server: &Server, bins: &crate::peers::Binaries) -> anyhow::Result<(u64
         .arg(&data)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // "replayed N records in S s (R records/s): …"
+    // "replayed N records in S s (R records/s): …", numbers with or without thousands
+    // separators (newer builds print "24,475").
     let words: Vec<&str> = text.split_whitespace().collect();
+    let number = |w: &str| w.trim_start_matches('(').replace(',', "");
     let records: u64 = words
         .get(1)
-        .and_then(|w| w.parse().ok())
+        .and_then(|w| number(w).parse().ok())
         .context(text.clone())?;
     let rate: f64 = words
         .iter()
         .position(|w| *w == "records/s):")
-        .and_then(|i| words[i - 1].trim_start_matches('(').parse().ok())
+        .and_then(|i| number(words[i - 1]).parse().ok())
         .context(text.clone())?;
     Ok((records, rate, out.status.success()))
 }
