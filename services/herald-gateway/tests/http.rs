@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+use herald_embedded::{EmbeddedLog, EmbeddedProjection};
 use herald_gateway::{AppState, AuthConfig, GatewayConfig, MAX_BODY_BYTES, app};
 use herald_ports::prelude::*;
 use herald_projector::Projector;
@@ -13,6 +13,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+mod common;
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -40,28 +42,7 @@ async fn env() -> Env {
 
 async fn env_with(config: GatewayConfig) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(
-        EmbeddedLog::open(
-            &dir.path().join("log.db"),
-            Access::ReadWrite,
-            LogOptions::default(),
-        )
-        .await
-        .unwrap(),
-    );
-    let store = Arc::new(
-        EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let ports = herald_gateway::Ports {
-        log: log.clone(),
-        inbox: store.clone(),
-        audit: Arc::new(herald_projector::audit::LogAuditor {
-            log: log.clone(),
-            store: store.clone(),
-        }),
-    };
+    let (ports, log, store) = common::embedded(dir.path()).await;
     let state = AppState::start(ports, config, CancellationToken::new())
         .await
         .unwrap();

@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
 use herald_gateway::{AppState, AuthConfig, GatewayConfig, app};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+mod common;
 
 /// `(METHOD, path)` of every `.route(...)` call in a source text, methods from the method
 /// router chained in it (`get(..).put(..)`).
@@ -70,25 +71,7 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
 
 async fn state() -> (tempfile::TempDir, AppState) {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(
-        EmbeddedLog::open(
-            &dir.path().join("log.db"),
-            Access::ReadWrite,
-            LogOptions::default(),
-        )
-        .await
-        .unwrap(),
-    );
-    let store = Arc::new(
-        EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let ports = herald_gateway::Ports {
-        log: log.clone(),
-        inbox: store.clone(),
-        audit: Arc::new(herald_projector::audit::LogAuditor { log, store }),
-    };
+    let (ports, _, _) = common::embedded(dir.path()).await;
     let config = GatewayConfig {
         auth: AuthConfig {
             hs256_secret: Some(b"openapi-test".to_vec()),

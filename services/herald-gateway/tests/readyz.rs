@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
 use herald_gateway::{AppState, AuthConfig, GatewayConfig, app};
 use herald_ports::readiness::Report;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+mod common;
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -23,28 +24,7 @@ struct Env {
 
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(
-        EmbeddedLog::open(
-            &dir.path().join("log.db"),
-            Access::ReadWrite,
-            LogOptions::default(),
-        )
-        .await
-        .unwrap(),
-    );
-    let store = Arc::new(
-        EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let ports = herald_gateway::Ports {
-        log: log.clone(),
-        inbox: store.clone(),
-        audit: Arc::new(herald_projector::audit::LogAuditor {
-            log: log.clone(),
-            store: store.clone(),
-        }),
-    };
+    let (ports, _, _) = common::embedded(dir.path()).await;
     let config = GatewayConfig {
         auth: AuthConfig {
             hs256_secret: Some(b"readyz-test".to_vec()),

@@ -56,11 +56,17 @@ pub fn config() -> GatewayConfig {
     }
 }
 
-pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+/// The embedded log and projection in `dir`, and the gateway's ports over them.
+pub async fn embedded(
+    dir: &std::path::Path,
+) -> (
+    herald_gateway::Ports,
+    Arc<EmbeddedLog>,
+    Arc<EmbeddedProjection>,
+) {
     let log = Arc::new(
         EmbeddedLog::open(
-            &dir.path().join("log.db"),
+            &dir.join("log.db"),
             Access::ReadWrite,
             LogOptions::default(),
         )
@@ -68,11 +74,10 @@ pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
         .unwrap(),
     );
     let store = Arc::new(
-        EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
+        EmbeddedProjection::open(&dir.join("projection.db"), Access::ReadWrite)
             .await
             .unwrap(),
     );
-    let shutdown = CancellationToken::new();
     let ports = herald_gateway::Ports {
         log: log.clone(),
         inbox: store.clone(),
@@ -81,6 +86,13 @@ pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
             store: store.clone(),
         }),
     };
+    (ports, log, store)
+}
+
+pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (ports, log, store) = embedded(dir.path()).await;
+    let shutdown = CancellationToken::new();
     let state = AppState::start(ports, config, shutdown.clone())
         .await
         .unwrap();
