@@ -24,15 +24,7 @@ async fn put_preferences(srv: &Server, user: &str, body: &Value) -> (u16, Value)
 }
 
 async fn get_preferences(srv: &Server, user: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/v1/preferences", srv.http))
-        .bearer_auth(token(user, 3600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    srv.get_json("/v1/preferences", user).await
 }
 
 /// Produces one notification and returns its id.
@@ -137,15 +129,7 @@ async fn muted_and_inbox_only_notifications_stay_off_the_socket_and_in_the_inbox
 
     // All four are in the inbox: the muted ones read, the inbox-only one unread.
     srv.wait_unread("alice", 2).await;
-    let page: Value = reqwest::Client::new()
-        .get(format!("{}/v1/inbox", srv.http))
-        .bearer_auth(token("alice", 3600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = srv.get_json("/v1/inbox", "alice").await;
     let read: HashMap<String, bool> = page["items"]
         .as_array()
         .unwrap()

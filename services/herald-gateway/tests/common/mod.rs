@@ -127,6 +127,19 @@ pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
 }
 
 impl Server {
+    /// `GET path` as `user` (a fresh hour-long token), the JSON answer.
+    pub async fn get_json(&self, path: &str, user: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.http))
+            .bearer_auth(token(user, 3600))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn start_inbox(&mut self) {
         let stop = self.shutdown.child_token();
         let p = self.projector.clone();
@@ -143,18 +156,9 @@ impl Server {
 
     /// Waits (bounded by GUARD) until the projection shows `n` unread for `user`.
     pub async fn wait_unread(&self, user: &str, n: u64) {
-        let http = reqwest::Client::new();
         let waited = std::time::Instant::now();
         loop {
-            let v: Value = http
-                .get(format!("{}/v1/inbox/unread-count", self.http))
-                .bearer_auth(token(user, 3600))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = self.get_json("/v1/inbox/unread-count", user).await;
             if v["unread_count"].as_u64() == Some(n) {
                 return;
             }
