@@ -10,6 +10,8 @@
 //!   in the order librdkafka serves them. Offsets are committed only when the caller says so.
 //! * Reads by position (`read`, used for replay and for a session's log gap) use a small pool
 //!   of assign-only consumers.
+//! * Tails of chosen partitions (`tail`, the live hub's) are assign-only consumers too, with
+//!   partitions added and removed incrementally: no group join to wait for.
 //!
 //! The epoch is derived from the cluster id, the user-events topic name and its partition count:
 //! a new cluster or a re-partitioned topic gives new resume cursors. Deleting and re-creating
@@ -17,7 +19,7 @@
 //! under live clients (docs/operations.md).
 //!
 //! One file a role: `config` ([`KafkaConfig`]), `admin` (topics), `producer` (appends),
-//! `consumer` (group consumers), `reader` (reads by position), `dead_letters`, `message` (Kafka
+//! `consumer` (group consumers), `reader` (reads by position), `tail` (tails of chosen partitions), `dead_letters`, `message` (Kafka
 //! messages as records). This file opens the log and holds the [`EventLog`] impl, which hands
 //! each call to its role.
 //!
@@ -33,6 +35,7 @@ mod dead_letters;
 mod message;
 mod producer;
 mod reader;
+mod tail;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -43,7 +46,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use herald_core::cursor::Epoch;
 use herald_ports::log::{
-    Appended, DeadLetter, EventLog, LogConsumer, LogError, Record, StoredRecord, Topic,
+    Appended, DeadLetter, EventLog, LogConsumer, LogError, LogTail, Record, StoredRecord, Topic,
     check_append, check_partition,
 };
 use rdkafka::producer::FutureProducer;
@@ -149,6 +152,16 @@ impl EventLog for KafkaLog {
             topic,
             name,
             group,
+        )?))
+    }
+
+    async fn tail(&self, topic: Topic) -> Result<Box<dyn LogTail>, LogError> {
+        let name = self.names[&topic].clone();
+        Ok(Box::new(tail::tail(
+            &self.config,
+            topic,
+            name,
+            self.partitions[&topic],
         )?))
     }
 

@@ -21,6 +21,7 @@ macro_rules! log_contract_tests {
             unknown_partition_and_oversized_record_are_errors,
             read_from_the_middle_and_past_the_end,
             a_waiting_consumer_wakes_on_append,
+            a_tail_reads_only_the_partitions_it_follows,
             a_group_resumes_from_its_committed_offsets,
             records_and_epoch_survive_reopen,
         );

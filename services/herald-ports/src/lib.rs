@@ -17,7 +17,7 @@ pub mod contract;
 
 pub use audit::{AuditBudget, AuditEntry, AuditError, AuditReport, AuditSubject, Auditor};
 pub use log::{
-    Appended, ConsumerEvent, EventLog, LogConsumer, LogError, Record, StoredRecord, Topic,
+    Appended, ConsumerEvent, EventLog, LogConsumer, LogError, LogTail, Record, StoredRecord, Topic,
 };
 pub use projection::{
     AppliedOffsets, DirectoryReader, InboxFilter, InboxQuery, InboxReader, Lease, Positioned,

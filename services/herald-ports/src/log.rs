@@ -159,6 +159,10 @@ pub trait EventLog: Send + Sync + 'static {
     async fn end_offset(&self, topic: Topic, partition: u32) -> Result<u64, LogError>;
     /// A member of consumer group `group` on `topic`.
     async fn consumer(&self, topic: Topic, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+    /// A tail of chosen partitions of `topic`, outside any group (Kafka's `assign`): it follows
+    /// no partition until told to, and commits nothing. The live hub follows the partitions of
+    /// the users it has sessions for.
+    async fn tail(&self, topic: Topic) -> Result<Box<dyn LogTail>, LogError>;
     /// Keeps a record the projector cannot use, with the reason, where operators can find it
     /// (the dead-letter topic on Kafka, a table in the embedded log). Durable on return.
     async fn dead_letter(&self, record: &StoredRecord, reason: &str) -> Result<(), LogError>;
@@ -174,6 +178,20 @@ pub struct DeadLetter {
     pub offset: u64,
     pub reason: String,
     pub value: Vec<u8>,
+}
+
+/// A reader of chosen partitions (see [`EventLog::tail`]).
+#[async_trait]
+pub trait LogTail: Send {
+    /// Reads `partition` from `from` on; if it was followed already, starts again at `from`.
+    /// No record of it fetched before this call is returned after it.
+    fn follow(&mut self, partition: u32, from: u64) -> Result<(), LogError>;
+    /// Stops reading `partition`: no record of it is returned after this call.
+    fn unfollow(&mut self, partition: u32) -> Result<(), LogError>;
+    /// The next records of the followed partitions, in offset order within each; waits (without
+    /// polling) until there are some. Cancel-safe: a call dropped before it returns loses
+    /// nothing, and `follow`/`unfollow` may be called between calls.
+    async fn next(&mut self, max_records: usize) -> Result<Vec<StoredRecord>, LogError>;
 }
 
 #[async_trait]

@@ -546,6 +546,12 @@ impl EventLog for FailingOnce {
             failures: self.failures.clone(),
         }))
     }
+    async fn tail(
+        &self,
+        topic: Topic,
+    ) -> Result<Box<dyn herald_ports::LogTail>, herald_ports::LogError> {
+        self.inner.tail(topic).await
+    }
     async fn dead_letter(
         &self,
         record: &herald_ports::StoredRecord,

@@ -2,7 +2,7 @@
 //!
 //! One folder, one role a file: `open` (create or open the file, partition counts, epoch),
 //! `writer` (the writer thread's group commit), `reader` (reads by position), `consumer` (the
-//! single-member group consumer), `dead_letters` and `headers` (how record headers are stored).
+//! single-member group consumer), `tail` (reads of chosen partitions), `dead_letters` and `headers` (how record headers are stored).
 //! This file holds the shared state and the [`EventLog`] impl, which hands each call to its role.
 
 mod consumer;
@@ -10,6 +10,7 @@ mod dead_letters;
 mod headers;
 mod open;
 mod reader;
+mod tail;
 mod writer;
 
 use std::path::PathBuf;
@@ -172,5 +173,9 @@ impl EventLog for EmbeddedLog {
         Ok(Box::new(consumer::EmbeddedConsumer::new(
             self, topic, group,
         )))
+    }
+
+    async fn tail(&self, topic: Topic) -> Result<Box<dyn LogTail>, LogError> {
+        Ok(Box::new(tail::EmbeddedTail::new(self, topic)))
     }
 }

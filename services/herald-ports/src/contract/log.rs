@@ -273,3 +273,78 @@ pub async fn records_and_epoch_survive_reopen<H: LogHarness>(h: &H) {
         base + 1
     );
 }
+
+/// Records from `tail` until one with `value` arrives (all of them, that one last).
+async fn tail_until(tail: &mut dyn LogTail, value: &[u8]) -> Vec<StoredRecord> {
+    let mut got = Vec::new();
+    while !got.iter().any(|r: &StoredRecord| r.record.value == value) {
+        let batch = tokio::time::timeout(HANG_GUARD, tail.next(100))
+            .await
+            .expect("the tail produced nothing within the hang guard")
+            .expect("tail error");
+        got.extend(batch);
+    }
+    got
+}
+
+pub async fn a_tail_reads_only_the_partitions_it_follows<H: LogHarness>(h: &H) {
+    let log = Arc::new(h.open().await);
+    let topic = Topic::UserEvents;
+    let mut tail = log.tail(topic).await.unwrap();
+    assert!(matches!(
+        tail.follow(log.partitions(topic), 0),
+        Err(LogError::NoSuchPartition { .. })
+    ));
+    let base1 = log.end_offset(topic, 1).await.unwrap();
+    let base2 = log.end_offset(topic, 2).await.unwrap();
+    log.append(
+        topic,
+        vec![
+            record(1, "a", b"p1-0"),
+            record(2, "b", b"p2-0"),
+            record(1, "a", b"p1-1"),
+            record(1, "a", b"p1-2"),
+        ],
+    )
+    .await
+    .unwrap();
+
+    // From the middle of partition 1: its later records, nothing of partition 2.
+    tail.follow(1, base1 + 1).unwrap();
+    let got = tail_until(tail.as_mut(), b"p1-2").await;
+    let seen: Vec<(u32, u64)> = got.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(seen, vec![(1, base1 + 1), (1, base1 + 2)]);
+
+    // Following partition 2 as well, then dropping 1: 2's records, none of 1's appended later.
+    tail.follow(2, base2).unwrap();
+    let got = tail_until(tail.as_mut(), b"p2-0").await;
+    assert!(got.iter().all(|r| r.partition == 2), "{got:?}");
+    tail.unfollow(1).unwrap();
+    log.append(topic, vec![record(1, "a", b"p1-3")])
+        .await
+        .unwrap();
+    log.append(topic, vec![record(2, "b", b"p2-1")])
+        .await
+        .unwrap();
+    let got = tail_until(tail.as_mut(), b"p2-1").await;
+    assert!(
+        got.iter().all(|r| r.partition == 2),
+        "a record of an unfollowed partition came: {got:?}"
+    );
+
+    // Following again starts where it is told, also for a partition already followed.
+    tail.follow(1, base1 + 3).unwrap();
+    tail.follow(2, base2).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(
+            tokio::time::timeout(HANG_GUARD, tail.next(100))
+                .await
+                .expect("the tail produced nothing within the hang guard")
+                .expect("tail error"),
+        );
+    }
+    let mut values: Vec<&[u8]> = got.iter().map(|r| r.record.value.as_slice()).collect();
+    values.sort();
+    assert_eq!(values, vec![&b"p1-3"[..], b"p2-0", b"p2-1"]);
+}

@@ -1,0 +1,120 @@
+//! Tails of chosen partitions (`EventLog::tail`): an assign-only `StreamConsumer` (no group
+//! membership, so no join to wait for) whose partitions are added and removed incrementally.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use herald_ports::log::{LogError, LogTail, StoredRecord, Topic, check_partition};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::message::stored;
+use crate::{KafkaConfig, storage};
+
+pub(crate) struct KafkaTail {
+    topic: Topic,
+    name: String,
+    partitions: u32,
+    consumer: StreamConsumer,
+    /// Followed partitions and the least offset to hand out next in each: librdkafka drops
+    /// what it fetched for a partition before an (un)assignment, and this drops anything else
+    /// that is not ours or not new.
+    followed: BTreeMap<u32, u64>,
+}
+
+pub(crate) fn tail(
+    config: &KafkaConfig,
+    topic: Topic,
+    name: String,
+    partitions: u32,
+) -> Result<KafkaTail, LogError> {
+    let consumer: StreamConsumer = config
+        .client()
+        .set("group.id", config.group_name("tail"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .map_err(storage)?;
+    Ok(KafkaTail {
+        topic,
+        name,
+        partitions,
+        consumer,
+        followed: BTreeMap::new(),
+    })
+}
+
+impl KafkaTail {
+    fn list(&self, partition: u32, offset: Option<u64>) -> Result<TopicPartitionList, LogError> {
+        let mut tpl = TopicPartitionList::new();
+        match offset {
+            Some(o) => tpl
+                .add_partition_offset(&self.name, partition as i32, Offset::Offset(o as i64))
+                .map_err(storage)?,
+            None => {
+                tpl.add_partition(&self.name, partition as i32);
+            }
+        }
+        Ok(tpl)
+    }
+
+    fn keep(&mut self, r: &StoredRecord) -> bool {
+        match self.followed.get_mut(&r.partition) {
+            Some(min) if r.offset >= *min => {
+                *min = r.offset + 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl LogTail for KafkaTail {
+    fn follow(&mut self, partition: u32, from: u64) -> Result<(), LogError> {
+        check_partition(self.topic, partition, self.partitions)?;
+        if self.followed.contains_key(&partition) {
+            self.unfollow(partition)?;
+        }
+        self.consumer
+            .incremental_assign(&self.list(partition, Some(from))?)
+            .map_err(|e| storage(format!("Kafka assign {}/{partition}: {e}", self.name)))?;
+        self.followed.insert(partition, from);
+        Ok(())
+    }
+
+    fn unfollow(&mut self, partition: u32) -> Result<(), LogError> {
+        check_partition(self.topic, partition, self.partitions)?;
+        if self.followed.remove(&partition).is_some() {
+            self.consumer
+                .incremental_unassign(&self.list(partition, None)?)
+                .map_err(|e| storage(format!("Kafka unassign {}/{partition}: {e}", self.name)))?;
+        }
+        Ok(())
+    }
+
+    async fn next(&mut self, max_records: usize) -> Result<Vec<StoredRecord>, LogError> {
+        loop {
+            let mut batch = Vec::new();
+            let first = self.consumer.recv().await.map_err(storage)?;
+            batch.push(stored(self.topic, &first));
+            drop(first);
+            while batch.len() < max_records.max(1) {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(stored(self.topic, &m)),
+                    Some(Err(e)) => return Err(storage(e)),
+                    None => break,
+                }
+            }
+            let batch: Vec<StoredRecord> = batch.into_iter().filter(|r| self.keep(r)).collect();
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+}
