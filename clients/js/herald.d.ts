@@ -59,6 +59,8 @@ export interface SessionFrame {
   reset: boolean;
   heartbeat_ms: number;
   max_in_flight: number;
+  /** The user's partition; the client passes it as `?partition=` when it connects again. */
+  partition: number;
 }
 export interface NotificationFrame {
   type: "notification";

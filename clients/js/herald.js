@@ -320,13 +320,18 @@ export class HeraldClient extends EventTarget {
     this.setState(this.cursor ? "resuming" : "connecting");
     let ticket;
     try {
-      ticket = (await this.http("/v1/ws-ticket", { method: "POST" })).ticket;
+      const minted = await this.http("/v1/ws-ticket", { method: "POST" });
+      ticket = minted.ticket;
+      // The user's partition: a routing hint, so a load balancer can send every user of a
+      // partition to the same gateway (docs/operations.md, "Running a cluster").
+      if (Number.isInteger(minted.partition)) this.partition = minted.partition;
     } catch (e) {
       return this.retry(e);
     }
     if (this.stopped) return;
     if (this.transport === "sse") return this.connectSse(ticket);
-    const url = this.baseUrl.replace(/^http/, "ws") + `/v1/ws?ticket=${encodeURIComponent(ticket)}`;
+    const hint = this.partition === undefined ? "" : `&partition=${this.partition}`;
+    const url = this.baseUrl.replace(/^http/, "ws") + `/v1/ws?ticket=${encodeURIComponent(ticket)}${hint}`;
     const ws = new WebSocket(url, PROTOCOL);
     this.ws = ws;
     let opened = false;
@@ -369,6 +374,7 @@ export class HeraldClient extends EventTarget {
   connectSse(ticket) {
     const params = new URLSearchParams({ ticket, device_id: this.deviceId });
     if (this.cursor) params.set("cursor", this.cursor);
+    if (this.partition !== undefined) params.set("partition", String(this.partition));
     const es = new EventSource(`${this.baseUrl}/v1/sse?${params}`);
     this.es = es;
     es.onmessage = (m) => {

@@ -55,19 +55,24 @@ pub struct SessionInfo {
     pub epoch: String,
     pub resumed: bool,
     pub reset: bool,
+    /// The user's partition: pass it back as `?partition=` when reconnecting through a load
+    /// balancer that routes on it (docs/operations.md, "Running a cluster").
+    pub partition: u32,
 }
 
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
-/// Upgrades without sending `hello` (for protocol tests); `url` is `ws://host:port/v1/ws`.
+/// Upgrades without sending `hello` (for protocol tests); `url` is `ws://host:port/v1/ws`,
+/// optionally with a query (`?partition=3`).
 pub async fn open(
     url: &str,
     credentials: &Credentials,
     subprotocol: bool,
 ) -> Result<Connection, ClientError> {
     let url = match credentials {
+        Credentials::Ticket(t) if url.contains('?') => format!("{url}&ticket={t}"),
         Credentials::Ticket(t) => format!("{url}?ticket={t}"),
         _ => url.to_owned(),
     };
@@ -121,6 +126,7 @@ pub async fn connect(
             epoch,
             resumed,
             reset,
+            partition,
             ..
         } => Ok((
             c,
@@ -131,6 +137,7 @@ pub async fn connect(
                 epoch,
                 resumed,
                 reset,
+                partition,
             },
         )),
         other => Err(ClientError::Protocol(format!(

@@ -57,6 +57,11 @@ pub enum ServerFrame {
         reset: bool,
         heartbeat_ms: u64,
         max_in_flight: usize,
+        /// The user's partition of the user-events topic: clients pass it back as `partition`
+        /// when they reconnect, so a load balancer can send every user of a partition to the
+        /// same gateway (docs/operations.md, "Running a cluster").
+        #[serde(default)]
+        partition: u32,
     },
     Notification {
         id: String,

@@ -105,23 +105,19 @@ impl AppState {
         })
     }
 
-    /// Whether this gateway is ready to serve (`GET /readyz`): the live hub has its partitions
-    /// and is at most [`READY_MAX_LAG_RECORDS`] behind the log, the projection store answers
+    /// Whether this gateway is ready to serve (`GET /readyz`): the live hub's tail is open and
+    /// at most [`READY_MAX_LAG_RECORDS`] behind the log, the projection store answers
     /// (within [`READY_CHECK_TIMEOUT`]), and an in-process projector, if any, is ready.
     pub async fn readiness(&self) -> Report {
         let mut report = Report::new(Vec::new());
-        match self.hub.assignment() {
-            None => report.push(
-                "hub",
-                false,
-                format!("waiting for partitions of group {}", self.hub.group()),
-            ),
-            Some(partitions) => {
-                let positions = self.hub.positions();
+        match self.hub.tail_status() {
+            Err(why) => report.push("hub", false, format!("the log tail is not open: {why}")),
+            Ok(()) => {
+                let followed = self.hub.followed();
                 let ends = tokio::time::timeout(READY_CHECK_TIMEOUT, async {
-                    let mut ends = Vec::with_capacity(positions.len());
-                    for p in 0..positions.len() as u32 {
-                        ends.push(self.log.end_offset(Topic::UserEvents, p).await?);
+                    let mut ends = Vec::with_capacity(followed.len());
+                    for (p, _) in &followed {
+                        ends.push(self.log.end_offset(Topic::UserEvents, *p).await?);
                     }
                     Ok::<_, LogError>(ends)
                 })
@@ -130,17 +126,17 @@ impl AppState {
                     Ok(Ok(ends)) => {
                         let lag: u64 = ends
                             .iter()
-                            .zip(&positions)
-                            .map(|(end, at)| end.saturating_sub(*at))
+                            .zip(&followed)
+                            .map(|(end, (_, at))| end.saturating_sub(*at))
                             .sum();
                         report.push(
                             "hub",
                             lag <= READY_MAX_LAG_RECORDS,
                             format!(
-                                "group {}, {} partitions; {lag} records behind (ready at \
+                                "following {} of {} partitions; {lag} records behind (ready at \
                                  {READY_MAX_LAG_RECORDS} or fewer)",
-                                self.hub.group(),
-                                partitions.len()
+                                followed.len(),
+                                self.log.partitions(Topic::UserEvents),
                             ),
                         );
                     }

@@ -28,6 +28,8 @@ pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "herald_http_request_duration_seconds";
 pub const HTTP_RATE_LIMITED: &str = "herald_http_rate_limited_total";
 pub const NOTIFICATIONS_ACCEPTED: &str = "herald_notifications_accepted_total";
+pub const HUB_RECORDS_READ: &str = "herald_hub_records_read_total";
+pub const HUB_PARTITIONS_FOLLOWED: &str = "herald_hub_partitions_followed";
 pub const SESSIONS_CONNECTED: &str = "herald_sessions_connected";
 pub const SESSIONS_CLOSED: &str = "herald_sessions_closed_total";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "herald_slow_consumer_disconnects_total";
@@ -76,6 +78,15 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
 
 /// Describes every metric (help texts) once, for exporters that show them.
 pub fn describe() {
+    metrics::describe_counter!(
+        HUB_RECORDS_READ,
+        "User-event records the gateway's live hub read from the log, by partition (the \
+         topic's partition count bounds the label)."
+    );
+    metrics::describe_gauge!(
+        HUB_PARTITIONS_FOLLOWED,
+        "User-event partitions the gateway's live hub follows (those of its sessions' users)."
+    );
     metrics::describe_counter!(
         LOG_APPENDED_RECORDS,
         "Records durably appended to the log, by topic."
@@ -215,6 +226,7 @@ pub fn zero_gateway() {
     metrics::counter!(NOTIFICATIONS_ACCEPTED).increment(0);
     metrics::counter!(DELIVERIES).increment(0);
     metrics::counter!(REDELIVERIES).increment(0);
+    metrics::gauge!(HUB_PARTITIONS_FOLLOWED).increment(0.0);
     for transport in ["ws", "sse"] {
         metrics::gauge!(SESSIONS_CONNECTED, "transport" => transport).increment(0.0);
         metrics::counter!(SLOW_CONSUMER_DISCONNECTS, "transport" => transport).increment(0);
@@ -243,6 +255,15 @@ pub fn zero_projector() {
 pub fn log_appended(topic: Topic, records: usize, took: Duration) {
     metrics::counter!(LOG_APPENDED_RECORDS, "topic" => topic.name()).increment(records as u64);
     metrics::histogram!(LOG_APPEND_SECONDS, "topic" => topic.name()).record(took.as_secs_f64());
+}
+
+/// The live hub read `records` records of `partition`.
+pub fn hub_records_read(partition: u32, records: u64) {
+    metrics::counter!(HUB_RECORDS_READ, "partition" => partition.to_string()).increment(records);
+}
+
+pub fn hub_partitions_followed(partitions: usize) {
+    metrics::gauge!(HUB_PARTITIONS_FOLLOWED).set(partitions as f64);
 }
 
 pub fn log_group_commit(records: usize) {

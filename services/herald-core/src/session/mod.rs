@@ -133,6 +133,8 @@ pub struct Start {
     pub hello: Hello,
     pub epoch: Epoch,
     pub session_id: String,
+    /// The user's partition of the user-events topic.
+    pub partition: u32,
     /// Every event of the user's partition at or after this offset arrives as [`Input::Live`].
     pub live_from: u64,
     /// The inbox projection's applied offset in the user's partition, read after subscribing.
@@ -311,6 +313,7 @@ impl Session {
             reset: start.hello.reset,
             heartbeat_ms: cfg.heartbeat_ms,
             max_in_flight: cfg.delivery.max_in_flight,
+            partition: start.partition,
         });
         s.settle_replay_and_pump(io, &mut out);
         s.frames_out += out.frames as u64;

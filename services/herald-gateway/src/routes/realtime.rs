@@ -38,6 +38,9 @@ pub fn ticket_routes() -> Router<AppState> {
 pub struct Ticket {
     ticket: String,
     expires_in: u64,
+    /// The user's partition: pass it as `?partition=` of /v1/ws or /v1/sse so that a load
+    /// balancer can route on it (docs/operations.md, "Running a cluster").
+    partition: u32,
 }
 
 /// A single-use ticket for a browser's WebSocket; each user may mint a few a second.
@@ -61,13 +64,18 @@ async fn post_ticket(
     Ok(Json(Ticket {
         ticket: ticket?,
         expires_in: TICKET_TTL.as_secs(),
+        partition: herald_core::partition::partition_for(
+            &user.id,
+            st.log.partitions(herald_ports::log::Topic::UserEvents),
+        ),
     }))
 }
 
 /// Checks the subprotocol and the limits, then upgrades.
 /// The WebSocket session (subprotocol `herald.v1`, frames in docs/protocol.md).
 #[utoipa::path(get, path = "/v1/ws", tag = "realtime",
-    params(("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token")),
+    params(("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token"),
+           ("partition" = Option<u32>, Query, description = "The user's partition (from the ticket or an earlier session frame): a routing hint for the load balancer, not checked")),
     responses((status = 101, description = "Switching to the `herald.v1` WebSocket protocol"), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = []), ("ticket" = [])))]
 async fn ws_upgrade(
@@ -109,6 +117,10 @@ pub(crate) struct SseParams {
     device_id: String,
     #[serde(default)]
     cursor: Option<String>,
+    /// A routing hint for the load balancer (the user's partition); not checked.
+    #[serde(default)]
+    #[allow(dead_code)]
+    partition: Option<u32>,
 }
 
 /// The `hello` an SSE request's parameters stand for.
@@ -126,7 +138,8 @@ pub(crate) fn sse_hello(
 /// Server-Sent Events fallback: the same session as a WebSocket, frames as `data:` lines.
 #[utoipa::path(get, path = "/v1/sse", tag = "realtime",
     params(("device_id" = String, Query), ("cursor" = Option<String>, Query, description = "Resume after this cursor"),
-           ("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token")),
+           ("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token"),
+           ("partition" = Option<u32>, Query, description = "The user's partition: a routing hint for the load balancer, not checked")),
     responses((status = 200, description = "An event stream of `herald.v1` frames", content_type = "text/event-stream", body = String), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("bearer" = []), ("ticket" = [])))]
 async fn sse(

@@ -151,7 +151,13 @@ pub async fn serve(
 ) -> End {
     st.announce(&user.id, &hello.device_id);
     // Subscribe first, then read history (projection, then the log gap), then merge.
-    let mut reg = st.hub.register(&user.id, &hello.device_id);
+    let mut reg = match st.hub.register(&user.id, &hello.device_id).await {
+        Ok(reg) => reg,
+        Err(e) => {
+            tracing::error!(error = %e, "the live hub could not follow the user's partition");
+            return End::close(Close::InternalError, "the log is unavailable");
+        }
+    };
     let end = drive(st, user, hello, incoming, outbox, reap_silent, &mut reg).await;
     st.hub.unregister(&user.id, reg.id);
     end
@@ -276,6 +282,7 @@ async fn drive(
         hello,
         epoch: st.log.epoch(),
         session_id: format!("{}-{}", reg.id, uuid::Uuid::new_v4().simple()),
+        partition: reg.partition,
         live_from: reg.live_from,
         projection_applied,
     };
