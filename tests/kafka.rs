@@ -16,7 +16,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,96 +25,13 @@ use herald_kafka::{KafkaLog, testing};
 use herald_ports::log::{EventLog, Record, Topic};
 use rand::{Rng, SeedableRng};
 use support::exactly_once::*;
-use support::{Dev, kill9, terminate};
+use support::cluster::{Cluster, dump_logs};
+use support::{kill9, terminate};
 use tokio::sync::Mutex;
 
-const PARTITIONS: &str = "4";
-const REQUEST_PARTITIONS: &str = "2";
 /// Time for a consumer group to notice a change and rebalance: the test session timeout (6 s)
 /// and a margin. Not a timing assertion: a slower rebalance only delays the projection.
 const SETTLE: Duration = Duration::from_secs(8);
-
-struct Cluster {
-    broker: String,
-    prefix: String,
-    pg_url: String,
-    secret: String,
-    dir: std::path::PathBuf,
-}
-
-impl Cluster {
-    /// The servers' Kafka flags: where, and the topics they create.
-    fn kafka_args(&self) -> Vec<String> {
-        let mut a = self.kafka_connect_args();
-        a.extend(
-            [
-                "--kafka-partitions",
-                PARTITIONS,
-                "--kafka-requests-partitions",
-                REQUEST_PARTITIONS,
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        a
-    }
-
-    /// The read-only tools' Kafka flags: where only.
-    fn kafka_connect_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--kafka-brokers",
-            &self.broker,
-            "--kafka-prefix",
-            &self.prefix,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for (k, v) in testing::test_properties() {
-            a.push("-X".into());
-            a.push(format!("{k}={v}"));
-        }
-        a
-    }
-
-    fn projector(&self, name: &str) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))
-            .unwrap();
-        Command::new(support::BIN)
-            .arg("projector")
-            .args(self.kafka_args())
-            // Rejoin soon if the test broker leaves a group without an assignment (it does
-            // when members come and go mid-rebalance, more often on a loaded machine).
-            .args(["--stall-timeout-ms", "15000"])
-            .args(["--projection-url", &self.pg_url])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn herald projector")
-    }
-
-    async fn gateway(&self, name: &str, port: u16) -> Dev {
-        let mut extra = self.kafka_args();
-        extra.extend(
-            [
-                "--projection-url",
-                &self.pg_url,
-                "--projector",
-                "false",
-                "--jwt-secret",
-                &self.secret,
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        Dev::start_with(&self.dir.join(name), port, &extra).await
-    }
-}
 
 /// Runs the Python example producer; returns the ids it got delivery reports for.
 fn python_producer(
@@ -145,24 +62,6 @@ fn python_producer(
         .collect()
 }
 
-/// The warnings and errors of every process, for a failing run.
-fn dump_logs(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = e.path();
-        if path.extension().is_some_and(|x| x == "log") {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let lines: Vec<&str> = text
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("assigned"))
-                .collect();
-            eprintln!("== {} ({} lines of note)", path.display(), lines.len());
-            for l in lines.iter().rev().take(25).rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebalances() {
     let Some(broker) = testing::broker() else {
@@ -188,6 +87,8 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
     let cluster = Cluster {
+        partitions: 4,
+        request_partitions: 2,
         broker: broker.address.clone(),
         prefix: format!("k{}.", uuid::Uuid::new_v4().simple()),
         pg_url: db.url.clone(),

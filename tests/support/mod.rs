@@ -2,6 +2,7 @@
 //! temp data dir, talk to it over HTTP, kill it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod exactly_once;
 
 use std::path::{Path, PathBuf};
