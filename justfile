@@ -48,3 +48,8 @@ screenshots:
 # How long a Kafka consumer-group member waits for partitions on the test broker, per setting.
 kafka-startup:
     HERALD_KAFKA_STARTUP=1 cargo test -p herald-kafka --test startup -- --nocapture
+
+# Records read per gateway with 1, 2 and 4 partition-affine gateways behind nginx, on the test
+# broker (the table in docs/benchmarks.md, "Partition-affine gateways"); SECONDS of producing.
+affinity SECONDS="20":
+    HERALD_AFFINITY_SECONDS={{SECONDS}} cargo test --release -p herald --test affinity each_record -- --nocapture

@@ -24,8 +24,8 @@ use std::time::Duration;
 use herald_kafka::{KafkaLog, testing};
 use herald_ports::log::{EventLog, Record, Topic};
 use rand::{Rng, SeedableRng};
-use support::exactly_once::*;
 use support::cluster::{Cluster, dump_logs};
+use support::exactly_once::*;
 use support::{kill9, terminate};
 use tokio::sync::Mutex;
 

@@ -72,6 +72,11 @@ impl Cluster {
     }
 
     pub async fn gateway(&self, name: &str, port: u16) -> Dev {
+        self.gateway_with(name, port, &[]).await
+    }
+
+    /// A gateway with more arguments.
+    pub async fn gateway_with(&self, name: &str, port: u16, more: &[&str]) -> Dev {
         let mut extra = self.kafka_args();
         extra.extend(
             [
@@ -85,6 +90,7 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string()),
         );
+        extra.extend(more.iter().map(|s| s.to_string()));
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         Dev::start_with(&self.dir.join(name), port, &extra).await
     }
@@ -107,4 +113,3 @@ pub fn dump_logs(dir: &Path) {
         }
     }
 }
-
