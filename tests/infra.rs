@@ -307,6 +307,8 @@ fn the_dashboard_queries_metrics_herald_exports() {
         telemetry::HTTP_REQUESTS,
         telemetry::HTTP_RATE_LIMITED,
         telemetry::NOTIFICATIONS_ACCEPTED,
+        telemetry::HUB_RECORDS_READ,
+        telemetry::HUB_PARTITIONS_FOLLOWED,
         telemetry::SESSIONS_CONNECTED,
         telemetry::SESSIONS_CLOSED,
         telemetry::SLOW_CONSUMER_DISCONNECTS,
