@@ -36,6 +36,7 @@ pub(crate) async fn ensure_topics(config: &KafkaConfig) -> Result<Cluster, LogEr
             config.user_events_partitions,
         ),
         (config.dead_letter_topic(), config.dead_letter_partitions),
+        (config.presence_topic(), 1),
     ];
     let existing = topic_counts(&admin, config.operation_timeout).map_err(|e| unreachable(&e))?;
     if !config.create_topics
@@ -55,11 +56,16 @@ pub(crate) async fn ensure_topics(config: &KafkaConfig) -> Result<Cluster, LogEr
         .filter(|_| config.create_topics)
         .filter(|(name, _)| !existing.contains_key(name))
         .map(|(name, n)| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 name,
                 *n as i32,
                 TopicReplication::Fixed(config.replication_factor),
-            )
+            );
+            if *name == config.presence_topic() {
+                topic.set("retention.ms", crate::presence::PRESENCE_RETENTION_MS)
+            } else {
+                topic
+            }
         })
         .collect();
     if !missing.is_empty() {
@@ -84,8 +90,9 @@ pub(crate) async fn ensure_topics(config: &KafkaConfig) -> Result<Cluster, LogEr
     let deadline = Instant::now() + config.operation_timeout;
     let counts = loop {
         let counts = topic_counts(&admin, config.operation_timeout).map_err(|e| unreachable(&e))?;
-        // A read-only open needs the two topics it reads (the dead-letter topic may not exist).
-        let required = if config.create_topics { 3 } else { 2 };
+        // A read-only open needs the two topics it reads (the dead-letter and presence topics
+        // may not exist).
+        let required = if config.create_topics { 4 } else { 2 };
         if wanted
             .iter()
             .take(required)

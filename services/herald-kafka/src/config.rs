@@ -52,6 +52,11 @@ impl KafkaConfig {
         format!("{}dead-letter", self.prefix)
     }
 
+    /// The presence bus's topic (`PresenceBus`).
+    pub fn presence_topic(&self) -> String {
+        format!("{}presence", self.prefix)
+    }
+
     pub fn group_name(&self, group: &str) -> String {
         format!("{}{}", self.prefix, group)
     }

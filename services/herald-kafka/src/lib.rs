@@ -1,6 +1,7 @@
 //! The log port on Kafka, through rdkafka (bundled librdkafka).
 //!
-//! * Topics `{prefix}requests`, `{prefix}user-events` and `{prefix}dead-letter`, created through
+//! * Topics `{prefix}requests`, `{prefix}user-events`, `{prefix}dead-letter` and
+//!   `{prefix}presence` (the presence bus: one partition, records kept an hour), created through
 //!   the admin API at start-up when missing (partitions and replication factor from
 //!   [`KafkaConfig`]); an existing topic keeps its partition count, which the log then reports.
 //! * Appends go through one idempotent producer with `acks=all`; [`EventLog::append`] returns
@@ -19,7 +20,7 @@
 //! under live clients (docs/operations.md).
 //!
 //! One file a role: `config` ([`KafkaConfig`]), `admin` (topics), `producer` (appends),
-//! `consumer` (group consumers), `reader` (reads by position), `tail` (tails of chosen partitions), `dead_letters`, `message` (Kafka
+//! `consumer` (group consumers), `reader` (reads by position), `tail` (tails of chosen partitions), `presence` (the presence bus), `dead_letters`, `message` (Kafka
 //! messages as records). This file opens the log and holds the [`EventLog`] impl, which hands
 //! each call to its role.
 //!
@@ -33,6 +34,7 @@ mod config;
 mod consumer;
 mod dead_letters;
 mod message;
+mod presence;
 mod producer;
 mod reader;
 mod tail;
@@ -54,6 +56,7 @@ use rdkafka::producer::FutureProducer;
 pub use config::KafkaConfig;
 pub use consumer::GROUP_DEFAULTS;
 pub use dead_letters::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
+pub use presence::PRESENCE_RETENTION_MS;
 pub use reader::READER_POOL;
 use reader::ReaderPool;
 

@@ -61,3 +61,40 @@ async fn a_read_only_open_creates_no_topic_and_names_the_missing_one() {
         .unwrap();
     KafkaLog::open(read_only).await.unwrap();
 }
+
+/// The presence bus: every reader gets every gateway's records published after it started
+/// reading, each gateway's in the order published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_bus_carries_every_gateways_records_in_order() {
+    use herald_ports::presence::{MAX_PRESENCE_RECORD_BYTES, PresenceBus};
+    use std::time::Duration;
+    let Some(h) = harness() else {
+        return;
+    };
+    let (a, b) = (h.open().await, h.open().await);
+    let mut feeds = vec![a.feed().await.unwrap(), b.feed().await.unwrap()];
+    for i in 0..5 {
+        a.publish("a", format!("a{i}").into_bytes()).await.unwrap();
+        b.publish("b", format!("b{i}").into_bytes()).await.unwrap();
+    }
+    assert!(
+        a.publish("a", vec![0; MAX_PRESENCE_RECORD_BYTES + 1])
+            .await
+            .is_err()
+    );
+    for feed in &mut feeds {
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let batch = tokio::time::timeout(Duration::from_secs(30), feed.next())
+                .await
+                .expect("presence records within 30 s")
+                .unwrap();
+            got.extend(batch.into_iter().map(|v| String::from_utf8(v).unwrap()));
+        }
+        for g in ["a", "b"] {
+            let mine: Vec<&String> = got.iter().filter(|v| v.starts_with(g)).collect();
+            let want: Vec<String> = (0..5).map(|i| format!("{g}{i}")).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+        }
+    }
+}

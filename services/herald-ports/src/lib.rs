@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod log;
+pub mod presence;
 pub mod projection;
 pub mod readiness;
 pub mod records;
@@ -19,6 +20,7 @@ pub use audit::{AuditBudget, AuditEntry, AuditError, AuditReport, AuditSubject, 
 pub use log::{
     Appended, ConsumerEvent, EventLog, LogConsumer, LogError, LogTail, Record, StoredRecord, Topic,
 };
+pub use presence::{PresenceBus, PresenceFeed};
 pub use projection::{
     AppliedOffsets, DirectoryReader, InboxFilter, InboxQuery, InboxReader, Lease, Positioned,
     ProjectionError, ProjectionStore, ProjectionWriter, Snapshots, Stage, TimerQueries,
