@@ -52,4 +52,4 @@ kafka-startup:
 # Records read per gateway with 1, 2 and 4 partition-affine gateways behind nginx, on the test
 # broker (the table in docs/benchmarks.md, "Partition-affine gateways"); SECONDS of producing.
 affinity SECONDS="20":
-    HERALD_AFFINITY_SECONDS={{SECONDS}} cargo test --release -p herald --test affinity each_record -- --nocapture
+    HERALD_AFFINITY_SECONDS={{SECONDS}} cargo test --release -p herald --test cluster each_record -- --nocapture

@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     /// Log records one audit request reads by default, and at most (`max_records`).
     pub audit_records: u64,
     pub audit_max_records: u64,
+    /// How often the gateway publishes a whole snapshot of its sessions on the presence bus;
+    /// a gateway not heard from for three of these is taken as gone (`presence`).
+    pub presence_interval: Duration,
     /// Connection timeouts of the HTTP server.
     pub http: HttpOptions,
 }
@@ -81,6 +84,7 @@ impl Default for GatewayConfig {
             audit_burst: 5.0,
             audit_records: 100_000,
             audit_max_records: 1_000_000,
+            presence_interval: Duration::from_secs(5),
             http: HttpOptions::default(),
         }
     }
@@ -127,6 +131,7 @@ impl GatewayConfig {
         at_least("slow-consumer timeout", self.slow_consumer_timeout, ms(100))?;
         at_least("hello timeout", self.hello_timeout, ms(100))?;
         at_least("read-after wait", self.read_after_wait, Duration::ZERO)?;
+        at_least("presence interval", self.presence_interval, ms(100))?;
         at_least(
             "HTTP header timeout",
             self.http.header_read_timeout,

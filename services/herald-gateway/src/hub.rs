@@ -13,7 +13,7 @@
 //! only that share of the log (docs/operations.md, "Running a cluster"); any gateway still
 //! serves any user.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ pub const RECENT_BYTES: usize = 16 * 1024 * 1024;
 /// How long the hub keeps following a partition after its last session there ended, so a
 /// device that reconnects (or its neighbour) finds the partition warm.
 pub const FOLLOW_LINGER: Duration = Duration::from_secs(30);
+/// Users whose sessions changed that the hub remembers for presence (`take_presence_changes`);
+/// past this it forgets them and says so, and presence publishes a whole snapshot instead.
+pub const MAX_PRESENCE_CHANGES: usize = 100_000;
 /// How often the hub looks for partitions to stop following.
 const LINGER_CHECK: Duration = Duration::from_secs(1);
 
@@ -155,8 +158,21 @@ struct State {
     recent_bytes: usize,
     sessions: HashMap<String, Vec<Entry>>,
     next_id: u64,
+    /// Users whose sessions changed since presence last looked (`None`: too many to list).
+    changed: Option<HashSet<String>>,
     /// Whether the tail is open (`Err`: why not), for readiness.
     tail: Result<(), String>,
+}
+
+/// Notes that `user`'s sessions changed (for presence), forgetting all when there are too many.
+fn note_changed(changed: &mut Option<HashSet<String>>, user: &str) {
+    if let Some(users) = changed {
+        if users.len() >= MAX_PRESENCE_CHANGES {
+            *changed = None;
+        } else if !users.contains(user) {
+            users.insert(user.to_owned());
+        }
+    }
 }
 
 pub struct Hub {
@@ -190,6 +206,7 @@ impl Hub {
                 recent_bytes: recent_bytes / partitions.max(1) as usize,
                 sessions: HashMap::new(),
                 next_id: 1,
+                changed: Some(HashSet::new()),
                 tail: Err("the tail has not opened yet".into()),
             }),
             follow: Notify::new(),
@@ -344,9 +361,13 @@ impl Hub {
                         Err(TrySendError::Closed(_)) => false,
                     }
                 });
-                part.sessions_changed(before, entries.len());
-                if entries.is_empty() {
+                let after = entries.len();
+                part.sessions_changed(before, after);
+                if after == 0 {
                     st.sessions.remove(&r.record.key);
+                }
+                if after != before {
+                    note_changed(&mut st.changed, &r.record.key);
                 }
             }
             let recent = &mut part.recent;
@@ -433,6 +454,7 @@ impl Hub {
             kick: kick.clone(),
         });
         part.sessions_changed(before, entries.len());
+        note_changed(&mut st.changed, user);
         Ok(Registration {
             id,
             rx,
@@ -448,12 +470,36 @@ impl Hub {
         if let Some(entries) = st.sessions.get_mut(user) {
             let before = entries.len();
             entries.retain(|e| e.id != id);
-            st.parts[partition_for(user, self.partitions) as usize]
-                .sessions_changed(before, entries.len());
-            if entries.is_empty() {
+            let after = entries.len();
+            st.parts[partition_for(user, self.partitions) as usize].sessions_changed(before, after);
+            if after == 0 {
                 st.sessions.remove(user);
             }
+            if after != before {
+                note_changed(&mut st.changed, user);
+            }
         }
+    }
+
+    /// The users whose sessions changed since the last call, each with the devices connected
+    /// now (none: gone), or `None` when there were more than [`MAX_PRESENCE_CHANGES`] (then
+    /// [`online`](Self::online) says who is here).
+    pub fn take_presence_changes(&self) -> Option<Vec<(String, Vec<String>)>> {
+        let mut st = self.state.lock().expect("hub lock");
+        let changed = st.changed.replace(HashSet::new())?;
+        Some(
+            changed
+                .into_iter()
+                .map(|u| {
+                    let devices = st
+                        .sessions
+                        .get(&u)
+                        .map(|es| es.iter().map(|e| e.device_id.clone()).collect())
+                        .unwrap_or_default();
+                    (u, devices)
+                })
+                .collect(),
+        )
     }
 
     /// Connected users and their devices (presence).

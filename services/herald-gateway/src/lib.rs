@@ -21,6 +21,7 @@ mod error;
 pub mod extract;
 pub mod hub;
 pub mod limits;
+pub mod presence;
 pub mod queue;
 pub mod routes;
 pub mod serve;

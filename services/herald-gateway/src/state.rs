@@ -24,6 +24,8 @@ pub struct Ports {
     pub log: Arc<dyn EventLog>,
     pub inbox: Arc<dyn InboxReader>,
     pub audit: Arc<dyn Auditor>,
+    /// How gateways share presence (Kafka); `None` for a single-process deployment.
+    pub presence: Option<Arc<dyn herald_ports::PresenceBus>>,
 }
 
 /// Why the gateway could not start.
@@ -50,6 +52,8 @@ pub struct AppState {
     pub projector_readiness: Option<Arc<dyn Fn() -> Report + Send + Sync>>,
     pub auth: Arc<Auth>,
     pub hub: Arc<Hub>,
+    /// The cluster's presence as this gateway sees it.
+    pub presence: Arc<crate::presence::ClusterPresence>,
     pub config: Arc<GatewayConfig>,
     pub session: SessionConfig,
     /// Notifications per producer.
@@ -83,6 +87,11 @@ impl AppState {
         config.validate()?;
         let auth = Auth::new(&config.auth)?;
         let hub = Hub::start(ports.log.clone(), shutdown.clone()).await?;
+        let presence = Arc::new(crate::presence::ClusterPresence::new(
+            ports.presence,
+            config.presence_interval,
+        ));
+        presence.start(hub.clone(), shutdown.clone()).await?;
         Ok(AppState {
             log: ports.log,
             inbox: ports.inbox,
@@ -91,6 +100,7 @@ impl AppState {
             projector_readiness: None,
             auth: Arc::new(auth),
             hub,
+            presence,
             session: config.session(),
             producers: Arc::new(RateLimits::new(config.producer_rate, config.producer_burst)),
             audits: Arc::new(RateLimits::new(config.audit_rate, config.audit_burst)),

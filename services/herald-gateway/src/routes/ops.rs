@@ -135,19 +135,27 @@ pub struct Online {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Presence {
     online: Vec<Online>,
+    /// The gateways this one knows of (itself first), from the presence bus.
+    gateways: Vec<crate::presence::GatewayPresence>,
+    /// False until this gateway has read the presence bus for one presence interval (it may
+    /// not have heard every gateway's snapshot yet).
+    complete: bool,
 }
 
-/// Who is connected to this gateway, with which devices.
+/// Who is connected to the cluster, with which devices (eventually consistent: see
+/// docs/operations.md, "Presence across gateways").
 #[utoipa::path(get, path = "/v1/presence", tag = "operators",
-    responses((status = 200, description = "This gateway's connected users", body = Presence), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
+    responses((status = 200, description = "The cluster's connected users", body = Presence), (status = "4XX", description = "Refused: see the error code", body = crate::routes::openapi::ErrorBody), (status = 503, description = "The log or the projection is unavailable", body = crate::routes::openapi::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn get_presence(State(st): State<AppState>) -> Json<Presence> {
+    let view = st.presence.cluster(&st.hub);
     Json(Presence {
-        online: st
-            .hub
-            .online()
+        online: view
+            .online
             .into_iter()
             .map(|(user_id, devices)| Online { user_id, devices })
             .collect(),
+        gateways: view.gateways,
+        complete: view.complete,
     })
 }

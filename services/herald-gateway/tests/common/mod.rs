@@ -85,6 +85,7 @@ pub async fn embedded(
             log: log.clone(),
             store: store.clone(),
         }),
+        presence: None,
     };
     (ports, log, store)
 }

@@ -134,6 +134,10 @@ pub struct Knobs {
     /// the device's next resume.
     #[arg(long, default_value_t = defaults().delivery.max_redeliveries)]
     pub max_redeliveries: u32,
+    /// On Kafka: how often this gateway publishes a snapshot of its sessions on the presence
+    /// bus, milliseconds; other gateways drop it from their view after three missed snapshots.
+    #[arg(long, default_value_t = defaults().presence_interval.as_millis() as u64)]
+    pub presence_interval_ms: u64,
 }
 
 impl Knobs {
@@ -153,6 +157,7 @@ impl Knobs {
                 ..defaults().http
             },
             read_after_wait: Duration::from_millis(self.read_after_wait_ms),
+            presence_interval: Duration::from_millis(self.presence_interval_ms),
             delivery: herald_core::delivery::DeliveryConfig {
                 backoff_initial_ms: self.redelivery_initial_ms,
                 backoff_max_ms: self.redelivery_max_ms,
@@ -383,6 +388,9 @@ impl Server {
                 log: log.clone(),
                 store: store.clone(),
             }),
+            presence: kafka
+                .clone()
+                .map(|k| k as Arc<dyn herald_ports::PresenceBus>),
         };
         let mut state = AppState::start(ports, config, shutdown.clone()).await?;
         state.projector_readiness = projector_ready;

@@ -1,8 +1,11 @@
-//! Partition-affine gateways, with real processes: a tansu broker, PostgreSQL, a projector,
+//! Gateways in a cluster, with real processes: a tansu broker, PostgreSQL, a projector,
 //! gateways (`herald dev --projector false` on Kafka), and nginx running infra/nginx.conf with
 //! its upstreams pointed at the test's gateways. Devices connect through nginx with their
 //! partition as the routing hint (`?partition=`), as `/herald.js` does.
 //!
+//! * `presence_is_cluster_wide_with_two_gateways`: `GET /v1/presence` on either gateway shows
+//!   the sessions of both, a disconnect disappears from the other's view, and so do the
+//!   sessions of a gateway killed with SIGKILL (after three of its presence intervals).
 //! * `affine_gateways_read_only_their_partitions_and_a_killed_one_loses_nothing`: with two
 //!   gateways, the partitions each one's live hub read are disjoint and together those of the
 //!   connected users; a gateway killed with SIGKILL mid-stream hands its users to the other
@@ -401,6 +404,131 @@ async fn affine_gateways_read_only_their_partitions_and_a_killed_one_loses_nothi
     assert_eq!(verdict.strangers, 0, "shown but never sent");
     let _ = projector.kill();
     let _ = projector.wait();
+}
+
+/// `GET /v1/presence` of a gateway (`herald dev` leaves operator endpoints open on loopback).
+async fn presence(g: &Gateway) -> serde_json::Value {
+    reqwest::get(format!("{}/v1/presence", g.dev.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The users and devices a presence answer lists.
+fn online(p: &serde_json::Value) -> BTreeMap<String, Vec<String>> {
+    p["online"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let devices = o["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap().to_owned())
+                .collect();
+            (o["user_id"].as_str().unwrap().to_owned(), devices)
+        })
+        .collect()
+}
+
+/// Waits (within the hang guard) until `g`'s presence answer passes `ok`; returns it.
+async fn presence_until(
+    g: &Gateway,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let p = presence(g).await;
+        if ok(&p) {
+            return p;
+        }
+        assert!(started.elapsed() < GUARD, "{what}: never; last answer {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_is_cluster_wide_with_two_gateways() {
+    let Some(broker) = testing::broker() else {
+        return;
+    };
+    let Some(db) = herald_postgres::testing::TestDb::new() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = cluster(broker, &db, tmp.path(), 4);
+    let presence_gateway = |name: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let metrics = free_port();
+            let listen = format!("127.0.0.1:{metrics}");
+            let dev = cluster
+                .gateway_with(
+                    name,
+                    free_port(),
+                    &["--metrics-listen", &listen, "--presence-interval-ms", "500"],
+                )
+                .await;
+            Gateway { dev, metrics }
+        }
+    };
+    let g1 = presence_gateway("g1").await;
+    let mut g2 = presence_gateway("g2").await;
+    let ws = |g: &Gateway| format!("ws://127.0.0.1:{}/v1/ws", g.dev.port);
+    let connect = |g: &Gateway, user: &'static str, device: &'static str| {
+        let (http, ws) = (g.dev.url(), ws(g));
+        async move {
+            let token = dev_token(&http, user).await.expect("a dev token");
+            herald_client::connect(
+                &ws,
+                &herald_client::Credentials::Bearer(token),
+                device,
+                None,
+            )
+            .await
+            .expect("connect")
+            .0
+        }
+    };
+    let alice = connect(&g1, "alice", "phone").await;
+    let bob = connect(&g2, "bob", "laptop").await;
+    let both = |p: &serde_json::Value| {
+        let o = online(p);
+        o.get("alice") == Some(&vec!["phone".to_owned()])
+            && o.get("bob") == Some(&vec!["laptop".to_owned()])
+            && p["complete"] == true
+            && p["gateways"].as_array().unwrap().len() == 2
+    };
+    let p1 = presence_until(&g1, "gateway 1 sees both gateways' sessions", both).await;
+    presence_until(&g2, "gateway 2 sees both gateways' sessions", both).await;
+    assert_eq!(p1["gateways"][0]["this"], true);
+    assert_eq!(p1["gateways"][1]["users"], 1);
+
+    // A disconnect on gateway 2 leaves gateway 1's view.
+    bob.close().await;
+    presence_until(&g1, "bob's disconnect reaches gateway 1", |p| {
+        !online(p).contains_key("bob") && online(p).contains_key("alice")
+    })
+    .await;
+
+    // Gateway 2 dies with a session: its users leave gateway 1's view, and so does it.
+    let _carol = connect(&g2, "carol", "tablet").await;
+    presence_until(&g1, "carol's connect reaches gateway 1", |p| {
+        online(p).contains_key("carol")
+    })
+    .await;
+    g2.dev.kill9();
+    let p = presence_until(&g1, "a killed gateway's sessions expire", |p| {
+        !online(p).contains_key("carol")
+    })
+    .await;
+    assert_eq!(p["gateways"].as_array().unwrap().len(), 1, "{p}");
+    assert!(online(&p).contains_key("alice"), "{p}");
+    drop(alice);
 }
 
 /// Sum of the offsets at the end of every user-events partition.
