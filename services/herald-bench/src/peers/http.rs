@@ -48,9 +48,23 @@ pub(super) fn start_herald(herald: &Path, port: u16, data: &Path) -> anyhow::Res
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(server_log()?)
         .spawn()
         .with_context(|| format!("starting {} dev", herald.display()))
+}
+
+/// Where a Herald server's warnings go: appended to `HERALD_BENCH_SERVER_LOG` when it names a
+/// file (to look for stalls, restarts and slow batches after a run), else nowhere.
+fn server_log() -> anyhow::Result<Stdio> {
+    match std::env::var_os("HERALD_BENCH_SERVER_LOG") {
+        Some(path) => Ok(std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", std::path::Path::new(&path).display()))?
+            .into()),
+        None => Ok(Stdio::null()),
+    }
 }
 
 /// Starts a Node peer (`Target::SocketIo` or `Target::Ws`) on `port`.
