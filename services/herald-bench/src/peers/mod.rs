@@ -307,6 +307,14 @@ impl Client {
         }
     }
 
+    /// Acknowledges everything taken so far (Herald), before the client goes quiet.
+    pub async fn settle(&mut self) -> anyhow::Result<()> {
+        match self {
+            Client::Ws(c) => c.settle().await,
+            Client::JetStream(_) => Ok(()),
+        }
+    }
+
     /// Socket.IO's session, to recover it after a reconnect.
     pub fn recovery(&self) -> Recovery {
         match self {

@@ -37,6 +37,9 @@ pub struct WsClient {
     ws: WebSocketStream<TcpStream>,
     unacked: usize,
     cursor: Option<String>,
+    /// The highest seq taken (Herald): a notification at or below it is a redelivery or a
+    /// replay overlap, which a Herald client drops (it dedupes by seq and id) and so does this.
+    last_seq: Option<u64>,
     pub recovery: Recovery,
     /// Messages that arrived during the handshake (Socket.IO's recovered packets).
     early: std::collections::VecDeque<u64>,
@@ -97,6 +100,7 @@ impl WsClient {
             ws,
             unacked: 0,
             cursor: None,
+            last_seq: None,
             recovery: recover.cloned().unwrap_or_default(),
             early: std::collections::VecDeque::new(),
         };
@@ -164,6 +168,12 @@ impl WsClient {
         Ok(serde_json::from_str(&t)?)
     }
 
+    /// Acknowledges what was taken so far (a client that stops reading for a while must not
+    /// leave its last notifications unacknowledged, or the server resends them).
+    pub async fn settle(&mut self) -> anyhow::Result<()> {
+        self.flush_acks().await
+    }
+
     async fn flush_acks(&mut self) -> anyhow::Result<()> {
         if self.unacked > 0
             && let Some(cursor) = &self.cursor
@@ -203,9 +213,17 @@ impl WsClient {
             let text = text.as_str();
             match self.target {
                 Target::Herald | Target::HeraldBefore => {
-                    if let Ok(ServerFrame::Notification { data, cursor, .. }) =
-                        serde_json::from_str::<ServerFrame>(text)
+                    if let Ok(ServerFrame::Notification {
+                        data, cursor, seq, ..
+                    }) = serde_json::from_str::<ServerFrame>(text)
                     {
+                        if self.last_seq.is_some_and(|last| seq <= last) {
+                            // Seen: ACK it again (it was resent because our ACK had not
+                            // arrived), never count it twice.
+                            self.unacked += 1;
+                            continue;
+                        }
+                        self.last_seq = Some(seq);
                         self.cursor = Some(cursor);
                         self.unacked += 1;
                         if self.unacked >= ACK_EVERY {

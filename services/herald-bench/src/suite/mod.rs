@@ -211,6 +211,7 @@ async fn receive_all(
                     lat.push(now_us().saturating_sub(t).min(u32::MAX as u64) as u32);
                     last = Instant::now();
                 }
+                c.settle().await?;
                 Ok::<_, anyhow::Error>((c, lat, last))
             })
         })
