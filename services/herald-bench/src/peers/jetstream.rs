@@ -82,6 +82,9 @@ pub fn version(bin: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Durable consumers the stream allows (one per device; the suite opens at most 50,000).
+const MAX_CONSUMERS: i32 = 1_000_000;
+
 /// The server's configuration for `target`: clients on `port`, monitoring on `monitor`, both
 /// on loopback; JetStream with its files under `dir`.
 fn config(target: Target, port: u16, monitor: u16, dir: &Path) -> String {
@@ -179,6 +182,9 @@ impl Publisher {
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: DUPLICATE_WINDOW,
             num_replicas: 1,
+            // nats-server 2.15 gives a stream 1,000 consumers unless it sets a positive limit
+            // itself (0 and -1 both mean its default): one durable consumer per device.
+            max_consumers: MAX_CONSUMERS,
             ..Default::default()
         })
         .await
