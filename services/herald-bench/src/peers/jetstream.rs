@@ -225,13 +225,20 @@ impl Publisher {
         self.send(&users, t_us).await
     }
 
-    /// One message to each of `users`: all sent at once (async publishes), then every
-    /// publish ack awaited.
+    /// One message to each of `users`: async publishes, at most [`ACKS_IN_FLIGHT`] of them
+    /// awaiting their acks at once. (An unawaited ack holds one of the context's in-flight
+    /// permits: with every publish of a group or of everyone sent before any ack was awaited,
+    /// 256 concurrent publishes took all 5,000 permits and waited for each other forever.)
     pub(super) async fn send(&self, users: &[String], t_us: u64) -> anyhow::Result<()> {
         let id = self.next_publish.fetch_add(1, Ordering::Relaxed);
         let payload = json!({ "t": t_us }).to_string();
-        let mut acks = Vec::with_capacity(users.len());
+        let mut acks = std::collections::VecDeque::with_capacity(ACKS_IN_FLIGHT);
         for user in users {
+            if acks.len() >= ACKS_IN_FLIGHT
+                && let Some(ack) = acks.pop_front()
+            {
+                check_ack(ack).await?;
+            }
             let message = PublishMessage::build()
                 .payload(payload.clone().into())
                 .message_id(format!("{id}-{user}"));
@@ -240,17 +247,26 @@ impl Publisher {
                 .send_publish(format!("{SUBJECT_PREFIX}{user}"), message)
                 .await
                 .map_err(|e| anyhow!("publishing to {user}: {e}"))?;
-            acks.push(ack);
+            acks.push_back(ack);
         }
         for ack in acks {
-            let ack = ack.await.map_err(|e| anyhow!("publish ack: {e}"))?;
-            ensure!(
-                !ack.duplicate,
-                "a fresh Nats-Msg-Id was taken for a duplicate"
-            );
+            check_ack(ack).await?;
         }
         Ok(())
     }
+}
+
+/// Publish acks one `send` awaits at once: with `MAX_PUBLISHES_IN_FLIGHT` (256) sends at a
+/// time, 16 each stays under the context's 5,000 in-flight permits.
+const ACKS_IN_FLIGHT: usize = 16;
+
+async fn check_ack(ack: async_nats::jetstream::context::PublishAckFuture) -> anyhow::Result<()> {
+    let ack = ack.await.map_err(|e| anyhow!("publish ack: {e}"))?;
+    ensure!(
+        !ack.duplicate,
+        "a fresh Nats-Msg-Id was taken for a duplicate"
+    );
+    Ok(())
 }
 
 /// One device: its own NATS connection and its durable pull consumer.

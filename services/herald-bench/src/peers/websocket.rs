@@ -19,8 +19,10 @@ use super::Target;
 /// Loopback source addresses connections are spread over (127.0.0.1 … 127.0.0.N), so more
 /// connections than one address's ephemeral port range can be opened.
 pub const SOURCE_ADDRESSES: usize = 4;
-/// Herald clients acknowledge up to their latest cursor every this many notifications…
-pub const ACK_EVERY: usize = 32;
+/// Herald clients acknowledge up to their latest cursor every this many notifications (half
+/// the server's default in-flight window of 256, and few enough frames that a 100k resume stays
+/// under Herald's limit of 1,000 client frames a second per connection)…
+pub const ACK_EVERY: usize = 128;
 /// …or when nothing has arrived for this long.
 pub const ACK_IDLE: Duration = Duration::from_millis(5);
 
