@@ -158,13 +158,7 @@ impl ClusterPresence {
                     .chunks(CHANGES_CHUNK_USERS)
                     .map(|chunk| Wire::Changes {
                         gateway: self.id.clone(),
-                        users: chunk
-                            .iter()
-                            .map(|(user, devices)| UserDevices {
-                                user: user.clone(),
-                                devices: devices.clone(),
-                            })
-                            .collect(),
+                        users: user_devices(chunk),
                     })
                     .collect(),
                 // Due, or more changes than the hub could list: all of it.
@@ -205,13 +199,7 @@ impl ClusterPresence {
                 seq,
                 part: i as u32,
                 last: i + 1 == parts,
-                users: chunk
-                    .iter()
-                    .map(|(user, devices)| UserDevices {
-                        user: user.clone(),
-                        devices: devices.clone(),
-                    })
-                    .collect(),
+                users: user_devices(chunk),
             })
             .collect()
     }
@@ -365,6 +353,16 @@ impl ClusterPresence {
             complete,
         }
     }
+}
+
+fn user_devices(users: &[(String, Vec<String>)]) -> Vec<UserDevices> {
+    users
+        .iter()
+        .map(|(user, devices)| UserDevices {
+            user: user.clone(),
+            devices: devices.clone(),
+        })
+        .collect()
 }
 
 /// Sets (or, with no devices, removes) a user's devices, within the view's bounds.
