@@ -31,7 +31,6 @@ use herald_core::partition::partition_for;
 use herald_kafka::{KafkaLog, testing};
 use herald_ports::log::{EventLog, Topic};
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use support::cluster::{Cluster, dump_logs};
 use support::exactly_once::*;
 use support::{Dev, free_port};
@@ -232,49 +231,6 @@ fn devices_through(
     (shown, tasks)
 }
 
-/// Posts notifications to a few random `users` each, through `http`, until `stop`.
-async fn produce(
-    http: String,
-    users: Vec<String>,
-    produced: Arc<Mutex<Produced>>,
-    stop: Arc<AtomicBool>,
-    seed: u64,
-) {
-    let client = reqwest::Client::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let mut to: Vec<String> = (0..rng.random_range(1..=4))
-            .map(|_| users[rng.random_range(0..users.len())].clone())
-            .collect();
-        to.sort();
-        to.dedup();
-        let key = format!("aff-{seed}-{n}");
-        n += 1;
-        let resp = client
-            .post(format!("{http}/v1/notifications"))
-            .header("idempotency-key", &key)
-            .json(&json!({"recipients": {"users": to}, "event_type": "affinity", "source": "affinity", "data": {"n": n}}))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        let mut p = produced.lock().await;
-        p.posts += 1;
-        let id = herald_core::ids::notification_id("dev", &key);
-        match resp {
-            Ok(r) if r.status().as_u16() == 202 => {
-                p.accepted.insert(id, to);
-            }
-            Ok(r) => panic!("unexpected status {}", r.status()),
-            Err(_) => {
-                p.unknown.insert(id);
-            }
-        }
-        drop(p);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Waits until the devices were shown `n` notifications in all.
 async fn until_shown(shown: &ShownBy, n: usize) {
     let started = Instant::now();
@@ -342,12 +298,13 @@ async fn affine_gateways_read_only_their_partitions_and_a_killed_one_loses_nothi
     until_followed(&[&g1, &g2], &user_partitions).await;
     // Producers post to the first gateway directly: where a POST lands does not matter here.
     let produced = Arc::new(Mutex::new(Produced::default()));
-    let producer = tokio::spawn(produce(
-        g1.dev.url(),
+    let producer = tokio::spawn(producer_to(
+        vec![g1.dev.url()],
         users.clone(),
         produced.clone(),
         stop_producing.clone(),
         rng.random(),
+        0,
     ));
     // Until the projector (a group member, a few seconds to join) delivers, then a while more.
     until_shown(&shown, 100).await;
@@ -622,11 +579,12 @@ async fn measure(broker: &testing::Broker, nginx: &Path, n: usize, window: Durat
     let produced = Arc::new(Mutex::new(Produced::default()));
     let producers: Vec<_> = (0..2)
         .map(|i| {
-            tokio::spawn(produce(
-                lb.http(),
+            tokio::spawn(producer_to(
+                vec![lb.http()],
                 users.clone(),
                 produced.clone(),
                 stop_producing.clone(),
+                i as u64,
                 i,
             ))
         })

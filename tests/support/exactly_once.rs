@@ -145,13 +145,26 @@ pub async fn producer(
     seed: u64,
     tag: usize,
 ) {
+    let users = (0..USERS).map(|u| format!("u{u}")).collect();
+    producer_to(gateways, users, produced, stop, seed, tag).await
+}
+
+/// [`producer`] for notifications to 1–4 of `recipients` each.
+pub async fn producer_to(
+    gateways: Vec<String>,
+    recipients: Vec<String>,
+    produced: Arc<Mutex<Produced>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+    tag: usize,
+) {
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let k = rng.random_range(1..=USERS);
         let mut users: Vec<String> = (0..k)
-            .map(|_| format!("u{}", rng.random_range(0..USERS)))
+            .map(|_| recipients[rng.random_range(0..recipients.len())].clone())
             .collect();
         users.sort();
         users.dedup();

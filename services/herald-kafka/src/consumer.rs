@@ -16,7 +16,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::message::stored;
+use crate::message::{stored, take_if_new};
 use crate::{KafkaConfig, storage};
 
 /// How long a refused seek waits before it is tried again.
@@ -239,13 +239,7 @@ impl KafkaConsumer {
         if self.pending_seeks.contains_key(&r.partition) {
             return false;
         }
-        match self.assigned.get_mut(&r.partition) {
-            Some(min) if r.offset >= *min => {
-                *min = r.offset + 1;
-                true
-            }
-            _ => false,
-        }
+        take_if_new(&mut self.assigned, r)
     }
 }
 

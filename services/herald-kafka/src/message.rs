@@ -29,3 +29,18 @@ pub(crate) fn stored(topic: Topic, m: &BorrowedMessage<'_>) -> StoredRecord {
         },
     }
 }
+
+/// Whether `r` is new in its partition of `positions` (the least offset to hand out next,
+/// moved past it if so): a record of a partition not there, or before its position, is not.
+pub(crate) fn take_if_new(
+    positions: &mut std::collections::BTreeMap<u32, u64>,
+    r: &StoredRecord,
+) -> bool {
+    match positions.get_mut(&r.partition) {
+        Some(min) if r.offset >= *min => {
+            *min = r.offset + 1;
+            true
+        }
+        _ => false,
+    }
+}

@@ -9,7 +9,7 @@ use herald_ports::log::{LogError, LogTail, StoredRecord, Topic, check_partition}
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::message::stored;
+use crate::message::{stored, take_if_new};
 use crate::{KafkaConfig, storage};
 
 pub(crate) struct KafkaTail {
@@ -62,16 +62,6 @@ impl KafkaTail {
         }
         Ok(tpl)
     }
-
-    fn keep(&mut self, r: &StoredRecord) -> bool {
-        match self.followed.get_mut(&r.partition) {
-            Some(min) if r.offset >= *min => {
-                *min = r.offset + 1;
-                true
-            }
-            _ => false,
-        }
-    }
 }
 
 #[async_trait]
@@ -111,7 +101,10 @@ impl LogTail for KafkaTail {
                     None => break,
                 }
             }
-            let batch: Vec<StoredRecord> = batch.into_iter().filter(|r| self.keep(r)).collect();
+            let batch: Vec<StoredRecord> = batch
+                .into_iter()
+                .filter(|r| take_if_new(&mut self.followed, r))
+                .collect();
             if !batch.is_empty() {
                 return Ok(batch);
             }
