@@ -27,15 +27,24 @@ pub fn peers_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Starts `herald dev` from `herald` on `port`, its data in `data`, with limits that stay out
-/// of the benchmark's way.
-pub(super) fn start_herald(herald: &Path, port: u16, data: &Path) -> anyhow::Result<Child> {
+/// of the benchmark's way. With `metrics_port`, it also serves `/metrics` there (`--metrics-listen`).
+pub(super) fn start_herald(
+    herald: &Path,
+    port: u16,
+    data: &Path,
+    metrics_port: Option<u16>,
+) -> anyhow::Result<Child> {
     ensure!(
         herald.exists(),
         "{} missing: cargo build --release -p herald",
         herald.display()
     );
-    Command::new(herald)
-        .args(["dev", "--data-dir"])
+    let mut cmd = Command::new(herald);
+    cmd.arg("dev");
+    if let Some(m) = metrics_port {
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{m}")]);
+    }
+    cmd.arg("--data-dir")
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--max-connections", "1000000"])

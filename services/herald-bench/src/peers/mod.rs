@@ -97,6 +97,9 @@ pub struct Binaries {
 }
 
 /// Microseconds since this process's first call: the clock stamped into every message.
+/// Names a folder for Herald's `/metrics` after each latency run ([`Server::save_metrics`]).
+pub const METRICS_ENV: &str = "HERALD_BENCH_METRICS";
+
 pub fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
@@ -137,6 +140,8 @@ enum Api {
 pub struct Server {
     pub target: Target,
     pub port: u16,
+    /// Herald's `--metrics-listen` port (with [`METRICS_ENV`]), JetStream's monitoring port.
+    monitor: u16,
     // Dropped in this order: the publisher's connections, the process, its files.
     api: Api,
     process: Process,
@@ -157,7 +162,15 @@ impl Server {
                         .ok_or_else(|| anyhow::anyhow!("herald-before needs --baseline"))?,
                 };
                 let dir = tempfile::tempdir()?;
-                let child = http::start_herald(bin, port, &dir.path().join("data"))?;
+                if target == Target::Herald && std::env::var_os(METRICS_ENV).is_some() {
+                    monitor = free_port()?;
+                }
+                let child = http::start_herald(
+                    bin,
+                    port,
+                    &dir.path().join("data"),
+                    (monitor != 0).then_some(monitor),
+                )?;
                 (child, Some(dir))
             }
             Target::SocketIo | Target::Ws => (http::start_node(target, port)?, None),
@@ -180,10 +193,30 @@ impl Server {
         Ok(Server {
             target,
             port,
+            monitor,
             api,
             process,
             data_dir,
         })
+    }
+
+    /// With [`METRICS_ENV`] naming a folder, saves Herald's `/metrics` there as `{name}.prom`
+    /// (to see where a run's time went: append, projector and delivery histograms).
+    pub async fn save_metrics(&self, name: &str) -> anyhow::Result<()> {
+        let Some(dir) = std::env::var_os(METRICS_ENV) else {
+            return Ok(());
+        };
+        if self.target != Target::Herald || self.monitor == 0 {
+            return Ok(());
+        }
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.monitor))
+            .await?
+            .text()
+            .await?;
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("{name}.prom")), text)?;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {

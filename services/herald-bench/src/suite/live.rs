@@ -178,6 +178,9 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
             let cpu = server.cpu_seconds()? - cpu0;
             let secs = last.duration_since(begun.into_std()).as_secs_f64();
             clients = back;
+            server
+                .save_metrics(&format!("latency-{}-{rate}", target.key()))
+                .await?;
             runs.push(json!({
                 "target": target.name(), "rate": rate, "messages": total,
                 "achieved_publish_rate": offered.round(),

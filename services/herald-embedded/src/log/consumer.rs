@@ -104,19 +104,17 @@ impl LogConsumer for EmbeddedConsumer {
             self.log.check_partition(self.topic, *p)?;
         }
         let (group, topic, offsets) = (self.group.clone(), self.topic, offsets.to_vec());
+        // Through the writer thread, the file's only writer (see `writer`).
         self.log
-            .with_conn(move |c| {
-                let tx = c.transaction()?;
-                {
-                    let mut stmt = tx.prepare_cached(
-                        "INSERT INTO group_offsets (grp, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                    )?;
-                    for (p, o) in &offsets {
-                        stmt.execute(params![group, topic.id(), p, *o as i64])?;
-                    }
+            .write(move |tx| {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO group_offsets (grp, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                )?;
+                for (p, o) in &offsets {
+                    stmt.execute(params![group, topic.id(), p, *o as i64])?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
     }

@@ -161,7 +161,7 @@ impl EventLog for EmbeddedLog {
     async fn dead_letter(&self, record: &StoredRecord, reason: &str) -> Result<(), LogError> {
         let (topic, partition, offset) = (record.topic.name(), record.partition, record.offset);
         let (reason, value) = (reason.to_owned(), record.record.value.clone());
-        self.with_conn(move |c| dead_letters::keep(c, (topic, partition, offset), &reason, &value))
+        self.write(move |tx| dead_letters::keep(tx, (topic, partition, offset), &reason, &value))
             .await
     }
 

@@ -1,6 +1,11 @@
 //! The writer thread: appends queue up as jobs, and the thread commits as many as are waiting
 //! (up to [`MAX_GROUP_COMMIT_RECORDS`] records) in one transaction, so one fsync covers many
 //! callers. An append resolves only after its commit.
+//!
+//! It is the only writer of the file: group offsets and dead letters are jobs too. A second
+//! writing connection would contend for SQLite's write lock, and SQLite's busy handler waits by
+//! sleeping (1, 2, 5, … up to 100 ms at a time): measured, that put 130 ms stalls into appends
+//! and the p99 of a 1k/s delivery run went from 17 to 74 ms.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,10 +20,31 @@ use super::headers::encode_headers;
 use super::{EmbeddedLog, MAX_GROUP_COMMIT_RECORDS, Shared, storage};
 
 /// One caller's append, waiting for the writer thread.
-pub(super) struct Job {
-    topic: Topic,
-    records: Vec<Record>,
-    reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+pub(super) enum Job {
+    Append {
+        topic: Topic,
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+    },
+    /// Any other write (group offsets, dead letters), committed with the group it joins.
+    Write {
+        write: WriteFn,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// A write run inside the writer's transaction.
+pub(super) type WriteFn =
+    Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()> + Send>;
+
+impl Job {
+    /// Records this job adds to a group (a write counts as one).
+    fn weight(&self) -> usize {
+        match self {
+            Job::Append { records, .. } => records.len(),
+            Job::Write { .. } => 1,
+        }
+    }
 }
 
 impl EmbeddedLog {
@@ -28,6 +54,35 @@ impl EmbeddedLog {
         topic: Topic,
         records: Vec<Record>,
     ) -> Result<Vec<Appended>, LogError> {
+        let started = Instant::now();
+        let n = records.len();
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Job::Append {
+            topic,
+            records,
+            reply,
+        })
+        .await?;
+        let out = rx.await.map_err(|_| LogError::Closed)??;
+        telemetry::log_appended(topic, n, started.elapsed());
+        Ok(out)
+    }
+
+    /// Runs `write` in the writer thread's next transaction and waits for its commit.
+    pub(super) async fn write(
+        &self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Job::Write {
+            write: Box::new(write),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn enqueue(&self, job: Job) -> Result<(), LogError> {
         let sender = self
             .inner
             .jobs
@@ -35,20 +90,7 @@ impl EmbeddedLog {
             .expect("jobs lock")
             .clone()
             .ok_or_else(|| LogError::Config("the log is open read-only".into()))?;
-        let started = Instant::now();
-        let n = records.len();
-        let (reply, rx) = oneshot::channel();
-        sender
-            .send(Job {
-                topic,
-                records,
-                reply,
-            })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        let out = rx.await.map_err(|_| LogError::Closed)??;
-        telemetry::log_appended(topic, n, started.elapsed());
-        Ok(out)
+        sender.send(job).await.map_err(|_| LogError::Closed)
     }
 }
 
@@ -60,19 +102,19 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, sha
             .collect()
     });
     while let Some(first) = rx.blocking_recv() {
-        let mut count = first.records.len();
+        let mut count = first.weight();
         let mut jobs = vec![first];
         while count < MAX_GROUP_COMMIT_RECORDS {
             match rx.try_recv() {
                 Ok(job) => {
-                    count += job.records.len();
+                    count += job.weight();
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
         let mut tentative = next.clone();
-        match write_group(&mut conn, &jobs, &mut tentative) {
+        match write_group(&mut conn, &mut jobs, &mut tentative) {
             Ok(positions) => {
                 next = tentative;
                 let mut touched = [false; 2];
@@ -83,8 +125,15 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, sha
                 }
                 telemetry::log_group_commit(count);
                 for (job, pos) in jobs.into_iter().zip(positions) {
-                    touched[job.topic.id() as usize] = true;
-                    let _ = job.reply.send(Ok(pos));
+                    match job {
+                        Job::Append { topic, reply, .. } => {
+                            touched[topic.id() as usize] = true;
+                            let _ = reply.send(Ok(pos));
+                        }
+                        Job::Write { reply, .. } => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
                 }
                 for (t, was) in touched.iter().enumerate() {
                     if *was {
@@ -95,16 +144,24 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, sha
             Err(e) => {
                 tracing::error!(error = %e, "log group commit failed");
                 for job in jobs {
-                    let _ = job.reply.send(Err(storage(&e)));
+                    match job {
+                        Job::Append { reply, .. } => {
+                            let _ = reply.send(Err(storage(&e)));
+                        }
+                        Job::Write { reply, .. } => {
+                            let _ = reply.send(Err(storage(&e)));
+                        }
+                    }
                 }
             }
         }
     }
 }
 
+/// Writes a group in one transaction; each append's positions (empty for a write).
 fn write_group(
     conn: &mut Connection,
-    jobs: &[Job],
+    jobs: &mut [Job],
     next: &mut [Vec<u64>; 2],
 ) -> rusqlite::Result<Vec<Vec<Appended>>> {
     let tx = conn.transaction()?;
@@ -114,10 +171,20 @@ fn write_group(
             "INSERT INTO records (topic, partition, offset, key, ts, headers, value) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for job in jobs {
-            let t = job.topic.id() as usize;
-            let mut positions = Vec::with_capacity(job.records.len());
-            for r in &job.records {
+        for job in jobs.iter_mut() {
+            let (topic, records) = match job {
+                Job::Append { topic, records, .. } => (*topic, records),
+                Job::Write { write, .. } => {
+                    // Taken out once: a failed group is answered, never retried.
+                    let write = std::mem::replace(write, Box::new(|_| Ok(())));
+                    write(&tx)?;
+                    out.push(Vec::new());
+                    continue;
+                }
+            };
+            let t = topic.id() as usize;
+            let mut positions = Vec::with_capacity(records.len());
+            for r in records.iter() {
                 let offset = next[t][r.partition as usize];
                 stmt.execute(params![
                     t as i64,
