@@ -38,6 +38,14 @@ pub fn open(path: &Path, access: Access) -> rusqlite::Result<Connection> {
         conn.pragma_update(None, "synchronous", "FULL")?;
     }
     conn.pragma_update(None, "cache_size", -16_000)?; // 16 MiB
+    // The query planner stability guarantee: a cached statement keeps its plan whatever is
+    // bound. Without it SQLite (built with STAT4) re-prepares a statement when a bound value
+    // its plan looked at changes (every `LIMIT ?`, every range bound): 4% of the server's CPU
+    // in a 5k/s delivery profile went to parsing the same SQL again.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

@@ -26,6 +26,14 @@ const SLOW_BATCH: Duration = Duration::from_secs(2);
 const BATCH_TARGET: Duration = Duration::from_secs(1);
 /// The smallest batch the sizing goes down to.
 const MIN_BATCH_RECORDS: usize = 16;
+/// How often a stage commits its consumer group's offsets. They are advisory: the projection's
+/// own offsets, stored with its writes, decide where a stage resumes; the group's serve the
+/// log's tools (consumer lag in Kafka's). Committing after every batch cost a log write per
+/// batch: at 1k/s, two of the five log commits per notification.
+pub const CONSUMER_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// After a short batch, while the last measure showed a lag, the lag is measured again at
+/// most this often (else every [`LAG_INTERVAL`], and every [`STALL_CHECK`] while idle).
+const CAUGHT_UP_CHECK: Duration = Duration::from_millis(100);
 
 /// The most records to take next, after a batch of `n` records (asked for at most `asked`)
 /// took `took`.
@@ -118,6 +126,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let mut consumer = self.log.consumer(topic, &group).await?;
         let mut last_lag: Option<(Instant, u64)> = None;
         let mut batch_max = MAX_BATCH_RECORDS;
+        // Offsets applied since the consumer group's last commit, and when that was.
+        let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut committed_at = Instant::now();
         let mut watch = tokio::time::interval(STALL_CHECK);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress: BTreeMap<u32, (u64, Instant)> = BTreeMap::new();
@@ -138,7 +149,15 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         loop {
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    if !uncommitted.is_empty() {
+                        // Best effort: the projection's offsets are the ones that count.
+                        if let Err(e) = consumer.commit(&offsets_vec(&uncommitted)).await {
+                            tracing::warn!(stage = stage.name(), error = %e, "consumer offsets not committed at shutdown");
+                        }
+                    }
+                    return Ok(());
+                }
                 _ = watch.tick() => {
                     self.watch_stalls(stage, generation, stall_timeout, &mut progress).await?;
                     continue;
@@ -175,6 +194,8 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     // revoked partition is in flight here.
                     for p in &partitions {
                         recover_below.remove(p);
+                        // No longer ours to commit.
+                        uncommitted.remove(p);
                     }
                     tracing::info!(stage = stage.name(), ?partitions, "partitions revoked");
                 }
@@ -193,7 +214,12 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         Topic::Requests => self.fanout_batch(&records, &recover_below).await?,
                         Topic::UserEvents => self.inbox_batch(&records).await?,
                     }
-                    consumer.commit(&offsets_vec(&offsets)).await?;
+                    uncommitted.extend(offsets);
+                    if committed_at.elapsed() >= CONSUMER_COMMIT_INTERVAL {
+                        consumer.commit(&offsets_vec(&uncommitted)).await?;
+                        uncommitted.clear();
+                        committed_at = Instant::now();
+                    }
                     *progressed = true;
                     let took = started.elapsed();
                     telemetry::projector_applied(stage, n, took);
@@ -201,13 +227,16 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         tracing::warn!(stage = stage.name(), records = n, ?took, "a slow batch");
                     }
                     batch_max = next_batch_max(batch_max, n, took);
-                    // Measure at most once per interval, and when a short batch says the stage
-                    // may have caught up while the last measure showed a lag, so an idle stage
-                    // never shows a stale one.
+                    // Measure at most once per interval, and (at most every CAUGHT_UP_CHECK)
+                    // when a short batch says the stage may have caught up while the last
+                    // measure showed a lag; `watch_stalls` measures an idle stage.
                     let due = match last_lag {
                         None => true,
                         Some((at, lag)) => {
-                            at.elapsed() >= LAG_INTERVAL || (n < MAX_BATCH_RECORDS && lag > 0)
+                            at.elapsed() >= LAG_INTERVAL
+                                || (n < MAX_BATCH_RECORDS
+                                    && lag > 0
+                                    && at.elapsed() >= CAUGHT_UP_CHECK)
                         }
                     };
                     if due {

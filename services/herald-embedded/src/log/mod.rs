@@ -10,6 +10,7 @@ mod dead_letters;
 mod headers;
 mod open;
 mod reader;
+mod recent;
 mod tail;
 mod writer;
 
@@ -25,6 +26,8 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 
 use crate::sqlite::{Access, Pool};
+
+pub use recent::{RECENT_BYTES, RECENT_MIN_BYTES_PER_PARTITION};
 
 /// Append requests that may wait for the writer thread; further callers wait for room.
 pub const APPEND_QUEUE_DEPTH: usize = 1024;
@@ -54,6 +57,8 @@ struct Shared {
     partitions: [u32; 2],
     /// Next offset per partition, published after each commit (read-write mode only).
     ends: [Vec<AtomicU64>; 2],
+    /// The newest records of each partition (read-write mode only; empty otherwise).
+    recent: recent::Recent,
     /// Bumped after every commit that touched the topic; consumers wait on it.
     appended: [watch::Sender<u64>; 2],
     pool: Arc<Pool>,

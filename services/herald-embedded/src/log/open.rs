@@ -11,6 +11,7 @@ use herald_ports::log::{LogError, Topic};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, watch};
 
+use super::recent::Recent;
 use super::{
     APPEND_QUEUE_DEPTH, DEFAULT_PARTITIONS, DEFAULT_REQUEST_PARTITIONS, EmbeddedLog, Inner,
     LogOptions, MAX_PARTITIONS, Shared, reader, storage, writer,
@@ -128,7 +129,14 @@ impl EmbeddedLog {
                 ));
             }
         }
+        let recent = Recent::new([0, 1].map(|t| {
+            ends[t]
+                .iter()
+                .map(|e| e.load(std::sync::atomic::Ordering::Relaxed))
+                .collect()
+        }));
         let shared = Arc::new(Shared {
+            recent,
             pool: Arc::new(Pool::new(path.clone(), access)),
             path,
             access,

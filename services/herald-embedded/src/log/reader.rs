@@ -31,6 +31,9 @@ impl EmbeddedLog {
         {
             return Ok(Vec::new());
         }
+        if let Some(records) = self.shared().recent.read(topic, partition, from, max) {
+            return Ok(records);
+        }
         let rows = self
             .shared()
             .pool

@@ -37,6 +37,15 @@ pub(super) enum Job {
 pub(super) type WriteFn =
     Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()> + Send>;
 
+/// How a committed job is answered.
+enum Reply {
+    Append(
+        oneshot::Sender<Result<Vec<Appended>, LogError>>,
+        Vec<Appended>,
+    ),
+    Write(oneshot::Sender<Result<(), LogError>>),
+}
+
 impl Job {
     /// Records this job adds to a group (a write counts as one).
     fn weight(&self) -> usize {
@@ -118,19 +127,37 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, sha
             Ok(positions) => {
                 next = tentative;
                 let mut touched = [false; 2];
+                let mut replies = Vec::with_capacity(jobs.len());
+                // The records go to the recent windows before the new ends are published, so
+                // a reader that sees an end finds the records before it in memory or the file.
+                for (job, pos) in jobs.into_iter().zip(positions) {
+                    match job {
+                        Job::Append {
+                            topic,
+                            records,
+                            reply,
+                        } => {
+                            touched[topic.id() as usize] = true;
+                            shared
+                                .recent
+                                .push(topic, pos.iter().map(|a| a.offset).zip(records).collect());
+                            replies.push(Reply::Append(reply, pos));
+                        }
+                        Job::Write { reply, .. } => replies.push(Reply::Write(reply)),
+                    }
+                }
                 for (ends, published) in next.iter().zip(&shared.ends) {
                     for (end, slot) in ends.iter().zip(published) {
                         slot.store(*end, Ordering::Release);
                     }
                 }
                 telemetry::log_group_commit(count);
-                for (job, pos) in jobs.into_iter().zip(positions) {
-                    match job {
-                        Job::Append { topic, reply, .. } => {
-                            touched[topic.id() as usize] = true;
+                for reply in replies {
+                    match reply {
+                        Reply::Append(reply, pos) => {
                             let _ = reply.send(Ok(pos));
                         }
-                        Job::Write { reply, .. } => {
+                        Reply::Write(reply) => {
                             let _ = reply.send(Ok(()));
                         }
                     }
