@@ -738,3 +738,52 @@ fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
     );
     run.applied = run.log.end;
 }
+
+#[test]
+fn a_hub_behind_the_projection_does_not_resend_what_the_projection_settled() {
+    // The hub's position (`live_from` = 0) is behind the projection's (`applied` = 3) when the
+    // device connects: n0 and n1 were added and ACKed by this device, all applied, so nothing
+    // is pending. The live events the hub still has to hand out (offsets 0..3) are what the
+    // pending read already covered: neither goes out again, and the live n3 after them does.
+    let mut log = Log::default();
+    log.append(added("n0"));
+    log.append(added("n1"));
+    log.append(acked(DEVICE, vec!["n0".into(), "n1".into()], None));
+    let applied = log.end;
+    let io = Io {
+        now_ms: 0,
+        room: CAPACITY,
+        written: 0,
+    };
+    let (mut s, _) = Session::new(
+        config(),
+        Start {
+            user_id: USER.into(),
+            hello: Hello::parse(DEVICE.into(), None, EPOCH).unwrap(),
+            epoch: EPOCH,
+            session_id: "s".into(),
+            partition: 0,
+            live_from: 0,
+            projection_applied: applied,
+        },
+        io,
+    );
+    let sent = |actions: &[Action]| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(Outgoing::Notification { row, .. }) => {
+                    Some(row.notification_id.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let mut all = sent(&s.handle(io, Input::Pending(log.pending(applied, None, 4))));
+    let n3 = log.append(added("n3"));
+    for offset in 0..=n3 {
+        let event = Arc::new(log.events[&offset].clone());
+        all.extend(sent(&s.handle(io, Input::Live { offset, event })));
+    }
+    assert_eq!(all, ["n3"]);
+}

@@ -1067,9 +1067,15 @@ async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
             .pending("rep", "d1", None, now, 100)
             .await
             .unwrap();
-        if !pending
-            .iter()
-            .any(|r| r.notification_id == first || r.notification_id == later)
+        // Both rows in the projection (not merely not applied yet) and neither pending.
+        let mut rows = 0;
+        for id in [&first, &later] {
+            rows += srv.store.row("rep", id).await.unwrap().is_some() as usize;
+        }
+        if rows == 2
+            && !pending
+                .iter()
+                .any(|r| r.notification_id == first || r.notification_id == later)
         {
             break;
         }

@@ -97,6 +97,12 @@ impl Session {
             return Ok(());
         }
         match ev {
+            UserEvent::Added(_) if offset < self.projection_applied => {
+                // The hub was behind the projection when this session subscribed
+                // (`live_from < projection_applied`): the pending rows were read from a
+                // projection that holds this notification, so it was offered then if it is
+                // still pending for this device, and must not be if it is not (acknowledged).
+            }
             UserEvent::Added(a) => {
                 let row = added_row(a, offset);
                 // Not live (the user's preferences): in the inbox, never pushed.
