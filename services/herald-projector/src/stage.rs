@@ -24,6 +24,11 @@ const SLOW_BATCH: Duration = Duration::from_secs(2);
 /// and Kafka drops a member that does not poll for `max.poll.interval.ms`. Batches halve while
 /// they take longer and double (up to [`MAX_BATCH_RECORDS`]) while they take under a quarter.
 const BATCH_TARGET: Duration = Duration::from_secs(1);
+/// The inbox stage's batch target, far shorter: its transactions share the projection's one
+/// writer with the fanout stage's, which are on the way from a request to its deliveries. An
+/// inbox batch of 2,048 events held the writer 200–270 ms at 5k/s, and every expansion behind it
+/// waited as long.
+const INBOX_BATCH_TARGET: Duration = Duration::from_millis(50);
 /// The smallest batch the sizing goes down to.
 const MIN_BATCH_RECORDS: usize = 16;
 /// How often a stage commits its consumer group's offsets. They are advisory: the projection's
@@ -31,16 +36,30 @@ const MIN_BATCH_RECORDS: usize = 16;
 /// log's tools (consumer lag in Kafka's). Committing after every batch cost a log write per
 /// batch: at 1k/s, two of the five log commits per notification.
 pub const CONSUMER_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// After a short batch (it took all there was), the inbox stage waits this long from the
+/// batch's start before it takes the next: at low rates each event was otherwise its own
+/// transaction and fsync (1.7 projection commits per notification at 1k/s). Deliveries do not
+/// wait for it (the live hub reads the log); inbox reads and unread counts may lag this much
+/// more. Kafka consumers do the same with `fetch.wait.max.ms`.
+pub const INBOX_LINGER: Duration = Duration::from_millis(20);
 /// After a short batch, while the last measure showed a lag, the lag is measured again at
 /// most this often (else every [`LAG_INTERVAL`], and every [`STALL_CHECK`] while idle).
 const CAUGHT_UP_CHECK: Duration = Duration::from_millis(100);
 
+/// How long a batch of `stage` should take at most.
+fn batch_target(stage: Stage) -> Duration {
+    match stage {
+        Stage::Fanout => BATCH_TARGET,
+        Stage::Inbox => INBOX_BATCH_TARGET,
+    }
+}
+
 /// The most records to take next, after a batch of `n` records (asked for at most `asked`)
-/// took `took`.
-fn next_batch_max(asked: usize, n: usize, took: Duration) -> usize {
-    if took > BATCH_TARGET {
+/// took `took`, for a batch target of `target`.
+fn next_batch_max(asked: usize, n: usize, took: Duration, target: Duration) -> usize {
+    if took > target {
         (n / 2).max(MIN_BATCH_RECORDS)
-    } else if took < BATCH_TARGET / 4 && n == asked {
+    } else if took < target / 4 && n == asked {
         (asked * 2).min(MAX_BATCH_RECORDS)
     } else {
         asked
@@ -129,6 +148,8 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         // Offsets applied since the consumer group's last commit, and when that was.
         let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
         let mut committed_at = Instant::now();
+        // Set after a short inbox batch: take the next no sooner than this.
+        let mut linger_until: Option<tokio::time::Instant> = None;
         let mut watch = tokio::time::interval(STALL_CHECK);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress: BTreeMap<u32, (u64, Instant)> = BTreeMap::new();
@@ -147,6 +168,12 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             "projector stage started; waiting for partitions"
         );
         loop {
+            if let Some(until) = linger_until.take() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -226,7 +253,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     if took >= SLOW_BATCH {
                         tracing::warn!(stage = stage.name(), records = n, ?took, "a slow batch");
                     }
-                    batch_max = next_batch_max(batch_max, n, took);
+                    if stage == Stage::Inbox && n < batch_max {
+                        linger_until = Some(tokio::time::Instant::from_std(started) + INBOX_LINGER);
+                    }
+                    batch_max = next_batch_max(batch_max, n, took, batch_target(stage));
                     // Measure at most once per interval, and (at most every CAUGHT_UP_CHECK)
                     // when a short batch says the stage may have caught up while the last
                     // measure showed a lag; `watch_stalls` measures an idle stage.
@@ -370,15 +400,30 @@ mod tests {
     fn batches_shrink_while_slow_and_grow_back_while_fast() {
         let ms = Duration::from_millis;
         // Slow: halve what was taken, never below the floor.
-        assert_eq!(next_batch_max(2048, 2048, ms(3000)), 1024);
-        assert_eq!(next_batch_max(2048, 300, ms(3000)), 150);
-        assert_eq!(next_batch_max(20, 20, ms(3000)), MIN_BATCH_RECORDS);
+        assert_eq!(next_batch_max(2048, 2048, ms(3000), BATCH_TARGET), 1024);
+        assert_eq!(next_batch_max(2048, 300, ms(3000), BATCH_TARGET), 150);
+        assert_eq!(
+            next_batch_max(20, 20, ms(3000), BATCH_TARGET),
+            MIN_BATCH_RECORDS
+        );
         // Fast and full: double, never above the ceiling.
-        assert_eq!(next_batch_max(64, 64, ms(10)), 128);
-        assert_eq!(next_batch_max(2048, 2048, ms(10)), MAX_BATCH_RECORDS);
+        assert_eq!(next_batch_max(64, 64, ms(10), BATCH_TARGET), 128);
+        assert_eq!(
+            next_batch_max(2048, 2048, ms(10), BATCH_TARGET),
+            MAX_BATCH_RECORDS
+        );
         // Fast but short (the consumer had no more): no evidence more would be fast.
-        assert_eq!(next_batch_max(64, 10, ms(10)), 64);
+        assert_eq!(next_batch_max(64, 10, ms(10), BATCH_TARGET), 64);
         // Within the target: keep.
-        assert_eq!(next_batch_max(512, 512, ms(600)), 512);
+        assert_eq!(next_batch_max(512, 512, ms(600), BATCH_TARGET), 512);
+        // The inbox stage's shorter target.
+        assert_eq!(
+            next_batch_max(2048, 2048, ms(200), batch_target(Stage::Inbox)),
+            1024
+        );
+        assert_eq!(
+            next_batch_max(2048, 2048, ms(200), batch_target(Stage::Fanout)),
+            2048
+        );
     }
 }

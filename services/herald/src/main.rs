@@ -3,6 +3,10 @@
 
 mod cmd;
 
+/// mimalloc instead of glibc's malloc: see docs/benchmarks.md ("Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
