@@ -5,7 +5,7 @@ mod cmd;
 
 /// mimalloc instead of glibc's malloc: see docs/benchmarks.md ("Allocator").
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::process::ExitCode;
 
