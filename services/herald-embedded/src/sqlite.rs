@@ -1,7 +1,10 @@
 //! SQLite connections: durable pragmas and a small bounded pool of reader connections.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
@@ -10,6 +13,10 @@ use tokio::sync::Semaphore;
 pub const READ_POOL_SIZE: usize = 8;
 /// How long a connection waits for another's write lock before failing.
 const BUSY_TIMEOUT_MS: u64 = 10_000;
+/// How often a store's checkpointer copies the WAL into the database file ([`Checkpointer`]).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// The WAL file is truncated to at most this many bytes when SQLite starts it over.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// How a store file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +43,12 @@ pub fn open(path: &Path, access: Access) -> rusqlite::Result<Connection> {
     if access == Access::ReadWrite {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // No checkpoint inside a commit: the store's `Checkpointer` thread does them. SQLite's
+        // automatic one runs in the committing connection once the WAL passes 1,000 pages, and
+        // every commit queued behind it waits for the copy and the database file's fsync (8.7%
+        // of the server's CPU in a 5k/s profile, all of it on the commit path).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     }
     conn.pragma_update(None, "cache_size", -16_000)?; // 16 MiB
     // The query planner stability guarantee: a cached statement keeps its plan whatever is
@@ -107,5 +120,51 @@ impl Pool {
             idle.push(conn);
         }
         out
+    }
+}
+
+/// A thread that checkpoints one database's WAL every [`CHECKPOINT_INTERVAL`] on its own
+/// connection (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for readers or the writer, so
+/// commits go on while it copies). Stops when dropped.
+pub struct Checkpointer {
+    stop: Option<std_mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
+        let conn = open(path, Access::ReadWrite)?;
+        let (stop, stopped) = std_mpsc::channel::<()>();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let thread = std::thread::Builder::new()
+            .name("herald-checkpoint".into())
+            .spawn(move || {
+                // Woken by the interval, or by the handle's drop (a closed channel).
+                while let Err(std_mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(file = %name, error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -75,6 +75,7 @@ struct Inner {
     shared: Arc<Shared>,
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    _checkpointer: Option<crate::sqlite::Checkpointer>,
 }
 
 impl Drop for Inner {

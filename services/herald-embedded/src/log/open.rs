@@ -156,12 +156,17 @@ impl EmbeddedLog {
         } else {
             (None, None)
         };
+        let checkpointer = match access {
+            Access::ReadWrite => Some(sqlite::Checkpointer::start(&shared.path).map_err(storage)?),
+            Access::ReadOnly => None,
+        };
         tracing::info!(path = %shared.path.display(), %epoch, ?partitions, ?access, "embedded log open");
         Ok(EmbeddedLog {
             inner: Arc::new(Inner {
                 shared,
                 jobs: Mutex::new(jobs),
                 writer: Mutex::new(writer),
+                _checkpointer: checkpointer,
             }),
         })
     }

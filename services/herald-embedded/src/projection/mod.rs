@@ -87,6 +87,7 @@ struct Inner {
     writer: Option<Mutex<Connection>>,
     pool: Arc<Pool>,
     store_id: String,
+    _checkpointer: Option<sqlite::Checkpointer>,
 }
 
 /// The embedded projection store. Cheap to clone.
@@ -138,12 +139,17 @@ impl EmbeddedProjection {
             })
             .unwrap_or_else(|_| "unnamed".into());
         let writer = (access == Access::ReadWrite).then(|| Mutex::new(conn));
+        let checkpointer = match access {
+            Access::ReadWrite => Some(sqlite::Checkpointer::start(&path).map_err(storage)?),
+            Access::ReadOnly => None,
+        };
         Ok(EmbeddedProjection {
             inner: Arc::new(Inner {
                 pool: Arc::new(Pool::new(path, access)),
                 access,
                 writer,
                 store_id,
+                _checkpointer: checkpointer,
             }),
         })
     }
