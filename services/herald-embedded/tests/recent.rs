@@ -1,7 +1,7 @@
 //! The log's in-memory window of recent records (`log/recent.rs`): reads that start in it, before
 //! it, and across its lower edge return exactly what a reader of the file alone gets.
 
-use herald_embedded::{Access, EmbeddedLog, LogOptions, RECENT_BYTES};
+use herald_embedded::{Access, EmbeddedLog, LogOptions, RECENT_LOG_BYTES};
 use herald_ports::log::{EventLog, Record, Topic};
 
 fn record(i: usize, size: usize) -> Record {
@@ -22,9 +22,9 @@ async fn reads_inside_before_and_across_the_window_match_the_file() {
         .await
         .unwrap();
     // More than the whole window over the user-events partitions, so older records are only in
-    // the file: 9 partitions share RECENT_BYTES, and these go to two of them.
+    // the file: 9 partitions share RECENT_LOG_BYTES, and these go to two of them.
     let size = 16 << 10;
-    let n = 2 * RECENT_BYTES / size;
+    let n = 2 * RECENT_LOG_BYTES / size;
     for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
         log.append(
             Topic::UserEvents,

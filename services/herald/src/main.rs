@@ -3,7 +3,7 @@
 
 mod cmd;
 
-/// mimalloc instead of glibc's malloc: see docs/benchmarks.md ("Allocator").
+/// jemalloc instead of glibc's malloc: see docs/benchmarks.md ("Allocator").
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::sqlite::{Access, Pool};
 
-pub use recent::{RECENT_BYTES, RECENT_MIN_BYTES_PER_PARTITION};
+pub use recent::{RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION};
 
 /// Append requests that may wait for the writer thread; further callers wait for room.
 pub const APPEND_QUEUE_DEPTH: usize = 1024;

@@ -3,7 +3,7 @@
 //! get fresh records without a SQLite read, a blocking-pool thread and the page-cache reload a
 //! reader connection does after every commit. Older reads go to SQLite as before.
 //!
-//! Bounded by bytes: [`RECENT_BYTES`] for the whole log, split evenly over its partitions (never
+//! Bounded by bytes: [`RECENT_LOG_BYTES`] for the whole log, split evenly over its partitions (never
 //! under [`RECENT_MIN_BYTES_PER_PARTITION`]), oldest records dropped first.
 
 use std::collections::VecDeque;
@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use herald_ports::log::{Record, StoredRecord, Topic};
 
 /// Memory for recent records over every partition of both topics.
-pub const RECENT_BYTES: usize = 32 << 20;
-/// The least any one partition keeps, however many partitions share [`RECENT_BYTES`].
+pub const RECENT_LOG_BYTES: usize = 32 << 20;
+/// The least any one partition keeps, however many partitions share [`RECENT_LOG_BYTES`].
 pub const RECENT_MIN_BYTES_PER_PARTITION: usize = 64 << 10;
 /// What a record costs beyond its key, value and headers (struct, allocations).
 const RECORD_OVERHEAD: usize = 96;
@@ -45,7 +45,7 @@ impl Recent {
     /// Empty windows starting at each partition's end (`ends[topic][partition]`).
     pub(super) fn new(ends: [Vec<u64>; 2]) -> Self {
         let partitions: usize = ends.iter().map(Vec::len).sum();
-        let budget = (RECENT_BYTES / partitions.max(1)).max(RECENT_MIN_BYTES_PER_PARTITION);
+        let budget = (RECENT_LOG_BYTES / partitions.max(1)).max(RECENT_MIN_BYTES_PER_PARTITION);
         Recent {
             windows: ends.map(|ends| {
                 ends.into_iter()
