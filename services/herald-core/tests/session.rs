@@ -658,6 +658,19 @@ proptest! {
     }
 }
 
+/// The start of a session of a device without a cursor.
+fn fresh_start(live_from: u64, projection_applied: u64) -> Start {
+    Start {
+        user_id: USER.into(),
+        hello: Hello::parse(DEVICE.into(), None, EPOCH).unwrap(),
+        epoch: EPOCH,
+        session_id: "s".into(),
+        partition: 0,
+        live_from,
+        projection_applied,
+    }
+}
+
 #[test]
 fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
     // n0 at seq 0 reaches the device; a repeat of it at seq 1 (a repeated expansion after a
@@ -672,15 +685,7 @@ fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
     let live_from = run.log.end;
     let (mut s, first) = Session::new(
         config(),
-        Start {
-            user_id: USER.into(),
-            hello: Hello::parse(DEVICE.into(), None, EPOCH).unwrap(),
-            epoch: EPOCH,
-            session_id: "s".into(),
-            partition: 0,
-            live_from,
-            projection_applied: 1,
-        },
+        fresh_start(live_from, 1),
         Io {
             now_ms: 0,
             room: CAPACITY,
@@ -755,19 +760,7 @@ fn a_hub_behind_the_projection_does_not_resend_what_the_projection_settled() {
         room: CAPACITY,
         written: 0,
     };
-    let (mut s, _) = Session::new(
-        config(),
-        Start {
-            user_id: USER.into(),
-            hello: Hello::parse(DEVICE.into(), None, EPOCH).unwrap(),
-            epoch: EPOCH,
-            session_id: "s".into(),
-            partition: 0,
-            live_from: 0,
-            projection_applied: applied,
-        },
-        io,
-    );
+    let (mut s, _) = Session::new(config(), fresh_start(0, applied), io);
     let sent = |actions: &[Action]| -> Vec<String> {
         actions
             .iter()

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use herald_ports::log::{ConsumerEvent, EventLog, StoredRecord, Topic};
+use herald_ports::log::{ConsumerEvent, EventLog, LogConsumer, LogError, StoredRecord, Topic};
 use herald_ports::projection::{ProjectionStore, Stage};
 use herald_ports::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,38 @@ pub const INBOX_LINGER: Duration = Duration::from_millis(20);
 /// After a short batch, while the last measure showed a lag, the lag is measured again at
 /// most this often (else every [`LAG_INTERVAL`], and every [`STALL_CHECK`] while idle).
 const CAUGHT_UP_CHECK: Duration = Duration::from_millis(100);
+
+/// Offsets a stage applied since its consumer group's last commit, and when that was.
+struct Uncommitted {
+    offsets: BTreeMap<u32, u64>,
+    at: Instant,
+}
+
+impl Default for Uncommitted {
+    fn default() -> Self {
+        Uncommitted {
+            offsets: BTreeMap::new(),
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Uncommitted {
+    /// Commits what is pending if the last commit is at least `every` old.
+    async fn commit(
+        &mut self,
+        consumer: &mut dyn LogConsumer,
+        every: Duration,
+    ) -> Result<(), LogError> {
+        if self.offsets.is_empty() || self.at.elapsed() < every {
+            return Ok(());
+        }
+        consumer.commit(&offsets_vec(&self.offsets)).await?;
+        self.offsets.clear();
+        self.at = Instant::now();
+        Ok(())
+    }
+}
 
 /// How long a batch of `stage` should take at most.
 fn batch_target(stage: Stage) -> Duration {
@@ -145,9 +177,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let mut consumer = self.log.consumer(topic, &group).await?;
         let mut last_lag: Option<(Instant, u64)> = None;
         let mut batch_max = MAX_BATCH_RECORDS;
-        // Offsets applied since the consumer group's last commit, and when that was.
-        let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut committed_at = Instant::now();
+        let mut uncommitted = Uncommitted::default();
         // Set after a short inbox batch: take the next no sooner than this.
         let mut linger_until: Option<tokio::time::Instant> = None;
         let mut watch = tokio::time::interval(STALL_CHECK);
@@ -177,16 +207,16 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    if !uncommitted.is_empty() {
-                        // Best effort: the projection's offsets are the ones that count.
-                        if let Err(e) = consumer.commit(&offsets_vec(&uncommitted)).await {
-                            tracing::warn!(stage = stage.name(), error = %e, "consumer offsets not committed at shutdown");
-                        }
+                    // Best effort: the projection's offsets are the ones that count.
+                    if let Err(e) = uncommitted.commit(consumer.as_mut(), Duration::ZERO).await {
+                        tracing::warn!(stage = stage.name(), error = %e, "consumer offsets not committed at shutdown");
                     }
                     return Ok(());
                 }
                 _ = watch.tick() => {
                     self.watch_stalls(stage, generation, stall_timeout, &mut progress).await?;
+                    // An idle stage's group catches up too.
+                    uncommitted.commit(consumer.as_mut(), CONSUMER_COMMIT_INTERVAL).await?;
                     continue;
                 }
                 e = consumer.next(batch_max) => e?,
@@ -222,7 +252,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     for p in &partitions {
                         recover_below.remove(p);
                         // No longer ours to commit.
-                        uncommitted.remove(p);
+                        uncommitted.offsets.remove(p);
                     }
                     tracing::info!(stage = stage.name(), ?partitions, "partitions revoked");
                 }
@@ -241,12 +271,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         Topic::Requests => self.fanout_batch(&records, &recover_below).await?,
                         Topic::UserEvents => self.inbox_batch(&records).await?,
                     }
-                    uncommitted.extend(offsets);
-                    if committed_at.elapsed() >= CONSUMER_COMMIT_INTERVAL {
-                        consumer.commit(&offsets_vec(&uncommitted)).await?;
-                        uncommitted.clear();
-                        committed_at = Instant::now();
-                    }
+                    uncommitted.offsets.extend(offsets);
+                    uncommitted
+                        .commit(consumer.as_mut(), CONSUMER_COMMIT_INTERVAL)
+                        .await?;
                     *progressed = true;
                     let took = started.elapsed();
                     telemetry::projector_applied(stage, n, took);
