@@ -1062,16 +1062,17 @@ async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
         let now = herald_gateway::clock::now_ms();
+        // Both rows in the projection (not merely not applied yet), then, read after them,
+        // neither pending: the ACK, which follows them in the log, is applied.
+        let mut rows = 0;
+        for id in [&first, &later] {
+            rows += srv.store.row("rep", id).await.unwrap().is_some() as usize;
+        }
         let pending = srv
             .store
             .pending("rep", "d1", None, now, 100)
             .await
             .unwrap();
-        // Both rows in the projection (not merely not applied yet) and neither pending.
-        let mut rows = 0;
-        for id in [&first, &later] {
-            rows += srv.store.row("rep", id).await.unwrap().is_some() as usize;
-        }
         if rows == 2
             && !pending
                 .iter()
