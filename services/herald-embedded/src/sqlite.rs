@@ -132,7 +132,16 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
+    /// A checkpointer for a store opened with `access` (none for a read-only one: another
+    /// process writes and checkpoints the file).
+    pub fn for_access(path: &Path, access: Access) -> rusqlite::Result<Option<Checkpointer>> {
+        match access {
+            Access::ReadWrite => Self::start(path).map(Some),
+            Access::ReadOnly => Ok(None),
+        }
+    }
+
+    fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
         let conn = open(path, Access::ReadWrite)?;
         let (stop, stopped) = std_mpsc::channel::<()>();
         let name = path

@@ -156,10 +156,8 @@ impl EmbeddedLog {
         } else {
             (None, None)
         };
-        let checkpointer = match access {
-            Access::ReadWrite => Some(sqlite::Checkpointer::start(&shared.path).map_err(storage)?),
-            Access::ReadOnly => None,
-        };
+        let checkpointer =
+            sqlite::Checkpointer::for_access(&shared.path, access).map_err(storage)?;
         tracing::info!(path = %shared.path.display(), %epoch, ?partitions, ?access, "embedded log open");
         Ok(EmbeddedLog {
             inner: Arc::new(Inner {

@@ -46,7 +46,25 @@ enum Reply {
     Write(oneshot::Sender<Result<(), LogError>>),
 }
 
+impl Reply {
+    fn send(self) {
+        // A caller that stopped waiting has nothing to be told.
+        let _ = match self {
+            Reply::Append(reply, pos) => reply.send(Ok(pos)).map_err(drop),
+            Reply::Write(reply) => reply.send(Ok(())).map_err(drop),
+        };
+    }
+}
+
 impl Job {
+    /// Answers the job with its group's failure.
+    fn fail(self, e: &rusqlite::Error) {
+        let _ = match self {
+            Job::Append { reply, .. } => reply.send(Err(storage(e))).map_err(drop),
+            Job::Write { reply, .. } => reply.send(Err(storage(e))).map_err(drop),
+        };
+    }
+
     /// Records this job adds to a group (a write counts as one).
     fn weight(&self) -> usize {
         match self {
@@ -153,14 +171,7 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, sha
                 }
                 telemetry::log_group_commit(count);
                 for reply in replies {
-                    match reply {
-                        Reply::Append(reply, pos) => {
-                            let _ = reply.send(Ok(pos));
-                        }
-                        Reply::Write(reply) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                    }
+                    reply.send();
                 }
                 for (t, was) in touched.iter().enumerate() {
                     if *was {
@@ -171,14 +182,7 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, sha
             Err(e) => {
                 tracing::error!(error = %e, "log group commit failed");
                 for job in jobs {
-                    match job {
-                        Job::Append { reply, .. } => {
-                            let _ = reply.send(Err(storage(&e)));
-                        }
-                        Job::Write { reply, .. } => {
-                            let _ = reply.send(Err(storage(&e)));
-                        }
-                    }
+                    job.fail(&e);
                 }
             }
         }

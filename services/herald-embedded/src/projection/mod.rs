@@ -139,10 +139,7 @@ impl EmbeddedProjection {
             })
             .unwrap_or_else(|_| "unnamed".into());
         let writer = (access == Access::ReadWrite).then(|| Mutex::new(conn));
-        let checkpointer = match access {
-            Access::ReadWrite => Some(sqlite::Checkpointer::start(&path).map_err(storage)?),
-            Access::ReadOnly => None,
-        };
+        let checkpointer = sqlite::Checkpointer::for_access(&path, access).map_err(storage)?;
         Ok(EmbeddedProjection {
             inner: Arc::new(Inner {
                 pool: Arc::new(Pool::new(path, access)),
