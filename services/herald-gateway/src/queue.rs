@@ -1,13 +1,16 @@
 //! A bounded multi-producer, single-consumer queue that holds no memory while it is empty.
 //!
-//! Every session has two queues (live events from the hub, frames for its writer), and most
+//! Every session has two queues (live events from the hub, frames for its socket), and most
 //! sessions are idle most of the time. tokio's `mpsc` allocates its channel (about 512 bytes,
 //! cache-padded) and a first block of 32 slots up front, about 1.3 KiB a queue; this one is a
 //! small shared header and a `VecDeque` that allocates on the first item and is given back once
-//! a burst has drained.
+//! a burst has drained. The receiver waits by leaving its waker in the header (polled, not a
+//! future of its own), and a receiver polled by the same task as its senders (a WebSocket
+//! session's frames) takes items without waiting at all ([`Receiver::try_recv`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -18,13 +21,13 @@ struct State<T> {
     items: VecDeque<T>,
     senders: usize,
     receiver: bool,
+    /// The receiver's task, waiting for an item or for the last sender to leave.
+    reader: Option<Waker>,
 }
 
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
-    /// An item arrived or the last sender left.
-    readable: Notify,
     /// An item was taken or the receiver left.
     writable: Notify,
 }
@@ -44,9 +47,9 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             items: VecDeque::new(),
             senders: 1,
             receiver: true,
+            reader: None,
         }),
         capacity,
-        readable: Notify::new(),
         writable: Notify::new(),
     });
     (Sender(shared.clone()), Receiver(shared))
@@ -69,13 +72,17 @@ impl<T> Clone for Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let last = {
+        let reader = {
             let mut st = self.0.lock();
             st.senders -= 1;
-            st.senders == 0
+            if st.senders == 0 {
+                st.reader.take()
+            } else {
+                None
+            }
         };
-        if last {
-            self.0.readable.notify_one();
+        if let Some(reader) = reader {
+            reader.wake();
         }
     }
 }
@@ -83,7 +90,7 @@ impl<T> Drop for Sender<T> {
 impl<T> Sender<T> {
     /// Queues `item` if there is room and a receiver.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        {
+        let reader = {
             let mut st = self.0.lock();
             if !st.receiver {
                 return Err(TrySendError::Closed(item));
@@ -92,8 +99,11 @@ impl<T> Sender<T> {
                 return Err(TrySendError::Full(item));
             }
             st.items.push_back(item);
+            st.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
         }
-        self.0.readable.notify_one();
         Ok(())
     }
 
@@ -146,67 +156,54 @@ impl<T> Drop for Receiver<T> {
 }
 
 impl<T> Receiver<T> {
-    /// Moves up to `max` queued items into `out`; how many it moved, and whether a sender is
-    /// left.
-    fn take(&self, out: &mut Vec<T>, max: usize) -> (usize, bool) {
-        let (n, senders) = {
+    /// The next item, if one is queued (without waiting). A consumer polled by the same task
+    /// as every producer (a WebSocket session and its socket) needs no wake-up.
+    pub fn try_recv(&mut self) -> Option<T> {
+        let item = {
             let mut st = self.0.lock();
-            let n = st.items.len().min(max);
-            out.extend(st.items.drain(..n));
+            let item = st.items.pop_front();
             if st.items.is_empty() && st.items.capacity() > KEEP_CAPACITY {
                 st.items = VecDeque::new();
             }
-            (n, st.senders > 0)
+            item
         };
-        if n > 0 {
+        if item.is_some() {
             self.0.writable.notify_waiters();
         }
-        (n, senders)
+        item
     }
 
-    /// Moves up to `max` queued items into `out`; how many it moved.
-    pub fn try_recv_many(&mut self, out: &mut Vec<T>, max: usize) -> usize {
-        self.take(out, max).0
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().items.is_empty()
     }
 
-    /// Waits for at least one item and moves up to `max` into `out`; 0 once every sender is
-    /// gone and the queue is empty.
-    pub async fn recv_many(&mut self, out: &mut Vec<T>, max: usize) -> usize {
-        loop {
-            let readable = self.0.readable.notified();
-            tokio::pin!(readable);
-            readable.as_mut().enable();
-            let (n, senders) = self.take(out, max);
-            if n > 0 || max == 0 || !senders {
-                return n;
+    /// The next item; `None` once every sender is gone and the queue is empty.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let item = {
+            let mut st = self.0.lock();
+            let item = st.items.pop_front();
+            if item.is_none() {
+                if st.senders == 0 {
+                    return Poll::Ready(None);
+                }
+                if !st.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.reader = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
             }
-            readable.await;
-        }
+            if st.items.is_empty() && st.items.capacity() > KEEP_CAPACITY {
+                st.items = VecDeque::new();
+            }
+            item
+        };
+        self.0.writable.notify_waiters();
+        Poll::Ready(item)
     }
 
     /// The next item; `None` once every sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<T> {
-        loop {
-            let readable = self.0.readable.notified();
-            tokio::pin!(readable);
-            readable.as_mut().enable();
-            let (item, senders) = {
-                let mut st = self.0.lock();
-                let item = st.items.pop_front();
-                if st.items.is_empty() && st.items.capacity() > KEEP_CAPACITY {
-                    st.items = VecDeque::new();
-                }
-                (item, st.senders > 0)
-            };
-            if item.is_some() {
-                self.0.writable.notify_waiters();
-                return item;
-            }
-            if !senders {
-                return None;
-            }
-            readable.await;
-        }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 }
 
@@ -226,11 +223,12 @@ mod tests {
         }
         assert_eq!(tx.try_send(9), Err(TrySendError::Full(9)));
         assert_eq!(tx.capacity(), 0);
-        let mut out = Vec::new();
-        assert_eq!(rx.try_recv_many(&mut out, 2), 2);
-        assert_eq!(out, [0, 1]);
+        assert_eq!((rx.try_recv(), rx.try_recv()), (Some(0), Some(1)));
         assert_eq!(tx.capacity(), 2);
+        assert!(!rx.is_empty());
         assert_eq!(rx.recv().await, Some(2));
+        assert!(rx.is_empty());
+        assert_eq!(rx.try_recv(), None);
     }
 
     #[tokio::test]
@@ -298,7 +296,9 @@ mod tests {
         }
         assert!(rx.0.lock().items.capacity() >= 1000);
         let mut out = Vec::new();
-        while rx.try_recv_many(&mut out, 64) > 0 {}
+        while let Some(i) = rx.try_recv() {
+            out.push(i);
+        }
         assert_eq!(out.len(), 1000);
         assert_eq!(rx.0.lock().items.capacity(), 0);
     }

@@ -39,9 +39,31 @@ pub enum StartError {
     Hub(#[from] LogError),
 }
 
-/// Shared state of the HTTP and WebSocket app.
+/// Shared state of the HTTP and WebSocket app: one allocation that every request and session
+/// holds by pointer (a clone is one reference count, and a session's handle is 8 bytes, not a
+/// copy of every field).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// Changing a field (done while wiring the app, before it serves) changes this handle's state
+/// only: a state already shared is copied first.
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Clone)]
+pub struct Shared {
     pub log: Arc<dyn EventLog>,
     /// Read-only: the gateway never writes the projection.
     pub inbox: Arc<dyn InboxReader>,
@@ -55,7 +77,7 @@ pub struct AppState {
     /// The cluster's presence as this gateway sees it.
     pub presence: Arc<crate::presence::ClusterPresence>,
     pub config: Arc<GatewayConfig>,
-    pub session: SessionConfig,
+    pub session: Arc<SessionConfig>,
     /// Notifications per producer.
     pub producers: Arc<RateLimits>,
     /// Audits per operator (each may read many log records).
@@ -92,7 +114,7 @@ impl AppState {
             config.presence_interval,
         ));
         presence.start(hub.clone(), shutdown.clone()).await?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             log: ports.log,
             inbox: ports.inbox,
             audit: ports.audit,
@@ -101,7 +123,7 @@ impl AppState {
             auth: Arc::new(auth),
             hub,
             presence,
-            session: config.session(),
+            session: Arc::new(config.session()),
             producers: Arc::new(RateLimits::new(config.producer_rate, config.producer_burst)),
             audits: Arc::new(RateLimits::new(config.audit_rate, config.audit_burst)),
             tickets: Arc::new(RateLimits::new(config.ticket_rate, config.ticket_burst)),
@@ -112,7 +134,7 @@ impl AppState {
             config: Arc::new(config),
             announced: Default::default(),
             shutdown,
-        })
+        })))
     }
 
     /// Whether this gateway is ready to serve (`GET /readyz`): the live hub's tail is open and

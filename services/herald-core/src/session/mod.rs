@@ -220,7 +220,8 @@ enum Phase {
 /// One device's session. See the module docs.
 #[derive(Debug)]
 pub struct Session {
-    cfg: SessionConfig,
+    /// Shared by every session of a gateway (the struct is larger than a pointer).
+    cfg: Arc<SessionConfig>,
     user: String,
     device: String,
     epoch: Epoch,
@@ -268,7 +269,8 @@ impl Out<'_> {
 
 impl Session {
     /// A session after `hello`; the first actions send the `session` frame and start the replay.
-    pub fn new(cfg: SessionConfig, start: Start, io: Io) -> (Session, Vec<Action>) {
+    pub fn new(cfg: impl Into<Arc<SessionConfig>>, start: Start, io: Io) -> (Session, Vec<Action>) {
+        let cfg = cfg.into();
         let mut delivery = Delivery::new(cfg.delivery);
         if let Some(a) = start.hello.after {
             delivery.skip_through(a);
@@ -311,8 +313,8 @@ impl Session {
             epoch: s.epoch.to_string(),
             resumed: start.hello.after.is_some(),
             reset: start.hello.reset,
-            heartbeat_ms: cfg.heartbeat_ms,
-            max_in_flight: cfg.delivery.max_in_flight,
+            heartbeat_ms: s.cfg.heartbeat_ms,
+            max_in_flight: s.cfg.delivery.max_in_flight,
             partition: start.partition,
         });
         s.settle_replay_and_pump(io, &mut out);

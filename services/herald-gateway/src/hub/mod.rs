@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use herald_core::codec::{self, SchemaKind};
@@ -121,27 +122,37 @@ pub struct LiveEvent {
 /// A request to end a session, with the close it should send.
 #[derive(Default)]
 pub struct Kick {
-    reason: Mutex<Option<Close>>,
-    notify: Notify,
+    /// The reason, once kicked, and the session's task waiting for it.
+    state: Mutex<(Option<Close>, Option<Waker>)>,
 }
 
 impl Kick {
     pub fn kick(&self, close: Close) {
-        let mut r = self.reason.lock().expect("kick lock");
-        if r.is_none() {
-            *r = Some(close);
+        let waiting = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.0.get_or_insert(close);
+            st.1.take()
+        };
+        if let Some(w) = waiting {
+            w.wake();
         }
-        self.notify.notify_one();
+    }
+
+    /// Ready once kicked, with the reason (polled: an idle session keeps no future for it).
+    pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Close> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = st.0 {
+            return Poll::Ready(c);
+        }
+        if !st.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.1 = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Resolves once kicked, with the reason.
     pub async fn kicked(&self) -> Close {
-        loop {
-            if let Some(c) = *self.reason.lock().expect("kick lock") {
-                return c;
-            }
-            self.notify.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_kicked(cx)).await
     }
 }
 

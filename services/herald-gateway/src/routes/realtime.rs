@@ -103,7 +103,11 @@ async fn ws_upgrade(
         .write_buffer_size(crate::session::ws::WRITE_BUFFER)
         .max_write_buffer_size(crate::session::ws::MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            crate::session::ws::run(std::sync::Arc::new(st), user, socket, guard)
+            // The session gets a task of its own: axum's upgrade task would otherwise keep
+            // its own state (the callback's captures, the socket's configuration) for the
+            // session's whole life.
+            tokio::spawn(crate::session::ws::run(st, user, socket, guard));
+            std::future::ready(())
         }))
 }
 

@@ -5,7 +5,8 @@
 //! transport's writer, appends events, and feeds the machine its inputs (client frames, live
 //! events, read results, ticks). Transport concerns stay here too: the hello timeout, the
 //! heartbeat, token expiry, kicks, shutdown and the client frame rate. Each transport
-//! ([`ws`], [`sse`]) is a reader of [`Incoming`] and a writer of [`Out`].
+//! ([`ws`], [`sse`]) is a [`Transport`]: a source of [`Incoming`] that also moves the [`Out`]
+//! frames queued in the session's [`Outbox`] toward the peer.
 
 pub mod sse;
 pub mod ws;
@@ -14,9 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use herald_core::codec;
 use herald_core::model::Event;
 use herald_core::projection::InboxRow;
@@ -76,10 +77,28 @@ pub enum Incoming {
     Ping,
     /// Any other sign of life (pongs).
     Activity,
+    /// Not input: queued frames left the outbox while the session was not reading (it may
+    /// read again).
+    Wrote,
     End(End),
 }
 
-pub type IncomingStream = Pin<Box<dyn futures_util::Stream<Item = Incoming> + Send>>;
+/// A session's connection, polled by the session's own task.
+pub trait Transport: Send {
+    /// Moves the frames queued in the outbox toward the peer (and flushes them when `flush`),
+    /// then, when `reading`, waits for the next input. Ready with input, or, when not
+    /// reading, with [`Incoming::Wrote`] once frames left the queue.
+    fn poll_io(&mut self, cx: &mut Context<'_>, reading: bool, flush: bool) -> Poll<Incoming>;
+}
+
+/// The next [`Transport::poll_io`] result.
+pub fn next_io<T: Transport>(
+    io: &mut T,
+    reading: bool,
+    flush: bool,
+) -> impl Future<Output = Incoming> + '_ {
+    std::future::poll_fn(move |cx| io.poll_io(cx, reading, flush))
+}
 
 /// The sending half of a transport: a bounded queue to its writer, and how many frames the
 /// writer has put on the wire.
@@ -141,11 +160,11 @@ fn far_future() -> tokio::time::Instant {
 
 /// The session after `hello`, on any transport, until it ends. With `reap_silent`, a peer that
 /// shows no sign of life for a heartbeat interval plus the pong timeout is closed.
-pub async fn serve(
+pub async fn serve<T: Transport>(
     st: &AppState,
     user: &User,
-    hello: Hello,
-    incoming: &mut IncomingStream,
+    hello: Box<Hello>,
+    io: &mut T,
     outbox: &Outbox,
     reap_silent: bool,
 ) -> End {
@@ -158,7 +177,7 @@ pub async fn serve(
             return End::close(Close::InternalError, "the log is unavailable");
         }
     };
-    let end = drive(st, user, hello, incoming, outbox, reap_silent, &mut reg).await;
+    let end = drive(st, user, hello, io, outbox, reap_silent, &mut reg).await;
     st.hub.unregister(&user.id, reg.id);
     end
 }
@@ -256,11 +275,11 @@ impl Shell<'_> {
     }
 }
 
-async fn drive(
+async fn drive<T: Transport>(
     st: &AppState,
     user: &User,
-    hello: Hello,
-    incoming: &mut IncomingStream,
+    hello: Box<Hello>,
+    io: &mut T,
     outbox: &Outbox,
     reap_silent: bool,
     reg: &mut Registration,
@@ -279,14 +298,14 @@ async fn drive(
     };
     let start = Start {
         user_id: user.id.clone(),
-        hello,
+        hello: *hello,
         epoch: st.log.epoch(),
         session_id: format!("{}-{}", reg.id, uuid::Uuid::new_v4().simple()),
         partition: reg.partition,
         live_from: reg.live_from,
         projection_applied,
     };
-    let (mut session, actions) = Session::new(st.session, start, outbox.io());
+    let (mut session, actions) = Session::new(st.session.clone(), start, outbox.io());
     let mut read: Option<Read> = None;
     let end = match shell.perform(actions, &mut read) {
         Err(end) => end,
@@ -296,7 +315,7 @@ async fn drive(
                 &shell,
                 &mut session,
                 &mut read,
-                incoming,
+                io,
                 user.exp,
                 reap_silent,
                 reg,
@@ -310,12 +329,12 @@ async fn drive(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run(
+async fn run<T: Transport>(
     st: &AppState,
     shell: &Shell<'_>,
     session: &mut Session,
     read: &mut Option<Read>,
-    incoming: &mut IncomingStream,
+    io: &mut T,
     exp: u64,
     reap_silent: bool,
     reg: &mut Registration,
@@ -323,44 +342,74 @@ async fn run(
     let cfg = st.config.clone();
     let shutdown = st.shutdown.clone();
     let kick = reg.kick.clone();
-    let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
-    heartbeat.tick().await;
     let mut last_seen = Instant::now();
     let mut bucket = TokenBucket::new(cfg.frame_rate, cfg.frame_burst, Instant::now());
-    let expires_in = Duration::from_secs(exp.saturating_sub(now_secs()));
-    let token_expiry = tokio::time::sleep(expires_in);
-    tokio::pin!(token_expiry);
+    // One timer for every deadline (the session's next wake, the heartbeat, token expiry, the
+    // room recheck): an idle session holds one `Sleep`, not one per deadline.
+    let started = tokio::time::Instant::now();
+    let token_expires = started
+        .checked_add(Duration::from_secs(exp.saturating_sub(now_secs())))
+        .unwrap_or_else(far_future);
+    let mut next_heartbeat = started + cfg.heartbeat_interval;
+    let timer = tokio::time::sleep_until(far_future());
+    tokio::pin!(timer);
     loop {
+        let instant = tokio::time::Instant::now();
+        // Checked on every turn, so that a session kept busy cannot outrun them.
+        if instant >= token_expires {
+            return End::close(
+                Close::TokenExpired,
+                "token expired; reconnect with a new one",
+            );
+        }
+        if instant >= next_heartbeat {
+            if reap_silent && last_seen.elapsed() > cfg.heartbeat_interval + cfg.pong_timeout {
+                return End::close(Close::HeartbeatTimeout, "no pong");
+            }
+            if let Err(end) = shell.outbox.push(Out::Ping) {
+                return end;
+            }
+            next_heartbeat += cfg.heartbeat_interval;
+            if next_heartbeat <= instant {
+                // Late by a whole interval (a stalled runtime): no burst of pings.
+                next_heartbeat = instant + cfg.heartbeat_interval;
+            }
+        }
         let now = now_ms();
         let mut wake = session.next_wake(now).map_or_else(far_future, |at| {
-            tokio::time::Instant::now() + Duration::from_millis((at - now).max(0) as u64)
+            instant + Duration::from_millis((at - now).max(0) as u64)
         });
         // Client frames are read only while their answers (pongs, errors) have room in the send
         // queue: a burst waits in the socket (TCP pushes back on the client) instead of
         // overflowing the queue. While waiting, look again soon.
         let reading = shell.outbox.room() > SEND_RESERVE;
         if !reading {
-            wake = wake.min(tokio::time::Instant::now() + ROOM_RECHECK);
+            wake = wake.min(instant + ROOM_RECHECK);
         }
+        let deadline = wake.min(next_heartbeat).min(token_expires);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        // Frames are flushed once no live event is waiting: a burst goes out in one write.
+        let flush = reg.rx.is_empty();
         let input = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return End::close(Close::GoingAway, "server shutting down; reconnect"),
             c = kick.kicked() => return End::close(c, c.name()),
-            _ = &mut token_expiry => return End::close(Close::TokenExpired, "token expired; reconnect with a new one"),
-            _ = shell.outbox.tx.closed() => return End::ClientGone,
-            m = incoming.next(), if reading => {
-                last_seen = Instant::now();
+            m = next_io(io, reading, flush) => {
+                if !matches!(m, Incoming::Wrote) {
+                    last_seen = Instant::now();
+                }
                 match m {
-                    None => return End::ClientGone,
-                    Some(Incoming::End(end)) => return end,
-                    Some(Incoming::Activity) => continue,
-                    Some(Incoming::Ping) => {
+                    Incoming::End(end) => return end,
+                    Incoming::Activity | Incoming::Wrote => continue,
+                    Incoming::Ping => {
                         if bucket.take(1.0, Instant::now()).is_err() {
                             return End::close(Close::RateLimited, "too many frames per second");
                         }
                         continue;
                     }
-                    Some(Incoming::Frame(f)) => {
+                    Incoming::Frame(f) => {
                         if bucket.take(1.0, Instant::now()).is_err() {
                             return End::close(Close::RateLimited, "too many frames per second");
                         }
@@ -377,15 +426,12 @@ async fn run(
                 *read = None;
                 input
             }
-            _ = tokio::time::sleep_until(wake) => Input::Tick,
-            _ = heartbeat.tick() => {
-                if reap_silent && last_seen.elapsed() > cfg.heartbeat_interval + cfg.pong_timeout {
-                    return End::close(Close::HeartbeatTimeout, "no pong");
+            () = &mut timer => {
+                if tokio::time::Instant::now() < wake {
+                    // The heartbeat or the token: handled at the top of the loop.
+                    continue;
                 }
-                if let Err(end) = shell.outbox.push(Out::Ping) {
-                    return end;
-                }
-                continue;
+                Input::Tick
             }
         };
         let actions = session.handle(shell.outbox.io(), input);

@@ -3,8 +3,11 @@
 //! `data:` lines, the heartbeat a `: ping` comment, and the end an `event: close`.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use axum::response::sse::Event;
 use futures_util::Stream;
@@ -13,7 +16,7 @@ use herald_core::protocol::notification_frame;
 use herald_core::session::Hello;
 use serde::Serialize;
 
-use super::{End, IncomingStream, Out, Outbox};
+use super::{End, Incoming, Out, Outbox, Transport};
 use crate::auth::User;
 use crate::config::SEND_QUEUE;
 use crate::limits::ConnectionGuard;
@@ -24,6 +27,21 @@ struct CloseEvent<'a> {
     code: u16,
     name: &'a str,
     reason: &'a str,
+}
+
+/// The session's side of an SSE response: no client frames (the response body reads the
+/// queue itself); the session ends when the body is dropped (the client went away).
+struct Body {
+    gone: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Transport for Body {
+    fn poll_io(&mut self, cx: &mut Context<'_>, _reading: bool, _flush: bool) -> Poll<Incoming> {
+        self.gone
+            .as_mut()
+            .poll(cx)
+            .map(|()| Incoming::End(End::ClientGone))
+    }
 }
 
 /// Starts a session and returns its frames as an SSE stream, which holds `guard` (the
@@ -38,8 +56,11 @@ pub fn stream(
     let (outbox, rx, written) = Outbox::new(SEND_QUEUE);
     tokio::spawn(async move {
         let _connected = herald_ports::telemetry::SessionGauge::open("sse");
-        let mut incoming: IncomingStream = Box::pin(futures_util::stream::pending());
-        let end = super::serve(&st, &user, hello, &mut incoming, &outbox, false).await;
+        let tx = outbox.tx.clone();
+        let mut io = Body {
+            gone: Box::pin(async move { tx.closed().await }),
+        };
+        let end = super::serve(&st, &user, Box::new(hello), &mut io, &outbox, false).await;
         herald_ports::telemetry::session_closed("sse", end.code());
         if let End::Close(ending) = end {
             outbox.close(ending.close, ending.reason).await;

@@ -1,28 +1,28 @@
-//! The WebSocket transport of `herald.v1`: a reader mapping messages to [`Incoming`], a writer
-//! task draining the [`Outbox`], the hello timeout and the close handshake.
+//! The WebSocket transport of `herald.v1`: the socket, polled by the session's own task in
+//! both directions (queued frames out, messages in as [`Incoming`]), the hello timeout and the
+//! close handshake.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::{End, Incoming, Out, Outbox, Transport, next_io};
+use crate::auth::User;
+use crate::config::SEND_QUEUE;
+use crate::limits::ConnectionGuard;
+use crate::queue;
+use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, Stream};
 use herald_core::cursor::Epoch;
 use herald_core::protocol::{
     ClientFrame, Close, MAX_CLOSE_REASON, ServerFrame, parse_client_frame, truncate_utf8,
     write_notification_json,
 };
 use herald_core::session::{Ending, Hello};
-use tokio::sync::oneshot;
-
-use super::{End, Incoming, IncomingStream, Out, Outbox};
-use crate::auth::User;
-use crate::config::SEND_QUEUE;
-use crate::limits::ConnectionGuard;
-use crate::queue;
-use crate::state::AppState;
 
 /// How long the server waits for the peer's Close after sending its own, and how long the
 /// writer may then take to finish before it is aborted and the connection dropped: a peer that
@@ -35,9 +35,11 @@ pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// writer flushes after each batch anyway).
 pub const WRITE_BUFFER: usize = 16 * 1024;
 /// The socket's read buffer, allocated for the session's whole life: client frames are small
-/// (an ACK is under 100 bytes), and a larger frame is read in several steps (tungstenite
-/// reserves room for a frame's whole length once it has its header).
-pub const READ_BUFFER: usize = 1024;
+/// (an ACK is under 100 bytes, a hello under 300), a larger frame is read in several steps
+/// (tungstenite reserves room for a frame's whole length once it has its header), and a burst
+/// of ACKs takes one read per 512 bytes. Every idle connection holds it: 1 KiB was a sixth of
+/// an idle connection's memory.
+pub const READ_BUFFER: usize = 512;
 /// Errors read past while waiting for the peer's Close, at most.
 const CLOSE_DRAIN_ERRORS: usize = 64;
 
@@ -69,10 +71,6 @@ fn message(out: Out, epoch: Epoch) -> Option<Message> {
     }
 }
 
-/// Most frames the writer hands to the socket before one flush (one system call, or a few,
-/// for a burst instead of one per frame).
-const WRITE_BATCH: usize = 64;
-
 fn stream_error(e: axum::Error) -> End {
     let text = e.to_string();
     if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
@@ -86,159 +84,221 @@ fn stream_error(e: axum::Error) -> End {
     }
 }
 
-/// Maps WebSocket messages to transport-neutral input.
-fn incoming(stream: futures_util::stream::SplitStream<WebSocket>) -> IncomingStream {
-    Box::pin(stream.map(|m| match m {
-        Err(e) => Incoming::End(stream_error(e)),
-        Ok(Message::Close(_)) => Incoming::End(End::ClientGone),
-        Ok(Message::Ping(_)) => Incoming::Ping,
-        Ok(Message::Pong(_)) => Incoming::Activity,
-        Ok(Message::Binary(_)) => Incoming::End(End::close(
+/// Maps what the socket read to transport-neutral input.
+fn incoming(m: Option<Result<Message, axum::Error>>) -> Incoming {
+    match m {
+        None | Some(Ok(Message::Close(_))) => Incoming::End(End::ClientGone),
+        Some(Err(e)) => Incoming::End(stream_error(e)),
+        Some(Ok(Message::Ping(_))) => Incoming::Ping,
+        Some(Ok(Message::Pong(_))) => Incoming::Activity,
+        Some(Ok(Message::Binary(_))) => Incoming::End(End::close(
             Close::ProtocolError,
             "binary frames are not part of herald.v1",
         )),
-        Ok(Message::Text(t)) => match parse_client_frame(t.as_str()) {
+        Some(Ok(Message::Text(t))) => match parse_client_frame(t.as_str()) {
             Ok(f) => Incoming::Frame(f),
             Err(e) => Incoming::End(End::close(Close::ProtocolError, e)),
         },
-    }))
+    }
 }
 
-/// One WebSocket session from the upgraded socket to the end. The socket is split and the
-/// writer started here, outside the returned future, so that the future (which every connected
-/// device keeps for its whole life) holds only what the session needs: the shared state by
-/// `Arc`, the halves' handles and the session itself, not a moved-from socket and state too.
+/// One WebSocket session from the upgraded socket to the end, on one task: the session's
+/// loop polls the socket in both directions ([`Socket`]), so an idle connection is one task,
+/// one socket and two small queues.
+///
+/// The socket is wrapped before the future is built, so that the future (which every connected
+/// device keeps for its whole life) holds it once, not also as a moved-from argument.
 pub fn run(
-    st: Arc<AppState>,
+    st: AppState,
     user: User,
     socket: WebSocket,
     guard: ConnectionGuard,
 ) -> impl Future<Output = ()> + Send + 'static {
     let epoch = st.log.epoch();
-    let (sink, stream) = socket.split();
-    let incoming = incoming(stream);
-    let (outbox, out_rx, written) = Outbox::new(SEND_QUEUE);
-    let (close_tx, close_rx) = oneshot::channel::<Message>();
-    let writer = tokio::spawn(write(sink, out_rx, close_rx, written, epoch));
+    let (outbox, rx, written) = Outbox::new(SEND_QUEUE);
+    let mut io = Socket {
+        socket,
+        rx,
+        written,
+        epoch,
+        unflushed: 0,
+        dirty: false,
+    };
     async move {
-        session(&st, &user, incoming, outbox, close_tx, writer, epoch).await;
+        session(&st, &user, &mut io, outbox, epoch).await;
         drop(guard);
     }
 }
 
-/// The writer: drains the outbox into the socket, a batch per flush, until the session ends
-/// (its close frame, or the outbox closing).
-async fn write(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut out_rx: queue::Receiver<Out>,
-    mut close_rx: oneshot::Receiver<Message>,
+/// The socket of a WebSocket session and the queue of frames for it.
+struct Socket {
+    socket: WebSocket,
+    rx: queue::Receiver<Out>,
+    /// Frames on the wire (flushed), which the session reads as its writer's progress.
     written: Arc<AtomicU64>,
     epoch: Epoch,
-) {
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            biased;
-            c = &mut close_rx => {
-                if let Ok(c) = c {
-                    let _ = sink.send(c).await;
-                }
-                break;
-            }
-            n = out_rx.recv_many(&mut batch, WRITE_BATCH) => {
-                // A frame, and whatever else is queued behind it (up to a batch), then one
-                // flush.
-                if n == 0 {
-                    break;
-                }
-                let mut counted = 0;
-                let mut open = true;
-                for out in batch.drain(..) {
-                    // The session numbers its own frames (not the heartbeat's pings).
-                    counted += u64::from(matches!(out, Out::Notification { .. } | Out::Frame(_)));
-                    match message(out, epoch) {
-                        Some(msg) if open => open = sink.feed(msg).await.is_ok(),
-                        _ => open = false,
-                    }
-                }
-                if !open || sink.flush().await.is_err() {
-                    break;
-                }
-                written.fetch_add(counted, Ordering::Relaxed);
-            }
-        }
-    }
-    let _ = sink.close().await;
+    /// Frames handed to the socket since its last flush.
+    unflushed: u64,
+    /// Bytes wait in the socket's buffer for a flush.
+    dirty: bool,
 }
 
-async fn session(
-    st: &AppState,
-    user: &User,
-    mut incoming: IncomingStream,
-    outbox: Outbox,
-    close_tx: oneshot::Sender<Message>,
-    writer: tokio::task::JoinHandle<()>,
-    epoch: Epoch,
-) {
-    let _connected = herald_ports::telemetry::SessionGauge::open("ws");
-    // hello, within the timeout.
-    let hello = tokio::time::timeout(st.config.hello_timeout, async {
+impl Socket {
+    /// Hands queued frames to the socket while it has room, then flushes if `flush`. Whether
+    /// any frame left the queue or reached the wire; `Err` once the peer is gone.
+    fn poll_write(&mut self, cx: &mut Context<'_>, flush: bool) -> Result<bool, ()> {
+        let mut moved = false;
         loop {
-            match incoming.next().await {
-                None => return Err(End::ClientGone),
-                Some(Incoming::Activity | Incoming::Ping) => continue,
-                Some(Incoming::End(e)) => return Err(e),
-                Some(Incoming::Frame(f)) => return Ok(f),
+            match Pin::new(&mut self.socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => break,
+            }
+            let Some(out) = self.rx.try_recv() else {
+                break;
+            };
+            // The session numbers its own frames (not the heartbeat's pings).
+            let counted = matches!(out, Out::Notification { .. } | Out::Frame(_));
+            let Some(msg) = message(out, self.epoch) else {
+                return Err(());
+            };
+            Pin::new(&mut self.socket).start_send(msg).map_err(|_| ())?;
+            self.unflushed += u64::from(counted);
+            self.dirty = true;
+            moved = true;
+        }
+        if self.dirty && flush {
+            match Pin::new(&mut self.socket).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.written.fetch_add(self.unflushed, Ordering::Relaxed);
+                    self.unflushed = 0;
+                    self.dirty = false;
+                    moved = true;
+                }
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => {}
             }
         }
-    })
-    .await;
-    let end = match hello {
-        Err(_) => End::close(Close::HelloTimeout, "send hello first"),
-        Ok(Err(end)) => end,
-        Ok(Ok(ClientFrame::Hello { device_id, cursor })) => {
-            match Hello::parse(device_id, cursor.as_deref(), epoch) {
-                Ok(hello) => super::serve(st, user, hello, &mut incoming, &outbox, true).await,
-                Err(ending) => End::Close(ending),
-            }
-        }
-        Ok(Ok(_)) => End::close(Close::ProtocolError, "the first frame must be hello"),
-    };
-    drop(outbox);
-    herald_ports::telemetry::session_closed("ws", end.code());
-    if let End::Close(ending) = end {
-        tracing::debug!(user = %user.id, code = ending.close.code(), reason = %ending.reason, "closing session");
-        let _ = close_tx.send(close_msg(&ending));
-        // The close handshake: read (and drop) what the peer still sends until its Close, so
-        // the socket is not torn down under data in flight (which would reset the connection
-        // and could lose our close frame on the client's side). Read past errors too: after an
-        // oversized or malformed message, the rest of it is still on its way.
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-            let mut errors = 0;
-            while let Some(m) = incoming.next().await {
-                match m {
-                    Incoming::End(End::ClientGone) => break,
-                    Incoming::End(_) => {
-                        errors += 1;
-                        if errors >= CLOSE_DRAIN_ERRORS {
-                            break;
+        Ok(moved)
+    }
+
+    /// Ends the connection. Frames still queued are dropped (the session is over); `close`,
+    /// if any, is sent, and what the peer still sends is read and dropped until its Close, for
+    /// at most [`CLOSE_HANDSHAKE`]: the socket is not torn down under data in flight (which
+    /// would reset the connection and could lose the close frame on the client's side). After
+    /// an oversized or malformed message the rest of it is still on its way, so errors are
+    /// read past too. The close frame gets [`CLOSE_HANDSHAKE`] more to leave: a peer that does
+    /// not read cannot hold the socket, the queue or the connection slot any longer.
+    async fn finish(&mut self, close: Option<Message>) {
+        while self.rx.try_recv().is_some() {}
+        let mut read = close.is_some();
+        let mut close = close;
+        let mut sent = false;
+        let mut errors = 0;
+        let socket = &mut self.socket;
+        let read_for = tokio::time::sleep(CLOSE_HANDSHAKE);
+        tokio::pin!(read_for);
+        let _ = tokio::time::timeout(
+            2 * CLOSE_HANDSHAKE,
+            std::future::poll_fn(|cx| {
+                if let Some(msg) = close.take() {
+                    match Pin::new(&mut *socket).poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            sent = Pin::new(&mut *socket).start_send(msg).is_err();
                         }
+                        Poll::Ready(Err(_)) => sent = true,
+                        Poll::Pending => close = Some(msg),
                     }
-                    _ => {}
+                }
+                if close.is_none() && !sent {
+                    // Flushes the close frame (or, when the peer closed first, the reply).
+                    sent = Pin::new(&mut *socket).poll_close(cx).is_ready();
+                }
+                while read {
+                    if read_for.as_mut().poll(cx).is_ready() {
+                        read = false;
+                        break;
+                    }
+                    match Pin::new(&mut *socket).poll_next(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(m) => match incoming(m) {
+                            Incoming::End(End::ClientGone) => read = false,
+                            Incoming::End(_) => {
+                                errors += 1;
+                                read = errors < CLOSE_DRAIN_ERRORS;
+                            }
+                            _ => {}
+                        },
+                    }
+                }
+                if sent && !read {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }),
+        )
+        .await;
+    }
+}
+
+impl Transport for Socket {
+    fn poll_io(&mut self, cx: &mut Context<'_>, reading: bool, flush: bool) -> Poll<Incoming> {
+        let wrote = match self.poll_write(cx, flush) {
+            Ok(wrote) => wrote,
+            Err(()) => return Poll::Ready(Incoming::End(End::ClientGone)),
+        };
+        if reading {
+            Pin::new(&mut self.socket).poll_next(cx).map(incoming)
+        } else if wrote {
+            Poll::Ready(Incoming::Wrote)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+async fn session(st: &AppState, user: &User, io: &mut Socket, outbox: Outbox, epoch: Epoch) {
+    let _connected = herald_ports::telemetry::SessionGauge::open("ws");
+    // hello, within the timeout. The match ends before the session starts, so the session's
+    // future does not also keep the frame it came from.
+    let hello: Result<Box<Hello>, End> = {
+        let first = tokio::time::timeout(st.config.hello_timeout, async {
+            loop {
+                match next_io(io, true, true).await {
+                    Incoming::Activity | Incoming::Ping | Incoming::Wrote => continue,
+                    Incoming::End(e) => return Err(e),
+                    Incoming::Frame(f) => return Ok(f),
                 }
             }
         })
         .await;
-    }
-    // The writer gets a bounded time to finish; a peer that does not read cannot keep it (and
-    // with it the socket, the queue and the connection slot) any longer.
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer)
-        .await
-        .is_err()
-    {
-        tracing::debug!(user = %user.id, "aborting the writer of a peer that does not read");
-        writer.abort();
-        let _ = writer.await;
-    }
+        match first {
+            Err(_) => Err(End::close(Close::HelloTimeout, "send hello first")),
+            Ok(Err(end)) => Err(end),
+            Ok(Ok(ClientFrame::Hello { device_id, cursor })) => {
+                Hello::parse(device_id, cursor.as_deref(), epoch)
+                    .map(Box::new)
+                    .map_err(End::Close)
+            }
+            Ok(Ok(_)) => Err(End::close(
+                Close::ProtocolError,
+                "the first frame must be hello",
+            )),
+        }
+    };
+    let end = match hello {
+        Ok(hello) => super::serve(st, user, hello, io, &outbox, true).await,
+        Err(end) => end,
+    };
+    drop(outbox);
+    herald_ports::telemetry::session_closed("ws", end.code());
+    let close = match end {
+        End::Close(ending) => {
+            tracing::debug!(user = %user.id, code = ending.close.code(), reason = %ending.reason, "closing session");
+            Some(close_msg(&ending))
+        }
+        End::ClientGone => None,
+    };
+    io.finish(close).await;
 }
