@@ -585,6 +585,38 @@ async fn marks_reach_the_users_other_devices_and_never_another_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_token_expires_and_one_that_never_expires_outlives_it() {
+    let srv = server(config(), true).await;
+    // Expires in two seconds: the session closes with 4002 (token expired) then.
+    let (mut short, _) = connect(
+        &srv.ws,
+        &Credentials::Bearer(token("ines", 2)),
+        "phone",
+        None,
+    )
+    .await
+    .unwrap();
+    // `exp` at u64::MAX: no `Instant` reaches it; the session has no expiry (no panic, no
+    // early close).
+    let forever = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": "ines", "exp": u64::MAX}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    let (mut long, _) = connect(&srv.ws, &Credentials::Bearer(forever), "laptop", None)
+        .await
+        .unwrap();
+    let (code, reason) = expect_close(&mut short).await;
+    assert_eq!(code, 4002, "{reason}");
+    // The session without expiry still delivers.
+    let id = srv.post(&["ines"], "after-expiry").await;
+    let (ids, _, _) = collect(&mut long, 1, true).await;
+    assert_eq!(ids, [id]);
+    srv.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_session_of_a_device_replaces_the_first_and_shutdown_says_going_away() {
     let srv = server(config(), true).await;
     let (mut first, _) = connect(&srv.ws, &bearer("gina"), "phone", None)

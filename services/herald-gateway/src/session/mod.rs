@@ -347,16 +347,15 @@ async fn run<T: Transport>(
     // One timer for every deadline (the session's next wake, the heartbeat, token expiry, the
     // room recheck): an idle session holds one `Sleep`, not one per deadline.
     let started = tokio::time::Instant::now();
-    let token_expires = started
-        .checked_add(Duration::from_secs(exp.saturating_sub(now_secs())))
-        .unwrap_or_else(far_future);
+    // `None`: an expiry too far away to be an `Instant` (a token that never expires).
+    let token_expires = started.checked_add(Duration::from_secs(exp.saturating_sub(now_secs())));
     let mut next_heartbeat = started + cfg.heartbeat_interval;
     let timer = tokio::time::sleep_until(far_future());
     tokio::pin!(timer);
     loop {
         let instant = tokio::time::Instant::now();
         // Checked on every turn, so that a session kept busy cannot outrun them.
-        if instant >= token_expires {
+        if token_expires.is_some_and(|at| instant >= at) {
             return End::close(
                 Close::TokenExpired,
                 "token expired; reconnect with a new one",
@@ -386,7 +385,10 @@ async fn run<T: Transport>(
         if !reading {
             wake = wake.min(instant + ROOM_RECHECK);
         }
-        let deadline = wake.min(next_heartbeat).min(token_expires);
+        let mut deadline = wake.min(next_heartbeat);
+        if let Some(at) = token_expires {
+            deadline = deadline.min(at);
+        }
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }

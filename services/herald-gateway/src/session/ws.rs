@@ -182,14 +182,24 @@ impl Socket {
         Ok(moved)
     }
 
-    /// Ends the connection. Frames still queued are dropped (the session is over); `close`,
-    /// if any, is sent, and what the peer still sends is read and dropped until its Close, for
+    /// Ends the connection. With a `close` to send, frames still queued are handed to the
+    /// socket first while it takes them without waiting, and dropped beyond that (the session
+    /// is over); then `close` is sent, and what the peer still sends is read and dropped until its Close, for
     /// at most [`CLOSE_HANDSHAKE`]: the socket is not torn down under data in flight (which
     /// would reset the connection and could lose the close frame on the client's side). After
     /// an oversized or malformed message the rest of it is still on its way, so errors are
     /// read past too. The close frame gets [`CLOSE_HANDSHAKE`] more to leave: a peer that does
     /// not read cannot hold the socket, the queue or the connection slot any longer.
     async fn finish(&mut self, close: Option<Message>) {
+        if close.is_some() {
+            // What the session's last turn queued goes first, as far as the socket takes it
+            // without waiting; the rest is dropped.
+            std::future::poll_fn(|cx| {
+                let _ = self.poll_write(cx, false);
+                Poll::Ready(())
+            })
+            .await;
+        }
         while self.rx.try_recv().is_some() {}
         let mut read = close.is_some();
         let mut close = close;
