@@ -166,7 +166,9 @@ impl EmbeddedProjection {
             let writer = inner.writer.as_ref().expect("read-write has a writer");
             let mut conn = writer.lock().expect("writer lock");
             let tx = conn.transaction()?;
-            let out = f(&mut TxState { tx: &tx })?;
+            let mut state = TxState::new(&tx);
+            let out = f(&mut state)?;
+            state.finish()?;
             tx.commit()?;
             Ok::<T, rusqlite::Error>(out)
         })

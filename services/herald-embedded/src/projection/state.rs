@@ -2,7 +2,8 @@
 //! [`StageTransaction`] (stage offsets, directory, expansions, schedule) over SQLite, for the
 //! batch loop in `herald_ports::transactional`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
 use herald_ports::transactional::StageTransaction;
@@ -10,9 +11,57 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{ROW_COLUMNS, to_row};
 
-/// The fold's view of a SQLite transaction.
+/// The statements run for every notification, built once (not formatted per call).
+static ROW_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = ?1 AND notification_id = ?2")
+});
+static PUT_ROW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT OR REPLACE INTO inbox ({ROW_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    )
+});
+
+/// The fold's view of a SQLite transaction. A batch's events often touch the same users, so
+/// unread counts are read once per user and written back once, at [`TxState::finish`], and a
+/// user already known in this transaction is not inserted again. Both caches hold at most one
+/// entry per user of the batch and end with the transaction.
 pub(super) struct TxState<'a, 'c> {
     pub(super) tx: &'a Transaction<'c>,
+    /// Unread counts read or set in this transaction; `true`: not yet written.
+    unread: HashMap<String, (u64, bool)>,
+    known: HashSet<String>,
+}
+
+impl<'a, 'c> TxState<'a, 'c> {
+    pub(super) fn new(tx: &'a Transaction<'c>) -> Self {
+        TxState {
+            tx,
+            unread: HashMap::new(),
+            known: HashSet::new(),
+        }
+    }
+
+    /// Writes what the caches hold back; call before committing.
+    pub(super) fn finish(self) -> rusqlite::Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("INSERT OR REPLACE INTO unread (user_id, n) VALUES (?1, ?2)")?;
+        for (user_id, (count, dirty)) in &self.unread {
+            if *dirty {
+                stmt.execute(params![user_id, *count as i64])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn know_user(&mut self, user_id: String) -> rusqlite::Result<()> {
+        if !self.known.contains(&user_id) {
+            know_user(self.tx, &user_id)?;
+            self.known.insert(user_id);
+        }
+        Ok(())
+    }
 }
 
 impl ProjectionState for TxState<'_, '_> {
@@ -20,9 +69,7 @@ impl ProjectionState for TxState<'_, '_> {
 
     fn row(&mut self, user_id: &str, notification_id: &str) -> rusqlite::Result<Option<InboxRow>> {
         self.tx
-            .prepare_cached(&format!(
-                "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = ?1 AND notification_id = ?2"
-            ))?
+            .prepare_cached(&ROW_BY_ID)?
             .query_row(params![user_id, notification_id], to_row)
             .optional()
     }
@@ -46,12 +93,17 @@ impl ProjectionState for TxState<'_, '_> {
     }
 
     fn unread_count(&mut self, user_id: &str) -> rusqlite::Result<u64> {
-        Ok(self
+        if let Some((count, _)) = self.unread.get(user_id) {
+            return Ok(*count);
+        }
+        let count = self
             .tx
             .prepare_cached("SELECT n FROM unread WHERE user_id = ?1")?
             .query_row([user_id], |r| r.get::<_, i64>(0))
             .optional()?
-            .unwrap_or(0) as u64)
+            .unwrap_or(0) as u64;
+        self.unread.insert(user_id.to_owned(), (count, false));
+        Ok(count)
     }
 
     fn device_cursor(&mut self, user_id: &str, device_id: &str) -> rusqlite::Result<Option<u64>> {
@@ -66,34 +118,27 @@ impl ProjectionState for TxState<'_, '_> {
     fn write(&mut self, write: Write) -> rusqlite::Result<()> {
         match write {
             Write::PutRow(r) => {
-                self.tx
-                    .prepare_cached(&format!(
-                        "INSERT OR REPLACE INTO inbox ({ROW_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-                    ))?
-                    .execute(params![
-                        r.user_id,
-                        r.seq as i64,
-                        r.notification_id,
-                        r.event_type,
-                        r.source,
-                        r.payload,
-                        r.priority.as_str(),
-                        r.collapse_key,
-                        r.created_at,
-                        r.deliver_at,
-                        r.expires_at,
-                        r.read,
-                        r.archived,
-                        r.expired,
-                        r.superseded,
-                        r.live
-                    ])?;
+                self.tx.prepare_cached(&PUT_ROW)?.execute(params![
+                    r.user_id,
+                    r.seq as i64,
+                    r.notification_id,
+                    r.event_type,
+                    r.source,
+                    r.payload,
+                    r.priority.as_str(),
+                    r.collapse_key,
+                    r.created_at,
+                    r.deliver_at,
+                    r.expires_at,
+                    r.read,
+                    r.archived,
+                    r.expired,
+                    r.superseded,
+                    r.live
+                ])?;
             }
             Write::SetUnreadCount { user_id, count } => {
-                self.tx
-                    .prepare_cached("INSERT OR REPLACE INTO unread (user_id, n) VALUES (?1, ?2)")?
-                    .execute(params![user_id, count as i64])?;
+                self.unread.insert(user_id, (count, true));
             }
             Write::AckSeq {
                 user_id,
@@ -126,7 +171,7 @@ impl ProjectionState for TxState<'_, '_> {
                     .prepare_cached("INSERT OR IGNORE INTO delivered VALUES (?1, ?2, ?3, ?4)")?
                     .execute(params![user_id, device_id, seq as i64, at])?;
             }
-            Write::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+            Write::KnowUser { user_id } => self.know_user(user_id)?,
             Write::SetPreferences {
                 user_id,
                 preferences,
@@ -179,7 +224,7 @@ impl StageTransaction for TxState<'_, '_> {
                     )?
                     .execute(params![user_id, roles])?;
             }
-            DirectoryWrite::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+            DirectoryWrite::KnowUser { user_id } => self.know_user(user_id)?,
             DirectoryWrite::AddMember { group, user_id } => {
                 self.tx
                     .prepare_cached("INSERT OR IGNORE INTO group_members VALUES (?1, ?2)")?
