@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use herald_core::codec;
 use herald_core::model::{DirectoryChange, Event, RequestRecord, UserEvent};
-use herald_ports::log::{EventLog, Topic};
+use herald_ports::log::{EventLog, StoredRecord, Topic};
 use herald_ports::projection::{Positioned, ProjectionStore, Stage};
 
 use crate::{MAX_BATCH_RECORDS, ProjectorError};
@@ -49,24 +49,45 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
         }
     }
     progress.total(total);
-    let mut applied = 0;
-    for (topic, p, end) in ends {
-        let mut at = 0;
-        while at < end {
-            let max = ((end - at) as usize).min(MAX_BATCH_RECORDS * 4);
-            let records = log.read(topic, p, at, max).await?;
-            if records.is_empty() {
-                break;
+    // Reading and decoding the next batches overlaps applying this one: the log's reads and
+    // the store's writes run on threads of their own.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Batch, ProjectorError>>(READ_AHEAD);
+    let read = async move {
+        for (topic, p, end) in ends {
+            let mut at = 0;
+            while at < end {
+                let max = ((end - at) as usize).min(MAX_BATCH_RECORDS * 4);
+                let batch = match log.read(topic, p, at, max).await {
+                    Ok(records) if records.is_empty() => break,
+                    Ok(records) => {
+                        at = records.last().map_or(at, |r| r.offset + 1);
+                        Ok(Batch::decode(topic, p, at, &records))
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let failed = batch.is_err();
+                if tx.send(batch).await.is_err() || failed {
+                    return;
+                }
             }
-            at = records.last().map_or(at, |r| r.offset + 1);
-            match topic {
-                Topic::Requests => {
+        }
+    };
+    let apply = async {
+        let mut applied = 0;
+        while let Some(batch) = rx.recv().await {
+            match batch? {
+                Batch::Requests {
+                    p,
+                    at,
+                    items,
+                    records,
+                } => {
                     // Directory changes and role definitions, in log order.
                     let mut changes: Vec<DirectoryChange> = Vec::new();
-                    for r in &records {
-                        match codec::decode(&r.record.value) {
-                            Ok(Event::Request(RequestRecord::Directory(d))) => changes.push(d),
-                            Ok(Event::Request(RequestRecord::Role(role))) => {
+                    for item in items {
+                        match item {
+                            RequestRecord::Directory(d) => changes.push(d),
+                            RequestRecord::Role(role) => {
                                 store
                                     .apply_directory(
                                         Stage::Fanout,
@@ -76,33 +97,98 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
                                     .await?;
                                 store.define_roles(Stage::Fanout, &[role], &[]).await?;
                             }
-                            _ => {}
+                            RequestRecord::Notification(_) => {}
                         }
                     }
                     store
                         .apply_directory(Stage::Fanout, &changes, &[(p, at)])
                         .await?;
+                    applied += records;
+                    progress.advance(records);
                 }
-                Topic::UserEvents => {
-                    let events: Vec<Positioned<UserEvent>> = records
-                        .iter()
-                        .filter_map(|r| match codec::decode(&r.record.value) {
-                            Ok(Event::User(event)) => Some(Positioned {
-                                partition: p,
-                                offset: r.offset,
-                                event,
-                            }),
-                            _ => None,
-                        })
-                        .collect();
+                Batch::Events {
+                    p,
+                    at,
+                    events,
+                    records,
+                } => {
                     store
                         .apply_user_events(Stage::Inbox, &events, &[(p, at)])
                         .await?;
+                    applied += records;
+                    progress.advance(records);
                 }
             }
-            applied += records.len() as u64;
-            progress.advance(records.len() as u64);
+        }
+        Ok::<u64, ProjectorError>(applied)
+    };
+    let ((), applied) = tokio::join!(read, apply);
+    applied
+}
+
+/// Batches read ahead of the one being applied, at most.
+const READ_AHEAD: usize = 2;
+
+/// One read of the log, decoded: what the store needs from it, the next offset to read, and how
+/// many records it covered.
+enum Batch {
+    Requests {
+        p: u32,
+        at: u64,
+        items: Vec<RequestRecord>,
+        records: u64,
+    },
+    Events {
+        p: u32,
+        at: u64,
+        events: Vec<Positioned<UserEvent>>,
+        records: u64,
+    },
+}
+
+impl Batch {
+    fn decode(topic: Topic, p: u32, at: u64, records: &[StoredRecord]) -> Batch {
+        let n = records.len() as u64;
+        let registry = codec::Registry::global();
+        match topic {
+            Topic::Requests => Batch::Requests {
+                p,
+                at,
+                // Notification requests are the fanout's input, not the projection's: their
+                // kind is read from the header, and they are not decoded.
+                items: records
+                    .iter()
+                    .filter(|r| {
+                        !matches!(
+                            registry.peek(&r.record.value),
+                            Ok((codec::SchemaKind::NotificationRequest, _))
+                        )
+                    })
+                    .filter_map(|r| match codec::decode(&r.record.value) {
+                        Ok(Event::Request(
+                            req @ (RequestRecord::Directory(_) | RequestRecord::Role(_)),
+                        )) => Some(req),
+                        _ => None,
+                    })
+                    .collect(),
+                records: n,
+            },
+            Topic::UserEvents => Batch::Events {
+                p,
+                at,
+                events: records
+                    .iter()
+                    .filter_map(|r| match codec::decode(&r.record.value) {
+                        Ok(Event::User(event)) => Some(Positioned {
+                            partition: p,
+                            offset: r.offset,
+                            event,
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+                records: n,
+            },
         }
     }
-    Ok(applied)
 }
