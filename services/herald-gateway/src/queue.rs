@@ -25,6 +25,17 @@ struct State<T> {
     reader: Option<Waker>,
 }
 
+impl<T> State<T> {
+    /// The next item; a queue emptied after a burst gives its memory back.
+    fn pop(&mut self) -> Option<T> {
+        let item = self.items.pop_front();
+        if self.items.is_empty() && self.items.capacity() > KEEP_CAPACITY {
+            self.items = VecDeque::new();
+        }
+        item
+    }
+}
+
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
@@ -159,14 +170,7 @@ impl<T> Receiver<T> {
     /// The next item, if one is queued (without waiting). A consumer polled by the same task
     /// as every producer (a WebSocket session and its socket) needs no wake-up.
     pub fn try_recv(&mut self) -> Option<T> {
-        let item = {
-            let mut st = self.0.lock();
-            let item = st.items.pop_front();
-            if st.items.is_empty() && st.items.capacity() > KEEP_CAPACITY {
-                st.items = VecDeque::new();
-            }
-            item
-        };
+        let item = self.0.lock().pop();
         if item.is_some() {
             self.0.writable.notify_waiters();
         }
@@ -182,23 +186,20 @@ impl<T> Receiver<T> {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let item = {
             let mut st = self.0.lock();
-            let item = st.items.pop_front();
-            if item.is_none() {
-                if st.senders == 0 {
-                    return Poll::Ready(None);
+            match st.pop() {
+                Some(item) => item,
+                None if st.senders == 0 => return Poll::Ready(None),
+                None => {
+                    // Under the lock that senders push under: no item is missed.
+                    if !st.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        st.reader = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
                 }
-                if !st.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    st.reader = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
             }
-            if st.items.is_empty() && st.items.capacity() > KEEP_CAPACITY {
-                st.items = VecDeque::new();
-            }
-            item
         };
         self.0.writable.notify_waiters();
-        Poll::Ready(item)
+        Poll::Ready(Some(item))
     }
 
     /// The next item; `None` once every sender is gone and the queue is empty.
