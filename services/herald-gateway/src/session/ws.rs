@@ -9,12 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::{End, Incoming, Out, Outbox, Transport, next_io};
-use crate::auth::User;
-use crate::config::SEND_QUEUE;
-use crate::limits::ConnectionGuard;
-use crate::queue;
-use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, Stream};
 use herald_core::cursor::Epoch;
@@ -24,15 +18,22 @@ use herald_core::protocol::{
 };
 use herald_core::session::{Ending, Hello};
 
-/// How long the server waits for the peer's Close after sending its own, and how long the
-/// writer may then take to finish before it is aborted and the connection dropped: a peer that
-/// does not read cannot hold a socket, its queue or its connection slot longer than this.
+use super::{End, Incoming, Out, Outbox, Transport, next_io};
+use crate::auth::User;
+use crate::config::SEND_QUEUE;
+use crate::limits::ConnectionGuard;
+use crate::queue;
+use crate::state::AppState;
+
+/// How long the server waits for the peer's Close after sending its own, and how much longer
+/// its close frame may then take to leave before the connection is dropped: a peer that does
+/// not read cannot hold a socket, its queue or its connection slot longer than this.
 pub const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Most bytes buffered for writing on one socket (a frame is at most about 66 KiB: 64 KiB of
 /// data and its fields).
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// Frames gather in the socket's write buffer up to this size before it is written out (the
-/// writer flushes after each batch anyway).
+/// session flushes anyway once no live event is waiting).
 pub const WRITE_BUFFER: usize = 16 * 1024;
 /// The socket's read buffer, allocated for the session's whole life: client frames are small
 /// (an ACK is under 100 bytes, a hello under 300), a larger frame is read in several steps
