@@ -27,6 +27,17 @@ impl Epoch {
     }
 }
 
+impl Epoch {
+    /// The [`Display`](fmt::Display) text (eight lowercase hex digits) appended to `out`, without
+    /// formatting machinery: every notification frame's cursor starts with it.
+    pub fn write_hex(self, out: &mut String) {
+        for shift in (0..8).rev() {
+            let nibble = (self.0 >> (shift * 4)) & 0xf;
+            out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+        }
+    }
+}
+
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:08x}", self.0)
@@ -73,6 +84,15 @@ impl FromStr for Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epochs_hex_is_its_display() {
+        for e in [0, 1, 0xabc, 0x8000_0000, 0xdead_beef, u32::MAX] {
+            let mut hex = String::from("x");
+            Epoch(e).write_hex(&mut hex);
+            assert_eq!(hex, format!("x{}", Epoch(e)));
+        }
+    }
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {

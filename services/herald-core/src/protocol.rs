@@ -178,16 +178,22 @@ pub fn write_notification_json(
     attempt: u32,
     out: &mut String,
 ) {
-    use std::fmt::Write as _;
+    let mut digits = itoa::Buffer::new();
     out.push_str(r#"{"type":"notification","id":"#);
     json_str(&row.notification_id, out);
-    let _ = write!(out, r#","cursor":"{epoch}-{}","seq":{}"#, row.seq, row.seq);
+    out.push_str(r#","cursor":""#);
+    epoch.write_hex(out);
+    out.push('-');
+    let seq = digits.format(row.seq);
+    out.push_str(seq);
+    out.push_str(r#"","seq":"#);
+    out.push_str(seq);
     out.push_str(r#","event_type":"#);
     json_str(&row.event_type, out);
     out.push_str(r#","source":"#);
     json_str(&row.source, out);
     out.push_str(r#","created_at":""#);
-    out.push_str(&crate::time::format_rfc3339_millis(row.created_at));
+    crate::time::write_rfc3339_millis(row.created_at, out);
     out.push_str(r#"","data":"#);
     if serde_json::from_str::<serde::de::IgnoredAny>(&row.payload).is_ok() {
         out.push_str(&row.payload);
@@ -201,7 +207,9 @@ pub fn write_notification_json(
         Some(k) => json_str(k, out),
         None => out.push_str("null"),
     }
-    let _ = write!(out, r#","attempt":{attempt}}}"#);
+    out.push_str(r#","attempt":"#);
+    out.push_str(digits.format(attempt));
+    out.push('}');
 }
 
 /// `s` as a JSON string literal.
@@ -330,7 +338,8 @@ mod tests {
                 proptest::strategy::Just("not json".to_string()),
                 ".{0,10}",
             ],
-            seq in 0u64..u64::MAX, created_at in proptest::num::i64::ANY, attempt in 1u32..5,
+            seq in 0u64..u64::MAX, created_at in proptest::num::i64::ANY, attempt in 1u32..u32::MAX,
+            epoch in proptest::num::u32::ANY,
         ) {
             let row = crate::projection::InboxRow {
                 user_id: "u".into(),
@@ -350,7 +359,7 @@ mod tests {
                 superseded: false,
                 live: true,
             };
-            let epoch = crate::cursor::Epoch(0xabc);
+            let epoch = crate::cursor::Epoch(epoch);
             let mut written = String::new();
             write_notification_json(&row, epoch, attempt, &mut written);
             let serialized = serde_json::to_string(&notification_frame(&row, epoch, attempt)).unwrap();

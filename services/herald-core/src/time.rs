@@ -40,16 +40,36 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 /// `2026-11-30T05:24:24.123Z`; values outside the accepted range are clamped to it.
 pub fn format_rfc3339_millis(ms: i64) -> String {
+    let mut out = String::with_capacity(RFC3339_MILLIS_LEN);
+    write_rfc3339_millis(ms, &mut out);
+    out
+}
+
+/// Length of every [`format_rfc3339_millis`] text (the year has four digits in the range).
+pub const RFC3339_MILLIS_LEN: usize = 24;
+
+/// [`format_rfc3339_millis`] appended to `out`, without formatting machinery or allocation: a
+/// notification frame writes one per delivery.
+pub fn write_rfc3339_millis(ms: i64, out: &mut String) {
     let ms = ms.clamp(MIN_TIME_MS, MAX_TIME_MS);
     let (days, rem) = (ms.div_euclid(MS_PER_DAY), ms.rem_euclid(MS_PER_DAY));
     let (y, mo, d) = civil_from_days(days);
-    let (h, mi, s, milli) = (
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    );
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: i64| {
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, mo);
+    put(8, 2, d);
+    put(11, 2, rem / 3_600_000);
+    put(14, 2, rem / 60_000 % 60);
+    put(17, 2, rem / 1000 % 60);
+    put(20, 3, rem % 1000);
+    // Every byte is an ASCII digit or one of `-T:.Z`.
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 /// Checks that a time given in Unix milliseconds lies in the accepted range.
@@ -171,6 +191,23 @@ mod tests {
         }
         for before in [-1, i64::MIN] {
             assert_eq!(format_rfc3339_millis(before), "1970-01-01T00:00:00.000Z");
+        }
+    }
+
+    proptest::proptest! {
+        /// The digit-by-digit writer says what `format!` says, for every accepted time.
+        #[test]
+        fn the_writer_is_the_formatted_text(ms in MIN_TIME_MS..=MAX_TIME_MS) {
+            let (days, rem) = (ms.div_euclid(MS_PER_DAY), ms.rem_euclid(MS_PER_DAY));
+            let (y, mo, d) = civil_from_days(days);
+            let expected = format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000
+            );
+            let mut written = String::from("<");
+            write_rfc3339_millis(ms, &mut written);
+            proptest::prop_assert_eq!(&written[1..], expected.as_str());
+            proptest::prop_assert_eq!(written.len() - 1, RFC3339_MILLIS_LEN);
         }
     }
 
