@@ -17,6 +17,11 @@ mod peers;
 mod report;
 mod suite;
 
+/// The allocator `herald` ships with, so in-process measurements (log and Kafka appends) run
+/// Herald's code as it runs in production.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "herald-bench")]
 struct Cli {
@@ -261,6 +266,16 @@ async fn raw_kafka(
     Ok(records as f64 / started.elapsed().as_secs_f64())
 }
 
+/// One `kafka-append` measurement: rates, and CPU seconds (client, broker) of each side.
+struct AppendRun {
+    callers: usize,
+    per_call: usize,
+    raw: f64,
+    herald: f64,
+    raw_cpu: (f64, f64),
+    herald_cpu: (f64, f64),
+}
+
 async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyhow::Result<()> {
     let broker = herald_kafka::testing::start_broker("memory://tansu/")
         .map_err(anyhow::Error::msg)
@@ -284,17 +299,37 @@ async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyho
     // Warm up both: connections, producer ids, the topic's leaders.
     raw_kafka(&producer, &topic, 2_000, &value, 256).await?;
     log_rate(&log, 2_000, &value, 20, 100).await?;
+    // CPU seconds of this process (the client: Herald's adapter or raw rdkafka, and librdkafka's
+    // threads) and of the broker, per measurement: on this machine the two share 2 cores.
+    let me = std::process::id();
+    let cpu = || Ok::<_, anyhow::Error>((cpu_seconds(me)?, cpu_seconds(broker.pid)?));
     let mut rows = Vec::new();
     for (inflight, per_call) in [(256usize, 1usize), (64, 100)] {
+        let c0 = cpu()?;
         let raw = raw_kafka(&producer, &topic, records, &value, inflight * per_call).await?;
+        let c1 = cpu()?;
         let herald = log_rate(&log, records, &value, inflight, per_call).await?;
-        rows.push((inflight, per_call, raw, herald));
+        let c2 = cpu()?;
+        rows.push(AppendRun {
+            callers: inflight,
+            per_call,
+            raw,
+            herald,
+            raw_cpu: (c1.0 - c0.0, c1.1 - c0.1),
+            herald_cpu: (c2.0 - c1.0, c2.1 - c1.1),
+        });
     }
     let result = json!({
         "scenario": "kafka-append",
         "records": records,
         "value_bytes": value_bytes,
-        "runs": rows.iter().map(|(c, n, raw, h)| json!({"callers": c, "records_per_call": n, "raw_records_per_s": raw.round(), "herald_records_per_s": h.round(), "ratio": (h / raw * 100.0).round() / 100.0})).collect::<Vec<_>>(),
+        "runs": rows.iter().map(|r| json!({
+            "callers": r.callers, "records_per_call": r.per_call,
+            "raw_records_per_s": r.raw.round(), "herald_records_per_s": r.herald.round(),
+            "ratio": (r.herald / r.raw * 100.0).round() / 100.0,
+            "raw_cpu_seconds": {"client": r.raw_cpu.0, "broker": r.raw_cpu.1},
+            "herald_cpu_seconds": {"client": r.herald_cpu.0, "broker": r.herald_cpu.1},
+        })).collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     let out = PathBuf::from("target/bench");
@@ -306,13 +341,21 @@ async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyho
     if report {
         let mut table = format!(
             "Command: `cargo run --release -p herald-bench -- kafka-append --records {records} --report`\n\n\
-             | what | raw rdkafka records/s | `KafkaLog::append` records/s | ratio |\n|---|---:|---:|---:|\n"
+             | what | raw rdkafka records/s | `KafkaLog::append` records/s | ratio | client CPU s, raw / Herald | broker CPU s, raw / Herald |\n|---|---:|---:|---:|---:|---:|\n"
         );
-        for (c, n, raw, h) in &rows {
+        for r in &rows {
             table.push_str(&format!(
-                "| {c} concurrent callers, {n} record(s) per call (raw: {} in flight) | {raw:.0} | {h:.0} | {:.2} |\n",
-                c * n,
-                h / raw
+                "| {} concurrent callers, {} record(s) per call (raw: {} in flight) | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |\n",
+                r.callers,
+                r.per_call,
+                r.callers * r.per_call,
+                r.raw,
+                r.herald,
+                r.herald / r.raw,
+                r.raw_cpu.0,
+                r.herald_cpu.0,
+                r.raw_cpu.1,
+                r.herald_cpu.1,
             ));
         }
         table.push_str(&format!(

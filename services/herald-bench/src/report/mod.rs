@@ -373,7 +373,7 @@ fn resume(md: &mut String, images: &Path, res: &[Value]) -> anyhow::Result<()> {
         &cats,
         &series,
     )?;
-    md.push_str("\n![resume](images/bench-resume.svg)\n\nFrom the start of the reconnect to the last backlog message. Herald replays from the durable inbox projection (anything not acknowledged, however old, across restarts), acknowledged as it arrives; Socket.IO replays from its in-memory buffer, which holds missed packets for `maxDisconnectionDuration` (2 minutes here) and is lost with the process.");
+    md.push_str("\n![resume](images/bench-resume.svg)\n\nFrom the start of the reconnect to the last backlog message; below 100k, the median of five rounds that take every target in turn (`rounds_seconds` in the JSON holds each round). Herald replays from the durable inbox projection (anything not acknowledged, however old, across restarts), acknowledged as it arrives; Socket.IO replays from its in-memory buffer, which holds missed packets for `maxDisconnectionDuration` (2 minutes here) and is lost with the process.");
     if jetstream::present(&names) {
         md.push_str(jetstream::RESUME);
     }
