@@ -38,19 +38,22 @@ impl KafkaLog {
     ) -> Result<Vec<Appended>, LogError> {
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
             let mut fr = FutureRecord::to(topic)
                 .partition(r.partition as i32)
                 .key(r.key.as_bytes())
                 .payload(&r.value)
-                .headers(headers)
                 .timestamp(r.timestamp_ms);
+            // librdkafka allocates a header list (with the C allocator) even when it is empty.
+            if !r.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                for (k, v) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                fr = fr.headers(headers);
+            }
             // Enqueue in order; a full local queue (bounded by librdkafka's
             // queue.buffering.max.*) makes this wait, never reorder.
             loop {
