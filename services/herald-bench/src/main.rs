@@ -397,7 +397,9 @@ async fn kafka_append(records: usize, value_bytes: usize, report: bool) -> anyho
             "\n{records} records of {value_bytes} bytes per measurement, on one tansu 0.6 broker (memory \
              storage) started by the benchmark. Both sides use the same producer settings (idempotent, \
              acks=all, lz4, linger 2 ms), send the two headers every Herald record carries (schema \
-             and fingerprint), and wait for every delivery report, as a 202 does. Client CPU: this \
+             and fingerprint), and wait for every delivery report, as a 202 does. Herald's side builds \
+             its records (value and headers copied) inside the timed loop, as a caller in \
+             production does. Client CPU: this \
              process (the caller, librdkafka's threads); broker CPU: tansu's.\n"
         ));
         replace_section(Path::new("docs/benchmarks.md"), "kafka-append", &table)

@@ -373,7 +373,7 @@ fn resume(md: &mut String, images: &Path, res: &[Value]) -> anyhow::Result<()> {
         &cats,
         &series,
     )?;
-    md.push_str("\n![resume](images/bench-resume.svg)\n\nFrom the start of the reconnect to the last backlog message; below 100k, the median of five rounds that take every target in turn (`rounds_seconds` in the JSON holds each round). Herald replays from the durable inbox projection (anything not acknowledged, however old, across restarts), acknowledged as it arrives; Socket.IO replays from its in-memory buffer, which holds missed packets for `maxDisconnectionDuration` (2 minutes here) and is lost with the process.");
+    md.push_str("\n![resume](images/bench-resume.svg)\n\nFrom the start of the reconnect to the last backlog message; below 100k, the median of five rounds that take every target in turn (one round at the smoke size; `rounds_seconds` in the JSON holds each round, in order). Herald replays from the durable inbox projection (anything not acknowledged, however old, across restarts), acknowledged as it arrives; Socket.IO replays from its in-memory buffer, which holds missed packets for `maxDisconnectionDuration` (2 minutes here) and is lost with the process.");
     if jetstream::present(&names) {
         md.push_str(jetstream::RESUME);
     }
@@ -393,7 +393,7 @@ fn resume(md: &mut String, images: &Path, res: &[Value]) -> anyhow::Result<()> {
         md.push_str(" Nothing beyond the backlog arrived in the 300 ms after it.");
     } else {
         md.push_str(&format!(
-            " Messages beyond the backlog (redeliveries, so the time above ends early): {}.",
+            " Messages beyond the backlog, summed over the rounds (redeliveries: a round's time ends early by as many; `rounds_extra_messages` in the JSON says which round): {}.",
             extra.join(", ")
         ));
     }

@@ -36,8 +36,12 @@ fn storage(e: impl std::fmt::Display) -> ProjectionError {
 }
 
 fn to_row(r: &Row<'_>) -> rusqlite::Result<InboxRow> {
-    // Read in place: a page of replay maps hundreds of rows.
-    let priority = r.get_ref(6)?.as_str().ok().and_then(|p| p.parse().ok());
+    // Read in place: a page of replay maps hundreds of rows. A value that is not text is an
+    // error, as reading it as a `String` was.
+    let priority = r.get_ref(6)?;
+    let priority = priority.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(6, priority.data_type(), Box::new(e))
+    })?;
     Ok(InboxRow {
         user_id: r.get(0)?,
         seq: r.get::<_, i64>(1)? as u64,
@@ -45,7 +49,7 @@ fn to_row(r: &Row<'_>) -> rusqlite::Result<InboxRow> {
         event_type: r.get(3)?,
         source: r.get(4)?,
         payload: r.get(5)?,
-        priority: priority.unwrap_or(Priority::Normal),
+        priority: priority.parse().unwrap_or(Priority::Normal),
         collapse_key: r.get(7)?,
         created_at: r.get(8)?,
         deliver_at: r.get(9)?,
