@@ -25,9 +25,7 @@ impl Epoch {
         key.extend_from_slice(&partitions.to_le_bytes());
         Epoch(crate::partition::murmur2(&key) as u32)
     }
-}
 
-impl Epoch {
     /// The [`Display`](fmt::Display) text (eight lowercase hex digits) appended to `out`, without
     /// formatting machinery: every notification frame's cursor starts with it.
     pub fn write_hex(self, out: &mut String) {
