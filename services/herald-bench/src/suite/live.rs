@@ -136,6 +136,11 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
         Size::Small => (1_000, &[1_000, 2_000, 5_000], 3.0),
         Size::Large => (1_000, &[1_000, 2_000, 5_000, 10_000], 10.0),
     };
+    let rates = if args.rates.is_empty() {
+        rates
+    } else {
+        &args.rates[..]
+    };
     let bins = args.binaries();
     let mut runs = Vec::new();
     for target in args.targets() {

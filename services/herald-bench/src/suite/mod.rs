@@ -77,6 +77,10 @@ pub struct SuiteArgs {
     /// Do not measure: rewrite the report from the JSON an earlier run left in --out.
     #[arg(long, requires = "report")]
     pub reuse: bool,
+    /// The latency scenario's publish rates (notifications/s), instead of the size's
+    /// (for paired runs of one rate; a report wants the defaults).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<u64>,
 }
 
 impl SuiteArgs {
