@@ -1,7 +1,9 @@
 //! A projection file written before preferences (the schema as it was, `projection_v1.sql`)
-//! opens with this version: its rows gain `live` (they were all live), and the new tables work.
+//! opens with this version: its rows gain `live` (they were all live), its expansions gain
+//! `users` (their recipients stay in `expansion_users`), and the new tables work.
 
 use herald_embedded::{Access, EmbeddedProjection};
+use herald_ports::Stage;
 use herald_ports::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,6 +22,11 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         .unwrap();
         conn.execute("INSERT INTO unread VALUES ('alice', 1)", [])
             .unwrap();
+        conn.execute_batch(
+            "INSERT INTO expansions VALUES ('n0', 2); \
+             INSERT INTO expansion_users VALUES ('n0', 'alice'), ('n0', 'bob');",
+        )
+        .unwrap();
     }
     let store = EmbeddedProjection::open(&path, Access::ReadWrite)
         .await
@@ -40,6 +47,31 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         "an old row is still pending for a device"
     );
     assert!(store.preferences("alice").await.unwrap().is_empty());
+    // An old expansion reads as before; a new one, and a repeat of the old, record as now.
+    assert_eq!(
+        store.expansion_of("n0").await.unwrap(),
+        vec!["alice", "bob"]
+    );
+    store
+        .record_expansions(
+            Stage::Fanout,
+            &[
+                ("n1".into(), vec!["carol".into()]),
+                ("n0".into(), vec!["dave".into()]),
+            ],
+            &[(0, 2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.expansion_of("n1").await.unwrap(), vec!["carol"]);
+    assert_eq!(
+        store.expansion_of("n0").await.unwrap(),
+        vec!["alice", "bob", "dave"]
+    );
+    let ids = vec!["n0".to_string(), "n1".to_string(), "n2".to_string()];
+    let mut expanded = store.expanded(&ids).await.unwrap();
+    expanded.sort();
+    assert_eq!(expanded, vec!["n0", "n1"]);
     drop(store);
     // And again: opening an upgraded file changes nothing.
     let store = EmbeddedProjection::open(&path, Access::ReadWrite)

@@ -37,11 +37,21 @@ impl DirectoryReader for EmbeddedProjection {
     async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
         let id = notification_id.to_owned();
         self.read(move |c| {
-            collect_strings(
+            // Inline (a small expansion) and in the table (a large one, a repeat, or a row
+            // from before the column): the union, sorted.
+            let mut users: std::collections::BTreeSet<String> = json_list(
                 c,
-                "SELECT user_id FROM expansion_users WHERE notification_id = ?1 ORDER BY user_id",
+                "SELECT users FROM expansions WHERE notification_id = ?1 AND users IS NOT NULL",
                 &id,
-            )
+            )?
+            .into_iter()
+            .collect();
+            users.extend(collect_strings(
+                c,
+                "SELECT user_id FROM expansion_users WHERE notification_id = ?1",
+                &id,
+            )?);
+            Ok(users.into_iter().collect())
         })
         .await
     }

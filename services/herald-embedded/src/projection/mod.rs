@@ -80,6 +80,25 @@ fn add_live_column(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A projection made before expansions kept small recipient lists inline has no
+/// `expansions.users`: add it (old rows keep theirs in `expansion_users`).
+fn add_expansion_users_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'expansions'",
+        [],
+        |r| r.get(0),
+    )?;
+    let has_users: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('expansions') WHERE name = 'users'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_table && !has_users {
+        conn.execute_batch("ALTER TABLE expansions ADD COLUMN users TEXT")?;
+    }
+    Ok(())
+}
+
 /// A stored preferences document.
 fn parse_preferences(doc: &str) -> Result<herald_core::model::Preferences, ProjectionError> {
     serde_json::from_str(doc)
@@ -125,6 +144,7 @@ impl EmbeddedProjection {
         let conn = sqlite::open(&path, access).map_err(bad)?;
         if access == Access::ReadWrite {
             add_live_column(&conn).map_err(bad)?;
+            add_expansion_users_column(&conn).map_err(bad)?;
             conn.execute_batch(SCHEMA).map_err(bad)?;
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('store_id', ?1)",

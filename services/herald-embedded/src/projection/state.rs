@@ -11,6 +11,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{ROW_COLUMNS, to_row};
 
+/// Most recipients an expansion keeps inline, in `expansions.users` (one page written per
+/// expansion instead of two; see the schema).
+pub(super) const MAX_INLINE_RECIPIENTS: usize = 16;
+
 /// The statements run for every notification, built once (not formatted per call).
 static ROW_BY_ID: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = ?1 AND notification_id = ?2")
@@ -261,14 +265,29 @@ impl StageTransaction for TxState<'_, '_> {
 
     fn record_expansion(&mut self, id: &str, users: &[String]) -> rusqlite::Result<()> {
         let tx = self.tx;
-        tx.prepare_cached("INSERT OR REPLACE INTO expansions VALUES (?1, ?2)")?
-            .execute(params![id, users.len() as i64])?;
+        let inline = (users.len() <= MAX_INLINE_RECIPIENTS)
+            .then(|| serde_json::to_string(users).expect("strings serialize"));
+        let first = tx
+            .prepare_cached(
+                "INSERT INTO expansions (notification_id, recipients, users) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (notification_id) DO NOTHING",
+            )?
+            .execute(params![id, users.len() as i64, inline])?
+            == 1;
+        if !first {
+            // Recorded before (a repeat after a crash or a race): the count is the latest, as
+            // it always was, and the recipients are the union, so the new ones go to the table.
+            tx.prepare_cached("UPDATE expansions SET recipients = ?2 WHERE notification_id = ?1")?
+                .execute(params![id, users.len() as i64])?;
+        }
         tx.prepare_cached("DELETE FROM scheduled WHERE notification_id = ?1")?
             .execute([id])?;
-        let mut stmt =
-            tx.prepare_cached("INSERT OR IGNORE INTO expansion_users VALUES (?1, ?2)")?;
-        for u in users {
-            stmt.execute(params![id, u])?;
+        if !first || inline.is_none() {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO expansion_users VALUES (?1, ?2)")?;
+            for u in users {
+                stmt.execute(params![id, u])?;
+            }
         }
         Ok(())
     }

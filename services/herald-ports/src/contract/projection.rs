@@ -508,6 +508,30 @@ pub async fn expansions_are_recorded<H: ProjectionHarness>(h: &H) {
     assert_eq!(store.expansion_of("a").await.unwrap(), vec!["u1", "u2"]);
     assert!(store.expansion_of("b").await.unwrap().is_empty());
     assert_eq!(store.consumer_offsets(Stage::Fanout).await.unwrap()[&1], 10);
+    // A repeated record (after a crash, or a race with the timer stage) adds to the recipients;
+    // a large expansion keeps all of its own, sorted.
+    let many: Vec<String> = (0..40).rev().map(|i| format!("m{i:02}")).collect();
+    store
+        .record_expansions(
+            Stage::Fanout,
+            &[
+                ("a".into(), vec!["u3".into(), "u2".into()]),
+                ("b".into(), many.clone()),
+            ],
+            &[(1, 12)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.expansion_of("a").await.unwrap(),
+        vec!["u1", "u2", "u3"]
+    );
+    let mut sorted = many;
+    sorted.sort();
+    assert_eq!(store.expansion_of("b").await.unwrap(), sorted);
+    let mut got = store.expanded(&ids).await.unwrap();
+    got.sort();
+    assert_eq!(got, vec!["a", "b", "c"]);
 }
 
 pub async fn state_survives_reopen<H: ProjectionHarness>(h: &H) {
