@@ -62,39 +62,34 @@ fn to_row(r: &Row<'_>) -> rusqlite::Result<InboxRow> {
     })
 }
 
-/// A projection made before preferences has no `inbox.live`: add it (every old row was live).
-fn add_live_column(conn: &Connection) -> rusqlite::Result<()> {
-    let has_inbox: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
-        [],
-        |r| r.get(0),
-    )?;
-    let has_live: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('inbox') WHERE name = 'live'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_inbox && !has_live {
-        conn.execute_batch("ALTER TABLE inbox ADD COLUMN live INTEGER NOT NULL DEFAULT 1")?;
-    }
-    Ok(())
-}
+/// Columns added after a table was first made, as (table, column, definition): a file from
+/// before gets each at start-up.
+/// - `inbox.live`: made before preferences; every old row was live.
+/// - `expansions.users`: made before expansions kept small recipient lists inline; old rows
+///   keep theirs in `expansion_users`.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("inbox", "live", "INTEGER NOT NULL DEFAULT 1"),
+    ("expansions", "users", "TEXT"),
+];
 
-/// A projection made before expansions kept small recipient lists inline has no
-/// `expansions.users`: add it (old rows keep theirs in `expansion_users`).
-fn add_expansion_users_column(conn: &Connection) -> rusqlite::Result<()> {
-    let has_table: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'expansions'",
-        [],
-        |r| r.get(0),
-    )?;
-    let has_users: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('expansions') WHERE name = 'users'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_table && !has_users {
-        conn.execute_batch("ALTER TABLE expansions ADD COLUMN users TEXT")?;
+/// Adds the [`ADDED_COLUMNS`] an existing table lacks (a new file gets them from the schema).
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let has_table: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        let has_column: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if has_table && !has_column {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
     }
     Ok(())
 }
@@ -143,8 +138,7 @@ impl EmbeddedProjection {
         };
         let conn = sqlite::open(&path, access).map_err(bad)?;
         if access == Access::ReadWrite {
-            add_live_column(&conn).map_err(bad)?;
-            add_expansion_users_column(&conn).map_err(bad)?;
+            add_columns(&conn).map_err(bad)?;
             conn.execute_batch(SCHEMA).map_err(bad)?;
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('store_id', ?1)",
