@@ -28,6 +28,15 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         )
         .unwrap();
     }
+    // Read-only (as `herald audit` opens it), the old file is not changed, and still reads.
+    let reader = EmbeddedProjection::open(&path, Access::ReadOnly)
+        .await
+        .expect("an old projection opens read-only");
+    assert_eq!(
+        reader.expansion_of("n0").await.unwrap(),
+        vec!["alice", "bob"]
+    );
+    drop(reader);
     let store = EmbeddedProjection::open(&path, Access::ReadWrite)
         .await
         .expect("an old projection opens");
@@ -78,4 +87,13 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         .await
         .unwrap();
     assert!(store.row("alice", "n0").await.unwrap().unwrap().live);
+    // A recipient list that does not parse is an error, never an empty expansion.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE expansions SET users = '[\"carol\"' WHERE notification_id = 'n1'",
+            [],
+        )
+        .unwrap();
+    assert!(store.expansion_of("n1").await.is_err());
 }

@@ -79,7 +79,7 @@ pub struct SuiteArgs {
     pub reuse: bool,
     /// The latency scenario's publish rates (notifications/s), instead of the size's
     /// (for paired runs of one rate; a report wants the defaults).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub rates: Vec<u64>,
 }
 

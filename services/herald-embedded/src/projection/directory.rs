@@ -36,16 +36,29 @@ impl DirectoryReader for EmbeddedProjection {
 
     async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
         let id = notification_id.to_owned();
+        let inline = self.inner.inline_expansions;
         self.read(move |c| {
             // Inline (a small expansion) and in the table (a large one, a repeat, or a row
             // from before the column): the union, sorted.
-            let mut users: std::collections::BTreeSet<String> = json_list(
-                c,
-                "SELECT users FROM expansions WHERE notification_id = ?1 AND users IS NOT NULL",
-                &id,
-            )?
-            .into_iter()
-            .collect();
+            let mut users = std::collections::BTreeSet::new();
+            if inline {
+                let list: Option<String> = c
+                    .prepare_cached("SELECT users FROM expansions WHERE notification_id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                if let Some(list) = list {
+                    // Not lenient: a list that does not parse is damage, not an empty expansion.
+                    let list: Vec<String> = serde_json::from_str(&list).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            0,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?;
+                    users.extend(list);
+                }
+            }
             users.extend(collect_strings(
                 c,
                 "SELECT user_id FROM expansion_users WHERE notification_id = ?1",

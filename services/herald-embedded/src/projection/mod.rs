@@ -80,18 +80,22 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
             [table],
             |r| r.get(0),
         )?;
-        let has_column: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
-            [table, column],
-            |r| r.get(0),
-        )?;
-        if has_table && !has_column {
+        if has_table && !has_column(conn, table, column)? {
             conn.execute_batch(&format!(
                 "ALTER TABLE {table} ADD COLUMN {column} {definition}"
             ))?;
         }
     }
     Ok(())
+}
+
+/// Whether `table` has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )
 }
 
 /// A stored preferences document.
@@ -106,6 +110,10 @@ struct Inner {
     writer: Option<Mutex<Connection>>,
     pool: Arc<Pool>,
     store_id: String,
+    /// Whether `expansions.users` exists: a file from before it, opened read-only (by `herald
+    /// audit`, say, before a newer server has opened it), keeps every recipient in
+    /// `expansion_users`.
+    inline_expansions: bool,
     _checkpointer: Option<sqlite::Checkpointer>,
 }
 
@@ -157,6 +165,7 @@ impl EmbeddedProjection {
                 r.get::<_, String>(0)
             })
             .unwrap_or_else(|_| "unnamed".into());
+        let inline_expansions = has_column(&conn, "expansions", "users").map_err(bad)?;
         let writer = (access == Access::ReadWrite).then(|| Mutex::new(conn));
         let checkpointer = sqlite::Checkpointer::for_access(&path, access).map_err(storage)?;
         Ok(EmbeddedProjection {
@@ -165,6 +174,7 @@ impl EmbeddedProjection {
                 access,
                 writer,
                 store_id,
+                inline_expansions,
                 _checkpointer: checkpointer,
             }),
         })
