@@ -227,7 +227,7 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 /// log (the fanout stage every request, the inbox stage every user event); how long that took.
 /// Reads both files read-only, as `herald replay` and `herald audit` do next to a live server.
 fn caught_up(data: &std::path::Path) -> anyhow::Result<Duration> {
-    use rusqlite::{Connection, OpenFlags, OptionalExtension};
+    use rusqlite::{Connection, OpenFlags};
     let started = Instant::now();
     let open = |name: &str| {
         Connection::open_with_flags(data.join(name), OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -250,14 +250,12 @@ fn caught_up(data: &std::path::Path) -> anyhow::Result<Duration> {
                 |r| r.get(0),
             )?;
             for p in 0..=last.unwrap_or(-1) {
-                let end: Option<i64> = log
-                    .query_row(
-                        "SELECT max(offset) + 1 FROM records WHERE topic = ?1 AND partition = ?2",
-                        [topic, p],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .flatten();
+                // An aggregate always has its one row: NULL for a partition with no records.
+                let end: Option<i64> = log.query_row(
+                    "SELECT max(offset) + 1 FROM records WHERE topic = ?1 AND partition = ?2",
+                    [topic, p],
+                    |r| r.get(0),
+                )?;
                 let at = applied.get(&p).copied().unwrap_or(0);
                 behind += end.unwrap_or(0).saturating_sub(at).max(0) as u64;
             }
