@@ -81,6 +81,8 @@ pub struct Delivery<T> {
     in_flight: BTreeMap<u64, InFlight<T>>,
     highest_offered: Option<u64>,
     gave_up: u64,
+    /// Given up since the last [`Delivery::take_given_up`].
+    given_up: Vec<T>,
 }
 
 impl<T: Clone> Delivery<T> {
@@ -91,6 +93,7 @@ impl<T: Clone> Delivery<T> {
             in_flight: BTreeMap::new(),
             highest_offered: None,
             gave_up: 0,
+            given_up: Vec::new(),
         }
     }
 
@@ -122,13 +125,16 @@ impl<T: Clone> Delivery<T> {
         self.in_flight.remove(&seq).is_some() | self.queued.remove(&seq).is_some()
     }
 
-    /// Acknowledged cumulatively: everything at or below `seq`.
-    pub fn settle_through(&mut self, seq: u64) -> usize {
+    /// Acknowledged cumulatively: everything at or below `seq`, each item settled handed to
+    /// `settled` (in no particular order); how many there were.
+    pub fn settle_through(&mut self, seq: u64, mut settled: impl FnMut(T)) -> usize {
         let keep_f = self.in_flight.split_off(&(seq.saturating_add(1)));
         let keep_q = self.queued.split_off(&(seq.saturating_add(1)));
-        let n = self.in_flight.len() + self.queued.len();
-        self.in_flight = keep_f;
-        self.queued = keep_q;
+        let gone_f = std::mem::replace(&mut self.in_flight, keep_f);
+        let gone_q = std::mem::replace(&mut self.queued, keep_q);
+        let n = gone_f.len() + gone_q.len();
+        gone_f.into_values().for_each(|f| settled(f.item));
+        gone_q.into_values().for_each(&mut settled);
         n
     }
 
@@ -143,6 +149,12 @@ impl<T: Clone> Delivery<T> {
     /// Items given up on after their last redelivery (left for the next resume).
     pub fn gave_up(&self) -> u64 {
         self.gave_up
+    }
+
+    /// The items given up on since the last call (at most `max_in_flight`: a poll gives up
+    /// only what was in flight), so the caller can forget what it kept about them.
+    pub fn take_given_up(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.given_up)
     }
 
     /// Whether any item at or below `seq` is still queued (never sent).
@@ -187,7 +199,9 @@ impl<T: Clone> Delivery<T> {
                 continue;
             }
             if f.attempt > self.config.max_redeliveries {
-                self.in_flight.remove(&seq);
+                if let Some(f) = self.in_flight.remove(&seq) {
+                    self.given_up.push(f.item);
+                }
                 self.gave_up += 1;
                 continue;
             }
@@ -297,16 +311,21 @@ mod tests {
         );
         assert_eq!(d.gave_up(), 1);
         assert_eq!(d.in_flight(), 0);
+        assert_eq!(d.take_given_up(), vec!["a"], "handed back once");
+        assert!(d.take_given_up().is_empty());
     }
 
     #[test]
     fn cumulative_acks_settle_queued_and_in_flight() {
         let mut d = Delivery::new(cfg(2));
-        for s in 1..=5 {
-            d.offer(s, "x");
+        for (s, x) in (1..=5).zip(["a", "b", "c", "d", "e"]) {
+            d.offer(s, x);
         }
         d.poll(0);
-        assert_eq!(d.settle_through(3), 3);
+        let mut settled = Vec::new();
+        assert_eq!(d.settle_through(3, |x| settled.push(x)), 3);
+        settled.sort();
+        assert_eq!(settled, ["a", "b", "c"], "in flight (a, b) and queued (c)");
         assert_eq!((d.in_flight(), d.queued()), (0, 2));
         assert_eq!(seqs(&d.poll(0)), vec![(4, 1), (5, 1)]);
     }

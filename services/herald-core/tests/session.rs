@@ -501,6 +501,11 @@ impl Run {
                 assert!(quiet_rounds < 100_000, "the session never went quiet");
             }
             actions = session.handle(io(now, queued, written), input);
+            assert_eq!(
+                session.tracked(),
+                session.in_flight() + session.queued(),
+                "the session remembers an id for exactly what is queued or in flight"
+            );
         }
     }
 
@@ -779,4 +784,62 @@ fn a_hub_behind_the_projection_does_not_resend_what_the_projection_settled() {
         all.extend(sent(&s.handle(io, Input::Live { offset, event })));
     }
     assert_eq!(all, ["n3"]);
+}
+
+#[test]
+fn what_a_device_never_acks_is_given_up_and_forgotten() {
+    // A device that reads every frame and never ACKs: each notification is sent, redelivered
+    // twice (`max_redeliveries`), then given up (left for the next resume). The session must
+    // not keep anything about it but the bounded recent ids, however many go by, and a
+    // repeat of a given-up notification is not sent again in this session.
+    let mut log = Log::default();
+    let live_from = log.end;
+    let mut now = 0;
+    let mut written = 0;
+    let io = |now, written| Io {
+        now_ms: now,
+        room: CAPACITY,
+        written,
+    };
+    // The writer puts every frame on the wire at once: `written` counts them all.
+    let frames = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send(_)))
+            .count() as u64
+    };
+    let count = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send(Outgoing::Notification { .. })))
+            .count()
+    };
+    let (mut s, a) = Session::new(config(), fresh_start(live_from, 0), io(now, written));
+    written += frames(&a);
+    let a = s.handle(io(now, written), Input::Pending(Vec::new()));
+    written += frames(&a);
+    let mut sends = 0;
+    for i in 0..50 {
+        let offset = log.append(added(&format!("n{i}")));
+        let event = Arc::new(log.events[&offset].clone());
+        let a = s.handle(io(now, written), Input::Live { offset, event });
+        sends += count(&a);
+        written += frames(&a);
+        for _ in 0..10 {
+            now += 500;
+            let a = s.handle(io(now, written), Input::Tick);
+            sends += count(&a);
+            written += frames(&a);
+        }
+    }
+    assert_eq!(sends, 50 * 3, "each sent once and redelivered twice");
+    assert_eq!((s.in_flight(), s.queued(), s.tracked()), (0, 0, 0));
+    let offset = log.append(added("n7"));
+    let event = Arc::new(log.events[&offset].clone());
+    let a = s.handle(io(now, written), Input::Live { offset, event });
+    assert_eq!(
+        count(&a),
+        0,
+        "a repeat of a given-up notification is not sent again"
+    );
 }

@@ -97,7 +97,8 @@ pub struct Binaries {
 }
 
 /// Microseconds since this process's first call: the clock stamped into every message.
-/// Names a folder for Herald's `/metrics` after each latency run ([`Server::save_metrics`]).
+/// Names a folder for Herald's `/metrics` after each fanout mode and each latency rate
+/// ([`Server::save_metrics`]).
 pub const METRICS_ENV: &str = "HERALD_BENCH_METRICS";
 
 pub fn now_us() -> u64 {

@@ -111,6 +111,9 @@ pub(super) async fn fanout(args: &SuiteArgs) -> anyhow::Result<Value> {
             let (back, lat, last) = receiving.await??;
             let cpu = server.cpu_seconds()? - cpu0;
             clients = back;
+            server
+                .save_metrics(&format!("fanout-{}-{mode}", target.key()))
+                .await?;
             let secs = last.duration_since(started).as_secs_f64();
             runs.push(json!({
                 "target": target.name(), "mode": mode, "clients": clients_n, "groups": groups,

@@ -31,9 +31,9 @@ impl Session {
 
     /// Settles a notification by id, whatever seq it came with.
     pub(super) fn settle_id(&mut self, id: &str) {
-        if let Some(seq) = self.ids.remove(id) {
+        if let Some((id, seq)) = self.ids.remove_entry(id) {
             self.delivery.settle(seq);
-            self.recent.insert(id.to_owned(), self.cfg.recent_ids);
+            self.recent.insert(id, self.cfg.recent_ids);
         }
     }
 
@@ -43,7 +43,9 @@ impl Session {
     pub(super) fn processed(&mut self, ids: &[String], up_to: Option<u64>) {
         for id in ids {
             self.settle_id(id);
-            self.recent.insert(id.clone(), self.cfg.recent_ids);
+            if !self.recent.contains(id) {
+                self.recent.insert(id.clone(), self.cfg.recent_ids);
+            }
         }
         if let Some(u) = up_to {
             self.settle_through(u);
@@ -174,15 +176,20 @@ impl Session {
 
     /// Settles everything at or below `seq` (a cumulative ACK).
     pub(super) fn settle_through(&mut self, seq: u64) {
-        if self.delivery.settle_through(seq) > 0 {
-            let settled: Vec<String> = self
-                .ids
-                .iter()
-                .filter(|(_, s)| **s <= seq)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in settled {
-                self.ids.remove(&id);
+        let (ids, recent, cap) = (&mut self.ids, &mut self.recent, self.cfg.recent_ids);
+        self.delivery.settle_through(seq, |row| {
+            if let Some((id, _)) = ids.remove_entry(row.notification_id.as_str()) {
+                recent.insert(id, cap);
+            }
+        });
+    }
+
+    /// Forgets what delivery gave up on after its last redelivery (left for the next resume),
+    /// as if settled: `ids` holds only what is queued or in flight, and a repeat of it is not
+    /// offered again in this session.
+    pub(super) fn forget_given_up(&mut self) {
+        for row in self.delivery.take_given_up() {
+            if let Some((id, _)) = self.ids.remove_entry(row.notification_id.as_str()) {
                 self.recent.insert(id, self.cfg.recent_ids);
             }
         }

@@ -340,6 +340,17 @@ impl Session {
         self.delivery.in_flight()
     }
 
+    /// Notifications waiting to be sent (beyond the window).
+    pub fn queued(&self) -> usize {
+        self.delivery.queued()
+    }
+
+    /// Notification ids this session remembers as queued or in flight (its duplicate check);
+    /// always `in_flight() + queued()`.
+    pub fn tracked(&self) -> usize {
+        self.ids.len()
+    }
+
     /// Handles one input; returns what to do, in order. After an [`Action::Close`] the session
     /// is over and every further input returns nothing.
     pub fn handle(&mut self, io: Io, input: Input) -> Vec<Action> {

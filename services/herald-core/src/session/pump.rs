@@ -16,6 +16,7 @@ impl Session {
         let sends = self
             .delivery
             .poll_limited(now, room.saturating_sub(1), io.written);
+        self.forget_given_up();
         if self.delivery.has_work(now) && free <= self.cfg.send_reserve + sends.len() + 1 {
             // Waiting for room: a slow consumer only if the writer makes no progress at all.
             if progressed || self.blocked_since.is_none() {

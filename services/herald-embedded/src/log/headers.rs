@@ -4,7 +4,11 @@
 use herald_ports::log::LogError;
 
 pub(super) fn encode_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let size = 4 + headers
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
     for (k, v) in headers {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());

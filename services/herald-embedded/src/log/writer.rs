@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::headers::encode_headers;
 use super::{EmbeddedLog, MAX_GROUP_COMMIT_RECORDS, Shared, storage};
 
+/// One record header: a name and its bytes.
+type Header = (String, Vec<u8>);
+
 /// One caller's append, waiting for the writer thread.
 pub(super) enum Job {
     Append {
@@ -215,15 +218,22 @@ fn write_group(
             };
             let t = topic.id() as usize;
             let mut positions = Vec::with_capacity(records.len());
+            // Records of a batch mostly carry the same headers (schema and fingerprint):
+            // encoded once per run of equal lists.
+            let mut headers: Option<(&[Header], Vec<u8>)> = None;
             for r in records.iter() {
                 let offset = next[t][r.partition as usize];
+                let encoded = match &mut headers {
+                    Some((last, encoded)) if *last == r.headers.as_slice() => encoded,
+                    slot => &slot.insert((&r.headers, encode_headers(&r.headers))).1,
+                };
                 stmt.execute(params![
                     t as i64,
                     r.partition,
                     offset as i64,
                     r.key,
                     r.timestamp_ms,
-                    encode_headers(&r.headers),
+                    encoded,
                     r.value
                 ])?;
                 next[t][r.partition as usize] = offset + 1;
