@@ -61,7 +61,7 @@ async fn reads_inside_before_and_across_the_window_match_the_file() {
                 for (k, r) in live.iter().enumerate() {
                     assert_eq!(r.offset, from + k as u64);
                     let i = r.offset as usize * 2 + partition as usize;
-                    assert_eq!(r.record, record(i, size));
+                    assert_eq!(*r.record, record(i, size));
                 }
             }
         }

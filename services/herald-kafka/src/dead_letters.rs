@@ -70,7 +70,7 @@ impl KafkaLog {
                             partition,
                             offset,
                             reason: header(HEADER_DLQ_REASON),
-                            value: r.record.value,
+                            value: r.record.value.clone(),
                         });
                     }
                     if out.len() >= max {

@@ -1,5 +1,7 @@
 //! Kafka messages as Herald records.
 
+use std::sync::Arc;
+
 use herald_ports::log::{Record, StoredRecord, Topic};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
@@ -17,7 +19,7 @@ pub(crate) fn stored(topic: Topic, m: &BorrowedMessage<'_>) -> StoredRecord {
         topic,
         partition: m.partition() as u32,
         offset: m.offset() as u64,
-        record: Record {
+        record: Arc::new(Record {
             partition: m.partition() as u32,
             key: m
                 .key()
@@ -26,7 +28,7 @@ pub(crate) fn stored(topic: Topic, m: &BorrowedMessage<'_>) -> StoredRecord {
             value: m.payload().unwrap_or_default().to_vec(),
             headers,
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-        },
+        }),
     }
 }
 

@@ -6,6 +6,8 @@
 //! assignments and revocations in the same ordered stream as records (Kafka's model; the embedded
 //! log assigns every partition to its single member).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use herald_core::cursor::Epoch;
 
@@ -56,13 +58,15 @@ pub struct Record {
     pub timestamp_ms: i64,
 }
 
-/// A record read back, with its position.
+/// A record read back, with its position. The record is shared: an adapter that keeps recent
+/// records in memory hands the same one to every reader (the live hub, the stages) without
+/// copying its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     pub topic: Topic,
     pub partition: u32,
     pub offset: u64,
-    pub record: Record,
+    pub record: Arc<Record>,
 }
 
 impl StoredRecord {

@@ -1,5 +1,7 @@
 //! Reads by position: a partition's records from an offset on, and where a partition ends.
 
+use std::sync::Arc;
+
 use herald_ports::log::{LogError, Record, StoredRecord, Topic};
 use rusqlite::{Connection, params};
 
@@ -47,13 +49,13 @@ impl EmbeddedLog {
                     topic,
                     partition,
                     offset: offset as u64,
-                    record: Record {
+                    record: Arc::new(Record {
                         partition,
                         key,
                         value,
                         headers: decode_headers(&headers)?,
                         timestamp_ms: ts,
-                    },
+                    }),
                 })
             })
             .collect()

@@ -7,7 +7,7 @@
 //! under [`RECENT_MIN_BYTES_PER_PARTITION`]), oldest records dropped first.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use herald_ports::log::{Record, StoredRecord, Topic};
 
@@ -21,7 +21,7 @@ const RECORD_OVERHEAD: usize = 96;
 /// One partition's window: the records from `base` on, contiguous.
 struct Window {
     base: u64,
-    records: VecDeque<Record>,
+    records: VecDeque<Arc<Record>>,
     bytes: usize,
 }
 
@@ -78,7 +78,7 @@ impl Recent {
                 w.base = offset;
             }
             w.bytes += size(&record);
-            w.records.push_back(record);
+            w.records.push_back(Arc::new(record));
             while w.bytes > self.budget && w.records.len() > 1 {
                 if let Some(old) = w.records.pop_front() {
                     w.bytes -= size(&old);

@@ -47,18 +47,11 @@ pub const MAX_PRESENCE_CHANGES: usize = 100_000;
 /// How often the hub looks for partitions to stop following.
 const LINGER_CHECK: Duration = Duration::from_secs(1);
 
-/// A record as a connecting session's log gap needs it: whose it is and its bytes.
-pub struct RecentRecord {
-    pub offset: u64,
-    pub key: String,
-    pub value: Vec<u8>,
-}
-
 /// The latest records of one partition, complete from `complete_from` on: a session whose gap
 /// starts there or later reads it here instead of from the log (a burst of connecting sessions
 /// would otherwise each read the same partition's records from storage).
 struct Recent {
-    records: VecDeque<Arc<RecentRecord>>,
+    records: VecDeque<StoredRecord>,
     bytes: usize,
     complete_from: u64,
 }
@@ -382,18 +375,13 @@ impl Hub {
                 }
             }
             let recent = &mut part.recent;
-            let record = RecentRecord {
-                offset: r.offset,
-                key: r.record.key,
-                value: r.record.value,
-            };
-            recent.bytes += record.key.len() + record.value.len();
-            recent.records.push_back(Arc::new(record));
+            recent.bytes += r.record.key.len() + r.record.value.len();
+            recent.records.push_back(r);
             while recent.records.len() > RECENT_RECORDS || recent.bytes > st.recent_bytes {
                 let Some(old) = recent.records.pop_front() else {
                     break;
                 };
-                recent.bytes -= old.key.len() + old.value.len();
+                recent.bytes -= old.record.key.len() + old.record.value.len();
                 recent.complete_from = old.offset + 1;
             }
         }
@@ -405,7 +393,7 @@ impl Hub {
 
     /// Up to `max` records of `partition` from offset `from` on, when the hub still holds every
     /// record from there (`None`: read the log).
-    pub fn recent(&self, partition: u32, from: u64, max: usize) -> Option<Vec<Arc<RecentRecord>>> {
+    pub fn recent(&self, partition: u32, from: u64, max: usize) -> Option<Vec<StoredRecord>> {
         let st = self.state.lock().expect("hub lock");
         let part = st.parts.get(partition as usize)?;
         if !part.followed || from < part.recent.complete_from {

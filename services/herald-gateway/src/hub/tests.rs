@@ -31,17 +31,17 @@ fn record(partition: u32, offset: u64, key: &str) -> StoredRecord {
         topic: Topic::UserEvents,
         partition,
         offset,
-        record: Record {
+        record: Arc::new(Record {
             partition,
             key: key.to_owned(),
             value: vec![0; 10],
             headers: Vec::new(),
             timestamp_ms: 0,
-        },
+        }),
     }
 }
 
-fn offsets(records: Option<Vec<Arc<RecentRecord>>>) -> Option<Vec<u64>> {
+fn offsets(records: Option<Vec<StoredRecord>>) -> Option<Vec<u64>> {
     records.map(|rs| rs.iter().map(|r| r.offset).collect())
 }
 

@@ -23,7 +23,7 @@ use herald_core::model::Event;
 use herald_core::projection::InboxRow;
 use herald_core::protocol::{ClientFrame, Close, ServerFrame};
 use herald_core::session::{Action, Ending, Hello, Input, Io, Outgoing, Session, Start};
-use herald_ports::log::Topic;
+use herald_ports::log::{StoredRecord, Topic};
 use herald_ports::projection::Stage;
 
 use crate::auth::User;
@@ -158,6 +158,22 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
 
+/// A page of the user's partition (from the hub's recent records or the log) as the machine's
+/// log input: this user's events, and where the next page starts.
+fn gap_input(records: &[StoredRecord], user: &str) -> Input {
+    Input::Log {
+        next: records.last().map(|r| r.offset + 1),
+        events: records
+            .iter()
+            .filter(|r| r.record.key == user)
+            .filter_map(|r| match codec::decode(&r.record.value) {
+                Ok(Event::User(ev)) => Some((r.offset, ev)),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
 /// The session after `hello`, on any transport, until it ends. With `reap_silent`, a peer that
 /// shows no sign of life for a heartbeat interval plus the pong timeout is closed.
 pub async fn serve<T: Transport>(
@@ -242,33 +258,12 @@ impl Shell<'_> {
         // The hub keeps the latest records of each partition: a gap that starts among them
         // is read there, without a storage read (or a task) per connecting session.
         if let Some(records) = self.st.hub.recent(self.partition, from, max) {
-            let input = Input::Log {
-                next: records.last().map(|r| r.offset + 1),
-                events: records
-                    .iter()
-                    .filter(|r| r.key == self.user)
-                    .filter_map(|r| match codec::decode(&r.value) {
-                        Ok(Event::User(ev)) => Some((r.offset, ev)),
-                        _ => None,
-                    })
-                    .collect(),
-            };
-            return Box::pin(std::future::ready(input));
+            return Box::pin(std::future::ready(gap_input(&records, self.user)));
         }
         let (log, user, partition) = (self.st.log.clone(), self.user.to_owned(), self.partition);
         Box::pin(async move {
             match log.read(Topic::UserEvents, partition, from, max).await {
-                Ok(records) => Input::Log {
-                    next: records.last().map(|r| r.offset + 1),
-                    events: records
-                        .iter()
-                        .filter(|r| r.record.key == user)
-                        .filter_map(|r| match codec::decode(&r.record.value) {
-                            Ok(Event::User(ev)) => Some((r.offset, ev)),
-                            _ => None,
-                        })
-                        .collect(),
-                },
+                Ok(records) => gap_input(&records, &user),
                 Err(e) => Input::ReadFailed(e.to_string()),
             }
         })

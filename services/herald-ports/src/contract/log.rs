@@ -76,7 +76,7 @@ pub async fn append_then_read_round_trips<H: LogHarness>(h: &H) {
         assert_eq!(r.topic, topic);
         assert_eq!(r.partition, 0);
         assert_eq!(r.offset, base + i as u64);
-        assert_eq!(r.record, recs[i]);
+        assert_eq!(*r.record, recs[i]);
         assert_eq!(r.header("traceparent"), Some(&b"00-abc-def-01"[..]));
     }
     assert_eq!(log.end_offset(topic, 0).await.unwrap(), base + 5);
@@ -133,7 +133,7 @@ pub async fn offsets_are_contiguous_per_partition_under_concurrent_appends<H: Lo
         let read = log.read(topic, p, start, 10_000).await.unwrap();
         let read: Vec<(u64, Vec<u8>)> = read
             .into_iter()
-            .map(|r| (r.offset, r.record.value))
+            .map(|r| (r.offset, r.record.value.clone()))
             .collect();
         assert_eq!(
             read, got,
@@ -280,7 +280,7 @@ pub async fn records_and_epoch_survive_reopen<H: LogHarness>(h: &H) {
     assert_eq!(read.len(), recs.len());
     assert_eq!(read[0].record.value, b"kept");
     for (r, want) in read.iter().zip(&recs) {
-        assert_eq!(r.record, *want);
+        assert_eq!(*r.record, *want);
     }
     assert_eq!(
         log.end_offset(Topic::UserEvents, 3).await.unwrap(),
