@@ -525,7 +525,8 @@ async fn every_dashboard_metric_is_in_a_live_scrape() {
     let gateway_url = format!("http://127.0.0.1:{gateway_metrics}/metrics");
     let deadline = tokio::time::Instant::now() + support::READY_GUARD * 2;
     let missing = loop {
-        let gateway = scraped(&until_ok(&client, &gateway_url, &gateway_log).await);
+        let gateway_text = until_ok(&client, &gateway_url, &gateway_log).await;
+        let gateway = scraped(&gateway_text);
         let projector_scrape =
             scraped(&until_ok(&client, &format!("{projector_url}/metrics"), &projector_log).await);
         let mut missing = Vec::new();
@@ -545,6 +546,16 @@ async fn every_dashboard_metric_is_in_a_live_scrape() {
                         missing.push(format!("{title}: {n} not in the {who}'s /metrics"));
                     }
                 }
+            }
+        }
+        // The session's own counts: one notification sent to the device, one ACK frame.
+        for want in [
+            "herald_deliveries_total 1",
+            "herald_delivery_latency_seconds_count 1",
+            r#"herald_acks_total{via="ws"} 1"#,
+        ] {
+            if !gateway_text.lines().any(|l| l == want) {
+                missing.push(format!("{want:?} not in the gateway's /metrics"));
             }
         }
         if missing.is_empty() || tokio::time::Instant::now() > deadline {

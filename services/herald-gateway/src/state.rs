@@ -85,6 +85,8 @@ pub struct Shared {
     /// WebSocket tickets minted per user.
     pub tickets: Arc<RateLimits>,
     pub connections: Arc<ConnectionLimits>,
+    /// What sessions record their sends and ACKs with (registered when the state is built).
+    pub meters: herald_ports::telemetry::DeliveryMeters,
     /// Users this gateway has announced as connected (bounded; see `announce`).
     pub announced: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Cancelled on shutdown: sessions close with 1001 going away.
@@ -132,6 +134,7 @@ impl AppState {
                 config.max_connections_per_user,
             ),
             config: Arc::new(config),
+            meters: herald_ports::telemetry::DeliveryMeters::register(),
             announced: Default::default(),
             shutdown,
         })))

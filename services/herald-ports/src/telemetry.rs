@@ -383,19 +383,53 @@ impl Default for SessionMeter {
     }
 }
 
+/// The handles every session of a gateway records its sends and ACKs with, registered once
+/// with the recorder installed then (`counter!` looks its key up in the recorder on each call;
+/// a handle is an atomic add). Cloning shares them.
+#[derive(Clone)]
+pub struct DeliveryMeters {
+    deliveries: metrics::Counter,
+    redeliveries: metrics::Counter,
+    latency: metrics::Histogram,
+    acks_ws: metrics::Counter,
+}
+
+impl DeliveryMeters {
+    /// Registers the handles with the global recorder (install it first).
+    pub fn register() -> Self {
+        DeliveryMeters {
+            deliveries: metrics::counter!(DELIVERIES),
+            redeliveries: metrics::counter!(REDELIVERIES),
+            latency: metrics::histogram!(DELIVERY_LATENCY_SECONDS),
+            acks_ws: metrics::counter!(ACKS, "via" => "ws"),
+        }
+    }
+
+    /// An ACK frame received over a WebSocket ([`ack`] with `ws`).
+    pub fn ack_ws(&self) {
+        self.acks_ws.increment(1);
+    }
+}
+
 impl SessionMeter {
     /// A notification queued for the device: `attempt` 1 is a first send in this session,
     /// more a redelivery. `row` gives its accept time (or its `deliver_at`, if later), in Unix
     /// ms; `now_ms` is the send time.
-    pub fn notification(&self, row: &herald_core::projection::InboxRow, attempt: u32, now_ms: i64) {
+    pub fn notification(
+        &self,
+        meters: &DeliveryMeters,
+        row: &herald_core::projection::InboxRow,
+        attempt: u32,
+        now_ms: i64,
+    ) {
         if attempt > 1 {
-            metrics::counter!(REDELIVERIES).increment(1);
+            meters.redeliveries.increment(1);
             return;
         }
-        metrics::counter!(DELIVERIES).increment(1);
+        meters.deliveries.increment(1);
         let from = row.deliver_at.unwrap_or(row.created_at).max(row.created_at);
         let latency = (now_ms.saturating_sub(from)).max(0) as f64 / 1000.0;
-        metrics::histogram!(DELIVERY_LATENCY_SECONDS).record(latency);
+        meters.latency.record(latency);
         if !self.replayed.load(Ordering::Relaxed) {
             self.replay_sent.fetch_add(1, Ordering::Relaxed);
         }

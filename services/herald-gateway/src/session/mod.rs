@@ -216,7 +216,8 @@ impl Shell<'_> {
         for action in actions {
             match action {
                 Action::Send(Outgoing::Notification { row, attempt }) => {
-                    self.meter.notification(&row, attempt, now_ms());
+                    self.meter
+                        .notification(&self.st.meters, &row, attempt, now_ms());
                     result = self.outbox.push(Out::Notification { row, attempt });
                 }
                 Action::Send(Outgoing::Frame(f)) => {
@@ -410,7 +411,7 @@ async fn run<T: Transport>(
                         if bucket.take(1.0, Instant::now()).is_err() {
                             return End::close(Close::RateLimited, "too many frames per second");
                         }
-                        if matches!(f, ClientFrame::Ack { .. }) { herald_ports::telemetry::ack("ws"); }
+                        if matches!(f, ClientFrame::Ack { .. }) { st.meters.ack_ws(); }
                         Input::Client(f)
                     }
                 }
