@@ -27,6 +27,9 @@ use state::TxState;
 use crate::sqlite::{self, Access, Pool};
 
 const SCHEMA: &str = include_str!("../../../../schemas/sql/sqlite/001_projection.sql");
+/// The `meta` key a file carries while `herald replay` builds it in bulk mode
+/// ([`EmbeddedProjection::create_for_rebuild`]) and until [`EmbeddedProjection::finish_rebuild`].
+const REBUILDING_KEY: &str = "rebuilding";
 
 const ROW_COLUMNS: &str = "user_id, seq, notification_id, event_type, source, payload, priority, \
      collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded, live";
@@ -106,6 +109,7 @@ fn parse_preferences(doc: &str) -> Result<herald_core::model::Preferences, Proje
 
 struct Inner {
     access: Access,
+    path: PathBuf,
     /// The one writer connection (SQLite has one writer at a time anyway).
     writer: Option<Mutex<Connection>>,
     pool: Arc<Pool>,
@@ -126,15 +130,61 @@ pub struct EmbeddedProjection {
 impl EmbeddedProjection {
     pub async fn open(path: &Path, access: Access) -> Result<Self, ProjectionError> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Self::open_blocking(path, access))
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, access, false))
             .await
             .map_err(storage)?
     }
 
-    fn open_blocking(path: PathBuf, access: Access) -> Result<Self, ProjectionError> {
+    /// Creates a fresh file (it must not exist) for `herald replay` to build into, in bulk mode:
+    /// the writer keeps its rollback journal in memory and does not fsync its commits, and
+    /// there is no WAL (and no checkpointer), so each commit writes each page it changed once,
+    /// in place. Nothing may read the store until [`EmbeddedProjection::finish_rebuild`], which
+    /// makes the file durable and an ordinary projection. Until then the file is marked
+    /// unfinished, and [`EmbeddedProjection::open`] refuses it: a rebuild that crashed leaves a
+    /// file to delete, never one a server would take for a projection.
+    pub async fn create_for_rebuild(path: &Path) -> Result<Self, ProjectionError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, Access::ReadWrite, true))
+            .await
+            .map_err(storage)?
+    }
+
+    /// Ends the bulk mode of [`EmbeddedProjection::create_for_rebuild`]: fsyncs the file, turns
+    /// it into an ordinary projection (WAL, `synchronous=FULL`) and removes the unfinished mark
+    /// in a durable commit.
+    pub async fn finish_rebuild(&self) -> Result<(), ProjectionError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let writer = inner.writer.as_ref().ok_or_else(|| {
+                ProjectionError::Config("the projection is open read-only".into())
+            })?;
+            let conn = writer.lock().expect("writer lock");
+            // The pages committed without fsync, first; then the mark's removal, durably.
+            std::fs::File::open(&inner.path)
+                .and_then(|f| f.sync_all())
+                .map_err(storage)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(storage)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(storage)?;
+            conn.execute("DELETE FROM meta WHERE key = ?1", [REBUILDING_KEY])
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    fn open_blocking(path: PathBuf, access: Access, bulk: bool) -> Result<Self, ProjectionError> {
         if access == Access::ReadOnly && !path.exists() {
             return Err(ProjectionError::Config(format!(
                 "no projection at {}: check --data-dir",
+                path.display()
+            )));
+        }
+        if bulk && path.exists() {
+            return Err(ProjectionError::Config(format!(
+                "{} already exists: a rebuild builds into a fresh file",
                 path.display()
             )));
         }
@@ -144,6 +194,25 @@ impl EmbeddedProjection {
                 path.display()
             ))
         };
+        // Looked at read-only, before Herald's pragmas change anything in the file.
+        let unfinished = path.exists()
+            && sqlite::open(&path, Access::ReadOnly)
+                .and_then(|c| {
+                    c.query_row(
+                        "SELECT count(*) > 0 FROM meta WHERE key = ?1",
+                        [REBUILDING_KEY],
+                        |r| r.get::<_, bool>(0),
+                    )
+                })
+                // A file without `meta` yet (empty, or not a projection: found out below).
+                .unwrap_or(false);
+        if unfinished {
+            return Err(ProjectionError::Config(format!(
+                "{} is a projection that `herald replay` was building and did not finish: \
+                 delete it (and run the replay again if you need it)",
+                path.display()
+            )));
+        }
         let conn = sqlite::open(&path, access).map_err(bad)?;
         if access == Access::ReadWrite {
             add_columns(&conn).map_err(bad)?;
@@ -153,6 +222,15 @@ impl EmbeddedProjection {
                 [uuid::Uuid::new_v4().simple().to_string()],
             )
             .map_err(bad)?;
+            if bulk {
+                // Marked durably (WAL, fsync) before the first commit that is not.
+                conn.execute("INSERT INTO meta VALUES (?1, '1')", [REBUILDING_KEY])
+                    .map_err(bad)?;
+                conn.pragma_update(None, "journal_mode", "MEMORY")
+                    .map_err(bad)?;
+                conn.pragma_update(None, "synchronous", "OFF")
+                    .map_err(bad)?;
+            }
         } else {
             conn.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
                 r.get::<_, String>(0)
@@ -167,10 +245,16 @@ impl EmbeddedProjection {
             .unwrap_or_else(|_| "unnamed".into());
         let inline_expansions = has_column(&conn, "expansions", "users").map_err(bad)?;
         let writer = (access == Access::ReadWrite).then(|| Mutex::new(conn));
-        let checkpointer = sqlite::Checkpointer::for_access(&path, access).map_err(storage)?;
+        // In bulk mode there is no WAL to checkpoint (and a checkpointer's connection would
+        // turn the file back to WAL).
+        let checkpointer = match bulk {
+            true => None,
+            false => sqlite::Checkpointer::for_access(&path, access).map_err(storage)?,
+        };
         Ok(EmbeddedProjection {
             inner: Arc::new(Inner {
-                pool: Arc::new(Pool::new(path, access)),
+                pool: Arc::new(Pool::new(path.clone(), access)),
+                path,
                 access,
                 writer,
                 store_id,

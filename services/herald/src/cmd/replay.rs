@@ -98,6 +98,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.data_dir
             .join(format!("replay-{}.db", std::process::id()))
     });
+    // An embedded target is built in bulk mode and finished after the rebuild.
+    let mut bulk: Option<EmbeddedProjection> = None;
     let fresh: std::sync::Arc<dyn ProjectionStore> = match &args.into_url {
         Some(url) => {
             let store = super::SharedProjection::connect(url)
@@ -132,11 +134,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     dir.display()
                 );
             }
-            std::sync::Arc::new(
-                EmbeddedProjection::open(&target, Access::ReadWrite)
-                    .await
-                    .context("creating the rebuilt projection")?,
-            )
+            let store = EmbeddedProjection::create_for_rebuild(&target)
+                .await
+                .context("creating the rebuilt projection")?;
+            bulk = Some(store.clone());
+            std::sync::Arc::new(store)
         }
     };
     let bar = if args.quiet {
@@ -161,6 +163,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &Bar(bar.clone()),
     )
     .await?;
+    if let Some(store) = &bulk {
+        store
+            .finish_rebuild()
+            .await
+            .context("finishing the rebuilt projection")?;
+    }
     bar.finish_and_clear();
     let took = started.elapsed();
     // Reading both projections back and comparing them takes a while too: say so.
