@@ -81,8 +81,8 @@ pub struct Delivery<T> {
     in_flight: BTreeMap<u64, InFlight<T>>,
     highest_offered: Option<u64>,
     gave_up: u64,
-    /// Given up since the last [`Delivery::take_given_up`].
-    given_up: Vec<T>,
+    /// The items given up on since the last [`Delivery::take_given_up`].
+    given_up_items: Vec<T>,
 }
 
 impl<T: Clone> Delivery<T> {
@@ -93,7 +93,7 @@ impl<T: Clone> Delivery<T> {
             in_flight: BTreeMap::new(),
             highest_offered: None,
             gave_up: 0,
-            given_up: Vec::new(),
+            given_up_items: Vec::new(),
         }
     }
 
@@ -159,10 +159,11 @@ impl<T: Clone> Delivery<T> {
         self.gave_up
     }
 
-    /// The items given up on since the last call (at most `max_in_flight`: a poll gives up
-    /// only what was in flight), so the caller can forget what it kept about them.
+    /// The items given up on since the last call, so the caller can forget what it kept about
+    /// them. A poll gives up only what was in flight: drained after every poll (as the session
+    /// does), this holds at most `max_in_flight` items.
     pub fn take_given_up(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.given_up)
+        std::mem::take(&mut self.given_up_items)
     }
 
     /// Whether any item at or below `seq` is still queued (never sent).
@@ -208,7 +209,7 @@ impl<T: Clone> Delivery<T> {
             }
             if f.attempt > self.config.max_redeliveries {
                 if let Some(f) = self.in_flight.remove(&seq) {
-                    self.given_up.push(f.item);
+                    self.given_up_items.push(f.item);
                 }
                 self.gave_up += 1;
                 continue;

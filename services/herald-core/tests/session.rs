@@ -789,9 +789,9 @@ fn a_hub_behind_the_projection_does_not_resend_what_the_projection_settled() {
 #[test]
 fn what_a_device_never_acks_is_given_up_and_forgotten() {
     // A device that reads every frame and never ACKs: each notification is sent, redelivered
-    // twice (`max_redeliveries`), then given up (left for the next resume). The session must
-    // not keep anything about it but the bounded recent ids, however many go by, and a
-    // repeat of a given-up notification is not sent again in this session.
+    // twice (`max_redeliveries`), then given up (left for the next resume). The session keeps
+    // nothing about it but its id among the last `recent_ids` settled or given up: a repeat of
+    // one of those is not sent again in this session, and an older one is forgotten.
     let mut log = Log::default();
     let live_from = log.end;
     let mut now = 0;
@@ -814,7 +814,11 @@ fn what_a_device_never_acks_is_given_up_and_forgotten() {
             .filter(|a| matches!(a, Action::Send(Outgoing::Notification { .. })))
             .count()
     };
-    let (mut s, a) = Session::new(config(), fresh_start(live_from, 0), io(now, written));
+    let cfg = SessionConfig {
+        recent_ids: 16,
+        ..config()
+    };
+    let (mut s, a) = Session::new(cfg, fresh_start(live_from, 0), io(now, written));
     written += frames(&a);
     let a = s.handle(io(now, written), Input::Pending(Vec::new()));
     written += frames(&a);
@@ -834,12 +838,16 @@ fn what_a_device_never_acks_is_given_up_and_forgotten() {
     }
     assert_eq!(sends, 50 * 3, "each sent once and redelivered twice");
     assert_eq!((s.in_flight(), s.queued(), s.tracked()), (0, 0, 0));
-    let offset = log.append(added("n7"));
+    let offset = log.append(added("n49"));
     let event = Arc::new(log.events[&offset].clone());
     let a = s.handle(io(now, written), Input::Live { offset, event });
     assert_eq!(
         count(&a),
         0,
-        "a repeat of a given-up notification is not sent again"
+        "a repeat of a recent given-up one is not sent again"
     );
+    let offset = log.append(added("n0"));
+    let event = Arc::new(log.events[&offset].clone());
+    let a = s.handle(io(now, written), Input::Live { offset, event });
+    assert_eq!(count(&a), 1, "one given up 50 ago is no longer remembered");
 }

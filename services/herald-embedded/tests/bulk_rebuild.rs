@@ -54,6 +54,12 @@ async fn a_bulk_rebuild_is_refused_until_finished_then_opens_as_a_projection() {
             .unwrap()
     };
     assert_ne!(journal(&done), "wal", "no WAL while it is built");
+    let err = store
+        .snapshot()
+        .await
+        .expect_err("no reads while it is built (a reader's connection would turn it to WAL)");
+    assert!(err.to_string().contains("being rebuilt"), "{err}");
+    assert_ne!(journal(&done), "wal");
     store.finish_rebuild().await.unwrap();
     let diff = expected.diff(&store.snapshot().await.unwrap(), 10);
     assert!(diff.is_empty(), "{diff:#?}");

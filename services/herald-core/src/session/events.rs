@@ -196,7 +196,7 @@ impl Session {
     }
 }
 
-/// Notification ids settled recently, oldest first out.
+/// Notification ids settled or given up on recently, at most `recent_ids`, oldest first out.
 #[derive(Debug, Default)]
 pub(super) struct RecentIds {
     order: VecDeque<String>,

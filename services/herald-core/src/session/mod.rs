@@ -16,9 +16,10 @@
 //!   dropped ([`Delivery`]), so the overlap of the three sources is never sent twice, and since
 //!   they cover every offset, nothing falls in a gap. `replayed` goes out once everything up to
 //!   the highest replayed seq has been sent;
-//! * **what is a duplicate**: a notification id this session already holds or recently settled
-//!   is not offered again, even at another seq (a repeated expansion after a crash); an ACK by
-//!   id settles the notification whatever seq it came with;
+//! * **what is a duplicate**: a notification id this session already holds, or recently settled
+//!   or gave up on (the last `recent_ids` of them), is not offered again, even at another seq (a
+//!   repeated expansion after a crash); an ACK by id settles the notification whatever seq it
+//!   came with;
 //! * **ACKs, deliveries and marks**: ACK frames settle at once; first sends and ACKs are
 //!   gathered and appended as one `DeviceProgress` event at most `progress_flush_ms` later; an echoed ACK's `up_to` is clamped below its own offset (as the fold does); marks
 //!   from other devices become `mark` frames;
@@ -55,7 +56,8 @@ pub struct SessionConfig {
     pub slow_consumer_timeout_ms: i64,
     /// How often a session waiting for send-queue room looks again.
     pub blocked_recheck_ms: i64,
-    /// Settled notification ids remembered to drop repeats of them.
+    /// Notification ids settled or given up on (after the last redelivery) remembered to drop
+    /// repeats of them: the most recent this many.
     pub recent_ids: usize,
     /// Deliveries and ACKs are appended as one `DeviceProgress` at most this long after the
     /// first of them, or once `progress_max` have gathered.

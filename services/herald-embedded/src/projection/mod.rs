@@ -15,6 +15,7 @@ mod timers;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use herald_core::model::Priority;
@@ -118,7 +119,24 @@ struct Inner {
     /// audit`, say, before a newer server has opened it), keeps every recipient in
     /// `expansion_users`.
     inline_expansions: bool,
+    /// Built in bulk mode and not finished yet: reads are refused.
+    rebuilding: AtomicBool,
     _checkpointer: Option<sqlite::Checkpointer>,
+}
+
+/// Sets the connection's journal mode and checks that SQLite took it (it answers with the mode
+/// it is in, without an error, when it cannot switch).
+fn set_journal_mode(conn: &Connection, mode: &str) -> Result<(), ProjectionError> {
+    let now: String = conn
+        .query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0))
+        .map_err(storage)?;
+    if now.eq_ignore_ascii_case(mode) {
+        Ok(())
+    } else {
+        Err(storage(format!(
+            "the journal mode stayed {now}, not {mode}"
+        )))
+    }
 }
 
 /// The embedded projection store. Cheap to clone.
@@ -138,7 +156,8 @@ impl EmbeddedProjection {
     /// Creates a fresh file (it must not exist) for `herald replay` to build into, in bulk mode:
     /// the writer keeps its rollback journal in memory and does not fsync its commits, and
     /// there is no WAL (and no checkpointer), so each commit writes each page it changed once,
-    /// in place. Nothing may read the store until [`EmbeddedProjection::finish_rebuild`], which
+    /// in place. Nothing reads the store until [`EmbeddedProjection::finish_rebuild`] (a read
+    /// would open a pool connection, which turns the file to WAL: reads are refused), which
     /// makes the file durable and an ordinary projection. Until then the file is marked
     /// unfinished, and [`EmbeddedProjection::open`] refuses it: a rebuild that crashed leaves a
     /// file to delete, never one a server would take for a projection.
@@ -150,8 +169,9 @@ impl EmbeddedProjection {
     }
 
     /// Ends the bulk mode of [`EmbeddedProjection::create_for_rebuild`]: fsyncs the file, turns
-    /// it into an ordinary projection (WAL, `synchronous=FULL`) and removes the unfinished mark
-    /// in a durable commit.
+    /// it into an ordinary projection file (WAL, `synchronous=FULL`; the next open of it runs a
+    /// checkpointer, this handle does not) and removes the unfinished mark in a durable commit.
+    /// Reads are allowed from then on.
     pub async fn finish_rebuild(&self) -> Result<(), ProjectionError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -163,12 +183,12 @@ impl EmbeddedProjection {
             std::fs::File::open(&inner.path)
                 .and_then(|f| f.sync_all())
                 .map_err(storage)?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(storage)?;
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(storage)?;
+            set_journal_mode(&conn, "wal")?;
             conn.execute("DELETE FROM meta WHERE key = ?1", [REBUILDING_KEY])
                 .map_err(storage)?;
+            inner.rebuilding.store(false, Ordering::Release);
             Ok(())
         })
         .await
@@ -194,18 +214,25 @@ impl EmbeddedProjection {
                 path.display()
             ))
         };
-        // Looked at read-only, before Herald's pragmas change anything in the file.
-        let unfinished = path.exists()
-            && sqlite::open(&path, Access::ReadOnly)
-                .and_then(|c| {
-                    c.query_row(
-                        "SELECT count(*) > 0 FROM meta WHERE key = ?1",
-                        [REBUILDING_KEY],
-                        |r| r.get::<_, bool>(0),
-                    )
-                })
-                // A file without `meta` yet (empty, or not a projection: found out below).
-                .unwrap_or(false);
+        // Looked at read-only, before Herald's pragmas change anything in the file. Only a file
+        // without a `meta` table yet (empty) passes unasked; an error (busy, corrupt) refuses.
+        let unfinished = path.exists() && {
+            let c = sqlite::open(&path, Access::ReadOnly).map_err(bad)?;
+            let has_meta = c
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                    [],
+                    |r| r.get::<_, bool>(0),
+                )
+                .map_err(bad)?;
+            has_meta
+                && c.query_row(
+                    "SELECT count(*) > 0 FROM meta WHERE key = ?1",
+                    [REBUILDING_KEY],
+                    |r| r.get::<_, bool>(0),
+                )
+                .map_err(bad)?
+        };
         if unfinished {
             return Err(ProjectionError::Config(format!(
                 "{} is a projection that `herald replay` was building and did not finish: \
@@ -215,6 +242,11 @@ impl EmbeddedProjection {
         }
         let conn = sqlite::open(&path, access).map_err(bad)?;
         if access == Access::ReadWrite {
+            // A bulk file gets its schema and its unfinished mark in one durable commit (WAL,
+            // fsync), before the first commit that is not durable.
+            if bulk {
+                conn.execute_batch("BEGIN IMMEDIATE").map_err(bad)?;
+            }
             add_columns(&conn).map_err(bad)?;
             conn.execute_batch(SCHEMA).map_err(bad)?;
             conn.execute(
@@ -223,11 +255,10 @@ impl EmbeddedProjection {
             )
             .map_err(bad)?;
             if bulk {
-                // Marked durably (WAL, fsync) before the first commit that is not.
                 conn.execute("INSERT INTO meta VALUES (?1, '1')", [REBUILDING_KEY])
                     .map_err(bad)?;
-                conn.pragma_update(None, "journal_mode", "MEMORY")
-                    .map_err(bad)?;
+                conn.execute_batch("COMMIT").map_err(bad)?;
+                set_journal_mode(&conn, "memory")?;
                 conn.pragma_update(None, "synchronous", "OFF")
                     .map_err(bad)?;
             }
@@ -259,6 +290,7 @@ impl EmbeddedProjection {
                 writer,
                 store_id,
                 inline_expansions,
+                rebuilding: AtomicBool::new(bulk),
                 _checkpointer: checkpointer,
             }),
         })
@@ -295,6 +327,11 @@ impl EmbeddedProjection {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, ProjectionError> {
+        if self.inner.rebuilding.load(Ordering::Acquire) {
+            return Err(ProjectionError::Config(
+                "the projection is being rebuilt: it is read once the rebuild is finished".into(),
+            ));
+        }
         self.inner
             .pool
             .run(f)

@@ -47,6 +47,18 @@ pub const MAX_PRESENCE_CHANGES: usize = 100_000;
 /// How often the hub looks for partitions to stop following.
 const LINGER_CHECK: Duration = Duration::from_secs(1);
 
+/// What a record kept in [`Recent`] counts against the hub's recent bytes: its key, value and
+/// headers.
+fn record_bytes(r: &StoredRecord) -> usize {
+    let headers: usize = r
+        .record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    r.record.key.len() + r.record.value.len() + headers
+}
+
 /// The latest records of one partition, complete from `complete_from` on: a session whose gap
 /// starts there or later reads it here instead of from the log (a burst of connecting sessions
 /// would otherwise each read the same partition's records from storage).
@@ -375,13 +387,13 @@ impl Hub {
                 }
             }
             let recent = &mut part.recent;
-            recent.bytes += r.record.key.len() + r.record.value.len();
+            recent.bytes += record_bytes(&r);
             recent.records.push_back(r);
             while recent.records.len() > RECENT_RECORDS || recent.bytes > st.recent_bytes {
                 let Some(old) = recent.records.pop_front() else {
                     break;
                 };
-                recent.bytes -= old.record.key.len() + old.record.value.len();
+                recent.bytes -= record_bytes(&old);
                 recent.complete_from = old.offset + 1;
             }
         }

@@ -163,7 +163,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &Bar(bar.clone()),
     )
     .await?;
-    if let Some(store) = &bulk {
+    // Taken: its connections close with `fresh`'s, before the files are removed.
+    if let Some(store) = bulk.take() {
         store
             .finish_rebuild()
             .await
