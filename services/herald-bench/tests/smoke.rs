@@ -118,8 +118,19 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     }
     // Every delivery each scenario expected arrived (the harness waits for each client's count,
     // and counts what came).
+    // The fanout runs in rounds (two at this size): each row keeps every round's figures.
     for r in read(&out, "fanout")["runs"].as_array().unwrap() {
         assert_eq!(r["latency"]["samples"], r["deliveries"], "{r}");
+        assert_eq!(
+            r["rounds_deliveries_per_s"].as_array().unwrap().len(),
+            2,
+            "{r}"
+        );
+        assert_eq!(
+            r["rounds_server_cpu_seconds"].as_array().unwrap().len(),
+            2,
+            "{r}"
+        );
     }
     for r in read(&out, "latency")["runs"].as_array().unwrap() {
         assert_eq!(r["latency"]["samples"], r["messages"], "{r}");
@@ -153,6 +164,7 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     for section in [
         "Idle connections",
         "Fanout throughput",
+        "Each round's deliveries per second",
         "End-to-end latency",
         "Resume",
         "Durable ingest",

@@ -258,11 +258,42 @@ fn fanout(md: &mut String, images: &Path, fan: &[Value]) -> anyhow::Result<()> {
         md.push_str(&row);
     }
     let r0 = &fan[0];
+    let rounds = r0["rounds_deliveries_per_s"].as_array().map_or(1, Vec::len);
+    if rounds > 1 {
+        md.push_str(&format!(
+            "\nEach round's deliveries per second (the rows above are the median round; CPU is the median of its own {rounds} rounds):\n\n"
+        ));
+        let mut cols = vec!["mode".to_owned()];
+        cols.extend(names.iter().map(|n| n.to_string()));
+        md.push_str(&header(&cols, false));
+        for m in modes {
+            let mut row = format!("| {m} |");
+            for name in &names {
+                let cell = find(fan, |r| r["mode"] == m && r["target"] == *name)
+                    .and_then(|r| r["rounds_deliveries_per_s"].as_array())
+                    .map_or("–".to_owned(), |v| {
+                        v.iter()
+                            .filter_map(Value::as_f64)
+                            .map(|x| format!("{:.1}k", x / 1000.0))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    });
+                row.push_str(&format!(" {cell} |"));
+            }
+            row.push('\n');
+            md.push_str(&row);
+        }
+    }
     md.push_str(&format!(
-        "\n![fanout](images/bench-fanout.svg)\n\n{} connected clients (one per user, users in {} groups); `users`: each publish to one user; `groups`: to one group; `everyone`: to all. Time from the first publish to the last delivery; publishes to Herald and the Node peers are HTTP POSTs, {} in flight.",
+        "\n![fanout](images/bench-fanout.svg)\n\n{} connected clients (one per user, users in {} groups); `users`: each publish to one user; `groups`: to one group; `everyone`: to all. Time from the first publish to the last delivery; publishes to Herald and the Node peers are HTTP POSTs, {} in flight. {}",
         r0["clients"],
         r0["groups"].as_u64().unwrap_or(10),
-        crate::suite::MAX_PUBLISHES_IN_FLIGHT
+        crate::suite::MAX_PUBLISHES_IN_FLIGHT,
+        if rounds > 1 {
+            format!("{rounds} rounds, each taking every target in turn (one server start and 1,000 connections per target and round): one mode's run lasts a second or two, so a single sample is mostly this machine's noise (`rounds_deliveries_per_s` and `rounds_server_cpu_seconds` in the JSON).")
+        } else {
+            "One round.".to_owned()
+        }
     ));
     if jetstream::present(&names) {
         md.push_str(&jetstream::fanout());
