@@ -209,6 +209,31 @@ fn idle(md: &mut String, images: &Path, idle: &[Value]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A table of one row per fanout mode and one column per target, each cell from that run (`–`
+/// where there is none).
+fn mode_table(
+    md: &mut String,
+    fan: &[Value],
+    names: &[&str],
+    modes: &[&str],
+    cell: impl Fn(&Value) -> Option<String>,
+) {
+    let mut cols = vec!["mode".to_owned()];
+    cols.extend(names.iter().map(|n| n.to_string()));
+    md.push_str(&header(&cols, false));
+    for m in modes {
+        let mut row = format!("| {m} |");
+        for name in names {
+            let c = find(fan, |r| r["mode"] == *m && r["target"] == *name)
+                .and_then(&cell)
+                .unwrap_or_else(|| "–".to_owned());
+            row.push_str(&format!(" {c} |"));
+        }
+        row.push('\n');
+        md.push_str(&row);
+    }
+}
+
 fn fanout(md: &mut String, images: &Path, fan: &[Value]) -> anyhow::Result<()> {
     if fan.is_empty() {
         return Ok(());
@@ -241,48 +266,26 @@ fn fanout(md: &mut String, images: &Path, fan: &[Value]) -> anyhow::Result<()> {
         md.push_str(&row);
     }
     md.push_str("\nServer CPU per 1,000 deliveries (user + system time of the server process, all threads, from the first publish to the last delivery):\n\n");
-    let mut cols = vec!["mode".to_owned()];
-    cols.extend(names.iter().map(|n| n.to_string()));
-    md.push_str(&header(&cols, false));
-    for m in modes {
-        let mut row = format!("| {m} |");
-        for name in &names {
-            let cell = find(fan, |r| r["mode"] == m && r["target"] == *name)
-                .and_then(|r| Some((r["server_cpu_seconds"].as_f64()?, f(r, "deliveries"))))
-                .map_or("–".to_owned(), |(cpu, d)| {
-                    format!("{:.0} ms", cpu * 1000.0 / d.max(1.0) * 1000.0)
-                });
-            row.push_str(&format!(" {cell} |"));
-        }
-        row.push('\n');
-        md.push_str(&row);
-    }
+    mode_table(md, fan, &names, &modes, |r| {
+        let (cpu, d) = (r["server_cpu_seconds"].as_f64()?, f(r, "deliveries"));
+        Some(format!("{:.0} ms", cpu * 1000.0 / d.max(1.0) * 1000.0))
+    });
     let r0 = &fan[0];
     let rounds = r0["rounds_deliveries_per_s"].as_array().map_or(1, Vec::len);
     if rounds > 1 {
         md.push_str(&format!(
             "\nEach round's deliveries per second (the rows above are the median round; CPU is the median of its own {rounds} rounds):\n\n"
         ));
-        let mut cols = vec!["mode".to_owned()];
-        cols.extend(names.iter().map(|n| n.to_string()));
-        md.push_str(&header(&cols, false));
-        for m in modes {
-            let mut row = format!("| {m} |");
-            for name in &names {
-                let cell = find(fan, |r| r["mode"] == m && r["target"] == *name)
-                    .and_then(|r| r["rounds_deliveries_per_s"].as_array())
-                    .map_or("–".to_owned(), |v| {
-                        v.iter()
-                            .filter_map(Value::as_f64)
-                            .map(|x| format!("{:.1}k", x / 1000.0))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    });
-                row.push_str(&format!(" {cell} |"));
-            }
-            row.push('\n');
-            md.push_str(&row);
-        }
+        mode_table(md, fan, &names, &modes, |r| {
+            let v = r["rounds_deliveries_per_s"].as_array()?;
+            Some(
+                v.iter()
+                    .filter_map(Value::as_f64)
+                    .map(|x| format!("{:.1}k", x / 1000.0))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        });
     }
     md.push_str(&format!(
         "\n![fanout](images/bench-fanout.svg)\n\n{} connected clients (one per user, users in {} groups); `users`: each publish to one user; `groups`: to one group; `everyone`: to all. Time from the first publish to the last delivery; publishes to Herald and the Node peers are HTTP POSTs, {} in flight. {}",
