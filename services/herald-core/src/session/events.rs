@@ -1,7 +1,7 @@
 //! Events of the user's partition (from the log gap or live), offers, and what settles a
 //! notification.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::*;
@@ -31,9 +31,8 @@ impl Session {
 
     /// Settles a notification by id, whatever seq it came with.
     pub(super) fn settle_id(&mut self, id: &str) {
-        if let Some((id, seq)) = self.ids.remove_entry(id) {
+        if let Some(seq) = forget(&mut self.ids, &mut self.recent, self.cfg.recent_ids, id) {
             self.delivery.settle(seq);
-            self.recent.insert(id, self.cfg.recent_ids);
         }
     }
 
@@ -178,9 +177,7 @@ impl Session {
     pub(super) fn settle_through(&mut self, seq: u64) {
         let (ids, recent, cap) = (&mut self.ids, &mut self.recent, self.cfg.recent_ids);
         self.delivery.settle_through(seq, |row| {
-            if let Some((id, _)) = ids.remove_entry(row.notification_id.as_str()) {
-                recent.insert(id, cap);
-            }
+            forget(ids, recent, cap, &row.notification_id);
         });
     }
 
@@ -189,11 +186,27 @@ impl Session {
     /// offered again in this session.
     pub(super) fn forget_given_up(&mut self) {
         for row in self.delivery.take_given_up() {
-            if let Some((id, _)) = self.ids.remove_entry(row.notification_id.as_str()) {
-                self.recent.insert(id, self.cfg.recent_ids);
-            }
+            forget(
+                &mut self.ids,
+                &mut self.recent,
+                self.cfg.recent_ids,
+                &row.notification_id,
+            );
         }
     }
+}
+
+/// Takes `id` out of what the session has queued or in flight into its recent ids (keeping at
+/// most `cap`); the seq it was held at, if it was.
+fn forget(
+    ids: &mut HashMap<String, u64>,
+    recent: &mut RecentIds,
+    cap: usize,
+    id: &str,
+) -> Option<u64> {
+    let (id, seq) = ids.remove_entry(id)?;
+    recent.insert(id, cap);
+    Some(seq)
 }
 
 /// Notification ids settled or given up on recently, at most `recent_ids`, oldest first out.
