@@ -79,18 +79,22 @@ const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
 /// Adds the [`ADDED_COLUMNS`] an existing table lacks (a new file gets them from the schema).
 fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, definition) in ADDED_COLUMNS {
-        let has_table: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [table],
-            |r| r.get(0),
-        )?;
-        if has_table && !has_column(conn, table, column)? {
+        if has_table(conn, table)? && !has_column(conn, table, column)? {
             conn.execute_batch(&format!(
                 "ALTER TABLE {table} ADD COLUMN {column} {definition}"
             ))?;
         }
     }
     Ok(())
+}
+
+/// Whether the file has `table`.
+fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
 }
 
 /// Whether `table` has `column`.
@@ -218,14 +222,7 @@ impl EmbeddedProjection {
         // without a `meta` table yet (empty) passes unasked; an error (busy, corrupt) refuses.
         let unfinished = path.exists() && {
             let c = sqlite::open(&path, Access::ReadOnly).map_err(bad)?;
-            let has_meta = c
-                .query_row(
-                    "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
-                    [],
-                    |r| r.get::<_, bool>(0),
-                )
-                .map_err(bad)?;
-            has_meta
+            has_table(&c, "meta").map_err(bad)?
                 && c.query_row(
                     "SELECT count(*) > 0 FROM meta WHERE key = ?1",
                     [REBUILDING_KEY],
