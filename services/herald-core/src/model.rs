@@ -149,8 +149,7 @@ impl NotificationRequest {
     /// Checks every field a producer controls. The notification id must be the one derived from
     /// producer and idempotency key, so a forged id cannot collide with another producer's.
     pub fn validate(&self) -> Result<(), CoreError> {
-        validate_id("producer", &self.producer)?;
-        validate_id("idempotency_key", &self.idempotency_key)?;
+        self.validate_content()?;
         if self.notification_id
             != crate::ids::notification_id(&self.producer, &self.idempotency_key)
         {
@@ -159,6 +158,14 @@ impl NotificationRequest {
                 "does not match UUIDv5(producer, idempotency_key)",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks every field but the notification id: for a request whose id was just derived
+    /// from its producer and key (the HTTP path), where checking it again would hash twice.
+    pub fn validate_content(&self) -> Result<(), CoreError> {
+        validate_id("producer", &self.producer)?;
+        validate_id("idempotency_key", &self.idempotency_key)?;
         self.recipients.validate()?;
         validate_label("event_type", &self.event_type)?;
         validate_label("source", &self.source)?;
@@ -490,6 +497,37 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_request_whose_id_is_not_derived_from_its_key_is_refused() {
+        let mut request = NotificationRequest {
+            notification_id: crate::ids::notification_id("billing", "k1"),
+            idempotency_key: "k1".into(),
+            producer: "billing".into(),
+            recipients: Recipients {
+                users: vec!["alice".into()],
+                ..Recipients::default()
+            },
+            event_type: "invoice.paid".into(),
+            source: "billing".into(),
+            payload: "{}".into(),
+            collapse_key: None,
+            deliver_at: None,
+            expires_at: None,
+            created_at: 1_700_000_000_000,
+            traceparent: None,
+            priority: Priority::Normal,
+        };
+        assert!(request.validate().is_ok());
+        // Another producer's id for the same key: a forgery `validate` must catch, and the only
+        // thing `validate_content` leaves out.
+        request.notification_id = crate::ids::notification_id("shipping", "k1");
+        let err = request.validate().unwrap_err();
+        assert!(err.to_string().contains("notification_id"), "{err}");
+        assert!(request.validate_content().is_ok());
+        request.event_type = String::new();
+        assert!(request.validate_content().is_err());
+    }
 
     #[test]
     fn a_rule_for_the_type_or_the_topic_applies_and_mute_wins() {

@@ -273,7 +273,8 @@ pub(crate) fn build_request(
         traceparent,
         priority,
     };
-    request.validate()?;
+    // The id was derived just above: checking it again would hash the key twice.
+    request.validate_content()?;
     Ok(request)
 }
 
