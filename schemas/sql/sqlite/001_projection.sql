@@ -47,10 +47,11 @@ CREATE TABLE IF NOT EXISTS group_members (
 CREATE TABLE IF NOT EXISTS roles (role TEXT PRIMARY KEY, topics TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS topic_subscribers (
     topic TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (topic, user_id)) WITHOUT ROWID;
--- `users`: an expansion's recipients as a JSON list when there are at most 16 of them (SQLite
--- only; PostgreSQL keeps them all in expansion_users). The notification id is a hash, so each
--- expansion lands on a page of its own: one table instead of two is one page written instead
--- of two. Larger expansions, and users added by a repeated record, go to expansion_users.
+-- `users`: an expansion's recipients as a JSON list when there are at most 4,096 of them
+-- (SQLite only; PostgreSQL keeps them all in expansion_users). The notification id is a hash, so
+-- each expansion lands on a page of its own: one row (its list in overflow pages when long)
+-- instead of a row per recipient. Larger expansions, and users added by a repeated record, go
+-- to expansion_users. Files written with a lower bound (16) read the same way.
 -- Files from before this column get it from the adapter (ALTER TABLE … ADD COLUMN users).
 CREATE TABLE IF NOT EXISTS expansions (
     notification_id TEXT PRIMARY KEY, recipients INTEGER NOT NULL, users TEXT) WITHOUT ROWID;

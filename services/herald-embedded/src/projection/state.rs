@@ -11,9 +11,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{ROW_COLUMNS, to_row};
 
-/// Most recipients an expansion keeps inline, in `expansions.users` (one page written per
-/// expansion instead of two; see the schema).
-pub(super) const MAX_INLINE_RECIPIENTS: usize = 16;
+/// Most recipients an expansion keeps inline, in `expansions.users` (see the schema): one row,
+/// its list in overflow pages when long, instead of a row per recipient in `expansion_users`.
+/// A broadcast to 1,000 users spent 4.6% of the fanout's CPU inserting those rows. At this
+/// bound a list is at most about 540 KB (ids of 128 bytes), 30–60 KB with typical ids.
+pub(super) const MAX_INLINE_RECIPIENTS: usize = 4096;
 
 /// The statements run for every notification, built once (not formatted per call).
 static ROW_BY_ID: LazyLock<String> = LazyLock::new(|| {

@@ -509,8 +509,9 @@ pub async fn expansions_are_recorded<H: ProjectionHarness>(h: &H) {
     assert!(store.expansion_of("b").await.unwrap().is_empty());
     assert_eq!(store.consumer_offsets(Stage::Fanout).await.unwrap()[&1], 10);
     // A repeated record (after a crash, or a race with the timer stage) adds to the recipients;
-    // a large expansion keeps all of its own, sorted.
-    let many: Vec<String> = (0..40).rev().map(|i| format!("m{i:02}")).collect();
+    // a large expansion keeps all of its own, sorted. 4,100 is more than a store keeps in the
+    // expansion's own row (the embedded one keeps up to 4,096 there).
+    let many: Vec<String> = (0..4100).rev().map(|i| format!("m{i:04}")).collect();
     store
         .record_expansions(
             Stage::Fanout,
