@@ -111,6 +111,51 @@ fn every_record_kind_round_trips() {
         let bytes = codec::encode_request(&r).unwrap();
         assert_eq!(codec::decode(&bytes).unwrap(), Event::Request(r));
     }
+    let many = users_added();
+    let bytes = codec::encode_users_added(&many).unwrap();
+    assert_eq!(codec::decode(&bytes).unwrap(), Event::UsersAdded(many));
+}
+
+fn users_added() -> NotificationsAdded {
+    let recipients = ["alice", "bob", "carol"]
+        .into_iter()
+        .zip([Delivery::Live, Delivery::Muted, Delivery::Inbox])
+        .map(|(user, delivery)| AddedRecipient {
+            user_id: user.into(),
+            delivery,
+        })
+        .collect();
+    NotificationsAdded::of(&request().added_for(""), recipients)
+}
+
+/// A notification added for several users means exactly a `NotificationAdded` per recipient,
+/// in order, each with its own delivery; for one user, only that user's.
+#[test]
+fn a_notification_added_for_several_users_expands_to_each_users_added() {
+    let many = users_added();
+    let expected: Vec<UserEvent> = many
+        .recipients
+        .iter()
+        .map(|r| {
+            UserEvent::Added(NotificationAdded {
+                delivery: r.delivery,
+                ..request().added_for(&r.user_id)
+            })
+        })
+        .collect();
+    let event = codec::decode(&codec::encode_users_added(&many).unwrap()).unwrap();
+    assert_eq!(event.clone().into_user_events().unwrap(), expected);
+    assert_eq!(
+        event.clone().into_events_of("bob"),
+        vec![expected[1].clone()]
+    );
+    assert!(event.into_events_of("dave").is_empty());
+    let single = Event::User(expected[0].clone());
+    assert_eq!(
+        single.clone().into_events_of("alice"),
+        vec![expected[0].clone()]
+    );
+    assert!(single.into_events_of("bob").is_empty());
 }
 
 /// CRC-64-AVRO (Rabin) as written in the Avro specification, independent of apache-avro.
@@ -522,6 +567,20 @@ proptest! {
             };
             value.check(kind, ours, Event::User(ev.clone()));
         }
+    }
+
+    #[test]
+    fn notifications_added_encode_byte_for_byte_as_the_schema_file_says(
+        a in added_event(),
+        recipients in proptest::collection::vec((text(), delivery()), 0..5),
+    ) {
+        let recipients = recipients
+            .into_iter()
+            .map(|(user_id, delivery)| AddedRecipient { user_id, delivery })
+            .collect();
+        let many = NotificationsAdded::of(&a, recipients);
+        let ours = codec::encode_users_added(&many).unwrap();
+        same_as_reference(SchemaKind::UsersAdded, &many, ours, Event::UsersAdded(many.clone()));
     }
 
     #[test]

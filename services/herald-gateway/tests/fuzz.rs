@@ -336,6 +336,19 @@ fn samples() -> Vec<Event> {
             at: 6,
         })),
         Event::User(UserEvent::Added(request.added_for("alice"))),
+        Event::UsersAdded(NotificationsAdded::of(
+            &request.added_for(""),
+            vec![
+                AddedRecipient {
+                    user_id: "alice".into(),
+                    delivery: Delivery::Live,
+                },
+                AddedRecipient {
+                    user_id: "bob".into(),
+                    delivery: Delivery::Inbox,
+                },
+            ],
+        )),
         Event::User(UserEvent::Delivered(NotificationDelivered {
             user_id: "alice".into(),
             device_id: "d".into(),
@@ -392,6 +405,7 @@ fn encode(e: &Event) -> Vec<u8> {
     match e {
         Event::Request(r) => codec::encode_request(r).unwrap(),
         Event::User(u) => codec::encode_user_event(u).unwrap(),
+        Event::UsersAdded(many) => codec::encode_users_added(many).unwrap(),
     }
 }
 

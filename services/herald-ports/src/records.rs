@@ -1,7 +1,7 @@
 //! How Herald events become log records: key, partition, Avro value and headers.
 
 use herald_core::codec::{self, Registry, SchemaKind};
-use herald_core::model::{RequestRecord, UserEvent};
+use herald_core::model::{NotificationsAdded, RequestRecord, UserEvent};
 use herald_core::partition::partition_for;
 
 use crate::log::{HEADER_FINGERPRINT, HEADER_SCHEMA, HEADER_TRACEPARENT, Record};
@@ -36,6 +36,23 @@ pub fn user_event_record(
         key: event.user_id().to_owned(),
         value: codec::encode_user_event(event)?,
         headers: headers(codec::user_event_kind(event), traceparent),
+        timestamp_ms: now_ms,
+    })
+}
+
+/// A notification added for several users of user-events partition `partition` (each
+/// recipient's `partition_for` is `partition`; the caller groups them): key = notification id.
+pub fn users_added_record(
+    added: &NotificationsAdded,
+    partition: u32,
+    now_ms: i64,
+) -> Result<Record, herald_core::CoreError> {
+    debug_assert!(added.recipients.len() >= 2);
+    Ok(Record {
+        partition,
+        key: added.notification_id.clone(),
+        value: codec::encode_users_added(added)?,
+        headers: headers(SchemaKind::UsersAdded, added.traceparent.as_deref()),
         timestamp_ms: now_ms,
     })
 }

@@ -48,7 +48,17 @@ impl<L: EventLog + ?Sized> Scanner<'_, L> {
             at = last.offset + 1;
             self.left = self.left.saturating_sub(chunk.len() as u64);
             self.scanned += chunk.len() as u64;
-            for r in chunk.iter().filter(|r| r.record.key == key) {
+            // A notification added for several users is keyed by its id: it is read here
+            // too, and the caller takes its recipient's part of it.
+            let registry = codec::Registry::global();
+            for r in chunk.iter().filter(|r| {
+                r.record.key == key
+                    || (topic == Topic::UserEvents
+                        && matches!(
+                            registry.peek(&r.record.value),
+                            Ok((codec::SchemaKind::UsersAdded, _))
+                        ))
+            }) {
                 each(r);
             }
         }
@@ -214,8 +224,11 @@ pub async fn audit<L: EventLog + ?Sized, P: DirectoryReader + InboxReader + ?Siz
         scanner
             .scan(Topic::UserEvents, id, 0, |r| {
                 match codec::decode(&r.record.value) {
-                    Ok(Event::User(e)) => entries.push(user_entry(r, &e)),
-                    Ok(_) => {}
+                    Ok(event) => {
+                        for e in event.into_events_of(id) {
+                            entries.push(user_entry(r, &e));
+                        }
+                    }
                     Err(e) => entries.push(entry(
                         r,
                         "undecodable",
@@ -232,7 +245,10 @@ pub async fn audit<L: EventLog + ?Sized, P: DirectoryReader + InboxReader + ?Siz
             let seq = store.row(user, id).await?.map(|row| row.seq);
             scanner
                 .scan(Topic::UserEvents, user, seq.unwrap_or(0), |r| {
-                    if let Ok(Event::User(e)) = codec::decode(&r.record.value) {
+                    let events = codec::decode(&r.record.value)
+                        .map(|event| event.into_events_of(user))
+                        .unwrap_or_default();
+                    for e in events {
                         // A cumulative `up_to` only covers rows that precede the event (see
                         // the fold).
                         if e.mentions(id, seq.filter(|s| r.offset > *s)) {

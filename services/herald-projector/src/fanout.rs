@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use herald_core::codec;
 use herald_core::model::{
-    DirectoryChange, Event, NotificationRequest, Preferences, RequestRecord, UserEvent,
+    AddedRecipient, Delivery, DirectoryChange, Event, MAX_ADDED_RECIPIENTS, NotificationRequest,
+    NotificationsAdded, Preferences, RequestRecord, UserEvent,
 };
+use herald_core::partition::partition_for;
 use herald_ports::log::{EventLog, StoredRecord, Topic};
 use herald_ports::projection::{MAX_PREFERENCE_LOOKUP, ProjectionError, ProjectionStore, Stage};
-use herald_ports::records::user_event_record;
+use herald_ports::records::{user_event_record, users_added_record};
 use herald_ports::telemetry;
 
 use crate::{FANOUT_APPEND_CHUNK, Projector, ProjectorError, next_offsets, now_ms, offsets_vec};
@@ -82,7 +84,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     }
                     continue;
                 }
-                Ok(Event::User(_)) => {
+                Ok(Event::User(_) | Event::UsersAdded(_)) => {
                     self.dead_letter(Stage::Fanout, r, "a user event on the requests topic")
                         .await?
                 }
@@ -167,23 +169,46 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 duplicates += 1;
                 continue;
             }
+            // The recipients by partition, in order: one record per partition (and per
+            // MAX_ADDED_RECIPIENTS) holds the notification for all of them.
+            let mut by_partition: BTreeMap<u32, Vec<AddedRecipient>> = BTreeMap::new();
             for u in &users {
                 if delivered.contains(&(u.clone(), req.notification_id.clone())) {
                     continue;
                 }
-                let mut added = req.added_for(u);
-                if let Some(p) = preferences.get(u) {
-                    added.delivery = p.delivery(&req.event_type, req.recipients.topic.as_deref());
-                }
-                records.push(user_event_record(
-                    &UserEvent::Added(added),
-                    partitions,
-                    now,
-                )?);
-                if records.len() >= FANOUT_APPEND_CHUNK {
-                    self.log
-                        .append(Topic::UserEvents, std::mem::take(&mut records))
-                        .await?;
+                let delivery = match preferences.get(u) {
+                    Some(p) => p.delivery(&req.event_type, req.recipients.topic.as_deref()),
+                    None => Delivery::Live,
+                };
+                by_partition
+                    .entry(partition_for(u, partitions))
+                    .or_default()
+                    .push(AddedRecipient {
+                        user_id: u.clone(),
+                        delivery,
+                    });
+            }
+            let content = req.added_for("");
+            let per_record = if self.single_user_records {
+                1
+            } else {
+                MAX_ADDED_RECIPIENTS
+            };
+            for (partition, recipients) in by_partition {
+                for chunk in recipients.chunks(per_record) {
+                    records.push(if let [one] = chunk {
+                        let mut added = req.added_for(&one.user_id);
+                        added.delivery = one.delivery;
+                        user_event_record(&UserEvent::Added(added), partitions, now)?
+                    } else {
+                        let many = NotificationsAdded::of(&content, chunk.to_vec());
+                        users_added_record(&many, partition, now)?
+                    });
+                    if records.len() >= FANOUT_APPEND_CHUNK {
+                        self.log
+                            .append(Topic::UserEvents, std::mem::take(&mut records))
+                            .await?;
+                    }
                 }
             }
             tracing::debug!(notification_id = %req.notification_id, recipients = users.len(), "expanded");

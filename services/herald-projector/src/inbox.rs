@@ -15,13 +15,17 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     pub async fn inbox_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
         let mut events = Vec::with_capacity(records.len());
         for r in records {
-            match codec::decode(&r.record.value) {
-                Ok(Event::User(event)) => events.push(Positioned {
-                    partition: r.partition,
-                    offset: r.offset,
-                    event,
-                }),
-                Ok(Event::Request(_)) => {
+            match codec::decode(&r.record.value).map(Event::into_user_events) {
+                // One event, or one per recipient of a notification added for several users,
+                // all at the record's offset.
+                Ok(Some(user_events)) => {
+                    events.extend(user_events.into_iter().map(|event| Positioned {
+                        partition: r.partition,
+                        offset: r.offset,
+                        event,
+                    }))
+                }
+                Ok(None) => {
                     self.dead_letter(Stage::Inbox, r, "a request record on the user-events topic")
                         .await?
                 }

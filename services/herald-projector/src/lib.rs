@@ -104,6 +104,8 @@ pub struct Projector<L: ?Sized, P: ?Sized> {
     instance_id: String,
     timer_lease_ttl: Duration,
     ready_max_lag: u64,
+    /// Fanout writes one `NotificationAdded` per recipient, never a `NotificationsAdded`.
+    single_user_records: bool,
     status: Arc<readiness::Status>,
 }
 
@@ -116,6 +118,7 @@ impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
             instance_id: self.instance_id.clone(),
             timer_lease_ttl: self.timer_lease_ttl,
             ready_max_lag: self.ready_max_lag,
+            single_user_records: self.single_user_records,
             status: self.status.clone(),
         }
     }
@@ -130,6 +133,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             instance_id: format!("projector-{:016x}", rand::random::<u64>()),
             timer_lease_ttl: TIMER_LEASE_TTL,
             ready_max_lag: herald_ports::readiness::READY_MAX_LAG_RECORDS,
+            single_user_records: false,
             status: Default::default(),
         }
     }
@@ -162,6 +166,16 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     pub fn with_ready_max_lag(self, ready_max_lag: u64) -> Self {
         Projector {
             ready_max_lag,
+            ..self
+        }
+    }
+
+    /// With `true`, fanout writes a `NotificationAdded` per recipient, as Herald did before
+    /// `NotificationsAdded` (one record per partition for a notification to several users):
+    /// for a rolling upgrade, while gateways or projectors that cannot read it still run.
+    pub fn with_single_user_records(self, single_user_records: bool) -> Self {
+        Projector {
+            single_user_records,
             ..self
         }
     }

@@ -178,14 +178,15 @@ impl Batch {
                 at,
                 events: records
                     .iter()
-                    .filter_map(|r| match codec::decode(&r.record.value) {
-                        Ok(Event::User(event)) => Some(Positioned {
+                    .filter_map(|r| {
+                        let events = codec::decode(&r.record.value).ok()?.into_user_events()?;
+                        Some(events.into_iter().map(|event| Positioned {
                             partition: p,
                             offset: r.offset,
                             event,
-                        }),
-                        _ => None,
+                        }))
                     })
+                    .flatten()
                     .collect(),
                 records: n,
             },

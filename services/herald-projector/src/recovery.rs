@@ -52,14 +52,22 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     .await?;
                 let Some(last) = chunk.last() else { break };
                 at = last.offset + 1;
-                for r in chunk
-                    .iter()
-                    .filter(|r| users.contains(r.record.key.as_str()))
-                {
-                    if let Ok(Event::User(UserEvent::Added(a))) = codec::decode(&r.record.value)
-                        && ids.contains(a.notification_id.as_str())
-                    {
-                        found.insert((a.user_id, a.notification_id));
+                // A user's own events are keyed by the user, a notification added for
+                // several users by the notification.
+                for r in chunk.iter().filter(|r| {
+                    users.contains(r.record.key.as_str()) || ids.contains(r.record.key.as_str())
+                }) {
+                    let events = codec::decode(&r.record.value)
+                        .ok()
+                        .and_then(Event::into_user_events)
+                        .unwrap_or_default();
+                    for e in events {
+                        if let UserEvent::Added(a) = e
+                            && ids.contains(a.notification_id.as_str())
+                            && users.contains(a.user_id.as_str())
+                        {
+                            found.insert((a.user_id, a.notification_id));
+                        }
                     }
                 }
             }

@@ -393,15 +393,171 @@ async fn added_records(env: &Env, id: &str) -> BTreeMap<String, usize> {
             .await
             .unwrap()
         {
-            if let Ok(Event::User(UserEvent::Added(a))) =
-                herald_core::codec::decode(&r.record.value)
-                && a.notification_id == id
-            {
-                *by_user.entry(a.user_id).or_default() += 1;
+            let events = herald_core::codec::decode(&r.record.value)
+                .ok()
+                .and_then(Event::into_user_events)
+                .unwrap_or_default();
+            for e in events {
+                if let UserEvent::Added(a) = e
+                    && a.notification_id == id
+                {
+                    *by_user.entry(a.user_id).or_default() += 1;
+                }
             }
         }
     }
     by_user
+}
+
+/// The user-events records that hold `id`: (partition, offset, recipients in the record).
+async fn records_of(env: &Env, id: &str) -> Vec<(u32, u64, Vec<String>)> {
+    let mut out = Vec::new();
+    for p in 0..env.log.partitions(Topic::UserEvents) {
+        let end = env.log.end_offset(Topic::UserEvents, p).await.unwrap();
+        for r in env
+            .log
+            .read(Topic::UserEvents, p, 0, end as usize)
+            .await
+            .unwrap()
+        {
+            let users: Vec<String> = match herald_core::codec::decode(&r.record.value).unwrap() {
+                Event::User(UserEvent::Added(a)) if a.notification_id == id => vec![a.user_id],
+                Event::UsersAdded(many) if many.notification_id == id => {
+                    assert_eq!(r.record.key, id, "keyed by the notification");
+                    many.recipients.into_iter().map(|r| r.user_id).collect()
+                }
+                _ => continue,
+            };
+            out.push((p, r.offset, users));
+        }
+    }
+    out
+}
+
+/// A notification to many users is one record per user-events partition, holding every
+/// recipient of that partition (one user alone gets a plain `NotificationAdded`); each
+/// recipient's row has that record's offset as its seq, and a rebuild reads it the same way.
+/// With `with_single_user_records` (for a rolling upgrade), it is a record per recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_to_many_users_is_a_record_per_partition() {
+    for single in [false, true] {
+        let env = open(tempfile::tempdir().unwrap()).await;
+        let token = CancellationToken::new();
+        let p = Projector::new(env.log.clone(), env.store.clone()).with_single_user_records(single);
+        let t = token.clone();
+        let handle = tokio::spawn(async move { p.run(t).await.unwrap() });
+        let everyone: Vec<String> = (0..40).map(|i| format!("user-{i:02}")).collect();
+        let upserts: Vec<RequestRecord> = everyone
+            .iter()
+            .map(|u| {
+                RequestRecord::Directory(DirectoryChange {
+                    op: DirectoryOp::UpsertUser,
+                    user_id: u.clone(),
+                    target: None,
+                    roles: vec![],
+                    at: 1,
+                })
+            })
+            .collect();
+        append_requests(&env, &upserts).await;
+        caught_up(&env).await;
+        let to_all = request(
+            "p",
+            "many",
+            Recipients {
+                everyone: true,
+                ..Default::default()
+            },
+        );
+        let id = to_all.notification_id.clone();
+        append_requests(&env, &[RequestRecord::Notification(Box::new(to_all))]).await;
+        caught_up(&env).await;
+        token.cancel();
+        handle.await.unwrap();
+
+        let partitions = env.log.partitions(Topic::UserEvents);
+        let records = records_of(&env, &id).await;
+        let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for u in &everyone {
+            by_partition
+                .entry(herald_core::partition::partition_for(u, partitions))
+                .or_default()
+                .push(u.clone());
+        }
+        if single {
+            assert_eq!(records.len(), everyone.len(), "a record per recipient");
+        } else {
+            assert!(
+                by_partition.len() < everyone.len(),
+                "users share partitions"
+            );
+            let got: BTreeMap<u32, Vec<String>> = records
+                .iter()
+                .map(|(p, _, users)| (*p, users.clone()))
+                .collect();
+            assert_eq!(
+                got, by_partition,
+                "one record per partition, its users in order"
+            );
+        }
+        for (p, offset, users) in &records {
+            for u in users {
+                assert_eq!(herald_core::partition::partition_for(u, partitions), *p);
+                let row = env.store.row(u, &id).await.unwrap().expect("a row");
+                assert_eq!(row.seq, *offset, "{u}: the record's offset is the seq");
+            }
+        }
+        assert_eq!(
+            added_records(&env, &id).await,
+            everyone
+                .iter()
+                .map(|u| (u.clone(), 1))
+                .collect::<BTreeMap<_, _>>()
+        );
+        // The audit shows each recipient's `added`, by notification and by user.
+        let budget = herald_ports::audit::AuditBudget::UNLIMITED;
+        let report =
+            herald_projector::audit::audit(env.log.as_ref(), env.store.as_ref(), &id, budget)
+                .await
+                .unwrap();
+        let mut added: Vec<String> = report
+            .entries
+            .iter()
+            .filter(|e| e.event == "added")
+            .map(|e| e.user_id.clone().unwrap())
+            .collect();
+        added.sort();
+        assert_eq!(added, everyone);
+        let report =
+            herald_projector::audit::audit(env.log.as_ref(), env.store.as_ref(), "user-07", budget)
+                .await
+                .unwrap();
+        let mine: Vec<&herald_ports::audit::AuditEntry> = report
+            .entries
+            .iter()
+            .filter(|e| e.event == "added")
+            .collect();
+        assert_eq!(mine.len(), 1, "{:?}", report.entries);
+        assert_eq!(mine[0].user_id.as_deref(), Some("user-07"));
+        assert!(mine[0].detail.contains(&id));
+
+        let live = env.store.snapshot().await.unwrap();
+        assert_eq!(live.rows.len(), everyone.len());
+        let fresh = EmbeddedProjection::open(&env.dir.path().join("rebuilt.db"), Access::ReadWrite)
+            .await
+            .unwrap();
+        rebuild(
+            env.log.as_ref(),
+            &fresh,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &(),
+        )
+        .await
+        .unwrap();
+        let diff = live.diff(&fresh.snapshot().await.unwrap(), 10);
+        assert!(diff.is_empty(), "{diff:#?}");
+    }
 }
 
 /// A fanout that appended some recipients' events and crashed before recording the expansion:
@@ -409,24 +565,58 @@ async fn added_records(env: &Env, id: &str) -> BTreeMap<String, usize> {
 /// events (rows) or not (still in the log's tail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expansion_interrupted_before_it_was_recorded_is_not_repeated() {
-    for applied_before_restart in [false, true] {
+    for (applied_before_restart, several) in
+        [(false, false), (true, false), (false, true), (true, true)]
+    {
         let env = open(tempfile::tempdir().unwrap()).await;
-        let req = request("p", "interrupted", users(&["alice", "bob", "carol"]));
+        let partitions = env.log.partitions(Topic::UserEvents);
+        // Two users of one partition (alice, bob), and carol.
+        let names: Vec<String> = (0..64).map(|i| format!("user-{i}")).collect();
+        let bob = names[1..]
+            .iter()
+            .find(|u| {
+                herald_core::partition::partition_for(u, partitions)
+                    == herald_core::partition::partition_for(&names[0], partitions)
+            })
+            .expect("two users share a partition");
+        let (alice, carol) = (names[0].as_str(), "carol");
+        let req = request("p", "interrupted", users(&[alice, bob, carol]));
         let id = req.notification_id.clone();
         append_requests(&env, &[RequestRecord::Notification(Box::new(req.clone()))]).await;
-        // What the crashed fanout got to append: alice's and bob's events, not carol's.
-        let partitions = env.log.partitions(Topic::UserEvents);
-        let records = ["alice", "bob"]
-            .iter()
-            .map(|u| {
-                herald_ports::records::user_event_record(
-                    &UserEvent::Added(req.added_for(u)),
-                    partitions,
+        // What the crashed fanout got to append: alice's and bob's events (as one record for
+        // both, or one each), not carol's.
+        let records = if several {
+            let many = NotificationsAdded::of(
+                &req.added_for(""),
+                [alice, bob.as_str()]
+                    .iter()
+                    .map(|u| AddedRecipient {
+                        user_id: u.to_string(),
+                        delivery: Delivery::Live,
+                    })
+                    .collect(),
+            );
+            vec![
+                herald_ports::records::users_added_record(
+                    &many,
+                    herald_core::partition::partition_for(alice, partitions),
                     1,
                 )
-                .unwrap()
-            })
-            .collect();
+                .unwrap(),
+            ]
+        } else {
+            [alice, bob.as_str()]
+                .iter()
+                .map(|u| {
+                    herald_ports::records::user_event_record(
+                        &UserEvent::Added(req.added_for(u)),
+                        partitions,
+                        1,
+                    )
+                    .unwrap()
+                })
+                .collect()
+        };
         env.log.append(Topic::UserEvents, records).await.unwrap();
         if applied_before_restart {
             let token = CancellationToken::new();
@@ -434,7 +624,7 @@ async fn an_expansion_interrupted_before_it_was_recorded_is_not_repeated() {
             let t = token.clone();
             let inbox = tokio::spawn(async move { p.run_inbox(t).await.unwrap() });
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while env.store.row("bob", &id).await.unwrap().is_none() {
+            while env.store.row(bob, &id).await.unwrap().is_none() {
                 assert!(tokio::time::Instant::now() < deadline, "never applied");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -445,16 +635,17 @@ async fn an_expansion_interrupted_before_it_was_recorded_is_not_repeated() {
         caught_up(&env).await;
         token.cancel();
         handle.await.unwrap();
-        let expected: BTreeMap<String, usize> = ["alice", "bob", "carol"]
+        let expected: BTreeMap<String, usize> = [alice, bob.as_str(), carol]
             .iter()
             .map(|u| (u.to_string(), 1))
             .collect();
         assert_eq!(
             added_records(&env, &id).await,
             expected,
-            "one NotificationAdded per recipient (applied before restart: {applied_before_restart})"
+            "one NotificationAdded per recipient (applied before restart: \
+             {applied_before_restart}, one record for several: {several})"
         );
-        for u in ["alice", "bob", "carol"] {
+        for u in [alice, bob.as_str(), carol] {
             assert!(env.store.row(u, &id).await.unwrap().is_some(), "{u}");
         }
     }

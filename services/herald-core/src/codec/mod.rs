@@ -53,10 +53,11 @@ pub enum SchemaKind {
     Progress,
     Preferences,
     Unarchived,
+    UsersAdded,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 14] = [
+    pub const ALL: [SchemaKind; 15] = [
         SchemaKind::NotificationRequest,
         SchemaKind::DirectoryChange,
         SchemaKind::Added,
@@ -71,6 +72,7 @@ impl SchemaKind {
         SchemaKind::Progress,
         SchemaKind::Preferences,
         SchemaKind::Unarchived,
+        SchemaKind::UsersAdded,
     ];
 
     /// The record's full Avro name, also carried in the `herald-schema` header.
@@ -90,6 +92,7 @@ impl SchemaKind {
             SchemaKind::Progress => "dev.herald.events.DeviceProgress",
             SchemaKind::Preferences => "dev.herald.events.PreferencesChanged",
             SchemaKind::Unarchived => "dev.herald.events.NotificationsUnarchived",
+            SchemaKind::UsersAdded => "dev.herald.events.NotificationsAdded",
         }
     }
 
@@ -126,6 +129,9 @@ impl SchemaKind {
             }
             SchemaKind::Unarchived => {
                 include_str!("../../../../schemas/avro/notifications_unarchived.avsc")
+            }
+            SchemaKind::UsersAdded => {
+                include_str!("../../../../schemas/avro/notifications_added.avsc")
             }
         }
     }
@@ -293,6 +299,7 @@ impl Registry {
             SchemaKind::Preferences => {
                 Event::User(UserEvent::Preferences(records::read_preferences(&mut r)?))
             }
+            SchemaKind::UsersAdded => Event::UsersAdded(records::read_users_added(&mut r)?),
         };
         r.finish()?;
         Ok(event)
@@ -333,6 +340,14 @@ pub fn encode_user_event(event: &UserEvent) -> Result<Vec<u8>, CoreError> {
         UserEvent::Progress(e) => records::progress(w, e),
         UserEvent::Preferences(e) => records::preferences(w, e),
     }
+    Ok(buf)
+}
+
+/// Encodes a notification added for several users with its current schema.
+pub fn encode_users_added(added: &NotificationsAdded) -> Result<Vec<u8>, CoreError> {
+    let datum = added.payload.len() + 128 + added.recipients.len() * 40;
+    let mut buf = Registry::global().start(SchemaKind::UsersAdded, datum);
+    records::users_added(&mut Writer { buf: &mut buf }, added);
     Ok(buf)
 }
 

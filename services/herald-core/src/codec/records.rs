@@ -165,6 +165,48 @@ pub(crate) fn read_added(r: &mut Reader<'_>, v1: bool) -> Result<NotificationAdd
     })
 }
 
+pub(crate) fn users_added(w: &mut Writer<'_>, a: &NotificationsAdded) {
+    w.str(&a.notification_id);
+    w.str(&a.event_type);
+    w.str(&a.source);
+    w.str(&a.payload);
+    w.symbol(priority_index(a.priority));
+    w.opt_str(a.collapse_key.as_deref());
+    w.opt_long(a.deliver_at);
+    w.opt_long(a.expires_at);
+    w.long(a.created_at);
+    w.opt_str(a.traceparent.as_deref());
+    if !a.recipients.is_empty() {
+        w.long(a.recipients.len() as i64);
+        for r in &a.recipients {
+            w.str(&r.user_id);
+            w.symbol(delivery_index(r.delivery));
+        }
+    }
+    w.long(0);
+}
+
+pub(crate) fn read_users_added(r: &mut Reader<'_>) -> Result<NotificationsAdded, CoreError> {
+    Ok(NotificationsAdded {
+        notification_id: r.str()?,
+        event_type: r.str()?,
+        source: r.str()?,
+        payload: r.str()?,
+        priority: PRIORITIES[r.symbol(PRIORITIES.len())?],
+        collapse_key: r.opt_str()?,
+        deliver_at: r.opt_long()?,
+        expires_at: r.opt_long()?,
+        created_at: r.long()?,
+        traceparent: r.opt_str()?,
+        recipients: r.array(|r| {
+            Ok(AddedRecipient {
+                user_id: r.str()?,
+                delivery: DELIVERIES[r.symbol(DELIVERIES.len())?],
+            })
+        })?,
+    })
+}
+
 pub(crate) fn delivered(w: &mut Writer<'_>, d: &NotificationDelivered) {
     w.str(&d.user_id);
     w.str(&d.device_id);

@@ -181,6 +181,39 @@ struct State {
 }
 
 /// Notes that `user`'s sessions changed (for presence), forgetting all when there are too many.
+/// Hands `event` (at `offset` of partition `part_ix`) to each session of `user`; a session whose
+/// queue is full is kicked as a slow consumer, and a closed one is dropped.
+fn hand_out(st: &mut State, part_ix: usize, user: &str, offset: u64, event: Arc<UserEvent>) {
+    let Some(entries) = st.sessions.get_mut(user) else {
+        return;
+    };
+    let partition = part_ix as u32;
+    let before = entries.len();
+    entries.retain(|e| {
+        let live = LiveEvent {
+            partition,
+            offset,
+            event: event.clone(),
+        };
+        match e.tx.try_send(live) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                e.kick.kick(Close::SlowConsumer);
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    });
+    let after = entries.len();
+    st.parts[part_ix].sessions_changed(before, after);
+    if after == 0 {
+        st.sessions.remove(user);
+    }
+    if after != before {
+        note_changed(&mut st.changed, user);
+    }
+}
+
 fn note_changed(changed: &mut Option<HashSet<String>>, user: &str) {
     if let Some(users) = changed {
         if users.len() >= MAX_PRESENCE_CHANGES {
@@ -331,7 +364,9 @@ impl Hub {
     }
 
     /// Hands each record to the sessions of its user. Only records of users with a session
-    /// here are decoded (the key says whose a record is), and deliveries, device progress and
+    /// here are decoded (the key says whose a record is; a notification added for several
+    /// users is decoded once, and handed to those of its recipients with a session here as
+    /// their own `Added`), and deliveries, device progress and
     /// connections (which sessions have no use for: each is the echo of something a session
     /// did) are skipped by their schema, undecoded. Runs under the lock that `register` takes,
     /// so a session never misses an event at or after its `live_from`.
@@ -340,7 +375,8 @@ impl Hub {
         let st = &mut *guard;
         let mut read: Vec<(u32, u64)> = Vec::new();
         for r in records {
-            let part = &mut st.parts[r.partition as usize];
+            let part_ix = r.partition as usize;
+            let part = &mut st.parts[part_ix];
             if !part.followed || r.offset < part.position {
                 continue; // not followed any more, or already dispatched
             }
@@ -349,43 +385,30 @@ impl Hub {
                 Some((p, n)) if *p == r.partition => *n += 1,
                 _ => read.push((r.partition, 1)),
             }
-            if let Some(entries) = st.sessions.get_mut(&r.record.key)
+            let kind = codec::Registry::global()
+                .peek(&r.record.value)
+                .map(|(kind, _)| kind);
+            if matches!(kind, Ok(SchemaKind::UsersAdded)) {
+                // A notification for several users: decoded once, and each recipient with a
+                // session here gets its own `Added`.
+                if let Ok(Event::UsersAdded(many)) = codec::decode(&r.record.value) {
+                    for recipient in &many.recipients {
+                        if st.sessions.contains_key(&recipient.user_id) {
+                            let event = Arc::new(UserEvent::Added(many.added(recipient)));
+                            hand_out(st, part_ix, &recipient.user_id, r.offset, event);
+                        }
+                    }
+                }
+            } else if st.sessions.contains_key(&r.record.key)
                 && !matches!(
-                    codec::Registry::global().peek(&r.record.value),
-                    Ok((
-                        SchemaKind::Delivered | SchemaKind::Connected | SchemaKind::Progress,
-                        _
-                    ))
+                    kind,
+                    Ok(SchemaKind::Delivered | SchemaKind::Connected | SchemaKind::Progress)
                 )
                 && let Ok(Event::User(event)) = codec::decode(&r.record.value)
             {
-                let event = Arc::new(event);
-                let (partition, offset) = (r.partition, r.offset);
-                let before = entries.len();
-                entries.retain(|e| {
-                    let live = LiveEvent {
-                        partition,
-                        offset,
-                        event: event.clone(),
-                    };
-                    match e.tx.try_send(live) {
-                        Ok(()) => true,
-                        Err(TrySendError::Full(_)) => {
-                            e.kick.kick(Close::SlowConsumer);
-                            false
-                        }
-                        Err(TrySendError::Closed(_)) => false,
-                    }
-                });
-                let after = entries.len();
-                part.sessions_changed(before, after);
-                if after == 0 {
-                    st.sessions.remove(&r.record.key);
-                }
-                if after != before {
-                    note_changed(&mut st.changed, &r.record.key);
-                }
+                hand_out(st, part_ix, &r.record.key, r.offset, Arc::new(event));
             }
+            let part = &mut st.parts[part_ix];
             let recent = &mut part.recent;
             recent.bytes += record_bytes(&r);
             recent.records.push_back(r);

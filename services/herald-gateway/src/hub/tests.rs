@@ -166,3 +166,67 @@ async fn evicted_records_move_the_complete_mark() {
     assert_eq!(offsets(h.recent(0, 2, 1)), None);
     assert_eq!(offsets(h.recent(0, 3, 1)), Some(vec![3]));
 }
+
+/// A notification added for several users is decoded once and reaches the sessions of each
+/// recipient here as that user's own `Added`, at the record's offset; others get nothing.
+#[tokio::test]
+async fn a_notification_for_several_users_reaches_each_recipient_as_its_own() {
+    use herald_core::model::{AddedRecipient, Delivery, NotificationAdded, NotificationsAdded};
+    let (h, _dir) = hub(1, 0, RECENT_BYTES).await;
+    let mut a = h.register("a", "d").await.unwrap();
+    let mut b = h.register("b", "d").await.unwrap();
+    let mut c = h.register("c", "d").await.unwrap();
+    let content = NotificationAdded {
+        user_id: String::new(),
+        notification_id: "n1".into(),
+        event_type: "t".into(),
+        source: "s".into(),
+        payload: "{}".into(),
+        priority: Default::default(),
+        collapse_key: None,
+        deliver_at: None,
+        expires_at: None,
+        created_at: 1,
+        traceparent: None,
+        delivery: Delivery::Live,
+    };
+    let recipients = [
+        ("a", Delivery::Live),
+        ("x", Delivery::Live),
+        ("b", Delivery::Inbox),
+    ]
+    .into_iter()
+    .map(|(u, delivery)| AddedRecipient {
+        user_id: u.into(),
+        delivery,
+    })
+    .collect();
+    let many = NotificationsAdded::of(&content, recipients);
+    let record = herald_ports::records::users_added_record(&many, 0, 0).unwrap();
+    h.dispatch(vec![StoredRecord {
+        topic: Topic::UserEvents,
+        partition: 0,
+        offset: 0,
+        record: Arc::new(record),
+    }]);
+    for (reg, user, delivery) in [
+        (&mut a, "a", Delivery::Live),
+        (&mut b, "b", Delivery::Inbox),
+    ] {
+        let got = reg.rx.try_recv().expect("an event for each recipient");
+        assert_eq!(got.offset, 0);
+        let UserEvent::Added(added) = got.event.as_ref() else {
+            panic!("an Added, got {:?}", got.event);
+        };
+        assert_eq!(
+            added,
+            &NotificationAdded {
+                user_id: user.into(),
+                delivery,
+                ..content.clone()
+            }
+        );
+        assert!(reg.rx.try_recv().is_none(), "one event each");
+    }
+    assert!(c.rx.try_recv().is_none(), "not a recipient");
+}

@@ -38,6 +38,11 @@ pub struct Args {
     /// most this many records behind on them.
     #[arg(long, env = "HERALD_READY_MAX_LAG_RECORDS", default_value_t = herald_ports::readiness::READY_MAX_LAG_RECORDS)]
     ready_max_lag_records: u64,
+    /// Fanout writes a `NotificationAdded` per recipient instead of one `NotificationsAdded`
+    /// per partition for a notification to several users (how Herald wrote them before): only
+    /// for a rolling upgrade from such a version, until every gateway and projector reads them.
+    #[arg(long, env = "HERALD_SINGLE_USER_RECORDS")]
+    single_user_records: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -77,7 +82,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_stall_timeout(std::time::Duration::from_millis(
             args.stall_timeout_ms.max(1000),
         ))
-        .with_ready_max_lag(args.ready_max_lag_records);
+        .with_ready_max_lag(args.ready_max_lag_records)
+        .with_single_user_records(args.single_user_records);
     if args.projection_url.is_none() {
         // The data directory's lock makes this the only replica of its SQLite projection: it
         // keeps one lease holder name across restarts (and takes its lease back at once).

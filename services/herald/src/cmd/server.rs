@@ -43,6 +43,12 @@ pub struct StorageArgs {
     /// where `herald projector` replicas run it.
     #[arg(long, value_name = "true|false")]
     pub projector: Option<bool>,
+    /// The projector's fanout writes a `NotificationAdded` per recipient instead of one
+    /// `NotificationsAdded` per partition for a notification to several users (how Herald
+    /// wrote them before): only for a rolling upgrade from such a version, until every gateway
+    /// and projector reads them.
+    #[arg(long, env = "HERALD_SINGLE_USER_RECORDS")]
+    pub single_user_records: bool,
 }
 
 /// Token keys, credentials, and what is reachable without them.
@@ -358,7 +364,8 @@ impl Server {
             .projector
             .unwrap_or(!(mode == Mode::Gateway && kafka.is_some()));
         let projector = run_projector.then(|| {
-            let projector = Projector::new(log.clone(), store.clone());
+            let projector = Projector::new(log.clone(), store.clone())
+                .with_single_user_records(storage.single_user_records);
             if storage.projection_url.is_none() {
                 // The data directory's lock makes this the only projector of its SQLite
                 // projection: one lease holder name across restarts.
