@@ -382,28 +382,13 @@ async fn scheduled_notifications_appear_when_due_and_leave_when_expired() {
     handle.await.unwrap();
 }
 
-/// The `NotificationAdded` records of `id` in user-events, by recipient.
+/// How many times each recipient of `id` was added in user-events (a `NotificationAdded`, or
+/// its place in a `NotificationsAdded`).
 async fn added_records(env: &Env, id: &str) -> BTreeMap<String, usize> {
     let mut by_user = BTreeMap::new();
-    for p in 0..env.log.partitions(Topic::UserEvents) {
-        let end = env.log.end_offset(Topic::UserEvents, p).await.unwrap();
-        for r in env
-            .log
-            .read(Topic::UserEvents, p, 0, end as usize)
-            .await
-            .unwrap()
-        {
-            let events = herald_core::codec::decode(&r.record.value)
-                .ok()
-                .and_then(Event::into_user_events)
-                .unwrap_or_default();
-            for e in events {
-                if let UserEvent::Added(a) = e
-                    && a.notification_id == id
-                {
-                    *by_user.entry(a.user_id).or_default() += 1;
-                }
-            }
+    for (_, _, users) in records_of(env, id).await {
+        for u in users {
+            *by_user.entry(u).or_default() += 1;
         }
     }
     by_user
