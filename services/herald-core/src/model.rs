@@ -241,8 +241,9 @@ pub struct NotificationAdded {
     pub delivery: Delivery,
 }
 
-/// Most recipients in one [`NotificationsAdded`] record: with user ids of at most 256 bytes and
-/// a payload of at most 64 KiB, a record stays well under a Kafka broker's default 1 MiB.
+/// Most recipients in one [`NotificationsAdded`] record: with user ids of at most
+/// [`crate::ids::MAX_ID_LEN`] bytes and a payload of at most [`MAX_PAYLOAD_BYTES`], a record
+/// stays under 256 KiB, below the log's 1 MiB record bound and a Kafka broker's default.
 pub const MAX_ADDED_RECIPIENTS: usize = 1024;
 
 /// One recipient of a [`NotificationsAdded`].

@@ -81,3 +81,53 @@ pub fn request_record(
         timestamp_ms: now_ms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use herald_core::ids::MAX_ID_LEN;
+    use herald_core::model::{
+        AddedRecipient, Delivery, MAX_ADDED_RECIPIENTS, MAX_LABEL_LEN, MAX_PAYLOAD_BYTES,
+        NotificationAdded, NotificationsAdded, Priority,
+    };
+
+    use super::*;
+    use crate::log::MAX_RECORD_BYTES;
+
+    /// The largest `NotificationsAdded` the fanout can write (every field at its bound) fits
+    /// in a log record with room to spare.
+    #[test]
+    fn the_largest_several_user_record_fits_a_log_record() {
+        let label = "l".repeat(MAX_LABEL_LEN);
+        let content = NotificationAdded {
+            user_id: String::new(),
+            notification_id: "n".repeat(MAX_ID_LEN),
+            event_type: label.clone(),
+            source: label.clone(),
+            payload: "p".repeat(MAX_PAYLOAD_BYTES),
+            priority: Priority::Urgent,
+            collapse_key: Some(label.clone()),
+            deliver_at: Some(i64::MAX),
+            expires_at: Some(i64::MAX),
+            created_at: i64::MAX,
+            traceparent: Some(label),
+            delivery: Delivery::Live,
+        };
+        let recipients = (0..MAX_ADDED_RECIPIENTS)
+            .map(|i| AddedRecipient {
+                user_id: format!("{i:0>width$}", width = MAX_ID_LEN),
+                delivery: Delivery::Muted,
+            })
+            .collect();
+        let record =
+            users_added_record(&NotificationsAdded::of(&content, recipients), 0, 0).unwrap();
+        let size = record.key.len()
+            + record.value.len()
+            + record
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        assert!(size < 256 * 1024, "{size} bytes");
+        assert!(size < MAX_RECORD_BYTES);
+    }
+}
