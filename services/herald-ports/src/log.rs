@@ -26,7 +26,8 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 pub enum Topic {
     /// Notification requests (key: notification id) and directory changes (key: user id).
     Requests,
-    /// Per-user events (key: user id, partition: `partition_for(user id)`).
+    /// Per-user events (key: user id, partition: `partition_for(user id)`); a notification
+    /// added for several users of one partition is one record there, keyed by its id.
     UserEvents,
 }
 

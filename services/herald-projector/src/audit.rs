@@ -229,12 +229,14 @@ pub async fn audit<L: EventLog + ?Sized, P: DirectoryReader + InboxReader + ?Siz
                             entries.push(user_entry(r, &e));
                         }
                     }
-                    Err(e) => entries.push(entry(
+                    // A several-user record keyed by a notification: not this user's to show.
+                    Err(e) if r.record.key == id => entries.push(entry(
                         r,
                         "undecodable",
                         r.record.timestamp_ms,
                         e.to_string(),
                     )),
+                    Err(_) => {}
                 }
             })
             .await?;

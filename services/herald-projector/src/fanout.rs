@@ -14,7 +14,10 @@ use herald_ports::projection::{MAX_PREFERENCE_LOOKUP, ProjectionError, Projectio
 use herald_ports::records::{user_event_record, users_added_record};
 use herald_ports::telemetry;
 
-use crate::{FANOUT_APPEND_CHUNK, Projector, ProjectorError, next_offsets, now_ms, offsets_vec};
+use crate::{
+    FANOUT_APPEND_BYTES, FANOUT_APPEND_CHUNK, Projector, ProjectorError, next_offsets, now_ms,
+    offsets_vec,
+};
 
 impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// Expands a batch of requests and applies directory changes, in log order.
@@ -162,6 +165,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let mut seen = BTreeSet::new();
         let mut expansions = Vec::new();
         let mut records = Vec::new();
+        let mut bytes = 0;
         let mut duplicates = 0;
         duplicates += requests.len() - resolved.len();
         for (req, users) in resolved {
@@ -196,18 +200,21 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             };
             for (partition, recipients) in by_partition {
                 for chunk in recipients.chunks(per_record) {
-                    records.push(if let [one] = chunk {
+                    let record = if let [one] = chunk {
                         let mut added = req.added_for(&one.user_id);
                         added.delivery = one.delivery;
                         user_event_record(&UserEvent::Added(added), partitions, now)?
                     } else {
                         let many = NotificationsAdded::of(&content, chunk.to_vec());
                         users_added_record(&many, partition, now)?
-                    });
-                    if records.len() >= FANOUT_APPEND_CHUNK {
+                    };
+                    bytes += record.value.len();
+                    records.push(record);
+                    if records.len() >= FANOUT_APPEND_CHUNK || bytes >= FANOUT_APPEND_BYTES {
                         self.log
                             .append(Topic::UserEvents, std::mem::take(&mut records))
                             .await?;
+                        bytes = 0;
                     }
                 }
             }

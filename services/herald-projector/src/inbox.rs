@@ -7,14 +7,15 @@ use herald_core::model::Event;
 use herald_ports::log::{EventLog, StoredRecord};
 use herald_ports::projection::{Positioned, ProjectionStore, Stage};
 
-use crate::{Projector, ProjectorError, next_offsets, offsets_vec};
+use crate::{MAX_APPLY_EVENTS, Projector, ProjectorError, next_offsets, offsets_vec};
 
 impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// Folds a batch of per-user events into the projection.
     #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
     pub async fn inbox_batch(&self, records: &[StoredRecord]) -> Result<(), ProjectorError> {
-        let mut events = Vec::with_capacity(records.len());
-        for r in records {
+        let mut events = Vec::new();
+        let mut offsets = BTreeMap::new();
+        for (i, r) in records.iter().enumerate() {
             match codec::decode(&r.record.value).map(Event::into_user_events) {
                 // One event, or one per recipient of a notification added for several users,
                 // all at the record's offset.
@@ -31,12 +32,16 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 }
                 Err(e) => self.dead_letter(Stage::Inbox, r, &e.to_string()).await?,
             }
+            // At most about MAX_APPLY_EVENTS events per store call, each call with the
+            // offsets of the records it covers (and the last one even without events).
+            if events.len() >= MAX_APPLY_EVENTS || i + 1 == records.len() {
+                next_offsets(&records[..=i], &mut offsets);
+                self.store
+                    .apply_user_events(Stage::Inbox, &events, &offsets_vec(&offsets))
+                    .await?;
+                events.clear();
+            }
         }
-        let mut offsets = BTreeMap::new();
-        next_offsets(records, &mut offsets);
-        self.store
-            .apply_user_events(Stage::Inbox, &events, &offsets_vec(&offsets))
-            .await?;
         Ok(())
     }
 }

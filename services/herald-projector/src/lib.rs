@@ -30,6 +30,13 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_BATCH_RECORDS: usize = 2048;
 /// Most per-user records appended by the fanout in one call.
 pub const FANOUT_APPEND_CHUNK: usize = 4096;
+/// Most bytes of records the fanout gathers for one append (a `NotificationsAdded` can be a
+/// few hundred KiB).
+pub const FANOUT_APPEND_BYTES: usize = 16 * 1024 * 1024;
+/// Most per-user events the inbox stage and the rebuild hand the store in one call, give or
+/// take one record's: a `NotificationsAdded` is an event per recipient, so a batch of records
+/// can hold many more events than records, and each carries its notification's content.
+pub const MAX_APPLY_EVENTS: usize = 8192;
 /// Least time between two projection-lag measurements of a stage.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the timer stage looks for due scheduled requests and expired rows.

@@ -7,7 +7,7 @@ use herald_core::model::{DirectoryChange, Event, RequestRecord, UserEvent};
 use herald_ports::log::{EventLog, StoredRecord, Topic};
 use herald_ports::projection::{Positioned, ProjectionStore, Stage};
 
-use crate::{MAX_BATCH_RECORDS, ProjectorError};
+use crate::{MAX_APPLY_EVENTS, MAX_BATCH_RECORDS, ProjectorError};
 
 /// Progress of a rebuild, for progress bars.
 pub trait Progress: Send + Sync {
@@ -57,17 +57,22 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
             let mut at = 0;
             while at < end {
                 let max = ((end - at) as usize).min(MAX_BATCH_RECORDS * 4);
-                let batch = match log.read(topic, p, at, max).await {
+                let batches = match log.read(topic, p, at, max).await {
                     Ok(records) if records.is_empty() => break,
                     Ok(records) => {
                         at = records.last().map_or(at, |r| r.offset + 1);
-                        Ok(Batch::decode(topic, p, at, &records))
+                        Batch::decode(topic, p, &records)
+                            .into_iter()
+                            .map(Ok)
+                            .collect()
                     }
-                    Err(e) => Err(e.into()),
+                    Err(e) => vec![Err(e.into())],
                 };
-                let failed = batch.is_err();
-                if tx.send(batch).await.is_err() || failed {
-                    return;
+                for batch in batches {
+                    let failed = batch.is_err();
+                    if tx.send(batch).await.is_err() || failed {
+                        return;
+                    }
                 }
             }
         }
@@ -147,13 +152,15 @@ enum Batch {
 }
 
 impl Batch {
-    fn decode(topic: Topic, p: u32, at: u64, records: &[StoredRecord]) -> Batch {
-        let n = records.len() as u64;
+    /// Decodes a read of `records`: one batch, or for user events several, each of at most
+    /// about [`MAX_APPLY_EVENTS`] events (a `NotificationsAdded` is an event per recipient).
+    fn decode(topic: Topic, p: u32, records: &[StoredRecord]) -> Vec<Batch> {
         let registry = codec::Registry::global();
+        let next = |r: Option<&StoredRecord>| r.map_or(0, |r| r.offset + 1);
         match topic {
-            Topic::Requests => Batch::Requests {
+            Topic::Requests => vec![Batch::Requests {
                 p,
-                at,
+                at: next(records.last()),
                 // Notification requests are the fanout's input, not the projection's: their
                 // kind is read from the header, and they are not decoded.
                 items: records
@@ -171,25 +178,124 @@ impl Batch {
                         _ => None,
                     })
                     .collect(),
-                records: n,
-            },
-            Topic::UserEvents => Batch::Events {
-                p,
-                at,
-                events: records
-                    .iter()
-                    .filter_map(|r| {
-                        let events = codec::decode(&r.record.value).ok()?.into_user_events()?;
-                        Some(events.into_iter().map(|event| Positioned {
-                            partition: p,
-                            offset: r.offset,
-                            event,
-                        }))
-                    })
-                    .flatten()
-                    .collect(),
-                records: n,
-            },
+                records: records.len() as u64,
+            }],
+            Topic::UserEvents => {
+                let mut batches = Vec::new();
+                let mut events = Vec::new();
+                let mut taken = 0;
+                for (i, r) in records.iter().enumerate() {
+                    let expanded = codec::decode(&r.record.value)
+                        .ok()
+                        .and_then(Event::into_user_events)
+                        .unwrap_or_default();
+                    events.extend(expanded.into_iter().map(|event| Positioned {
+                        partition: p,
+                        offset: r.offset,
+                        event,
+                    }));
+                    if events.len() >= MAX_APPLY_EVENTS || i + 1 == records.len() {
+                        batches.push(Batch::Events {
+                            p,
+                            at: r.offset + 1,
+                            events: std::mem::take(&mut events),
+                            records: (i + 1 - taken) as u64,
+                        });
+                        taken = i + 1;
+                    }
+                }
+                batches
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_core::model::{AddedRecipient, Delivery, NotificationAdded, NotificationsAdded};
+    use herald_ports::log::Record;
+
+    use super::*;
+
+    fn many(id: &str, users: usize) -> StoredRecord {
+        let content = NotificationAdded {
+            user_id: String::new(),
+            notification_id: id.into(),
+            event_type: "t".into(),
+            source: "s".into(),
+            payload: "{}".into(),
+            priority: Default::default(),
+            collapse_key: None,
+            deliver_at: None,
+            expires_at: None,
+            created_at: 1,
+            traceparent: None,
+            delivery: Delivery::Live,
+        };
+        let recipients = (0..users)
+            .map(|u| AddedRecipient {
+                user_id: format!("u{u}"),
+                delivery: Delivery::Live,
+            })
+            .collect();
+        let record: Record = herald_ports::records::users_added_record(
+            &NotificationsAdded::of(&content, recipients),
+            0,
+            0,
+        )
+        .unwrap();
+        StoredRecord {
+            topic: Topic::UserEvents,
+            partition: 0,
+            offset: 0,
+            record: Arc::new(record),
+        }
+    }
+
+    /// A read whose records expand to more than MAX_APPLY_EVENTS events is handed to the
+    /// store in several batches, each with the offset after its last record, covering every
+    /// record and every event once, in order.
+    #[test]
+    fn a_read_of_several_user_records_is_applied_in_bounded_batches() {
+        let records: Vec<StoredRecord> = (0..10u64)
+            .map(|i| StoredRecord {
+                offset: 100 + i,
+                ..many(&format!("n{i}"), 1000)
+            })
+            .collect();
+        let batches = Batch::decode(Topic::UserEvents, 0, &records);
+        assert!(batches.len() > 1, "split");
+        let mut covered = 0;
+        let mut seen = Vec::new();
+        for b in &batches {
+            let Batch::Events {
+                at,
+                events,
+                records: n,
+                ..
+            } = b
+            else {
+                panic!("user events");
+            };
+            assert!(events.len() < MAX_APPLY_EVENTS + 1000, "{}", events.len());
+            covered += n;
+            assert_eq!(
+                *at,
+                100 + covered,
+                "the offset after the batch's last record"
+            );
+            seen.extend(
+                events
+                    .iter()
+                    .map(|e| (e.offset, e.event.user_id().to_owned())),
+            );
+        }
+        assert_eq!(covered, 10);
+        let expected: Vec<(u64, String)> = (0..10u64)
+            .flat_map(|i| (0..1000).map(move |u| (100 + i, format!("u{u}"))))
+            .collect();
+        assert_eq!(seen, expected);
     }
 }

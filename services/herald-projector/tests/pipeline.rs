@@ -545,6 +545,66 @@ async fn a_notification_to_many_users_is_a_record_per_partition() {
     }
 }
 
+/// A batch of several-user records that expands to more events than one store call takes
+/// (MAX_APPLY_EVENTS; the inbox stage then splits it) is applied whole: every recipient gets
+/// its row, and the stage's offset reaches the partition's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_larger_than_one_store_call_is_applied_whole() {
+    let env = open(tempfile::tempdir().unwrap()).await;
+    let partitions = env.log.partitions(Topic::UserEvents);
+    let members: Vec<String> = (0..)
+        .map(|i| format!("user-{i}"))
+        .filter(|u| herald_core::partition::partition_for(u, partitions) == 0)
+        .take(1000)
+        .collect();
+    let records = 10;
+    assert!(records * members.len() > herald_projector::MAX_APPLY_EVENTS);
+    let appended: Vec<_> = (0..records)
+        .map(|i| {
+            let req = request("p", &format!("big-{i}"), users(&["x"]));
+            let many = NotificationsAdded::of(
+                &req.added_for(""),
+                members
+                    .iter()
+                    .map(|u| AddedRecipient {
+                        user_id: u.clone(),
+                        delivery: Delivery::Live,
+                    })
+                    .collect(),
+            );
+            herald_ports::records::users_added_record(&many, 0, 1).unwrap()
+        })
+        .collect();
+    env.log.append(Topic::UserEvents, appended).await.unwrap();
+    let token = CancellationToken::new();
+    let p = Projector::new(env.log.clone(), env.store.clone());
+    let t = token.clone();
+    let inbox = tokio::spawn(async move { p.run_inbox(t).await.unwrap() });
+    let end = env.log.end_offset(Topic::UserEvents, 0).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env
+        .store
+        .consumer_offsets(Stage::Inbox)
+        .await
+        .unwrap()
+        .get(&0)
+        .copied()
+        .unwrap_or(0)
+        < end
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    inbox.await.unwrap();
+    let live = env.store.snapshot().await.unwrap();
+    assert_eq!(live.rows.len(), records * members.len());
+    assert_eq!(
+        env.store.unread_count(&members[0]).await.unwrap(),
+        records as u64
+    );
+}
+
 /// A fanout that appended some recipients' events and crashed before recording the expansion:
 /// the next one appends only what is missing, whether the inbox stage had applied the earlier
 /// events (rows) or not (still in the log's tail).

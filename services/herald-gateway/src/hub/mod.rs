@@ -180,7 +180,6 @@ struct State {
     tail: Result<(), String>,
 }
 
-/// Notes that `user`'s sessions changed (for presence), forgetting all when there are too many.
 /// Hands `event` (at `offset` of partition `part_ix`) to each session of `user`; a session whose
 /// queue is full is kicked as a slow consumer, and a closed one is dropped.
 fn hand_out(st: &mut State, part_ix: usize, user: &str, offset: u64, event: Arc<UserEvent>) {
@@ -214,6 +213,7 @@ fn hand_out(st: &mut State, part_ix: usize, user: &str, offset: u64, event: Arc<
     }
 }
 
+/// Notes that `user`'s sessions changed (for presence), forgetting all when there are too many.
 fn note_changed(changed: &mut Option<HashSet<String>>, user: &str) {
     if let Some(users) = changed {
         if users.len() >= MAX_PRESENCE_CHANGES {
@@ -393,7 +393,11 @@ impl Hub {
                 // session here gets its own `Added`.
                 if let Ok(Event::UsersAdded(many)) = codec::decode(&r.record.value) {
                     for recipient in &many.recipients {
-                        if st.sessions.contains_key(&recipient.user_id) {
+                        // A recipient of another partition would be a corrupt record: its
+                        // sessions follow that partition, not this one.
+                        if st.sessions.contains_key(&recipient.user_id)
+                            && partition_for(&recipient.user_id, self.partitions) == r.partition
+                        {
                             let event = Arc::new(UserEvent::Added(many.added(recipient)));
                             hand_out(st, part_ix, &recipient.user_id, r.offset, event);
                         }
