@@ -50,14 +50,9 @@ impl<L: EventLog + ?Sized> Scanner<'_, L> {
             self.scanned += chunk.len() as u64;
             // A notification added for several users is keyed by its id: it is read here
             // too, and the caller takes its recipient's part of it.
-            let registry = codec::Registry::global();
             for r in chunk.iter().filter(|r| {
                 r.record.key == key
-                    || (topic == Topic::UserEvents
-                        && matches!(
-                            registry.peek(&r.record.value),
-                            Ok((codec::SchemaKind::UsersAdded, _))
-                        ))
+                    || (topic == Topic::UserEvents && codec::is_users_added(&r.record.value))
             }) {
                 each(r);
             }

@@ -192,7 +192,8 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         delivery,
                     });
             }
-            let content = req.added_for("");
+            // The content of a several-user record, made once and only if one is written.
+            let mut content = None;
             let per_record = if self.single_user_records {
                 1
             } else {
@@ -205,7 +206,8 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         added.delivery = one.delivery;
                         user_event_record(&UserEvent::Added(added), partitions, now)?
                     } else {
-                        let many = NotificationsAdded::of(&content, chunk.to_vec());
+                        let content = content.get_or_insert_with(|| req.added_for(""));
+                        let many = NotificationsAdded::of(content, chunk.to_vec());
                         users_added_record(&many, partition, now)?
                     };
                     bytes += record.value.len();

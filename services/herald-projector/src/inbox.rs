@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::codec;
-use herald_core::model::Event;
 use herald_ports::log::{EventLog, StoredRecord};
-use herald_ports::projection::{Positioned, ProjectionStore, Stage};
+use herald_ports::projection::{ProjectionStore, Stage};
 
-use crate::{MAX_APPLY_EVENTS, Projector, ProjectorError, next_offsets, offsets_vec};
+use crate::{
+    MAX_APPLY_EVENTS, Projector, ProjectorError, next_offsets, offsets_vec, user_events_of,
+};
 
 impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// Folds a batch of per-user events into the projection.
@@ -16,16 +16,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let mut events = Vec::new();
         let mut offsets = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
-            match codec::decode(&r.record.value).map(Event::into_user_events) {
+            match user_events_of(r) {
                 // One event, or one per recipient of a notification added for several users,
                 // all at the record's offset.
-                Ok(Some(user_events)) => {
-                    events.extend(user_events.into_iter().map(|event| Positioned {
-                        partition: r.partition,
-                        offset: r.offset,
-                        event,
-                    }))
-                }
+                Ok(Some(user_events)) => events.extend(user_events),
                 Ok(None) => {
                     self.dead_letter(Stage::Inbox, r, "a request record on the user-events topic")
                         .await?

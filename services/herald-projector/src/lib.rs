@@ -22,8 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_core::model::UserEvent;
 use herald_ports::log::{EventLog, LogError, StoredRecord};
-use herald_ports::projection::{ProjectionError, ProjectionStore, Stage};
+use herald_ports::projection::{Positioned, ProjectionError, ProjectionStore, Stage};
 use tokio_util::sync::CancellationToken;
 
 /// Most records a stage takes from the log per batch.
@@ -232,4 +233,23 @@ mod stage;
 mod timers;
 
 pub use rebuild::{Progress, rebuild};
+
+/// The per-user events of a user-events record, each at the record's partition and offset: its
+/// one event, or an `Added` per recipient of a `NotificationsAdded`. `Ok(None)`: a request
+/// record (on the wrong topic).
+fn user_events_of(
+    r: &StoredRecord,
+) -> Result<Option<Vec<Positioned<UserEvent>>>, herald_core::CoreError> {
+    let events = herald_core::codec::decode(&r.record.value)?.into_user_events();
+    Ok(events.map(|events| {
+        events
+            .into_iter()
+            .map(|event| Positioned {
+                partition: r.partition,
+                offset: r.offset,
+                event,
+            })
+            .collect()
+    }))
+}
 pub use stage::group_name;

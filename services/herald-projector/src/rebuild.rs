@@ -185,15 +185,7 @@ impl Batch {
                 let mut events = Vec::new();
                 let mut taken = 0;
                 for (i, r) in records.iter().enumerate() {
-                    let expanded = codec::decode(&r.record.value)
-                        .ok()
-                        .and_then(Event::into_user_events)
-                        .unwrap_or_default();
-                    events.extend(expanded.into_iter().map(|event| Positioned {
-                        partition: p,
-                        offset: r.offset,
-                        event,
-                    }));
+                    events.extend(crate::user_events_of(r).ok().flatten().unwrap_or_default());
                     if events.len() >= MAX_APPLY_EVENTS || i + 1 == records.len() {
                         batches.push(Batch::Events {
                             p,

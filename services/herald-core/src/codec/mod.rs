@@ -368,6 +368,15 @@ pub fn encode_request(record: &RequestRecord) -> Result<Vec<u8>, CoreError> {
     Ok(buf)
 }
 
+/// Whether `bytes` is a `NotificationsAdded` (a notification for several users, keyed by the
+/// notification, not by a user): read from its header, without decoding it.
+pub fn is_users_added(bytes: &[u8]) -> bool {
+    matches!(
+        Registry::global().peek(bytes),
+        Ok((SchemaKind::UsersAdded, _))
+    )
+}
+
 /// Decodes any Herald record.
 pub fn decode(bytes: &[u8]) -> Result<Event, CoreError> {
     Registry::global().decode(bytes)

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use herald_core::codec::{self, SchemaKind};
+use herald_core::codec;
 use herald_core::projection::InboxRow;
 use herald_core::protocol::{ClientFrame, Close, ServerFrame};
 use herald_core::session::{Action, Ending, Hello, Input, Io, Outgoing, Session, Start};
@@ -160,20 +160,13 @@ fn far_future() -> tokio::time::Instant {
 /// A page of the user's partition (from the hub's recent records or the log) as the machine's
 /// log input: this user's events, and where the next page starts.
 fn gap_input(records: &[StoredRecord], user: &str) -> Input {
-    let registry = codec::Registry::global();
     Input::Log {
         next: records.last().map(|r| r.offset + 1),
         events: records
             .iter()
             // The user's own records, and notifications added for several users (keyed by
             // the notification), of which the user's part is taken.
-            .filter(|r| {
-                r.record.key == user
-                    || matches!(
-                        registry.peek(&r.record.value),
-                        Ok((SchemaKind::UsersAdded, _))
-                    )
-            })
+            .filter(|r| r.record.key == user || codec::is_users_added(&r.record.value))
             .flat_map(|r| {
                 codec::decode(&r.record.value)
                     .map(|event| event.into_events_of(user))
