@@ -40,6 +40,10 @@ export const CLOSE_REPLACED = 4010;
 /// How long a follower tab waits for the leader to answer a forwarded action before sending it
 /// again (the leader may have closed in between; actions are idempotent).
 const FORWARD_RESEND_MS = 3000;
+/// The longest a read (`inbox`, `unreadCount`) waits for this client's changes still on their way
+/// to the server, so that it shows them (read-your-writes for a change in flight). A change that
+/// waits in the offline queue is not waited for.
+const READ_WAITS_FOR_CHANGES_MS = 5000;
 
 /// Thrown for actions refused because the offline queue is full.
 export class OfflineError extends Error {
@@ -120,6 +124,9 @@ export class HeraldClient extends EventTarget {
     // The newest position of this user's events the client has seen (notifications, marks, its
     // own changes). Reads pass it as `after`, so they include what the client already showed.
     this.latest = null;
+    // Changes on their way to the server (sent, or forwarded to the leader tab), each a promise
+    // that settles when the change did (or was queued offline, or READ_WAITS_FOR_CHANGES_MS).
+    this.inflight = new Set();
     this.closes = 0; // sockets closed so far (a reconnect loop shows up here)
   }
 
@@ -496,10 +503,10 @@ export class HeraldClient extends EventTarget {
 
   /// One action against the server, from the tab that holds the connection: sent now, or queued
   /// while the server cannot be reached.
-  perform(kind, body) {
+  perform(kind, body, onQueued) {
     if (!MARK_KIND[kind]) return Promise.reject(new TypeError(`unknown action ${kind}`));
     return new Promise((resolve, reject) => {
-      const a = { kind, body, resolve, reject };
+      const a = { kind, body, resolve, reject, onQueued };
       if (this.queue.length > 0) return this.enqueue(a); // keep the order
       this.send(a).catch((e) => (retryable(e) ? this.enqueue(a) : reject(e)));
     });
@@ -532,6 +539,7 @@ export class HeraldClient extends EventTarget {
       return;
     }
     this.queue.push(a);
+    a.onQueued?.();
     this.emitAll("queue", { size: this.queue.length, queued: a.kind, ids: a.body.ids ?? [] });
     if (this.state === "open") this.flush(); // the failure was a blip: try again now
   }
@@ -569,6 +577,27 @@ export class HeraldClient extends EventTarget {
   }
 
   change(kind, body) {
+    let settle;
+    const settled = new Promise((resolve) => (settle = resolve));
+    const bound = setTimeout(settle, READ_WAITS_FOR_CHANGES_MS);
+    const p = this.route(kind, body, settle);
+    p.then(settle, settle);
+    this.inflight.add(settled);
+    settled.then(() => {
+      clearTimeout(bound);
+      this.inflight.delete(settled);
+    });
+    return p;
+  }
+
+  /// Waits for the changes on their way to the server, so that a read shows them.
+  async changesSettled() {
+    if (this.inflight.size > 0) await Promise.all([...this.inflight]);
+  }
+
+  /// Sends a change from this tab, or forwards it to the leader tab; `onQueued` is called if it
+  /// waits in the offline queue instead.
+  route(kind, body, onQueued) {
     if (this.role === "follower" && !this.stopped) {
       return new Promise((resolve, reject) => {
         const id = randomId();
@@ -588,7 +617,7 @@ export class HeraldClient extends EventTarget {
         }
       });
     }
-    return this.perform(kind, body);
+    return this.perform(kind, body, onQueued);
   }
 
   read(ids, upTo) {
@@ -607,7 +636,8 @@ export class HeraldClient extends EventTarget {
     return this.change("unarchive", { ids });
   }
 
-  // Reads include every change this client has seen (read-your-writes, docs/protocol.md).
+  // Reads include every change this client has seen (read-your-writes, docs/protocol.md), and
+  // wait for its own changes still on their way to the server.
   withAfter(params) {
     const p = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) p.set(k, String(v));
@@ -615,11 +645,13 @@ export class HeraldClient extends EventTarget {
     return p;
   }
 
-  inbox(params = {}) {
+  async inbox(params = {}) {
+    await this.changesSettled();
     return this.http(`/v1/inbox?${this.withAfter(params)}`);
   }
 
-  unreadCount() {
+  async unreadCount() {
+    await this.changesSettled();
     return this.http(`/v1/inbox/unread-count?${this.withAfter({})}`).then((b) => b.unread_count);
   }
 

@@ -223,6 +223,19 @@ try {
   await tab(pageA, "unread");
   await waitFor(async () => (await ids(pageA)).includes(urgent) && (await rows(pageA).count()) === 4, "the unread view to include the row marked unread");
   await shot(pageA, "unread");
+  step("a read right after a change shows it, while the change is still on its way (read-your-writes)");
+  const rw = await pageA.evaluate(async (id) => {
+    const archiving = heraldClient.archive([id]);
+    const archived = (await heraldClient.inbox({ filter: "archived" })).items.map((i) => i.id);
+    await archiving;
+    const unarchiving = heraldClient.unarchive([id]);
+    const after = (await heraldClient.inbox({ filter: "archived" })).items.map((i) => i.id);
+    const unread = heraldClient.read([id]);
+    const count = await heraldClient.unreadCount();
+    await Promise.all([unarchiving, unread, heraldClient.unread([id])]);
+    return { role: heraldClient.role, archived, after, count };
+  }, plain);
+  check(JSON.stringify(rw.archived) === JSON.stringify([plain]) && rw.after.length === 0 && rw.count === 3, `read-your-writes in flight (${rw.role}): ${JSON.stringify(rw)}`);
   step("the server agrees after a reload");
   await pageA.reload();
   await waitFor(async () => (await stateOf(pageA)) === "open" && (await rows(pageA).count()) === 4, "the reloaded inbox");
