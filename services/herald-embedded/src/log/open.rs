@@ -145,19 +145,20 @@ impl EmbeddedLog {
             ends,
             appended: [watch::Sender::new(0), watch::Sender::new(0)],
         });
+        let checkpointer =
+            sqlite::Checkpointer::for_access(&shared.path, access).map_err(storage)?;
         let (jobs, writer) = if access == Access::ReadWrite {
             let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
             let s = shared.clone();
+            let pressure = checkpointer.as_ref().map(|c| c.pressure());
             let handle = std::thread::Builder::new()
                 .name("herald-log-writer".into())
-                .spawn(move || writer::writer_loop(conn, rx, s))
+                .spawn(move || writer::writer_loop(conn, rx, s, pressure))
                 .map_err(storage)?;
             (Some(tx), Some(handle))
         } else {
             (None, None)
         };
-        let checkpointer =
-            sqlite::Checkpointer::for_access(&shared.path, access).map_err(storage)?;
         tracing::info!(path = %shared.path.display(), %epoch, ?partitions, ?access, "embedded log open");
         Ok(EmbeddedLog {
             inner: Arc::new(Inner {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::headers::encode_headers;
 use super::{EmbeddedLog, MAX_GROUP_COMMIT_RECORDS, Shared, storage};
+use crate::sqlite::WalPressure;
 
 /// One record header: a name and its bytes.
 type Header = (String, Vec<u8>);
@@ -124,7 +125,12 @@ impl EmbeddedLog {
     }
 }
 
-pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    pressure: Option<Arc<WalPressure>>,
+) {
     let mut next: [Vec<u64>; 2] = [0, 1].map(|t| {
         shared.ends[t]
             .iter()
@@ -180,6 +186,12 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, sha
                     if *was {
                         shared.appended[t].send_modify(|g| *g += 1);
                     }
+                }
+                // After the replies: the appends this group carried do not wait for it.
+                if let Some(p) = &pressure
+                    && let Err(e) = p.relieve(&conn)
+                {
+                    tracing::warn!(error = %e, "log WAL restart failed");
                 }
             }
             Err(e) => {

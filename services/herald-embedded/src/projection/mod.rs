@@ -125,7 +125,8 @@ struct Inner {
     inline_expansions: bool,
     /// Built in bulk mode and not finished yet: reads are refused.
     rebuilding: AtomicBool,
-    _checkpointer: Option<sqlite::Checkpointer>,
+    /// Also asks the writer to start an oversized WAL over ([`sqlite::WalPressure`]).
+    checkpointer: Option<sqlite::Checkpointer>,
 }
 
 /// Sets the connection's journal mode and checks that SQLite took it (it answers with the mode
@@ -288,7 +289,7 @@ impl EmbeddedProjection {
                 store_id,
                 inline_expansions,
                 rebuilding: AtomicBool::new(bulk),
-                _checkpointer: checkpointer,
+                checkpointer,
             }),
         })
     }
@@ -312,6 +313,11 @@ impl EmbeddedProjection {
             let out = f(&mut state)?;
             state.finish()?;
             tx.commit()?;
+            if let Some(c) = &inner.checkpointer
+                && let Err(e) = c.pressure().relieve(&conn)
+            {
+                tracing::warn!(error = %e, "projection WAL restart failed");
+            }
             Ok::<T, rusqlite::Error>(out)
         })
         .await
