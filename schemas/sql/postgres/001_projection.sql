@@ -43,9 +43,8 @@ CREATE TABLE IF NOT EXISTS acks (
 CREATE TABLE IF NOT EXISTS cursors (
     user_id TEXT NOT NULL, device_id TEXT NOT NULL, seq BIGINT NOT NULL,
     PRIMARY KEY (user_id, device_id));
-CREATE TABLE IF NOT EXISTS delivered (
-    user_id TEXT NOT NULL, device_id TEXT NOT NULL, seq BIGINT NOT NULL, at BIGINT NOT NULL,
-    PRIMARY KEY (user_id, device_id, seq));
+-- Deliveries are not projected (the log keeps each one; `herald audit` lists them). Databases
+-- from before keep a `delivered` table nothing writes or reads; an older build still uses them.
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, roles TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS roles (role TEXT PRIMARY KEY, topics TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS group_members (

@@ -38,9 +38,8 @@ CREATE TABLE IF NOT EXISTS acks (
 CREATE TABLE IF NOT EXISTS cursors (
     user_id TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (user_id, device_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS delivered (
-    user_id TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL,
-    PRIMARY KEY (user_id, device_id, seq)) WITHOUT ROWID;
+-- Deliveries are not projected (the log keeps each one; `herald audit` lists them). Files from
+-- before keep a `delivered` table nothing writes or reads; an older build still opens them.
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, roles TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_members (
     group_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (group_id, user_id)) WITHOUT ROWID;

@@ -270,10 +270,7 @@ impl ProjectionState for BatchState {
                 let c = self.user(&user_id).cursors.entry(device_id).or_insert(None);
                 *c = Some(c.map_or(seq, |c| c.max(seq)));
             }
-            Write::AckSeq { .. }
-            | Write::MarkDelivered { .. }
-            | Write::KnowUser { .. }
-            | Write::SetPreferences { .. } => {}
+            Write::AckSeq { .. } | Write::KnowUser { .. } | Write::SetPreferences { .. } => {}
         }
         Ok(())
     }

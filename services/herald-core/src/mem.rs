@@ -22,8 +22,6 @@ pub struct ProjectionSnapshot {
     pub acks: BTreeSet<(String, String, u64)>,
     /// (user, device) → cumulative ACK cursor.
     pub cursors: BTreeMap<(String, String), u64>,
-    /// (user, device, seq) → first delivery time.
-    pub delivered: BTreeMap<(String, String, u64), i64>,
     /// user → roles.
     pub users: BTreeMap<String, Vec<String>>,
     /// (group, user).
@@ -96,7 +94,6 @@ impl ProjectionSnapshot {
         );
         diff_sets("ack", &self.acks, &other.acks, &mut out);
         diff_maps("cursor", &self.cursors, &other.cursors, &mut out);
-        diff_maps("delivered", &self.delivered, &other.delivered, &mut out);
         diff_maps("user", &self.users, &other.users, &mut out);
         diff_sets("group member", &self.groups, &other.groups, &mut out);
         diff_sets("topic subscriber", &self.topics, &other.topics, &mut out);
@@ -283,14 +280,6 @@ impl ProjectionState for MemProjection {
             } => {
                 let c = s.cursors.entry((user_id, device_id)).or_insert(seq);
                 *c = (*c).max(seq);
-            }
-            Write::MarkDelivered {
-                user_id,
-                device_id,
-                seq,
-                at,
-            } => {
-                s.delivered.entry((user_id, device_id, seq)).or_insert(at);
             }
             Write::KnowUser { user_id } => {
                 s.users.entry(user_id).or_default();

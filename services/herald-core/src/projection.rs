@@ -84,13 +84,6 @@ pub enum Write {
         device_id: String,
         seq: u64,
     },
-    /// Record that the row at `seq` reached the device; the first time recorded is kept.
-    MarkDelivered {
-        user_id: String,
-        device_id: String,
-        seq: u64,
-        at: i64,
-    },
     /// The user exists (for `everyone`).
     KnowUser { user_id: String },
     /// Replace the user's preferences (the newest event's document wins).
@@ -250,16 +243,9 @@ pub fn fold<S: ProjectionState>(
             out.push(Write::PutRow(row));
             changes.into_writes(state, added_delta, &mut out)?;
         }
-        UserEvent::Delivered(e) => {
-            if let Some(row) = row_before(state, &e.user_id, &e.notification_id, offset)? {
-                out.push(Write::MarkDelivered {
-                    user_id: e.user_id.clone(),
-                    device_id: e.device_id.clone(),
-                    seq: row.seq,
-                    at: e.at,
-                });
-            }
-        }
+        // A delivery changes no row: the log keeps every one (`herald audit` lists them); the
+        // projection keeps only what reads need.
+        UserEvent::Delivered(_) => {}
         UserEvent::Acked(e) => fold_acks(
             state,
             (&e.user_id, &e.device_id),
@@ -269,21 +255,7 @@ pub fn fold<S: ProjectionState>(
             &mut out,
         )?,
         UserEvent::Progress(e) => {
-            // Seqs name rows directly; only rows that precede the event can have been sent.
-            let seqs: BTreeSet<u64> = e
-                .delivered
-                .iter()
-                .filter_map(|s| u64::try_from(*s).ok())
-                .filter(|s| *s < offset)
-                .collect();
-            for seq in seqs {
-                out.push(Write::MarkDelivered {
-                    user_id: e.user_id.clone(),
-                    device_id: e.device_id.clone(),
-                    seq,
-                    at: e.at,
-                });
-            }
+            // Its deliveries change no row (as `Delivered`); its ACKs do.
             fold_acks(
                 state,
                 (&e.user_id, &e.device_id),

@@ -73,10 +73,6 @@ fn dump(c: &mut impl GenericClient) -> Result<ProjectionSnapshot, postgres::Erro
         s.cursors
             .insert((r.get(0), r.get(1)), r.get::<_, i64>(2) as u64);
     }
-    for r in c.query("SELECT user_id, device_id, seq, at FROM delivered", &[])? {
-        s.delivered
-            .insert((r.get(0), r.get(1), r.get::<_, i64>(2) as u64), r.get(3));
-    }
     for r in c.query("SELECT user_id, roles FROM users", &[])? {
         s.users.insert(
             r.get(0),

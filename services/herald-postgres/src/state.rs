@@ -12,13 +12,12 @@ use crate::{ROW_COLUMNS, to_row};
 
 /// The fold's view of a PostgreSQL transaction.
 ///
-/// Writes the fold never reads back (deliveries, ACKs by id, known users) are gathered and
+/// Writes the fold never reads back (ACKs by id, known users) are gathered and
 /// inserted in one statement each by [`TxState::flush`]: a batch of device progress names
 /// hundreds of rows, and one round trip per row made a batch outlast the consumer's poll
 /// interval.
 pub(crate) struct TxState<'a, 'b> {
     tx: &'a mut Transaction<'b>,
-    delivered: BTreeMap<(String, String, i64), i64>,
     acks: BTreeSet<(String, String, i64)>,
     users: BTreeSet<String>,
 }
@@ -27,7 +26,6 @@ impl<'a, 'b> TxState<'a, 'b> {
     pub(crate) fn new(tx: &'a mut Transaction<'b>) -> Self {
         TxState {
             tx,
-            delivered: BTreeMap::new(),
             acks: BTreeSet::new(),
             users: BTreeSet::new(),
         }
@@ -41,20 +39,6 @@ impl<'a, 'b> TxState<'a, 'b> {
                 "INSERT INTO users (user_id, roles) SELECT u, '[]' FROM UNNEST($1::text[]) AS u \
                  ON CONFLICT DO NOTHING",
                 &[&users],
-            )?;
-        }
-        if !self.delivered.is_empty() {
-            let (mut users, mut devices, mut seqs, mut ats) = (vec![], vec![], vec![], vec![]);
-            for ((user, device, seq), at) in std::mem::take(&mut self.delivered) {
-                users.push(user);
-                devices.push(device);
-                seqs.push(seq);
-                ats.push(at);
-            }
-            self.tx.execute(
-                "INSERT INTO delivered SELECT * FROM \
-                 UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) ON CONFLICT DO NOTHING",
-                &[&users, &devices, &seqs, &ats],
             )?;
         }
         if !self.acks.is_empty() {
@@ -196,17 +180,6 @@ impl ProjectionState for TxState<'_, '_> {
                      DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq)",
                     &[&user_id, &device_id, &(seq as i64)],
                 )?;
-            }
-            Write::MarkDelivered {
-                user_id,
-                device_id,
-                seq,
-                at,
-            } => {
-                // The first delivery of a row to a device is the one kept.
-                self.delivered
-                    .entry((user_id, device_id, seq as i64))
-                    .or_insert(at);
             }
             Write::KnowUser { user_id } => {
                 self.users.insert(user_id);

@@ -11,8 +11,6 @@ use scylla::value::CqlValue;
 use crate::{INBOX_BUCKET_BITS, MEMBER_SHARDS};
 
 const HOUR_MS: i64 = 3_600_000;
-/// `delivered` keeps the first delivery: stamped `FIRST_WINS - offset`, the earliest wins.
-pub(crate) const FIRST_WINS: i64 = 1 << 62;
 pub(crate) const ROW_COLUMNS: &str = "user_id, seq, notification_id, event_type, source, payload, priority, \
      collapse_key, created_at, deliver_at, expires_at, read, archived, expired, superseded, live";
 

@@ -50,6 +50,6 @@ mod tests {
         ] {
             assert!(!source.contains(concat!("ALLOW ", "FILTERING")));
         }
-        assert_eq!(stmts.len(), 25);
+        assert_eq!(stmts.len(), 24);
     }
 }

@@ -80,14 +80,6 @@ impl Snapshots for ScyllaProjection {
         {
             s.cursors.insert((u, d), seq as u64);
         }
-        for (u, d, seq, at) in self
-            .scan::<(String, String, i64, i64)>(&format!(
-                "SELECT user_id, device_id, seq, at FROM {ks}.delivered"
-            ))
-            .await?
-        {
-            s.delivered.insert((u, d, seq as u64), at);
-        }
         for (u, roles) in self
             .scan::<(String, Option<String>)>(&format!("SELECT user_id, roles FROM {ks}.users"))
             .await?

@@ -82,7 +82,6 @@ statements! {
     set_count = "INSERT INTO {{ks}}.unread_counts (user_id, n) VALUES (?, ?) USING TIMESTAMP ?";
     put_ack = "INSERT INTO {{ks}}.acks (user_id, device_id, bucket, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
     set_cursor = "INSERT INTO {{ks}}.cursors (user_id, device_id, seq) VALUES (?, ?, ?) USING TIMESTAMP ?";
-    put_delivered = "INSERT INTO {{ks}}.delivered (user_id, device_id, bucket, seq, at) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
     know_user = "INSERT INTO {{ks}}.users (user_id) VALUES (?) USING TIMESTAMP ?";
     put_preferences = "INSERT INTO {{ks}}.preferences (user_id, doc) VALUES (?, ?) USING TIMESTAMP ?";
     preferences_of = "SELECT doc FROM {{ks}}.preferences WHERE user_id = ?";

@@ -165,7 +165,6 @@ impl ProjectionWriter for ScyllaProjection {
                 Write::SetUnreadCount { user_id, .. }
                 | Write::AckSeq { user_id, .. }
                 | Write::SetDeviceCursor { user_id, .. }
-                | Write::MarkDelivered { user_id, .. }
                 | Write::SetPreferences { user_id, .. }
                 | Write::KnowUser { user_id } => user_id.clone(),
             };

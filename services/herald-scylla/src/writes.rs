@@ -6,7 +6,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
 use crate::ScyllaProjection;
-use crate::layout::{FIRST_WINS, big, bucket, hour, monotonic_micros, shard, text};
+use crate::layout::{big, bucket, hour, monotonic_micros, shard, text};
 use crate::statements::Stmt;
 
 impl ScyllaProjection {
@@ -130,22 +130,6 @@ impl ScyllaProjection {
                     text(&device_id),
                     big(seq),
                     big(seq.saturating_add(1)),
-                ],
-            )],
-            Write::MarkDelivered {
-                user_id,
-                device_id,
-                seq,
-                at,
-            } => vec![s(
-                &st.put_delivered,
-                vec![
-                    text(&user_id),
-                    text(&device_id),
-                    big(bucket(seq)),
-                    big(seq),
-                    big(at),
-                    big(FIRST_WINS - offset.min(FIRST_WINS as u64 - 1) as i64),
                 ],
             )],
             Write::KnowUser { user_id } => vec![s(&st.know_user, vec![text(&user_id), ts])],

@@ -79,18 +79,6 @@ fn dump(conn: &Connection) -> rusqlite::Result<ProjectionSnapshot> {
         let (u, d, seq) = r?;
         s.cursors.insert((u, d), seq);
     }
-    let mut stmt = conn.prepare("SELECT user_id, device_id, seq, at FROM delivered")?;
-    for r in stmt.query_map([], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get::<_, i64>(2)? as u64,
-            r.get::<_, i64>(3)?,
-        ))
-    })? {
-        let (u, d, seq, at) = r?;
-        s.delivered.insert((u, d, seq), at);
-    }
     let mut stmt = conn.prepare("SELECT user_id, roles FROM users")?;
     for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
         let (u, roles) = r?;

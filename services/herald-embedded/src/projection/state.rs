@@ -167,16 +167,6 @@ impl ProjectionState for TxState<'_, '_> {
                     )?
                     .execute(params![user_id, device_id, seq as i64])?;
             }
-            Write::MarkDelivered {
-                user_id,
-                device_id,
-                seq,
-                at,
-            } => {
-                self.tx
-                    .prepare_cached("INSERT OR IGNORE INTO delivered VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![user_id, device_id, seq as i64, at])?;
-            }
             Write::KnowUser { user_id } => self.know_user(user_id)?,
             Write::SetPreferences {
                 user_id,
