@@ -101,6 +101,11 @@ pub trait ProjectionState {
         user_id: &str,
         notification_id: &str,
     ) -> Result<Option<InboxRow>, Self::Error>;
+    /// The seq of the user's row of `notification_id`, if there is one: what the fold needs to
+    /// know a row exists or to name it in an ACK. A store may answer it from an index alone.
+    fn seq_of(&mut self, user_id: &str, notification_id: &str) -> Result<Option<u64>, Self::Error> {
+        Ok(self.row(user_id, notification_id)?.map(|r| r.seq))
+    }
     /// The listed row holding `collapse_key` for this user, if any.
     fn collapse_holder(
         &mut self,
@@ -204,7 +209,7 @@ pub fn fold<S: ProjectionState>(
     let mut out = Vec::new();
     match event {
         UserEvent::Added(e) => {
-            if state.row(&e.user_id, &e.notification_id)?.is_some() {
+            if state.seq_of(&e.user_id, &e.notification_id)?.is_some() {
                 return Ok(out); // invariant 2: replay or duplicate expansion
             }
             let mut row = InboxRow {
@@ -357,11 +362,12 @@ fn fold_acks<S: ProjectionState>(
 ) -> Result<(), S::Error> {
     let ids: BTreeSet<&String> = ids.iter().collect();
     for id in ids {
-        if let Some(row) = row_before(state, user_id, id, offset)? {
+        // Only rows that precede the ACK (as `row_before`).
+        if let Some(seq) = state.seq_of(user_id, id)?.filter(|s| *s < offset) {
             out.push(Write::AckSeq {
                 user_id: user_id.to_owned(),
                 device_id: device_id.to_owned(),
-                seq: row.seq,
+                seq,
             });
         }
     }

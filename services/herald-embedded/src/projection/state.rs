@@ -80,6 +80,16 @@ impl ProjectionState for TxState<'_, '_> {
             .optional()
     }
 
+    fn seq_of(&mut self, user_id: &str, notification_id: &str) -> rusqlite::Result<Option<u64>> {
+        // Answered by `inbox_by_id` alone (its entries carry the primary key): no row is read.
+        Ok(self
+            .tx
+            .prepare_cached("SELECT seq FROM inbox WHERE user_id = ?1 AND notification_id = ?2")?
+            .query_row(params![user_id, notification_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|s| s as u64))
+    }
+
     fn collapse_holder(&mut self, user_id: &str, key: &str) -> rusqlite::Result<Option<InboxRow>> {
         self.tx
             .prepare_cached(&format!(
