@@ -636,8 +636,8 @@ export class HeraldClient extends EventTarget {
     return this.change("unarchive", { ids });
   }
 
-  // Reads include every change this client has seen (read-your-writes, docs/protocol.md), and
-  // wait for its own changes still on their way to the server.
+  // Reads include every change this client has seen (read-your-writes, docs/protocol.md);
+  // `inbox` and `unreadCount` first wait for its own changes still on their way (changesSettled).
   withAfter(params) {
     const p = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) p.set(k, String(v));

@@ -236,8 +236,8 @@ impl Checkpointer {
     }
 
     /// What the store's writer checks after each commit ([`WalPressure::relieve`]).
-    pub fn pressure(&self) -> Arc<WalPressure> {
-        self.pressure.clone()
+    pub fn pressure(&self) -> &Arc<WalPressure> {
+        &self.pressure
     }
 }
 

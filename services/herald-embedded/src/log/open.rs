@@ -150,7 +150,7 @@ impl EmbeddedLog {
         let (jobs, writer) = if access == Access::ReadWrite {
             let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
             let s = shared.clone();
-            let pressure = checkpointer.as_ref().map(|c| c.pressure());
+            let pressure = checkpointer.as_ref().map(|c| c.pressure().clone());
             let handle = std::thread::Builder::new()
                 .name("herald-log-writer".into())
                 .spawn(move || writer::writer_loop(conn, rx, s, pressure))
