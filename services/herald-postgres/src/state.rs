@@ -73,6 +73,17 @@ impl ProjectionState for TxState<'_, '_> {
             .map(|r| to_row(&r)))
     }
 
+    fn seq_of(&mut self, user_id: &str, id: &str) -> Result<Option<u64>, postgres::Error> {
+        // The seq alone: no payload read (or detoasted) and sent for an existence check.
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT seq FROM inbox WHERE user_id = $1 AND notification_id = $2",
+                &[&user_id, &id],
+            )?
+            .map(|r| r.get::<_, i64>(0) as u64))
+    }
+
     fn collapse_holder(
         &mut self,
         user_id: &str,
