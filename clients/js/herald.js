@@ -237,7 +237,7 @@ export class HeraldClient extends EventTarget {
     this.loadSaved(); // the previous leader's cursor and seen ids
     this.emit("role", "leader");
     // Actions this tab had forwarded to the old leader: do them here.
-    for (const [, a] of this.forwarded) this.perform(a.kind, a.body).then(a.resolve, a.reject);
+    for (const [, a] of this.forwarded) this.perform(a.kind, a.body, a.onQueued).then(a.resolve, a.reject);
     this.forwarded.clear();
     this.state = "closed";
     this.connect();
@@ -269,7 +269,8 @@ export class HeraldClient extends EventTarget {
     if (this.role === "leader") {
       if (m.t === "hello") this.sync();
       if (m.t === "action") {
-        this.perform(m.kind, m.body).then(
+        const queued = () => this.post({ t: "queued", to: m.from, id: m.id });
+        this.perform(m.kind, m.body, queued).then(
           (value) => this.post({ t: "result", to: m.from, id: m.id, ok: true, value }),
           (e) => this.post({ t: "result", to: m.from, id: m.id, ok: false, error: String(e?.message ?? e), name: e?.name }),
         );
@@ -286,7 +287,13 @@ export class HeraldClient extends EventTarget {
           this.state = m.state;
           this.emit("state", m.state);
         }
-        if (newLeader) for (const [id, a] of this.forwarded) this.forward(id, a); // resend to it
+        if (newLeader) {
+          // Resend to it (what the old leader had queued went with it).
+          for (const [id, a] of this.forwarded) {
+            a.queued = false;
+            this.forward(id, a);
+          }
+        }
         break;
       }
       case "notification":
@@ -297,6 +304,16 @@ export class HeraldClient extends EventTarget {
         if (m.type === "mark") this.observe(m.detail.cursor);
         this.emit(m.type, m.detail);
         break;
+      case "queued": {
+        // The leader keeps the action in its offline queue: a read need not wait for it, and
+        // resending it would queue it twice. A new leader gets it again (its `sync`).
+        if (m.to !== this.tabId) return;
+        const a = this.forwarded.get(m.id);
+        if (!a) return;
+        a.queued = true;
+        a.onQueued?.();
+        break;
+      }
       case "result": {
         if (m.to !== this.tabId) return;
         const a = this.forwarded.get(m.id);
@@ -601,7 +618,7 @@ export class HeraldClient extends EventTarget {
     if (this.role === "follower" && !this.stopped) {
       return new Promise((resolve, reject) => {
         const id = randomId();
-        const a = { kind, body, resolve, reject };
+        const a = { kind, body, resolve, reject, onQueued, queued: false };
         this.forwarded.set(id, a);
         this.forward(id, a);
         // The leader may close before it answers: send again until someone does.
@@ -612,7 +629,8 @@ export class HeraldClient extends EventTarget {
               this.resendTimer = null;
               return;
             }
-            for (const [fid, f] of this.forwarded) if (Date.now() - f.sentAt > FORWARD_RESEND_MS) this.forward(fid, f);
+            // Not one the leader said it queued: it holds that one until it can send it.
+            for (const [fid, f] of this.forwarded) if (!f.queued && Date.now() - f.sentAt > FORWARD_RESEND_MS) this.forward(fid, f);
           }, FORWARD_RESEND_MS);
         }
       });

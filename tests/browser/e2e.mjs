@@ -277,6 +277,8 @@ try {
   await waitFor(async () => (await follower.locator("#toast").isVisible()) && (await follower.locator("#toast").textContent()).includes("Offline"), "offline feedback");
   await waitFor(async () => (await row(follower, plain).getAttribute("class")).includes("pending"), "the row to say it waits to sync");
   check((await row(follower, plain).locator(".sync").isVisible()) && (await follower.locator("#banner").textContent()).includes("1 change"), "the row and banner say it waits");
+  // The leader told the follower it queued the change: a read there does not wait for it.
+  check((await follower.evaluate(() => heraldClient.inflight.size)) === 0, "the follower still counts the queued change as on its way");
   await shot(follower, "offline");
   await startHerald();
   await waitFor(async () => (await stateOf(leader)) === "open" && (await stateOf(follower)) === "open", "both tabs to reconnect");
