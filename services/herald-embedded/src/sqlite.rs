@@ -1,7 +1,7 @@
 //! SQLite connections: durable pragmas and a small bounded pool of reader connections.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,6 +28,10 @@ pub const WAL_RESTART_BYTES: i64 = 256 << 20;
 const RESTART_WAIT: Duration = Duration::from_millis(200);
 /// A restart checkpoint that takes this long is logged.
 const SLOW_RESTART: Duration = Duration::from_millis(100);
+/// After a restart that readers held off, the checkpointer lets 1, 2, 4, … of its rounds pass
+/// before it asks again, at most this many (32 s): a reader that keeps an old snapshot (a long
+/// `herald replay` comparison) would otherwise cost the writer `RESTART_WAIT` every round.
+const MAX_RESTART_BACKOFF_ROUNDS: u32 = 64;
 
 /// How a store file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +147,8 @@ pub struct Checkpointer {
     pressure: Arc<WalPressure>,
 }
 
-/// Set by a store's checkpointer when a passive checkpoint left the WAL longer than
-/// [`WAL_RESTART_BYTES`]; the store's writer then starts the WAL over ([`WalPressure::relieve`]).
+/// Set by a store's checkpointer when the WAL is longer than [`WAL_RESTART_BYTES`] after a passive
+/// checkpoint; the store's writer then starts the WAL over ([`WalPressure::relieve`]).
 ///
 /// A passive checkpoint copies the frames that were there when it began; SQLite starts the WAL
 /// over only at a write that finds every frame copied. A writer that never pauses for a whole
@@ -152,7 +156,13 @@ pub struct Checkpointer {
 /// after the ingest benchmark's 200k notifications. The writer is the one place that can take
 /// the write lock between two of its own transactions without waiting for itself.
 #[derive(Debug, Default)]
-pub struct WalPressure(AtomicBool);
+pub struct WalPressure {
+    wanted: AtomicBool,
+    /// Checkpointer rounds still to let pass before asking again.
+    skip: AtomicU32,
+    /// Rounds to let pass after the next restart that readers hold off (0: none yet).
+    backoff: AtomicU32,
+}
 
 impl WalPressure {
     /// After a commit: if the checkpointer asked for it, checkpoints the whole WAL and waits
@@ -160,7 +170,7 @@ impl WalPressure {
     /// over (truncated to [`WAL_SIZE_LIMIT`]). Readers that stay longer only delay it to the
     /// checkpointer's next request. Returns whether it started the WAL over.
     pub fn relieve(&self, conn: &Connection) -> rusqlite::Result<bool> {
-        if !self.0.swap(false, Ordering::AcqRel) {
+        if !self.wanted.swap(false, Ordering::AcqRel) {
             return Ok(false);
         }
         let started = std::time::Instant::now();
@@ -168,6 +178,14 @@ impl WalPressure {
         let busy = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
         let done = busy? == 0;
+        if done {
+            self.backoff.store(0, Ordering::Release);
+        } else {
+            let next =
+                (self.backoff.load(Ordering::Acquire) * 2).clamp(1, MAX_RESTART_BACKOFF_ROUNDS);
+            self.backoff.store(next, Ordering::Release);
+            self.skip.store(next, Ordering::Release);
+        }
         let took = started.elapsed();
         if took >= SLOW_RESTART {
             tracing::warn!(
@@ -179,13 +197,20 @@ impl WalPressure {
         Ok(done)
     }
 
+    /// Asks the writer for a restart, unless a held-off one makes this round wait.
     fn request(&self) {
-        self.0.store(true, Ordering::Release);
+        let skip = self.skip.load(Ordering::Acquire);
+        if skip > 0 {
+            self.skip.store(skip - 1, Ordering::Release);
+        } else {
+            self.wanted.store(true, Ordering::Release);
+        }
     }
 }
 
-/// One round of the checkpointer: a passive checkpoint, and a request to `pressure` when it left
-/// more than `limit` bytes of WAL ([`WAL_RESTART_BYTES`]).
+/// One round of the checkpointer: a passive checkpoint, and a request to `pressure` when the WAL
+/// is still longer than `limit` bytes ([`WAL_RESTART_BYTES`]) after it, copied or not (only a
+/// commit after a complete checkpoint starts it over).
 pub fn checkpoint(conn: &Connection, pressure: &WalPressure, limit: i64) -> rusqlite::Result<()> {
     let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
     let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -314,7 +339,7 @@ mod tests {
         }
         checkpoint(checkpointer, pressure, WAL_SIZE_LIMIT).unwrap();
         assert!(
-            pressure.0.load(Ordering::Acquire),
+            pressure.wanted.load(Ordering::Acquire),
             "over the limit: a restart is asked for"
         );
         reader
@@ -336,7 +361,10 @@ mod tests {
             pressure.relieve(&writer).unwrap(),
             "the restart checkpoint completed"
         );
-        assert!(!pressure.0.load(Ordering::Acquire), "the request is taken");
+        assert!(
+            !pressure.wanted.load(Ordering::Acquire),
+            "the request is taken"
+        );
         rewrite(&mut writer, 2 * HALF + 1, ROWS);
         let after = wal_len(&path);
         assert!(
@@ -363,9 +391,14 @@ mod tests {
         );
         rewrite(&mut writer, 2 * HALF, ROWS);
         drop(reader);
-        // The checkpointer's next round asks again; then it goes through.
+        // The checkpointer lets one round pass, then asks again; then it goes through.
         checkpoint(&checkpointer, &pressure, WAL_SIZE_LIMIT).unwrap();
-        assert!(pressure.0.load(Ordering::Acquire), "asked again");
+        assert!(
+            !pressure.wanted.load(Ordering::Acquire),
+            "one round backs off"
+        );
+        checkpoint(&checkpointer, &pressure, WAL_SIZE_LIMIT).unwrap();
+        assert!(pressure.wanted.load(Ordering::Acquire), "asked again");
         assert!(pressure.relieve(&writer).unwrap(), "no reader holds it now");
         rewrite(&mut writer, 2 * HALF + 1, ROWS);
         assert!(
