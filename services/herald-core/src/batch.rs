@@ -298,9 +298,8 @@ pub fn prefetch<'a>(events: impl IntoIterator<Item = &'a UserEvent>) -> BTreeSet
                 }
                 needs.insert(count(&e.user_id));
             }
-            UserEvent::Delivered(e) => {
-                needs.insert(row(&e.user_id, &e.notification_id));
-            }
+            // The fold ignores deliveries: nothing to fetch.
+            UserEvent::Delivered(_) => {}
             UserEvent::Acked(e) => {
                 needs.extend(e.notification_ids.iter().map(|id| row(&e.user_id, id)));
                 if e.up_to.is_some() {

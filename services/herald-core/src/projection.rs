@@ -1,8 +1,8 @@
 //! The inbox projection: `state × event → writes`.
 //!
 //! [`fold`] reads what it needs through [`ProjectionState`] and returns absolute, idempotent
-//! [`Write`]s: whole rows, the unread count as a number (never a delta), set-inserts for ACKs
-//! and deliveries, a cursor that only moves forward. Applying an event a second time therefore
+//! [`Write`]s: whole rows, the unread count as a number (never a delta), set-inserts for ACKs,
+//! a cursor that only moves forward. Applying an event a second time therefore
 //! changes nothing, and re-applying any suffix of a user's events in log order yields the same
 //! state. Adapters implement [`ProjectionState`] over their store (a SQLite transaction, a
 //! PostgreSQL transaction, …) and [`apply`] each event in log order.
