@@ -259,7 +259,13 @@ export declare class HeraldClient extends EventTarget {
   unread(ids: string[]): Promise<MarkResult>;
   archive(ids: string[]): Promise<MarkResult>;
   unarchive(ids: string[]): Promise<MarkResult>;
+  /**
+   * A page of the inbox. Includes every change this client has seen or made: it first waits (at
+   * most 5 s) for this client's changes still on their way to the server, not for ones waiting
+   * in the offline queue.
+   */
   inbox(params?: InboxParams): Promise<InboxPage>;
+  /** The unread count, with the same read-your-writes wait as `inbox`. */
   unreadCount(): Promise<number>;
   preferences(): Promise<Preferences>;
   setPreferences(doc: Preferences): Promise<Preferences>;
