@@ -19,6 +19,24 @@ use crate::{
     offsets_vec,
 };
 
+/// An expansion whose user events are durable and whose record (the requests' ids as expanded,
+/// with the batch's offsets) is still to be written: the fanout stage writes it while it
+/// expands the next batch (`stage`), so a batch waits for one fsync (its user events' append),
+/// not two. At most two batches are ever expanded and not recorded (the one whose record is in
+/// flight and the next): recovery looks that far past the stored offsets.
+pub(crate) struct Unrecorded {
+    expansions: Vec<(String, Vec<String>)>,
+    offsets: Vec<(u32, u64)>,
+    duplicates: usize,
+}
+
+impl Unrecorded {
+    /// The ids it expanded.
+    pub(crate) fn ids(&self) -> HashSet<String> {
+        self.expansions.iter().map(|(id, _)| id.clone()).collect()
+    }
+}
+
 impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// Expands a batch of requests and applies directory changes, in log order.
     #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
@@ -30,15 +48,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         let mut offsets = BTreeMap::new();
         let mut run_requests: Vec<NotificationRequest> = Vec::new();
         // Ids of requests an earlier owner may have expanded without recording it.
-        let recovering: HashSet<String> = records
-            .iter()
-            .filter(|r| {
-                recover_below
-                    .get(&r.partition)
-                    .is_some_and(|b| r.offset < *b)
-            })
-            .map(|r| r.record.key.clone())
-            .collect();
+        let recovering = Self::recovering(records, recover_below);
         let mut run_directory: Vec<DirectoryChange> = Vec::new();
         for r in records {
             match codec::decode(&r.record.value) {
@@ -137,15 +147,81 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
     /// Expands requests whose ids are not yet expanded; records them with `offsets`. For the
     /// ids in `recovering`, recipients that already have the notification (an earlier expansion
     /// that crashed before it was recorded) are skipped, so a crash never repeats an expansion.
-    #[tracing::instrument(level = "debug", skip_all, fields(requests = requests.len()))]
     pub(crate) async fn expand_now(
         &self,
         requests: &[NotificationRequest],
         offsets: &BTreeMap<u32, u64>,
         recovering: &HashSet<String>,
     ) -> Result<(), ProjectorError> {
-        let ids: Vec<String> = requests.iter().map(|r| r.notification_id.clone()).collect();
-        let done: HashSet<String> = self.store.expanded(&ids).await?.into_iter().collect();
+        let unrecorded = self
+            .expand_unrecorded(requests, offsets, recovering, &HashSet::new())
+            .await?;
+        self.record(unrecorded).await
+    }
+
+    /// Records an expansion whose user events are durable (with its batch's offsets).
+    pub(crate) async fn record(&self, unrecorded: Unrecorded) -> Result<(), ProjectorError> {
+        self.store
+            .record_expansions(Stage::Fanout, &unrecorded.expansions, &unrecorded.offsets)
+            .await?;
+        telemetry::projector_expanded(unrecorded.expansions.len(), unrecorded.duplicates);
+        Ok(())
+    }
+
+    /// The requests of a fanout batch the stage can pipeline ([`Unrecorded`]): every record a
+    /// valid notification request due now. `None` for any other batch (a directory change, a
+    /// role, a request for later, one to dead-letter), which [`Projector::fanout_batch`] takes
+    /// whole, in order, after the record in flight.
+    pub(crate) fn pipelinable(records: &[StoredRecord]) -> Option<Vec<NotificationRequest>> {
+        let now = now_ms();
+        let mut requests = Vec::with_capacity(records.len());
+        for r in records {
+            match codec::decode(&r.record.value) {
+                Ok(Event::Request(RequestRecord::Notification(n)))
+                    if n.validate().is_ok() && n.deliver_at.is_none_or(|d| d <= now) =>
+                {
+                    requests.push(*n)
+                }
+                _ => return None,
+            }
+        }
+        Some(requests)
+    }
+
+    /// The ids of `records` an earlier owner may have expanded without recording them (below
+    /// `recover_below`, see `recovery`).
+    pub(crate) fn recovering(
+        records: &[StoredRecord],
+        recover_below: &BTreeMap<u32, u64>,
+    ) -> HashSet<String> {
+        records
+            .iter()
+            .filter(|r| {
+                recover_below
+                    .get(&r.partition)
+                    .is_some_and(|b| r.offset < *b)
+            })
+            .map(|r| r.record.key.clone())
+            .collect()
+    }
+
+    /// Expands requests whose ids are neither expanded nor in `in_flight` (expanded, their
+    /// record not yet written) and appends their user events; the caller records the result.
+    #[tracing::instrument(level = "debug", skip_all, fields(requests = requests.len()))]
+    pub(crate) async fn expand_unrecorded(
+        &self,
+        requests: &[NotificationRequest],
+        offsets: &BTreeMap<u32, u64>,
+        recovering: &HashSet<String>,
+        in_flight: &HashSet<String>,
+    ) -> Result<Unrecorded, ProjectorError> {
+        let ids: Vec<String> = requests
+            .iter()
+            .filter(|r| !in_flight.contains(&r.notification_id))
+            .map(|r| r.notification_id.clone())
+            .collect();
+        let mut done: HashSet<String> = self.store.expanded(&ids).await?.into_iter().collect();
+        done.extend(in_flight.iter().cloned());
         let mut resolved: Vec<(&NotificationRequest, Vec<String>)> = Vec::new();
         for req in requests {
             if done.contains(&req.notification_id) {
@@ -226,12 +302,12 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         if !records.is_empty() {
             self.log.append(Topic::UserEvents, records).await?;
         }
-        // Only now, with the user events durable, is the request recorded as expanded.
-        self.store
-            .record_expansions(Stage::Fanout, &expansions, &offsets_vec(offsets))
-            .await?;
-        telemetry::projector_expanded(expansions.len(), duplicates);
-        Ok(())
+        // Only now, with the user events durable, may the request be recorded as expanded.
+        Ok(Unrecorded {
+            expansions,
+            offsets: offsets_vec(offsets),
+            duplicates,
+        })
     }
 }
 
@@ -254,5 +330,112 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             out.extend(self.store.preferences_of(chunk).await?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_core::model::{NotificationRequest, Priority, Recipients};
+    use herald_embedded::{Access, EmbeddedLog, EmbeddedProjection, LogOptions};
+    use herald_ports::prelude::*;
+
+    use super::*;
+
+    /// While a batch's record is in flight, a retried request in the next batch (same id) is a
+    /// duplicate, not a second expansion; and once recorded, the store says so.
+    #[tokio::test]
+    async fn a_request_whose_expansion_is_in_flight_is_not_expanded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(
+            &dir.path().join("log.db"),
+            Access::ReadWrite,
+            LogOptions::default(),
+        )
+        .await
+        .unwrap();
+        let store = EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
+            .await
+            .unwrap();
+        let projector = Projector::new(Arc::new(log), Arc::new(store));
+        let req = NotificationRequest {
+            notification_id: "n-1".into(),
+            idempotency_key: "k-1".into(),
+            producer: "p".into(),
+            recipients: Recipients {
+                users: vec!["alice".into(), "bob".into()],
+                ..Default::default()
+            },
+            event_type: "t".into(),
+            source: "tests".into(),
+            payload: "{}".into(),
+            collapse_key: None,
+            deliver_at: None,
+            expires_at: None,
+            created_at: 1,
+            traceparent: None,
+            priority: Priority::Normal,
+        };
+        let none = HashSet::new();
+        let first = projector
+            .expand_unrecorded(std::slice::from_ref(&req), &BTreeMap::new(), &none, &none)
+            .await
+            .unwrap();
+        assert_eq!(first.ids(), HashSet::from(["n-1".to_string()]));
+        let in_flight = first.ids();
+        let second = projector
+            .expand_unrecorded(
+                std::slice::from_ref(&req),
+                &BTreeMap::new(),
+                &none,
+                &in_flight,
+            )
+            .await
+            .unwrap();
+        assert!(second.expansions.is_empty(), "expanded once");
+        assert_eq!(second.duplicates, 1);
+        let mut added = 0;
+        for p in 0..projector.log.partitions(Topic::UserEvents) {
+            added += projector
+                .log
+                .read(Topic::UserEvents, p, 0, 100)
+                .await
+                .unwrap()
+                .len();
+        }
+        let partitions = projector.log.partitions(Topic::UserEvents);
+        let theirs: HashSet<u32> = ["alice", "bob"]
+            .iter()
+            .map(|u| partition_for(u, partitions))
+            .collect();
+        assert_eq!(added, theirs.len(), "alice and bob added once");
+        // Not recorded yet: without the in-flight ids it would be expanded again.
+        assert!(
+            projector
+                .store
+                .expanded(&in_flight_vec(&in_flight))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        projector.record(first).await.unwrap();
+        assert_eq!(
+            projector
+                .store
+                .expanded(&in_flight_vec(&in_flight))
+                .await
+                .unwrap(),
+            vec!["n-1".to_string()]
+        );
+        let third = projector
+            .expand_unrecorded(std::slice::from_ref(&req), &BTreeMap::new(), &none, &none)
+            .await
+            .unwrap();
+        assert!(third.expansions.is_empty(), "recorded: a duplicate");
+    }
+
+    fn in_flight_vec(ids: &HashSet<String>) -> Vec<String> {
+        ids.iter().cloned().collect()
     }
 }

@@ -1,7 +1,9 @@
 //! One stage's consumer loop: assignment (seek to the projection's own offsets), batches,
 //! revocation, lag, and dead letters for records the stage cannot use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use herald_ports::log::{ConsumerEvent, EventLog, LogConsumer, LogError, StoredRecord, Topic};
@@ -45,6 +47,12 @@ pub const INBOX_LINGER: Duration = Duration::from_millis(20);
 /// After a short batch, while the last measure showed a lag, the lag is measured again at
 /// most this often (else every [`LAG_INTERVAL`], and every [`STALL_CHECK`] while idle).
 const CAUGHT_UP_CHECK: Duration = Duration::from_millis(100);
+
+/// The fanout stage's record in flight (`fanout::Unrecorded`).
+struct InFlight<'a> {
+    ids: HashSet<String>,
+    record: Pin<Box<dyn Future<Output = Result<(), ProjectorError>> + Send + 'a>>,
+}
 
 /// Offsets a stage applied since its consumer group's last commit, and when that was.
 struct Uncommitted {
@@ -189,6 +197,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         // Fanout: requests below these offsets may have been expanded (appended) by an earlier
         // owner of the partition that crashed before recording it; see `recovery`.
         let mut recover_below: BTreeMap<u32, u64> = BTreeMap::new();
+        // Fanout: the record of the last expanded batch, written while the next one expands
+        // (`fanout::Unrecorded`), and the ids it holds.
+        let mut in_flight: Option<InFlight<'_>> = None;
         self.status.waiting(stage, &group);
         let waiting_since = Instant::now();
         tracing::info!(
@@ -207,11 +218,21 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    if let Some(f) = in_flight.take()
+                        && let Err(e) = f.record.await
+                    {
+                        tracing::warn!(stage = stage.name(), error = %e, "an expansion not recorded at shutdown (recovery covers it)");
+                    }
                     // Best effort: the projection's offsets are the ones that count.
                     if let Err(e) = uncommitted.commit(consumer.as_mut(), Duration::ZERO).await {
                         tracing::warn!(stage = stage.name(), error = %e, "consumer offsets not committed at shutdown");
                     }
                     return Ok(());
+                }
+                recorded = async { (&mut in_flight.as_mut().expect("guarded").record).await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    recorded?;
+                    continue;
                 }
                 _ = watch.tick() => {
                     self.watch_stalls(stage, generation, stall_timeout, &mut progress).await?;
@@ -221,6 +242,18 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 }
                 e = consumer.next(batch_max) => e?,
             };
+            // Anything but a batch to pipeline waits for the record in flight.
+            let pipelined = match &event {
+                ConsumerEvent::Records(records) if topic == Topic::Requests => {
+                    Self::pipelinable(records)
+                }
+                _ => None,
+            };
+            if pipelined.is_none()
+                && let Some(f) = in_flight.take()
+            {
+                f.record.await?;
+            }
             match event {
                 ConsumerEvent::Assigned(partitions) => {
                     // The projection's offsets are authoritative: they commit with the writes.
@@ -231,10 +264,11 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         let at = stored.get(&p).copied().unwrap_or(0);
                         consumer.seek(p, at)?;
                         positions.insert(p, at);
-                        // An owner records every batch it expands, and a batch holds at most
-                        // MAX_BATCH_RECORDS records: only those after the stored offset can
-                        // have been expanded without being recorded.
-                        recover_below.insert(p, at + MAX_BATCH_RECORDS as u64);
+                        // An owner records every batch it expands, at most two batches
+                        // behind (`fanout::Unrecorded`), and a batch holds at most
+                        // MAX_BATCH_RECORDS records: only those up to two batches after the
+                        // stored offset can have been expanded without being recorded.
+                        recover_below.insert(p, at + 2 * MAX_BATCH_RECORDS as u64);
                     }
                     tracing::info!(
                         stage = stage.name(),
@@ -247,8 +281,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 }
                 ConsumerEvent::Revoked(partitions) => {
                     self.status.revoked(stage, &partitions);
-                    // Each batch is finished before the next event is taken, so nothing of a
-                    // revoked partition is in flight here.
+                    // Each batch is finished before the next event is taken, and its record
+                    // was written above (every event but a batch to pipeline waits for it), so
+                    // nothing of a revoked partition is in flight here.
                     for p in &partitions {
                         recover_below.remove(p);
                         // No longer ours to commit.
@@ -267,9 +302,42 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     let mut offsets = BTreeMap::new();
                     next_offsets(&records, &mut offsets);
                     let n = records.len();
-                    match topic {
-                        Topic::Requests => self.fanout_batch(&records, &recover_below).await?,
-                        Topic::UserEvents => self.inbox_batch(&records).await?,
+                    match (topic, pipelined) {
+                        (Topic::Requests, Some(requests)) => {
+                            let recovering = Self::recovering(&records, &recover_below);
+                            // The previous batch's record is written while this one expands;
+                            // this one's after it, in offset order.
+                            let unrecorded = match in_flight.take() {
+                                Some(InFlight { ids, record }) => {
+                                    let expand = self.expand_unrecorded(
+                                        &requests,
+                                        &offsets,
+                                        &recovering,
+                                        &ids,
+                                    );
+                                    let (recorded, expanded) = tokio::join!(record, expand);
+                                    recorded?;
+                                    expanded?
+                                }
+                                None => {
+                                    self.expand_unrecorded(
+                                        &requests,
+                                        &offsets,
+                                        &recovering,
+                                        &HashSet::new(),
+                                    )
+                                    .await?
+                                }
+                            };
+                            in_flight = Some(InFlight {
+                                ids: unrecorded.ids(),
+                                record: Box::pin(self.record(unrecorded)),
+                            });
+                        }
+                        (Topic::Requests, None) => {
+                            self.fanout_batch(&records, &recover_below).await?
+                        }
+                        (Topic::UserEvents, _) => self.inbox_batch(&records).await?,
                     }
                     uncommitted.offsets.extend(offsets);
                     uncommitted

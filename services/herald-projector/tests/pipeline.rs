@@ -696,6 +696,71 @@ async fn an_expansion_interrupted_before_it_was_recorded_is_not_repeated() {
     }
 }
 
+/// The fanout stage writes a batch's record while it expands the next, so a crash can leave two
+/// batches expanded and not recorded: an expansion interrupted two batches past the stored
+/// offset (more than one batch's records after it) is recovered, not repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_interrupted_two_batches_past_the_stored_offset_is_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    // One requests partition: the interrupted request's offset is its place in the whole list.
+    let log = EmbeddedLog::open(
+        &dir.path().join("log.db"),
+        Access::ReadWrite,
+        LogOptions {
+            requests_partitions: Some(1),
+            ..LogOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let store = EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
+        .await
+        .unwrap();
+    let env = Env {
+        dir,
+        log: Arc::new(log),
+        store: Arc::new(store),
+    };
+    let ahead = herald_projector::MAX_BATCH_RECORDS + 5;
+    let before: Vec<RequestRecord> = (0..ahead)
+        .map(|i| {
+            let user = format!("user-{}", i % 50);
+            RequestRecord::Notification(Box::new(request("p", &format!("n{i}"), users(&[&user]))))
+        })
+        .collect();
+    append_requests(&env, &before).await;
+    let req = request("p", "interrupted", users(&["alice", "carol"]));
+    let id = req.notification_id.clone();
+    append_requests(&env, &[RequestRecord::Notification(Box::new(req.clone()))]).await;
+    // What the crashed fanout got to append of it: alice's event, not carol's.
+    let partitions = env.log.partitions(Topic::UserEvents);
+    let alice = herald_ports::records::user_event_record(
+        &UserEvent::Added(req.added_for("alice")),
+        partitions,
+        1,
+    )
+    .unwrap();
+    env.log
+        .append(Topic::UserEvents, vec![alice])
+        .await
+        .unwrap();
+    let (token, handle) = spawn(&env);
+    caught_up(&env).await;
+    token.cancel();
+    handle.await.unwrap();
+    let expected: BTreeMap<String, usize> =
+        [("alice".to_string(), 1), ("carol".to_string(), 1)].into();
+    assert_eq!(
+        added_records(&env, &id).await,
+        expected,
+        "one NotificationAdded per recipient, {ahead} requests past the stored offset"
+    );
+    assert_eq!(
+        env.store.expanded(std::slice::from_ref(&id)).await.unwrap(),
+        vec![id.clone()]
+    );
+}
+
 /// The embedded log, with one consumer call made to fail (as a Kafka consumer fails when a
 /// rebalance outdates its seek): everything else is the real log.
 struct FailingOnce {
