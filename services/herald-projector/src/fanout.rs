@@ -232,11 +232,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             .filter(|r| !in_flight.contains(&r.notification_id))
             .map(|r| r.notification_id.clone())
             .collect();
-        let mut done: HashSet<String> = self.store.expanded(&ids).await?.into_iter().collect();
-        done.extend(in_flight.iter().cloned());
+        let done: HashSet<String> = self.store.expanded(&ids).await?.into_iter().collect();
         let mut resolved: Vec<(&NotificationRequest, Vec<String>)> = Vec::new();
         for req in requests {
-            if done.contains(&req.notification_id) {
+            if done.contains(&req.notification_id) || in_flight.contains(&req.notification_id) {
                 continue;
             }
             // Most requests name users only: those need no round trip to the store.
