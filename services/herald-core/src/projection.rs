@@ -138,6 +138,19 @@ fn row_before<S: ProjectionState>(
         .filter(|r| r.seq < offset))
 }
 
+/// The seq of the row of `notification_id` if it was added before `offset` (as [`row_before`],
+/// without reading the row).
+fn seq_before<S: ProjectionState>(
+    state: &mut S,
+    user_id: &str,
+    notification_id: &str,
+    offset: u64,
+) -> Result<Option<u64>, S::Error> {
+    Ok(state
+        .seq_of(user_id, notification_id)?
+        .filter(|s| *s < offset))
+}
+
 /// Applies `change` to every row named in `ids` that precedes `offset`.
 fn touch_named<'a, S: ProjectionState>(
     state: &mut S,
@@ -362,8 +375,7 @@ fn fold_acks<S: ProjectionState>(
 ) -> Result<(), S::Error> {
     let ids: BTreeSet<&String> = ids.iter().collect();
     for id in ids {
-        // Only rows that precede the ACK (as `row_before`).
-        if let Some(seq) = state.seq_of(user_id, id)?.filter(|s| *s < offset) {
+        if let Some(seq) = seq_before(state, user_id, id, offset)? {
             out.push(Write::AckSeq {
                 user_id: user_id.to_owned(),
                 device_id: device_id.to_owned(),
