@@ -31,9 +31,9 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
     events_end: &BTreeMap<u32, u64>,
     progress: &dyn Progress,
 ) -> Result<u64, ProjectorError> {
-    let mut ends = Vec::new();
+    let mut ends: [Vec<(Topic, u32, u64)>; 2] = Default::default();
     let mut total = 0;
-    for topic in [Topic::Requests, Topic::UserEvents] {
+    for (i, topic) in [Topic::Requests, Topic::UserEvents].into_iter().enumerate() {
         let given = if topic == Topic::Requests {
             requests_end
         } else {
@@ -45,38 +45,51 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
                 None => log.end_offset(topic, p).await?,
             };
             total += end;
-            ends.push((topic, p, end));
+            ends[i].push((topic, p, end));
         }
     }
     progress.total(total);
     // Reading and decoding the next batches overlaps applying this one: the log's reads and
-    // the store's writes run on threads of their own.
+    // the store's writes run on threads of their own. The two topics are read side by side:
+    // the requests topic is mostly notification requests, which are read only to be skipped,
+    // and the fold of the user events neither reads nor writes what the directory changes
+    // write (their only shared table, `users`, takes a user once, with the roles of the last
+    // `UpsertUser` if there is one, in whichever order the two arrive), so the store applies
+    // the user events while the requests are read.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Batch, ProjectorError>>(READ_AHEAD);
-    let read = async move {
-        for (topic, p, end) in ends {
-            let mut at = 0;
-            while at < end {
-                let max = ((end - at) as usize).min(MAX_BATCH_RECORDS * 4);
-                let batches = match log.read(topic, p, at, max).await {
-                    Ok(records) if records.is_empty() => break,
-                    Ok(records) => {
-                        at = records.last().map_or(at, |r| r.offset + 1);
-                        Batch::decode(topic, p, &records)
-                            .into_iter()
-                            .map(Ok)
-                            .collect()
-                    }
-                    Err(e) => vec![Err(e.into())],
-                };
-                for batch in batches {
-                    let failed = batch.is_err();
-                    if tx.send(batch).await.is_err() || failed {
-                        return;
+    let read = |ends: Vec<(Topic, u32, u64)>| {
+        let tx = tx.clone();
+        async move {
+            for (topic, p, end) in ends {
+                let mut at = 0;
+                while at < end {
+                    let max = ((end - at) as usize).min(MAX_BATCH_RECORDS * 4);
+                    let batches = match log.read(topic, p, at, max).await {
+                        Ok(records) if records.is_empty() => break,
+                        Ok(records) => {
+                            at = records.last().map_or(at, |r| r.offset + 1);
+                            Batch::decode(topic, p, &records)
+                                .into_iter()
+                                .map(Ok)
+                                .collect()
+                        }
+                        Err(e) => vec![Err(e.into())],
+                    };
+                    for batch in batches {
+                        let failed = batch.is_err();
+                        if tx.send(batch).await.is_err() || failed {
+                            return;
+                        }
                     }
                 }
             }
         }
     };
+    let [request_ends, event_ends] = ends;
+    let read_requests = read(request_ends);
+    let read_events = read(event_ends);
+    // The channel closes when both readers are done.
+    drop(tx);
     let apply = async {
         let mut applied = 0;
         while let Some(batch) = rx.recv().await {
@@ -127,7 +140,7 @@ pub async fn rebuild<L: EventLog + ?Sized, P: ProjectionStore + ?Sized>(
         }
         Ok::<u64, ProjectorError>(applied)
     };
-    let ((), applied) = tokio::join!(read, apply);
+    let ((), (), applied) = tokio::join!(read_requests, read_events, apply);
     applied
 }
 

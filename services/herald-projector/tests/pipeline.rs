@@ -762,10 +762,13 @@ async fn an_expansion_interrupted_two_batches_past_the_stored_offset_is_not_repe
 }
 
 /// The embedded log, with one consumer call made to fail (as a Kafka consumer fails when a
-/// rebalance outdates its seek): everything else is the real log.
+/// rebalance outdates its seek), and reads of the requests topic made slow: everything else is
+/// the real log. Each read it answers is noted, in the order answered.
 struct FailingOnce {
     inner: Arc<EmbeddedLog>,
     failures: Arc<std::sync::atomic::AtomicUsize>,
+    slow_requests: Duration,
+    reads: std::sync::Mutex<Vec<Topic>>,
 }
 
 struct FailingConsumer {
@@ -828,7 +831,12 @@ impl EventLog for FailingOnce {
         from: u64,
         max: usize,
     ) -> Result<Vec<herald_ports::StoredRecord>, herald_ports::LogError> {
-        self.inner.read(topic, partition, from, max).await
+        if topic == Topic::Requests {
+            tokio::time::sleep(self.slow_requests).await;
+        }
+        let records = self.inner.read(topic, partition, from, max).await?;
+        self.reads.lock().unwrap().push(topic);
+        Ok(records)
     }
     async fn end_offset(
         &self,
@@ -876,6 +884,8 @@ async fn a_failing_consumer_restarts_its_stage_instead_of_stopping_the_projector
     let log = Arc::new(FailingOnce {
         inner: env.log.clone(),
         failures: failures.clone(),
+        slow_requests: Duration::ZERO,
+        reads: Default::default(),
     });
     let token = CancellationToken::new();
     let projector = Projector::new(log, env.store.clone());
@@ -895,4 +905,85 @@ async fn a_failing_consumer_restarts_its_stage_instead_of_stopping_the_projector
     assert!(!task.is_finished(), "the projector is still running");
     token.cancel();
     assert!(task.await.unwrap().is_ok());
+}
+
+/// `herald replay` reads the two topics side by side: here the requests topic (the directory)
+/// is slow to read, so the user events are applied before the directory changes, and the rebuilt
+/// projection still equals the live one, roles included (`UpsertUser` replaces a user's roles,
+/// a user event's `KnowUser` only adds a user it has not seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_applies_the_user_events_before_the_directory_equals_the_live_projection() {
+    let env = open(tempfile::tempdir().unwrap()).await;
+    let (stop, handle) = spawn(&env);
+    let change = |op, user: &str, target: Option<&str>, roles: &[&str]| {
+        RequestRecord::Directory(DirectoryChange {
+            op,
+            user_id: user.into(),
+            target: target.map(Into::into),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            at: 1,
+        })
+    };
+    append_requests(
+        &env,
+        &[
+            change(DirectoryOp::UpsertUser, "ann", None, &["admin"]),
+            change(DirectoryOp::JoinGroup, "ben", Some("ops"), &[]),
+            change(DirectoryOp::UpsertUser, "cat", None, &["lead"]),
+            change(DirectoryOp::UpsertUser, "cat", None, &["viewer"]),
+        ],
+    )
+    .await;
+    caught_up(&env).await;
+    for (i, to) in [
+        users(&["ann", "ben"]),
+        users(&["cat", "dan"]),
+        Recipients {
+            groups: vec!["ops".into()],
+            ..Default::default()
+        },
+        Recipients {
+            everyone: true,
+            ..Default::default()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = request("p", &format!("order-{i}"), to);
+        append_requests(&env, &[RequestRecord::Notification(Box::new(r))]).await;
+    }
+    caught_up(&env).await;
+    stop.cancel();
+    handle.await.unwrap();
+    let live = env.store.snapshot().await.unwrap();
+    assert_eq!(live.users["ann"], vec!["admin".to_string()]);
+    assert_eq!(live.users["cat"], vec!["viewer".to_string()]);
+    assert!(
+        live.users["dan"].is_empty(),
+        "dan is known from his inbox only"
+    );
+
+    let log = FailingOnce {
+        inner: env.log.clone(),
+        failures: Default::default(),
+        slow_requests: Duration::from_millis(300),
+        reads: Default::default(),
+    };
+    let fresh = EmbeddedProjection::open(&env.dir.path().join("rebuilt.db"), Access::ReadWrite)
+        .await
+        .unwrap();
+    rebuild(&log, &fresh, &BTreeMap::new(), &BTreeMap::new(), &())
+        .await
+        .unwrap();
+    let reads = log.reads.lock().unwrap().clone();
+    assert_eq!(
+        reads.first(),
+        Some(&Topic::UserEvents),
+        "the user events were read while the requests were: {reads:?}"
+    );
+    let rebuilt = fresh.snapshot().await.unwrap();
+    let diff = live.diff(&rebuilt, 10);
+    assert!(diff.is_empty(), "{diff:#?}");
+    assert_eq!(rebuilt.users, live.users);
 }
