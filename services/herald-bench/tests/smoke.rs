@@ -134,6 +134,8 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     }
     for r in read(&out, "latency")["runs"].as_array().unwrap() {
         assert_eq!(r["latency"]["samples"], r["messages"], "{r}");
+        // The disk probe ran beside it: at least one timed fdatasync.
+        assert!(r["disk_fdatasync"]["samples"].as_u64().unwrap() > 0, "{r}");
     }
     for r in read(&out, "resume")["runs"].as_array().unwrap() {
         assert!(r["seconds"].as_f64().unwrap() > 0.0, "{r}");
@@ -160,6 +162,10 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     assert_eq!(
         report.contains("The durable peer: NATS JetStream"),
         expected.contains(&JETSTREAM[0])
+    );
+    assert!(
+        report.contains("disk fdatasync p99 / max |"),
+        "the latency table has the disk's column"
     );
     for section in [
         "Idle connections",

@@ -329,15 +329,21 @@ fn latency(md: &mut String, images: &Path, lat: &[Value]) -> anyhow::Result<()> 
     if lat.is_empty() {
         return Ok(());
     }
-    md.push_str("\n### End-to-end latency: publish → client receive, at fixed offered rates\n\n| target | offered/s | achieved/s | p50 | p99 | p99.9 | max | server CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n### End-to-end latency: publish → client receive, at fixed offered rates\n\n| target | offered/s | achieved/s | p50 | p99 | p99.9 | max | server CPU | disk fdatasync p99 / max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in lat {
         let l = &r["latency"];
         let cpu = match (r["server_cpu_seconds"].as_f64(), r["seconds"].as_f64()) {
             (Some(c), Some(s)) if s > 0.0 => format!("{:.2} cores", c / s),
             _ => "–".into(),
         };
+        // Runs from before the probe have no disk figures.
+        let d = &r["disk_fdatasync"];
+        let disk = match (d["p99_ms"].as_f64(), d["max_ms"].as_f64()) {
+            (Some(p99), Some(max)) => format!("{p99:.1} / {max:.1} ms"),
+            _ => "–".into(),
+        };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {cpu} |\n",
+            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {cpu} | {disk} |\n",
             r["target"].as_str().unwrap_or("?"),
             r["rate"],
             f(r, "achieved_publish_rate"),
@@ -373,7 +379,7 @@ fn latency(md: &mut String, images: &Path, lat: &[Value]) -> anyhow::Result<()> 
             .collect();
         bars(images, file, title, "ms", &cats, &series)?;
     }
-    md.push_str("\n![latency p99](images/bench-latency.svg)\n![latency p50](images/bench-latency-p50.svg)\n\nOpen loop: message i is due at start + i/rate and stamped with that due time, so a server that falls behind shows as latency rather than as a lower rate. Each message goes to one of the connected users in turn. Server CPU: the server process's CPU time over the run (first due time to last receipt) divided by its length; this machine has 2 cores, shared with the load generator.");
+    md.push_str("\n![latency p99](images/bench-latency.svg)\n![latency p50](images/bench-latency-p50.svg)\n\nOpen loop: message i is due at start + i/rate and stamped with that due time, so a server that falls behind shows as latency rather than as a lower rate. Each message goes to one of the connected users in turn. Server CPU: the server process's CPU time over the run (first due time to last receipt) divided by its length; this machine has 2 cores, shared with the load generator. Disk fdatasync: during each run the harness overwrites 4 KiB of a file of its own and fdatasyncs it every 10 ms, timed (what the disk did meanwhile: the durable targets wait for the same disk before they answer; an idle loop of these on this machine saw p99.9 30 ms and a 224 ms maximum).");
     if jetstream::present(&names) {
         md.push_str(&jetstream::latency());
     }
