@@ -272,7 +272,29 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
                 accepted.push(t.await??);
             }
             let offered = total as f64 / begun.elapsed().as_secs_f64();
-            let (back, lat, last) = receiving.await??;
+            let (back, lat, last) = match receiving.await? {
+                Ok(got) => got,
+                Err(e) => {
+                    let _ = disk.stop();
+                    let Some(behind) = e.downcast_ref::<Behind>() else {
+                        return Err(e);
+                    };
+                    // Still not delivered after RECEIVE_TIMEOUT: this target fell behind at
+                    // this rate. Recorded as such; its clients' queues are in an unknown state,
+                    // so its higher rates are not run.
+                    runs.push(json!({
+                        "target": target.name(), "rate": rate, "messages": total,
+                        "achieved_publish_rate": offered.round(),
+                        "fell_behind": {
+                            "timeout_s": RECEIVE_TIMEOUT.as_secs(),
+                            "a_client_received": behind.received,
+                            "of": behind.expected,
+                        },
+                        "accept_latency": percentiles(accepted),
+                    }));
+                    break;
+                }
+            };
             let cpu = server.cpu_seconds()? - cpu0;
             let disk = disk.stop();
             let secs = last.duration_since(begun.into_std()).as_secs_f64();

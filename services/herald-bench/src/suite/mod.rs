@@ -192,6 +192,26 @@ async fn connect_users(server: &Server, n: usize, groups: usize) -> anyhow::Resu
     .await
 }
 
+/// A client that had not received all it was sent by [`RECEIVE_TIMEOUT`]: the target fell
+/// behind (or lost messages).
+#[derive(Debug)]
+pub(crate) struct Behind {
+    pub received: usize,
+    pub expected: usize,
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "timed out with {}/{} messages",
+            self.received, self.expected
+        )
+    }
+}
+
+impl std::error::Error for Behind {}
+
 /// Receives `expect[i]` messages on client `i`; returns each latency (µs) and the time of the
 /// last receipt.
 async fn receive_all(
@@ -209,8 +229,9 @@ async fn receive_all(
                 while lat.len() < n {
                     let t = tokio::time::timeout_at(deadline, c.next_message())
                         .await
-                        .map_err(|_| {
-                            anyhow::anyhow!("timed out with {}/{n} messages", lat.len())
+                        .map_err(|_| Behind {
+                            received: lat.len(),
+                            expected: n,
                         })??;
                     lat.push(now_us().saturating_sub(t).min(u32::MAX as u64) as u32);
                     last = Instant::now();
