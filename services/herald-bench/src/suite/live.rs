@@ -275,7 +275,7 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
             let (back, lat, last) = match receiving.await? {
                 Ok(got) => got,
                 Err(e) => {
-                    let _ = disk.stop();
+                    drop(disk);
                     let Some(behind) = e.downcast_ref::<Behind>() else {
                         return Err(e);
                     };
@@ -328,7 +328,7 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
 /// servers' tens of MB/s.
 struct DiskProbe {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u32>>,
+    thread: Option<std::thread::JoinHandle<Vec<u32>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -373,14 +373,24 @@ impl DiskProbe {
             })?;
         Ok(DiskProbe {
             stop,
-            thread,
+            thread: Some(thread),
             _dir: dir,
         })
     }
 
     /// The fdatasync times (µs), once the probe has stopped.
-    fn stop(self) -> Vec<u32> {
+    fn stop(mut self) -> Vec<u32> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for DiskProbe {
+    /// A run that fails stops its probe too.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
