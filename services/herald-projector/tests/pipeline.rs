@@ -63,6 +63,17 @@ fn users(list: &[&str]) -> Recipients {
     }
 }
 
+/// A directory change of `user` (a group or topic as `target`, roles for an `UpsertUser`).
+fn directory(op: DirectoryOp, user: &str, target: Option<&str>, roles: &[&str]) -> RequestRecord {
+    RequestRecord::Directory(DirectoryChange {
+        op,
+        user_id: user.into(),
+        target: target.map(Into::into),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        at: 1,
+    })
+}
+
 async fn append_requests(env: &Env, records: &[RequestRecord]) {
     let partitions = env.log.partitions(Topic::Requests);
     let recs = records
@@ -155,15 +166,7 @@ async fn a_retried_idempotency_key_creates_one_notification() {
 async fn groups_topics_and_everyone_expand_in_log_order() {
     let env = open(tempfile::tempdir().unwrap()).await;
     let (stop, handle) = spawn(&env);
-    let dir = |op, user: &str, target: Option<&str>| {
-        RequestRecord::Directory(DirectoryChange {
-            op,
-            user_id: user.into(),
-            target: target.map(Into::into),
-            roles: vec![],
-            at: 1,
-        })
-    };
+    let dir = |op, user: &str, target: Option<&str>| directory(op, user, target, &[]);
     append_requests(
         &env,
         &[
@@ -434,15 +437,7 @@ async fn a_notification_to_many_users_is_a_record_per_partition() {
         let everyone: Vec<String> = (0..40).map(|i| format!("user-{i:02}")).collect();
         let upserts: Vec<RequestRecord> = everyone
             .iter()
-            .map(|u| {
-                RequestRecord::Directory(DirectoryChange {
-                    op: DirectoryOp::UpsertUser,
-                    user_id: u.clone(),
-                    target: None,
-                    roles: vec![],
-                    at: 1,
-                })
-            })
+            .map(|u| directory(DirectoryOp::UpsertUser, u, None, &[]))
             .collect();
         append_requests(&env, &upserts).await;
         caught_up(&env).await;
@@ -915,22 +910,13 @@ async fn a_failing_consumer_restarts_its_stage_instead_of_stopping_the_projector
 async fn a_rebuild_that_applies_the_user_events_before_the_directory_equals_the_live_projection() {
     let env = open(tempfile::tempdir().unwrap()).await;
     let (stop, handle) = spawn(&env);
-    let change = |op, user: &str, target: Option<&str>, roles: &[&str]| {
-        RequestRecord::Directory(DirectoryChange {
-            op,
-            user_id: user.into(),
-            target: target.map(Into::into),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            at: 1,
-        })
-    };
     append_requests(
         &env,
         &[
-            change(DirectoryOp::UpsertUser, "ann", None, &["admin"]),
-            change(DirectoryOp::JoinGroup, "ben", Some("ops"), &[]),
-            change(DirectoryOp::UpsertUser, "cat", None, &["lead"]),
-            change(DirectoryOp::UpsertUser, "cat", None, &["viewer"]),
+            directory(DirectoryOp::UpsertUser, "ann", None, &["admin"]),
+            directory(DirectoryOp::JoinGroup, "ben", Some("ops"), &[]),
+            directory(DirectoryOp::UpsertUser, "cat", None, &["lead"]),
+            directory(DirectoryOp::UpsertUser, "cat", None, &["viewer"]),
         ],
     )
     .await;

@@ -272,6 +272,11 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
                 accepted.push(t.await??);
             }
             let offered = total as f64 / begun.elapsed().as_secs_f64();
+            let mut run = json!({
+                "target": target.name(), "rate": rate, "messages": total,
+                "achieved_publish_rate": offered.round(),
+                "accept_latency": percentiles(accepted),
+            });
             let (back, lat, last) = match receiving.await? {
                 Ok(got) => got,
                 Err(e) => {
@@ -282,16 +287,12 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
                     // Still not delivered after RECEIVE_TIMEOUT: this target fell behind at
                     // this rate. Recorded as such; its clients' queues are in an unknown state,
                     // so its higher rates are not run.
-                    runs.push(json!({
-                        "target": target.name(), "rate": rate, "messages": total,
-                        "achieved_publish_rate": offered.round(),
-                        "fell_behind": {
-                            "timeout_s": RECEIVE_TIMEOUT.as_secs(),
-                            "a_client_received": behind.received,
-                            "of": behind.expected,
-                        },
-                        "accept_latency": percentiles(accepted),
-                    }));
+                    run["fell_behind"] = json!({
+                        "timeout_s": RECEIVE_TIMEOUT.as_secs(),
+                        "a_client_received": behind.received,
+                        "of": behind.expected,
+                    });
+                    runs.push(run);
                     break;
                 }
             };
@@ -302,15 +303,11 @@ pub(super) async fn latency(args: &SuiteArgs) -> anyhow::Result<Value> {
             server
                 .save_metrics(&format!("latency-{}-{rate}", target.key()))
                 .await?;
-            runs.push(json!({
-                "target": target.name(), "rate": rate, "messages": total,
-                "achieved_publish_rate": offered.round(),
-                "seconds": secs,
-                "server_cpu_seconds": cpu,
-                "latency": percentiles(lat),
-                "accept_latency": percentiles(accepted),
-                "disk_fdatasync": percentiles(disk),
-            }));
+            run["seconds"] = json!(secs);
+            run["server_cpu_seconds"] = json!(cpu);
+            run["latency"] = percentiles(lat);
+            run["disk_fdatasync"] = percentiles(disk);
+            runs.push(run);
         }
         drop(clients);
         if let Ok(server) = Arc::try_unwrap(server) {
