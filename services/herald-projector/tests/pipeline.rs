@@ -757,8 +757,8 @@ async fn an_expansion_interrupted_two_batches_past_the_stored_offset_is_not_repe
 }
 
 /// The embedded log, with one consumer call made to fail (as a Kafka consumer fails when a
-/// rebalance outdates its seek), and reads of the requests topic made slow: everything else is
-/// the real log. Each read it answers is noted, in the order answered.
+/// rebalance outdates its seek), and reads of the requests topic held until a user-events read
+/// has been answered (at most `slow_requests`): everything else is the real log. Each read it answers is noted, in the order answered.
 struct FailingOnce {
     inner: Arc<EmbeddedLog>,
     failures: Arc<std::sync::atomic::AtomicUsize>,
@@ -827,7 +827,13 @@ impl EventLog for FailingOnce {
         max: usize,
     ) -> Result<Vec<herald_ports::StoredRecord>, herald_ports::LogError> {
         if topic == Topic::Requests {
-            tokio::time::sleep(self.slow_requests).await;
+            // Held until a user-events read has been answered, at most `slow_requests`.
+            let until = tokio::time::Instant::now() + self.slow_requests;
+            while tokio::time::Instant::now() < until
+                && !self.reads.lock().unwrap().contains(&Topic::UserEvents)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         let records = self.inner.read(topic, partition, from, max).await?;
         self.reads.lock().unwrap().push(topic);
@@ -903,7 +909,7 @@ async fn a_failing_consumer_restarts_its_stage_instead_of_stopping_the_projector
 }
 
 /// `herald replay` reads the two topics side by side: here the requests topic (the directory)
-/// is slow to read, so the user events are applied before the directory changes, and the rebuilt
+/// held back until a user-events read is answered, so the user events are applied before the directory changes, and the rebuilt
 /// projection still equals the live one, roles included (`UpsertUser` replaces a user's roles,
 /// a user event's `KnowUser` only adds a user it has not seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -953,7 +959,7 @@ async fn a_rebuild_that_applies_the_user_events_before_the_directory_equals_the_
     let log = FailingOnce {
         inner: env.log.clone(),
         failures: Default::default(),
-        slow_requests: Duration::from_millis(300),
+        slow_requests: Duration::from_secs(10),
         reads: Default::default(),
     };
     let fresh = EmbeddedProjection::open(&env.dir.path().join("rebuilt.db"), Access::ReadWrite)
