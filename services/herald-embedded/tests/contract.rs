@@ -33,6 +33,27 @@ impl ProjectionHarness for ProjectionDir {
     }
 }
 
+/// A store first created by an old build (the schema of `projection_v1.sql`: the inbox keyed by
+/// `(user_id, seq)` WITHOUT ROWID, no `live` or inline expansions), upgraded on open: the
+/// contract holds for its layout as for a new store's.
+struct OldLayoutDir(tempfile::TempDir);
+
+#[async_trait]
+impl ProjectionHarness for OldLayoutDir {
+    type Store = EmbeddedProjection;
+    async fn open(&self) -> EmbeddedProjection {
+        let path = self.0.path().join("projection.db");
+        if !path.exists() {
+            rusqlite::Connection::open(&path)
+                .and_then(|c| c.execute_batch(include_str!("projection_v1.sql")))
+                .expect("an old projection file");
+        }
+        EmbeddedProjection::open(&path, Access::ReadWrite)
+            .await
+            .expect("open the old projection")
+    }
+}
+
 mod log {
     use super::*;
     herald_ports::log_contract_tests!(LogDir(tempfile::tempdir().unwrap()));
@@ -41,4 +62,9 @@ mod log {
 mod projection {
     use super::*;
     herald_ports::projection_contract_tests!(ProjectionDir(tempfile::tempdir().unwrap()));
+}
+
+mod old_layout_projection {
+    use super::*;
+    herald_ports::projection_contract_tests!(OldLayoutDir(tempfile::tempdir().unwrap()));
 }

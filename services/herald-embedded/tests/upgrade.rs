@@ -87,6 +87,24 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         .await
         .unwrap();
     assert!(store.row("alice", "n0").await.unwrap().unwrap().live);
+    // Its inbox keeps the layout it was made with (the contract suite runs on it too); a new
+    // store's inbox is a rowid table.
+    assert!(
+        inbox_sql(&path).contains("WITHOUT ROWID"),
+        "{}",
+        inbox_sql(&path)
+    );
+    let fresh = dir.path().join("fresh.db");
+    drop(
+        EmbeddedProjection::open(&fresh, Access::ReadWrite)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        !inbox_sql(&fresh).contains("WITHOUT ROWID"),
+        "{}",
+        inbox_sql(&fresh)
+    );
     // A recipient list that does not parse is an error, never an empty expansion.
     rusqlite::Connection::open(&path)
         .unwrap()
@@ -96,4 +114,16 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         )
         .unwrap();
     assert!(store.expansion_of("n1").await.is_err());
+}
+
+/// The statement that created the file's inbox table.
+fn inbox_sql(path: &std::path::Path) -> String {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
 }

@@ -81,7 +81,9 @@ impl ProjectionState for TxState<'_, '_> {
     }
 
     fn seq_of(&mut self, user_id: &str, notification_id: &str) -> rusqlite::Result<Option<u64>> {
-        // Answered by `inbox_by_id` alone (its entries carry the primary key): no row is read.
+        // From `inbox_by_id`, then the row's seq: its entries carry the rowid (in stores made
+        // before the inbox became a rowid table, the primary key: no row is read there). An
+        // index on (user_id, notification_id, seq) that answers alone measured no faster.
         Ok(self
             .tx
             .prepare_cached("SELECT seq FROM inbox WHERE user_id = ?1 AND notification_id = ?2")?
