@@ -253,6 +253,17 @@ impl ProjectionState for BatchState {
         }
     }
 
+    fn insert_new(&mut self, row: InboxRow) -> Result<bool, Need> {
+        if self.seq_of(&row.user_id, &row.notification_id)?.is_some() {
+            return Ok(false);
+        }
+        // A new row's seq is its event's offset.
+        let (offset, write) = (row.seq, Write::PutRow(row));
+        self.write(write.clone())?;
+        self.writes.push((offset, write));
+        Ok(true)
+    }
+
     fn write(&mut self, write: Write) -> Result<(), Need> {
         match write {
             Write::PutRow(row) => {

@@ -2,7 +2,8 @@
 //!
 //! [`fold`] reads what it needs through [`ProjectionState`] and returns absolute, idempotent
 //! [`Write`]s: whole rows, the unread count as a number (never a delta), set-inserts for ACKs,
-//! a cursor that only moves forward. Applying an event a second time therefore
+//! a cursor that only moves forward (a new row it inserts itself, after its reads, with an
+//! insert-if-absent: [`ProjectionState::insert_new`]). Applying an event a second time therefore
 //! changes nothing, and re-applying any suffix of a user's events in log order yields the same
 //! state. Adapters implement [`ProjectionState`] over their store (a SQLite transaction, a
 //! PostgreSQL transaction, …) and [`apply`] each event in log order.
@@ -118,6 +119,17 @@ pub trait ProjectionState {
     fn device_cursor(&mut self, user_id: &str, device_id: &str)
     -> Result<Option<u64>, Self::Error>;
     fn write(&mut self, write: Write) -> Result<(), Self::Error>;
+    /// Inserts the row of a `NotificationAdded` unless the user already has a row of its
+    /// notification id (invariant 2); whether it did. The one write the fold makes itself, after
+    /// every read of its event, so that a store can check and insert in one statement (the
+    /// embedded store: one descent of its id index instead of a lookup, then the insert's own).
+    fn insert_new(&mut self, row: InboxRow) -> Result<bool, Self::Error> {
+        if self.seq_of(&row.user_id, &row.notification_id)?.is_some() {
+            return Ok(false);
+        }
+        self.write(Write::PutRow(row))?;
+        Ok(true)
+    }
 }
 
 fn non_negative(up_to: Option<i64>) -> Option<u64> {
@@ -213,7 +225,9 @@ impl RowChanges {
     }
 }
 
-/// The writes that event `event`, found at log `offset` of its user's partition, causes.
+/// The writes that event `event`, found at log `offset` of its user's partition, causes. The
+/// row a `NotificationAdded` adds is the exception: the fold inserts it itself, through
+/// [`ProjectionState::insert_new`], after its reads; the writes returned then are the rest.
 pub fn fold<S: ProjectionState>(
     state: &mut S,
     offset: u64,
@@ -222,9 +236,6 @@ pub fn fold<S: ProjectionState>(
     let mut out = Vec::new();
     match event {
         UserEvent::Added(e) => {
-            if state.seq_of(&e.user_id, &e.notification_id)?.is_some() {
-                return Ok(out); // invariant 2: replay or duplicate expansion
-            }
             let mut row = InboxRow {
                 user_id: e.user_id.clone(),
                 seq: offset,
@@ -255,11 +266,17 @@ pub fn fold<S: ProjectionState>(
                 }
             }
             let added_delta = i64::from(row.counts_as_unread());
+            let mut rest = Vec::new();
+            // Reads the unread count: every read happens before the insert (a batch cache that
+            // lacks a fact folds the event again, and must not find the row already there).
+            changes.into_writes(state, added_delta, &mut rest)?;
+            if !state.insert_new(row)? {
+                return Ok(out); // invariant 2: replay or duplicate expansion
+            }
             out.push(Write::KnowUser {
                 user_id: e.user_id.clone(),
             });
-            out.push(Write::PutRow(row));
-            changes.into_writes(state, added_delta, &mut out)?;
+            out.extend(rest);
         }
         // A delivery changes no row: the log keeps every one (`herald audit` lists them); the
         // projection keeps only what reads need.
@@ -399,7 +416,8 @@ fn fold_acks<S: ProjectionState>(
     Ok(())
 }
 
-/// Folds one event and applies its writes to `state`. Returns how many writes it made.
+/// Folds one event and applies its writes to `state`. Returns how many writes it made besides
+/// a new row (which the fold inserted).
 pub fn apply<S: ProjectionState>(
     state: &mut S,
     offset: u64,

@@ -27,6 +27,14 @@ static PUT_ROW: LazyLock<String> = LazyLock::new(|| {
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
     )
 });
+/// A new row, unless the user has one of its id (`inbox_by_id`) or at its seq (the key).
+static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO inbox ({ROW_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+         ON CONFLICT DO NOTHING"
+    )
+});
 
 /// The fold's view of a SQLite transaction. A batch's events often touch the same users, so
 /// unread counts are read once per user and written back once, at [`TxState::finish`], and a
@@ -133,27 +141,15 @@ impl ProjectionState for TxState<'_, '_> {
             .map(|s| s as u64))
     }
 
+    fn insert_new(&mut self, row: InboxRow) -> rusqlite::Result<bool> {
+        // One statement: the uniqueness check is the insert's own descent of `inbox_by_id`.
+        Ok(put_row(self.tx, &INSERT_NEW, &row)? == 1)
+    }
+
     fn write(&mut self, write: Write) -> rusqlite::Result<()> {
         match write {
             Write::PutRow(r) => {
-                self.tx.prepare_cached(&PUT_ROW)?.execute(params![
-                    r.user_id,
-                    r.seq as i64,
-                    r.notification_id,
-                    r.event_type,
-                    r.source,
-                    r.payload,
-                    r.priority.as_str(),
-                    r.collapse_key,
-                    r.created_at,
-                    r.deliver_at,
-                    r.expires_at,
-                    r.read,
-                    r.archived,
-                    r.expired,
-                    r.superseded,
-                    r.live
-                ])?;
+                put_row(self.tx, &PUT_ROW, &r)?;
             }
             Write::SetUnreadCount { user_id, count } => {
                 self.unread.insert(user_id, (count, true));
@@ -192,6 +188,28 @@ impl ProjectionState for TxState<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Runs `sql` (an insert of the whole row) with `r`'s columns; how many rows it inserted.
+fn put_row(tx: &Transaction<'_>, sql: &str, r: &InboxRow) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params![
+        r.user_id,
+        r.seq as i64,
+        r.notification_id,
+        r.event_type,
+        r.source,
+        r.payload,
+        r.priority.as_str(),
+        r.collapse_key,
+        r.created_at,
+        r.deliver_at,
+        r.expires_at,
+        r.read,
+        r.archived,
+        r.expired,
+        r.superseded,
+        r.live
+    ])
 }
 
 fn know_user(tx: &Transaction<'_>, user_id: &str) -> rusqlite::Result<()> {
