@@ -46,6 +46,7 @@ macro_rules! projection_contract_tests {
             applies_like_the_reference_fold,
             reapplying_any_suffix_changes_nothing,
             a_stale_batch_changes_nothing,
+            a_repeated_notification_is_in_the_inbox_once,
             offsets_are_stored_with_the_writes,
             concurrent_writers_on_disjoint_partitions_match_the_reference,
             pending_is_what_the_device_has_not_acknowledged,

@@ -10,6 +10,36 @@ use postgres::Transaction;
 
 use crate::{ROW_COLUMNS, to_row};
 
+/// The placeholders of a whole row, in [`ROW_COLUMNS`]' order (see [`put_row`]).
+const ROW_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16";
+
+/// Runs `sql` (an insert of the whole row, [`ROW_VALUES`]) with `r`'s columns; how many rows
+/// it inserted or updated.
+fn put_row(tx: &mut Transaction<'_>, sql: &str, r: &InboxRow) -> Result<u64, postgres::Error> {
+    let (seq, priority) = (r.seq as i64, r.priority.as_str());
+    tx.execute(
+        sql,
+        &[
+            &r.user_id,
+            &seq,
+            &r.notification_id,
+            &r.event_type,
+            &r.source,
+            &r.payload,
+            &priority,
+            &r.collapse_key,
+            &r.created_at,
+            &r.deliver_at,
+            &r.expires_at,
+            &r.read,
+            &r.archived,
+            &r.expired,
+            &r.superseded,
+            &r.live,
+        ],
+    )
+}
+
 /// The fold's view of a PostgreSQL transaction.
 ///
 /// Writes the fold never reads back (ACKs by id, known users) are gathered and
@@ -139,34 +169,24 @@ impl ProjectionState for TxState<'_, '_> {
             .map(|r| r.get::<_, i64>(0) as u64))
     }
 
+    fn insert_new(&mut self, row: InboxRow) -> Result<bool, postgres::Error> {
+        // One round trip: the unique index on the id (or the key) turns a duplicate away.
+        let sql = format!(
+            "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) ON CONFLICT DO NOTHING"
+        );
+        Ok(put_row(self.tx, &sql, &row)? == 1)
+    }
+
     fn write(&mut self, write: Write) -> Result<(), postgres::Error> {
         match write {
             Write::PutRow(r) => {
-                self.tx.execute(
-                    &format!(
-                        "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-                         ON CONFLICT (user_id, seq) DO UPDATE SET read = EXCLUDED.read, archived = EXCLUDED.archived, \
-                         expired = EXCLUDED.expired, superseded = EXCLUDED.superseded"
-                    ),
-                    &[
-                        &r.user_id,
-                        &(r.seq as i64),
-                        &r.notification_id,
-                        &r.event_type,
-                        &r.source,
-                        &r.payload,
-                        &r.priority.as_str(),
-                        &r.collapse_key,
-                        &r.created_at,
-                        &r.deliver_at,
-                        &r.expires_at,
-                        &r.read,
-                        &r.archived,
-                        &r.expired,
-                        &r.superseded,
-                        &r.live,
-                    ],
-                )?;
+                let sql = format!(
+                    "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) \
+                     ON CONFLICT (user_id, seq) DO UPDATE SET read = EXCLUDED.read, \
+                     archived = EXCLUDED.archived, expired = EXCLUDED.expired, \
+                     superseded = EXCLUDED.superseded"
+                );
+                put_row(self.tx, &sql, &r)?;
             }
             Write::SetUnreadCount { user_id, count } => {
                 self.tx.execute(

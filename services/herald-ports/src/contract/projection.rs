@@ -235,6 +235,55 @@ pub async fn pending_is_what_the_device_has_not_acknowledged<H: ProjectionHarnes
     );
 }
 
+/// A notification expanded to a user twice (the fanout stage re-expanded a request after a
+/// crash: the same id again, at a later offset) is in the inbox once, as first added: the
+/// repeat changes no row, no unread count and no collapse key's holder, whether it comes in
+/// the batch of the first or in a later one.
+pub async fn a_repeated_notification_is_in_the_inbox_once<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let u = "alice";
+    let keyed = |id: &str, key: &str| {
+        let mut a = added(u, id);
+        a.collapse_key = Some(key.into());
+        UserEvent::Added(a)
+    };
+    let events = for_user(
+        u,
+        vec![
+            UserEvent::Added(added(u, "n0")), // 0
+            keyed("n1", "order-7"),           // 1
+            UserEvent::Added(added(u, "n0")), // 2: n0 again, same batch
+            keyed("n3", "order-7"),           // 3: supersedes n1
+            keyed("n1", "order-7"),           // 4: n1 again, a later batch
+            UserEvent::Added(added(u, "n0")), // 5: and n0
+            UserEvent::Added(added(u, "n6")), // 6
+        ],
+    );
+    apply_in_batches(&store, Stage::Inbox, &events, 4).await;
+    assert_matches_reference(&store, &events).await;
+    let rows = store.snapshot().await.unwrap().rows;
+    let mut ids: Vec<(u64, String, bool)> = rows
+        .values()
+        .filter(|r| r.user_id == u)
+        .map(|r| (r.seq, r.notification_id.clone(), r.superseded))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            (0, "n0".to_string(), false),
+            (1, "n1".to_string(), true),
+            (3, "n3".to_string(), false),
+            (6, "n6".to_string(), false),
+        ],
+        "each id once, at its first offset; n1 stays superseded by n3"
+    );
+    assert_eq!(store.unread_count(u).await.unwrap(), 3, "n0, n3 and n6");
+    let phone = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    let seqs: Vec<u64> = phone.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![0, 3, 6]);
+}
+
 /// Preferences: the newest document per user (read by the gateway and by fanout, kept over a
 /// reopen); notifications the user's preferences kept quiet are in the inbox (a muted one
 /// read, not counted) but never pending for a device.
