@@ -758,11 +758,12 @@ async fn an_expansion_interrupted_two_batches_past_the_stored_offset_is_not_repe
 
 /// The embedded log, with one consumer call made to fail (as a Kafka consumer fails when a
 /// rebalance outdates its seek), and reads of the requests topic held until a user-events read
-/// has been answered (at most `slow_requests`): everything else is the real log. Each read it answers is noted, in the order answered.
+/// has been answered (at most `hold_requests`): everything else is the real log. Each read it
+/// answers is noted, in the order answered.
 struct FailingOnce {
     inner: Arc<EmbeddedLog>,
     failures: Arc<std::sync::atomic::AtomicUsize>,
-    slow_requests: Duration,
+    hold_requests: Duration,
     reads: std::sync::Mutex<Vec<Topic>>,
 }
 
@@ -827,8 +828,8 @@ impl EventLog for FailingOnce {
         max: usize,
     ) -> Result<Vec<herald_ports::StoredRecord>, herald_ports::LogError> {
         if topic == Topic::Requests {
-            // Held until a user-events read has been answered, at most `slow_requests`.
-            let until = tokio::time::Instant::now() + self.slow_requests;
+            // Held until a user-events read has been answered, at most `hold_requests`.
+            let until = tokio::time::Instant::now() + self.hold_requests;
             while tokio::time::Instant::now() < until
                 && !self.reads.lock().unwrap().contains(&Topic::UserEvents)
             {
@@ -885,7 +886,7 @@ async fn a_failing_consumer_restarts_its_stage_instead_of_stopping_the_projector
     let log = Arc::new(FailingOnce {
         inner: env.log.clone(),
         failures: failures.clone(),
-        slow_requests: Duration::ZERO,
+        hold_requests: Duration::ZERO,
         reads: Default::default(),
     });
     let token = CancellationToken::new();
@@ -908,10 +909,11 @@ async fn a_failing_consumer_restarts_its_stage_instead_of_stopping_the_projector
     assert!(task.await.unwrap().is_ok());
 }
 
-/// `herald replay` reads the two topics side by side: here the requests topic (the directory)
-/// held back until a user-events read is answered, so the user events are applied before the directory changes, and the rebuilt
-/// projection still equals the live one, roles included (`UpsertUser` replaces a user's roles,
-/// a user event's `KnowUser` only adds a user it has not seen).
+/// `herald replay` reads the two topics side by side: here the reads of the requests topic (the
+/// directory) are held back until a user-events read is answered, so the user events are
+/// applied before the directory changes, and the rebuilt projection still equals the live one,
+/// roles included (`UpsertUser` replaces a user's roles, a user event's `KnowUser` only adds a
+/// user it has not seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_that_applies_the_user_events_before_the_directory_equals_the_live_projection() {
     let env = open(tempfile::tempdir().unwrap()).await;
@@ -959,7 +961,7 @@ async fn a_rebuild_that_applies_the_user_events_before_the_directory_equals_the_
     let log = FailingOnce {
         inner: env.log.clone(),
         failures: Default::default(),
-        slow_requests: Duration::from_secs(10),
+        hold_requests: Duration::from_secs(10),
         reads: Default::default(),
     };
     let fresh = EmbeddedProjection::open(&env.dir.path().join("rebuilt.db"), Access::ReadWrite)
