@@ -15,6 +15,9 @@ mod log;
 mod projection;
 mod sqlite;
 
-pub use log::{EmbeddedLog, LogOptions, RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION};
+pub use log::{
+    EmbeddedLog, LogOptions, MAX_GROUP_COMMIT_RECORDS, RECENT_LOG_BYTES,
+    RECENT_MIN_BYTES_PER_PARTITION, RELAXED_LINGER,
+};
 pub use projection::EmbeddedProjection;
 pub use sqlite::{Access, READ_POOL_SIZE};

@@ -247,7 +247,7 @@ impl AppState {
 
     /// Appends user events without waiting (deliveries, ACKs and marks from sessions: the
     /// device learns nothing from the append's answer, and a lost one costs only a redelivery
-    /// or audit detail).
+    /// or audit detail), as relaxed appends: the log may hold them a little to share a commit.
     pub fn append_user_events(&self, events: Vec<UserEvent>) {
         let records: Vec<Record> = events
             .iter()
@@ -264,7 +264,7 @@ impl AppState {
         }
         let log = self.log.clone();
         tokio::spawn(async move {
-            if let Err(e) = log.append(Topic::UserEvents, records).await {
+            if let Err(e) = log.append_relaxed(Topic::UserEvents, records).await {
                 tracing::warn!(error = %e, "appending user events failed");
             }
         });

@@ -18,6 +18,7 @@ macro_rules! log_contract_tests {
         $crate::log_contract_tests!(@cases $harness;
             append_then_read_round_trips,
             offsets_are_contiguous_per_partition_under_concurrent_appends,
+            relaxed_and_plain_appends_share_one_order,
             unknown_partition_and_oversized_record_are_errors,
             read_from_the_middle_and_past_the_end,
             a_waiting_consumer_wakes_on_append,

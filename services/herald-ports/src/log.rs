@@ -152,6 +152,18 @@ pub trait EventLog: Send + Sync + 'static {
     fn partitions(&self, topic: Topic) -> u32;
     /// Appends records; returns once they are durable, with their positions in input order.
     async fn append(&self, topic: Topic, records: Vec<Record>) -> Result<Vec<Appended>, LogError>;
+    /// Appends records no caller waits on soon (a session's deliveries, ACKs and marks, which
+    /// it sends without waiting for the answer): durable on return and ordered like
+    /// [`EventLog::append`], but the log may hold them a little to commit them with others
+    /// (the embedded log: up to its relaxed linger, or until an `append` arrives). By default
+    /// the same as `append`.
+    async fn append_relaxed(
+        &self,
+        topic: Topic,
+        records: Vec<Record>,
+    ) -> Result<Vec<Appended>, LogError> {
+        self.append(topic, records).await
+    }
     /// Up to `max` records of one partition from offset `from` on; empty at the end.
     async fn read(
         &self,

@@ -17,7 +17,8 @@ mod writer;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::cursor::Epoch;
@@ -33,6 +34,12 @@ pub use recent::{RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION};
 pub const APPEND_QUEUE_DEPTH: usize = 1024;
 /// Most records made durable by one group commit (one transaction, one fsync).
 pub const MAX_GROUP_COMMIT_RECORDS: usize = 8192;
+/// Longest a group of relaxed appends only ([`EventLog::append_relaxed`]: a session's
+/// deliveries and ACKs, which nobody waits on) waits for more before its commit, unless
+/// configured. Any other append ends the wait at once and shares the commit. A fanout to 1,000
+/// sessions had the writer commit and fsync the sessions' progress hundreds of times a second,
+/// a few records each.
+pub const RELAXED_LINGER: Duration = Duration::from_millis(10);
 /// Partitions of the user-events topic of a new log, unless configured.
 pub const DEFAULT_PARTITIONS: u32 = 8;
 /// Partitions of the requests topic of a new log, unless configured. One partition makes the
@@ -42,12 +49,14 @@ pub const DEFAULT_REQUEST_PARTITIONS: u32 = 1;
 /// Most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 1024;
 
-/// Partition counts for a *new* log. An existing log keeps the counts it was created with;
-/// asking for different ones is an error (re-partitioning means a new log and a new epoch).
+/// Partition counts for a *new* log (an existing log keeps the counts it was created with;
+/// asking for different ones is an error: re-partitioning means a new log and a new epoch),
+/// and the writer's linger for relaxed appends ([`RELAXED_LINGER`] unless set; zero: none).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogOptions {
     pub requests_partitions: Option<u32>,
     pub user_partitions: Option<u32>,
+    pub relaxed_linger: Option<Duration>,
 }
 
 struct Shared {
@@ -75,6 +84,8 @@ struct Inner {
     shared: Arc<Shared>,
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, woken by an append that ends a relaxed group's linger.
+    writer_thread: Option<Thread>,
     _checkpointer: Option<crate::sqlite::Checkpointer>,
 }
 
@@ -82,6 +93,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue lets the writer finish what it holds, then exit.
         self.jobs.lock().expect("jobs lock").take();
+        if let Some(t) = &self.writer_thread {
+            t.unpark();
+        }
         if let Some(handle) = self.writer.lock().expect("writer lock").take() {
             let _ = handle.join();
         }
@@ -138,7 +152,20 @@ impl EventLog for EmbeddedLog {
             return Ok(Vec::new());
         }
         check_append(topic, self.partitions(topic), &records)?;
-        self.submit(topic, records).await
+        self.submit(topic, records, false).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(topic = topic.name(), records = records.len()))]
+    async fn append_relaxed(
+        &self,
+        topic: Topic,
+        records: Vec<Record>,
+    ) -> Result<Vec<Appended>, LogError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        check_append(topic, self.partitions(topic), &records)?;
+        self.submit(topic, records, true).await
     }
 
     async fn read(

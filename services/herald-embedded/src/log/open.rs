@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::recent::Recent;
 use super::{
     APPEND_QUEUE_DEPTH, DEFAULT_PARTITIONS, DEFAULT_REQUEST_PARTITIONS, EmbeddedLog, Inner,
-    LogOptions, MAX_PARTITIONS, Shared, reader, storage, writer,
+    LogOptions, MAX_PARTITIONS, RELAXED_LINGER, Shared, reader, storage, writer,
 };
 use crate::sqlite::{self, Access, Pool};
 
@@ -151,20 +151,23 @@ impl EmbeddedLog {
             let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
             let s = shared.clone();
             let pressure = checkpointer.as_ref().map(|c| c.pressure().clone());
+            let linger = options.relaxed_linger.unwrap_or(RELAXED_LINGER);
             let handle = std::thread::Builder::new()
                 .name("herald-log-writer".into())
-                .spawn(move || writer::writer_loop(conn, rx, s, pressure))
+                .spawn(move || writer::writer_loop(conn, rx, s, pressure, linger))
                 .map_err(storage)?;
             (Some(tx), Some(handle))
         } else {
             (None, None)
         };
+        let writer_thread = writer.as_ref().map(|h| h.thread().clone());
         tracing::info!(path = %shared.path.display(), %epoch, ?partitions, ?access, "embedded log open");
         Ok(EmbeddedLog {
             inner: Arc::new(Inner {
                 shared,
                 jobs: Mutex::new(jobs),
                 writer: Mutex::new(writer),
+                writer_thread,
                 _checkpointer: checkpointer,
             }),
         })

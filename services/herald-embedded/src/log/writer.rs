@@ -1,6 +1,8 @@
 //! The writer thread: appends queue up as jobs, and the thread commits as many as are waiting
 //! (up to [`MAX_GROUP_COMMIT_RECORDS`] records) in one transaction, so one fsync covers many
-//! callers. An append resolves only after its commit.
+//! callers. An append resolves only after its commit. A group of relaxed appends only (nobody
+//! waits on them: a session's progress) waits up to the linger for more, and any other job
+//! ends that wait (it wakes the thread).
 //!
 //! It is the only writer of the file: group offsets and dead letters are jobs too. A second
 //! writing connection would contend for SQLite's write lock, and SQLite's busy handler waits by
@@ -9,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herald_ports::log::{Appended, LogError, Record, Topic};
 use herald_ports::telemetry;
@@ -28,6 +30,10 @@ pub(super) enum Job {
     Append {
         topic: Topic,
         records: Vec<Record>,
+        /// Nobody waits on it soon: its group may linger ([`EventLog::append_relaxed`]).
+        ///
+        /// [`EventLog::append_relaxed`]: herald_ports::log::EventLog::append_relaxed
+        relaxed: bool,
         reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
     },
     /// Any other write (group offsets, dead letters), committed with the group it joins.
@@ -69,6 +75,11 @@ impl Job {
         };
     }
 
+    /// Whether its group may wait for more before the commit.
+    fn relaxed(&self) -> bool {
+        matches!(self, Job::Append { relaxed: true, .. })
+    }
+
     /// Records this job adds to a group (a write counts as one).
     fn weight(&self) -> usize {
         match self {
@@ -84,6 +95,7 @@ impl EmbeddedLog {
         &self,
         topic: Topic,
         records: Vec<Record>,
+        relaxed: bool,
     ) -> Result<Vec<Appended>, LogError> {
         let started = Instant::now();
         let n = records.len();
@@ -91,6 +103,7 @@ impl EmbeddedLog {
         self.enqueue(Job::Append {
             topic,
             records,
+            relaxed,
             reply,
         })
         .await?;
@@ -121,7 +134,14 @@ impl EmbeddedLog {
             .expect("jobs lock")
             .clone()
             .ok_or_else(|| LogError::Config("the log is open read-only".into()))?;
-        sender.send(job).await.map_err(|_| LogError::Closed)
+        let wake = !job.relaxed();
+        sender.send(job).await.map_err(|_| LogError::Closed)?;
+        // A lingering group commits now, with this job. Between lingers the thread waits in
+        // the queue's own receive; this only leaves a token its next linger consumes.
+        if wake && let Some(t) = &self.inner.writer_thread {
+            t.unpark();
+        }
+        Ok(())
     }
 }
 
@@ -130,6 +150,7 @@ pub(super) fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     pressure: Option<Arc<WalPressure>>,
+    linger: Duration,
 ) {
     let mut next: [Vec<u64>; 2] = [0, 1].map(|t| {
         shared.ends[t]
@@ -149,6 +170,9 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
+        if count < MAX_GROUP_COMMIT_RECORDS && !linger.is_zero() && jobs.iter().all(Job::relaxed) {
+            count = linger_for_more(&mut rx, &mut jobs, count, linger);
+        }
         let mut tentative = next.clone();
         match write_group(&mut conn, &mut jobs, &mut tentative) {
             Ok(positions) => {
@@ -163,6 +187,7 @@ pub(super) fn writer_loop(
                             topic,
                             records,
                             reply,
+                            ..
                         } => {
                             touched[topic.id() as usize] = true;
                             shared
@@ -201,6 +226,39 @@ pub(super) fn writer_loop(
                 }
             }
         }
+    }
+}
+
+/// Adds queued jobs to a group of relaxed appends until `linger` has passed since the call,
+/// the group is full, another kind of job joins it (whose enqueue wakes this thread) or the
+/// queue closes; the group's new record count.
+fn linger_for_more(
+    rx: &mut mpsc::Receiver<Job>,
+    jobs: &mut Vec<Job>,
+    mut count: usize,
+    linger: Duration,
+) -> usize {
+    let deadline = Instant::now() + linger;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(job) => {
+                    let relaxed = job.relaxed();
+                    count += job.weight();
+                    jobs.push(job);
+                    if !relaxed || count >= MAX_GROUP_COMMIT_RECORDS {
+                        return count;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return count,
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return count;
+        }
+        std::thread::park_timeout(deadline - now);
     }
 }
 

@@ -13,6 +13,7 @@ async fn hub(partitions: u32, start: u64, recent_bytes: usize) -> (Hub, tempfile
         herald_embedded::LogOptions {
             requests_partitions: None,
             user_partitions: Some(partitions),
+            ..herald_embedded::LogOptions::default()
         },
     )
     .await

@@ -142,6 +142,84 @@ pub async fn offsets_are_contiguous_per_partition_under_concurrent_appends<H: Lo
     }
 }
 
+/// Relaxed appends (a session's progress) and plain ones, from concurrent callers: one order
+/// per partition, contiguous offsets, each reads back at its offset, and both kinds refuse
+/// what they must refuse.
+pub async fn relaxed_and_plain_appends_share_one_order<H: LogHarness>(h: &H) {
+    let log = Arc::new(h.open().await);
+    let topic = Topic::UserEvents;
+    let partitions = log.partitions(topic);
+    let mut base = BTreeMap::new();
+    for p in 0..partitions {
+        base.insert(p, log.end_offset(topic, p).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for t in 0..6u32 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..30u32 {
+                let recs: Vec<Record> = (0..1 + i % 2)
+                    .map(|j| record((t + j) % partitions, "k", format!("{t}/{i}/{j}").as_bytes()))
+                    .collect();
+                let append = if (t + i) % 3 == 0 {
+                    log.append(topic, recs.clone())
+                } else {
+                    log.append_relaxed(topic, recs.clone())
+                };
+                let appended = tokio::time::timeout(HANG_GUARD, append)
+                    .await
+                    .expect("an append did not return within the hang guard")
+                    .unwrap();
+                assert_eq!(appended.len(), recs.len());
+                for (a, r) in appended.iter().zip(&recs) {
+                    assert_eq!(a.partition, r.partition);
+                    got.push((a.partition, a.offset, r.value.clone()));
+                }
+            }
+            got
+        }));
+    }
+    let mut by_partition: BTreeMap<u32, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for t in tasks {
+        for (p, o, v) in t.await.unwrap() {
+            by_partition.entry(p).or_default().push((o, v));
+        }
+    }
+    for (p, mut got) in by_partition {
+        got.sort();
+        let start = base[&p];
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (start..start + got.len() as u64).collect::<Vec<_>>(),
+            "partition {p}: offsets are unique and contiguous"
+        );
+        let read: Vec<(u64, Vec<u8>)> = log
+            .read(topic, p, start, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.offset, r.record.value.clone()))
+            .collect();
+        assert_eq!(
+            read, got,
+            "partition {p}: each append reads back at its offset"
+        );
+    }
+    let err = log
+        .append_relaxed(topic, vec![record(partitions, "k", b"v")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::NoSuchPartition { .. }), "{err}");
+    let big = vec![0u8; MAX_RECORD_BYTES + 1];
+    let err = log
+        .append_relaxed(topic, vec![record(0, "k", &big)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::RecordTooLarge { .. }), "{err}");
+}
+
 pub async fn unknown_partition_and_oversized_record_are_errors<H: LogHarness>(h: &H) {
     let log = h.open().await;
     let n = log.partitions(Topic::UserEvents);

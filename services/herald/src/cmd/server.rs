@@ -343,6 +343,7 @@ impl Server {
                 let options = LogOptions {
                     requests_partitions: None,
                     user_partitions: storage.partitions,
+                    ..LogOptions::default()
                 };
                 Arc::new(
                     EmbeddedLog::open(&log_path(&storage.data_dir), Access::ReadWrite, options)
