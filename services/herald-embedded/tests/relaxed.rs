@@ -22,11 +22,15 @@ fn record(i: usize) -> Record {
 }
 
 async fn open(dir: &tempfile::TempDir) -> EmbeddedLog {
+    open_with(dir, AN_HOUR).await
+}
+
+async fn open_with(dir: &tempfile::TempDir, linger: Duration) -> EmbeddedLog {
     EmbeddedLog::open(
         &dir.path().join("log.db"),
         Access::ReadWrite,
         LogOptions {
-            relaxed_linger: Some(AN_HOUR),
+            relaxed_linger: Some(linger),
             ..LogOptions::default()
         },
     )
@@ -36,8 +40,17 @@ async fn open(dir: &tempfile::TempDir) -> EmbeddedLog {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relaxed_group_waits_until_a_plain_append_joins_it() {
+    a_plain_append_ends_the_linger(AN_HOUR).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linger_past_any_deadline_waits_for_a_plain_append() {
+    a_plain_append_ends_the_linger(Duration::MAX).await;
+}
+
+async fn a_plain_append_ends_the_linger(linger: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(&dir).await;
+    let log = open_with(&dir, linger).await;
     let mut relaxed = Box::pin(log.append_relaxed(Topic::UserEvents, vec![record(0)]));
     // The first poll queues it (the queue has room); it must not be committed on its own.
     assert!(

@@ -125,7 +125,7 @@ impl EventLog for KafkaLog {
         let n = records.len();
         let out = self.produce(&self.names[&topic], records).await?;
         tracing::trace!(records = n, elapsed = ?started.elapsed(), "appended to Kafka");
-        herald_ports::telemetry::log_appended(topic, n, started.elapsed());
+        herald_ports::telemetry::log_appended(topic, n, Some(started.elapsed()));
         Ok(out)
     }
 

@@ -108,7 +108,7 @@ impl EmbeddedLog {
         })
         .await?;
         let out = rx.await.map_err(|_| LogError::Closed)??;
-        telemetry::log_appended(topic, n, started.elapsed());
+        telemetry::log_appended(topic, n, (!relaxed).then(|| started.elapsed()));
         Ok(out)
     }
 
@@ -238,7 +238,8 @@ fn linger_for_more(
     mut count: usize,
     linger: Duration,
 ) -> usize {
-    let deadline = Instant::now() + linger;
+    // An unrepresentable deadline (a linger of centuries) waits for a wake-up alone.
+    let deadline = Instant::now().checked_add(linger);
     loop {
         loop {
             match rx.try_recv() {
@@ -254,11 +255,16 @@ fn linger_for_more(
                 Err(mpsc::error::TryRecvError::Disconnected) => return count,
             }
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return count;
+        match deadline {
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return count;
+                }
+                std::thread::park_timeout(deadline - now);
+            }
+            None => std::thread::park(),
         }
-        std::thread::park_timeout(deadline - now);
     }
 }
 
