@@ -84,62 +84,7 @@ pub async fn append_then_read_round_trips<H: LogHarness>(h: &H) {
 
 pub async fn offsets_are_contiguous_per_partition_under_concurrent_appends<H: LogHarness>(h: &H) {
     let log = Arc::new(h.open().await);
-    let topic = Topic::Requests;
-    let partitions = log.partitions(topic);
-    let mut base = BTreeMap::new();
-    for p in 0..partitions {
-        base.insert(p, log.end_offset(topic, p).await.unwrap());
-    }
-    let mut tasks = Vec::new();
-    for t in 0..8u32 {
-        let log = log.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            for i in 0..40u32 {
-                let n = 1 + (i % 3);
-                let recs = (0..n)
-                    .map(|j| {
-                        let p = (t + i + j) % partitions;
-                        record(p, "k", format!("{t}/{i}/{j}").as_bytes())
-                    })
-                    .collect::<Vec<_>>();
-                let appended = log.append(topic, recs.clone()).await.unwrap();
-                assert_eq!(appended.len(), recs.len());
-                for (a, r) in appended.iter().zip(&recs) {
-                    assert_eq!(a.partition, r.partition);
-                    got.push((a.partition, a.offset, r.value.clone()));
-                }
-            }
-            got
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let mut by_partition: BTreeMap<u32, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
-    for (p, o, v) in all {
-        by_partition.entry(p).or_default().push((o, v));
-    }
-    for (p, mut got) in by_partition {
-        got.sort();
-        let start = base[&p];
-        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-        assert_eq!(
-            offsets,
-            (start..start + got.len() as u64).collect::<Vec<_>>(),
-            "partition {p}: offsets are unique and contiguous"
-        );
-        let read = log.read(topic, p, start, 10_000).await.unwrap();
-        let read: Vec<(u64, Vec<u8>)> = read
-            .into_iter()
-            .map(|r| (r.offset, r.record.value.clone()))
-            .collect();
-        assert_eq!(
-            read, got,
-            "partition {p}: each append reads back at its offset"
-        );
-    }
+    concurrent_appends_keep_one_order(log, Topic::Requests, 8, 40, |_, _| false).await;
 }
 
 /// Relaxed appends (a session's progress) and plain ones, from concurrent callers: one order
@@ -148,24 +93,53 @@ pub async fn offsets_are_contiguous_per_partition_under_concurrent_appends<H: Lo
 pub async fn relaxed_and_plain_appends_share_one_order<H: LogHarness>(h: &H) {
     let log = Arc::new(h.open().await);
     let topic = Topic::UserEvents;
+    concurrent_appends_keep_one_order(log.clone(), topic, 6, 30, |t, i| (t + i) % 3 != 0).await;
+    let err = log
+        .append_relaxed(topic, vec![record(log.partitions(topic), "k", b"v")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::NoSuchPartition { .. }), "{err}");
+    let big = vec![0u8; MAX_RECORD_BYTES + 1];
+    let err = log
+        .append_relaxed(topic, vec![record(0, "k", &big)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::RecordTooLarge { .. }), "{err}");
+}
+
+/// `callers` concurrent callers each append `rounds` batches of one to three records across
+/// `topic`'s partitions (batch `i` of caller `t` relaxed when `relaxed(t, i)`); then every
+/// partition's offsets must be unique and contiguous from its end before, and each record must
+/// read back at its offset.
+async fn concurrent_appends_keep_one_order<L: EventLog>(
+    log: Arc<L>,
+    topic: Topic,
+    callers: u32,
+    rounds: u32,
+    relaxed: fn(u32, u32) -> bool,
+) {
     let partitions = log.partitions(topic);
     let mut base = BTreeMap::new();
     for p in 0..partitions {
         base.insert(p, log.end_offset(topic, p).await.unwrap());
     }
     let mut tasks = Vec::new();
-    for t in 0..6u32 {
+    for t in 0..callers {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            for i in 0..30u32 {
-                let recs: Vec<Record> = (0..1 + i % 2)
-                    .map(|j| record((t + j) % partitions, "k", format!("{t}/{i}/{j}").as_bytes()))
-                    .collect();
-                let append = if (t + i) % 3 == 0 {
-                    log.append(topic, recs.clone())
-                } else {
+            for i in 0..rounds {
+                let n = 1 + (i % 3);
+                let recs = (0..n)
+                    .map(|j| {
+                        let p = (t + i + j) % partitions;
+                        record(p, "k", format!("{t}/{i}/{j}").as_bytes())
+                    })
+                    .collect::<Vec<_>>();
+                let append = if relaxed(t, i) {
                     log.append_relaxed(topic, recs.clone())
+                } else {
+                    log.append(topic, recs.clone())
                 };
                 let appended = tokio::time::timeout(HANG_GUARD, append)
                     .await
@@ -207,17 +181,6 @@ pub async fn relaxed_and_plain_appends_share_one_order<H: LogHarness>(h: &H) {
             "partition {p}: each append reads back at its offset"
         );
     }
-    let err = log
-        .append_relaxed(topic, vec![record(partitions, "k", b"v")])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, LogError::NoSuchPartition { .. }), "{err}");
-    let big = vec![0u8; MAX_RECORD_BYTES + 1];
-    let err = log
-        .append_relaxed(topic, vec![record(0, "k", &big)])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, LogError::RecordTooLarge { .. }), "{err}");
 }
 
 pub async fn unknown_partition_and_oversized_record_are_errors<H: LogHarness>(h: &H) {
