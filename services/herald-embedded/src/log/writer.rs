@@ -161,15 +161,7 @@ pub(super) fn writer_loop(
     while let Some(first) = rx.blocking_recv() {
         let mut count = first.weight();
         let mut jobs = vec![first];
-        while count < MAX_GROUP_COMMIT_RECORDS {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.weight();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+        (count, _) = take_queued(&mut rx, &mut jobs, count);
         if count < MAX_GROUP_COMMIT_RECORDS && !linger.is_zero() && jobs.iter().all(Job::relaxed) {
             count = linger_for_more(&mut rx, &mut jobs, count, linger);
         }
@@ -229,9 +221,29 @@ pub(super) fn writer_loop(
     }
 }
 
-/// Adds queued jobs to a group of relaxed appends until `linger` has passed since the call,
-/// the group is full, another kind of job joins it (whose enqueue wakes this thread) or the
-/// queue closes; the group's new record count.
+/// Moves queued jobs into the group until it holds [`MAX_GROUP_COMMIT_RECORDS`] records or
+/// the queue is empty; the group's new record count, and whether the queue is closed.
+fn take_queued(
+    rx: &mut mpsc::Receiver<Job>,
+    jobs: &mut Vec<Job>,
+    mut count: usize,
+) -> (usize, bool) {
+    while count < MAX_GROUP_COMMIT_RECORDS {
+        match rx.try_recv() {
+            Ok(job) => {
+                count += job.weight();
+                jobs.push(job);
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return (count, false),
+            Err(mpsc::error::TryRecvError::Disconnected) => return (count, true),
+        }
+    }
+    (count, false)
+}
+
+/// Lets a group of relaxed appends, which took everything queued, wait for more: until
+/// `linger` has passed since the call, the group is full, another kind of job has joined it
+/// (whose enqueue wakes this thread) or the queue closes; the group's new record count.
 fn linger_for_more(
     rx: &mut mpsc::Receiver<Job>,
     jobs: &mut Vec<Job>,
@@ -241,20 +253,6 @@ fn linger_for_more(
     // An unrepresentable deadline (a linger of centuries) waits for a wake-up alone.
     let deadline = Instant::now().checked_add(linger);
     loop {
-        loop {
-            match rx.try_recv() {
-                Ok(job) => {
-                    let relaxed = job.relaxed();
-                    count += job.weight();
-                    jobs.push(job);
-                    if !relaxed || count >= MAX_GROUP_COMMIT_RECORDS {
-                        return count;
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return count,
-            }
-        }
         match deadline {
             Some(deadline) => {
                 let now = Instant::now();
@@ -264,6 +262,12 @@ fn linger_for_more(
                 std::thread::park_timeout(deadline - now);
             }
             None => std::thread::park(),
+        }
+        let before = jobs.len();
+        let closed;
+        (count, closed) = take_queued(rx, jobs, count);
+        if closed || count >= MAX_GROUP_COMMIT_RECORDS || !jobs[before..].iter().all(Job::relaxed) {
+            return count;
         }
     }
 }
