@@ -16,7 +16,7 @@ mod projection;
 mod sqlite;
 
 pub use log::{
-    EmbeddedLog, LogOptions, MAX_GROUP_COMMIT_RECORDS, RECENT_LOG_BYTES,
+    APPEND_QUEUE_DEPTH, EmbeddedLog, LogOptions, MAX_GROUP_COMMIT_RECORDS, RECENT_LOG_BYTES,
     RECENT_MIN_BYTES_PER_PARTITION, RELAXED_LINGER,
 };
 pub use projection::EmbeddedProjection;
