@@ -193,13 +193,15 @@ where
     Ok((calls * appenders * per_call) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// One `log-append` configuration measured on the embedded log and on the segment floor:
-/// records per second and this process's CPU microseconds per record, each.
+/// One `log-append` configuration: for each engine (the embedded log, the segment floor,
+/// fjall), records per second and this process's CPU microseconds per record.
 struct FloorRun {
     what: String,
-    log: (f64, f64),
-    segment: (f64, f64),
+    engines: [(f64, f64); ENGINES.len()],
 }
+
+/// What `log-append` measures beside raw SQLite, in the order of [`FloorRun::engines`].
+const ENGINES: [&str; 3] = ["`EmbeddedLog::append`", "segment floor", "fjall floor"];
 
 async fn log_append(
     records: usize,
@@ -225,40 +227,39 @@ async fn log_append(
         )
         .await?,
     );
-    let segment = Arc::new(segment::SegmentFloor::create(
-        &dir.path().join("segment"),
-        8,
-    )?);
+    let floors = [
+        Arc::new(segment::SegmentFloor::create(
+            &dir.path().join("segment"),
+            8,
+        )?),
+        Arc::new(segment::SegmentFloor::fjall(&dir.path().join("fjall"), 8)?),
+    ];
     let mut configs: Vec<(usize, usize)> = appenders.iter().map(|a| (*a, 1)).collect();
     configs.push((8, 100));
     let mut rows = Vec::new();
-    // The two alternate which goes first, configuration by configuration.
+    // The engines take turns going first, configuration by configuration.
     for (i, (a, per_call)) in configs.into_iter().enumerate() {
-        let mut log_run = (0.0, 0.0);
-        let mut segment_run = (0.0, 0.0);
-        for first in [i % 2 == 0, i % 2 != 0] {
+        let mut engines = [(0.0, 0.0); ENGINES.len()];
+        for k in 0..ENGINES.len() {
+            let e = (i + k) % ENGINES.len();
             let cpu0 = cpu_seconds(me)?;
-            let rate = if first {
-                log_rate(&log, records, &value, a, per_call, &[]).await?
-            } else {
-                let segment = segment.clone();
-                append_rate(records, &value, a, per_call, &[], move |batch| {
-                    let segment = segment.clone();
-                    async move { Ok(segment.append(batch).await?) }
-                })
-                .await?
+            let rate = match e {
+                0 => log_rate(&log, records, &value, a, per_call, &[]).await?,
+                _ => {
+                    let floor = floors[e - 1].clone();
+                    append_rate(records, &value, a, per_call, &[], move |batch| {
+                        let floor = floor.clone();
+                        async move { Ok(floor.append(batch).await?) }
+                    })
+                    .await?
+                }
             };
             let cpu_us = (cpu_seconds(me)? - cpu0) * 1e6 / records as f64;
-            *(if first {
-                &mut log_run
-            } else {
-                &mut segment_run
-            }) = (rate, cpu_us);
+            engines[e] = (rate, cpu_us);
         }
         rows.push(FloorRun {
             what: format!("{a} concurrent callers, {per_call} record(s) per call"),
-            log: log_run,
-            segment: segment_run,
+            engines,
         });
     }
     let result = json!({
@@ -269,12 +270,12 @@ async fn log_append(
         "raw_sqlite_cpu_us_per_record": (raw_cpu_us * 10.0).round() / 10.0,
         "runs": rows.iter().map(|r| json!({
             "what": r.what,
-            "log_records_per_s": r.log.0.round(),
-            "log_ratio_to_raw": (r.log.0 / raw * 100.0).round() / 100.0,
-            "log_cpu_us_per_record": (r.log.1 * 10.0).round() / 10.0,
-            "segment_records_per_s": r.segment.0.round(),
-            "segment_ratio_to_raw": (r.segment.0 / raw * 100.0).round() / 100.0,
-            "segment_cpu_us_per_record": (r.segment.1 * 10.0).round() / 10.0,
+            "engines": ENGINES.iter().zip(&r.engines).map(|(name, (rate, cpu))| json!({
+                "engine": name,
+                "records_per_s": rate.round(),
+                "ratio_to_raw": (rate / raw * 100.0).round() / 100.0,
+                "cpu_us_per_record": (cpu * 10.0).round() / 10.0,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
@@ -291,18 +292,13 @@ async fn log_append(
              | raw SQLite inserts, same table and pragmas (WAL, synchronous=FULL), one commit per 1000 rows | {raw:.0} | 1.00 | {raw_cpu_us:.1} |\n"
         );
         for r in &rows {
-            table.push_str(&format!(
-                "| `EmbeddedLog::append`, {} | {:.0} | {:.2} | {:.1} |\n\
-                 | segment floor, {} | {:.0} | {:.2} | {:.1} |\n",
-                r.what,
-                r.log.0,
-                r.log.0 / raw,
-                r.log.1,
-                r.what,
-                r.segment.0,
-                r.segment.0 / raw,
-                r.segment.1,
-            ));
+            for (name, (rate, cpu)) in ENGINES.iter().zip(&r.engines) {
+                table.push_str(&format!(
+                    "| {name}, {} | {rate:.0} | {:.2} | {cpu:.1} |\n",
+                    r.what,
+                    rate / raw
+                ));
+            }
         }
         table.push_str(&format!(
             "\n{records} records of {value_bytes} bytes per measurement; every append returned only after \
@@ -312,7 +308,9 @@ async fn log_append(
              `segment.rs`) is the same group commit on an append-only file: each record framed with \
              its length and CRC-32, one `write` and one `fdatasync` per group, nothing else (no \
              index, no reads, no recovery): what replacing the SQLite file could buy on the append \
-             path at most. CPU is this process's (callers and writer thread), per record.\n"
+             path at most. The fjall floor is the same writer over fjall 2 (an LSM tree; each group \
+             one batch in its journal, `fdatasync`ed; one key per record), for comparison. CPU is \
+             this process's (callers, writer thread, fjall's own threads), per record.\n"
         ));
         replace_section(Path::new("docs/benchmarks.md"), "log-append", &table)
             .context("updating docs/benchmarks.md")?;
