@@ -13,9 +13,9 @@ use herald_embedded::{Access, EmbeddedLog, LogOptions};
 use herald_ports::log::{EventLog, HEADER_FINGERPRINT, HEADER_SCHEMA, Record, Topic};
 use serde_json::json;
 
+mod floor;
 mod peers;
 mod report;
-mod segment;
 mod suite;
 
 /// The allocator `herald` ships with, so in-process measurements (log and Kafka appends) run
@@ -49,7 +49,7 @@ enum Scenario {
         report: bool,
     },
     /// Durable appends to the embedded log vs raw SQLite inserts with the same durability, and
-    /// vs the floor of a segmented log (`segment`) with the same group commit.
+    /// vs two floors with the same group commit: a segment file and fjall (`floor`).
     LogAppend {
         /// Records per measurement.
         #[arg(long, default_value_t = 100_000)]
@@ -228,11 +228,8 @@ async fn log_append(
         .await?,
     );
     let floors = [
-        Arc::new(segment::SegmentFloor::create(
-            &dir.path().join("segment"),
-            8,
-        )?),
-        Arc::new(segment::SegmentFloor::fjall(&dir.path().join("fjall"), 8)?),
+        Arc::new(floor::Floor::segment(&dir.path().join("segment"), 8)?),
+        Arc::new(floor::Floor::fjall(&dir.path().join("fjall"), 8)?),
     ];
     let mut configs: Vec<(usize, usize)> = appenders.iter().map(|a| (*a, 1)).collect();
     configs.push((8, 100));
@@ -305,7 +302,7 @@ async fn log_append(
              its group's commit (fsync). One fsync covers every caller waiting at that moment, so \
              throughput follows concurrency: with about as many callers as the raw baseline's rows per \
              commit, the log runs close to the raw rate. The segment floor (`herald-bench`'s \
-             `segment.rs`) is the same group commit on an append-only file: each record framed with \
+             `floor.rs`) is the same group commit on an append-only file: each record framed with \
              its length and CRC-32, one `write` and one `fdatasync` per group, nothing else (no \
              index, no reads, no recovery): what replacing the SQLite file could buy on the append \
              path at most. The fjall floor is the same writer over fjall 2 (an LSM tree; each group \

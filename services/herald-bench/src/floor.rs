@@ -29,12 +29,12 @@ type Commit = Box<dyn FnMut(&[(u64, &Record)]) -> std::io::Result<()> + Send>;
 
 /// A floor (a segment file, or fjall) and its writer thread; the thread finishes what it holds
 /// and stops when this is dropped.
-pub struct SegmentFloor {
+pub struct Floor {
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for SegmentFloor {
+impl Drop for Floor {
     fn drop(&mut self) {
         self.jobs.take();
         if let Some(w) = self.writer.take() {
@@ -43,9 +43,9 @@ impl Drop for SegmentFloor {
     }
 }
 
-impl SegmentFloor {
+impl Floor {
     /// Creates the segment file `path` (it must not exist) and starts the writer thread.
-    pub fn create(path: &Path, partitions: u32) -> std::io::Result<Self> {
+    pub fn segment(path: &Path, partitions: u32) -> std::io::Result<Self> {
         let mut file = File::options().create_new(true).append(true).open(path)?;
         let mut buf = Vec::with_capacity(1 << 20);
         Self::start(
@@ -95,7 +95,7 @@ impl SegmentFloor {
         let writer = std::thread::Builder::new()
             .name("floor-writer".into())
             .spawn(move || writer(rx, partitions, commit))?;
-        Ok(SegmentFloor {
+        Ok(Floor {
             jobs: Some(jobs),
             writer: Some(writer),
         })
@@ -183,7 +183,7 @@ mod tests {
     async fn appends_are_framed_in_offset_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segment");
-        append_200(SegmentFloor::create(&path, 2).unwrap()).await;
+        append_200(Floor::segment(&path, 2).unwrap()).await;
         let bytes = std::fs::read(&path).unwrap();
         let mut at = 0;
         let mut next = [0u64; 2];
@@ -206,7 +206,7 @@ mod tests {
 
     /// Four callers append 50 records each across two partitions; the floor is dropped (its
     /// writer finishes) after the last append returned.
-    async fn append_200(floor: SegmentFloor) {
+    async fn append_200(floor: Floor) {
         let floor = std::sync::Arc::new(floor);
         let mut tasks = Vec::new();
         for t in 0..4u32 {
@@ -234,7 +234,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fjall_keeps_each_record_at_its_offset() {
         let dir = tempfile::tempdir().unwrap();
-        append_200(SegmentFloor::fjall(dir.path(), 2).unwrap()).await;
+        append_200(Floor::fjall(dir.path(), 2).unwrap()).await;
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
         let records = keyspace
             .open_partition("records", fjall::PartitionCreateOptions::default())
