@@ -54,9 +54,35 @@ impl ProjectionHarness for OldLayoutDir {
     }
 }
 
+/// A log first created by an old build (the schema of `log_v1.sql`: `records` keyed by
+/// `(topic, partition, offset)` WITHOUT ROWID), opened by this one: the contract holds for its
+/// layout as for a new log's.
+struct OldLayoutLogDir(tempfile::TempDir);
+
+#[async_trait]
+impl LogHarness for OldLayoutLogDir {
+    type Log = EmbeddedLog;
+    async fn open(&self) -> EmbeddedLog {
+        let path = self.0.path().join("log.db");
+        if !path.exists() {
+            rusqlite::Connection::open(&path)
+                .and_then(|c| c.execute_batch(include_str!("log_v1.sql")))
+                .expect("an old log file");
+        }
+        EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+            .await
+            .expect("open the old log")
+    }
+}
+
 mod log {
     use super::*;
     herald_ports::log_contract_tests!(LogDir(tempfile::tempdir().unwrap()));
+}
+
+mod old_layout_log {
+    use super::*;
+    herald_ports::log_contract_tests!(OldLayoutLogDir(tempfile::tempdir().unwrap()));
 }
 
 mod projection {

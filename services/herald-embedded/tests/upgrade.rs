@@ -118,12 +118,78 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
 
 /// The statement that created the file's inbox table.
 fn inbox_sql(path: &std::path::Path) -> String {
+    table_sql(path, "inbox")
+}
+
+/// The statement that created the file's table `name`.
+fn table_sql(path: &std::path::Path, name: &str) -> String {
     rusqlite::Connection::open(path)
         .unwrap()
         .query_row(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
-            [],
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
             |r| r.get(0),
         )
         .unwrap()
+}
+
+/// A log made by an old build (records keyed WITHOUT ROWID) keeps its layout and its records,
+/// and takes appends after them; a new log's records are a rowid table.
+#[tokio::test]
+async fn an_old_log_keeps_its_layout_and_a_new_one_is_a_rowid_table() {
+    use herald_embedded::{EmbeddedLog, LogOptions};
+    use herald_ports::log::{EventLog, Record, Topic};
+    let dir = tempfile::tempdir().unwrap();
+    let record = |v: &str| Record {
+        partition: 0,
+        key: "alice".into(),
+        timestamp_ms: 1,
+        headers: Vec::new(),
+        value: v.as_bytes().to_vec(),
+    };
+    let old = dir.path().join("old.db");
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch(include_str!("log_v1.sql"))
+        .unwrap();
+    let log = EmbeddedLog::open(&old, Access::ReadWrite, LogOptions::default())
+        .await
+        .unwrap();
+    log.append(Topic::UserEvents, vec![record("a")])
+        .await
+        .unwrap();
+    drop(log);
+    let log = EmbeddedLog::open(&old, Access::ReadWrite, LogOptions::default())
+        .await
+        .unwrap();
+    let appended = log
+        .append(Topic::UserEvents, vec![record("b")])
+        .await
+        .unwrap();
+    assert_eq!(appended[0].offset, 1);
+    let values: Vec<Vec<u8>> = log
+        .read(Topic::UserEvents, 0, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record.value.clone())
+        .collect();
+    assert_eq!(values, vec![b"a".to_vec(), b"b".to_vec()]);
+    drop(log);
+    assert!(
+        table_sql(&old, "records").contains("WITHOUT ROWID"),
+        "{}",
+        table_sql(&old, "records")
+    );
+    let fresh = dir.path().join("fresh.db");
+    drop(
+        EmbeddedLog::open(&fresh, Access::ReadWrite, LogOptions::default())
+            .await
+            .unwrap(),
+    );
+    assert!(
+        !table_sql(&fresh, "records").contains("WITHOUT ROWID"),
+        "{}",
+        table_sql(&fresh, "records")
+    );
 }
