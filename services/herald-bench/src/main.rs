@@ -93,11 +93,8 @@ pub(crate) fn raw_sqlite(path: &Path, records: usize, value: &[u8]) -> anyhow::R
     let conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(
-        "CREATE TABLE records (topic INTEGER NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL, \
-         key TEXT NOT NULL, ts INTEGER NOT NULL, headers BLOB NOT NULL, value BLOB NOT NULL, \
-         PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;",
-    )?;
+    // The schema a new embedded log gets, so the baseline's table is the log's.
+    conn.execute_batch(include_str!("../../../schemas/sql/sqlite/001_log.sql"))?;
     let started = Instant::now();
     let mut offsets = [0i64; 8];
     for chunk in 0..records.div_ceil(1000) {
