@@ -43,11 +43,7 @@ impl ProjectionHarness for OldLayoutDir {
     type Store = EmbeddedProjection;
     async fn open(&self) -> EmbeddedProjection {
         let path = self.0.path().join("projection.db");
-        if !path.exists() {
-            rusqlite::Connection::open(&path)
-                .and_then(|c| c.execute_batch(include_str!("projection_v1.sql")))
-                .expect("an old projection file");
-        }
+        old_file(&path, include_str!("projection_v1.sql"));
         EmbeddedProjection::open(&path, Access::ReadWrite)
             .await
             .expect("open the old projection")
@@ -64,14 +60,19 @@ impl LogHarness for OldLayoutLogDir {
     type Log = EmbeddedLog;
     async fn open(&self) -> EmbeddedLog {
         let path = self.0.path().join("log.db");
-        if !path.exists() {
-            rusqlite::Connection::open(&path)
-                .and_then(|c| c.execute_batch(include_str!("log_v1.sql")))
-                .expect("an old log file");
-        }
+        old_file(&path, include_str!("log_v1.sql"));
         EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
             .await
             .expect("open the old log")
+    }
+}
+
+/// Makes `path` as an old build left it (its schema `sql`), unless the test made it already.
+fn old_file(path: &std::path::Path, sql: &str) {
+    if !path.exists() {
+        rusqlite::Connection::open(path)
+            .and_then(|c| c.execute_batch(sql))
+            .expect("an old build's file");
     }
 }
 
