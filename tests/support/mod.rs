@@ -15,12 +15,26 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
 /// Longest wait for a started process to answer: a hang guard, not a timing assertion.
 pub const READY_GUARD: Duration = Duration::from_secs(60);
 
+/// A port nothing listens on now, never handed out before in this test process.
+///
+/// The kernel picks the port; the tests of one binary run concurrently and start their
+/// processes a while after picking, so two picks in a row could get the same port and one
+/// process would fail to bind it (while the other's `/healthz` answered for it). Handing each
+/// port out once rules that out.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Runs the binary to completion.
@@ -99,7 +113,19 @@ impl Dev {
         };
         let client = reqwest::Client::new();
         let started = Instant::now();
+        let mut dev = dev;
         loop {
+            // A process that exited (it could not bind its ports, say) is not ready, whoever
+            // else answers on its port.
+            if let Ok(Some(status)) = dev.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "herald dev exited ({status}) before it was ready; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             if let Ok(r) = client.get(format!("{}/healthz", dev.url())).send().await
                 && r.status().is_success()
             {
