@@ -7,7 +7,7 @@
 //! item is resent with exponential backoff, `max_redeliveries` times at most, then left for the
 //! device's next resume.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Knobs of delivery; defaults match docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,10 @@ pub struct Delivery<T> {
     config: DeliveryConfig,
     queued: BTreeMap<u64, T>,
     in_flight: BTreeMap<u64, InFlight<T>>,
+    /// `(due_ms, seq)` of every item in flight: what is due and the next deadline without a
+    /// walk through the window (the session asks on every input, with up to `max_in_flight`
+    /// items in flight).
+    deadlines: BTreeSet<(i64, u64)>,
     highest_offered: Option<u64>,
     gave_up: u64,
     /// The items given up on since the last [`Delivery::take_given_up`].
@@ -91,6 +95,7 @@ impl<T: Clone> Delivery<T> {
             config,
             queued: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             highest_offered: None,
             gave_up: 0,
             given_up_items: Vec::new(),
@@ -122,7 +127,14 @@ impl<T: Clone> Delivery<T> {
 
     /// Acknowledged (or gone: archived, expired, superseded) by seq.
     pub fn settle(&mut self, seq: u64) -> bool {
-        self.in_flight.remove(&seq).is_some() | self.queued.remove(&seq).is_some()
+        let flew = match self.in_flight.remove(&seq) {
+            Some(f) => {
+                self.deadlines.remove(&(f.due_ms, seq));
+                true
+            }
+            None => false,
+        };
+        flew | self.queued.remove(&seq).is_some()
     }
 
     /// Acknowledged cumulatively: everything at or below `seq`, each item settled handed to
@@ -134,7 +146,9 @@ impl<T: Clone> Delivery<T> {
         while let Some(first) = self.in_flight.first_entry()
             && *first.key() <= seq
         {
-            settled(first.remove().item);
+            let (seq, f) = first.remove_entry();
+            self.deadlines.remove(&(f.due_ms, seq));
+            settled(f.item);
             n += 1;
         }
         while let Some(first) = self.queued.first_entry()
@@ -192,19 +206,26 @@ impl<T: Clone> Delivery<T> {
         if max == 0 {
             return out;
         }
-        let due: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.due_ms <= now_ms)
-            .map(|(s, _)| *s)
-            .collect();
+        let due: Vec<(i64, u64)> = if self.next_deadline().is_some_and(|d| d <= now_ms) {
+            self.deadlines
+                .range(..=(now_ms, u64::MAX))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // Lowest seq first, as the window goes out.
+        let mut due: Vec<u64> = due.into_iter().map(|(_, seq)| seq).collect();
+        due.sort_unstable();
         for seq in due {
             if out.len() >= max {
                 return out;
             }
             let f = self.in_flight.get_mut(&seq).expect("due seq is in flight");
+            self.deadlines.remove(&(f.due_ms, seq));
             if f.frame > written {
                 f.due_ms = now_ms + self.config.backoff_ms(f.attempt) as i64;
+                self.deadlines.insert((f.due_ms, seq));
                 continue;
             }
             if f.attempt > self.config.max_redeliveries {
@@ -216,6 +237,7 @@ impl<T: Clone> Delivery<T> {
             }
             f.attempt += 1;
             f.due_ms = now_ms + self.config.backoff_ms(f.attempt) as i64;
+            self.deadlines.insert((f.due_ms, seq));
             f.frame = 0;
             out.push(Send {
                 seq,
@@ -227,12 +249,14 @@ impl<T: Clone> Delivery<T> {
             let Some((seq, item)) = self.queued.pop_first() else {
                 break;
             };
+            let due_ms = now_ms + self.config.backoff_ms(1) as i64;
+            self.deadlines.insert((due_ms, seq));
             self.in_flight.insert(
                 seq,
                 InFlight {
                     item: item.clone(),
                     attempt: 1,
-                    due_ms: now_ms + self.config.backoff_ms(1) as i64,
+                    due_ms,
                     frame: 0,
                 },
             );
@@ -253,7 +277,7 @@ impl<T: Clone> Delivery<T> {
 
     /// When `poll` next has something to do, if anything is in flight.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.in_flight.values().map(|f| f.due_ms).min()
+        self.deadlines.first().map(|(due, _)| *due)
     }
 }
 
@@ -373,6 +397,72 @@ mod tests {
         assert_eq!(seqs(&d.poll_limited(200, 4, 5)), vec![(1, 2)]);
         // The resend has no frame yet: it is due on its timer alone.
         assert_eq!(seqs(&d.poll_limited(400, 4, 5)), vec![(1, 3)]);
+    }
+
+    /// What `next_deadline` and `poll_limited` answered before the deadline index: a walk
+    /// through the window.
+    fn walked_deadline<T>(d: &Delivery<T>) -> Option<i64> {
+        d.in_flight.values().map(|f| f.due_ms).min()
+    }
+
+    proptest::proptest! {
+        /// Any mix of offers, polls (with and without frames written), sent_as, settles and
+        /// cumulative ACKs: the deadline index holds exactly the in-flight items' deadlines,
+        /// and a poll sends what was due, lowest seq first.
+        #[test]
+        fn the_deadline_index_follows_the_window(
+            ops in proptest::collection::vec((0u8..6, 0u64..40, 0i64..400), 1..200)
+        ) {
+            let mut d = Delivery::new(DeliveryConfig {
+                max_in_flight: 8,
+                max_queued: 16,
+                backoff_initial_ms: 100,
+                backoff_max_ms: 400,
+                max_redeliveries: 2,
+            });
+            let (mut now, mut next_seq, mut frames) = (0i64, 1u64, 0u64);
+            for (op, n, dt) in ops {
+                now += dt;
+                match op {
+                    0 => {
+                        d.offer(next_seq, next_seq);
+                        next_seq += 1 + n % 3;
+                    }
+                    1 | 2 => {
+                        let due: Vec<u64> = d
+                            .in_flight
+                            .iter()
+                            .filter(|(_, f)| f.due_ms <= now)
+                            .map(|(s, _)| *s)
+                            .collect();
+                        let written = if op == 1 { u64::MAX } else { frames / 2 };
+                        let sends = d.poll_limited(now, (n % 10) as usize, written);
+                        let resent: Vec<u64> =
+                            sends.iter().filter(|s| s.attempt > 1).map(|s| s.seq).collect();
+                        proptest::prop_assert!(resent.windows(2).all(|w| w[0] < w[1]));
+                        proptest::prop_assert!(resent.iter().all(|s| due.contains(s)));
+                        for s in &sends {
+                            frames += 1;
+                            d.sent_as(s.seq, frames);
+                        }
+                        d.take_given_up();
+                    }
+                    3 => {
+                        d.settle(n);
+                    }
+                    4 => {
+                        d.settle_through(n, |_| {});
+                    }
+                    _ => frames += n,
+                }
+                let index: Vec<(i64, u64)> = d.deadlines.iter().copied().collect();
+                let mut walked: Vec<(i64, u64)> =
+                    d.in_flight.iter().map(|(s, f)| (f.due_ms, *s)).collect();
+                walked.sort_unstable();
+                proptest::prop_assert_eq!(index, walked);
+                proptest::prop_assert_eq!(d.next_deadline(), walked_deadline(&d));
+            }
+        }
     }
 
     #[test]
