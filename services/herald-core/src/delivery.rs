@@ -206,16 +206,15 @@ impl<T: Clone> Delivery<T> {
         if max == 0 {
             return out;
         }
-        let due: Vec<(i64, u64)> = if self.next_deadline().is_some_and(|d| d <= now_ms) {
+        let mut due: Vec<u64> = if self.next_deadline().is_some_and(|d| d <= now_ms) {
             self.deadlines
                 .range(..=(now_ms, u64::MAX))
-                .copied()
+                .map(|(_, seq)| *seq)
                 .collect()
         } else {
             Vec::new()
         };
         // Lowest seq first, as the window goes out.
-        let mut due: Vec<u64> = due.into_iter().map(|(_, seq)| seq).collect();
         due.sort_unstable();
         for seq in due {
             if out.len() >= max {
