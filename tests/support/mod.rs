@@ -67,6 +67,13 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().expect("wait for the herald process")
 }
 
+/// The last 30 lines of the log `Dev::start_with` gives the process with `data_dir`.
+fn log_tail(data_dir: &Path) -> String {
+    let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 /// A running `herald dev`.
 pub struct Dev {
     pub child: Child,
@@ -118,12 +125,9 @@ impl Dev {
             // A process that exited (it could not bind its ports, say) is not ready, whoever
             // else answers on its port.
             if let Ok(Some(status)) = dev.child.try_wait() {
-                let log =
-                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 panic!(
                     "herald dev exited ({status}) before it was ready; its log ends:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    log_tail(data_dir)
                 );
             }
             if let Ok(r) = client.get(format!("{}/healthz", dev.url())).send().await
@@ -132,12 +136,9 @@ impl Dev {
                 return dev;
             }
             if started.elapsed() > READY_GUARD {
-                let log =
-                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 panic!(
                     "herald dev did not become ready; its log ends:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    log_tail(data_dir)
                 );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
