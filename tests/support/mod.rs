@@ -113,14 +113,13 @@ impl Dev {
             .stderr(log)
             .spawn()
             .expect("spawn herald dev");
-        let dev = Dev {
+        let mut dev = Dev {
             child,
             port,
             data_dir: data_dir.to_owned(),
         };
         let client = reqwest::Client::new();
         let started = Instant::now();
-        let mut dev = dev;
         loop {
             // A process that exited (it could not bind its ports, say) is not ready, whoever
             // else answers on its port.

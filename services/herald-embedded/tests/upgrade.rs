@@ -90,9 +90,9 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
     // Its inbox keeps the layout it was made with (the contract suite runs on it too); a new
     // store's inbox is a rowid table.
     assert!(
-        inbox_sql(&path).contains("WITHOUT ROWID"),
+        table_sql(&path, "inbox").contains("WITHOUT ROWID"),
         "{}",
-        inbox_sql(&path)
+        table_sql(&path, "inbox")
     );
     let fresh = dir.path().join("fresh.db");
     drop(
@@ -101,9 +101,9 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
             .unwrap(),
     );
     assert!(
-        !inbox_sql(&fresh).contains("WITHOUT ROWID"),
+        !table_sql(&fresh, "inbox").contains("WITHOUT ROWID"),
         "{}",
-        inbox_sql(&fresh)
+        table_sql(&fresh, "inbox")
     );
     // A recipient list that does not parse is an error, never an empty expansion.
     rusqlite::Connection::open(&path)
@@ -114,11 +114,6 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         )
         .unwrap();
     assert!(store.expansion_of("n1").await.is_err());
-}
-
-/// The statement that created the file's inbox table.
-fn inbox_sql(path: &std::path::Path) -> String {
-    table_sql(path, "inbox")
 }
 
 /// The statement that created the file's table `name`.
