@@ -352,6 +352,10 @@ async fn run<T: Transport>(
     let mut next_heartbeat = started + cfg.heartbeat_interval;
     let timer = tokio::time::sleep_until(far_future());
     tokio::pin!(timer);
+    // Registered with the token once, not on every turn (each registration and its removal
+    // take the token's lock: ~2% of the server's samples in a broadcast's profile).
+    let shutting_down = shutdown.cancelled();
+    tokio::pin!(shutting_down);
     loop {
         let instant = tokio::time::Instant::now();
         // Checked on every turn, so that a session kept busy cannot outrun them.
@@ -396,7 +400,7 @@ async fn run<T: Transport>(
         let flush = reg.rx.is_empty();
         let input = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return End::close(Close::GoingAway, "server shutting down; reconnect"),
+            () = &mut shutting_down => return End::close(Close::GoingAway, "server shutting down; reconnect"),
             c = kick.kicked() => return End::close(c, c.name()),
             m = next_io(io, reading, flush) => {
                 if !matches!(m, Incoming::Wrote) {
