@@ -988,6 +988,48 @@ async fn limits_origin_rate_and_silent_peers_are_enforced() {
     srv.shutdown.cancel();
 }
 
+/// A client that ACKs each notification by id as it arrives (clients/js does) through a replay
+/// far larger than the frame rate allows in a second is not rate limited: an ACK answering a
+/// notification frame sent takes no token. ACKs beyond those still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_what_was_sent_are_not_rate_limited_and_more_are() {
+    let srv = server(
+        GatewayConfig {
+            frame_rate: 5.0,
+            frame_burst: 10.0,
+            ..config()
+        },
+        true,
+    )
+    .await;
+    const N: usize = 200;
+    for i in 0..N {
+        srv.post(&["ivy"], &format!("ivy-{i}")).await;
+    }
+    srv.wait_unread("ivy", N as u64).await;
+    let (mut c, _) = connect(&srv.ws, &bearer("ivy"), "d", None).await.unwrap();
+    let (ids, seqs, _) = collect(&mut c, N, true).await;
+    assert_eq!(ids.len(), N);
+    assert_unique_increasing(&ids, &seqs);
+    // Still open: a ping is answered (the bucket was never drawn on by the ACKs).
+    c.send(&ClientFrame::Ping {}).await.unwrap();
+    while !matches!(
+        tokio::time::timeout(GUARD, c.next())
+            .await
+            .expect("a pong")
+            .unwrap(),
+        ServerFrame::Pong
+    ) {}
+    // ACKs of nothing the server sent take tokens: a burst of them is closed with 4009.
+    for _ in 0..N {
+        if c.ack(&["n-none".into()], None).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(expect_close(&mut c).await.0, 4009);
+    srv.shutdown.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_loses_nothing() {
     let mut cfg = config();

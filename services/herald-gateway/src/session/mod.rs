@@ -211,6 +211,8 @@ struct Shell<'a> {
     partition: u32,
     outbox: &'a Outbox,
     meter: herald_ports::telemetry::SessionMeter,
+    /// Notification frames queued for the client, first sends and resends.
+    notifications: AtomicU64,
 }
 
 impl Shell<'_> {
@@ -222,6 +224,7 @@ impl Shell<'_> {
                 Action::Send(Outgoing::Notification { row, attempt }) => {
                     self.meter
                         .notification(&self.st.meters, &row, attempt, now_ms());
+                    self.notifications.fetch_add(1, Ordering::Relaxed);
                     result = self.outbox.push(Out::Notification { row, attempt });
                 }
                 Action::Send(Outgoing::Frame(f)) => {
@@ -295,6 +298,7 @@ async fn drive<T: Transport>(
         partition: reg.partition,
         outbox,
         meter: Default::default(),
+        notifications: Default::default(),
     };
     let start = Start {
         user_id: user.id.clone(),
@@ -344,6 +348,11 @@ async fn run<T: Transport>(
     let kick = reg.kick.clone();
     let mut last_seen = Instant::now();
     let mut bucket = TokenBucket::new(cfg.frame_rate, cfg.frame_burst, Instant::now());
+    // ACK frames up to one per notification frame sent take no token. A client may ACK each
+    // notification by id as it arrives (clients/js does), and a replay of thousands runs at the
+    // pace of those ACKs; what the server sends bounds them. Other frames, and ACKs beyond that,
+    // take from the bucket.
+    let mut answered: u64 = 0;
     // One timer for every deadline (the session's next wake, the heartbeat, token expiry, the
     // room recheck): an idle session holds one `Sleep`, not one per deadline.
     let started = tokio::time::Instant::now();
@@ -416,10 +425,13 @@ async fn run<T: Transport>(
                         continue;
                     }
                     Incoming::Frame(f) => {
-                        if bucket.take(1.0, Instant::now()).is_err() {
+                        let ack = matches!(f, ClientFrame::Ack { .. });
+                        if ack && answered < shell.notifications.load(Ordering::Relaxed) {
+                            answered += 1;
+                        } else if bucket.take(1.0, Instant::now()).is_err() {
                             return End::close(Close::RateLimited, "too many frames per second");
                         }
-                        if matches!(f, ClientFrame::Ack { .. }) { st.meters.ack_ws(); }
+                        if ack { st.meters.ack_ws(); }
                         Input::Client(f)
                     }
                 }
