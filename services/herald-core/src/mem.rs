@@ -92,8 +92,12 @@ impl ProjectionSnapshot {
             &zero(&other.unread),
             &mut out,
         );
-        diff_sets("ack", &self.acks, &other.acks, &mut out);
-        diff_maps("cursor", &self.cursors, &other.cursors, &mut out);
+        diff_sets(
+            "acknowledged row",
+            &self.acknowledged(),
+            &other.acknowledged(),
+            &mut out,
+        );
         diff_maps("user", &self.users, &other.users, &mut out);
         diff_sets("group member", &self.groups, &other.groups, &mut out);
         diff_sets("topic subscriber", &self.topics, &other.topics, &mut out);
@@ -108,7 +112,24 @@ impl ProjectionSnapshot {
         out
     }
 
-    /// Equal up to users whose unread count is stored as 0 versus absent.
+    /// (user, device, seq) of every row a device has acknowledged, by id or under its cursor:
+    /// what reads see (a store may keep the same ACKs as fewer ids and a further cursor, see
+    /// [`ProjectionState::advances_cursors_by_id`]). A cursor past a user's last row covers no
+    /// row that can come later: a row added later has a higher seq than the ACK that set it.
+    pub fn acknowledged(&self) -> BTreeSet<(String, String, u64)> {
+        let mut out = self.acks.clone();
+        for ((user, device), cursor) in &self.cursors {
+            let first = (user.clone(), 0);
+            let last = (user.clone(), *cursor);
+            for (user, seq) in self.rows.range(first..=last).map(|(k, _)| k) {
+                out.insert((user.clone(), device.clone(), *seq));
+            }
+        }
+        out
+    }
+
+    /// Equal up to users whose unread count is stored as 0 versus absent, and up to how the
+    /// acknowledged rows are kept ([`ProjectionSnapshot::acknowledged`]).
     pub fn same_as(&self, other: &ProjectionSnapshot) -> bool {
         self.diff(other, 1).is_empty()
     }

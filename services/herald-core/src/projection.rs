@@ -118,6 +118,24 @@ pub trait ProjectionState {
     fn unread_count(&mut self, user_id: &str) -> Result<u64, Self::Error>;
     fn device_cursor(&mut self, user_id: &str, device_id: &str)
     -> Result<Option<u64>, Self::Error>;
+    /// Whether ACKs by id may advance the device's cursor over the rows they name, when those
+    /// are the user's next rows after it ([`ProjectionState::first_row_after`]), instead of
+    /// each being kept on its own: the same rows are acknowledged either way (what
+    /// [`crate::mem::ProjectionSnapshot::diff`] compares). A client that ACKs every
+    /// notification by id, in order, then leaves one cursor per device instead of a row per
+    /// notification. Off unless a store answers `first_row_after`.
+    fn advances_cursors_by_id(&self) -> bool {
+        false
+    }
+    /// The seq and notification id of the user's first row after `after` (the user's first row
+    /// when `None`). Asked only when [`ProjectionState::advances_cursors_by_id`].
+    fn first_row_after(
+        &mut self,
+        _user_id: &str,
+        _after: Option<u64>,
+    ) -> Result<Option<(u64, String)>, Self::Error> {
+        Ok(None)
+    }
     fn write(&mut self, write: Write) -> Result<(), Self::Error>;
     /// Inserts the row of a `NotificationAdded` unless the user already has a row of its
     /// notification id (invariant 2); whether it did. The one write the fold makes itself, after
@@ -390,7 +408,16 @@ fn fold_acks<S: ProjectionState>(
     offset: u64,
     out: &mut Vec<Write>,
 ) -> Result<(), S::Error> {
+    // A cumulative ACK can only cover rows that precede it: clamp, so a cursor from the future
+    // cannot swallow notifications that do not exist yet.
+    let up_to = match (non_negative(up_to), offset.checked_sub(1)) {
+        (Some(up_to), Some(last)) => Some(up_to.min(last)),
+        _ => None,
+    };
     let ids: BTreeSet<&String> = ids.iter().collect();
+    if !ids.is_empty() && state.advances_cursors_by_id() {
+        return advance_by_id(state, (user_id, device_id), ids, up_to, offset, out);
+    }
     for id in ids {
         if let Some(seq) = seq_before(state, user_id, id, offset)? {
             out.push(Write::AckSeq {
@@ -400,10 +427,7 @@ fn fold_acks<S: ProjectionState>(
             });
         }
     }
-    // A cumulative ACK can only cover rows that precede it: clamp, so a cursor from the future
-    // cannot swallow notifications that do not exist yet.
-    if let (Some(up_to), Some(last)) = (non_negative(up_to), offset.checked_sub(1)) {
-        let up_to = up_to.min(last);
+    if let Some(up_to) = up_to {
         let current = state.device_cursor(user_id, device_id)?;
         if current.is_none_or(|c| up_to > c) {
             out.push(Write::SetDeviceCursor {
@@ -412,6 +436,48 @@ fn fold_acks<S: ProjectionState>(
                 seq: up_to,
             });
         }
+    }
+    Ok(())
+}
+
+/// [`fold_acks`] for a store that [`ProjectionState::advances_cursors_by_id`]: the cursor moves
+/// over the user's next rows while this ACK names them; the ids left (out of order, or past a
+/// row the device has not acknowledged) are kept one by one, except those the cursor covers.
+fn advance_by_id<S: ProjectionState>(
+    state: &mut S,
+    (user_id, device_id): (&str, &str),
+    mut ids: BTreeSet<&String>,
+    up_to: Option<u64>,
+    offset: u64,
+    out: &mut Vec<Write>,
+) -> Result<(), S::Error> {
+    let current = state.device_cursor(user_id, device_id)?;
+    let mut cursor = current.max(up_to);
+    while !ids.is_empty() {
+        match state.first_row_after(user_id, cursor)? {
+            Some((seq, id)) if seq < offset && ids.remove(&id) => cursor = Some(seq),
+            _ => break,
+        }
+    }
+    for id in ids {
+        if let Some(seq) = seq_before(state, user_id, id, offset)?
+            && cursor.is_none_or(|c| seq > c)
+        {
+            out.push(Write::AckSeq {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+                seq,
+            });
+        }
+    }
+    if let Some(seq) = cursor
+        && current.is_none_or(|c| seq > c)
+    {
+        out.push(Write::SetDeviceCursor {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            seq,
+        });
     }
     Ok(())
 }

@@ -51,6 +51,7 @@ macro_rules! projection_contract_tests {
             offsets_are_stored_with_the_writes,
             concurrent_writers_on_disjoint_partitions_match_the_reference,
             pending_is_what_the_device_has_not_acknowledged,
+            acks_by_id_in_any_order_leave_the_rest_pending,
             pending_under_load_is_ordered_and_complete,
             preferences_are_the_newest_document_and_quiet_rows_are_not_pending,
             inbox_pages_newest_first_with_filters,

@@ -141,6 +141,27 @@ impl ProjectionState for TxState<'_, '_> {
             .map(|s| s as u64))
     }
 
+    fn advances_cursors_by_id(&self) -> bool {
+        true
+    }
+
+    fn first_row_after(
+        &mut self,
+        user_id: &str,
+        after: Option<u64>,
+    ) -> rusqlite::Result<Option<(u64, String)>> {
+        let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
+        self.tx
+            .prepare_cached(
+                "SELECT seq, notification_id FROM inbox WHERE user_id = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![user_id, after], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()
+    }
+
     fn insert_new(&mut self, row: InboxRow) -> rusqlite::Result<bool> {
         // One statement: the uniqueness check is the insert's own descent of `inbox_by_id`.
         Ok(put_row(self.tx, &INSERT_NEW, &row)? == 1)

@@ -235,6 +235,56 @@ pub async fn pending_is_what_the_device_has_not_acknowledged<H: ProjectionHarnes
     );
 }
 
+/// A device's ACKs by id, as its sessions append them (`DeviceProgress`): in order, several at
+/// once, out of order, repeated, for a row added after the ACK, for an id the user does not
+/// have. A store may keep them as ids or move the device's cursor over them (see
+/// `ProjectionState::advances_cursors_by_id`); what is pending comes out the same.
+pub async fn acks_by_id_in_any_order_leave_the_rest_pending<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let u = "carol";
+    let acked = |device: &str, ids: &[&str]| {
+        UserEvent::Progress(DeviceProgress {
+            user_id: u.into(),
+            device_id: device.into(),
+            delivered: vec![],
+            acked_ids: ids.iter().map(|s| s.to_string()).collect(),
+            acked_up_to: None,
+            at: NOW,
+        })
+    };
+    let mut events: Vec<UserEvent> = (0..6)
+        .map(|i| UserEvent::Added(added(u, &format!("n{i}")))) // 0..=5
+        .collect();
+    events.extend([
+        acked("phone", &["n0"]),           // 6
+        acked("phone", &["n1"]),           // 7
+        acked("phone", &["n3", "n2"]),     // 8
+        acked("phone", &["n5"]),           // 9: before n4
+        acked("phone", &["n4", "n1"]),     // 10: the gap, and n1 again
+        acked("laptop", &["n1"]),          // 11: not n0
+        UserEvent::Added(added(u, "n12")), // 12
+        acked("phone", &["nope", "n12"]),  // 13
+        acked("phone", &["n15"]),          // 14: before n15 exists
+        UserEvent::Added(added(u, "n15")), // 15
+    ]);
+    let events = for_user(u, events);
+    apply_in_batches(&store, Stage::Inbox, &events, 3).await;
+    let seqs = |rows: Vec<herald_core::projection::InboxRow>| -> Vec<u64> {
+        rows.iter().map(|r| r.seq).collect()
+    };
+    let phone = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    assert_eq!(
+        seqs(phone),
+        vec![15],
+        "phone acknowledged everything before n15"
+    );
+    let laptop = store.pending(u, "laptop", None, NOW, 100).await.unwrap();
+    assert_eq!(seqs(laptop), vec![0, 2, 3, 4, 5, 12, 15]);
+    let resumed = store.pending(u, "laptop", Some(3), NOW, 100).await.unwrap();
+    assert_eq!(seqs(resumed), vec![4, 5, 12, 15]);
+    assert_matches_reference(&store, &events).await;
+}
+
 /// A notification expanded to a user twice (the fanout stage re-expanded a request after a
 /// crash: the same id again, at a later offset) is in the inbox once, as first added: the
 /// repeat changes no row, no unread count and no collapse key's holder, whether it comes in
