@@ -18,7 +18,7 @@ use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use websocket::{ACK_EVERY, ACK_IDLE, Recovery};
+pub use websocket::{ACK_EACH_BY_ID, ACK_EVERY, ACK_IDLE, Recovery};
 
 /// How long a server may take to start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);

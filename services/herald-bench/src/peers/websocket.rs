@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::Target;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Loopback source addresses connections are spread over (127.0.0.1 … 127.0.0.N), so more
 /// connections than one address's ephemeral port range can be opened.
@@ -23,8 +24,10 @@ pub const SOURCE_ADDRESSES: usize = 4;
 /// the server's default in-flight window of 256, and few enough frames that a 100k resume stays
 /// under Herald's limit of 1,000 client frames a second per connection)…
 pub const ACK_EVERY: usize = 128;
-/// …or when nothing has arrived for this long.
+/// …or when nothing has arrived for this long; unless this is set (`suite --ack-each-by-id`):
+/// then they ACK each notification by id as it arrives, as clients/js does.
 pub const ACK_IDLE: Duration = Duration::from_millis(5);
+pub static ACK_EACH_BY_ID: AtomicBool = AtomicBool::new(false);
 
 /// Socket.IO's session, kept to recover it after a reconnect.
 #[derive(Debug, Clone, Default)]
@@ -216,7 +219,11 @@ impl WsClient {
             match self.target {
                 Target::Herald | Target::HeraldBefore => {
                     if let Ok(ServerFrame::Notification {
-                        data, cursor, seq, ..
+                        id,
+                        data,
+                        cursor,
+                        seq,
+                        ..
                     }) = serde_json::from_str::<ServerFrame>(text)
                     {
                         if self.last_seq.is_some_and(|last| seq <= last) {
@@ -226,6 +233,11 @@ impl WsClient {
                             continue;
                         }
                         self.last_seq = Some(seq);
+                        if ACK_EACH_BY_ID.load(Ordering::Relaxed) {
+                            let ack = json!({"type": "ack", "ids": [id], "up_to": null});
+                            self.ws.send(Message::text(ack.to_string())).await?;
+                            return data["t"].as_u64().context("no t in the notification");
+                        }
                         self.cursor = Some(cursor);
                         self.unacked += 1;
                         if self.unacked >= ACK_EVERY {

@@ -81,6 +81,10 @@ pub struct SuiteArgs {
     /// (for paired runs of one rate; a report wants the defaults).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub rates: Vec<u64>,
+    /// Herald clients ACK each notification by id as it arrives (as clients/js does) instead
+    /// of a cumulative ACK every 128 notifications.
+    #[arg(long)]
+    pub ack_each_by_id: bool,
 }
 
 impl SuiteArgs {
@@ -109,6 +113,7 @@ impl SuiteArgs {
 
 pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     rlimit::increase_nofile_limit(u64::MAX)?;
+    crate::peers::ACK_EACH_BY_ID.store(args.ack_each_by_id, std::sync::atomic::Ordering::Relaxed);
     for s in &args.only {
         ensure!(
             SCENARIOS.contains(&s.as_str()),
