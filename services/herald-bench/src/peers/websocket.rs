@@ -2,6 +2,7 @@
 //! (current and baseline alike), Socket.IO (Engine.IO v4 framing, by hand) and plain `ws`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -15,7 +16,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::Target;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Loopback source addresses connections are spread over (127.0.0.1 … 127.0.0.N), so more
 /// connections than one address's ephemeral port range can be opened.
@@ -24,9 +24,10 @@ pub const SOURCE_ADDRESSES: usize = 4;
 /// the server's default in-flight window of 256, and few enough frames that a 100k resume stays
 /// under Herald's limit of 1,000 client frames a second per connection)…
 pub const ACK_EVERY: usize = 128;
-/// …or when nothing has arrived for this long; unless this is set (`suite --ack-each-by-id`):
-/// then they ACK each notification by id as it arrives, as clients/js does.
+/// …or when nothing has arrived for this long.
 pub const ACK_IDLE: Duration = Duration::from_millis(5);
+/// Instead, Herald clients ACK each notification by id as it arrives, as clients/js does
+/// (`suite --ack-each-by-id`).
 pub static ACK_EACH_BY_ID: AtomicBool = AtomicBool::new(false);
 
 /// Socket.IO's session, kept to recover it after a reconnect.
