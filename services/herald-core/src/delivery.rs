@@ -6,6 +6,23 @@
 //! at most `max_in_flight` unacknowledged at once (JetStream's MaxAckPending). An unacknowledged
 //! item is resent with exponential backoff, `max_redeliveries` times at most, then left for the
 //! device's next resume.
+//!
+//! When to resend is TCP's problem on top of TCP, and solved the same way (RFC 6298): the wait
+//! is the device's retransmission timeout, estimated from its ACKs' round trips (smoothed RTT
+//! plus four times its variation, Karn's rule: no sample from a resent item), at least
+//! `backoff_initial_ms`, [`UNMEASURED_RTO_MS`] before the first sample, doubling per resend up
+//! to `backoff_max_ms`. The connection is one ordered stream, so an unACKed item is resent only
+//! when there is a sign that the device passed it: it ACKed something sent after it, or it ACKed
+//! nothing for a whole timeout. While the device keeps ACKing what was sent before it, it is
+//! still reading its way there, and the timer starts again from that ACK: a device that is
+//! behind (a loaded machine, a burst) is not sent its backlog twice.
+//!
+//! The floor is 1 s by default, as RFC 6298 rounds the RTO up to: a resend on a live ordered
+//! connection only helps a device whose app dropped a notification without ACKing it (MQTT 5
+//! forbids such resends altogether; JetStream waits 30 s), while a resend too early doubles
+//! the work of a device that is merely behind. Measured (docs/benchmarks.md, eighteenth stop):
+//! with a 100 ms fixed wait, a fanout whose clients ACK each notification by id was resent
+//! 112k times for 100k deliveries.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,33 +33,39 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// Most items waiting to be sent (beyond the window); more is a slow consumer.
     pub max_queued: usize,
-    /// Wait before the first redelivery.
+    /// The shortest wait before a redelivery: the floor of the device's retransmission timeout.
     pub backoff_initial_ms: u64,
-    /// Longest wait between redeliveries.
+    /// Longest wait between redeliveries (and the cap of the timeout).
     pub backoff_max_ms: u64,
     /// Resends after the first send, at most.
     pub max_redeliveries: u32,
 }
+
+/// The retransmission timeout before a device's first ACK round trip is measured (RFC 6298's
+/// initial RTO), within `backoff_initial_ms..=backoff_max_ms`: a fresh connection's first burst
+/// is not resent at the shortest wait just because nothing is known about the device yet.
+pub const UNMEASURED_RTO_MS: u64 = 1_000;
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             max_in_flight: 256,
             max_queued: 4096,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 2_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 4_000,
             max_redeliveries: 3,
         }
     }
 }
 
 impl DeliveryConfig {
-    /// Wait after send number `attempt` (1 = first send) before the next one.
-    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+    /// Wait after send number `attempt` (1 = first send) before the next one, for a
+    /// retransmission timeout of `rto_ms`: doubling per send, at most `backoff_max_ms`.
+    pub fn backoff_ms(&self, rto_ms: u64, attempt: u32) -> u64 {
         let shift = attempt.saturating_sub(1).min(32);
-        self.backoff_initial_ms
+        rto_ms
             .saturating_mul(1u64 << shift)
-            .min(self.backoff_max_ms)
+            .min(self.backoff_max_ms.max(self.backoff_initial_ms))
     }
 }
 
@@ -53,6 +76,9 @@ struct InFlight<T> {
     due_ms: i64,
     /// The transport's number of the frame that carries the latest send (0: not told).
     frame: u64,
+    /// When the latest send was handed out, and its number among all sends.
+    sent_ms: i64,
+    sent_no: u64,
 }
 
 /// Something to put on the wire.
@@ -87,6 +113,15 @@ pub struct Delivery<T> {
     gave_up: u64,
     /// The items given up on since the last [`Delivery::take_given_up`].
     given_up_items: Vec<T>,
+    /// Sends handed out so far (first sends and resends): each send's number.
+    sends: u64,
+    /// The highest send number the device has ACKed, and when its latest ACK came.
+    acked_no: u64,
+    last_ack_ms: Option<i64>,
+    /// The smoothed round trip times 8 and its variation times 4 (RFC 6298, scaled as Linux
+    /// keeps them), in ms; `None` until the first sample.
+    srtt8: Option<u64>,
+    rttvar4: u64,
 }
 
 impl<T: Clone> Delivery<T> {
@@ -99,6 +134,53 @@ impl<T: Clone> Delivery<T> {
             highest_offered: None,
             gave_up: 0,
             given_up_items: Vec::new(),
+            sends: 0,
+            acked_no: 0,
+            last_ack_ms: None,
+            srtt8: None,
+            rttvar4: 0,
+        }
+    }
+
+    /// The device's retransmission timeout now: smoothed RTT plus four times its variation,
+    /// within `backoff_initial_ms..=backoff_max_ms`; [`UNMEASURED_RTO_MS`] before a sample.
+    pub fn rto_ms(&self) -> u64 {
+        let (floor, cap) = (
+            self.config.backoff_initial_ms,
+            self.config
+                .backoff_max_ms
+                .max(self.config.backoff_initial_ms),
+        );
+        match self.srtt8 {
+            None => UNMEASURED_RTO_MS.clamp(floor, cap),
+            Some(s8) => (s8 / 8 + self.rttvar4.max(1)).clamp(floor, cap),
+        }
+    }
+
+    /// One round trip measured: from a first send to its ACK.
+    fn sample(&mut self, rtt_ms: u64) {
+        match self.srtt8 {
+            None => {
+                self.srtt8 = Some(rtt_ms.saturating_mul(8));
+                self.rttvar4 = rtt_ms.saturating_mul(2);
+            }
+            Some(s8) => {
+                let err = (s8 / 8).abs_diff(rtt_ms);
+                self.rttvar4 = self.rttvar4 - self.rttvar4 / 4 + err;
+                self.srtt8 = Some(s8 - s8 / 8 + rtt_ms);
+            }
+        }
+    }
+
+    /// The device ACKed, at `now_ms`, an item sent `attempt` times, the last time at `sent_ms`
+    /// as send number `sent_no`. Only an item sent once says how far the device has read and
+    /// how long the round trip took: the ACK of a resent item may be the ACK of its first copy
+    /// (Karn's rule).
+    fn acked(&mut self, sent_no: u64, attempt: u32, sent_ms: i64, now_ms: i64) {
+        self.last_ack_ms = Some(self.last_ack_ms.map_or(now_ms, |t| t.max(now_ms)));
+        if attempt == 1 {
+            self.acked_no = self.acked_no.max(sent_no);
+            self.sample(now_ms.saturating_sub(sent_ms).max(0) as u64);
         }
     }
 
@@ -125,7 +207,40 @@ impl<T: Clone> Delivery<T> {
         self.config.max_queued.saturating_sub(self.queued.len())
     }
 
-    /// Acknowledged (or gone: archived, expired, superseded) by seq.
+    /// Acknowledged by the device at `now_ms`, by seq: settled, and its round trip measured.
+    pub fn ack(&mut self, seq: u64, now_ms: i64) -> bool {
+        match self.in_flight.remove(&seq) {
+            Some(f) => {
+                self.deadlines.remove(&(f.due_ms, seq));
+                self.acked(f.sent_no, f.attempt, f.sent_ms, now_ms);
+                true
+            }
+            None => self.queued.remove(&seq).is_some(),
+        }
+    }
+
+    /// Like [`Delivery::settle_through`], for the device's cumulative ACK at `now_ms`: the round
+    /// trip of the newest item it covers is measured (it was the last one the device read).
+    pub fn ack_through(&mut self, seq: u64, now_ms: i64, settled: impl FnMut(T)) -> usize {
+        // The newest item sent once that the ACK covers: the furthest the device has read.
+        let newest = self
+            .in_flight
+            .range(..=seq)
+            .filter(|(_, f)| f.attempt == 1)
+            .max_by_key(|(_, f)| f.sent_no)
+            .map(|(_, f)| (f.sent_no, f.sent_ms));
+        match newest {
+            Some((sent_no, sent_ms)) => self.acked(sent_no, 1, sent_ms, now_ms),
+            None if self.in_flight.range(..=seq).next().is_some() => {
+                self.acked(0, 2, 0, now_ms);
+            }
+            None => {}
+        }
+        self.settle_through(seq, settled)
+    }
+
+    /// Settled without an ACK from the device (archived, expired, superseded, or ACKed through
+    /// another channel), by seq.
     pub fn settle(&mut self, seq: u64) -> bool {
         let flew = match self.in_flight.remove(&seq) {
             Some(f) => {
@@ -201,6 +316,8 @@ impl<T: Clone> Delivery<T> {
     /// whose frame the transport has not written yet (`written` frames so far) is not resent
     /// when its timer runs out: the timer starts again, so the wait runs from (at least) the
     /// write, and a queue that does not drain makes redelivery back off instead of piling up.
+    /// A written send is resent only once the device ACKed something sent after it, or ACKed
+    /// nothing for a whole wait (see the module's documentation).
     pub fn poll_limited(&mut self, now_ms: i64, max: usize, written: u64) -> Vec<Send<T>> {
         let mut out = Vec::new();
         if max == 0 {
@@ -213,14 +330,28 @@ impl<T: Clone> Delivery<T> {
             .collect();
         // Lowest seq first, as the window goes out.
         due.sort_unstable();
+        let rto = self.rto_ms();
         for seq in due {
             if out.len() >= max {
                 return out;
             }
             let f = self.in_flight.get_mut(&seq).expect("due seq is in flight");
             self.deadlines.remove(&(f.due_ms, seq));
-            if f.frame > written {
-                f.due_ms = now_ms + self.config.backoff_ms(f.attempt) as i64;
+            let wait = self.config.backoff_ms(rto, f.attempt) as i64;
+            // Not written yet: the wait starts again. Written, but the device has ACKed nothing
+            // sent after it: it waits a whole timeout from the device's latest ACK, if that
+            // came later than the send (the device is still reading towards it).
+            let wait_from = if f.frame > written {
+                Some(now_ms)
+            } else if self.acked_no <= f.sent_no {
+                Some(f.sent_ms.max(self.last_ack_ms.unwrap_or(i64::MIN)))
+            } else {
+                None
+            };
+            if let Some(from) = wait_from
+                && from.saturating_add(wait) > now_ms
+            {
+                f.due_ms = from.saturating_add(wait);
                 self.deadlines.insert((f.due_ms, seq));
                 continue;
             }
@@ -232,7 +363,10 @@ impl<T: Clone> Delivery<T> {
                 continue;
             }
             f.attempt += 1;
-            f.due_ms = now_ms + self.config.backoff_ms(f.attempt) as i64;
+            self.sends += 1;
+            f.sent_no = self.sends;
+            f.sent_ms = now_ms;
+            f.due_ms = now_ms + self.config.backoff_ms(rto, f.attempt) as i64;
             self.deadlines.insert((f.due_ms, seq));
             f.frame = 0;
             out.push(Send {
@@ -245,8 +379,9 @@ impl<T: Clone> Delivery<T> {
             let Some((seq, item)) = self.queued.pop_first() else {
                 break;
             };
-            let due_ms = now_ms + self.config.backoff_ms(1) as i64;
+            let due_ms = now_ms + self.config.backoff_ms(rto, 1) as i64;
             self.deadlines.insert((due_ms, seq));
+            self.sends += 1;
             self.in_flight.insert(
                 seq,
                 InFlight {
@@ -254,6 +389,8 @@ impl<T: Clone> Delivery<T> {
                     attempt: 1,
                     due_ms,
                     frame: 0,
+                    sent_ms: now_ms,
+                    sent_no: self.sends,
                 },
             );
             out.push(Send {
@@ -285,12 +422,25 @@ mod tests {
         DeliveryConfig {
             max_in_flight: window,
             max_queued: 10,
-            ..Default::default()
+            backoff_initial_ms: 100,
+            backoff_max_ms: 2_000,
+            max_redeliveries: 3,
         }
     }
 
     fn seqs(sends: &[Send<&str>]) -> Vec<(u64, u32)> {
         sends.iter().map(|s| (s.seq, s.attempt)).collect()
+    }
+
+    /// A device whose first ACK came back at once (seq 0, at 0 ms): its wait is the floor,
+    /// `backoff_initial_ms`.
+    fn measured(config: DeliveryConfig) -> Delivery<&'static str> {
+        let mut d = Delivery::new(config);
+        d.offer(0, "warm-up");
+        assert_eq!(seqs(&d.poll(0)), vec![(0, 1)]);
+        assert!(d.ack(0, 0));
+        assert_eq!(d.rto_ms(), config.backoff_initial_ms);
+        d
     }
 
     #[test]
@@ -318,7 +468,7 @@ mod tests {
 
     #[test]
     fn redelivers_with_backoff_then_gives_up() {
-        let mut d = Delivery::new(DeliveryConfig {
+        let mut d = measured(DeliveryConfig {
             max_in_flight: 4,
             max_queued: 4,
             backoff_initial_ms: 100,
@@ -361,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_limited_poll_leaves_the_rest_due() {
-        let mut d = Delivery::new(cfg(5));
+        let mut d = measured(cfg(5));
         for s in 1..=4 {
             d.offer(s, "x");
         }
@@ -379,7 +529,7 @@ mod tests {
 
     #[test]
     fn a_send_not_yet_written_is_not_resent_and_its_timer_starts_again() {
-        let mut d = Delivery::new(cfg(4));
+        let mut d = measured(cfg(4));
         d.offer(1, "a");
         assert_eq!(seqs(&d.poll_limited(0, 4, 0)), vec![(1, 1)]);
         d.sent_as(1, 5);
@@ -395,13 +545,128 @@ mod tests {
         assert_eq!(seqs(&d.poll_limited(400, 4, 5)), vec![(1, 3)]);
     }
 
+    #[test]
+    fn an_unmeasured_device_waits_the_initial_timeout() {
+        let mut d = Delivery::new(cfg(4));
+        d.offer(1, "a");
+        d.poll(0);
+        assert_eq!(d.rto_ms(), UNMEASURED_RTO_MS);
+        assert_eq!(d.next_deadline(), Some(UNMEASURED_RTO_MS as i64));
+        assert!(d.poll(UNMEASURED_RTO_MS as i64 - 1).is_empty());
+        assert_eq!(seqs(&d.poll(UNMEASURED_RTO_MS as i64)), vec![(1, 2)]);
+        // Within the configured bounds.
+        let d: Delivery<()> = Delivery::new(DeliveryConfig {
+            backoff_max_ms: 300,
+            ..cfg(4)
+        });
+        assert_eq!(d.rto_ms(), 300);
+    }
+
+    #[test]
+    fn the_wait_follows_the_measured_round_trip() {
+        let mut d = Delivery::new(cfg(4));
+        let mut now = 0;
+        let mut seq = 0;
+        let mut round_trip = |d: &mut Delivery<&str>, rtt: i64| {
+            seq += 1;
+            d.offer(seq, "x");
+            assert_eq!(seqs(&d.poll(now)), vec![(seq, 1)]);
+            now += rtt;
+            assert!(d.ack(seq, now));
+        };
+        // RFC 6298: the first sample R gives SRTT = R, RTTVAR = R/2, RTO = SRTT + 4 RTTVAR.
+        round_trip(&mut d, 300);
+        assert_eq!(d.rto_ms(), 900);
+        // Steady round trips: the variation decays, the timeout closes in on them.
+        for _ in 0..30 {
+            round_trip(&mut d, 300);
+        }
+        assert!((300..320).contains(&d.rto_ms()), "{}", d.rto_ms());
+        // A slower device (a loaded machine): the timeout grows with it, up to the cap.
+        for _ in 0..30 {
+            round_trip(&mut d, 3_000);
+        }
+        assert_eq!(d.rto_ms(), 2_000, "capped at backoff_max_ms");
+        // A fast one: the floor.
+        for _ in 0..60 {
+            round_trip(&mut d, 2);
+        }
+        assert_eq!(d.rto_ms(), 100, "at least backoff_initial_ms");
+        // Karn's rule: the ACK of a resent item says nothing about the round trip.
+        d.offer(1_000, "y");
+        d.poll(now);
+        now += 100;
+        assert_eq!(seqs(&d.poll(now)), vec![(1_000, 2)]);
+        now += 5_000;
+        assert!(d.ack(1_000, now));
+        assert_eq!(d.rto_ms(), 100);
+        // Nor does a settle that is not the device's ACK (archived, expired, another channel).
+        d.offer(1_001, "z");
+        d.poll(now);
+        assert!(d.settle(1_001));
+        assert_eq!(d.rto_ms(), 100);
+    }
+
+    #[test]
+    fn a_device_still_reading_is_not_sent_its_backlog_again() {
+        let mut d = measured(cfg(8));
+        for s in 1..=5 {
+            d.offer(s, "x");
+        }
+        assert_eq!(d.poll(0).len(), 5);
+        // The device ACKs the oldest ones, late: it is reading its way through the rest.
+        assert!(d.ack(1, 90));
+        assert!(d.poll(100).is_empty(), "the wait runs from the latest ACK");
+        let due = 90 + d.rto_ms() as i64;
+        assert_eq!(d.next_deadline(), Some(due));
+        assert!(d.ack(2, due - 10));
+        assert!(d.poll(due).is_empty());
+        let due = due - 10 + d.rto_ms() as i64;
+        assert_eq!(d.next_deadline(), Some(due));
+        // Then nothing for a whole timeout: resent.
+        assert_eq!(seqs(&d.poll(due)), vec![(3, 2), (4, 2), (5, 2)]);
+    }
+
+    #[test]
+    fn an_item_the_device_passed_is_resent_when_due() {
+        let mut d = measured(cfg(8));
+        for s in 1..=3 {
+            d.offer(s, "x");
+        }
+        d.poll(0);
+        // The device ACKed 2 but not 1 (it read past 1): 1 is resent on its timer, 3 waits on.
+        assert!(d.ack(2, 60));
+        assert_eq!(seqs(&d.poll(100)), vec![(1, 2)]);
+        assert_eq!(d.next_deadline(), Some(60 + d.rto_ms() as i64));
+        // A cumulative ACK past an item counts as having read it too.
+        let mut d = measured(cfg(8));
+        for s in 1..=3 {
+            d.offer(s, "x");
+        }
+        d.poll(0);
+        assert_eq!(d.ack_through(2, 60, |_| {}), 2);
+        assert_eq!(
+            seqs(&d.poll(100)),
+            vec![],
+            "3 was sent with 1 and 2, the device reads on"
+        );
+        d.offer(4, "x");
+        d.poll(110);
+        d.ack(4, 150);
+        assert_eq!(
+            seqs(&d.poll(160)),
+            vec![(3, 2)],
+            "4 was ACKed: 3 is missing"
+        );
+    }
+
     proptest::proptest! {
-        /// Any mix of offers, polls (with and without frames written), sent_as, settles and
-        /// cumulative ACKs: the deadline index holds exactly the in-flight items' deadlines,
+        /// Any mix of offers, polls (with and without frames written), sent_as, settles, ACKs
+        /// and cumulative ACKs (settled or ACKed by the device): the deadline index holds exactly the in-flight items' deadlines,
         /// and a poll sends what was due, lowest seq first.
         #[test]
         fn the_deadline_index_follows_the_window(
-            ops in proptest::collection::vec((0u8..6, 0u64..40, 0i64..400), 1..200)
+            ops in proptest::collection::vec((0u8..8, 0u64..40, 0i64..400), 1..200)
         ) {
             let mut d = Delivery::new(DeliveryConfig {
                 max_in_flight: 8,
@@ -442,6 +707,12 @@ mod tests {
                     }
                     4 => {
                         d.settle_through(n, |_| {});
+                    }
+                    5 => {
+                        d.ack(n, now);
+                    }
+                    6 => {
+                        d.ack_through(n, now, |_| {});
                     }
                     _ => frames += n,
                 }

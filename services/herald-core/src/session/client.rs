@@ -44,7 +44,7 @@ impl Session {
                         return Ok(());
                     }
                 };
-                self.processed(&ids, up_to.map(|u| u as u64));
+                self.processed(&ids, up_to.map(|u| u as u64), Some(io.now_ms));
                 if let Some(u) = up_to {
                     self.ack_up_to = Some(self.ack_up_to.map_or(u, |a| a.max(u)));
                 }

@@ -39,15 +39,31 @@ impl Session {
     /// The device has processed these ids and everything up to `up_to`: settle them, and never
     /// offer them again in this session, even if a replay read finds them later (the projection
     /// may not have applied the ACK yet).
-    pub(super) fn processed(&mut self, ids: &[String], up_to: Option<u64>) {
+    ///
+    /// `acked_at` is when this device's own ACK frame came (its round trip is measured, and
+    /// it shows how far the device has read); `None` for ACKs read back from the log.
+    pub(super) fn processed(&mut self, ids: &[String], up_to: Option<u64>, acked_at: Option<i64>) {
         for id in ids {
-            self.settle_id(id);
+            let held = forget(&mut self.ids, &mut self.recent, self.cfg.recent_ids, id);
+            if let Some(seq) = held {
+                match acked_at {
+                    Some(now) => self.delivery.ack(seq, now),
+                    None => self.delivery.settle(seq),
+                };
+            }
             if !self.recent.contains(id) {
                 self.recent.insert(id.clone(), self.cfg.recent_ids);
             }
         }
         if let Some(u) = up_to {
-            self.settle_through(u);
+            let (ids, recent, cap) = (&mut self.ids, &mut self.recent, self.cfg.recent_ids);
+            let forget_row = |row: Arc<InboxRow>| {
+                forget(ids, recent, cap, &row.notification_id);
+            };
+            match acked_at {
+                Some(now) => self.delivery.ack_through(u, now, forget_row),
+                None => self.delivery.settle_through(u, forget_row),
+            };
             self.delivery.skip_through(u);
         }
     }
@@ -170,15 +186,7 @@ impl Session {
             (Some(up_to), Some(last)) => Some(up_to.min(last)),
             _ => None,
         };
-        self.processed(ids, up_to);
-    }
-
-    /// Settles everything at or below `seq` (a cumulative ACK).
-    pub(super) fn settle_through(&mut self, seq: u64) {
-        let (ids, recent, cap) = (&mut self.ids, &mut self.recent, self.cfg.recent_ids);
-        self.delivery.settle_through(seq, |row| {
-            forget(ids, recent, cap, &row.notification_id);
-        });
+        self.processed(ids, up_to, None);
     }
 
     /// Forgets what delivery gave up on after its last redelivery (left for the next resume),
