@@ -119,22 +119,24 @@ pub trait ProjectionState {
     fn device_cursor(&mut self, user_id: &str, device_id: &str)
     -> Result<Option<u64>, Self::Error>;
     /// Whether ACKs by id may advance the device's cursor over the rows they name, when those
-    /// are the user's next rows after it ([`ProjectionState::first_row_after`]), instead of
+    /// are the user's next rows after it ([`ProjectionState::rows_after`]), instead of
     /// each being kept on its own: the same rows are acknowledged either way (what
     /// [`crate::mem::ProjectionSnapshot::diff`] compares). A client that ACKs every
     /// notification by id, in order, then leaves one cursor per device instead of a row per
-    /// notification. Off unless a store answers `first_row_after`.
+    /// notification. Off unless a store answers `rows_after`.
     fn advances_cursors_by_id(&self) -> bool {
         false
     }
-    /// The seq and notification id of the user's first row after `after` (the user's first row
-    /// when `None`). Asked only when [`ProjectionState::advances_cursors_by_id`].
-    fn first_row_after(
+    /// The seqs and notification ids of the user's first `limit` rows after `after` (from the
+    /// user's first row when `None`), in seq order. Asked only when
+    /// [`ProjectionState::advances_cursors_by_id`].
+    fn rows_after(
         &mut self,
         _user_id: &str,
         _after: Option<u64>,
-    ) -> Result<Option<(u64, String)>, Self::Error> {
-        Ok(None)
+        _limit: usize,
+    ) -> Result<Vec<(u64, String)>, Self::Error> {
+        Ok(Vec::new())
     }
     fn write(&mut self, write: Write) -> Result<(), Self::Error>;
     /// Inserts the row of a `NotificationAdded` unless the user already has a row of its
@@ -453,10 +455,14 @@ fn advance_by_id<S: ProjectionState>(
 ) -> Result<(), S::Error> {
     let current = state.device_cursor(user_id, device_id)?;
     let mut cursor = current.max(up_to);
-    while !ids.is_empty() {
-        match state.first_row_after(user_id, cursor)? {
-            Some((seq, id)) if seq < offset && ids.remove(&id) => cursor = Some(seq),
-            _ => break,
+    // One read of as many rows as there are ids: the cursor can pass no more than that.
+    if !ids.is_empty() {
+        for (seq, id) in state.rows_after(user_id, cursor, ids.len())? {
+            if seq < offset && ids.remove(&id) {
+                cursor = Some(seq);
+            } else {
+                break;
+            }
         }
     }
     for id in ids {

@@ -145,21 +145,23 @@ impl ProjectionState for TxState<'_, '_> {
         true
     }
 
-    fn first_row_after(
+    fn rows_after(
         &mut self,
         user_id: &str,
         after: Option<u64>,
-    ) -> rusqlite::Result<Option<(u64, String)>> {
+        limit: usize,
+    ) -> rusqlite::Result<Vec<(u64, String)>> {
         let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
+        let limit = limit.min(i64::MAX as usize) as i64;
         self.tx
             .prepare_cached(
                 "SELECT seq, notification_id FROM inbox WHERE user_id = ?1 AND seq > ?2 \
-                 ORDER BY seq LIMIT 1",
+                 ORDER BY seq LIMIT ?3",
             )?
-            .query_row(params![user_id, after], |r| {
+            .query_map(params![user_id, after, limit], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-            })
-            .optional()
+            })?
+            .collect()
     }
 
     fn insert_new(&mut self, row: InboxRow) -> rusqlite::Result<bool> {
