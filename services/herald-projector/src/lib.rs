@@ -115,6 +115,8 @@ pub struct Projector<L: ?Sized, P: ?Sized> {
     /// Fanout writes one `NotificationAdded` per recipient, never a `NotificationsAdded`.
     single_user_records: bool,
     status: Arc<readiness::Status>,
+    /// When the fanout stage last took a batch: the inbox stage's batch target follows it.
+    fanout_activity: Arc<stage::FanoutActivity>,
 }
 
 impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
@@ -128,6 +130,7 @@ impl<L: ?Sized, P: ?Sized> Clone for Projector<L, P> {
             ready_max_lag: self.ready_max_lag,
             single_user_records: self.single_user_records,
             status: self.status.clone(),
+            fanout_activity: self.fanout_activity.clone(),
         }
     }
 }
@@ -143,6 +146,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
             ready_max_lag: herald_ports::readiness::READY_MAX_LAG_RECORDS,
             single_user_records: false,
             status: Default::default(),
+            fanout_activity: Arc::new(stage::FanoutActivity::new()),
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_ports::log::{ConsumerEvent, EventLog, LogConsumer, LogError, StoredRecord, Topic};
@@ -31,6 +32,13 @@ const BATCH_TARGET: Duration = Duration::from_secs(1);
 /// inbox batch of 2,048 events held the writer 200–270 ms at 5k/s, and every expansion behind it
 /// waited as long.
 const INBOX_BATCH_TARGET: Duration = Duration::from_millis(50);
+/// The fanout stage counts as quiet once it has taken no batch for this long. While it is
+/// quiet nothing on the way to a delivery waits for the projection's writer, and the inbox
+/// stage sizes its batches by [`BATCH_TARGET`] like the fanout: after a burst of requests the
+/// inbox works through its backlog in batches of up to [`MAX_BATCH_RECORDS`] instead of the
+/// hundred-odd events a 50 ms batch holds on a slow disk (each commit writes every page it
+/// touched, so small batches cost several times the CPU per event).
+pub const FANOUT_QUIET: Duration = Duration::from_secs(1);
 /// The smallest batch the sizing goes down to.
 const MIN_BATCH_RECORDS: usize = 16;
 /// How often a stage commits its consumer group's offsets. They are advisory: the projection's
@@ -86,11 +94,47 @@ impl Uncommitted {
     }
 }
 
-/// How long a batch of `stage` should take at most.
-fn batch_target(stage: Stage) -> Duration {
+/// How long a batch of `stage` should take at most, when the fanout stage is quiet or not
+/// ([`FANOUT_QUIET`]).
+fn batch_target(stage: Stage, fanout_quiet: bool) -> Duration {
     match stage {
         Stage::Fanout => BATCH_TARGET,
+        Stage::Inbox if fanout_quiet => BATCH_TARGET,
         Stage::Inbox => INBOX_BATCH_TARGET,
+    }
+}
+
+/// When a projector's fanout stage last took a batch, for its inbox stage's batch target.
+#[derive(Debug)]
+pub(crate) struct FanoutActivity {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last batch, plus one; 0 before the first.
+    last: AtomicU64,
+}
+
+impl FanoutActivity {
+    pub(crate) fn new() -> Self {
+        FanoutActivity {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// The fanout stage takes or finishes a batch now.
+    fn busy(&self) {
+        let at = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether the fanout stage has taken no batch for [`FANOUT_QUIET`].
+    fn quiet(&self) -> bool {
+        match self.last.load(Ordering::Relaxed) {
+            0 => true,
+            at => {
+                let now = self.epoch.elapsed().as_millis() as u64 + 1;
+                now.saturating_sub(at) >= FANOUT_QUIET.as_millis() as u64
+            }
+        }
     }
 }
 
@@ -299,6 +343,9 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     );
                     let _enter = span.enter();
                     let started = Instant::now();
+                    if stage == Stage::Fanout {
+                        self.fanout_activity.busy();
+                    }
                     let mut offsets = BTreeMap::new();
                     next_offsets(&records, &mut offsets);
                     let n = records.len();
@@ -352,7 +399,15 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     if stage == Stage::Inbox && n < batch_max {
                         linger_until = Some(tokio::time::Instant::from_std(started) + INBOX_LINGER);
                     }
-                    batch_max = next_batch_max(batch_max, n, took, batch_target(stage));
+                    let fanout_quiet = match stage {
+                        Stage::Fanout => {
+                            self.fanout_activity.busy();
+                            false
+                        }
+                        Stage::Inbox => self.fanout_activity.quiet(),
+                    };
+                    batch_max =
+                        next_batch_max(batch_max, n, took, batch_target(stage, fanout_quiet));
                     // Measure at most once per interval, and (at most every CAUGHT_UP_CHECK)
                     // when a short batch says the stage may have caught up while the last
                     // measure showed a lag; `watch_stalls` measures an idle stage.
@@ -512,14 +567,44 @@ mod tests {
         assert_eq!(next_batch_max(64, 10, ms(10), BATCH_TARGET), 64);
         // Within the target: keep.
         assert_eq!(next_batch_max(512, 512, ms(600), BATCH_TARGET), 512);
-        // The inbox stage's shorter target.
+        // The inbox stage's shorter target while the fanout works, the long one while it is
+        // quiet.
         assert_eq!(
-            next_batch_max(2048, 2048, ms(200), batch_target(Stage::Inbox)),
+            next_batch_max(2048, 2048, ms(200), batch_target(Stage::Inbox, false)),
             1024
         );
         assert_eq!(
-            next_batch_max(2048, 2048, ms(200), batch_target(Stage::Fanout)),
+            next_batch_max(2048, 2048, ms(200), batch_target(Stage::Inbox, true)),
             2048
         );
+        assert_eq!(
+            next_batch_max(256, 256, ms(40), batch_target(Stage::Inbox, true)),
+            512
+        );
+        for quiet in [false, true] {
+            assert_eq!(
+                next_batch_max(2048, 2048, ms(200), batch_target(Stage::Fanout, quiet)),
+                2048
+            );
+        }
+    }
+
+    #[test]
+    fn the_fanout_is_quiet_before_its_first_batch_and_a_while_after_its_last() {
+        let activity = FanoutActivity::new();
+        assert!(activity.quiet(), "no batch yet");
+        activity.busy();
+        assert!(!activity.quiet(), "a batch just now");
+        // A last batch a little over FANOUT_QUIET ago (1 ms after an epoch further back).
+        let epoch = Instant::now()
+            .checked_sub(FANOUT_QUIET + Duration::from_millis(20))
+            .expect("the clock runs longer than that");
+        let earlier = FanoutActivity {
+            epoch,
+            last: AtomicU64::new(2),
+        };
+        assert!(earlier.quiet());
+        earlier.busy();
+        assert!(!earlier.quiet());
     }
 }
