@@ -292,25 +292,28 @@ async fn append_requests(
     requests: Vec<NotificationRequest>,
 ) -> Result<Vec<Accepted>, AppError> {
     let partitions = st.log.partitions(Topic::Requests);
+    // Each request moves into its record; only the two ids the answer names are kept.
+    let mut ids = Vec::with_capacity(requests.len());
     let records = requests
-        .iter()
+        .into_iter()
         .map(|r| {
+            ids.push((r.notification_id.clone(), r.idempotency_key.clone()));
             request_record(
-                &RequestRecord::Notification(Box::new(r.clone())),
+                &RequestRecord::Notification(Box::new(r)),
                 partitions,
                 now_ms(),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
     let appended = st.log.append(Topic::Requests, records).await?;
-    Ok(requests
+    Ok(ids
         .into_iter()
         .zip(appended)
-        .map(|(request, at)| {
-            tracing::debug!(notification_id = %request.notification_id, partition = at.partition, offset = at.offset, "notification accepted");
+        .map(|((notification_id, idempotency_key), at)| {
+            tracing::debug!(%notification_id, partition = at.partition, offset = at.offset, "notification accepted");
             Accepted {
-                notification_id: request.notification_id,
-                idempotency_key: request.idempotency_key,
+                notification_id,
+                idempotency_key,
                 partition: at.partition,
                 offset: at.offset,
             }
