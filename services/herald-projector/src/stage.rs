@@ -37,7 +37,9 @@ const INBOX_BATCH_TARGET: Duration = Duration::from_millis(50);
 /// stage sizes its batches by [`BATCH_TARGET`] like the fanout: after a burst of requests the
 /// inbox works through its backlog in batches of up to [`MAX_BATCH_RECORDS`] instead of the
 /// hundred-odd events a 50 ms batch holds on a slow disk (each commit writes every page it
-/// touched, so small batches cost several times the CPU per event).
+/// touched, so small batches cost several times the CPU per event). The price: the record of
+/// the first batch after a quiet spell may wait behind one such inbox batch, and a third batch
+/// behind that record (the first two are delivered from the log before their records).
 pub const FANOUT_QUIET: Duration = Duration::from_secs(1);
 /// The smallest batch the sizing goes down to.
 const MIN_BATCH_RECORDS: usize = 16;
