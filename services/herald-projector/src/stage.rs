@@ -401,13 +401,10 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     if stage == Stage::Inbox && n < batch_max {
                         linger_until = Some(tokio::time::Instant::from_std(started) + INBOX_LINGER);
                     }
-                    let fanout_quiet = match stage {
-                        Stage::Fanout => {
-                            self.fanout_activity.busy();
-                            false
-                        }
-                        Stage::Inbox => self.fanout_activity.quiet(),
-                    };
+                    if stage == Stage::Fanout {
+                        self.fanout_activity.busy();
+                    }
+                    let fanout_quiet = stage == Stage::Inbox && self.fanout_activity.quiet();
                     batch_max =
                         next_batch_max(batch_max, n, took, batch_target(stage, fanout_quiet));
                     // Measure at most once per interval, and (at most every CAUGHT_UP_CHECK)

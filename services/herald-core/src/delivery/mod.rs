@@ -63,9 +63,12 @@ impl DeliveryConfig {
     /// retransmission timeout of `rto_ms`: doubling per send, at most `backoff_max_ms`.
     pub fn backoff_ms(&self, rto_ms: u64, attempt: u32) -> u64 {
         let shift = attempt.saturating_sub(1).min(32);
-        rto_ms
-            .saturating_mul(1u64 << shift)
-            .min(self.backoff_max_ms.max(self.backoff_initial_ms))
+        rto_ms.saturating_mul(1u64 << shift).min(self.cap_ms())
+    }
+
+    /// The longest wait: `backoff_max_ms`, never under `backoff_initial_ms`.
+    fn cap_ms(&self) -> u64 {
+        self.backoff_max_ms.max(self.backoff_initial_ms)
     }
 }
 
@@ -145,12 +148,7 @@ impl<T: Clone> Delivery<T> {
     /// The device's retransmission timeout now: smoothed RTT plus four times its variation,
     /// within `backoff_initial_ms..=backoff_max_ms`; [`UNMEASURED_RTO_MS`] before a sample.
     pub fn rto_ms(&self) -> u64 {
-        let (floor, cap) = (
-            self.config.backoff_initial_ms,
-            self.config
-                .backoff_max_ms
-                .max(self.config.backoff_initial_ms),
-        );
+        let (floor, cap) = (self.config.backoff_initial_ms, self.config.cap_ms());
         match self.srtt8 {
             None => UNMEASURED_RTO_MS.clamp(floor, cap),
             Some(s8) => (s8 / 8 + self.rttvar4.max(1)).clamp(floor, cap),
@@ -210,9 +208,8 @@ impl<T: Clone> Delivery<T> {
 
     /// Acknowledged by the device at `now_ms`, by seq: settled, and its round trip measured.
     pub fn ack(&mut self, seq: u64, now_ms: i64) -> bool {
-        match self.in_flight.remove(&seq) {
+        match self.take_in_flight(seq) {
             Some(f) => {
-                self.deadlines.remove(&(f.due_ms, seq));
                 self.note_ack(now_ms);
                 if f.attempt == 1 {
                     self.acked_first_send(f.sent_no, f.sent_ms, now_ms);
@@ -245,14 +242,15 @@ impl<T: Clone> Delivery<T> {
     /// Settled without an ACK from the device (archived, expired, superseded, or ACKed through
     /// another channel), by seq.
     pub fn settle(&mut self, seq: u64) -> bool {
-        let flew = match self.in_flight.remove(&seq) {
-            Some(f) => {
-                self.deadlines.remove(&(f.due_ms, seq));
-                true
-            }
-            None => false,
-        };
+        let flew = self.take_in_flight(seq).is_some();
         flew | self.queued.remove(&seq).is_some()
+    }
+
+    /// Takes the item at `seq` out of the window, with its deadline.
+    fn take_in_flight(&mut self, seq: u64) -> Option<InFlight<T>> {
+        let f = self.in_flight.remove(&seq)?;
+        self.deadlines.remove(&(f.due_ms, seq));
+        Some(f)
     }
 
     /// Acknowledged cumulatively: everything at or below `seq`, each item settled handed to
