@@ -112,17 +112,31 @@ impl ProjectionSnapshot {
         out
     }
 
-    /// (user, device, seq) of every row a device has acknowledged, by id or under its cursor:
-    /// what reads see (a store may keep the same ACKs as fewer ids and a further cursor, see
-    /// [`ProjectionState::advances_cursors_by_id`]). A cursor past a user's last row covers no
-    /// row that can come later: a row added later has a higher seq than the ACK that set it.
+    /// (user, device, seq) of every row a device has acknowledged, by id or under its cursor,
+    /// among the rows that can still be sent ([`InboxRow::never_sent`]): what reads see (a
+    /// store may keep the same ACKs as fewer ids and a further cursor, and its cursor may pass
+    /// rows that are never sent, see [`ProjectionState::advances_cursors_by_id`]). A cursor past
+    /// a user's last row covers no row that can come later: a row added later has a higher seq
+    /// than the ACK that set it.
     pub fn acknowledged(&self) -> BTreeSet<(String, String, u64)> {
-        let mut out = self.acks.clone();
+        let sendable = |user: &String, seq: u64| {
+            self.rows
+                .get(&(user.clone(), seq))
+                .is_none_or(|r| !r.never_sent())
+        };
+        let mut out: BTreeSet<_> = self
+            .acks
+            .iter()
+            .filter(|(user, _, seq)| sendable(user, *seq))
+            .cloned()
+            .collect();
         for ((user, device), cursor) in &self.cursors {
             let first = (user.clone(), 0);
             let last = (user.clone(), *cursor);
-            for (user, seq) in self.rows.range(first..=last).map(|(k, _)| k) {
-                out.insert((user.clone(), device.clone(), *seq));
+            for ((user, seq), row) in self.rows.range(first..=last) {
+                if !row.never_sent() {
+                    out.insert((user.clone(), device.clone(), *seq));
+                }
             }
         }
         out

@@ -21,6 +21,20 @@ use serde::Serialize;
 
 use crate::model::{Delivery, DirectoryChange, DirectoryOp, Preferences, Priority, UserEvent};
 
+/// Rows an ACK's walk of the cursor ([`ProjectionState::advances_cursors_by_id`]) may pass
+/// besides those it names: rows the device acknowledged earlier by id, or that are never sent
+/// to a device. Bounds the rows one ACK reads; a longer run is passed by the next ACKs.
+pub const CURSOR_WALK_EXTRA_ROWS: usize = 256;
+
+/// A row after a device's cursor, as [`ProjectionState::visit_rows_after`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowAfter {
+    pub seq: u64,
+    pub notification_id: String,
+    /// Still to be acknowledged by the device (not by id already, and sendable).
+    pub waiting: bool,
+}
+
 /// One notification in one user's inbox. `seq` is the offset of its `Added` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InboxRow {
@@ -58,6 +72,13 @@ impl InboxRow {
     /// Shown at time `now`: not hidden, after `deliver_at`, before `expires_at`.
     pub fn due(&self, now: i64) -> bool {
         self.deliver_at.is_none_or(|d| d <= now) && self.expires_at.is_none_or(|e| e > now)
+    }
+
+    /// Never sent to a device from now on, whatever comes later: kept off devices by the
+    /// user's preferences, superseded or expired (each is final). Archived rows are not: an
+    /// `unarchived` mark makes them pending again.
+    pub fn never_sent(&self) -> bool {
+        !self.live || self.superseded || self.expired
     }
 
     /// Not superseded or expired, and due at `now` (archived rows stay reachable by filter).
@@ -119,24 +140,28 @@ pub trait ProjectionState {
     fn device_cursor(&mut self, user_id: &str, device_id: &str)
     -> Result<Option<u64>, Self::Error>;
     /// Whether ACKs by id may advance the device's cursor over the rows they name, when those
-    /// are the user's next rows after it ([`ProjectionState::rows_after`]), instead of
+    /// are the user's next rows after it ([`ProjectionState::visit_rows_after`]), instead of
     /// each being kept on its own: the same rows are acknowledged either way (what
     /// [`crate::mem::ProjectionSnapshot::diff`] compares). A client that ACKs every
     /// notification by id, in order, then leaves one cursor per device instead of a row per
-    /// notification. Off unless a store answers `rows_after`.
+    /// notification. Off unless a store answers `visit_rows_after`.
     fn advances_cursors_by_id(&self) -> bool {
         false
     }
-    /// The seqs and notification ids of the user's first `limit` rows after `after` (from the
-    /// user's first row when `None`), in seq order. Asked only when
-    /// [`ProjectionState::advances_cursors_by_id`].
-    fn rows_after(
+    /// Gives `visit` the user's rows after `after` (from the user's first row when `None`), in
+    /// seq order, at most `limit`, until it returns `false`; each as its seq, its notification
+    /// id and whether it still waits for `device_id`'s ACK: not for a row the device has
+    /// acknowledged by id, nor for one that is never sent to a device
+    /// ([`InboxRow::never_sent`]). Asked only when [`ProjectionState::advances_cursors_by_id`].
+    fn visit_rows_after(
         &mut self,
         _user_id: &str,
+        _device_id: &str,
         _after: Option<u64>,
         _limit: usize,
-    ) -> Result<Vec<(u64, String)>, Self::Error> {
-        Ok(Vec::new())
+        _visit: &mut dyn FnMut(&RowAfter) -> bool,
+    ) -> Result<(), Self::Error> {
+        Ok(())
     }
     fn write(&mut self, write: Write) -> Result<(), Self::Error>;
     /// Inserts the row of a `NotificationAdded` unless the user already has a row of its
@@ -455,15 +480,20 @@ fn advance_by_id<S: ProjectionState>(
 ) -> Result<(), S::Error> {
     let current = state.device_cursor(user_id, device_id)?;
     let mut cursor = current.max(up_to);
-    // One read of as many rows as there are ids: the cursor can pass no more than that.
+    // One read: the cursor passes the rows this ACK names and those that no longer wait for
+    // the device (acknowledged earlier by id, or never sent), up to the first row that still
+    // waits; so an ACK that fills a gap also passes the out-of-order ACKs after it, and a row
+    // the user's preferences keep off their devices stops no cursor.
     if !ids.is_empty() {
-        for (seq, id) in state.rows_after(user_id, cursor, ids.len())? {
-            if seq < offset && ids.remove(&id) {
-                cursor = Some(seq);
-            } else {
-                break;
+        let limit = ids.len() + CURSOR_WALK_EXTRA_ROWS;
+        let after = cursor;
+        state.visit_rows_after(user_id, device_id, after, limit, &mut |row| {
+            let passed = row.seq < offset && (ids.remove(&row.notification_id) || !row.waiting);
+            if passed {
+                cursor = Some(row.seq);
             }
-        }
+            passed
+        })?;
     }
     for id in ids {
         if let Some(seq) = seq_before(state, user_id, id, offset)?

@@ -1,9 +1,11 @@
 //! How the embedded projection keeps ACKs by id: a device that acknowledges its notifications
 //! by id, in order (what the JS client and most services do), leaves one cursor, not a row per
-//! notification; only ids past a gap are kept one by one. What is pending is the same either way
-//! (the contract suite's `acks_by_id_in_any_order_leave_the_rest_pending`).
+//! notification; only ids past a gap are kept one by one, until the gap is filled, and rows the
+//! device is never sent stop no cursor. What is pending is the same either way (the contract
+//! suite's `acks_by_id_in_any_order_leave_the_rest_pending` and
+//! `acks_by_id_around_rows_never_sent_leave_nothing_pending`).
 
-use herald_core::model::{DeviceProgress, UserEvent};
+use herald_core::model::{Delivery, DeviceProgress, UserEvent};
 use herald_core::partition::partition_for;
 use herald_embedded::{Access, EmbeddedProjection};
 use herald_ports::contract::generate::{added, end_offsets};
@@ -61,7 +63,8 @@ async fn in_order_acks_by_id_move_the_cursor_and_keep_no_rows() {
         "only the ACK past the gap is kept by id"
     );
 
-    // The gap filled: the cursor moves over n3 (this ACK) but stops at n4, whose ACK is a row.
+    // The gap filled: the cursor moves over n3 (this ACK) and n4 (acknowledged by id before),
+    // and the ACK by id the cursor now covers is gone.
     let fill = Positioned {
         partition,
         offset: 9,
@@ -73,7 +76,8 @@ async fn in_order_acks_by_id_move_the_cursor_and_keep_no_rows() {
         .await
         .unwrap();
     let snap = store.snapshot().await.unwrap();
-    assert_eq!(snap.cursors.get(&key("phone")), Some(&3));
+    assert_eq!(snap.cursors.get(&key("phone")), Some(&4));
+    assert!(snap.acks.is_empty(), "{:?}", snap.acks);
     let pending = herald_ports::projection::InboxReader::pending(
         &store,
         u,
@@ -87,5 +91,64 @@ async fn in_order_acks_by_id_move_the_cursor_and_keep_no_rows() {
     assert!(
         pending.is_empty(),
         "phone acknowledged n0..=n4: {pending:?}"
+    );
+}
+
+/// The table of ACKs by id stays as small as the device's gaps: a device whose user mutes an
+/// event type (rows kept off its devices) and that ACKs a little out of order, as a client
+/// handling notifications concurrently does, ends with its cursor at its last ACK and no rows.
+#[tokio::test]
+async fn rows_never_sent_and_filled_gaps_leave_no_acks_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedProjection::open(&dir.path().join("projection.db"), Access::ReadWrite)
+        .await
+        .unwrap();
+    let u = "finn";
+    let partition = partition_for(u, 4);
+    let mut events = Vec::new();
+    let mut offset = 0u64;
+    let mut push = |events: &mut Vec<Positioned<UserEvent>>, event| {
+        events.push(Positioned {
+            partition,
+            offset,
+            event,
+        });
+        offset += 1;
+    };
+    // 50 rounds: a muted row, two live ones, and their ACKs in the wrong order.
+    for round in 0..50 {
+        let mut muted = added(u, &format!("m{round}"));
+        muted.delivery = Delivery::Muted;
+        push(&mut events, UserEvent::Added(muted));
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        push(&mut events, UserEvent::Added(added(u, &a)));
+        push(&mut events, UserEvent::Added(added(u, &b)));
+        push(&mut events, progress(u, "phone", &[&b]));
+        push(&mut events, progress(u, "phone", &[&a]));
+    }
+    for chunk in events.chunks(7) {
+        store
+            .apply_user_events(Stage::Inbox, chunk, &end_offsets(chunk))
+            .await
+            .unwrap();
+    }
+    let snap = store.snapshot().await.unwrap();
+    let last_b = events
+        .iter()
+        .rev()
+        .find_map(|p| match &p.event {
+            UserEvent::Added(a) if a.notification_id == "b49" => Some(p.offset),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        snap.cursors.get(&(u.to_owned(), "phone".to_owned())),
+        Some(&last_b)
+    );
+    assert!(
+        snap.acks.is_empty(),
+        "{} rows: {:?}",
+        snap.acks.len(),
+        snap.acks
     );
 }

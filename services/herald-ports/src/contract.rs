@@ -52,6 +52,7 @@ macro_rules! projection_contract_tests {
             concurrent_writers_on_disjoint_partitions_match_the_reference,
             pending_is_what_the_device_has_not_acknowledged,
             acks_by_id_in_any_order_leave_the_rest_pending,
+            acks_by_id_around_rows_never_sent_leave_nothing_pending,
             pending_under_load_is_ordered_and_complete,
             preferences_are_the_newest_document_and_quiet_rows_are_not_pending,
             inbox_pages_newest_first_with_filters,

@@ -50,6 +50,9 @@ pub(crate) struct TxState<'a, 'b> {
     tx: &'a mut Transaction<'b>,
     acks: BTreeSet<(String, String, i64)>,
     users: BTreeSet<String>,
+    /// Each device cursor the batch moved, to its furthest seq: the ACKs by id under it are
+    /// deleted by the flush.
+    cursors: BTreeMap<(String, String), i64>,
 }
 
 impl<'a, 'b> TxState<'a, 'b> {
@@ -58,6 +61,7 @@ impl<'a, 'b> TxState<'a, 'b> {
             tx,
             acks: BTreeSet::new(),
             users: BTreeSet::new(),
+            cursors: BTreeMap::new(),
         }
     }
 
@@ -81,6 +85,21 @@ impl<'a, 'b> TxState<'a, 'b> {
             self.tx.execute(
                 "INSERT INTO acks SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
                  ON CONFLICT DO NOTHING",
+                &[&users, &devices, &seqs],
+            )?;
+        }
+        if !self.cursors.is_empty() {
+            // After the inserts: an ACK by id the same batch's cursor covers goes too. The
+            // table keeps only ACKs past a device's cursor.
+            let (mut users, mut devices, mut seqs) = (vec![], vec![], vec![]);
+            for ((user, device), seq) in std::mem::take(&mut self.cursors) {
+                users.push(user);
+                devices.push(device);
+                seqs.push(seq);
+            }
+            self.tx.execute(
+                "DELETE FROM acks a USING UNNEST($1::text[], $2::text[], $3::bigint[]) AS c(u, d, s) \
+                 WHERE a.user_id = c.u AND a.device_id = c.d AND a.seq <= c.s",
                 &[&users, &devices, &seqs],
             )?;
         }
@@ -211,6 +230,8 @@ impl ProjectionState for TxState<'_, '_> {
                      DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq)",
                     &[&user_id, &device_id, &(seq as i64)],
                 )?;
+                let furthest = self.cursors.entry((user_id, device_id)).or_default();
+                *furthest = (*furthest).max(seq as i64);
             }
             Write::KnowUser { user_id } => {
                 self.users.insert(user_id);

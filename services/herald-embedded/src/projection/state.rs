@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
-use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
+use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, RowAfter, Write};
 use herald_ports::transactional::StageTransaction;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -45,6 +45,10 @@ pub(super) struct TxState<'a, 'c> {
     /// Unread counts read or set in this transaction; `true`: not yet written.
     unread: HashMap<String, (u64, bool)>,
     known: HashSet<String>,
+    /// Devices (user, device) known in this transaction to have no `acks` row at all (most: a
+    /// device that ACKs in order keeps none): their cursor walks need not look for ACKs by id,
+    /// and their cursor's moves have none to delete. Forgotten on the device's next ACK by id.
+    no_acks: HashSet<(String, String)>,
 }
 
 impl<'a, 'c> TxState<'a, 'c> {
@@ -53,6 +57,7 @@ impl<'a, 'c> TxState<'a, 'c> {
             tx,
             unread: HashMap::new(),
             known: HashSet::new(),
+            no_acks: HashSet::new(),
         }
     }
 
@@ -145,23 +150,59 @@ impl ProjectionState for TxState<'_, '_> {
         true
     }
 
-    fn rows_after(
+    fn visit_rows_after(
         &mut self,
         user_id: &str,
+        device_id: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> rusqlite::Result<Vec<(u64, String)>> {
+        visit: &mut dyn FnMut(&RowAfter) -> bool,
+    ) -> rusqlite::Result<()> {
         let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
         let limit = limit.min(i64::MAX as usize) as i64;
-        self.tx
-            .prepare_cached(
-                "SELECT seq, notification_id FROM inbox WHERE user_id = ?1 AND seq > ?2 \
-                 ORDER BY seq LIMIT ?3",
-            )?
-            .query_map(params![user_id, after, limit], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-            })?
-            .collect()
+        // `waiting` is `InboxRow::never_sent` negated, and no ACK of the row by id. A device
+        // that ACKs in order has no `acks` rows: one probe per transaction says so, instead of
+        // one per row. Stepped one row at a time: the walk usually stops a row past the ids it
+        // names.
+        let key = (user_id.to_owned(), device_id.to_owned());
+        let acked = !self.no_acks.contains(&key) && {
+            let any = self
+                .tx
+                .prepare_cached("SELECT 1 FROM acks WHERE user_id = ?1 AND device_id = ?2 LIMIT 1")?
+                .exists(params![user_id, device_id])?;
+            if !any {
+                self.no_acks.insert(key);
+            }
+            any
+        };
+        let (mut stmt, bound) = if acked {
+            let stmt = self.tx.prepare_cached(
+                "SELECT i.seq, i.notification_id, \
+                 i.live = 1 AND i.superseded = 0 AND i.expired = 0 AND NOT EXISTS \
+                 (SELECT 1 FROM acks a WHERE a.user_id = ?1 AND a.device_id = ?4 AND a.seq = i.seq) \
+                 FROM inbox i WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+            )?;
+            (stmt, 4)
+        } else {
+            let stmt = self.tx.prepare_cached(
+                "SELECT seq, notification_id, live = 1 AND superseded = 0 AND expired = 0 \
+                 FROM inbox WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            (stmt, 3)
+        };
+        let all: [&dyn rusqlite::ToSql; 4] = [&user_id, &after, &limit, &device_id];
+        let mut rows = stmt.query(&all[..bound])?;
+        while let Some(r) = rows.next()? {
+            let row = RowAfter {
+                seq: r.get::<_, i64>(0)? as u64,
+                notification_id: r.get(1)?,
+                waiting: r.get(2)?,
+            };
+            if !visit(&row) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn insert_new(&mut self, row: InboxRow) -> rusqlite::Result<bool> {
@@ -185,6 +226,7 @@ impl ProjectionState for TxState<'_, '_> {
                 self.tx
                     .prepare_cached("INSERT OR IGNORE INTO acks VALUES (?1, ?2, ?3)")?
                     .execute(params![user_id, device_id, seq as i64])?;
+                self.no_acks.remove(&(user_id, device_id));
             }
             Write::SetDeviceCursor {
                 user_id,
@@ -197,6 +239,16 @@ impl ProjectionState for TxState<'_, '_> {
                          DO UPDATE SET seq = max(seq, excluded.seq)",
                     )?
                     .execute(params![user_id, device_id, seq as i64])?;
+                // The ACKs by id the cursor now covers say nothing it does not: the table
+                // keeps only those past a device's cursor.
+                let key = (user_id, device_id);
+                if !self.no_acks.contains(&key) {
+                    self.tx
+                        .prepare_cached(
+                            "DELETE FROM acks WHERE user_id = ?1 AND device_id = ?2 AND seq <= ?3",
+                        )?
+                        .execute(params![key.0, key.1, seq as i64])?;
+                }
             }
             Write::KnowUser { user_id } => self.know_user(user_id)?,
             Write::SetPreferences {

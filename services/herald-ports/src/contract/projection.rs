@@ -285,6 +285,69 @@ pub async fn acks_by_id_in_any_order_leave_the_rest_pending<H: ProjectionHarness
     assert_matches_reference(&store, &events).await;
 }
 
+/// ACKs by id around rows a device is never sent: one the user's preferences keep off their
+/// devices, one superseded by a newer row of its collapse key, one expired. Neither waits for
+/// an ACK, so none of them may leave what follows pending, nor become pending themselves.
+pub async fn acks_by_id_around_rows_never_sent_leave_nothing_pending<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let u = "erin";
+    let acked = |ids: &[&str]| {
+        UserEvent::Progress(DeviceProgress {
+            user_id: u.into(),
+            device_id: "phone".into(),
+            delivered: vec![],
+            acked_ids: ids.iter().map(|s| s.to_string()).collect(),
+            acked_up_to: None,
+            at: NOW,
+        })
+    };
+    let keyed = |id: &str| {
+        let mut a = added(u, id);
+        a.collapse_key = Some("order-9".into());
+        UserEvent::Added(a)
+    };
+    let mut quiet = added(u, "n1");
+    quiet.delivery = Delivery::Inbox;
+    let events = for_user(
+        u,
+        vec![
+            UserEvent::Added(added(u, "n0")), // 0
+            UserEvent::Added(quiet),          // 1: never sent
+            keyed("n2"),                      // 2: superseded by n3
+            keyed("n3"),                      // 3
+            UserEvent::Added(added(u, "n4")), // 4: expires at 10
+            UserEvent::Added(added(u, "n5")), // 5
+            acked(&["n0"]),                   // 6
+            acked(&["n5"]),                   // 7: before n3
+            acked(&["n3"]),                   // 8: the gap
+            UserEvent::Added(added(u, "n9")), // 9
+            UserEvent::Expired(NotificationExpired {
+                user_id: u.into(),
+                notification_id: "n4".into(),
+                at: NOW,
+            }), // 10
+            acked(&["n9"]),                   // 11
+            UserEvent::Added(added(u, "n12")), // 12
+        ],
+    );
+    apply_in_batches(&store, Stage::Inbox, &events, 2).await;
+    let pending = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    let seqs: Vec<u64> = pending.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![12],
+        "everything sendable before n12 is acknowledged"
+    );
+    let laptop = store.pending(u, "laptop", None, NOW, 100).await.unwrap();
+    let seqs: Vec<u64> = laptop.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![0, 3, 5, 9, 12],
+        "another device: what is sent at all"
+    );
+    assert_matches_reference(&store, &events).await;
+}
+
 /// A notification expanded to a user twice (the fanout stage re-expanded a request after a
 /// crash: the same id again, at a later offset) is in the inbox once, as first added: the
 /// repeat changes no row, no unread count and no collapse key's holder, whether it comes in
