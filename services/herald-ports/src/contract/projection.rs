@@ -286,8 +286,8 @@ pub async fn acks_by_id_in_any_order_leave_the_rest_pending<H: ProjectionHarness
 }
 
 /// ACKs by id around rows a device is never sent: one the user's preferences keep off their
-/// devices, one superseded by a newer row of its collapse key, one expired. Neither waits for
-/// an ACK, so none of them may leave what follows pending, nor become pending themselves.
+/// devices, one superseded by a newer row of its collapse key, one expired. None of them waits
+/// for an ACK, so none may leave what follows pending, nor become pending itself.
 pub async fn acks_by_id_around_rows_never_sent_leave_nothing_pending<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
     let u = "erin";
