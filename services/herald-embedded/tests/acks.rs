@@ -5,21 +5,14 @@
 //! suite's `acks_by_id_in_any_order_leave_the_rest_pending` and
 //! `acks_by_id_around_rows_never_sent_leave_nothing_pending`).
 
-use herald_core::model::{Delivery, DeviceProgress, UserEvent};
+use herald_core::model::{Delivery, UserEvent};
 use herald_core::partition::partition_for;
 use herald_embedded::{Access, EmbeddedProjection};
-use herald_ports::contract::generate::{added, end_offsets};
+use herald_ports::contract::generate::{self, added, end_offsets};
 use herald_ports::projection::{Positioned, ProjectionWriter, Snapshots, Stage};
 
 fn progress(user: &str, device: &str, ids: &[&str]) -> UserEvent {
-    UserEvent::Progress(DeviceProgress {
-        user_id: user.into(),
-        device_id: device.into(),
-        delivered: vec![],
-        acked_ids: ids.iter().map(|s| s.to_string()).collect(),
-        acked_up_to: None,
-        at: 1_700_000_000_000,
-    })
+    generate::progress(user, device, ids, None)
 }
 
 #[tokio::test]

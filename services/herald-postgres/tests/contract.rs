@@ -42,25 +42,16 @@ async fn an_unreachable_server_is_a_clear_error() {
 /// them, in the same batch as their insert or a later one.
 #[tokio::test]
 async fn a_cursor_deletes_the_acks_by_id_it_covers() {
-    use herald_core::model::{DeviceProgress, UserEvent};
+    use herald_core::model::UserEvent;
     use herald_core::partition::partition_for;
-    use herald_ports::contract::generate::{added, end_offsets};
+    use herald_ports::contract::generate::{added, end_offsets, progress};
     use herald_ports::projection::{Positioned, ProjectionWriter, Snapshots, Stage};
 
     let Some(db) = TestDb::new() else { return };
     let store = PostgresProjection::connect(&db.url).await.unwrap();
     let u = "gus";
     let partition = partition_for(u, 4);
-    let ack = |ids: &[&str], up_to: Option<i64>| {
-        UserEvent::Progress(DeviceProgress {
-            user_id: u.into(),
-            device_id: "phone".into(),
-            delivered: vec![],
-            acked_ids: ids.iter().map(|s| s.to_string()).collect(),
-            acked_up_to: up_to,
-            at: 1_700_000_000_000,
-        })
-    };
+    let ack = |ids: &[&str], up_to: Option<i64>| progress(u, "phone", ids, up_to);
     let events: Vec<Positioned<UserEvent>> = [
         UserEvent::Added(added(u, "n0")), // 0
         UserEvent::Added(added(u, "n1")), // 1

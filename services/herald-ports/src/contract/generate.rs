@@ -45,6 +45,18 @@ pub fn added(user: &str, id: &str) -> NotificationAdded {
     }
 }
 
+/// A device's ACKs as its session appends them: by id (`ids`) and cumulative (`up_to`).
+pub fn progress(user: &str, device: &str, ids: &[&str], up_to: Option<i64>) -> UserEvent {
+    UserEvent::Progress(herald_core::model::DeviceProgress {
+        user_id: user.into(),
+        device_id: device.into(),
+        delivered: vec![],
+        acked_ids: ids.iter().map(|s| s.to_string()).collect(),
+        acked_up_to: up_to,
+        at: 1_700_000_000_000,
+    })
+}
+
 /// `n` events over `users` users and `partitions` partitions, placed like the real pipeline
 /// places them (user → `partition_for`), with per-partition offsets. Mostly additions, then
 /// deliveries, ACKs by id and cumulative, reads (by id and up to), unreads, archives, expiries

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use herald_core::model::*;
 use herald_core::partition::partition_for;
 
-use super::generate::{added, end_offsets, reference, user_log};
+use super::generate::{added, end_offsets, progress, reference, user_log};
 use crate::projection::*;
 
 mod operations;
@@ -242,16 +242,7 @@ pub async fn pending_is_what_the_device_has_not_acknowledged<H: ProjectionHarnes
 pub async fn acks_by_id_in_any_order_leave_the_rest_pending<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
     let u = "carol";
-    let acked = |device: &str, ids: &[&str]| {
-        UserEvent::Progress(DeviceProgress {
-            user_id: u.into(),
-            device_id: device.into(),
-            delivered: vec![],
-            acked_ids: ids.iter().map(|s| s.to_string()).collect(),
-            acked_up_to: None,
-            at: NOW,
-        })
-    };
+    let acked = |device: &str, ids: &[&str]| progress(u, device, ids, None);
     let mut events: Vec<UserEvent> = (0..6)
         .map(|i| UserEvent::Added(added(u, &format!("n{i}")))) // 0..=5
         .collect();
@@ -291,16 +282,7 @@ pub async fn acks_by_id_in_any_order_leave_the_rest_pending<H: ProjectionHarness
 pub async fn acks_by_id_around_rows_never_sent_leave_nothing_pending<H: ProjectionHarness>(h: &H) {
     let store = h.open().await;
     let u = "erin";
-    let acked = |ids: &[&str]| {
-        UserEvent::Progress(DeviceProgress {
-            user_id: u.into(),
-            device_id: "phone".into(),
-            delivered: vec![],
-            acked_ids: ids.iter().map(|s| s.to_string()).collect(),
-            acked_up_to: None,
-            at: NOW,
-        })
-    };
+    let acked = |ids: &[&str]| progress(u, "phone", ids, None);
     let keyed = |id: &str| {
         let mut a = added(u, id);
         a.collapse_key = Some("order-9".into());
