@@ -8,7 +8,7 @@
 use herald_core::model::{Delivery, UserEvent};
 use herald_core::partition::partition_for;
 use herald_embedded::{Access, EmbeddedProjection};
-use herald_ports::contract::generate::{self, added, end_offsets};
+use herald_ports::contract::generate::{self, added, end_offsets, placed};
 use herald_ports::projection::{Positioned, ProjectionWriter, Snapshots, Stage};
 
 fn progress(user: &str, device: &str, ids: &[&str]) -> UserEvent {
@@ -32,15 +32,7 @@ async fn in_order_acks_by_id_move_the_cursor_and_keep_no_rows() {
         progress(u, "tablet", &["n0", "n1"]), // 8
     ]);
     let partition = partition_for(u, 4);
-    let events: Vec<Positioned<UserEvent>> = events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| Positioned {
-            partition,
-            offset: i as u64,
-            event,
-        })
-        .collect();
+    let events = placed(u, 4, events);
     store
         .apply_user_events(Stage::Inbox, &events, &end_offsets(&events))
         .await
@@ -97,28 +89,21 @@ async fn rows_never_sent_and_filled_gaps_leave_no_acks_by_id() {
         .await
         .unwrap();
     let u = "finn";
-    let partition = partition_for(u, 4);
     let mut events = Vec::new();
-    let mut offset = 0u64;
-    let mut push = |events: &mut Vec<Positioned<UserEvent>>, event| {
-        events.push(Positioned {
-            partition,
-            offset,
-            event,
-        });
-        offset += 1;
-    };
     // 50 rounds: a muted row, two live ones, and their ACKs in the wrong order.
     for round in 0..50 {
         let mut muted = added(u, &format!("m{round}"));
         muted.delivery = Delivery::Muted;
-        push(&mut events, UserEvent::Added(muted));
         let (a, b) = (format!("a{round}"), format!("b{round}"));
-        push(&mut events, UserEvent::Added(added(u, &a)));
-        push(&mut events, UserEvent::Added(added(u, &b)));
-        push(&mut events, progress(u, "phone", &[&b]));
-        push(&mut events, progress(u, "phone", &[&a]));
+        events.extend([
+            UserEvent::Added(muted),
+            UserEvent::Added(added(u, &a)),
+            UserEvent::Added(added(u, &b)),
+            progress(u, "phone", &[&b]),
+            progress(u, "phone", &[&a]),
+        ]);
     }
+    let events = placed(u, 4, events);
     for chunk in events.chunks(7) {
         store
             .apply_user_events(Stage::Inbox, chunk, &end_offsets(chunk))

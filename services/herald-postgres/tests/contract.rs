@@ -43,16 +43,14 @@ async fn an_unreachable_server_is_a_clear_error() {
 #[tokio::test]
 async fn a_cursor_deletes_the_acks_by_id_it_covers() {
     use herald_core::model::UserEvent;
-    use herald_core::partition::partition_for;
-    use herald_ports::contract::generate::{added, end_offsets, progress};
+    use herald_ports::contract::generate::{added, end_offsets, placed, progress};
     use herald_ports::projection::{Positioned, ProjectionWriter, Snapshots, Stage};
 
     let Some(db) = TestDb::new() else { return };
     let store = PostgresProjection::connect(&db.url).await.unwrap();
     let u = "gus";
-    let partition = partition_for(u, 4);
     let ack = |ids: &[&str], up_to: Option<i64>| progress(u, "phone", ids, up_to);
-    let events: Vec<Positioned<UserEvent>> = [
+    let events = vec![
         UserEvent::Added(added(u, "n0")), // 0
         UserEvent::Added(added(u, "n1")), // 1
         UserEvent::Added(added(u, "n2")), // 2
@@ -61,39 +59,31 @@ async fn a_cursor_deletes_the_acks_by_id_it_covers() {
         ack(&[], Some(1)),                // 5: covers n1, not n3
         ack(&["n2"], Some(0)),            // 6: n2 by id, same batch as 7
         ack(&[], Some(2)),                // 7: covers n2
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, event)| Positioned {
-        partition,
-        offset: i as u64,
-        event,
-    })
-    .collect();
-    let rows = |snap: &herald_core::mem::ProjectionSnapshot| -> Vec<u64> {
-        snap.acks.iter().map(|(_, _, seq)| *seq).collect()
+    ];
+    let events = placed(u, 4, events);
+    // Applies `batch`; the seqs of the `acks` rows and the phone's cursor after it.
+    let apply = async |batch: &[Positioned<UserEvent>]| {
+        store
+            .apply_user_events(Stage::Inbox, batch, &end_offsets(batch))
+            .await
+            .unwrap();
+        let snap = store.snapshot().await.unwrap();
+        let rows: Vec<u64> = snap.acks.iter().map(|(_, _, seq)| *seq).collect();
+        (
+            rows,
+            snap.cursors
+                .get(&(u.to_owned(), "phone".to_owned()))
+                .copied(),
+        )
     };
     let (first, second) = events.split_at(6);
-    store
-        .apply_user_events(Stage::Inbox, first, &end_offsets(first))
-        .await
-        .unwrap();
-    let snap = store.snapshot().await.unwrap();
+    let (rows, _) = apply(first).await;
+    assert_eq!(rows, vec![3], "n1 is under the cursor (1), n3 is not");
+    let (rows, cursor) = apply(second).await;
     assert_eq!(
-        rows(&snap),
-        vec![3],
-        "n1 is under the cursor (1), n3 is not"
-    );
-    store
-        .apply_user_events(Stage::Inbox, second, &end_offsets(second))
-        .await
-        .unwrap();
-    let snap = store.snapshot().await.unwrap();
-    assert_eq!(
-        rows(&snap),
+        rows,
         vec![3],
         "n2's ACK by id went with the cursor's move to 2"
     );
-    let key = (u.to_owned(), "phone".to_owned());
-    assert_eq!(snap.cursors.get(&key), Some(&2));
+    assert_eq!(cursor, Some(2));
 }

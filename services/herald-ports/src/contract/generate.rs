@@ -45,6 +45,21 @@ pub fn added(user: &str, id: &str) -> NotificationAdded {
     }
 }
 
+/// One user's events, placed in that user's partition (of `partitions`) with consecutive
+/// offsets from 0.
+pub fn placed(user: &str, partitions: u32, events: Vec<UserEvent>) -> Vec<Positioned<UserEvent>> {
+    let partition = herald_core::partition::partition_for(user, partitions);
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Positioned {
+            partition,
+            offset: i as u64,
+            event,
+        })
+        .collect()
+}
+
 /// A device's ACKs as its session appends them: by id (`ids`) and cumulative (`up_to`).
 pub fn progress(user: &str, device: &str, ids: &[&str], up_to: Option<i64>) -> UserEvent {
     UserEvent::Progress(herald_core::model::DeviceProgress {

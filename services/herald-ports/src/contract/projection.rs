@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::model::*;
-use herald_core::partition::partition_for;
 
-use super::generate::{added, end_offsets, progress, reference, user_log};
+use super::generate::{added, end_offsets, placed, progress, reference, user_log};
 use crate::projection::*;
 
 mod operations;
@@ -63,12 +62,7 @@ fn pos(partition: u32, offset: u64, event: UserEvent) -> Positioned<UserEvent> {
 
 /// One user's events, placed in that user's partition with consecutive offsets.
 fn for_user(user: &str, events: Vec<UserEvent>) -> Vec<Positioned<UserEvent>> {
-    let p = partition_for(user, PARTITIONS);
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| pos(p, i as u64, e))
-        .collect()
+    placed(user, PARTITIONS, events)
 }
 
 pub async fn applies_like_the_reference_fold<H: ProjectionHarness>(h: &H) {
