@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share.
 
 pub mod audit;
+mod background;
 pub mod dev;
 pub mod gateway;
 pub mod metrics;

@@ -16,6 +16,7 @@ use herald_ports::readiness::Report;
 use herald_projector::Projector;
 use tokio_util::sync::CancellationToken;
 
+use super::background::PROJECTOR_NICE;
 use super::{DEFAULT_DATA_DIR, init_tracing, log_path};
 
 /// The gateway's defaults, the one source of every knob's default.
@@ -43,6 +44,12 @@ pub struct StorageArgs {
     /// where `herald projector` replicas run it.
     #[arg(long, value_name = "true|false")]
     pub projector: Option<bool>,
+    /// Nice value of the projector's threads when it runs beside the gateway (0: the process's
+    /// own). Accepting (the HTTP workers and the log writer) then gets the larger share of a busy
+    /// machine and the projector catches up from the log; with CPU to spare it changes nothing.
+    #[arg(long, env = "HERALD_PROJECTOR_NICE", default_value_t = PROJECTOR_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub projector_nice: i32,
     /// The projector's fanout writes a `NotificationAdded` per recipient instead of one
     /// `NotificationsAdded` per partition for a notification to several users (how Herald
     /// wrote them before): only for a rolling upgrade from such a version, until every gateway
@@ -383,8 +390,15 @@ impl Server {
         }
         let projector_task = projector.map(|projector| {
             let token = shutdown.clone();
-            tokio::spawn(async move { projector.run(token).await })
+            super::background::spawn(
+                "herald-projector",
+                storage.projector_nice,
+                move || async move { projector.run(token).await },
+            )
         });
+        let projector_task = projector_task
+            .transpose()
+            .context("starting the projector's thread")?;
 
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
@@ -447,7 +461,9 @@ impl Server {
         // projector between batches, then let the log writer commit what it holds.
         shutdown.cancel();
         let projected = match projector_task {
-            Some(t) => t.await.context("projector task")?,
+            Some(t) => t.await.map_err(|_| {
+                anyhow::anyhow!("the projector's thread stopped without an answer (see the log)")
+            })?,
             None => Ok(()),
         };
         drop(log);
