@@ -148,9 +148,20 @@ fn set_journal_mode(conn: &Connection, mode: &str) -> Result<(), ProjectionError
 #[derive(Clone)]
 pub struct EmbeddedProjection {
     inner: Arc<Inner>,
+    /// Where write transactions run: this runtime's blocking threads (a pool at a lower
+    /// priority, [`EmbeddedProjection::with_writes_on`]), or the caller's.
+    writes: Option<tokio::runtime::Handle>,
 }
 
 impl EmbeddedProjection {
+    /// Runs this handle's write transactions (every fold, the fanout's bookkeeping, the timer
+    /// stage's) on `runtime`'s blocking threads instead of the caller's runtime: the server
+    /// gives them a pool at a lower priority, so that a busy machine serves accepting first.
+    pub fn with_writes_on(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.writes = Some(runtime);
+        self
+    }
+
     pub async fn open(path: &Path, access: Access) -> Result<Self, ProjectionError> {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || Self::open_blocking(path, access, false))
@@ -281,6 +292,7 @@ impl EmbeddedProjection {
             false => sqlite::Checkpointer::for_access(&path, access).map_err(storage)?,
         };
         Ok(EmbeddedProjection {
+            writes: None,
             inner: Arc::new(Inner {
                 pool: Arc::new(Pool::new(path.clone(), access)),
                 path,
@@ -305,7 +317,7 @@ impl EmbeddedProjection {
             ));
         }
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let transaction = move || {
             let writer = inner.writer.as_ref().expect("read-write has a writer");
             let mut conn = writer.lock().expect("writer lock");
             let tx = conn.transaction()?;
@@ -319,8 +331,11 @@ impl EmbeddedProjection {
                 tracing::warn!(error = %e, "projection WAL restart failed");
             }
             Ok::<T, rusqlite::Error>(out)
-        })
-        .await
+        };
+        match &self.writes {
+            Some(runtime) => runtime.spawn_blocking(transaction).await,
+            None => tokio::task::spawn_blocking(transaction).await,
+        }
         .map_err(storage)?
         .map_err(storage)
     }

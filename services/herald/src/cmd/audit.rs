@@ -78,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &args.data_dir,
                 herald_embedded::Access::ReadOnly,
                 "pass --data-dir, --projection-url or --url",
+                None,
             )
             .await?;
             let budget = args

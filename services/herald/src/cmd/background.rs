@@ -1,53 +1,30 @@
-//! Work that must not slow accepting down runs on a runtime of its own, on threads the kernel
-//! schedules at a lower priority (a higher nice value).
+//! Work that must not slow accepting down runs on threads the kernel schedules at a lower
+//! priority (a higher nice value).
 //!
 //! A `202` waits for the durable append and nothing else; the projector works from the log and
 //! catches up. When both want more CPU than the machine has, the kernel gives the append path
-//! (HTTP workers, the log writer) the larger share and the projector the rest, instead of an
-//! equal share each: ScyllaDB's scheduling groups give compaction fewer shares than queries for
-//! the same reason. With CPU to spare the nice value changes nothing: every thread runs.
+//! (HTTP workers, the log writer) the larger share and the projection's transactions the rest,
+//! instead of an equal share each: ScyllaDB's scheduling groups give compaction fewer shares
+//! than queries for the same reason. With CPU to spare the nice value changes nothing: every
+//! thread runs.
 
-use std::future::Future;
+use tokio::runtime::Runtime;
 
-use tokio::sync::oneshot;
-
-/// The projector's nice value beside the gateway (`--projector-nice`). At 10 the kernel gives a
-/// busy projector thread about a tenth of the CPU time of a busy thread at 0, which is where
-/// batch ingest stopped improving in paired runs (docs/benchmarks.md, twenty-first stop).
+/// The projection's nice value beside the gateway (`--projector-nice`). At 10 the kernel gives a
+/// busy thread of the pool about a tenth of the CPU time of a busy thread at 0.
 pub const PROJECTOR_NICE: i32 = 10;
 
-/// Starts `work` on a thread named `name` with a single-threaded runtime of its own; the thread
-/// and the runtime's blocking threads (where the stores' transactions run) run `nice` steps
-/// below the caller's priority (at most at 19; 0: at the caller's). The receiver answers
-/// `work`'s output, or an error when the thread could not start its runtime or `work` panicked.
-pub fn spawn<W, F, T>(name: &str, nice: i32, work: W) -> std::io::Result<oneshot::Receiver<T>>
-where
-    W: FnOnce() -> F + Send + 'static,
-    F: Future<Output = T>,
-    T: Send + 'static,
-{
+/// A runtime used only for its blocking threads (`Handle::spawn_blocking`), named `name`, each
+/// `nice` steps below the caller's priority (at most at 19). Shut it down with
+/// `Runtime::shutdown_background` (a runtime cannot be dropped inside another).
+pub fn low_priority_pool(name: &str, nice: i32) -> std::io::Result<Runtime> {
     // Linux keeps a nice value per thread and a new thread starts at its creator's: the target
-    // is absolute, so that setting it again on each blocking thread changes nothing.
+    // is absolute, so that a thread started by one of the pool's gets it once, not twice.
     let target = (nice > 0).then(|| (nice_of_this_thread() + nice).min(19));
-    let (tx, rx) = oneshot::channel();
-    let thread_name = name.to_owned();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            set_nice(target);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name(format!("{thread_name}-blocking"))
-                .on_thread_start(move || set_nice(target))
-                .build();
-            match runtime {
-                Ok(rt) => {
-                    let _ = tx.send(rt.block_on(work()));
-                }
-                Err(e) => tracing::error!(error = %e, "cannot start the {thread_name} runtime"),
-            }
-        })?;
-    Ok(rx)
+    tokio::runtime::Builder::new_current_thread()
+        .thread_name(name)
+        .on_thread_start(move || set_nice(target))
+        .build()
 }
 
 /// The calling thread's nice value (0 when the kernel does not say).
@@ -68,45 +45,34 @@ fn set_nice(target: Option<i32>) {
 mod tests {
     use super::*;
 
+    /// The nice value of a blocking thread of `pool`, asked from a runtime of the test's own.
+    fn nice_in(pool: &Runtime) -> i32 {
+        let handle = pool.handle().clone();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(async move { handle.spawn_blocking(nice_of_this_thread).await })
+            .expect("the blocking task runs")
+    }
+
     #[test]
-    fn work_and_its_blocking_threads_run_at_the_lower_priority() {
+    fn the_pools_threads_run_at_the_lower_priority() {
         let before = nice_of_this_thread();
-        let answer = spawn("herald-test-bg", 5, || async {
-            let blocking = tokio::task::spawn_blocking(nice_of_this_thread)
-                .await
-                .expect("the blocking task runs");
-            (nice_of_this_thread(), blocking)
-        })
-        .expect("the thread starts")
-        .blocking_recv()
-        .expect("the work answers");
-        let lowered = (before + 5).min(19);
-        assert_eq!(
-            answer,
-            (lowered, lowered),
-            "runtime thread, blocking thread"
-        );
+        let pool = low_priority_pool("herald-test-pool", 5).expect("the pool starts");
+        assert_eq!(nice_in(&pool), (before + 5).min(19));
         assert_eq!(
             nice_of_this_thread(),
             before,
             "the caller's priority is its own"
         );
+        pool.shutdown_background();
     }
 
     #[test]
     fn nice_zero_keeps_the_callers_priority() {
         let before = nice_of_this_thread();
-        let answer = spawn("herald-test-bg", 0, || async { nice_of_this_thread() })
-            .expect("the thread starts")
-            .blocking_recv()
-            .expect("the work answers");
-        assert_eq!(answer, before);
-    }
-
-    #[test]
-    fn a_panic_in_the_work_is_an_error_not_a_hang() {
-        let rx = spawn("herald-test-bg", 1, || async { panic!("the work fails") })
-            .expect("the thread starts");
-        assert!(rx.blocking_recv().is_err());
+        let pool = low_priority_pool("herald-test-pool", 0).expect("the pool starts");
+        assert_eq!(nice_in(&pool), before);
+        pool.shutdown_background();
     }
 }

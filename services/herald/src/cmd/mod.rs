@@ -293,6 +293,7 @@ pub async fn open_projection(
     data_dir: &Path,
     access: Access,
     hint: &str,
+    writes_on: Option<tokio::runtime::Handle>,
 ) -> anyhow::Result<Arc<dyn herald_ports::ProjectionStore>> {
     if let Some(url) = url {
         return Ok(SharedProjection::connect(url).await?.store());
@@ -301,11 +302,13 @@ pub async fn open_projection(
     if access == Access::ReadOnly && !path.exists() {
         bail!("no projection at {}: {hint}", path.display());
     }
-    Ok(Arc::new(
-        herald_embedded::EmbeddedProjection::open(&path, access)
-            .await
-            .context("opening the projection")?,
-    ))
+    let store = herald_embedded::EmbeddedProjection::open(&path, access)
+        .await
+        .context("opening the projection")?;
+    Ok(Arc::new(match writes_on {
+        Some(runtime) => store.with_writes_on(runtime),
+        None => store,
+    }))
 }
 
 /// The log for read-only tools: Kafka when brokers are given, else the data directory's.

@@ -75,6 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &args.data_dir,
         Access::ReadWrite,
         "",
+        None,
     )
     .await?;
     let shutdown = CancellationToken::new();

@@ -16,7 +16,7 @@ use herald_ports::readiness::Report;
 use herald_projector::Projector;
 use tokio_util::sync::CancellationToken;
 
-use super::background::PROJECTOR_NICE;
+use super::background::{self, PROJECTOR_NICE};
 use super::{DEFAULT_DATA_DIR, init_tracing, log_path};
 
 /// The gateway's defaults, the one source of every knob's default.
@@ -44,9 +44,10 @@ pub struct StorageArgs {
     /// where `herald projector` replicas run it.
     #[arg(long, value_name = "true|false")]
     pub projector: Option<bool>,
-    /// Nice value of the projector's threads when it runs beside the gateway (0: the process's
-    /// own). Accepting (the HTTP workers and the log writer) then gets the larger share of a busy
-    /// machine and the projector catches up from the log; with CPU to spare it changes nothing.
+    /// Nice value of the threads that run the embedded projection's transactions when the
+    /// projector runs beside the gateway (0: the process's own). Accepting (the HTTP workers and
+    /// the log writer) then gets the larger share of a busy machine and the projector catches up
+    /// from the log; with CPU to spare it changes nothing.
     #[arg(long, env = "HERALD_PROJECTOR_NICE", default_value_t = PROJECTOR_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub projector_nice: i32,
@@ -359,18 +360,24 @@ impl Server {
                 )
             }
         };
+        let run_projector = storage
+            .projector
+            .unwrap_or(!(mode == Mode::Gateway && kafka.is_some()));
+        // The projection's transactions beside the gateway: on a pool of lower priority.
+        let writes_pool = (run_projector && storage.projector_nice > 0)
+            .then(|| background::low_priority_pool("herald-projection", storage.projector_nice))
+            .transpose()
+            .context("starting the projection's thread pool")?;
         let store = super::open_projection(
             storage.projection_url.as_deref(),
             &storage.data_dir,
             Access::ReadWrite,
             "",
+            writes_pool.as_ref().map(|p| p.handle().clone()),
         )
         .await?;
 
         let shutdown = CancellationToken::new();
-        let run_projector = storage
-            .projector
-            .unwrap_or(!(mode == Mode::Gateway && kafka.is_some()));
         let projector = run_projector.then(|| {
             let projector = Projector::new(log.clone(), store.clone())
                 .with_single_user_records(storage.single_user_records);
@@ -390,15 +397,8 @@ impl Server {
         }
         let projector_task = projector.map(|projector| {
             let token = shutdown.clone();
-            super::background::spawn(
-                "herald-projector",
-                storage.projector_nice,
-                move || async move { projector.run(token).await },
-            )
+            tokio::spawn(async move { projector.run(token).await })
         });
-        let projector_task = projector_task
-            .transpose()
-            .context("starting the projector's thread")?;
 
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
@@ -461,12 +461,13 @@ impl Server {
         // projector between batches, then let the log writer commit what it holds.
         shutdown.cancel();
         let projected = match projector_task {
-            Some(t) => t.await.map_err(|_| {
-                anyhow::anyhow!("the projector's thread stopped without an answer (see the log)")
-            })?,
+            Some(t) => t.await.context("projector task")?,
             None => Ok(()),
         };
         drop(log);
+        if let Some(pool) = writes_pool {
+            pool.shutdown_background();
+        }
         projected.context("projector")?;
         drop(lock);
         eprintln!("{}: stopped", mode.name());
