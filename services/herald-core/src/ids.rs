@@ -23,10 +23,16 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), CoreError> {
             format!("is {} bytes, at most {MAX_ID_LEN} allowed", id.len()),
         ));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')))
+    // Bytes, not chars: every allowed character is ASCII, and the first byte that is not one
+    // starts the character to name.
+    if let Some(at) = id
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-')))
     {
+        let c = id[at..]
+            .chars()
+            .next()
+            .expect("only ASCII bytes before: a char starts here");
         return Err(CoreError::invalid(
             field,
             format!("contains {c:?}; allowed are letters, digits and . _ : @ -"),
@@ -66,5 +72,10 @@ mod tests {
         assert!(validate_id("user_id", &long).is_err());
         let err = validate_id("user_id", "a b").unwrap_err();
         assert!(err.to_string().contains("' '"), "{err}");
+        // A character past ASCII is named whole, wherever it is.
+        let err = validate_id("user_id", "ab\u{e9}c").unwrap_err();
+        assert!(err.to_string().contains("'\u{e9}'"), "{err}");
+        let err = validate_id("user_id", "\u{1f600}").unwrap_err();
+        assert!(err.to_string().contains("'\u{1f600}'"), "{err}");
     }
 }

@@ -1136,3 +1136,28 @@ async fn herald_js_is_the_npm_package_file() {
     assert_eq!(pkg["exports"]["."]["default"], "./herald.js", "{pkg}");
     assert_eq!(pkg["types"], "./herald.d.ts", "{pkg}");
 }
+
+#[tokio::test]
+async fn json_bodies_parse_alike_whatever_the_content_types_spelling() {
+    let env = env().await;
+    for content_type in [
+        "application/json",
+        "APPLICATION/JSON",
+        "application/json; charset=utf-8",
+    ] {
+        let req = |body: String| {
+            Request::post("/v1/notifications")
+                .header("content-type", content_type)
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let (status, body) = call(&env, req(valid().to_string())).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{content_type}: {body}");
+        // A shape error names the field where it is, on either path.
+        let (status, body) = call(&env, req(json!({"recipients": "alice"}).to_string())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{content_type}");
+        assert_eq!(code(&body), "invalid_json_shape");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("recipients"), "{content_type}: {message}");
+    }
+}
