@@ -287,7 +287,9 @@ impl SharedProjection {
 
 /// The projection: the shared store at `url` (PostgreSQL or ScyllaDB; the schema is applied on
 /// connect), else the data directory's SQLite file. A read-only open needs the file to exist;
-/// `hint` says what to pass instead.
+/// `hint` says what to pass instead. `writes_on`: the runtime whose blocking threads run the
+/// SQLite file's write transactions (the server's pool of lower priority); a shared store
+/// ignores it.
 pub async fn open_projection(
     url: Option<&str>,
     data_dir: &Path,

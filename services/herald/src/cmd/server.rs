@@ -363,11 +363,13 @@ impl Server {
         let run_projector = storage
             .projector
             .unwrap_or(!(mode == Mode::Gateway && kafka.is_some()));
-        // The projection's transactions beside the gateway: on a pool of lower priority.
-        let writes_pool = (run_projector && storage.projector_nice > 0)
-            .then(|| background::low_priority_pool("herald-projection", storage.projector_nice))
-            .transpose()
-            .context("starting the projection's thread pool")?;
+        // The embedded projection's transactions beside the gateway: on a pool of lower
+        // priority (a shared store does its work in its own server).
+        let writes_pool =
+            (run_projector && storage.projection_url.is_none() && storage.projector_nice > 0)
+                .then(|| background::low_priority_pool("herald-projection", storage.projector_nice))
+                .transpose()
+                .context("starting the projection's thread pool")?;
         let store = super::open_projection(
             storage.projection_url.as_deref(),
             &storage.data_dir,
