@@ -39,8 +39,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
             .await
             .map_err(|e| AppError::from(JsonRejection::from(e)))?;
         // axum's `Json` tracks the path of every value it parses, for the error message; a
-        // body that parses needs none of it (the batch endpoint spent a fifth of its request
-        // handling there). One that does not is parsed again by axum, for the same message.
+        // body that parses needs none of it (parsing was a fifth of the batch endpoint's
+        // samples, much of it that). One that does not is parsed again by axum, for the same
+        // message.
         match serde_json::from_slice::<ObjectOnly<T>>(&bytes) {
             Ok(ObjectOnly(v)) => Ok(AppJson(v)),
             Err(_) => {
