@@ -10,15 +10,23 @@ fn headers(kind: SchemaKind, traceparent: Option<&str>) -> Vec<(String, Vec<u8>)
     let (_, fp) = Registry::global().current(kind);
     let mut h = vec![
         (HEADER_SCHEMA.to_owned(), kind.name().as_bytes().to_vec()),
-        (
-            HEADER_FINGERPRINT.to_owned(),
-            format!("{fp:016x}").into_bytes(),
-        ),
+        (HEADER_FINGERPRINT.to_owned(), hex16(fp).to_vec()),
     ];
     if let Some(t) = traceparent {
         h.push((HEADER_TRACEPARENT.to_owned(), t.as_bytes().to_vec()));
     }
     h
+}
+
+/// `fp` as 16 lowercase hex digits (what `format!("{fp:016x}")` writes, without the
+/// formatting machinery: this runs for every record).
+fn hex16(fp: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((fp >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 /// A per-user event as a record: key = user id, partition = `partition_for(user id)`.
@@ -92,6 +100,13 @@ mod tests {
 
     use super::*;
     use crate::log::MAX_RECORD_BYTES;
+
+    #[test]
+    fn fingerprints_are_written_as_sixteen_hex_digits() {
+        for fp in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63] {
+            assert_eq!(hex16(fp).as_slice(), format!("{fp:016x}").as_bytes());
+        }
+    }
 
     /// The largest `NotificationsAdded` the fanout can write (every field at its bound) fits
     /// in a log record with room to spare.
