@@ -18,11 +18,32 @@ pub const RECENT_MIN_BYTES_PER_PARTITION: usize = 64 << 10;
 /// What a record costs beyond its key, value and headers (struct, allocations).
 const RECORD_OVERHEAD: usize = 96;
 
-/// One partition's window: the records from `base` on, contiguous.
+/// One partition's window: the records from `base` on, contiguous, each with its [`size`].
 struct Window {
     base: u64,
-    records: VecDeque<Arc<Record>>,
+    records: VecDeque<(Arc<Record>, usize)>,
     bytes: usize,
+}
+
+impl Window {
+    /// Adds the record at `offset` and drops the oldest past `budget`.
+    fn push(&mut self, offset: u64, record: Record, budget: usize) {
+        if offset != self.base + self.records.len() as u64 {
+            // Not contiguous (cannot happen with one writer): start the window again.
+            self.records.clear();
+            self.bytes = 0;
+            self.base = offset;
+        }
+        let bytes = size(&record);
+        self.bytes += bytes;
+        self.records.push_back((Arc::new(record), bytes));
+        while self.bytes > budget && self.records.len() > 1 {
+            if let Some((_, old)) = self.records.pop_front() {
+                self.bytes -= old;
+                self.base += 1;
+            }
+        }
+    }
 }
 
 /// Every partition's window, per topic.
@@ -64,26 +85,19 @@ impl Recent {
 
     /// Adds committed records of `topic`, which must follow each partition's window (the
     /// writer thread appends them in offset order, right after their commit).
+    /// One lock per run of records of the same partition.
     pub(super) fn push(&self, topic: Topic, records: Vec<(u64, Record)>) {
         let windows = &self.windows[topic.id() as usize];
-        for (offset, record) in records {
-            let Some(w) = windows.get(record.partition as usize) else {
+        let mut records = records.into_iter().peekable();
+        while let Some((offset, record)) = records.next() {
+            let partition = record.partition;
+            let Some(w) = windows.get(partition as usize) else {
                 continue;
             };
             let mut w = w.lock().expect("recent lock");
-            if offset != w.base + w.records.len() as u64 {
-                // Not contiguous (cannot happen with one writer): start the window again.
-                w.records.clear();
-                w.bytes = 0;
-                w.base = offset;
-            }
-            w.bytes += size(&record);
-            w.records.push_back(Arc::new(record));
-            while w.bytes > self.budget && w.records.len() > 1 {
-                if let Some(old) = w.records.pop_front() {
-                    w.bytes -= size(&old);
-                    w.base += 1;
-                }
+            w.push(offset, record, self.budget);
+            while let Some((offset, record)) = records.next_if(|(_, r)| r.partition == partition) {
+                w.push(offset, record, self.budget);
             }
         }
     }
@@ -112,7 +126,7 @@ impl Recent {
                 .skip(skip)
                 .take(max)
                 .enumerate()
-                .map(|(i, r)| StoredRecord {
+                .map(|(i, (r, _))| StoredRecord {
                     topic,
                     partition,
                     offset: from + i as u64,
@@ -160,6 +174,31 @@ mod tests {
             recent.read(Topic::Requests, 0, 0, 10).is_none(),
             "other topic"
         );
+    }
+
+    #[test]
+    fn records_of_several_partitions_in_one_push_land_in_their_windows() {
+        let recent = Recent::new([vec![0, 0], vec![0, 3, 0]]);
+        let parts = [0, 1, 1, 0, 0, 2, 1];
+        let mut next = [0u64, 3, 0];
+        let records = parts
+            .iter()
+            .map(|&p| {
+                let offset = next[p as usize];
+                next[p as usize] += 1;
+                (offset, rec(p, 10 + offset as usize))
+            })
+            .collect();
+        recent.push(Topic::UserEvents, records);
+        for (p, from, n) in [(0, 0, 3), (1, 3, 3), (2, 0, 1)] {
+            let got = recent.read(Topic::UserEvents, p, from, 10).expect("held");
+            assert_eq!(got.len(), n, "partition {p}");
+            for (i, r) in got.iter().enumerate() {
+                assert_eq!(r.offset, from + i as u64);
+                assert_eq!(r.record.partition, p);
+                assert_eq!(r.record.value.len(), 10 + r.offset as usize);
+            }
+        }
     }
 
     #[test]
