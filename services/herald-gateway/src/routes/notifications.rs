@@ -1,6 +1,5 @@
 //! `POST /v1/notifications` and `POST /v1/notifications/batch` (producers).
 
-use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -107,6 +106,67 @@ pub struct AcceptedBatch {
     accepted: Vec<Accepted>,
 }
 
+impl Accepted {
+    /// Appends this answer's JSON, as serde_json writes it. Both ids are checked to hold only
+    /// `[A-Za-z0-9._:@-]` before a request is accepted, so nothing needs escaping and the
+    /// bytes are copied as they are; serde_json's escaping scan and map machinery were 6% of an
+    /// async worker's samples while it accepted batches. An id that would need escaping
+    /// (none can) goes through serde_json.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        fn plain(s: &str) -> bool {
+            s.bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        }
+        if !(plain(&self.notification_id) && plain(&self.idempotency_key)) {
+            serde_json::to_writer(&mut *out, self).expect("an answer serializes");
+            return;
+        }
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"notification_id\":\"");
+        out.extend_from_slice(self.notification_id.as_bytes());
+        out.extend_from_slice(b"\",\"idempotency_key\":\"");
+        out.extend_from_slice(self.idempotency_key.as_bytes());
+        out.extend_from_slice(b"\",\"partition\":");
+        out.extend_from_slice(n.format(self.partition).as_bytes());
+        out.extend_from_slice(b",\"offset\":");
+        out.extend_from_slice(n.format(self.offset).as_bytes());
+        out.push(b'}');
+    }
+}
+
+/// A 202 with `body`, JSON.
+fn accepted_response(body: Vec<u8>) -> impl IntoResponse {
+    (
+        StatusCode::ACCEPTED,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+}
+
+/// One answer's body.
+fn one_json(accepted: &Accepted) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    accepted.write_json(&mut out);
+    out
+}
+
+/// A batch's body: `{"accepted":[...]}`.
+fn batch_json(accepted: &[Accepted]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 160 * accepted.len());
+    out.extend_from_slice(b"{\"accepted\":[");
+    for (i, a) in accepted.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        a.write_json(&mut out);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchBody {
@@ -127,7 +187,7 @@ async fn post_notification(
 ) -> Result<impl IntoResponse, AppError> {
     let accepted = accept(&st, &producer, &headers, body).await?;
     telemetry::notification_accepted();
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    Ok(accepted_response(one_json(&accepted)))
 }
 
 async fn accept(
@@ -167,7 +227,7 @@ async fn post_batch(
     for _ in &accepted {
         telemetry::notification_accepted();
     }
-    Ok((StatusCode::ACCEPTED, Json(AcceptedBatch { accepted })))
+    Ok(accepted_response(batch_json(&accepted)))
 }
 
 async fn accept_batch(
@@ -319,4 +379,39 @@ async fn append_requests(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(key: &str, partition: u32, offset: u64) -> Accepted {
+        Accepted {
+            notification_id: notification_id("billing", key),
+            idempotency_key: key.to_owned(),
+            partition,
+            offset,
+        }
+    }
+
+    /// The hand-written bodies are serde_json's, byte for byte, for ids made of every allowed
+    /// character and for integers at their bounds; an id that needs escaping (the ids' checks
+    /// refuse it before this) still comes out as valid JSON.
+    #[test]
+    fn bodies_are_what_serde_json_writes() {
+        let answers = vec![
+            accepted("k1", 0, 0),
+            accepted("Az09._:@-", u32::MAX, u64::MAX),
+            accepted("needs \"escaping\"\\\n\u{7f}é", 3, 12_345),
+        ];
+        for a in &answers {
+            assert_eq!(one_json(a), serde_json::to_vec(a).unwrap());
+        }
+        let batch = AcceptedBatch { accepted: answers };
+        assert_eq!(
+            batch_json(&batch.accepted),
+            serde_json::to_vec(&batch).unwrap()
+        );
+        assert_eq!(batch_json(&[]), br#"{"accepted":[]}"#);
+    }
 }
