@@ -143,8 +143,9 @@ async fn every_route_is_counted_and_timed_under_its_template() {
     }
     let prometheus = builder.install_recorder().unwrap();
     let mut env = env().await;
-    // One notification, then the producer waits about 1000 s for the next.
-    env.state.producers = Arc::new(herald_gateway::limits::RateLimits::new(0.001, 1.0));
+    // Three notifications (a batch of two, then one), then the producer waits about 1000 s
+    // for the next.
+    env.state.producers = Arc::new(herald_gateway::limits::RateLimits::new(0.001, 3.0));
     let body =
         json!({"recipients": {"users": ["alice"]}, "event_type": "e", "source": "s", "data": {}});
     let post = || {
@@ -153,6 +154,13 @@ async fn every_route_is_counted_and_timed_under_its_template() {
             .body(Body::from(body.to_string()))
             .unwrap()
     };
+    let batch = Request::post("/v1/notifications/batch")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"notifications": [body.clone(), body.clone()]}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(call(&env.state, batch).await.0, StatusCode::ACCEPTED);
     assert_eq!(call(&env.state, post()).await.0, StatusCode::ACCEPTED);
     assert_eq!(
         call(&env.state, post()).await.0,
@@ -176,7 +184,8 @@ async fn every_route_is_counted_and_timed_under_its_template() {
         r#"herald_http_rate_limited_total{route="/v1/notifications"} 1"#,
         r#"herald_http_request_duration_seconds_bucket{route="/v1/audit/{id}",method="GET",le="10"} 1"#,
         r#"herald_http_request_duration_seconds_count{route="/readyz",method="GET"}"#,
-        r#"herald_notifications_accepted_total 1"#,
+        r#"herald_http_requests_total{route="/v1/notifications/batch",method="POST",status="202"} 1"#,
+        r#"herald_notifications_accepted_total 3"#,
     ] {
         assert!(text.contains(want), "missing {want} in:\n{text}");
     }

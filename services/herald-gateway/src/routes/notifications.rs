@@ -186,7 +186,7 @@ async fn post_notification(
     body: Result<AppJson<NotificationBody>, AppError>,
 ) -> Result<impl IntoResponse, AppError> {
     let accepted = accept(&st, &producer, &headers, body).await?;
-    telemetry::notification_accepted();
+    telemetry::notifications_accepted(1);
     Ok(accepted_response(one_json(&accepted)))
 }
 
@@ -225,7 +225,7 @@ async fn post_batch(
 ) -> Result<impl IntoResponse, AppError> {
     let accepted = accept_batch(&st, &producer, &headers, body).await?;
     for _ in &accepted {
-        telemetry::notification_accepted();
+        telemetry::notifications_accepted(1);
     }
     Ok(accepted_response(batch_json(&accepted)))
 }
