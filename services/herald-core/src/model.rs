@@ -164,8 +164,19 @@ impl NotificationRequest {
     }
 
     /// Checks every field but the notification id: for a request whose id was just derived
-    /// from its producer and key (the HTTP path), where checking it again would hash twice.
+    /// from its producer and key, where checking it again would hash twice.
     pub fn validate_content(&self) -> Result<(), CoreError> {
+        self.validate_written()?;
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
+            return Err(CoreError::invalid("payload", format!("is not JSON: {e}")));
+        }
+        Ok(())
+    }
+
+    /// [`NotificationRequest::validate_content`] for a request whose payload serde_json has
+    /// just parsed (the HTTP path): JSON by construction, so its syntax is not parsed a second
+    /// time (its size is still checked).
+    pub fn validate_written(&self) -> Result<(), CoreError> {
         validate_id("producer", &self.producer)?;
         validate_id("idempotency_key", &self.idempotency_key)?;
         self.recipients.validate()?;
@@ -182,9 +193,6 @@ impl NotificationRequest {
                     self.payload.len()
                 ),
             ));
-        }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
-            return Err(CoreError::invalid("payload", format!("is not JSON: {e}")));
         }
         crate::time::check_ms("created_at", self.created_at)?;
         if let Some(d) = self.deliver_at {
@@ -538,8 +546,19 @@ mod tests {
         let err = request.validate().unwrap_err();
         assert!(err.to_string().contains("notification_id"), "{err}");
         assert!(request.validate_content().is_ok());
+        // A payload that is not JSON (a record written to the log by other means than the
+        // HTTP API): `validate_content` refuses it; `validate_written`, for payloads serde_json
+        // has just parsed, checks only its size.
+        request.payload = "{not json".into();
+        let err = request.validate_content().unwrap_err();
+        assert!(err.to_string().contains("payload"), "{err}");
+        assert!(request.validate_written().is_ok());
+        request.payload = "0".repeat(MAX_PAYLOAD_BYTES + 1);
+        assert!(request.validate_written().is_err());
+        request.payload = "{}".into();
         request.event_type = String::new();
         assert!(request.validate_content().is_err());
+        assert!(request.validate_written().is_err());
     }
 
     #[test]
