@@ -297,8 +297,6 @@ pub fn projector_expanded(notifications: usize, duplicates: usize) {
     metrics::counter!(PROJECTOR_DUPLICATE_REQUESTS).increment(duplicates as u64);
 }
 
-/// An HTTP request answered: `route` is the matched route template (`/v1/inbox/{id}`), or
-/// `unmatched` for a 404 that matched none; `method` is one of the standard methods or `other`.
 /// A status code as a label: the codes Herald answers with as static strings (no allocation
 /// per request), any other formatted.
 fn status_label(status: u16) -> metrics::SharedString {
@@ -326,6 +324,8 @@ fn status_label(status: u16) -> metrics::SharedString {
     metrics::SharedString::const_str(known)
 }
 
+/// An HTTP request answered: `route` is the matched route template (`/v1/inbox/{id}`), or
+/// `unmatched` for a 404 that matched none; `method` is one of the standard methods or `other`.
 pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
     let method: &'static str = match method {
         "GET" => "GET",
