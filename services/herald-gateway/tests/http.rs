@@ -132,6 +132,40 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_json_shape",
         ),
+        // JSON a parser cannot hold in `data`: a number out of range, a lone surrogate,
+        // nesting past serde_json's limit.
+        (
+            post(
+                valid()
+                    .to_string()
+                    .replacen(r#""data":{"#, r#""data":{"n":1e400,"#, 1),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post(
+                valid()
+                    .to_string()
+                    .replacen(r#""data":{"#, r#""data":{"s":"\ud800","#, 1),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post(
+                valid().to_string().replacen(
+                    r#""data":{"#,
+                    &format!(r#""data":{{"deep":{}{},"#, "[".repeat(200), "]".repeat(200)),
+                    1,
+                ),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
         (
             post(
                 {
