@@ -358,6 +358,9 @@ impl<'de> Deserialize<'de> for CompactJson {
     }
 }
 
+/// The key serde_json reserves for raw values, as written.
+const RAW_VALUE_TOKEN: &[u8] = b"\"$serde_json::private::RawValue\"";
+
 /// Writes the value it is given into its buffer ([`CompactJson`]).
 struct Compact<'a>(&'a mut Vec<u8>);
 
@@ -429,6 +432,15 @@ impl<'de> serde::de::Visitor<'de> for Compact<'_> {
             if map.next_key_seed(Compact(&mut *out))?.is_none() {
                 out.truncate(mark);
                 break;
+            }
+            // serde_json (with its `raw_value` feature, which axum turns on) reads an object
+            // whose first key is this token as an embedded raw value, not as an object: a
+            // `Value` refuses most such objects and turns the rest into something else, and
+            // the inbox API and SSE read payloads as `Value`s. Refused here outright.
+            if first && out[mark..] == *RAW_VALUE_TOKEN {
+                return Err(serde::de::Error::custom(
+                    "data holds an object whose first key is serde_json's private raw-value token",
+                ));
             }
             out.push(b':');
             map.next_value_seed(Compact(&mut *out))?;
@@ -576,6 +588,17 @@ mod payload_tests {
             assert_eq!(got.to_string(), want.to_string(), "{bad}");
             assert_eq!(got.classify(), want.classify(), "{bad}");
         }
+        // An object that serde_json reads as an embedded raw value: refused (a `Value` refuses
+        // the first and turns the second into `[1,2]`); as a later key it is any key.
+        for bad in [
+            r#"{"$serde_json::private::RawValue":1}"#,
+            r#"[{"$serde_json::private::RawValue":"[1,2]"}]"#,
+            r#"{"\u0024serde_json::private::RawValue":"[1,2]"}"#,
+        ] {
+            let err = compact(bad).unwrap_err();
+            assert!(err.to_string().contains("raw-value token"), "{bad}: {err}");
+        }
+        assert!(compact(r#"{"a":1,"$serde_json::private::RawValue":2}"#).is_ok());
     }
 
     fn request(body: &str) -> NotificationRequest {

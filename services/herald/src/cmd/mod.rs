@@ -285,6 +285,29 @@ impl SharedProjection {
     }
 }
 
+/// How long a stopping process waits for its projector (`herald projector`, or the one beside a
+/// gateway) to finish its batch and leave its consumer groups. Seen once under load on the test
+/// broker: a stage's Kafka consumer never finished closing after its partitions were revoked,
+/// and the process stayed up until it was killed. Everything a projector applied is committed
+/// with its offsets in the projection (its work is idempotent), so exiting without it loses
+/// nothing: the next owner reads the rest again. Below Kubernetes' default grace of 30 s.
+pub const PROJECTOR_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The projector task's result once its shutdown was signalled, or an error after `grace`
+/// (the process then exits without it).
+pub async fn projector_stopped<T>(
+    task: tokio::task::JoinHandle<T>,
+    grace: std::time::Duration,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(grace, task).await {
+        Ok(r) => r.context("projector task"),
+        Err(_) => bail!(
+            "the projector did not stop within {grace:?} of the shutdown; exiting without it \
+             (what it applied is committed with its offsets; the rest is read again)"
+        ),
+    }
+}
+
 /// The projection: the shared store at `url` (PostgreSQL or ScyllaDB; the schema is applied on
 /// connect), else the data directory's SQLite file. A read-only open needs the file to exist;
 /// `hint` says what to pass instead. `writes_on`: the runtime whose blocking threads run the
@@ -341,4 +364,28 @@ pub fn out(line: impl std::fmt::Display) {
 /// Formats Unix milliseconds as RFC 3339 (clamped to years 1970..=9999, never failing).
 pub fn rfc3339(ms: i64) -> String {
     herald_core::time::format_rfc3339_millis(ms)
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_projector_that_stops_is_waited_for_and_one_that_does_not_is_left() {
+        let done = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            7
+        });
+        assert_eq!(
+            projector_stopped(done, PROJECTOR_STOP_GRACE).await.unwrap(),
+            7
+        );
+        let stuck = tokio::spawn(std::future::pending::<()>());
+        let err = projector_stopped(stuck, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("did not stop within"), "{err}");
+    }
 }

@@ -112,7 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     shutdown.cancel();
-    task.await.context("projector task")??;
+    super::projector_stopped(task, super::PROJECTOR_STOP_GRACE).await??;
     eprintln!("herald projector: stopped");
     Ok(ExitCode::SUCCESS)
 }

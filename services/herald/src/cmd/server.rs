@@ -462,15 +462,18 @@ impl Server {
         // The server stopped accepting and finished its requests (appends included); stop the
         // projector between batches, then let the log writer commit what it holds.
         shutdown.cancel();
+        // No early return before the pool's shutdown below: a runtime dropped here would panic.
         let projected = match projector_task {
-            Some(t) => t.await.context("projector task")?,
+            Some(t) => super::projector_stopped(t, super::PROJECTOR_STOP_GRACE)
+                .await
+                .and_then(|r| r.context("projector")),
             None => Ok(()),
         };
         drop(log);
         if let Some(pool) = writes_pool {
             pool.shutdown_background();
         }
-        projected.context("projector")?;
+        projected?;
         drop(lock);
         eprintln!("{}: stopped", mode.name());
         Ok(ExitCode::SUCCESS)
