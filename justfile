@@ -18,7 +18,7 @@ bench:
     cargo build --release -p herald
     cargo run --release -p herald-bench -- suite --size large --report
     cargo run --release -p herald-bench -- log-append --records 1000000 --report
-    cargo run --release -p herald-bench -- kafka-append --records 50000 --report
+    cargo run --release -p herald-bench -- kafka-append --records 500000 --report
 
 # A bigger SIGKILL crash run than the test suite's (KILLS kills).
 crash KILLS="40":

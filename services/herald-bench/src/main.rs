@@ -516,6 +516,23 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// The local port range the kernel picks client ports from (Linux), if it can be read.
+pub(crate) fn ephemeral_ports() -> anyhow::Result<Option<(usize, usize)>> {
+    let Ok(s) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return Ok(None);
+    };
+    parse_port_range(&s).map(Some)
+}
+
+/// `ip_local_port_range`'s text: two numbers, low and high.
+fn parse_port_range(s: &str) -> anyhow::Result<(usize, usize)> {
+    let mut it = s.split_whitespace().map(str::parse::<usize>);
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(low)), Some(Ok(high)), None) if low <= high => Ok((low, high)),
+        _ => anyhow::bail!("unexpected ip_local_port_range {s:?}"),
+    }
+}
+
 /// Kernel memory of TCP sockets, in KiB (from /proc/net/sockstat, pages of 4 KiB).
 pub(crate) fn tcp_kernel_kib() -> anyhow::Result<u64> {
     let s = std::fs::read_to_string("/proc/net/sockstat")?;
@@ -544,4 +561,18 @@ pub(crate) fn replace_section(doc: &Path, name: &str, body: &str) -> anyhow::Res
     let new = format!("{}\n{}{}", &text[..start], body, &text[end..]);
     std::fs::write(doc, new)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn port_ranges_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_port_range("32768\t60999\n").unwrap(), (32768, 60999));
+        assert_eq!(parse_port_range("10240 65535").unwrap(), (10240, 65535));
+        for bad in ["", "32768", "60999 32768", "1 2 3", "a b"] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

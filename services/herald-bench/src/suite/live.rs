@@ -13,12 +13,17 @@ use crate::peers::{Client, Server, To, now_us};
 // ---------------------------------------------------------------------------------------------
 // 1. Idle connections
 
-pub(super) async fn idle(args: &SuiteArgs) -> anyhow::Result<Value> {
-    let sizes: &[usize] = match args.size {
+/// The idle scenario's connection counts at `size`, each measured for every target.
+pub(super) fn idle_sizes(size: Size) -> &'static [usize] {
+    match size {
         Size::Smoke => &[50],
         Size::Small => &[2_000],
         Size::Large => &[5_000, 10_000, 18_000],
-    };
+    }
+}
+
+pub(super) async fn idle(args: &SuiteArgs) -> anyhow::Result<Value> {
+    let sizes = idle_sizes(args.size);
     let bins = args.binaries();
     let mut runs = Vec::new();
     for &n in sizes {

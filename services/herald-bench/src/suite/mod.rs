@@ -125,6 +125,28 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         "--targets herald-before needs --baseline PATH (an older herald binary)"
     );
     let selected = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    if selected("idle") {
+        // A target's closed connections wait in TIME_WAIT (60 s) while the next target opens
+        // as many: with Linux's default range (32768–60999) the second JetStream target of a
+        // large run failed with EADDRNOTAVAIL after 13 minutes. Say so before measuring.
+        let most = live::idle_sizes(args.size)
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(0);
+        if let Some((low, high)) = crate::ephemeral_ports()? {
+            let ports = (high + 1).saturating_sub(low);
+            ensure!(
+                ports >= 2 * most,
+                "the idle scenario opens {most} connections per target while the previous \
+                 target's {most} wait in TIME_WAIT: the ephemeral port range {low}–{high} holds \
+                 {ports} ports, fewer than {}; widen it first \
+                 (sysctl -w net.ipv4.ip_local_port_range=\"10240 65535\") or leave out idle \
+                 (--only fanout,latency,resume,ingest)",
+                2 * most
+            );
+        }
+    }
     std::fs::create_dir_all(&args.out)?;
     let mut results = BTreeMap::new();
     type Scenario<'a> = (
