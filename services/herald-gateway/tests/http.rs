@@ -80,6 +80,15 @@ fn valid() -> Value {
     })
 }
 
+/// A valid request's body with these fields set (added or replaced).
+fn valid_with<const N: usize>(fields: [(&str, Value); N]) -> String {
+    let mut v = valid();
+    for (name, value) in fields {
+        v[name] = value;
+    }
+    v.to_string()
+}
+
 async fn dev_token(env: &Env, user: &str) -> String {
     let req = Request::post("/v1/dev/token")
         .header("content-type", "application/json")
@@ -167,14 +176,7 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
             "malformed_json",
         ),
         (
-            post(
-                {
-                    let mut v = valid();
-                    v["surprise"] = json!(1);
-                    v.to_string()
-                },
-                None,
-            ),
+            post(valid_with([("surprise", json!(1))]), None),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_json_shape",
         ),
@@ -187,98 +189,50 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
         ),
         (
             post(
-                {
-                    let mut v = valid();
-                    v["data"] = json!("x".repeat(MAX_BODY_BYTES));
-                    v.to_string()
-                },
+                valid_with([("data", json!("x".repeat(MAX_BODY_BYTES)))]),
                 None,
             ),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
         (
+            post(valid_with([("data", json!("x".repeat(70_000)))]), None),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(valid_with([("recipients", json!({}))]), None),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
             post(
-                {
-                    let mut v = valid();
-                    v["data"] = json!("x".repeat(70_000));
-                    v.to_string()
-                },
+                valid_with([("recipients", json!({"users": ["bad user"]}))]),
                 None,
             ),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
+            post(valid_with([("priority", json!("asap"))]), None),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            post(valid_with([("deliver_at", json!("tomorrow"))]), None),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
             post(
-                {
-                    let mut v = valid();
-                    v["recipients"] = json!({});
-                    v.to_string()
-                },
+                valid_with([("deliver_at", json!(2000)), ("expires_at", json!(1000))]),
                 None,
             ),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            post(
-                {
-                    let mut v = valid();
-                    v["recipients"] = json!({"users": ["bad user"]});
-                    v.to_string()
-                },
-                None,
-            ),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            post(
-                {
-                    let mut v = valid();
-                    v["priority"] = json!("asap");
-                    v.to_string()
-                },
-                None,
-            ),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            post(
-                {
-                    let mut v = valid();
-                    v["deliver_at"] = json!("tomorrow");
-                    v.to_string()
-                },
-                None,
-            ),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            post(
-                {
-                    let mut v = valid();
-                    v["deliver_at"] = json!(2000);
-                    v["expires_at"] = json!(1000);
-                    v.to_string()
-                },
-                None,
-            ),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            post(
-                {
-                    let mut v = valid();
-                    v["idempotency_key"] = json!("a");
-                    v.to_string()
-                },
-                Some("b"),
-            ),
+            post(valid_with([("idempotency_key", json!("a"))]), Some("b")),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),

@@ -64,6 +64,16 @@ fn assert_unique_increasing(ids: &[String], seqs: &[u64]) {
     );
 }
 
+/// `ids` (with their `seqs`) were each sent once, in order, and are exactly `posted`.
+fn assert_all_once_in_order(ids: &[String], seqs: &[u64], posted: &[String]) {
+    assert_unique_increasing(ids, seqs);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>(),
+        posted.iter().collect::<HashSet<_>>(),
+        "every posted notification and nothing else"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_replays_unacked_exactly_once_then_goes_live() {
     let srv = server(config(), true).await;
@@ -235,13 +245,8 @@ async fn boundary_under_projection_lag_has_no_gap_and_no_duplicate() {
     posted.extend(later);
     let (ids, seqs, replayed) = collect(&mut c, 80, true).await;
     assert!(replayed);
-    assert_unique_increasing(&ids, &seqs);
     assert_eq!(ids.len(), 80);
-    assert_eq!(
-        ids.iter().collect::<HashSet<_>>(),
-        posted.iter().collect::<HashSet<_>>(),
-        "no gap"
-    );
+    assert_all_once_in_order(&ids, &seqs, &posted);
 
     // Pause the projection again and resume a second device mid-stream.
     srv.stop_inbox();
@@ -253,11 +258,7 @@ async fn boundary_under_projection_lag_has_no_gap_and_no_duplicate() {
         .unwrap();
     srv.start_inbox();
     let (ids, seqs, _) = collect(&mut d, 100, true).await;
-    assert_unique_increasing(&ids, &seqs);
-    assert_eq!(
-        ids.iter().collect::<HashSet<_>>(),
-        posted.iter().collect::<HashSet<_>>()
-    );
+    assert_all_once_in_order(&ids, &seqs, &posted);
     srv.shutdown.cancel();
 }
 
@@ -1066,11 +1067,7 @@ async fn a_slow_consumer_is_closed_and_loses_nothing() {
         .await
         .unwrap();
     let (got, seqs, _) = collect(&mut c, 600, true).await;
-    assert_unique_increasing(&got, &seqs);
-    assert_eq!(
-        got.iter().collect::<HashSet<_>>(),
-        ids.iter().collect::<HashSet<_>>()
-    );
+    assert_all_once_in_order(&got, &seqs, &ids);
     srv.shutdown.cancel();
 }
 
