@@ -244,29 +244,4 @@ impl AppState {
     pub fn user_event_record(&self, ev: &UserEvent) -> Result<Record, herald_core::CoreError> {
         user_event_record(ev, self.log.partitions(Topic::UserEvents), now_ms())
     }
-
-    /// Appends user events without waiting (deliveries, ACKs and marks from sessions: the
-    /// device learns nothing from the append's answer, and a lost one costs only a redelivery
-    /// or audit detail), as relaxed appends: the log may hold them a little to share a commit.
-    pub fn append_user_events(&self, events: Vec<UserEvent>) {
-        let records: Vec<Record> = events
-            .iter()
-            .filter_map(|e| match self.user_event_record(e) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode a user event");
-                    None
-                }
-            })
-            .collect();
-        if records.is_empty() {
-            return;
-        }
-        let log = self.log.clone();
-        tokio::spawn(async move {
-            if let Err(e) = log.append_relaxed(Topic::UserEvents, records).await {
-                tracing::warn!(error = %e, "appending user events failed");
-            }
-        });
-    }
 }

@@ -1231,3 +1231,54 @@ async fn everyone_reaches_users_who_have_only_connected() {
     }
     srv.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_marks_reach_the_log_in_the_order_it_sent_them() {
+    let srv = server(config(), true).await;
+    let id = srv.post(&["gina"], "o1").await;
+    let (mut phone, _) = connect(&srv.ws, &bearer("gina"), "phone", None)
+        .await
+        .unwrap();
+    let (mut laptop, _) = connect(&srv.ws, &bearer("gina"), "laptop", None)
+        .await
+        .unwrap();
+    collect(&mut phone, 1, true).await;
+    collect(&mut laptop, 1, true).await;
+    // Read, unread, read, … of one notification, as fast as the phone can send them: each is
+    // a toggle, so only the order they were sent in gives the right end state.
+    const MARKS: usize = 400;
+    for i in 0..MARKS {
+        let frame = if i % 2 == 0 {
+            ClientFrame::Read {
+                ids: vec![id.clone()],
+                up_to: None,
+            }
+        } else {
+            ClientFrame::Unread {
+                ids: vec![id.clone()],
+            }
+        };
+        phone.send(&frame).await.unwrap();
+    }
+    // The laptop hears the marks in the log's order.
+    let mut kinds = Vec::with_capacity(MARKS);
+    while kinds.len() < MARKS {
+        if let ServerFrame::Mark { kind, ids, .. } = tokio::time::timeout(GUARD, laptop.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            assert_eq!(ids, vec![id.clone()]);
+            kinds.push(kind);
+        }
+    }
+    let sent: Vec<&str> = (0..MARKS)
+        .map(|i| if i % 2 == 0 { "read" } else { "unread" })
+        .collect();
+    assert_eq!(kinds, sent, "marks reached the log out of the order sent");
+    // And the inbox ends as the last mark left it.
+    srv.wait_unread("gina", 1).await;
+    let inbox = srv.get_json("/v1/inbox", "gina").await;
+    assert_eq!(inbox["items"][0]["read"], false);
+    srv.shutdown.cancel();
+}

@@ -8,6 +8,7 @@
 //! ([`ws`], [`sse`]) is a [`Transport`]: a source of [`Incoming`] that also moves the [`Out`]
 //! frames queued in the session's [`Outbox`] toward the peer.
 
+pub mod appends;
 pub mod sse;
 pub mod ws;
 
@@ -213,6 +214,8 @@ struct Shell<'a> {
     meter: herald_ports::telemetry::SessionMeter,
     /// Notification frames queued for the client, first sends and resends.
     notifications: AtomicU64,
+    /// The session's deliveries, ACKs and marks on their way to the log, in order.
+    appends: appends::Appends,
 }
 
 impl Shell<'_> {
@@ -243,7 +246,27 @@ impl Shell<'_> {
             }
         }
         if !appends.is_empty() {
-            self.st.append_user_events(appends);
+            let records = appends
+                .iter()
+                .filter_map(|e| match self.st.user_event_record(e) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a user event");
+                        None
+                    }
+                })
+                .collect();
+            if let Err(refused) = self.appends.push(records) {
+                let reason = match refused {
+                    appends::Refused::Failed(e) => format!("the log refused an append: {e}"),
+                    appends::Refused::Full => {
+                        "the log is not taking this session's acknowledgements".into()
+                    }
+                };
+                // Ahead of whatever else ended the session: the device must not take its ACKs
+                // and marks as kept.
+                result = Err(End::close(Close::InternalError, reason));
+            }
         }
         result
     }
@@ -299,6 +322,7 @@ async fn drive<T: Transport>(
         outbox,
         meter: Default::default(),
         notifications: Default::default(),
+        appends: appends::Appends::new(st.log.clone()),
     };
     let start = Start {
         user_id: user.id.clone(),
