@@ -13,7 +13,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// A handle to the connection a request came on, in the request's extensions: cancelling it
+/// drops the connection (its socket, and the response in progress). For a response that
+/// cannot end by itself while its peer does not read: an SSE stream whose close event the peer
+/// does not take (`session::sse`). Absent where the router is called without this server loop.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionAbort(pub CancellationToken);
 
 /// How the server treats connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +75,14 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let abort = ConnectionAbort::default();
+        let aborted = abort.0.clone();
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(abort.clone());
+                req
+            },
+        ));
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -75,6 +91,8 @@ pub async fn serve(
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
+                // Dropped with its socket: nothing of it is waited for.
+                () = aborted.cancelled() => Ok(()),
                 _ = stopped.changed() => {
                     // Finish the request in progress, take no new one.
                     conn.as_mut().graceful_shutdown();

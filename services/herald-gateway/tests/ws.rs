@@ -1282,3 +1282,68 @@ async fn a_devices_marks_reach_the_log_in_the_order_it_sent_them() {
     assert_eq!(inbox["items"][0]["read"], false);
     srv.shutdown.cancel();
 }
+
+/// An SSE peer that stops reading is closed as a slow consumer; its close event cannot reach
+/// it, and the connection is dropped within the close handshake's time, freeing its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_peer_that_stops_reading_does_not_keep_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = config();
+    cfg.delivery.max_in_flight = 4000;
+    cfg.slow_consumer_timeout = Duration::from_millis(800);
+    cfg.max_connections_per_user = 1;
+    let srv = server(cfg, true).await;
+    let big = "x".repeat(48 * 1024);
+    let http = reqwest::Client::new();
+    for i in 0..600 {
+        let resp = http
+            .post(format!("{}/v1/notifications", srv.http))
+            .header("idempotency-key", format!("sse-big{i}"))
+            .json(&json!({"recipients": {"users": ["nell"]}, "event_type": "t", "source": "s", "data": big}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    srv.wait_unread("nell", 600).await;
+    // A peer with a small receive buffer that sends its request and never reads.
+    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(addr).await.unwrap();
+    stuck
+        .write_all(
+            format!(
+                "GET /v1/sse?device_id=phone HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {}\r\n\r\n",
+                token("nell", 600)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Its one slot is taken: a second stream is refused while the first holds it …
+    let second = || {
+        http.get(format!("{}/v1/sse?device_id=laptop", srv.http))
+            .bearer_auth(token("nell", 600))
+            .send()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(second().await.unwrap().status(), 429);
+    // … until the server has given up on it: ~29 MB were due, the queue stays full (4008
+    // after 0.8 s), the close event cannot be written, and the connection is dropped.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let resp = second().await.unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        assert_eq!(resp.status(), 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck stream still holds the user's slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stuck);
+    srv.shutdown.cancel();
+}

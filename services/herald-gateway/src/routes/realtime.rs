@@ -150,9 +150,11 @@ async fn sse(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     AppQuery(p): AppQuery<SseParams>,
+    abort: Option<axum::Extension<crate::serve::ConnectionAbort>>,
 ) -> Result<Response, AppError> {
     let hello = sse_hello(p, st.log.epoch())?;
     let guard = st.connections.acquire(&user.id)?;
-    let stream = crate::session::sse::stream(st, user, hello, guard);
+    let abort = abort.map(|axum::Extension(a)| a);
+    let stream = crate::session::sse::stream(st, user, hello, guard, abort);
     Ok(axum::response::sse::Sse::new(stream).into_response())
 }

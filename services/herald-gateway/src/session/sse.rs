@@ -20,6 +20,8 @@ use super::{End, Incoming, Out, Outbox, Transport};
 use crate::auth::User;
 use crate::config::SEND_QUEUE;
 use crate::limits::ConnectionGuard;
+use crate::serve::ConnectionAbort;
+use crate::session::ws::CLOSE_HANDSHAKE;
 use crate::state::AppState;
 
 #[derive(Serialize)]
@@ -45,15 +47,23 @@ impl Transport for Body {
 }
 
 /// Starts a session and returns its frames as an SSE stream, which holds `guard` (the
-/// connection's slot) until it ends.
+/// connection's slot) until it ends. When the session ends, its close event must be taken by
+/// the peer within [`CLOSE_HANDSHAKE`] (the time a WebSocket peer gets for its close), or
+/// `abort` drops the connection: a peer that stopped reading (the session ended it as a slow
+/// consumer) would otherwise keep the response, its queue and the slot for as long as it kept
+/// the socket open.
 pub fn stream(
     st: AppState,
     user: User,
     hello: Hello,
     guard: ConnectionGuard,
+    abort: Option<ConnectionAbort>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let epoch = st.log.epoch();
     let (outbox, rx, written) = Outbox::new(SEND_QUEUE);
+    // Cancelled when the stream has handed out its last event (or is dropped).
+    let taken = tokio_util::sync::CancellationToken::new();
+    let closed = taken.clone();
     tokio::spawn(async move {
         let _connected = herald_ports::telemetry::SessionGauge::open("sse");
         let tx = outbox.tx.clone();
@@ -63,15 +73,25 @@ pub fn stream(
         let end = super::serve(&st, &user, Box::new(hello), &mut io, &outbox, false).await;
         herald_ports::telemetry::session_closed("sse", end.code());
         if let End::Close(ending) = end {
-            outbox.close(ending.close, ending.reason).await;
+            let deadline = tokio::time::Instant::now() + CLOSE_HANDSHAKE;
+            let delivered = async {
+                outbox.close(ending.close, ending.reason).await;
+                closed.cancelled().await;
+            };
+            if tokio::time::timeout_at(deadline, delivered).await.is_err()
+                && let Some(abort) = abort
+            {
+                abort.0.cancel();
+            }
         }
     });
     futures_util::stream::unfold(
-        (rx, guard, written, false),
-        move |(mut rx, guard, written, done): (
+        (rx, guard, written, taken.drop_guard(), false),
+        move |(mut rx, guard, written, taken, done): (
             crate::queue::Receiver<Out>,
             ConnectionGuard,
             Arc<AtomicU64>,
+            tokio_util::sync::DropGuard,
             bool,
         )| async move {
             if done {
@@ -84,7 +104,7 @@ pub fn stream(
             if counted {
                 written.fetch_add(1, Ordering::Relaxed);
             }
-            Some((Ok(event), (rx, guard, written, last)))
+            Some((Ok(event), (rx, guard, written, taken, last)))
         },
     )
 }
