@@ -7,8 +7,8 @@
 //! runs before any extractor; a handler outside its group fails with 500 rather than run
 //! unauthenticated.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Json, Query, Request};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Json, Path, Query, Request};
 use axum::http::request::Parts;
 use std::fmt;
 use std::marker::PhantomData;
@@ -94,6 +94,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
             .await
             .map_err(|e: QueryRejection| AppError::from(e))?;
         Ok(AppQuery(v))
+    }
+}
+
+/// Path parameters; one that cannot be read (not UTF-8 once percent-decoded, say) is
+/// `400 invalid_request` with the JSON error body, as every other error.
+pub struct AppPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for AppPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(v) = Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| AppError::Invalid(e.body_text()))?;
+        Ok(AppPath(v))
     }
 }
 

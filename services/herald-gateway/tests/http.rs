@@ -1149,3 +1149,24 @@ async fn json_bodies_parse_alike_whatever_the_content_types_spelling() {
         assert!(message.contains("recipients"), "{content_type}: {message}");
     }
 }
+
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_json_400() {
+    let env = env().await;
+    for req in [
+        Request::put("/v1/users/%FF")
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap(),
+        Request::put("/v1/groups/g/members/%C3%28")
+            .body(Body::empty())
+            .unwrap(),
+        Request::get("/v1/audit/%FF").body(Body::empty()).unwrap(),
+    ] {
+        let uri = req.uri().to_string();
+        // `call` fails unless the body is JSON.
+        let (status, body) = call(&env, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(code(&body), "invalid_request", "{uri}: {body}");
+    }
+}

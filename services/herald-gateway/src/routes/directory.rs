@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::put;
 use herald_core::ids::validate_id;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppError;
 use crate::clock::now_ms;
-use crate::extract::AppJson;
+use crate::extract::{AppJson, AppPath};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -100,7 +100,7 @@ pub(crate) fn user_record(user: String, body: UserBody) -> Result<RequestRecord,
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_user(
     State(st): State<AppState>,
-    Path(user): Path<String>,
+    AppPath(user): AppPath<String>,
     AppJson(body): AppJson<UserBody>,
 ) -> Answer {
     append(&st, user_record(user, body)?).await
@@ -111,7 +111,7 @@ async fn put_user(
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_member(
     State(st): State<AppState>,
-    Path((group, user)): Path<(String, String)>,
+    AppPath((group, user)): AppPath<(String, String)>,
 ) -> Answer {
     append(
         &st,
@@ -125,7 +125,7 @@ async fn put_member(
     security(("api_key" = []), ("bearer" = [])))]
 async fn delete_member(
     State(st): State<AppState>,
-    Path((group, user)): Path<(String, String)>,
+    AppPath((group, user)): AppPath<(String, String)>,
 ) -> Answer {
     append(
         &st,
@@ -139,7 +139,7 @@ async fn delete_member(
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_subscriber(
     State(st): State<AppState>,
-    Path((topic, user)): Path<(String, String)>,
+    AppPath((topic, user)): AppPath<(String, String)>,
 ) -> Answer {
     append(
         &st,
@@ -153,7 +153,7 @@ async fn put_subscriber(
     security(("api_key" = []), ("bearer" = [])))]
 async fn delete_subscriber(
     State(st): State<AppState>,
-    Path((topic, user)): Path<(String, String)>,
+    AppPath((topic, user)): AppPath<(String, String)>,
 ) -> Answer {
     append(
         &st,
@@ -182,7 +182,7 @@ pub(crate) fn role_record(role: String, body: RoleBody) -> Result<RequestRecord,
     security(("api_key" = []), ("bearer" = [])))]
 async fn put_role(
     State(st): State<AppState>,
-    Path(role): Path<String>,
+    AppPath(role): AppPath<String>,
     AppJson(body): AppJson<RoleBody>,
 ) -> Answer {
     append(&st, role_record(role, body)?).await

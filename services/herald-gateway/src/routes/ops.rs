@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use herald_core::ids::validate_id;
 use herald_ports::projection::Stage;
@@ -12,7 +12,7 @@ use herald_ports::{AuditBudget, AuditReport};
 use serde::{Deserialize, Serialize};
 
 use crate::AppError;
-use crate::extract::{AppQuery, Operator};
+use crate::extract::{AppPath, AppQuery, Operator};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -40,7 +40,7 @@ pub(crate) struct AuditParams {
 async fn get_audit(
     State(st): State<AppState>,
     Operator(operator): Operator,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     AppQuery(p): AppQuery<AuditParams>,
 ) -> Result<Json<AuditReport>, AppError> {
     validate_id("id", &id)?;
