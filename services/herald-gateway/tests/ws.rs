@@ -400,6 +400,8 @@ async fn bad_frames_close_with_documented_codes() {
             4000,
         ),
         (vec![Message::text("x".repeat(70 * 1024))], 1009),
+        // A control frame over 125 bytes is a protocol error, not a message too big.
+        (vec![Message::Ping(vec![7u8; 126].into())], 4000),
         (vec![], 4001),
     ];
     for (frames, code) in cases {

@@ -74,7 +74,15 @@ fn message(out: Out, epoch: Epoch) -> Option<Message> {
 
 fn stream_error(e: axum::Error) -> End {
     let text = e.to_string();
-    if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
+    // tungstenite's "Control frame too big" is a protocol error (a ping or close over 125
+    // bytes), not a message over the size limit.
+    if text.contains("Control frame") {
+        End::close(
+            Close::ProtocolError,
+            "control frames carry at most 125 bytes",
+        )
+    } else if text.contains("too long") || text.contains("Space limit") || text.contains("too big")
+    {
         End::close(Close::MessageTooBig, "frames are limited to 64 KiB")
     } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
         End::close(Close::InvalidPayload, "text frames must be UTF-8")
