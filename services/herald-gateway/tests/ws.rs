@@ -1349,3 +1349,53 @@ async fn an_sse_peer_that_stops_reading_does_not_keep_its_slot() {
     drop(stuck);
     srv.shutdown.cancel();
 }
+
+/// A silent peer is closed when its interval plus the pong timeout have passed since it last
+/// showed a sign of life, not at the heartbeat tick after that (which is up to an interval
+/// later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_closed_at_interval_plus_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let srv = server(
+        GatewayConfig {
+            heartbeat_interval: Duration::from_secs(3),
+            pong_timeout: Duration::from_millis(100),
+            ..config()
+        },
+        true,
+    )
+    .await;
+    let mut req = srv.ws.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "herald.v1".parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("mo", 600)).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text(r#"{"type":"hello","device_id":"d"}"#))
+        .await
+        .unwrap();
+    // Silent (nothing read, so the ping at 3 s is not answered) until 4.5 s: the server gave
+    // up at 3.1 s. Had it waited for its next tick (6 s), the pong that reading sends now would
+    // keep the session open.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let mut code = None;
+    let read = async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(Some(f)) = m {
+                code = Some(u16::from(f.code));
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+    assert_eq!(
+        code,
+        Some(4011),
+        "closed when its silence passed interval + timeout"
+    );
+    srv.shutdown.cancel();
+}

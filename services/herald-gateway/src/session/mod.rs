@@ -370,7 +370,10 @@ async fn run<T: Transport>(
     let cfg = st.config.clone();
     let shutdown = st.shutdown.clone();
     let kick = reg.kick.clone();
-    let mut last_seen = Instant::now();
+    let mut last_seen = tokio::time::Instant::now();
+    // A peer silent this long after its last sign of life is closed (4011), on time: the
+    // deadline is one of the timer's, not looked at only when a ping is due.
+    let silence = cfg.heartbeat_interval + cfg.pong_timeout;
     let mut bucket = TokenBucket::new(cfg.frame_rate, cfg.frame_burst, Instant::now());
     // ACK frames up to one per notification frame sent take no token. A client may ACK each
     // notification by id as it arrives (clients/js does), and a replay of thousands runs at the
@@ -398,10 +401,10 @@ async fn run<T: Transport>(
                 "token expired; reconnect with a new one",
             );
         }
+        if reap_silent && instant >= last_seen + silence {
+            return End::close(Close::HeartbeatTimeout, "no pong");
+        }
         if instant >= next_heartbeat {
-            if reap_silent && last_seen.elapsed() > cfg.heartbeat_interval + cfg.pong_timeout {
-                return End::close(Close::HeartbeatTimeout, "no pong");
-            }
             if let Err(end) = shell.outbox.push(Out::Ping) {
                 return end;
             }
@@ -426,6 +429,9 @@ async fn run<T: Transport>(
         if let Some(at) = token_expires {
             deadline = deadline.min(at);
         }
+        if reap_silent {
+            deadline = deadline.min(last_seen + silence);
+        }
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
@@ -437,7 +443,7 @@ async fn run<T: Transport>(
             c = kick.kicked() => return End::close(c, c.name()),
             m = next_io(io, reading, flush) => {
                 if !matches!(m, Incoming::Wrote) {
-                    last_seen = Instant::now();
+                    last_seen = tokio::time::Instant::now();
                 }
                 match m {
                     Incoming::End(end) => return end,
