@@ -851,3 +851,54 @@ fn what_a_device_never_acks_is_given_up_and_forgotten() {
     let a = s.handle(io(now, written), Input::Live { offset, event });
     assert_eq!(count(&a), 1, "one given up 50 ago is no longer remembered");
 }
+
+#[test]
+fn a_mark_of_nothing_is_an_error_frame_and_appends_nothing() {
+    let io = Io {
+        now_ms: 0,
+        room: CAPACITY,
+        written: 0,
+    };
+    let (mut s, _) = Session::new(config(), fresh_start(0, 0), io);
+    let _ = s.handle(io, Input::Pending(Vec::new()));
+    let answers = |actions: &[Action]| -> (usize, Vec<String>) {
+        let appends = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Append(_)))
+            .count();
+        let errors = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(Outgoing::Frame(f)) => match f.as_ref() {
+                    ServerFrame::Error { code, .. } => Some(code.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        (appends, errors)
+    };
+    for frame in [
+        ClientFrame::Read {
+            ids: vec![],
+            up_to: None,
+        },
+        ClientFrame::Unread { ids: vec![] },
+        ClientFrame::Archive { ids: vec![] },
+    ] {
+        let a = s.handle(io, Input::Client(frame.clone()));
+        assert_eq!(
+            answers(&a),
+            (0, vec!["invalid_request".to_string()]),
+            "{frame:?}"
+        );
+    }
+    // A mark that names something is appended.
+    let a = s.handle(
+        io,
+        Input::Client(ClientFrame::Unread {
+            ids: vec!["n0".into()],
+        }),
+    );
+    assert_eq!(answers(&a), (1, vec![]));
+}

@@ -57,12 +57,21 @@ impl Session {
             }
             ClientFrame::Read { ids, up_to } => {
                 match ids_ok(&ids).and_then(|()| parse_up_to(&up_to)) {
+                    // As over HTTP: a mark of nothing is refused, not appended.
+                    Ok(None) if ids.is_empty() => {
+                        invalid(out, "name ids (or up_to for read)".into());
+                        return Ok(());
+                    }
                     Ok(up_to) => UserEvent::Read(self.mark(ids, up_to, io.now_ms)),
                     Err(e) => {
                         invalid(out, e);
                         return Ok(());
                     }
                 }
+            }
+            ClientFrame::Unread { ids } | ClientFrame::Archive { ids } if ids.is_empty() => {
+                invalid(out, "name ids".into());
+                return Ok(());
             }
             ClientFrame::Unread { ids } => match ids_ok(&ids) {
                 Ok(()) => UserEvent::Unread(self.mark(ids, None, io.now_ms)),
