@@ -137,6 +137,7 @@ impl GatewayConfig {
             self.http.header_read_timeout,
             ms(100),
         )?;
+        at_least("HTTP body timeout", self.http.body_read_timeout, ms(100))?;
         positive("frame rate", self.frame_rate)?;
         positive("frame burst", self.frame_burst)?;
         positive("producer rate", self.producer_rate)?;

@@ -30,6 +30,8 @@ pub enum AppError {
     UnsupportedMediaType,
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("no such route")]
     NotFound,
     #[error("unauthorized: {0}")]
@@ -68,6 +70,7 @@ impl AppError {
             AppError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) | AppError::OriginForbidden(_) => StatusCode::FORBIDDEN,
@@ -92,6 +95,7 @@ impl AppError {
             AppError::WrongShape(_) => "invalid_json_shape",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::TooLarge(_) => "payload_too_large",
+            AppError::RequestTimeout(_) => "request_timeout",
             AppError::NotFound => "not_found",
             AppError::Unauthorized(_) => "unauthorized",
             AppError::Forbidden(_) => "forbidden",

@@ -5,9 +5,12 @@
 //! HTTP/2's protocol sniffing would wait for a silent connection's first bytes without bound.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -32,6 +35,10 @@ pub struct HttpOptions {
     pub header_read_timeout: Duration,
     /// How long shutdown waits for requests in progress.
     pub graceful_timeout: Duration,
+    /// A request's whole body must arrive within this time of the handler's first read of it
+    /// (`408 request_timeout` otherwise): a client that trickles a body cannot hold a request
+    /// open for long.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -39,6 +46,7 @@ impl Default for HttpOptions {
         HttpOptions {
             header_read_timeout: Duration::from_secs(15),
             graceful_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -78,9 +86,9 @@ pub async fn serve(
         let abort = ConnectionAbort::default();
         let aborted = abort.0.clone();
         let service = TowerToHyperService::new(app.clone().map_request(
-            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            move |mut req: axum::extract::Request<Incoming>| {
                 req.extensions_mut().insert(abort.clone());
-                req
+                req.map(|body| DeadlineBody::new(body, options.body_read_timeout))
             },
         ));
         let conn = builder
@@ -112,5 +120,84 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("requests still in progress at shutdown");
+    }
+}
+
+/// The error a request body gives when it has not all arrived within
+/// [`HttpOptions::body_read_timeout`] (the extractors answer `408 request_timeout`).
+#[derive(Debug)]
+pub struct BodyTimedOut(pub Duration);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive within {} s",
+            self.0.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+/// A request body that must end within a time of its first read. The timer starts at the
+/// first read, so a request whose handler never reads its body (a GET) registers none, and it
+/// is dropped once the body has ended.
+struct DeadlineBody {
+    body: Incoming,
+    limit: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    ended: bool,
+}
+
+impl DeadlineBody {
+    fn new(body: Incoming, limit: Duration) -> Self {
+        DeadlineBody {
+            body,
+            limit,
+            deadline: None,
+            ended: false,
+        }
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let limit = this.limit;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            this.deadline = None;
+            return Poll::Ready(Some(Err(Box::new(BodyTimedOut(limit)))));
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.ended = true;
+                this.deadline = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(Into::into))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

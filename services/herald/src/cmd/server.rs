@@ -133,6 +133,10 @@ pub struct Knobs {
     /// one; also how long an idle keep-alive connection stays open, milliseconds.
     #[arg(long, default_value_t = defaults().http.header_read_timeout.as_millis() as u64)]
     pub http_header_timeout_ms: u64,
+    /// An HTTP request's whole body must arrive within this long of the server's first read of
+    /// it (408 otherwise), milliseconds.
+    #[arg(long, default_value_t = defaults().http.body_read_timeout.as_millis() as u64)]
+    pub http_body_timeout_ms: u64,
     /// How long an inbox read with `after=CURSOR` waits for the projection to catch up before
     /// it answers with `"consistent": false`, milliseconds (0: never wait).
     #[arg(long, default_value_t = defaults().read_after_wait.as_millis() as u64)]
@@ -168,6 +172,7 @@ impl Knobs {
             slow_consumer_timeout: Duration::from_millis(self.slow_consumer_timeout_ms),
             http: herald_gateway::HttpOptions {
                 header_read_timeout: Duration::from_millis(self.http_header_timeout_ms),
+                body_read_timeout: Duration::from_millis(self.http_body_timeout_ms),
                 ..defaults().http
             },
             read_after_wait: Duration::from_millis(self.read_after_wait_ms),
