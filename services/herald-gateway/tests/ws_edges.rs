@@ -461,3 +461,42 @@ async fn a_malformed_frame_quoting_multibyte_text_closes_with_4000() {
     assert_eq!(c.close_code().await, Some(4000));
     srv.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_without_the_subprotocol_does_not_spend_the_ticket() {
+    let srv = server(config(), true).await;
+    let ticket: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/ws-ticket", srv.http))
+        .bearer_auth(token("tix2", 3600))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let t = ticket["ticket"].as_str().unwrap();
+    // The same upgrade as `upgrade` sends, without `Sec-WebSocket-Protocol`.
+    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /v1/ws?ticket={t} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(GUARD, s.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400");
+    match upgrade(&srv, &format!("ticket={t}"), None, None).await {
+        Upgrade::Open(mut c) => c.hello().await,
+        Upgrade::Refused(s) => panic!("the ticket was spent by the refused upgrade: {s}"),
+    }
+    srv.shutdown.cancel();
+}

@@ -140,8 +140,9 @@ struct TicketParam {
     ticket: Option<String>,
 }
 
-/// WebSocket and SSE: the origin is checked first (a refused origin spends no ticket), then the
-/// user comes from `?ticket=` (browsers) or the Bearer token.
+/// WebSocket and SSE: the origin is checked first, and a WebSocket upgrade's subprotocol (a
+/// refused origin or upgrade spends no ticket), then the user comes from `?ticket=` (browsers)
+/// or the Bearer token.
 async fn realtime_user(
     State(st): State<AppState>,
     mut req: Request,
@@ -156,6 +157,13 @@ async fn realtime_user(
         if !st.config.allowed_origins.iter().any(|o| o == origin) {
             return Err(AppError::OriginForbidden(origin.to_owned()));
         }
+    }
+    let upgrade = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if upgrade && !realtime::offers_subprotocol(req.headers()) {
+        return Err(AppError::SubprotocolRequired);
     }
     let Query(p) = Query::<TicketParam>::try_from_uri(req.uri())?;
     let user = match p.ticket {

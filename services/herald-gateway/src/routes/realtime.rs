@@ -84,13 +84,7 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    let offered = headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
-    if !offered {
+    if !offers_subprotocol(&headers) {
         return Err(AppError::SubprotocolRequired);
     }
     let ws = ws.map_err(|e| AppError::Invalid(format!("expected a WebSocket upgrade: {e}")))?;
@@ -109,6 +103,17 @@ async fn ws_upgrade(
             tokio::spawn(crate::session::ws::run(st, user, socket, guard));
             std::future::ready(())
         }))
+}
+
+/// Whether a WebSocket upgrade offers `herald.v1` (also checked by the realtime layer before it
+/// redeems a ticket, so a refused upgrade does not spend one).
+pub(crate) fn offers_subprotocol(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL)
 }
 
 #[derive(Debug, Deserialize)]
