@@ -158,14 +158,16 @@ async fn realtime_user(
             return Err(AppError::OriginForbidden(origin.to_owned()));
         }
     }
+    let Query(p) = Query::<TicketParam>::try_from_uri(req.uri())?;
+    // A ticket is single-use: an upgrade the handler would refuse for its subprotocol is
+    // refused before the ticket is redeemed. (Without a ticket, credentials come first.)
     let upgrade = req
         .headers()
         .get(axum::http::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if upgrade && !realtime::offers_subprotocol(req.headers()) {
+    if upgrade && p.ticket.is_some() && !realtime::offers_subprotocol(req.headers()) {
         return Err(AppError::SubprotocolRequired);
     }
-    let Query(p) = Query::<TicketParam>::try_from_uri(req.uri())?;
     let user = match p.ticket {
         Some(t) => st.auth.redeem_ticket(&t)?,
         None => st.auth.user(req.headers())?,
