@@ -35,9 +35,9 @@ pub struct HttpOptions {
     pub header_read_timeout: Duration,
     /// How long shutdown waits for requests in progress.
     pub graceful_timeout: Duration,
-    /// A request's whole body must arrive within this time of the handler's first read of it
-    /// (`408 request_timeout` otherwise): a client that trickles a body cannot hold a request
-    /// open for long.
+    /// A request's whole body must arrive within this time of the first time it keeps the
+    /// server waiting (`408 request_timeout` otherwise): a client that trickles a body cannot
+    /// hold a request open for long.
     pub body_read_timeout: Duration,
 }
 
@@ -140,9 +140,10 @@ impl std::fmt::Display for BodyTimedOut {
 
 impl std::error::Error for BodyTimedOut {}
 
-/// A request body that must end within a time of its first read. The timer starts at the
-/// first read, so a request whose handler never reads its body (a GET) registers none, and it
-/// is dropped once the body has ended.
+/// A request body that must end within a time of the first time it keeps the server waiting
+/// (its first read, for a body that does not come with its headers). A body that never makes
+/// the server wait (a GET's, or a small one that arrived with the headers) registers no timer,
+/// and the timer is dropped once the body has ended.
 struct DeadlineBody {
     body: Incoming,
     limit: Duration,
@@ -161,6 +162,15 @@ impl DeadlineBody {
     }
 }
 
+impl DeadlineBody {
+    /// Ends the body with [`BodyTimedOut`].
+    fn timed_out(&mut self) -> Box<dyn std::error::Error + Send + Sync> {
+        self.ended = true;
+        self.deadline = None;
+        Box::new(BodyTimedOut(self.limit))
+    }
+}
+
 impl Body for DeadlineBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -173,14 +183,10 @@ impl Body for DeadlineBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        let limit = this.limit;
-        let deadline = this
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if deadline.as_mut().poll(cx).is_ready() {
-            this.ended = true;
-            this.deadline = None;
-            return Poll::Ready(Some(Err(Box::new(BodyTimedOut(limit)))));
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(this.timed_out())));
         }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(None) => {
@@ -189,7 +195,18 @@ impl Body for DeadlineBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(Into::into))),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // The clock starts the first time the body keeps the server waiting: a body
+                // that came with its headers (most) never registers a timer.
+                if this.deadline.is_none() {
+                    let mut deadline = Box::pin(tokio::time::sleep(this.limit));
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(this.timed_out())));
+                    }
+                    this.deadline = Some(deadline);
+                }
+                Poll::Pending
+            }
         }
     }
 

@@ -133,8 +133,8 @@ pub struct Knobs {
     /// one; also how long an idle keep-alive connection stays open, milliseconds.
     #[arg(long, default_value_t = defaults().http.header_read_timeout.as_millis() as u64)]
     pub http_header_timeout_ms: u64,
-    /// An HTTP request's whole body must arrive within this long of the server's first read of
-    /// it (408 otherwise), milliseconds.
+    /// An HTTP request's whole body must arrive within this long of the first time the server
+    /// waits for it (408 otherwise), milliseconds.
     #[arg(long, default_value_t = defaults().http.body_read_timeout.as_millis() as u64)]
     pub http_body_timeout_ms: u64,
     /// How long an inbox read with `after=CURSOR` waits for the projection to catch up before
