@@ -308,16 +308,7 @@ async fn upgrades_are_authenticated_before_upgrading() {
         assert!(body.contains("unauthorized"), "{what}: {body}");
     }
     // Tickets are single use.
-    let ticket: Value = reqwest::Client::new()
-        .post(format!("{}/v1/ws-ticket", srv.http))
-        .bearer_auth(token("alice", 600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ticket = Credentials::Ticket(ticket["ticket"].as_str().unwrap().to_owned());
+    let ticket = Credentials::Ticket(srv.ticket("alice").await);
     let (c, info) = connect(&srv.ws, &ticket, "browser", None).await.unwrap();
     assert_eq!(info.user_id, "alice");
     let (status, _) = refused(open(&srv.ws, &ticket, true).await);
@@ -1033,20 +1024,17 @@ async fn acks_of_what_was_sent_are_not_rate_limited_and_more_are() {
     srv.shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_consumer_is_closed_and_loses_nothing() {
-    let mut cfg = config();
-    cfg.delivery.max_in_flight = 4000;
-    cfg.slow_consumer_timeout = Duration::from_millis(800);
-    let srv = server(cfg, true).await;
+/// Posts 600 notifications of 48 KiB each (about 29 MB, more than a socket's buffers hold) to
+/// `user` and waits until the projection has them all; their ids, in order.
+async fn backlog_of_large(srv: &Server, user: &str) -> Vec<String> {
     let big = "x".repeat(48 * 1024);
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..600 {
         let v: Value = http
             .post(format!("{}/v1/notifications", srv.http))
-            .header("idempotency-key", format!("big{i}"))
-            .json(&json!({"recipients": {"users": ["max"]}, "event_type": "t", "source": "s", "data": big}))
+            .header("idempotency-key", format!("big-{user}-{i}"))
+            .json(&json!({"recipients": {"users": [user]}, "event_type": "t", "source": "s", "data": big}))
             .send()
             .await
             .unwrap()
@@ -1055,8 +1043,18 @@ async fn a_slow_consumer_is_closed_and_loses_nothing() {
             .unwrap();
         ids.push(v["notification_id"].as_str().unwrap().to_owned());
     }
-    // Wait until all 600 are in the projection, then connect and do not read.
-    srv.wait_unread("max", 600).await;
+    srv.wait_unread(user, 600).await;
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_and_loses_nothing() {
+    let mut cfg = config();
+    cfg.delivery.max_in_flight = 4000;
+    cfg.slow_consumer_timeout = Duration::from_millis(800);
+    let srv = server(cfg, true).await;
+    let ids = backlog_of_large(&srv, "max").await;
+    // All 600 are in the projection: connect and do not read.
     let (mut slow, _) = connect(&srv.ws, &bearer("max"), "phone", None)
         .await
         .unwrap();
@@ -1295,19 +1293,8 @@ async fn an_sse_peer_that_stops_reading_does_not_keep_its_slot() {
     cfg.slow_consumer_timeout = Duration::from_millis(800);
     cfg.max_connections_per_user = 1;
     let srv = server(cfg, true).await;
-    let big = "x".repeat(48 * 1024);
+    backlog_of_large(&srv, "nell").await;
     let http = reqwest::Client::new();
-    for i in 0..600 {
-        let resp = http
-            .post(format!("{}/v1/notifications", srv.http))
-            .header("idempotency-key", format!("sse-big{i}"))
-            .json(&json!({"recipients": {"users": ["nell"]}, "event_type": "t", "source": "s", "data": big}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-    }
-    srv.wait_unread("nell", 600).await;
     // A peer with a small receive buffer that sends its request and never reads.
     let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

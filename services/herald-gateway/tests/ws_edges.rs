@@ -267,16 +267,7 @@ async fn an_upgrade_refused_for_its_origin_does_not_spend_the_ticket() {
         true,
     )
     .await;
-    let ticket: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/ws-ticket", srv.http))
-        .bearer_auth(token("tix", 3600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = format!("ticket={}", ticket["ticket"].as_str().unwrap());
+    let auth = format!("ticket={}", srv.ticket("tix").await);
     assert!(matches!(
         upgrade(&srv, &auth, Some("https://evil.example"), None).await,
         Upgrade::Refused(403)
@@ -465,16 +456,7 @@ async fn a_malformed_frame_quoting_multibyte_text_closes_with_4000() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_without_the_subprotocol_does_not_spend_the_ticket() {
     let srv = server(config(), true).await;
-    let ticket: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/ws-ticket", srv.http))
-        .bearer_auth(token("tix2", 3600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let t = ticket["ticket"].as_str().unwrap();
+    let t = srv.ticket("tix2").await;
     // The same upgrade as `upgrade` sends, without `Sec-WebSocket-Protocol`.
     let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
     let mut s = TcpStream::connect(addr).await.unwrap();

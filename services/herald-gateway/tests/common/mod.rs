@@ -168,6 +168,20 @@ impl Server {
         }
     }
 
+    /// A WebSocket ticket minted for `user` (`POST /v1/ws-ticket`).
+    pub async fn ticket(&self, user: &str) -> String {
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{}/v1/ws-ticket", self.http))
+            .bearer_auth(token(user, 3600))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["ticket"].as_str().unwrap().to_owned()
+    }
+
     pub async fn post(&self, users: &[&str], key: &str) -> String {
         let resp: Value = reqwest::Client::new()
             .post(format!("{}/v1/notifications", self.http))
