@@ -16,6 +16,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::closing::{OffThread, room_for_a_consumer};
 use crate::message::{stored, take_if_new};
 use crate::{KafkaConfig, storage};
 
@@ -29,6 +30,7 @@ pub(crate) fn group_consumer(
     name: String,
     group: &str,
 ) -> Result<KafkaConsumer, LogError> {
+    room_for_a_consumer()?;
     let group_id = config.group_name(group);
     let context = GroupContext {
         group: group_id.clone(),
@@ -57,10 +59,11 @@ pub(crate) fn group_consumer(
         .create_with_context(context)
         .map_err(storage)?;
     consumer.subscribe(&[&name]).map_err(storage)?;
+    let what = format!("{name} in {group_id}");
     Ok(KafkaConsumer {
         topic,
         name,
-        consumer: Arc::new(consumer),
+        consumer: OffThread::new(Arc::new(consumer), what),
         events,
         wake,
         stash: VecDeque::new(),
@@ -154,7 +157,8 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<u32> {
 pub(crate) struct KafkaConsumer {
     topic: Topic,
     name: String,
-    consumer: Arc<StreamConsumer<GroupContext>>,
+    /// Closed on a thread of its own (a commit in flight holds a clone; the last one closes).
+    consumer: OffThread<Arc<StreamConsumer<GroupContext>>>,
     /// Rebalances seen during polls (a handful at most between two `next` calls).
     events: Arc<Mutex<VecDeque<ConsumerEvent>>>,
     wake: Arc<tokio::sync::Notify>,
@@ -314,7 +318,7 @@ impl LogConsumer for KafkaConsumer {
         if tpl.count() == 0 {
             return Ok(());
         }
-        let consumer = self.consumer.clone();
+        let consumer = Arc::clone(&self.consumer);
         let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await
             .map_err(storage)?;
@@ -337,5 +341,9 @@ impl LogConsumer for KafkaConsumer {
             }
             Err(e) => Err(storage(format!("Kafka commit: {e}"))),
         }
+    }
+
+    async fn close(self: Box<Self>) {
+        self.consumer.close().await;
     }
 }

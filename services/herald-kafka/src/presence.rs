@@ -9,6 +9,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::closing::OffThread;
 use crate::{KafkaLog, storage};
 
 /// How long the presence topic keeps records when Herald creates it (`retention.ms`).
@@ -17,7 +18,7 @@ pub const PRESENCE_RETENTION_MS: &str = "3600000";
 const FEED_BATCH: usize = 256;
 
 struct KafkaPresenceFeed {
-    consumer: StreamConsumer,
+    consumer: OffThread<StreamConsumer>,
 }
 
 #[async_trait]
@@ -72,7 +73,9 @@ impl PresenceBus for KafkaLog {
         tpl.add_partition_offset(&self.config.presence_topic(), 0, Offset::Offset(high))
             .map_err(storage)?;
         consumer.assign(&tpl).map_err(storage)?;
-        Ok(Box::new(KafkaPresenceFeed { consumer }))
+        Ok(Box::new(KafkaPresenceFeed {
+            consumer: OffThread::new(consumer, "presence feed".into()),
+        }))
     }
 }
 

@@ -9,6 +9,7 @@ use herald_ports::log::{LogError, LogTail, StoredRecord, Topic, check_partition}
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::closing::OffThread;
 use crate::message::{stored, take_if_new};
 use crate::{KafkaConfig, storage};
 
@@ -16,7 +17,7 @@ pub(crate) struct KafkaTail {
     topic: Topic,
     name: String,
     partitions: u32,
-    consumer: StreamConsumer,
+    consumer: OffThread<StreamConsumer>,
     /// Followed partitions and the least offset to hand out next in each: librdkafka drops
     /// what it fetched for a partition before an (un)assignment, and this drops anything else
     /// that is not ours or not new.
@@ -40,11 +41,12 @@ pub(crate) fn tail(
         .set("isolation.level", "read_uncommitted")
         .create()
         .map_err(storage)?;
+    let what = format!("tail of {name}");
     Ok(KafkaTail {
         topic,
         name,
         partitions,
-        consumer,
+        consumer: OffThread::new(consumer, what),
         followed: BTreeMap::new(),
     })
 }

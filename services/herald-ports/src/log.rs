@@ -220,4 +220,8 @@ pub trait LogConsumer: Send {
     fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError>;
     /// Commits the group's next offsets. Call only after their effects are durable.
     async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), LogError>;
+    /// Leaves the group, waiting a bounded time for it (on Kafka the leave moves the
+    /// partitions to the other members at once, rather than after the session timeout).
+    /// Dropping a consumer leaves too, without the wait; neither blocks the caller's thread.
+    async fn close(self: Box<Self>) {}
 }

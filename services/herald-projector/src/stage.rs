@@ -219,16 +219,41 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         }
     }
 
+    /// One member of the stage's group, until shutdown or an error; then it leaves the group
+    /// (bounded: a leave the broker never finishes goes on in the background).
     async fn run_stage_once(
         &self,
         stage: Stage,
         shutdown: &CancellationToken,
         progressed: &mut bool,
     ) -> Result<(), ProjectorError> {
-        let topic = stage.topic();
         let generation = self.store.group_generation(stage).await?;
         let group = group_name(stage, self.store.store_id(), generation);
-        let mut consumer = self.log.consumer(topic, &group).await?;
+        let mut consumer = self.log.consumer(stage.topic(), &group).await?;
+        let result = self
+            .consume(
+                stage,
+                generation,
+                &group,
+                consumer.as_mut(),
+                shutdown,
+                progressed,
+            )
+            .await;
+        consumer.close().await;
+        result
+    }
+
+    async fn consume(
+        &self,
+        stage: Stage,
+        generation: u64,
+        group: &str,
+        consumer: &mut dyn LogConsumer,
+        shutdown: &CancellationToken,
+        progressed: &mut bool,
+    ) -> Result<(), ProjectorError> {
+        let topic = stage.topic();
         let mut last_lag: Option<(Instant, u64)> = None;
         let mut batch_max = MAX_BATCH_RECORDS;
         let mut uncommitted = Uncommitted::default();
@@ -246,7 +271,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
         // Fanout: the record of the last expanded batch, written while the next one expands
         // (`fanout::Unrecorded`), and the ids it holds.
         let mut in_flight: Option<InFlight<'_>> = None;
-        self.status.waiting(stage, &group);
+        self.status.waiting(stage, group);
         let waiting_since = Instant::now();
         tracing::info!(
             stage = stage.name(),
@@ -270,7 +295,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                         tracing::warn!(stage = stage.name(), error = %e, "an expansion not recorded at shutdown (recovery covers it)");
                     }
                     // Best effort: the projection's offsets are the ones that count.
-                    if let Err(e) = uncommitted.commit(consumer.as_mut(), Duration::ZERO).await {
+                    if let Err(e) = uncommitted.commit(&mut *consumer, Duration::ZERO).await {
                         tracing::warn!(stage = stage.name(), error = %e, "consumer offsets not committed at shutdown");
                     }
                     return Ok(());
@@ -283,7 +308,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                 _ = watch.tick() => {
                     self.watch_stalls(stage, generation, stall_timeout, &mut progress).await?;
                     // An idle stage's group catches up too.
-                    uncommitted.commit(consumer.as_mut(), CONSUMER_COMMIT_INTERVAL).await?;
+                    uncommitted.commit(&mut *consumer, CONSUMER_COMMIT_INTERVAL).await?;
                     continue;
                 }
                 e = consumer.next(batch_max) => e?,
@@ -390,7 +415,7 @@ impl<L: EventLog + ?Sized, P: ProjectionStore + ?Sized> Projector<L, P> {
                     }
                     uncommitted.offsets.extend(offsets);
                     uncommitted
-                        .commit(consumer.as_mut(), CONSUMER_COMMIT_INTERVAL)
+                        .commit(&mut *consumer, CONSUMER_COMMIT_INTERVAL)
                         .await?;
                     *progressed = true;
                     let took = started.elapsed();
