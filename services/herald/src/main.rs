@@ -8,6 +8,7 @@ mod cmd;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,25 @@ enum Command {
     Audit(cmd::audit::Args),
 }
 
+/// How long the process waits, once its command has returned, for work still on the runtime's
+/// threads. Dropping a runtime waits for every thread without a bound, and a thread held by a
+/// call that never returns (a Kafka consumer's close once did, `herald_kafka`'s `closing`)
+/// kept a stopped `herald projector` alive until it was killed. Whatever the command
+/// acknowledged is durable by then; past this the process exits anyway.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `command` to completion on `runtime`, then shuts the runtime down waiting at most
+/// `grace` for its threads.
+fn run_then_shut_down<T>(
+    runtime: tokio::runtime::Runtime,
+    grace: Duration,
+    command: impl std::future::Future<Output = T>,
+) -> T {
+    let result = runtime.block_on(command);
+    runtime.shutdown_timeout(grace);
+    result
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -47,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
+    let result = run_then_shut_down(runtime, RUNTIME_SHUTDOWN_GRACE, async move {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Gateway(args) => cmd::gateway::run(args).await,
@@ -68,9 +88,42 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use clap::{CommandFactory, Parser};
 
-    use super::{Cli, Command};
+    use super::{Cli, Command, run_then_shut_down};
+
+    #[test]
+    fn a_thread_that_never_returns_does_not_keep_the_process() {
+        // Shut down on a thread of its own, so that a shutdown that waits forever fails this
+        // test instead of hanging it.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap();
+            let started = Instant::now();
+            let answer = run_then_shut_down(runtime, Duration::from_millis(200), async move {
+                tokio::task::spawn_blocking(move || {
+                    let _ = held.recv();
+                });
+                42
+            });
+            done.send((answer, started.elapsed())).unwrap();
+        });
+        let (answer, took) = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the shutdown waited for the stuck thread");
+        assert_eq!(answer, 42);
+        assert!(
+            took >= Duration::from_millis(200),
+            "it waited the grace: {took:?}"
+        );
+        release.send(()).unwrap();
+    }
 
     fn help(sub: &str) -> String {
         Cli::command()
