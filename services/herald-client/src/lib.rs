@@ -20,6 +20,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Longest wait for the `session` answer to `hello`.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the TCP connection and the WebSocket upgrade's answer (a server that
+/// accepted the connection and never answered held a caller without a bound).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Ids remembered for deduplication (beyond the cursor); the oldest are forgotten first.
 pub const DEDUPE_WINDOW: usize = 100_000;
 
@@ -88,7 +91,20 @@ pub async fn open(
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         request.headers_mut().insert("authorization", value);
     }
-    match tokio_tungstenite::connect_async(request).await {
+    upgrade(request, CONNECT_TIMEOUT).await
+}
+
+/// Connects and upgrades, waiting at most `within`.
+async fn upgrade(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    within: Duration,
+) -> Result<Connection, ClientError> {
+    let upgraded = tokio::time::timeout(within, tokio_tungstenite::connect_async(request))
+        .await
+        .map_err(|_| {
+            ClientError::Protocol(format!("no answer to the upgrade within {within:?}"))
+        })?;
+    match upgraded {
         Ok((ws, _)) => Ok(Connection { ws }),
         Err(WsError::Http(resp)) => Err(ClientError::Refused {
             status: resp.status().as_u16(),
@@ -267,5 +283,27 @@ impl Inbox {
             event_type: event_type.clone(),
             data: data.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_upgrade_is_given_up_on() {
+        // Accepts the connection (the kernel does, from the backlog) and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+        let request = url.into_client_request().unwrap();
+        let err = upgrade(request, Duration::from_millis(300))
+            .await
+            .err()
+            .expect("no connection without an answer");
+        assert!(
+            err.to_string().contains("no answer to the upgrade"),
+            "{err}"
+        );
+        drop(listener);
     }
 }
