@@ -258,7 +258,7 @@ async fn herald_gateway_has_no_dev_conveniences() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = support::http();
     let deadline = std::time::Instant::now() + support::READY_GUARD;
     while client.get(format!("{url}/healthz")).send().await.is_err() {
         assert!(
@@ -333,10 +333,7 @@ async fn herald_gateway_has_no_dev_conveniences() {
         "--json",
     ]);
     assert!(audit.status.success(), "{}", stderr(&audit));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    assert!(support::terminate(&mut child).success());
 }
 
 /// The projection in PostgreSQL (a throwaway server): dev survives a SIGKILL, and a replay from
@@ -440,7 +437,7 @@ async fn a_closed_stdout_ends_the_cli_quietly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let dev = Dev::start(&data).await;
-    let client = reqwest::Client::new();
+    let client = support::http();
     for i in 0..300 {
         let r = client
             .post(format!("{}/v1/notifications", dev.url()))
@@ -458,10 +455,11 @@ async fn a_closed_stdout_ends_the_cli_quietly() {
         data.display(),
         tmp.path().display()
     );
-    let status = std::process::Command::new("bash")
-        .args(["-c", &script])
-        .status()
-        .unwrap();
+    let status = support::output_within(
+        std::process::Command::new("bash").args(["-c", &script]),
+        support::COMMAND_GUARD,
+    )
+    .status;
     let err = std::fs::read_to_string(tmp.path().join("err")).unwrap();
     assert!(!err.contains("panicked"), "{err}");
     assert!(status.success(), "exit {status}: {err}");
@@ -523,7 +521,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = support::http();
     let started = std::time::Instant::now();
     while http.get(format!("{url}/healthz")).send().await.is_err() {
         assert!(
@@ -609,4 +607,34 @@ async fn dev_prints_the_demo_url_and_logs_plainly_without_a_line_per_notificatio
         !log.contains("notification accepted"),
         "a line per notification at info:\n{log}"
     );
+}
+
+/// A server that accepted the connection and never answers: `produce` and `audit --url` give
+/// up after `--timeout-secs` with a message, instead of waiting forever.
+#[test]
+fn a_server_that_never_answers_is_given_up_on() {
+    // The kernel accepts connections into the backlog; nothing ever reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    for args in [
+        vec![
+            "produce",
+            "--url",
+            &url,
+            "--timeout-secs",
+            "1",
+            "--to",
+            "a",
+            "--type",
+            "t",
+        ],
+        vec!["audit", "a", "--url", &url, "--timeout-secs", "1"],
+    ] {
+        let out = herald(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot reach Herald"), "{args:?}: {err}");
+        assert!(err.contains("timed out"), "{args:?}: {err}");
+    }
+    drop(silent);
 }

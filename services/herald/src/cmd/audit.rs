@@ -20,6 +20,9 @@ pub struct Args {
     /// Ask a running Herald over HTTP instead of reading files.
     #[arg(long)]
     url: Option<String>,
+    /// With --url: seconds to wait for the server's whole answer before giving up.
+    #[arg(long, default_value_t = 60, requires = "url")]
+    timeout_secs: u64,
     /// With --url: an operator API key (`herald gateway --admin-key NAME=KEY`).
     #[arg(
         long,
@@ -47,7 +50,7 @@ async fn fetch(args: &Args, url: &str) -> anyhow::Result<AuditReport> {
     if let Some(n) = args.max_records {
         url.push_str(&format!("?max_records={n}"));
     }
-    let mut req = reqwest::Client::new().get(&url);
+    let mut req = super::http_client(args.timeout_secs)?.get(&url);
     if let Some(key) = &args.admin_key {
         req = req.header("x-api-key", key);
     }

@@ -285,6 +285,16 @@ impl SharedProjection {
     }
 }
 
+/// The HTTP client of the commands that talk to a running server (`produce`, `audit --url`):
+/// a server that accepted the connection and never answers gets an error after
+/// `timeout_secs` (their `--timeout-secs`, default 60), not a wait forever.
+pub fn http_client(timeout_secs: u64) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout_secs.max(1)))
+        .build()
+        .context("building the HTTP client")
+}
+
 /// How long a stopping process waits for its projector (`herald projector`, or the one beside a
 /// gateway) to finish its batch and leave its consumer groups. Seen once under load on the test
 /// broker: a stage's Kafka consumer never finished closing after its partitions were revoked,

@@ -12,6 +12,9 @@ pub struct Args {
     /// Base URL of Herald's HTTP API.
     #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
     url: String,
+    /// Seconds to wait for the server's whole answer before giving up.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
     /// Producer API key (one of the gateway's `--producer-key NAME=KEY`), sent as `X-Api-Key`.
     /// `herald dev` without producer keys needs none.
     #[arg(
@@ -93,7 +96,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let url = format!("{}/v1/notifications", args.url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().post(&url).json(&body);
+    let mut request = super::http_client(args.timeout_secs)?
+        .post(&url)
+        .json(&body);
     if let Some(key) = &args.api_key {
         request = request.header("x-api-key", key);
     }
