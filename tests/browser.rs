@@ -50,16 +50,17 @@ fn demo_inbox_in_headless_chromium() {
     for name in expected {
         let _ = std::fs::remove_file(images.join(format!("inbox-{name}.png")));
     }
-    let out = Command::new("node")
-        .arg(browser_dir.join("e2e.mjs"))
-        .env("HERALD_BIN", support::BIN)
-        .env("DATA_DIR", tmp.path().join("data"))
-        .env("PORT", support::free_port().to_string())
-        .env("SCREENSHOT", &screenshot)
-        .env("SHOTS_DIR", &images)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("run node");
+    let out = support::output_within(
+        Command::new("node")
+            .arg(browser_dir.join("e2e.mjs"))
+            .env("HERALD_BIN", support::BIN)
+            .env("DATA_DIR", tmp.path().join("data"))
+            .env("PORT", support::free_port().to_string())
+            .env("SCREENSHOT", &screenshot)
+            .env("SHOTS_DIR", &images)
+            .env("CHROMIUM", &chromium),
+        support::COMMAND_GUARD,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");

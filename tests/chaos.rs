@@ -38,6 +38,11 @@ async fn every_accepted_notification_is_shown_once_per_device_through_kills() {
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
+    let _watchdog = support::Watchdog::new(
+        "chaos",
+        support::WATCHDOG_LIMIT + Duration::from_secs_f64(kills as f64 * (round_secs + 30.0)),
+        tmp.path(),
+    );
     let data = tmp.path().join("data");
     let port = support::free_port();
     let mut dev = Dev::start_on(&data, port).await;

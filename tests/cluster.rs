@@ -113,7 +113,9 @@ impl Lb {
             .expect("spawn nginx");
         let lb = Lb { child, port };
         let started = Instant::now();
-        while reqwest::get(format!("{}/lb-healthz", lb.http()))
+        while support::http()
+            .get(format!("{}/lb-healthz", lb.http()))
+            .send()
             .await
             .is_err()
         {
@@ -142,7 +144,9 @@ impl Drop for Lb {
 /// What a gateway's live hub reports on its metrics port: records read per partition, and
 /// how many partitions it follows.
 async fn hub_reads(metrics_port: u16) -> (BTreeMap<u32, u64>, u64) {
-    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+    let text = support::http()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -282,6 +286,7 @@ async fn affine_gateways_read_only_their_partitions_and_a_killed_one_loses_nothi
     println!("affinity: seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
+    let _watchdog = support::Watchdog::new("cluster affinity", support::WATCHDOG_LIMIT, tmp.path());
     let partitions = 4;
     let cluster = cluster(broker, &db, tmp.path(), partitions);
     let mut projector = cluster.projector("p1");
@@ -365,7 +370,9 @@ async fn affine_gateways_read_only_their_partitions_and_a_killed_one_loses_nothi
 
 /// `GET /v1/presence` of a gateway (`herald dev` leaves operator endpoints open on loopback).
 async fn presence(g: &Gateway) -> serde_json::Value {
-    reqwest::get(format!("{}/v1/presence", g.dev.url()))
+    support::http()
+        .get(format!("{}/v1/presence", g.dev.url()))
+        .send()
         .await
         .unwrap()
         .json()
@@ -417,6 +424,7 @@ async fn presence_is_cluster_wide_with_two_gateways() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
+    let _watchdog = support::Watchdog::new("cluster presence", support::WATCHDOG_LIMIT, tmp.path());
     let cluster = cluster(broker, &db, tmp.path(), 4);
     let presence_gateway = |name: &'static str| {
         let cluster = &cluster;
@@ -500,7 +508,9 @@ async fn log_end(log: &KafkaLog) -> u64 {
 /// Whether a gateway's hub has read everything appended to the partitions it follows (its
 /// `/readyz` says how far behind it is).
 async fn caught_up(metrics_port: u16) -> bool {
-    let report: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz"))
+    let report: serde_json::Value = support::http()
+        .get(format!("http://127.0.0.1:{metrics_port}/readyz"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -551,6 +561,7 @@ struct Row {
 async fn measure(broker: &testing::Broker, nginx: &Path, n: usize, window: Duration) -> Row {
     let db = herald_postgres::testing::TestDb::new().expect("PostgreSQL was here a moment ago");
     let tmp = tempfile::tempdir().unwrap();
+    let _watchdog = support::Watchdog::new("cluster measure", support::WATCHDOG_LIMIT, tmp.path());
     let partitions = 16;
     let cluster = cluster(broker, &db, tmp.path(), partitions);
     let mut projector = cluster.projector("p1");

@@ -111,7 +111,7 @@ async fn producer(
     seed: u64,
     round: usize,
 ) {
-    let client = reqwest::Client::new();
+    let client = support::http();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -178,6 +178,11 @@ async fn sigkill_during_production_loses_and_duplicates_nothing() {
     println!("crash test: {kills} kills, seed {seed} (HERALD_CRASH_SEED to reproduce)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
+    let _watchdog = support::Watchdog::new(
+        "crash",
+        support::WATCHDOG_LIMIT + Duration::from_secs(30) * kills as u32,
+        tmp.path(),
+    );
     let data = tmp.path().join("data");
     let ledger = Arc::new(Mutex::new(Ledger {
         accept_order: vec![Vec::new(); PRODUCERS],
@@ -188,7 +193,7 @@ async fn sigkill_during_production_loses_and_duplicates_nothing() {
         let mut dev = Dev::start(&data).await;
         // Producers first retry what the crash left unanswered, with the same keys.
         let pending: Vec<Req> = std::mem::take(&mut ledger.lock().await.retry);
-        let client = reqwest::Client::new();
+        let client = support::http();
         for r in pending {
             match post(&client, &dev.url(), &r).await {
                 Outcome::Accepted(id) => record_accept(&mut *ledger.lock().await, &r, id),

@@ -390,7 +390,8 @@ async fn every_dashboard_metric_is_in_a_live_scrape() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let _watchdog = support::Watchdog::new("infra scrape", support::WATCHDOG_LIMIT, dir.path());
+    let client = support::http();
 
     // The projector, on Kafka with its own SQLite projection.
     let projector_metrics = support::free_port();

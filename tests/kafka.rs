@@ -26,7 +26,7 @@ use herald_ports::log::{EventLog, Record, Topic};
 use rand::{Rng, SeedableRng};
 use support::cluster::{Cluster, dump_logs};
 use support::exactly_once::*;
-use support::{kill9, terminate};
+use support::{Watchdog, kill9, terminate};
 use tokio::sync::Mutex;
 
 /// Time for a consumer group to notice a change and rebalance: the test session timeout (6 s)
@@ -49,7 +49,7 @@ fn python_producer(
     for u in users {
         cmd.args(["--user", u]);
     }
-    let out = cmd.output().expect("run the Python producer");
+    let out = support::output_within(&mut cmd, support::COMMAND_GUARD);
     assert!(
         out.status.success(),
         "Python producer failed: {}",
@@ -86,6 +86,11 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     println!("kafka chaos: {round:?} rounds, seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
+    let watchdog = Watchdog::new(
+        "kafka chaos",
+        support::WATCHDOG_LIMIT + 4 * round,
+        tmp.path(),
+    );
     let cluster = Cluster {
         partitions: 4,
         request_partitions: 2,
@@ -96,6 +101,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
         dir: tmp.path().to_owned(),
     };
 
+    watchdog.phase("starting two projectors and two gateways");
     let mut p1 = cluster.projector("p1");
     let mut p2 = cluster.projector("p2");
     let (port1, port2) = (support::free_port(), support::free_port());
@@ -129,6 +135,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
         .collect();
 
     // A record no one can decode, straight onto the requests topic.
+    watchdog.phase("appending a corrupt record");
     let log = KafkaLog::open(testing::config(broker, &cluster.prefix))
         .await
         .expect("open the log from the test");
@@ -158,6 +165,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
         let (b, p) = (cluster.broker.clone(), cluster.prefix.clone());
         tokio::task::spawn_blocking(move || python_producer(&b, &p, &users, 40, tag))
     };
+    watchdog.phase("the first Python producer");
     let py_first = python("py-a").await.unwrap();
 
     // Membership changes come one at a time, each after the group settled from the one
@@ -165,6 +173,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     // member joins or leaves while it is still rebalancing (docs/operations.md). Producers and
     // devices keep going throughout.
     // Kill one projector and one gateway mid-stream.
+    watchdog.phase("membership changes");
     kill9(&mut p1);
     g1.kill9();
     tokio::time::sleep(SETTLE).await;
@@ -176,10 +185,13 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     p1 = cluster.projector("p1");
     tokio::time::sleep(SETTLE).await;
     // The second projector leaves (a clean stop: its partitions move to the others).
+    watchdog.phase("the second projector's clean stop");
     terminate(&mut p2);
     tokio::time::sleep(SETTLE).await;
+    watchdog.phase("the second Python producer");
     let py_second = python("py-b").await.unwrap();
     tokio::time::sleep(round).await;
+    watchdog.phase("stopping the HTTP producers");
     stop_producers.store(true, Ordering::Relaxed);
     for p in producers {
         p.await.unwrap();
@@ -193,7 +205,9 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     }
 
     let accepted = produced.lock().await.accepted.clone();
+    watchdog.phase("waiting for the devices to see every accepted notification");
     converge(&shown, &accepted).await;
+    watchdog.phase("stopping the devices");
     stop_devices.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -239,6 +253,7 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     );
 
     // The corrupt record is in the dead letters, with a reason.
+    watchdog.phase("reading the dead letters");
     let dead = log.dead_letters(100).await.unwrap();
     let found = dead
         .iter()
@@ -249,11 +264,13 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
 
     // `herald audit` reads the Kafka log and the shared projection: a Python-produced
     // notification was requested, then added for each of its recipients.
-    let out = Command::new(support::BIN)
-        .args(["audit", &py_first[0], "--json", "--projection-url", &db.url])
-        .args(cluster.kafka_connect_args())
-        .output()
-        .expect("run herald audit");
+    watchdog.phase("herald audit");
+    let out = support::output_within(
+        Command::new(support::BIN)
+            .args(["audit", &py_first[0], "--json", "--projection-url", &db.url])
+            .args(cluster.kafka_connect_args()),
+        support::COMMAND_GUARD,
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
             "herald audit: {}{}",
@@ -273,21 +290,24 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
     assert_eq!(added, users.iter().copied().collect(), "{report}");
 
     // A fresh replay from the topics equals the live projection.
+    watchdog.phase("stopping the projectors");
     for c in [&mut p1, &mut p3] {
         terminate(c);
     }
-    let out = Command::new(support::BIN)
-        .arg("replay")
-        .args(cluster.kafka_connect_args())
-        .args([
-            "--projection-url",
-            &db.url,
-            "--into-url",
-            &rebuilt_db.url,
-            "--quiet",
-        ])
-        .output()
-        .expect("run herald replay");
+    watchdog.phase("herald replay");
+    let out = support::output_within(
+        Command::new(support::BIN)
+            .arg("replay")
+            .args(cluster.kafka_connect_args())
+            .args([
+                "--projection-url",
+                &db.url,
+                "--into-url",
+                &rebuilt_db.url,
+                "--quiet",
+            ]),
+        support::COMMAND_GUARD,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     assert!(
@@ -315,6 +335,7 @@ async fn projectors_of_different_stores_do_not_share_a_group() {
             .unwrap(),
     );
     let tmp = tempfile::tempdir().unwrap();
+    let _watchdog = Watchdog::new("kafka stores", support::WATCHDOG_LIMIT, tmp.path());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut stores = Vec::new();
     for name in ["a", "b"] {
@@ -399,6 +420,7 @@ async fn the_readme_scale_out_recipe_runs_with_produce_api_key() {
         .collect();
     assert_eq!(recipe.len(), 3, "projector, gateway, produce: {recipe:?}");
     let tmp = tempfile::tempdir().unwrap();
+    let _watchdog = Watchdog::new("kafka recipe", support::WATCHDOG_LIMIT, tmp.path());
     let port = support::free_port();
     let (secret, key) = ("recipe-secret", "recipe-key");
     let prefix = format!("r{}.", uuid::Uuid::new_v4().simple());
@@ -435,7 +457,7 @@ async fn the_readme_scale_out_recipe_runs_with_produce_api_key() {
     let mut projector = spawn("projector", recipe[0]);
     let mut gateway = spawn("gateway", recipe[1]);
     let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = support::http();
     let started = std::time::Instant::now();
     while !http
         .get(format!("{url}/healthz"))
@@ -455,29 +477,31 @@ async fn the_readme_scale_out_recipe_runs_with_produce_api_key() {
     let mut keyless: Vec<String> = args(recipe[2]);
     let at = keyless.iter().position(|a| a == "--api-key").unwrap();
     keyless.drain(at..at + 2);
-    let refused = Command::new(support::BIN)
-        .args(&keyless)
-        .env_remove("HERALD_API_KEY")
-        .output()
-        .unwrap();
+    let refused = support::output_within(
+        Command::new(support::BIN)
+            .args(&keyless)
+            .env_remove("HERALD_API_KEY"),
+        support::COMMAND_GUARD,
+    );
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "accepted without a key");
     assert!(err.contains("401") && err.contains("--api-key"), "{err}");
     // The same through HERALD_API_KEY, and the README's line itself.
-    let by_env = Command::new(support::BIN)
-        .args(&keyless)
-        .env("HERALD_API_KEY", key)
-        .output()
-        .unwrap();
+    let by_env = support::output_within(
+        Command::new(support::BIN)
+            .args(&keyless)
+            .env("HERALD_API_KEY", key),
+        support::COMMAND_GUARD,
+    );
     assert!(
         by_env.status.success(),
         "{}",
         String::from_utf8_lossy(&by_env.stderr)
     );
-    let sent = Command::new(support::BIN)
-        .args(args(recipe[2]))
-        .output()
-        .unwrap();
+    let sent = support::output_within(
+        Command::new(support::BIN).args(args(recipe[2])),
+        support::COMMAND_GUARD,
+    );
     assert!(
         sent.status.success(),
         "{}",

@@ -117,7 +117,7 @@ pub async fn device(
 }
 
 pub async fn dev_token(url_http: &str, user: &str) -> Option<String> {
-    let resp = reqwest::Client::new()
+    let resp = super::http()
         .post(format!("{url_http}/v1/dev/token"))
         .json(&json!({"user_id": user}))
         .timeout(Duration::from_secs(5))
@@ -158,7 +158,7 @@ pub async fn producer_to(
     seed: u64,
     tag: usize,
 ) {
-    let client = reqwest::Client::new();
+    let client = super::http();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {

@@ -37,6 +37,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Longest any one HTTP request of a test waits (reqwest has no timeout of its own): a hang
+/// guard.
+pub const HTTP_GUARD: Duration = Duration::from_secs(30);
+
+/// An HTTP client whose requests give up after [`HTTP_GUARD`].
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HTTP_GUARD)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// Runs the binary to completion.
 pub fn herald(args: &[&str]) -> Output {
     herald_with_log("warn", args)
@@ -44,11 +56,10 @@ pub fn herald(args: &[&str]) -> Output {
 
 /// Runs the binary to completion with `RUST_LOG` at `level`.
 pub fn herald_with_log(level: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", level)
-        .output()
-        .expect("run herald")
+    output_within(
+        Command::new(BIN).args(args).env("RUST_LOG", level),
+        COMMAND_GUARD,
+    )
 }
 
 /// SIGKILL: no chance to flush or clean up.
@@ -57,14 +68,174 @@ pub fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// SIGTERM, then wait for the exit status.
+/// Longest wait for a process to exit after SIGTERM: a hang guard, not a timing assertion (a
+/// stopping projector waits up to 20 s for its stages, then up to 5 s for its runtime).
+pub const STOP_GUARD: Duration = Duration::from_secs(90);
+/// Longest a one-shot command (`replay`, `audit`, `produce`, the Python producer) may run: a
+/// hang guard.
+pub const COMMAND_GUARD: Duration = Duration::from_secs(300);
+
+/// SIGTERM, then wait for the exit status (at most [`STOP_GUARD`]; past it the process is
+/// killed and the test fails).
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("send SIGTERM");
     assert!(status.success());
-    child.wait().expect("wait for the herald process")
+    wait_within(child, STOP_GUARD, "exit after SIGTERM")
+}
+
+/// The exit status of `child`, waited for at most `guard`; past it the child is killed and the
+/// test fails, saying it did not `what`.
+pub fn wait_within(child: &mut Child, guard: Duration, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the herald process") {
+            return status;
+        }
+        if started.elapsed() > guard {
+            let pid = child.id();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {pid} did not {what} within {guard:?}; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `cmd`'s output, run to completion within `guard` (past it the command is killed and the
+/// test fails).
+pub fn output_within(cmd: &mut Command, guard: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        let (bytes, read) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = pipe.read_to_end(&mut all);
+            let _ = bytes.send(all);
+        });
+        read
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped")));
+    let what = format!("finish {:?}", cmd.get_program());
+    let status = wait_within(&mut child, guard, &what);
+    // A process it started may still hold the pipes: their output ends when that one exits.
+    let rest = |pipe: std::sync::mpsc::Receiver<Vec<u8>>| {
+        pipe.recv_timeout(STOP_GUARD).unwrap_or_else(|_| {
+            panic!("{what}: it exited ({status}), and a process it started still holds its output")
+        })
+    };
+    Output {
+        status,
+        stdout: rest(stdout),
+        stderr: rest(stderr),
+    }
+}
+
+/// How long a multi-process test may run before its [`Watchdog`] ends it (they take one or two
+/// minutes here, under load too; size knobs add to it): a hang guard.
+pub const WATCHDOG_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// Ends the whole test process, saying where the test was, if the test has not dropped it
+/// within its limit: a test that hangs fails with its place and its processes' logs rather
+/// than holding a CI run until the run's own limit.
+pub struct Watchdog {
+    phase: std::sync::Arc<std::sync::Mutex<String>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    /// Watches `test` for `limit`; on expiry prints the tail of every `*.log` in `logs`.
+    pub fn new(test: &str, limit: Duration, logs: &Path) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let phase = std::sync::Arc::new(std::sync::Mutex::new("starting".to_owned()));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, d, test, logs) = (
+            phase.clone(),
+            done.clone(),
+            test.to_owned(),
+            logs.to_owned(),
+        );
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while started.elapsed() < limit {
+                if d.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if d.load(Ordering::Relaxed) {
+                return;
+            }
+            let at = p.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // Straight to the process's stderr: the harness captures a test's prints and would
+            // drop them with the process.
+            let mut report = format!(
+                "\nWATCHDOG: {test} still running after {limit:?}, at: {at}; ending the test \
+                 process\n"
+            );
+            for e in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    report.push_str(&format!("== {} (last 40 lines)\n", path.display()));
+                    for l in tail.into_iter().rev() {
+                        report.push_str(l);
+                        report.push('\n');
+                    }
+                }
+            }
+            // The test's own processes would outlive it and load the tests after it.
+            let killed = kill_children();
+            report.push_str(&format!("killed the test's child processes {killed:?}\n"));
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(report.as_bytes());
+            std::process::exit(101);
+        });
+        Watchdog { phase, done }
+    }
+
+    /// What the test does now (the watchdog's report names it).
+    pub fn phase(&self, what: &str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = what.to_owned();
+    }
+}
+
+/// SIGKILLs every process whose parent is this one; returns their pids.
+fn kill_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut killed = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the command may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The last 30 lines of the log `Dev::start_with` gives the process with `data_dir`.
@@ -118,7 +289,7 @@ impl Dev {
             port,
             data_dir: data_dir.to_owned(),
         };
-        let client = reqwest::Client::new();
+        let client = http();
         let started = Instant::now();
         loop {
             // A process that exited (it could not bind its ports, say) is not ready, whoever
@@ -158,7 +329,9 @@ impl Dev {
     pub async fn caught_up(&self) {
         let started = Instant::now();
         loop {
-            let status: Value = reqwest::get(format!("{}/v1/status", self.url()))
+            let status: Value = http()
+                .get(format!("{}/v1/status", self.url()))
+                .send()
                 .await
                 .unwrap()
                 .json()
@@ -181,7 +354,7 @@ impl Dev {
 
     /// A token for `user` from the dev login.
     pub async fn token(&self, user: &str) -> String {
-        let v: Value = reqwest::Client::new()
+        let v: Value = http()
             .post(format!("{}/v1/dev/token", self.url()))
             .json(&serde_json::json!({"user_id": user}))
             .send()
@@ -195,7 +368,7 @@ impl Dev {
 
     /// Every notification id in `user`'s inbox, oldest first, with its seq.
     pub async fn inbox(&self, user: &str) -> (Vec<(String, u64)>, u64) {
-        let client = reqwest::Client::new();
+        let client = http();
         let token = self.token(user).await;
         let mut out = Vec::new();
         let mut before: Option<u64> = None;

@@ -68,8 +68,12 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     .unwrap();
     let out = tmp.path().join("out");
     let herald = herald_binary();
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_herald-bench"));
+    // A hang guard, not a timing assertion (the smoke suite takes a few minutes here):
+    // coreutils' timeout ends it with SIGTERM after 20 minutes, and SIGKILL 30 s later.
+    let mut bench = Command::new("timeout");
     bench
+        .args(["-k", "30", "1200"])
+        .arg(env!("CARGO_BIN_EXE_herald-bench"))
         .args(["suite", "--size", "smoke", "--report", "--herald"])
         .arg(&herald)
         .arg("--baseline")
@@ -95,6 +99,10 @@ fn every_scenario_runs_at_smoke_size_and_the_report_is_written() {
     }
     let run = bench.output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.code() != Some(124),
+        "the smoke suite did not finish within 20 minutes: {stderr}"
+    );
     assert!(run.status.success(), "{stderr}");
 
     for scenario in ["idle", "fanout", "latency", "resume", "ingest"] {

@@ -124,12 +124,24 @@ pub enum To {
 /// outlives its scenario, even one that failed.
 struct Process(Child);
 
+/// How long a server gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
-        let _ = self.0.wait();
+        let started = std::time::Instant::now();
+        while matches!(self.0.try_wait(), Ok(None)) {
+            if started.elapsed() > STOP_GRACE {
+                eprintln!("a server did not exit within {STOP_GRACE:?} of SIGTERM; killing it");
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
