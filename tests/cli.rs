@@ -242,7 +242,7 @@ async fn herald_gateway_has_no_dev_conveniences() {
     );
     let port = support::free_port();
     let metrics_port = support::free_port();
-    let mut child = std::process::Command::new(support::BIN)
+    let child = std::process::Command::new(support::BIN)
         .args([
             "gateway",
             "--data-dir",
@@ -255,8 +255,10 @@ async fn herald_gateway_has_no_dev_conveniences() {
         .args(["--jwt-secret", "s3cret", "--producer-key", "billing=k-1"])
         .args(["--admin-key", "ops=k-admin"])
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = support::Owned(child);
     let url = format!("http://127.0.0.1:{port}");
     let client = support::http();
     let deadline = std::time::Instant::now() + support::READY_GUARD;
@@ -508,7 +510,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
 
     let tmp = tempfile::tempdir().unwrap();
     let port = support::free_port();
-    let mut child = std::process::Command::new(support::BIN)
+    let child = std::process::Command::new(support::BIN)
         .args(["dev", "--data-dir"])
         .arg(tmp.path().join("data"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -520,6 +522,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = support::Owned(child);
     let url = format!("http://127.0.0.1:{port}");
     let http = support::http();
     let started = std::time::Instant::now();

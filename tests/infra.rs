@@ -416,12 +416,14 @@ async fn every_dashboard_metric_is_in_a_live_scrape() {
     for (k, v) in herald_kafka::testing::test_properties() {
         projector_cmd.args(["-X", &format!("{k}={v}")]);
     }
-    let mut projector = projector_cmd
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&projector_log).unwrap())
-        .spawn()
-        .expect("spawn herald projector");
+    let mut projector = support::Owned(
+        projector_cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&projector_log).unwrap())
+            .spawn()
+            .expect("spawn herald projector"),
+    );
     let projector_url = format!("http://127.0.0.1:{projector_metrics}");
 
     // The gateway (on the same topics, with a projector of its own: another store, other

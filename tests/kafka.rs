@@ -444,15 +444,17 @@ async fn the_readme_scale_out_recipe_runs_with_produce_api_key() {
     }
     let spawn = |name: &str, line: &str| {
         let log = std::fs::File::create(tmp.path().join(format!("{name}.log"))).unwrap();
-        Command::new(support::BIN)
-            .args(args(line))
-            .args(&test_kafka)
-            .current_dir(tmp.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {line}: {e}"))
+        support::Owned(
+            Command::new(support::BIN)
+                .args(args(line))
+                .args(&test_kafka)
+                .current_dir(tmp.path())
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {line}: {e}")),
+        )
     };
     let mut projector = spawn("projector", recipe[0]);
     let mut gateway = spawn("gateway", recipe[1]);

@@ -3,7 +3,7 @@
 //! same log and projection).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use herald_kafka::testing;
 
@@ -51,13 +51,13 @@ impl Cluster {
         a
     }
 
-    pub fn projector(&self, name: &str) -> Child {
+    pub fn projector(&self, name: &str) -> super::Owned {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{name}.log")))
             .unwrap();
-        Command::new(super::BIN)
+        let child = Command::new(super::BIN)
             .arg("projector")
             .args(self.kafka_args())
             // Rejoin soon if the test broker leaves a group without an assignment (it does
@@ -68,7 +68,8 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn herald projector")
+            .expect("spawn herald projector");
+        super::Owned(child)
     }
 
     pub async fn gateway(&self, name: &str, port: u16) -> Dev {

@@ -62,6 +62,31 @@ pub fn herald_with_log(level: &str, args: &[&str]) -> Output {
     )
 }
 
+/// A child process that is killed when dropped: a test that fails (panics) leaves none of its
+/// processes running to load the tests after it.
+pub struct Owned(pub Child);
+
+impl std::ops::Deref for Owned {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// SIGKILL: no chance to flush or clean up.
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
