@@ -296,11 +296,11 @@ pub fn http_client(timeout_secs: u64) -> anyhow::Result<reqwest::Client> {
 }
 
 /// How long a stopping process waits for its projector (`herald projector`, or the one beside a
-/// gateway) to finish its batch and leave its consumer groups. Seen once under load on the test
-/// broker: a stage's Kafka consumer never finished closing after its partitions were revoked,
-/// and the process stayed up until it was killed. Everything a projector applied is committed
-/// with its offsets in the projection (its work is idempotent), so exiting without it loses
-/// nothing: the next owner reads the rest again. Below Kubernetes' default grace of 30 s.
+/// gateway) to finish its batch and leave its consumer groups (each leave waits at most
+/// `herald_kafka::CONSUMER_CLOSE_GRACE`). Everything a projector applied is committed with its
+/// offsets in the projection (its work is idempotent), so exiting without it loses nothing: the
+/// next owner reads the rest again. With the runtime's own 5 s (`RUNTIME_SHUTDOWN_GRACE`),
+/// below Kubernetes' default grace of 30 s.
 pub const PROJECTOR_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The projector task's result once its shutdown was signalled, or an error after `grace`
