@@ -12,7 +12,7 @@ mod common;
 use common::*;
 
 async fn put_preferences(srv: &Server, user: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = http()
         .put(format!("{}/v1/preferences", srv.http))
         .bearer_auth(token(user, 3600))
         .json(body)
@@ -29,7 +29,7 @@ async fn get_preferences(srv: &Server, user: &str) -> Value {
 
 /// Produces one notification and returns its id.
 async fn produce(srv: &Server, recipients: Value, event_type: &str, key: &str) -> String {
-    let resp: Value = reqwest::Client::new()
+    let resp: Value = http()
         .post(format!("{}/v1/notifications", srv.http))
         .json(
             &json!({"recipients": recipients, "event_type": event_type, "source": "prefs-test",
@@ -104,7 +104,7 @@ async fn muted_and_inbox_only_notifications_stay_off_the_socket_and_in_the_inbox
         "preferences are per user"
     );
     // Alice follows the digest topic (so a topic notification reaches her).
-    let subscribed = reqwest::Client::new()
+    let subscribed = http()
         .put(format!("{}/v1/topics/digest/subscribers/alice", srv.http))
         .send()
         .await
@@ -202,7 +202,7 @@ async fn bad_preferences_get_clear_errors() {
     )
     .await;
     assert_eq!(status, 422, "wrong type: {body}");
-    let anonymous = reqwest::Client::new()
+    let anonymous = http()
         .put(format!("{}/v1/preferences", srv.http))
         .json(&json!({}))
         .send()

@@ -151,7 +151,7 @@ async fn a_backlog_larger_than_the_replay_hold_arrives_whole() {
     };
     let srv = server(config, true).await;
     const N: usize = 10_000; // echoes well past MAX_HELD (4 × SESSION_LIVE_QUEUE)
-    let http = reqwest::Client::new();
+    let http = http();
     let posts = (0..N).map(|i| {
         let (http, url) = (http.clone(), format!("{}/v1/notifications", srv.http));
         async move {
@@ -222,7 +222,7 @@ async fn boundary_under_projection_lag_has_no_gap_and_no_duplicate() {
     let producer = {
         let http = srv.http.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = common::http();
             let mut ids = Vec::new();
             for i in 0..40 {
                 let v: Value = client
@@ -460,7 +460,11 @@ async fn unacked_notifications_are_redelivered_within_the_window() {
     // ACK everything sent so far: the third comes.
     let seqs: Vec<u64> = attempts.keys().copied().collect();
     let max = *seqs.iter().max().unwrap();
-    let epoch = match c.next().await.unwrap() {
+    let epoch = match tokio::time::timeout(GUARD, c.next())
+        .await
+        .expect("a frame")
+        .unwrap()
+    {
         ServerFrame::Notification { cursor, .. } => cursor.split('-').next().unwrap().to_owned(),
         _ => unreachable!(),
     };
@@ -494,7 +498,9 @@ async fn marks_reach_the_users_other_devices_and_never_another_user() {
     collect(&mut phone, 1, true).await;
     collect(&mut laptop, 1, true).await;
     // Presence shows both devices of erin.
-    let presence: Value = reqwest::get(format!("{}/v1/presence", srv.http))
+    let presence: Value = http()
+        .get(format!("{}/v1/presence", srv.http))
+        .send()
         .await
         .unwrap()
         .json()
@@ -549,7 +555,7 @@ async fn marks_reach_the_users_other_devices_and_never_another_user() {
         })
         .await
         .unwrap();
-    let resp = reqwest::Client::new()
+    let resp = http()
         .post(format!("{}/v1/inbox/archive", srv.http))
         .bearer_auth(token("erin", 600))
         .json(&json!({"ids": [bob_id]}))
@@ -558,7 +564,7 @@ async fn marks_reach_the_users_other_devices_and_never_another_user() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let frank: Value = reqwest::Client::new()
+    let frank: Value = http()
         .get(format!("{}/v1/inbox", srv.http))
         .bearer_auth(token("frank", 600))
         .send()
@@ -571,7 +577,9 @@ async fn marks_reach_the_users_other_devices_and_never_another_user() {
     assert_eq!(frank["items"][0]["read"], false);
     assert_eq!(frank["items"][0]["archived"], false);
     // And the inbox API needs a token.
-    let anon = reqwest::get(format!("{}/v1/inbox", srv.http))
+    let anon = http()
+        .get(format!("{}/v1/inbox", srv.http))
+        .send()
         .await
         .unwrap();
     assert_eq!(anon.status(), 401);
@@ -662,7 +670,7 @@ async fn sse_fallback_replays_and_acks_over_http() {
     for i in 0..3 {
         ids.push(srv.post(&["hana"], &format!("sse{i}")).await);
     }
-    let http = reqwest::Client::new();
+    let http = http();
     let open_sse = || {
         http.get(format!("{}/v1/sse?device_id=tablet", srv.http))
             .bearer_auth(token("hana", 600))
@@ -728,7 +736,7 @@ async fn sse_fallback_replays_and_acks_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_topics_and_roles_are_managed_through_the_api_as_events() {
     let srv = server(config(), true).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let put = |path: String, body: Option<Value>| {
         let req = http.put(format!("{}{path}", srv.http));
         match body {
@@ -1028,7 +1036,7 @@ async fn acks_of_what_was_sent_are_not_rate_limited_and_more_are() {
 /// `user` and waits until the projection has them all; their ids, in order.
 async fn backlog_of_large(srv: &Server, user: &str) -> Vec<String> {
     let big = "x".repeat(48 * 1024);
-    let http = reqwest::Client::new();
+    let http = http();
     let mut ids = Vec::new();
     for i in 0..600 {
         let v: Value = http
@@ -1207,7 +1215,7 @@ async fn everyone_reaches_users_who_have_only_connected() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let resp: Value = reqwest::Client::new()
+    let resp: Value = http()
         .post(format!("{}/v1/notifications", srv.http))
         .json(&json!({"recipients": {"everyone": true}, "event_type": "t", "source": "ws-test"}))
         .send()
@@ -1294,7 +1302,7 @@ async fn an_sse_peer_that_stops_reading_does_not_keep_its_slot() {
     cfg.max_connections_per_user = 1;
     let srv = server(cfg, true).await;
     backlog_of_large(&srv, "nell").await;
-    let http = reqwest::Client::new();
+    let http = http();
     // A peer with a small receive buffer that sends its request and never reads.
     let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

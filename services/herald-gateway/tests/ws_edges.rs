@@ -297,7 +297,7 @@ async fn a_peer_that_never_reads_loses_its_socket_and_then_its_slot() {
     )
     .await;
     let big = "x".repeat(16 * 1024);
-    let http = reqwest::Client::new();
+    let http = http();
     for i in 0..120 {
         let resp = http
             .post(format!("{}/v1/notifications", srv.http))
@@ -426,7 +426,10 @@ async fn silent_trickling_and_idle_http_connections_are_closed() {
         .await
         .unwrap();
     let mut head = [0u8; 12];
-    idle.read_exact(&mut head).await.unwrap();
+    tokio::time::timeout(GUARD, idle.read_exact(&mut head))
+        .await
+        .expect("an answer to the health check")
+        .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
     for (name, s) in [
         ("silent", &mut silent),

@@ -17,6 +17,15 @@ pub const SECRET: &[u8] = b"test-secret";
 /// Hang guard for waits: not a timing assertion.
 pub const GUARD: Duration = Duration::from_secs(30);
 
+/// An HTTP client whose requests (and response bodies) give up after [`GUARD`]: reqwest has
+/// no timeout of its own, and a request the server never answers would hang the test.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(GUARD)
+        .build()
+        .expect("an HTTP client")
+}
+
 pub struct Server {
     pub http: String,
     pub ws: String,
@@ -130,7 +139,7 @@ pub async fn server(config: GatewayConfig, inbox_running: bool) -> Server {
 impl Server {
     /// `GET path` as `user` (a fresh hour-long token), the JSON answer.
     pub async fn get_json(&self, path: &str, user: &str) -> Value {
-        reqwest::Client::new()
+        http()
             .get(format!("{}{path}", self.http))
             .bearer_auth(token(user, 3600))
             .send()
@@ -170,7 +179,7 @@ impl Server {
 
     /// A WebSocket ticket minted for `user` (`POST /v1/ws-ticket`).
     pub async fn ticket(&self, user: &str) -> String {
-        let resp: Value = reqwest::Client::new()
+        let resp: Value = http()
             .post(format!("{}/v1/ws-ticket", self.http))
             .bearer_auth(token(user, 3600))
             .send()
@@ -183,7 +192,7 @@ impl Server {
     }
 
     pub async fn post(&self, users: &[&str], key: &str) -> String {
-        let resp: Value = reqwest::Client::new()
+        let resp: Value = http()
             .post(format!("{}/v1/notifications", self.http))
             .header("idempotency-key", key)
             .json(&json!({"recipients": {"users": users}, "event_type": "t", "source": "ws-test", "data": {"k": key}}))
