@@ -22,7 +22,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -85,7 +85,8 @@ fn lb_conf(gateways: &[u16], listen: u16) -> String {
 
 /// nginx in front of the gateways, stopped on drop.
 struct Lb {
-    child: Child,
+    /// Killed when the balancer is dropped.
+    _child: support::Owned,
     port: u16,
 }
 
@@ -111,7 +112,10 @@ impl Lb {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nginx");
-        let lb = Lb { child, port };
+        let lb = Lb {
+            _child: support::Owned(child),
+            port,
+        };
         let started = Instant::now();
         while support::http()
             .get(format!("{}/lb-healthz", lb.http()))
@@ -131,13 +135,6 @@ impl Lb {
 
     fn ws(&self) -> String {
         format!("ws://127.0.0.1:{}/v1/ws", self.port)
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -272,7 +272,8 @@ fn log_tail(data_dir: &Path) -> String {
 
 /// A running `herald dev`.
 pub struct Dev {
-    pub child: Child,
+    /// Killed when the `Dev` is dropped.
+    pub child: Owned,
     pub port: u16,
     pub data_dir: PathBuf,
 }
@@ -310,7 +311,7 @@ impl Dev {
             .spawn()
             .expect("spawn herald dev");
         let mut dev = Dev {
-            child,
+            child: Owned(child),
             port,
             data_dir: data_dir.to_owned(),
         };
@@ -428,12 +429,5 @@ impl Dev {
         }
         out.reverse();
         (out, unread)
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
