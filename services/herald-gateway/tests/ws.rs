@@ -780,18 +780,9 @@ async fn groups_topics_and_roles_are_managed_through_the_api_as_events() {
     assert_eq!(r.status(), 202);
     post(json!({"groups": ["team"]}), "g2").await.unwrap();
     let inbox = |user: &'static str| {
-        let http = http.clone();
-        let base = srv.http.clone();
+        let srv = &srv;
         async move {
-            let v: Value = http
-                .get(format!("{base}/v1/inbox"))
-                .bearer_auth(token(user, 600))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = srv.get_json("/v1/inbox", user).await;
             let mut keys: Vec<String> = v["items"]
                 .as_array()
                 .unwrap()

@@ -30,7 +30,7 @@ pub const MAX_CLOSING_CONSUMERS: usize = 16;
 static CLOSING: AtomicUsize = AtomicUsize::new(0);
 
 /// Consumers of this process whose close has not finished.
-pub fn closing_consumers() -> usize {
+pub(crate) fn closing_consumers() -> usize {
     CLOSING.load(Ordering::Relaxed)
 }
 

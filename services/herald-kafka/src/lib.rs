@@ -54,7 +54,7 @@ use herald_ports::log::{
 };
 use rdkafka::producer::FutureProducer;
 
-pub use closing::{CONSUMER_CLOSE_GRACE, MAX_CLOSING_CONSUMERS, closing_consumers};
+pub use closing::{CONSUMER_CLOSE_GRACE, MAX_CLOSING_CONSUMERS};
 pub use config::KafkaConfig;
 pub use consumer::GROUP_DEFAULTS;
 pub use dead_letters::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
