@@ -1,22 +1,22 @@
--- Herald's embedded event log on SQLite, version 1. Applied by the adapter each time it opens
--- the file read-write (idempotent). Records are found by (topic, partition, offset); `meta` holds
--- the log's instance id and partition counts, written once when the log is created.
+-- Herald's embedded event log on SQLite. Applied by the adapter each time it opens the file
+-- read-write (idempotent). `meta` holds the log's instance id, partition counts and format,
+-- written once when the log is created. Format 2 keeps a partition's consecutive records of one
+-- group commit in one row of `batches` (services/herald-embedded/src/log/batch.rs). Format 1
+-- (logs created before 2026-12-03) keeps a row per record in `records`
+-- (`001_log_records.sql`). A log keeps its format. A new log gets a view named `records` that
+-- fails when read or written (`log/open.rs`), so that a build from before format 2, which
+-- ignores `meta.format`, refuses the file at start-up instead of appending from offset 0.
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
--- A rowid table: records go to the right edge of its B-tree in commit order, and only the small
--- entries of the (topic, partition, offset) index land at each partition's end. Keyed by that
--- triple itself (WITHOUT ROWID, as logs created before 2026-12-02 keep it), every commit
--- rewrote the last leaf of each partition it touched, whole records, in the middle of the tree.
--- Both layouts answer the same statements. docs/benchmarks.md.
-CREATE TABLE IF NOT EXISTS records (
+-- Format 2: records `end_offset - count .. end_offset` of a partition, encoded in `data`. A read
+-- from offset o starts at the first row whose end_offset is past o.
+CREATE TABLE IF NOT EXISTS batches (
     topic INTEGER NOT NULL,
     partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    headers BLOB NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (topic, partition, offset)
+    end_offset INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (topic, partition, end_offset)
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

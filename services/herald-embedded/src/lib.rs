@@ -1,7 +1,7 @@
 //! Herald's embedded backends on SQLite: everything in one process, durable, no server.
 //!
-//! * [`EmbeddedLog`]: the log port. One table of records keyed by (topic, partition, offset);
-//!   a dedicated writer thread group-commits concurrent appends, so one fsync covers many
+//! * [`EmbeddedLog`]: the log port. Records found by (topic, partition, offset), a
+//!   partition's records of one commit in one row ([`LogFormat`]); a dedicated writer thread group-commits concurrent appends, so one fsync covers many
 //!   callers, and an append resolves only after its commit (WAL, `synchronous=FULL`).
 //! * [`EmbeddedProjection`]: the projection port. The core fold runs inside a SQLite
 //!   transaction that also stores the consumer offsets, so writes and offsets commit together.
@@ -16,8 +16,8 @@ mod projection;
 mod sqlite;
 
 pub use log::{
-    APPEND_QUEUE_DEPTH, EmbeddedLog, LogOptions, MAX_GROUP_COMMIT_RECORDS, RECENT_LOG_BYTES,
-    RECENT_MIN_BYTES_PER_PARTITION, RELAXED_LINGER,
+    APPEND_QUEUE_DEPTH, EmbeddedLog, LogFormat, LogOptions, MAX_BATCH_BYTES, MAX_BATCH_RECORDS,
+    MAX_GROUP_COMMIT_RECORDS, RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION, RELAXED_LINGER,
 };
 pub use projection::EmbeddedProjection;
 pub use sqlite::{Access, READ_POOL_SIZE};

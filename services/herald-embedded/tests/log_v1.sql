@@ -14,3 +14,8 @@ CREATE TABLE records (
     value BLOB NOT NULL,
     PRIMARY KEY (topic, partition, offset)
 ) WITHOUT ROWID;
+
+-- What such a build wrote into `meta` when it created the log: format 1, a row per record.
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('instance', '5f0c5e4e-0000-4000-8000-000000000001'), ('format', '1'),
+    ('partitions.requests', '1'), ('partitions.user-events', '8');

@@ -73,3 +73,77 @@ async fn reads_inside_before_and_across_the_window_match_the_file() {
         );
     }
 }
+
+/// Small records, many to a stored row (`MAX_BATCH_RECORDS`): a read-only handle (the file
+/// alone) reads every offset range exactly, from the start of a row, its middle, its last
+/// record, across rows of one commit and of different commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_anywhere_in_a_stored_batch_match_what_was_appended() {
+    use herald_embedded::MAX_BATCH_RECORDS;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+        .await
+        .unwrap();
+    let small = |i: usize| Record {
+        partition: (i % 3) as u32,
+        key: format!("user-{}", i % 3),
+        value: format!("value {i}").into_bytes(),
+        // Runs of equal headers, and changes inside a row.
+        headers: vec![("schema".into(), vec![(i / 100) as u8])],
+        timestamp_ms: 1_700_000_000_000 + i as i64,
+    };
+    // One call of 3 × 700 records (several rows per partition in one commit), then calls of
+    // 1, 2, … records (rows of one commit each).
+    let mut sent = 0;
+    log.append(Topic::UserEvents, (0..2_100).map(small).collect())
+        .await
+        .unwrap();
+    sent += 2_100;
+    for k in 1..40 {
+        log.append(Topic::UserEvents, (sent..sent + k).map(small).collect())
+            .await
+            .unwrap();
+        sent += k;
+    }
+    let file = EmbeddedLog::open(&path, Access::ReadOnly, LogOptions::default())
+        .await
+        .unwrap();
+    for partition in 0..3u32 {
+        let expected: Vec<Record> = (0..sent)
+            .filter(|i| i % 3 == partition as usize)
+            .map(small)
+            .collect();
+        let end = expected.len() as u64;
+        assert_eq!(
+            file.end_offset(Topic::UserEvents, partition).await.unwrap(),
+            end
+        );
+        let row = MAX_BATCH_RECORDS as u64;
+        for from in [
+            0,
+            1,
+            row - 1,
+            row,
+            row + 1,
+            699,
+            700,
+            701,
+            end - 2,
+            end - 1,
+            end,
+        ] {
+            for max in [1, 7, MAX_BATCH_RECORDS, 5_000] {
+                let got = file
+                    .read(Topic::UserEvents, partition, from, max)
+                    .await
+                    .unwrap();
+                assert_eq!(got.len() as u64, (max as u64).min(end - from));
+                for (k, r) in got.iter().enumerate() {
+                    assert_eq!(r.offset, from + k as u64, "partition {partition}");
+                    assert_eq!(*r.record, expected[r.offset as usize]);
+                }
+            }
+        }
+    }
+}

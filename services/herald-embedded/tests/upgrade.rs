@@ -128,11 +128,11 @@ fn table_sql(path: &std::path::Path, name: &str) -> String {
         .unwrap()
 }
 
-/// A log made by an old build (records keyed WITHOUT ROWID) keeps its layout and its records,
-/// and takes appends after them; a new log's records are a rowid table.
+/// A log made by an old build (format 1, records keyed WITHOUT ROWID) keeps its layout and its
+/// records, and takes appends after them, as rows; a new log keeps its records in batches.
 #[tokio::test]
-async fn an_old_log_keeps_its_layout_and_a_new_one_is_a_rowid_table() {
-    use herald_embedded::{EmbeddedLog, LogOptions};
+async fn an_old_log_keeps_its_layout_and_a_new_one_keeps_batches() {
+    use herald_embedded::{EmbeddedLog, LogFormat, LogOptions};
     use herald_ports::log::{EventLog, Record, Topic};
     let dir = tempfile::tempdir().unwrap();
     let record = |v: &str| Record {
@@ -157,6 +157,7 @@ async fn an_old_log_keeps_its_layout_and_a_new_one_is_a_rowid_table() {
     let log = EmbeddedLog::open(&old, Access::ReadWrite, LogOptions::default())
         .await
         .unwrap();
+    assert_eq!(log.format(), LogFormat::Rows);
     let appended = log
         .append(Topic::UserEvents, vec![record("b")])
         .await
@@ -176,15 +177,119 @@ async fn an_old_log_keeps_its_layout_and_a_new_one_is_a_rowid_table() {
         "{}",
         table_sql(&old, "records")
     );
+    assert_eq!(count(&old, "SELECT count(*) FROM records"), 2);
+    assert_eq!(count(&old, "SELECT count(*) FROM batches"), 0);
     let fresh = dir.path().join("fresh.db");
+    let log = EmbeddedLog::open(&fresh, Access::ReadWrite, LogOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(log.format(), LogFormat::Batches);
+    log.append(Topic::UserEvents, vec![record("a"), record("b")])
+        .await
+        .unwrap();
+    drop(log);
+    assert_eq!(
+        count(&fresh, "SELECT count(*) FROM batches"),
+        1,
+        "one row for both"
+    );
+    // A build from before format 2 ignores `meta.format`; what it runs at start-up (its schema,
+    // then each partition's end) fails on the new log instead of finding it empty.
+    let old_build = rusqlite::Connection::open(&fresh).unwrap();
+    old_build
+        .execute_batch(include_str!(
+            "../../../schemas/sql/sqlite/001_log_records.sql"
+        ))
+        .unwrap();
+    let err = old_build
+        .query_row(
+            "SELECT max(offset) FROM records WHERE topic = ?1 AND partition = ?2",
+            [1, 0],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("log_format_2_needs_herald"),
+        "{err}"
+    );
+    drop(old_build);
+    // Read-only, as `herald audit` and `herald replay` open it, from the file.
+    let reader = EmbeddedLog::open(&fresh, Access::ReadOnly, LogOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reader.format(), LogFormat::Batches);
+    let values: Vec<Vec<u8>> = reader
+        .read(Topic::UserEvents, 0, 1, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record.value.clone())
+        .collect();
+    assert_eq!(values, vec![b"b".to_vec()]);
+    assert_eq!(reader.end_offset(Topic::UserEvents, 0).await.unwrap(), 2);
+}
+
+/// A file where a build from before format 2 made the schema and stopped before its `meta`
+/// (an empty `records` table) becomes a new log of format 2; one with records and no `meta` is
+/// refused.
+#[tokio::test]
+async fn an_unfinished_old_file_becomes_a_new_log_and_a_file_of_orphan_records_is_refused() {
+    use herald_embedded::{EmbeddedLog, LogFormat, LogOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(include_str!(
+        "../../../schemas/sql/sqlite/001_log_records.sql"
+    ))
+    .unwrap();
+    let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(log.format(), LogFormat::Batches);
+    drop(log);
+    let orphans = dir.path().join("orphans.db");
+    let conn = rusqlite::Connection::open(&orphans).unwrap();
+    conn.execute_batch(include_str!(
+        "../../../schemas/sql/sqlite/001_log_records.sql"
+    ))
+    .unwrap();
+    conn.execute(
+        "INSERT INTO records VALUES (1, 0, 0, 'alice', 0, x'00000000', x'00')",
+        [],
+    )
+    .unwrap();
+    let err = EmbeddedLog::open(&orphans, Access::ReadWrite, LogOptions::default())
+        .await
+        .err()
+        .expect("records without meta are refused");
+    assert!(err.to_string().contains("no `meta`"), "{err}");
+}
+
+/// A log of a format this build does not know is refused with a message, not misread.
+#[tokio::test]
+async fn a_log_of_an_unknown_format_is_refused() {
+    use herald_embedded::{EmbeddedLog, LogOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
     drop(
-        EmbeddedLog::open(&fresh, Access::ReadWrite, LogOptions::default())
+        EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
             .await
             .unwrap(),
     );
-    assert!(
-        !table_sql(&fresh, "records").contains("WITHOUT ROWID"),
-        "{}",
-        table_sql(&fresh, "records")
-    );
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE meta SET value = '3' WHERE key = 'format'", [])
+        .unwrap();
+    let err = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+        .await
+        .err()
+        .expect("format 3 is refused");
+    assert!(err.to_string().contains("format 3"), "{err}");
+}
+
+fn count(path: &std::path::Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
 }

@@ -234,6 +234,10 @@ fn caught_up(data: &std::path::Path) -> anyhow::Result<Duration> {
             .with_context(|| format!("opening {name}"))
     };
     let (log, projection) = (open("log.db")?, open("projection.db")?);
+    let log_format: String =
+        log.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })?;
     loop {
         let mut behind = 0u64;
         for (topic, stage) in [(0, "fanout"), (1, "inbox")] {
@@ -243,16 +247,21 @@ fn caught_up(data: &std::path::Path) -> anyhow::Result<Duration> {
                 )?
                 .query_map([stage], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            // max() over the primary key's prefix: a lookup, not a scan.
+            // max() over the primary key's prefix: a lookup, not a scan. A log of format 1
+            // keeps a row per record, format 2 a row per run of records (herald-embedded).
+            let (table, end_sql) = match log_format.as_str() {
+                "1" => ("records", "max(offset) + 1"),
+                _ => ("batches", "max(end_offset)"),
+            };
             let last: Option<i64> = log.query_row(
-                "SELECT max(partition) FROM records WHERE topic = ?1",
+                &format!("SELECT max(partition) FROM {table} WHERE topic = ?1"),
                 [topic],
                 |r| r.get(0),
             )?;
             for p in 0..=last.unwrap_or(-1) {
                 // An aggregate always has its one row: NULL for a partition with no records.
                 let end: Option<i64> = log.query_row(
-                    "SELECT max(offset) + 1 FROM records WHERE topic = ?1 AND partition = ?2",
+                    &format!("SELECT {end_sql} FROM {table} WHERE topic = ?1 AND partition = ?2"),
                     [topic, p],
                     |r| r.get(0),
                 )?;

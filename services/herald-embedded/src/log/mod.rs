@@ -1,10 +1,12 @@
 //! The embedded event log: SQLite, group commit on a dedicated writer thread.
 //!
-//! One folder, one role a file: `open` (create or open the file, partition counts, epoch),
-//! `writer` (the writer thread's group commit), `reader` (reads by position), `consumer` (the
+//! One folder, one role a file: `open` (create or open the file, partition counts, epoch,
+//! format), `writer` (the writer thread's group commit), `batch` (how a format-2 log stores a
+//! run of records in one row), `reader` (reads by position), `consumer` (the
 //! single-member group consumer), `tail` (reads of chosen partitions), `dead_letters` and `headers` (how record headers are stored).
 //! This file holds the shared state and the [`EventLog`] impl, which hands each call to its role.
 
+mod batch;
 mod consumer;
 mod dead_letters;
 mod headers;
@@ -28,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::sqlite::{Access, Pool};
 
+pub use batch::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use recent::{RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION};
 
 /// Append requests that may wait for the writer thread; further callers wait for room.
@@ -59,9 +62,32 @@ pub struct LogOptions {
     pub relaxed_linger: Option<Duration>,
 }
 
+/// How a log stores its records (`meta.format`); a log keeps the format it was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// A row per record in `records` (logs created before 2026-12-03).
+    Rows,
+    /// A partition's consecutive records of one group commit in one row of `batches`
+    /// (`batch.rs`): a few B-tree inserts per commit instead of two per record.
+    Batches,
+}
+
+impl LogFormat {
+    /// The format of a new log.
+    pub const NEW: LogFormat = LogFormat::Batches;
+
+    fn meta(self) -> &'static str {
+        match self {
+            LogFormat::Rows => "1",
+            LogFormat::Batches => "2",
+        }
+    }
+}
+
 struct Shared {
     path: PathBuf,
     access: Access,
+    format: LogFormat,
     epoch: Epoch,
     partitions: [u32; 2],
     /// Next offset per partition, published after each commit (read-write mode only).
@@ -116,6 +142,11 @@ fn storage(e: impl std::fmt::Display) -> LogError {
 impl EmbeddedLog {
     fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
+    }
+
+    /// How this log stores its records.
+    pub fn format(&self) -> LogFormat {
+        self.shared().format
     }
 
     fn check_partition(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
@@ -187,7 +218,8 @@ impl EventLog for EmbeddedLog {
         if self.shared().access == Access::ReadWrite {
             return Ok(self.shared().end(topic, partition));
         }
-        self.with_conn(move |c| reader::max_offset(c, topic, partition))
+        let format = self.format();
+        self.with_conn(move |c| reader::max_offset(c, format, topic, partition))
             .await
     }
 

@@ -1,5 +1,5 @@
-//! Opening the log file: the schema (`schemas/sql/sqlite/001_log.sql`), the partition counts
-//! and instance id kept in `meta` (written once, when the log is created), the cursor epoch
+//! Opening the log file: the schema (`schemas/sql/sqlite/001_log.sql`), the partition counts,
+//! format and instance id kept in `meta` (written once, when the log is created), the cursor epoch
 //! derived from them, and the writer thread of a read-write log.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::recent::Recent;
 use super::{
     APPEND_QUEUE_DEPTH, DEFAULT_PARTITIONS, DEFAULT_REQUEST_PARTITIONS, EmbeddedLog, Inner,
-    LogOptions, MAX_PARTITIONS, RELAXED_LINGER, Shared, reader, storage, writer,
+    LogFormat, LogOptions, MAX_PARTITIONS, RELAXED_LINGER, Shared, reader, storage, writer,
 };
 use crate::sqlite::{self, Access, Pool};
 
@@ -23,6 +23,43 @@ const SCHEMA: &str = include_str!("../../../../schemas/sql/sqlite/001_log.sql");
 fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
+}
+
+/// What a build from before format 2 reads as `records`: a view whose every read and write
+/// fails, naming what to do (such a build ignores `meta.format`, and would otherwise find no
+/// records, start every partition at offset 0 again and write rows nobody reads).
+const RECORDS_GUARD: &str = "CREATE VIEW records (topic, partition, offset, key, ts, headers, value) AS \
+     SELECT 0, 0, log_format_2_needs_herald_from_2026_12_03_or_newer(), '', 0, x'', x''";
+
+/// Makes a new log of [`LogFormat::NEW`] in a file that has the schema and no `meta` yet: its
+/// `meta` and the `records` guard, in one transaction.
+fn create(conn: &Connection, id: &str, partitions: [u32; 2]) -> Result<(), String> {
+    let tables = "SELECT count(*) FROM sqlite_master WHERE name = 'records' AND type = 'table'";
+    let stray: i64 = conn
+        .query_row(tables, [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if stray > 0 {
+        // A build from before format 2 made the schema and stopped before its `meta`.
+        let rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM (SELECT 1 FROM records LIMIT 1)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if rows > 0 {
+            return Err("it holds records but no `meta`: not a log this build made".into());
+        }
+    }
+    conn.execute_batch(&format!(
+        "BEGIN; DROP TABLE IF EXISTS records; {RECORDS_GUARD}; \
+         INSERT INTO meta VALUES ('instance', '{id}'), ('format', '{}'), \
+         ('partitions.requests', '{}'), ('partitions.user-events', '{}'); COMMIT;",
+        LogFormat::NEW.meta(),
+        partitions[0],
+        partitions[1]
+    ))
+    .map_err(|e| e.to_string())
 }
 
 impl EmbeddedLog {
@@ -111,13 +148,21 @@ impl EmbeddedLog {
                         )));
                     }
                 }
-                conn.execute_batch(&format!(
-                    "INSERT INTO meta VALUES ('instance', '{id}'), ('format', '1'), \
-                     ('partitions.requests', '{}'), ('partitions.user-events', '{}');",
-                    partitions[0], partitions[1]
-                ))
-                .map_err(storage)?;
+                create(&conn, &id, partitions).map_err(|e| {
+                    LogError::Storage(format!("cannot create a log at {}: {e}", path.display()))
+                })?;
                 id
+            }
+        };
+        let format = match meta(&conn, "format").map_err(bad)?.as_deref() {
+            Some("1") | None => LogFormat::Rows,
+            Some("2") => LogFormat::Batches,
+            Some(other) => {
+                return Err(LogError::Config(format!(
+                    "the log at {} has format {other}, which this build does not know (a newer \
+                     build made it); run a build at least as new",
+                    path.display()
+                )));
             }
         };
         let epoch = Epoch::derive(&instance, partitions[1]);
@@ -125,7 +170,7 @@ impl EmbeddedLog {
         for topic in Topic::ALL {
             for p in 0..partitions[topic.id() as usize] {
                 ends[topic.id() as usize].push(AtomicU64::new(
-                    reader::max_offset(&conn, topic, p).map_err(bad)?,
+                    reader::max_offset(&conn, format, topic, p).map_err(bad)?,
                 ));
             }
         }
@@ -140,6 +185,7 @@ impl EmbeddedLog {
             pool: Arc::new(Pool::new(path.clone(), access)),
             path,
             access,
+            format,
             epoch,
             partitions,
             ends,
@@ -161,7 +207,7 @@ impl EmbeddedLog {
             (None, None)
         };
         let writer_thread = writer.as_ref().map(|h| h.thread().clone());
-        tracing::info!(path = %shared.path.display(), %epoch, ?partitions, ?access, "embedded log open");
+        tracing::info!(path = %shared.path.display(), %epoch, ?partitions, ?format, ?access, "embedded log open");
         Ok(EmbeddedLog {
             inner: Arc::new(Inner {
                 shared,

@@ -9,6 +9,7 @@
 //! sleeping (1, 2, 5, … up to 100 ms at a time): measured, that put 130 ms stalls into appends
 //! and the p99 of a 1k/s delivery run went from 17 to 74 ms.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,8 +19,9 @@ use herald_ports::telemetry;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::Batch;
 use super::headers::encode_headers;
-use super::{EmbeddedLog, MAX_GROUP_COMMIT_RECORDS, Shared, storage};
+use super::{EmbeddedLog, LogFormat, MAX_GROUP_COMMIT_RECORDS, Shared, storage};
 use crate::sqlite::WalPressure;
 
 /// One record header: a name and its bytes.
@@ -166,7 +168,7 @@ pub(super) fn writer_loop(
             count = linger_for_more(&mut rx, &mut jobs, count, linger);
         }
         let mut tentative = next.clone();
-        match write_group(&mut conn, &mut jobs, &mut tentative) {
+        match write_group(&mut conn, shared.format, &mut jobs, &mut tentative) {
             Ok(positions) => {
                 next = tentative;
                 let mut touched = [false; 2];
@@ -275,16 +277,14 @@ fn linger_for_more(
 /// Writes a group in one transaction; each append's positions (empty for a write).
 fn write_group(
     conn: &mut Connection,
+    format: LogFormat,
     jobs: &mut [Job],
     next: &mut [Vec<u64>; 2],
 ) -> rusqlite::Result<Vec<Vec<Appended>>> {
     let tx = conn.transaction()?;
     let mut out = Vec::with_capacity(jobs.len());
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO records (topic, partition, offset, key, ts, headers, value) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
+        let mut sink = Sink::new(&tx, format)?;
         for job in jobs.iter_mut() {
             let (topic, records) = match job {
                 Job::Append { topic, records, .. } => (*topic, records),
@@ -298,24 +298,9 @@ fn write_group(
             };
             let t = topic.id() as usize;
             let mut positions = Vec::with_capacity(records.len());
-            // Records of a batch mostly carry the same headers (schema and fingerprint):
-            // encoded once per run of equal lists.
-            let mut headers: Option<(&[Header], Vec<u8>)> = None;
             for r in records.iter() {
                 let offset = next[t][r.partition as usize];
-                let encoded = match &mut headers {
-                    Some((last, encoded)) if *last == r.headers.as_slice() => encoded,
-                    slot => &slot.insert((&r.headers, encode_headers(&r.headers))).1,
-                };
-                stmt.execute(params![
-                    t as i64,
-                    r.partition,
-                    offset as i64,
-                    r.key,
-                    r.timestamp_ms,
-                    encoded,
-                    r.value
-                ])?;
+                sink.put(topic, offset, r)?;
                 next[t][r.partition as usize] = offset + 1;
                 positions.push(Appended {
                     partition: r.partition,
@@ -324,7 +309,106 @@ fn write_group(
             }
             out.push(positions);
         }
+        sink.finish()?;
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// Where a group's records go, by the log's format.
+enum Sink<'t> {
+    /// A row per record. Records of a batch mostly carry the same headers (schema and
+    /// fingerprint): encoded once per run of equal lists.
+    Rows {
+        insert: rusqlite::CachedStatement<'t>,
+        headers: Option<(Vec<Header>, Vec<u8>)>,
+    },
+    /// A row per run of a partition's records ([`Batch`]), written when full or at the end.
+    Batches {
+        insert: rusqlite::CachedStatement<'t>,
+        open: HashMap<(u8, u32), Batch>,
+    },
+}
+
+impl<'t> Sink<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>, format: LogFormat) -> rusqlite::Result<Self> {
+        Ok(match format {
+            LogFormat::Rows => Sink::Rows {
+                insert: tx.prepare_cached(
+                    "INSERT INTO records (topic, partition, offset, key, ts, headers, value) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?,
+                headers: None,
+            },
+            LogFormat::Batches => Sink::Batches {
+                insert: tx.prepare_cached(
+                    "INSERT INTO batches (topic, partition, end_offset, count, data) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?,
+                open: HashMap::new(),
+            },
+        })
+    }
+
+    /// Writes (or adds to its partition's row) the record at `offset`.
+    fn put(&mut self, topic: Topic, offset: u64, r: &Record) -> rusqlite::Result<()> {
+        match self {
+            Sink::Rows { insert, headers } => {
+                let encoded = match headers {
+                    Some((last, encoded)) if *last == r.headers => encoded,
+                    slot => {
+                        &slot
+                            .insert((r.headers.clone(), encode_headers(&r.headers)))
+                            .1
+                    }
+                };
+                insert.execute(params![
+                    topic.id(),
+                    r.partition,
+                    offset as i64,
+                    r.key,
+                    r.timestamp_ms,
+                    encoded,
+                    r.value
+                ])?;
+            }
+            Sink::Batches { insert, open } => {
+                let key = (topic.id(), r.partition);
+                let batch = open.entry(key).or_insert_with(|| Batch::new(offset));
+                debug_assert_eq!(batch.end_offset(), offset, "a partition's offsets in order");
+                batch.push(r);
+                if batch.full()
+                    && let Some(batch) = open.remove(&key)
+                {
+                    insert_batch(insert, key, &batch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the rows still open.
+    fn finish(self) -> rusqlite::Result<()> {
+        if let Sink::Batches { mut insert, open } = self {
+            for (key, batch) in open {
+                insert_batch(&mut insert, key, &batch)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn insert_batch(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    (topic, partition): (u8, u32),
+    batch: &Batch,
+) -> rusqlite::Result<()> {
+    insert.execute(params![
+        topic,
+        partition,
+        batch.end_offset() as i64,
+        batch.count as i64,
+        batch.data
+    ])?;
+    Ok(())
 }

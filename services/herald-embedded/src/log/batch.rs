@@ -1,0 +1,311 @@
+//! How a log of format 2 stores records: a partition's consecutive records of one group commit
+//! in one row of `batches`, as Kafka stores a record batch, instead of a row (and an index
+//! entry) per record. A group of 585 records over nine partitions is a handful of B-tree inserts
+//! instead of 1,170; the bytes written are the records' own. docs/benchmarks.md (twenty-sixth
+//! stop) has the measurements.
+//!
+//! A row's `data`: a version byte ([`VERSION`]), then each record in offset order:
+//!
+//! - the key: its length (varint) and UTF-8 bytes;
+//! - the timestamp in ms: a zig-zag varint;
+//! - the headers: `0` when they equal the previous record's in the row, otherwise their encoded
+//!   length plus one (varint) and the encoding of [`super::headers`];
+//! - the value: its length (varint) and bytes.
+//!
+//! A row holds at most [`MAX_BATCH_RECORDS`] records and, past its first record,
+//! [`MAX_BATCH_BYTES`] bytes, so that a read from an offset in the middle of a row decodes a
+//! bounded prefix it does not need.
+
+use std::sync::Arc;
+
+use herald_ports::log::{LogError, Record, StoredRecord, Topic};
+
+use super::headers::{decode_headers, encode_headers};
+
+/// The encoding of a row's `data`, its first byte.
+pub const VERSION: u8 = 1;
+/// Most records in one row of `batches`.
+pub const MAX_BATCH_RECORDS: usize = 256;
+/// A row takes no further record once its data is this long.
+pub const MAX_BATCH_BYTES: usize = 64 << 10;
+
+/// The row being filled for one partition.
+pub(super) struct Batch {
+    pub first_offset: u64,
+    pub count: usize,
+    pub data: Vec<u8>,
+    /// The headers of the last record written, to write `0` for a repeat.
+    last_headers: Option<Vec<(String, Vec<u8>)>>,
+}
+
+impl Batch {
+    pub(super) fn new(first_offset: u64) -> Self {
+        let mut data = Vec::with_capacity(1024);
+        data.push(VERSION);
+        Batch {
+            first_offset,
+            count: 0,
+            data,
+            last_headers: None,
+        }
+    }
+
+    /// Whether the row takes no further record.
+    pub(super) fn full(&self) -> bool {
+        self.count >= MAX_BATCH_RECORDS || self.data.len() >= MAX_BATCH_BYTES
+    }
+
+    /// One past the offset of the row's last record.
+    pub(super) fn end_offset(&self) -> u64 {
+        self.first_offset + self.count as u64
+    }
+
+    /// Adds the record at the row's next offset.
+    pub(super) fn push(&mut self, r: &Record) {
+        put_bytes(&mut self.data, r.key.as_bytes());
+        put_varint(&mut self.data, zigzag(r.timestamp_ms));
+        if self.last_headers.as_deref() == Some(r.headers.as_slice()) {
+            self.data.push(0);
+        } else {
+            let encoded = encode_headers(&r.headers);
+            put_varint(&mut self.data, encoded.len() as u64 + 1);
+            self.data.extend_from_slice(&encoded);
+            self.last_headers = Some(r.headers.clone());
+        }
+        put_bytes(&mut self.data, &r.value);
+        self.count += 1;
+    }
+}
+
+/// The records of one row (offsets `first_offset..end_offset`) from `from` on, at most `max`
+/// of them, appended to `out`. Data that does not hold exactly the row's records is an error.
+pub(super) fn decode(
+    topic: Topic,
+    partition: u32,
+    (first_offset, end_offset): (u64, u64),
+    data: &[u8],
+    from: u64,
+    max: usize,
+    out: &mut Vec<StoredRecord>,
+) -> Result<(), LogError> {
+    let mut b = data;
+    match take(&mut b, 1)? {
+        [VERSION] => {}
+        [v] => {
+            return Err(LogError::Storage(format!(
+                "log batch of version {v}: this build reads version {VERSION}; a newer build wrote it"
+            )));
+        }
+        _ => unreachable!("took one byte"),
+    }
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut offset = first_offset;
+    while offset < end_offset && out.len() < max {
+        let key_len = varint_len(&mut b)?;
+        let key = take(&mut b, key_len)?;
+        let ts = unzigzag(varint(&mut b)?);
+        match varint_len(&mut b)? {
+            0 => {}
+            n => headers = decode_headers(take(&mut b, n - 1)?)?,
+        }
+        let value_len = varint_len(&mut b)?;
+        let value = take(&mut b, value_len)?;
+        if offset >= from {
+            let key = std::str::from_utf8(key)
+                .map_err(|_| corrupt("a record key is not UTF-8"))?
+                .to_owned();
+            out.push(StoredRecord {
+                topic,
+                partition,
+                offset,
+                record: Arc::new(Record {
+                    partition,
+                    key,
+                    value: value.to_vec(),
+                    headers: headers.clone(),
+                    timestamp_ms: ts,
+                }),
+            });
+        }
+        offset += 1;
+    }
+    if offset == end_offset && !b.is_empty() {
+        return Err(corrupt("bytes after the row's last record"));
+    }
+    Ok(())
+}
+
+fn corrupt(what: &str) -> LogError {
+    LogError::Storage(format!("corrupt log batch: {what}"))
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], LogError> {
+    if b.len() < n {
+        return Err(corrupt("a record runs past the row's end"));
+    }
+    let (head, tail) = b.split_at(n);
+    *b = tail;
+    Ok(head)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn varint(b: &mut &[u8]) -> Result<u64, LogError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let [byte] = take(b, 1)? else {
+            unreachable!("took one byte")
+        };
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(corrupt("a varint is longer than 10 bytes"))
+}
+
+/// A varint that is a length: it must fit what is left of the row.
+fn varint_len(b: &mut &[u8]) -> Result<usize, LogError> {
+    let v = varint(b)?;
+    usize::try_from(v)
+        .ok()
+        .filter(|&n| n <= b.len().saturating_add(1))
+        .ok_or_else(|| corrupt("a length runs past the row's end"))
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize, headers: Vec<(String, Vec<u8>)>) -> Record {
+        Record {
+            partition: 3,
+            key: format!("user-{i}é"),
+            value: vec![i as u8; i],
+            headers,
+            timestamp_ms: [0, -1, i64::MIN, i64::MAX, 1_700_000_000_000][i % 5],
+        }
+    }
+
+    fn schema(v: &[u8]) -> Vec<(String, Vec<u8>)> {
+        vec![("schema".into(), v.to_vec()), ("empty".into(), Vec::new())]
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_a_read_from_its_middle_skips_the_rest() {
+        let records: Vec<Record> = (0..40)
+            .map(|i| record(i, if i < 20 { schema(b"a") } else { schema(b"b") }))
+            .chain([record(40, Vec::new()), record(41, schema(b"a"))])
+            .collect();
+        let mut batch = Batch::new(100);
+        for r in &records {
+            batch.push(r);
+        }
+        assert_eq!((batch.count, batch.end_offset()), (42, 142));
+        let mut out = Vec::new();
+        decode(
+            Topic::UserEvents,
+            3,
+            (100, 142),
+            &batch.data,
+            0,
+            usize::MAX,
+            &mut out,
+        )
+        .unwrap();
+        let got: Vec<Record> = out.iter().map(|s| (*s.record).clone()).collect();
+        assert_eq!(got, records);
+        assert_eq!(out[41].offset, 141);
+        let mut out = Vec::new();
+        decode(
+            Topic::UserEvents,
+            3,
+            (100, 142),
+            &batch.data,
+            125,
+            5,
+            &mut out,
+        )
+        .unwrap();
+        let offsets: Vec<u64> = out.iter().map(|s| s.offset).collect();
+        assert_eq!(offsets, vec![125, 126, 127, 128, 129]);
+        assert_eq!(*out[0].record, records[25]);
+    }
+
+    #[test]
+    fn a_batch_fills_at_its_record_or_byte_bound() {
+        let mut batch = Batch::new(0);
+        while !batch.full() {
+            batch.push(&record(1, Vec::new()));
+        }
+        assert_eq!(batch.count, MAX_BATCH_RECORDS);
+        let mut big = Batch::new(0);
+        big.push(&Record {
+            value: vec![0; MAX_BATCH_BYTES],
+            ..record(1, Vec::new())
+        });
+        assert!(big.full() && big.count == 1);
+    }
+
+    #[test]
+    fn damaged_data_is_an_error_not_a_panic() {
+        let mut batch = Batch::new(0);
+        for i in 0..3 {
+            batch.push(&record(i, schema(b"x")));
+        }
+        let whole =
+            |data: &[u8]| decode(Topic::UserEvents, 3, (0, 3), data, 0, 10, &mut Vec::new());
+        whole(&batch.data).unwrap();
+        for cut in 0..batch.data.len() {
+            assert!(whole(&batch.data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = batch.data.clone();
+        longer.push(0);
+        assert!(whole(&longer).is_err(), "a byte after the last record");
+        let mut newer = batch.data.clone();
+        newer[0] = VERSION + 1;
+        let err = whole(&newer).unwrap_err();
+        assert!(err.to_string().contains("newer build"), "{err}");
+        let mut long = vec![VERSION];
+        long.extend_from_slice(&[0xff; 11]);
+        assert!(whole(&long).is_err());
+        // Key 0xff (not UTF-8), timestamp 0, the headers as before (none), an empty value.
+        let bad_key = [VERSION, 1, 0xff, 0, 0, 0];
+        let err = decode(
+            Topic::UserEvents,
+            3,
+            (0, 1),
+            &bad_key,
+            0,
+            10,
+            &mut Vec::new(),
+        );
+        assert!(err.unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn zigzag_round_trips_the_extremes() {
+        for v in [0, 1, -1, i64::MIN, i64::MAX, 1_700_000_000_000] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+}
