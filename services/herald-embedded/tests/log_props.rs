@@ -1,0 +1,178 @@
+//! Property test on real files: whatever the appends (sizes, partitions, headers, relaxed or
+//! not, calls of one record or of thousands), reopenings and reads, the embedded log returns
+//! exactly the records appended, at the offsets it answered, from the live handle and from a
+//! read-only one (`herald audit`, `herald replay`), whose reads come from the stored rows alone.
+
+use herald_embedded::{Access, EmbeddedLog, LogOptions, MAX_BATCH_RECORDS};
+use herald_ports::log::{EventLog, Record, Topic};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Records as (partition seed, value length, headers kind), appended in one call.
+    Append {
+        topic: usize,
+        relaxed: bool,
+        records: Vec<(u32, usize, u8)>,
+    },
+    /// Drop the log and open it again from its file.
+    Reopen,
+    /// Read from a fraction of the partition's end, at most `max` records.
+    Read {
+        topic: usize,
+        partition: u32,
+        from_permille: u16,
+        max: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (
+            0..2usize,
+            any::<bool>(),
+            prop_oneof![
+                4 => prop::collection::vec((0..8u32, 0..300usize, 0..3u8), 1..40),
+                // Several stored rows of one partition in one commit.
+                1 => prop::collection::vec((0..2u32, 0..50usize, 0..3u8), 1..(3 * MAX_BATCH_RECORDS)),
+            ],
+        )
+            .prop_map(|(topic, relaxed, records)| Op::Append { topic, relaxed, records }),
+        1 => Just(Op::Reopen),
+        3 => (0..2usize, 0..8u32, 0..=1000u16, prop_oneof![Just(1usize), 1..600usize])
+            .prop_map(|(topic, partition, from_permille, max)| Op::Read {
+                topic,
+                partition,
+                from_permille,
+                max,
+            }),
+    ]
+}
+
+fn headers(kind: u8, n: usize) -> Vec<(String, Vec<u8>)> {
+    match kind {
+        0 => Vec::new(),
+        1 => vec![("schema".into(), b"herald.v1".to_vec())],
+        _ => vec![
+            ("n".into(), n.to_le_bytes().to_vec()),
+            ("e".into(), Vec::new()),
+        ],
+    }
+}
+
+async fn check_read(
+    log: &EmbeddedLog,
+    model: &[Vec<Vec<Record>>; 2],
+    (topic, partition, from_permille, max): (usize, u32, u16, usize),
+) {
+    let t = Topic::ALL[topic];
+    let partition = partition % log.partitions(t);
+    let stored = &model[topic][partition as usize];
+    let from = (stored.len() as u64 * u64::from(from_permille)) / 1000;
+    let got = log.read(t, partition, from, max).await.unwrap();
+    let want = &stored[from as usize..stored.len().min((from as usize).saturating_add(max))];
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{t:?} p{partition} from {from} max {max}"
+    );
+    for (k, (r, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(r.offset, from + k as u64);
+        assert_eq!(&*r.record, w, "{t:?} p{partition} offset {}", r.offset);
+    }
+    assert_eq!(
+        log.end_offset(t, partition).await.unwrap(),
+        stored.len() as u64
+    );
+}
+
+fn run(ops: Vec<Op>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let open = || EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default());
+        let mut log = open().await.unwrap();
+        let parts = [
+            log.partitions(Topic::ALL[0]) as usize,
+            log.partitions(Topic::ALL[1]) as usize,
+        ];
+        let mut model: [Vec<Vec<Record>>; 2] = parts.map(|n| vec![Vec::new(); n]);
+        let mut n = 0usize;
+        for op in ops {
+            match op {
+                Op::Append {
+                    topic,
+                    relaxed,
+                    records,
+                } => {
+                    let t = Topic::ALL[topic];
+                    let records: Vec<Record> = records
+                        .into_iter()
+                        .map(|(p, len, kind)| {
+                            n += 1;
+                            Record {
+                                partition: p % parts[topic] as u32,
+                                key: format!("user-{}", n % 7),
+                                value: (0..len).map(|i| (i + n) as u8).collect(),
+                                headers: headers(kind, n),
+                                timestamp_ms: n as i64 * 1_000 - 500_000,
+                            }
+                        })
+                        .collect();
+                    let appended = if relaxed {
+                        log.append_relaxed(t, records.clone()).await
+                    } else {
+                        log.append(t, records.clone()).await
+                    }
+                    .unwrap();
+                    for (a, r) in appended.iter().zip(records) {
+                        let stored = &mut model[topic][a.partition as usize];
+                        assert_eq!(a.offset, stored.len() as u64, "offsets are consecutive");
+                        stored.push(r);
+                    }
+                }
+                Op::Reopen => {
+                    drop(log);
+                    log = open().await.unwrap();
+                }
+                Op::Read {
+                    topic,
+                    partition,
+                    from_permille,
+                    max,
+                } => {
+                    check_read(&log, &model, (topic, partition, from_permille, max)).await;
+                    let file = EmbeddedLog::open(&path, Access::ReadOnly, LogOptions::default())
+                        .await
+                        .unwrap();
+                    check_read(&file, &model, (topic, partition, from_permille, max)).await;
+                }
+            }
+        }
+        // Everything, once more, from the file alone.
+        drop(log);
+        let file = EmbeddedLog::open(&path, Access::ReadOnly, LogOptions::default())
+            .await
+            .unwrap();
+        for topic in 0..2 {
+            for partition in 0..parts[topic] as u32 {
+                check_read(&file, &model, (topic, partition, 0, 1_000_000)).await;
+            }
+        }
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn the_log_returns_what_was_appended_through_reopenings(
+        ops in prop::collection::vec(op(), 1..30)
+    ) {
+        run(ops);
+    }
+}
