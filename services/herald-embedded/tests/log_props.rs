@@ -159,8 +159,8 @@ fn run(ops: Vec<Op>) {
         let file = EmbeddedLog::open(&path, Access::ReadOnly, LogOptions::default())
             .await
             .unwrap();
-        for topic in 0..2 {
-            for partition in 0..parts[topic] as u32 {
+        for (topic, count) in parts.into_iter().enumerate() {
+            for partition in 0..count as u32 {
                 check_read(&file, &model, (topic, partition, 0, 1_000_000)).await;
             }
         }
