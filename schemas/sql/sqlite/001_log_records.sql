@@ -1,4 +1,4 @@
--- The records of an embedded log of format 1 (created before 2026-12-03), a row per record:
+-- The records of an embedded log of format 1 (created by a build before f5af648, 2026-12-03), a row per record:
 -- such a file holds this table already. Kept for those logs and for `herald-bench log-append`'s
 -- raw SQLite baseline (a row per record, the yardstick of the durable-ingest target).
 -- A rowid table: records go to the right edge of its B-tree in commit order, and only the small

@@ -16,8 +16,9 @@ mod projection;
 mod sqlite;
 
 pub use log::{
-    APPEND_QUEUE_DEPTH, EmbeddedLog, LogFormat, LogOptions, MAX_BATCH_BYTES, MAX_BATCH_RECORDS,
-    MAX_GROUP_COMMIT_RECORDS, RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION, RELAXED_LINGER,
+    APPEND_QUEUE_DEPTH, EmbeddedLog, LogFormat, LogOptions, MAX_GROUP_COMMIT_RECORDS,
+    MAX_LOG_ROW_BYTES, MAX_LOG_ROW_RECORDS, RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION,
+    RELAXED_LINGER,
 };
 pub use projection::EmbeddedProjection;
 pub use sqlite::{Access, READ_POOL_SIZE};

@@ -67,6 +67,30 @@ impl LogHarness for OldLayoutLogDir {
     }
 }
 
+/// A log created by a build between 2026-12-02 and f5af648 (format 1, `records` a rowid table:
+/// `001_log_records.sql`), opened by this one.
+struct RowidLogDir(tempfile::TempDir);
+
+#[async_trait]
+impl LogHarness for RowidLogDir {
+    type Log = EmbeddedLog;
+    async fn open(&self) -> EmbeddedLog {
+        let path = self.0.path().join("log.db");
+        let sql = format!(
+            "{}\nCREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;\n\
+             INSERT INTO meta VALUES ('instance', '5f0c5e4e-0000-4000-8000-000000000002'), \
+             ('format', '1'), ('partitions.requests', '1'), ('partitions.user-events', '8');",
+            include_str!("../../../schemas/sql/sqlite/001_log_records.sql")
+        );
+        old_file(&path, &sql);
+        let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+            .await
+            .expect("open the format-1 log");
+        assert_eq!(log.format(), herald_embedded::LogFormat::Rows);
+        log
+    }
+}
+
 /// Makes `path` as an old build left it (its schema `sql`), unless the test made it already.
 fn old_file(path: &std::path::Path, sql: &str) {
     if !path.exists() {
@@ -84,6 +108,11 @@ mod log {
 mod old_layout_log {
     use super::*;
     herald_ports::log_contract_tests!(OldLayoutLogDir(tempfile::tempdir().unwrap()));
+}
+
+mod rowid_log {
+    use super::*;
+    herald_ports::log_contract_tests!(RowidLogDir(tempfile::tempdir().unwrap()));
 }
 
 mod projection {

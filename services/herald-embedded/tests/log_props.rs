@@ -3,7 +3,7 @@
 //! exactly the records appended, at the offsets it answered, from the live handle and from a
 //! read-only one (`herald audit`, `herald replay`), whose reads come from the stored rows alone.
 
-use herald_embedded::{Access, EmbeddedLog, LogOptions, MAX_BATCH_RECORDS};
+use herald_embedded::{Access, EmbeddedLog, LogOptions, MAX_LOG_ROW_BYTES, MAX_LOG_ROW_RECORDS};
 use herald_ports::log::{EventLog, Record, Topic};
 use proptest::prelude::*;
 
@@ -34,7 +34,9 @@ fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
                 4 => prop::collection::vec((0..8u32, 0..300usize, 0..3u8), 1..40),
                 // Several stored rows of one partition in one commit.
-                1 => prop::collection::vec((0..2u32, 0..50usize, 0..3u8), 1..(3 * MAX_BATCH_RECORDS)),
+                1 => prop::collection::vec((0..2u32, 0..50usize, 0..3u8), 1..(3 * MAX_LOG_ROW_RECORDS)),
+                // Rows closed by their byte bound (`MAX_LOG_ROW_BYTES`), records larger than it.
+                1 => prop::collection::vec((0..2u32, 0..(MAX_LOG_ROW_BYTES + 10_000), 0..3u8), 1..8),
             ],
         )
             .prop_map(|(topic, relaxed, records)| Op::Append { topic, relaxed, records }),
@@ -159,6 +161,17 @@ fn run(ops: Vec<Op>) {
         let file = EmbeddedLog::open(&path, Access::ReadOnly, LogOptions::default())
             .await
             .unwrap();
+        // Every stored row keeps its bounds; only a row of one record may be larger.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let over: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM batches WHERE count > ?1 OR (count > 1 AND length(data) > ?2)",
+                [MAX_LOG_ROW_RECORDS as i64, MAX_LOG_ROW_BYTES as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(over, 0, "rows past MAX_LOG_ROW_RECORDS or MAX_LOG_ROW_BYTES");
+        drop(conn);
         for (topic, count) in parts.into_iter().enumerate() {
             for partition in 0..count as u32 {
                 check_read(&file, &model, (topic, partition, 0, 1_000_000)).await;

@@ -74,12 +74,12 @@ async fn reads_inside_before_and_across_the_window_match_the_file() {
     }
 }
 
-/// Small records, many to a stored row (`MAX_BATCH_RECORDS`): a read-only handle (the file
+/// Small records, many to a stored row (`MAX_LOG_ROW_RECORDS`): a read-only handle (the file
 /// alone) reads every offset range exactly, from the start of a row, its middle, its last
 /// record, across rows of one commit and of different commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_from_anywhere_in_a_stored_batch_match_what_was_appended() {
-    use herald_embedded::MAX_BATCH_RECORDS;
+    use herald_embedded::MAX_LOG_ROW_RECORDS;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
     let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
@@ -119,7 +119,7 @@ async fn reads_from_anywhere_in_a_stored_batch_match_what_was_appended() {
             file.end_offset(Topic::UserEvents, partition).await.unwrap(),
             end
         );
-        let row = MAX_BATCH_RECORDS as u64;
+        let row = MAX_LOG_ROW_RECORDS as u64;
         for from in [
             0,
             1,
@@ -133,7 +133,7 @@ async fn reads_from_anywhere_in_a_stored_batch_match_what_was_appended() {
             end - 1,
             end,
         ] {
-            for max in [1, 7, MAX_BATCH_RECORDS, 5_000] {
+            for max in [1, 7, MAX_LOG_ROW_RECORDS, 5_000] {
                 let got = file
                     .read(Topic::UserEvents, partition, from, max)
                     .await

@@ -209,7 +209,8 @@ async fn an_old_log_keeps_its_layout_and_a_new_one_keeps_batches() {
         )
         .unwrap_err();
     assert!(
-        err.to_string().contains("log_format_2_needs_herald"),
+        err.to_string()
+            .contains("log_format_2_needs_a_newer_herald"),
         "{err}"
     );
     drop(old_build);
@@ -263,6 +264,56 @@ async fn an_unfinished_old_file_becomes_a_new_log_and_a_file_of_orphan_records_i
         .err()
         .expect("records without meta are refused");
     assert!(err.to_string().contains("no `meta`"), "{err}");
+}
+
+/// The file itself refuses a row that overlaps or leaves a gap after its partition's last row
+/// (a second writer, a bug), so a read can never return an offset twice or skip one.
+#[tokio::test]
+async fn a_stored_row_must_follow_its_partitions_last() {
+    use herald_embedded::{EmbeddedLog, LogOptions};
+    use herald_ports::log::{EventLog, Record, Topic};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+        .await
+        .unwrap();
+    let record = Record {
+        partition: 0,
+        key: "alice".into(),
+        timestamp_ms: 1,
+        headers: Vec::new(),
+        value: b"v".to_vec(),
+    };
+    log.append(Topic::UserEvents, vec![record.clone(), record.clone()])
+        .await
+        .unwrap();
+    drop(log);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let insert = |end: i64, count: i64| {
+        conn.execute(
+            "INSERT INTO batches VALUES (1, 0, ?1, ?2, x'01')",
+            [end, count],
+        )
+    };
+    for (end, count, what) in [
+        (3, 2, "overlap"),
+        (4, 1, "gap"),
+        (2, 0, "empty"),
+        (1, 1, "first again"),
+    ] {
+        let err = insert(end, count).expect_err(what).to_string();
+        assert!(err.contains("must start where"), "{what}: {err}");
+    }
+    // The next row in line is taken (here: one the decoder will refuse as damaged data).
+    insert(3, 1).unwrap();
+    drop(conn);
+    let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(log.end_offset(Topic::UserEvents, 0).await.unwrap(), 3);
+    assert_eq!(log.read(Topic::UserEvents, 0, 0, 2).await.unwrap().len(), 2);
+    let err = log.read(Topic::UserEvents, 0, 2, 1).await.unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
 }
 
 /// A log of a format this build does not know is refused with a message, not misread.

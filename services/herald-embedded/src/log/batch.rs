@@ -12,9 +12,9 @@
 //!   length plus one (varint) and the encoding of [`super::headers`];
 //! - the value: its length (varint) and bytes.
 //!
-//! A row holds at most [`MAX_BATCH_RECORDS`] records and, past its first record,
-//! [`MAX_BATCH_BYTES`] bytes, so that a read from an offset in the middle of a row decodes a
-//! bounded prefix it does not need.
+//! A row holds at most [`MAX_LOG_ROW_RECORDS`] records and at most [`MAX_LOG_ROW_BYTES`] bytes
+//! (a single record larger than that has a row of its own), so that a read from an offset in
+//! the middle of a row decodes a bounded prefix it does not need.
 
 use std::sync::Arc;
 
@@ -25,9 +25,9 @@ use super::headers::{decode_headers, encode_headers};
 /// The encoding of a row's `data`, its first byte.
 pub const VERSION: u8 = 1;
 /// Most records in one row of `batches`.
-pub const MAX_BATCH_RECORDS: usize = 256;
+pub const MAX_LOG_ROW_RECORDS: usize = 256;
 /// A row takes no further record once its data is this long.
-pub const MAX_BATCH_BYTES: usize = 64 << 10;
+pub const MAX_LOG_ROW_BYTES: usize = 64 << 10;
 
 /// The row being filled for one partition.
 pub(super) struct Batch {
@@ -52,7 +52,15 @@ impl Batch {
 
     /// Whether the row takes no further record.
     pub(super) fn full(&self) -> bool {
-        self.count >= MAX_BATCH_RECORDS || self.data.len() >= MAX_BATCH_BYTES
+        self.count >= MAX_LOG_ROW_RECORDS || self.data.len() >= MAX_LOG_ROW_BYTES
+    }
+
+    /// Whether `r` fits the row's byte bound (a row's first record always does). A bound on
+    /// the record's encoded size: lengths and the timestamp take at most 10 bytes each.
+    pub(super) fn fits(&self, r: &Record) -> bool {
+        let headers: usize = r.headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+        let size = 40 + r.key.len() + 4 + headers + r.value.len();
+        self.count == 0 || self.data.len() + size <= MAX_LOG_ROW_BYTES
     }
 
     /// One past the offset of the row's last record.
@@ -105,6 +113,11 @@ pub(super) fn decode(
         let key = take(&mut b, key_len)?;
         let ts = unzigzag(varint(&mut b)?);
         match varint_len(&mut b)? {
+            0 if offset == first_offset => {
+                return Err(corrupt(
+                    "the row's first record refers to headers before it",
+                ));
+            }
             0 => {}
             n => headers = decode_headers(take(&mut b, n - 1)?)?,
         }
@@ -164,9 +177,12 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 fn varint(b: &mut &[u8]) -> Result<u64, LogError> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
-        let [byte] = take(b, 1)? else {
+        let &[byte] = take(b, 1)? else {
             unreachable!("took one byte")
         };
+        if shift == 63 && byte > 1 {
+            return Err(corrupt("a varint overflows 64 bits"));
+        }
         v |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(v);
@@ -257,13 +273,27 @@ mod tests {
         while !batch.full() {
             batch.push(&record(1, Vec::new()));
         }
-        assert_eq!(batch.count, MAX_BATCH_RECORDS);
-        let mut big = Batch::new(0);
-        big.push(&Record {
-            value: vec![0; MAX_BATCH_BYTES],
+        assert_eq!(batch.count, MAX_LOG_ROW_RECORDS);
+        let large = Record {
+            value: vec![0; MAX_LOG_ROW_BYTES],
             ..record(1, Vec::new())
-        });
+        };
+        let mut big = Batch::new(0);
+        assert!(big.fits(&large), "a row's first record always fits");
+        big.push(&large);
         assert!(big.full() && big.count == 1);
+        let mut half = Batch::new(0);
+        let half_row = Record {
+            value: vec![0; MAX_LOG_ROW_BYTES / 2],
+            ..record(1, Vec::new())
+        };
+        half.push(&half_row);
+        assert!(!half.full());
+        assert!(
+            !half.fits(&half_row),
+            "a second half-row record would cross the bound"
+        );
+        assert!(half.fits(&record(1, Vec::new())));
     }
 
     #[test]
@@ -288,8 +318,25 @@ mod tests {
         let mut long = vec![VERSION];
         long.extend_from_slice(&[0xff; 11]);
         assert!(whole(&long).is_err());
-        // Key 0xff (not UTF-8), timestamp 0, the headers as before (none), an empty value.
-        let bad_key = [VERSION, 1, 0xff, 0, 0, 0];
+        // A first record that refers to headers before it.
+        let no_headers = [VERSION, 1, b'k', 0, 0, 0];
+        let err = decode(
+            Topic::UserEvents,
+            3,
+            (0, 1),
+            &no_headers,
+            0,
+            10,
+            &mut Vec::new(),
+        );
+        assert!(err.unwrap_err().to_string().contains("first record"));
+        // A varint whose tenth byte carries more than the 64th bit.
+        let mut over = vec![VERSION];
+        over.extend_from_slice(&[0xff; 9]);
+        over.push(0x02);
+        assert!(whole(&over).unwrap_err().to_string().contains("overflows"));
+        // Key 0xff (not UTF-8), timestamp 0, no headers (4 bytes of count 0), an empty value.
+        let bad_key = [VERSION, 1, 0xff, 0, 5, 0, 0, 0, 0, 0];
         let err = decode(
             Topic::UserEvents,
             3,

@@ -41,6 +41,11 @@ pub(super) fn decode_headers(mut b: &[u8]) -> Result<Vec<(String, Vec<u8>)>, Log
         let vl = len(&mut b)?;
         out.push((k, take(&mut b, vl)?.to_vec()));
     }
+    if !b.is_empty() {
+        return Err(LogError::Storage(
+            "corrupt record headers: bytes after the last".into(),
+        ));
+    }
     Ok(out)
 }
 
@@ -58,5 +63,8 @@ mod tests {
         assert_eq!(decode_headers(&bytes).unwrap(), headers);
         assert_eq!(decode_headers(&encode_headers(&[])).unwrap(), Vec::new());
         assert!(decode_headers(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_headers(&longer).is_err());
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::sqlite::{Access, Pool};
 
-pub use batch::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+pub use batch::{MAX_LOG_ROW_BYTES, MAX_LOG_ROW_RECORDS};
 pub use recent::{RECENT_LOG_BYTES, RECENT_MIN_BYTES_PER_PARTITION};
 
 /// Append requests that may wait for the writer thread; further callers wait for room.
@@ -65,7 +65,7 @@ pub struct LogOptions {
 /// How a log stores its records (`meta.format`); a log keeps the format it was created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
-    /// A row per record in `records` (logs created before 2026-12-03).
+    /// A row per record in `records` (logs created by builds before f5af648, 2026-12-03).
     Rows,
     /// A partition's consecutive records of one group commit in one row of `batches`
     /// (`batch.rs`): a few B-tree inserts per commit instead of two per record.

@@ -25,11 +25,11 @@ fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
         .optional()
 }
 
-/// What a build from before format 2 reads as `records`: a view whose every read and write
+/// What a build from before format 2 (before f5af648) reads as `records`: a view whose every read and write
 /// fails, naming what to do (such a build ignores `meta.format`, and would otherwise find no
 /// records, start every partition at offset 0 again and write rows nobody reads).
 const RECORDS_GUARD: &str = "CREATE VIEW records (topic, partition, offset, key, ts, headers, value) AS \
-     SELECT 0, 0, log_format_2_needs_herald_from_2026_12_03_or_newer(), '', 0, x'', x''";
+     SELECT 0, 0, log_format_2_needs_a_newer_herald(), '', 0, x'', x''";
 
 /// Makes a new log of [`LogFormat::NEW`] in a file that has the schema and no `meta` yet: its
 /// `meta` and the `records` guard, in one transaction.

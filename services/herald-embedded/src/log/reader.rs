@@ -74,7 +74,12 @@ fn read_rows(
          WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
     )?;
     let rows = stmt.query_map(
-        params![topic.id(), partition, from as i64, max as i64],
+        params![
+            topic.id(),
+            partition,
+            i64::try_from(from).unwrap_or(i64::MAX),
+            i64::try_from(max).unwrap_or(i64::MAX)
+        ],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
     let rows: Vec<Row> = rows.collect::<rusqlite::Result<_>>()?;
@@ -113,7 +118,11 @@ fn read_batches(
         )
         .map_err(storage)?;
     let mut rows = stmt
-        .query(params![topic.id(), partition, from as i64])
+        .query(params![
+            topic.id(),
+            partition,
+            i64::try_from(from).unwrap_or(i64::MAX)
+        ])
         .map_err(storage)?;
     let mut out = Vec::new();
     while out.len() < max

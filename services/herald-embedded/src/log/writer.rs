@@ -374,7 +374,13 @@ impl<'t> Sink<'t> {
             }
             Sink::Batches { insert, open } => {
                 let key = (topic.id(), r.partition);
+                if open.get(&key).is_some_and(|b| !b.fits(r))
+                    && let Some(batch) = open.remove(&key)
+                {
+                    insert_batch(insert, key, &batch)?;
+                }
                 let batch = open.entry(key).or_insert_with(|| Batch::new(offset));
+                // The `batches` trigger refuses a row that does not follow its partition's last.
                 debug_assert_eq!(batch.end_offset(), offset, "a partition's offsets in order");
                 batch.push(r);
                 if batch.full()
