@@ -627,9 +627,11 @@ async fn a_second_session_of_a_device_replaces_the_first_and_shutdown_says_going
     let (mut second, _) = connect(&srv.ws, &bearer("gina"), "phone", None)
         .await
         .unwrap();
-    assert_eq!(expect_close(&mut first).await.0, 4010);
+    let (code, reason) = expect_close(&mut first).await;
+    assert_eq!(code, 4010, "{reason}");
     srv.shutdown.cancel();
-    assert_eq!(expect_close(&mut second).await.0, 1001);
+    let (code, reason) = expect_close(&mut second).await;
+    assert_eq!(code, 1001, "{reason}");
 }
 
 /// Reads SSE `data:` frames until `pred` says stop.

@@ -143,6 +143,11 @@ impl Kick {
         }
     }
 
+    /// The reason, if kicked already.
+    pub fn reason(&self) -> Option<Close> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
     /// Ready once kicked, with the reason (polled: an idle session keeps no future for it).
     pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Close> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -468,7 +468,14 @@ async fn run<T: Transport>(
             }
             live = reg.rx.recv() => match live {
                 Some(ev) => Input::Live { offset: ev.offset, event: ev.event },
-                None => return End::close(Close::SlowConsumer, "live queue overflow"),
+                // The hub drops a session's queue right after kicking it (replaced, or its queue
+                // overflowed); a poll between the two sees the closed queue first.
+                None => {
+                    return match kick.reason() {
+                        Some(c) => End::close(c, c.name()),
+                        None => End::close(Close::SlowConsumer, "live queue overflow"),
+                    };
+                }
             },
             input = async { read.as_mut().expect("guarded by is_some").await }, if read.is_some() => {
                 *read = None;
