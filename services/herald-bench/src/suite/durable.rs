@@ -238,6 +238,12 @@ fn caught_up(data: &std::path::Path) -> anyhow::Result<Duration> {
         log.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)
         })?;
+    // A log of format 1 keeps a row per record, format 2 a row per run of records
+    // (herald-embedded).
+    let (table, end_sql) = match log_format.as_str() {
+        "1" => ("records", "max(offset) + 1"),
+        _ => ("batches", "max(end_offset)"),
+    };
     loop {
         let mut behind = 0u64;
         for (topic, stage) in [(0, "fanout"), (1, "inbox")] {
@@ -247,12 +253,7 @@ fn caught_up(data: &std::path::Path) -> anyhow::Result<Duration> {
                 )?
                 .query_map([stage], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            // max() over the primary key's prefix: a lookup, not a scan. A log of format 1
-            // keeps a row per record, format 2 a row per run of records (herald-embedded).
-            let (table, end_sql) = match log_format.as_str() {
-                "1" => ("records", "max(offset) + 1"),
-                _ => ("batches", "max(end_offset)"),
-            };
+            // max() over the primary key's prefix: a lookup, not a scan.
             let last: Option<i64> = log.query_row(
                 &format!("SELECT max(partition) FROM {table} WHERE topic = ?1"),
                 [topic],

@@ -50,17 +50,14 @@ impl Batch {
         }
     }
 
-    /// Whether the row takes no further record.
-    pub(super) fn full(&self) -> bool {
-        self.count >= MAX_LOG_ROW_RECORDS || self.data.len() >= MAX_LOG_ROW_BYTES
-    }
-
-    /// Whether `r` fits the row's byte bound (a row's first record always does). A bound on
-    /// the record's encoded size: lengths and the timestamp take at most 10 bytes each.
+    /// Whether the row takes `r`: it holds fewer than [`MAX_LOG_ROW_RECORDS`] and `r` keeps it
+    /// within [`MAX_LOG_ROW_BYTES`] (a row's first record always fits). A bound on the record's
+    /// encoded size: lengths and the timestamp take at most 10 bytes each.
     pub(super) fn fits(&self, r: &Record) -> bool {
         let headers: usize = r.headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
         let size = 40 + r.key.len() + 4 + headers + r.value.len();
-        self.count == 0 || self.data.len() + size <= MAX_LOG_ROW_BYTES
+        self.count == 0
+            || (self.count < MAX_LOG_ROW_RECORDS && self.data.len() + size <= MAX_LOG_ROW_BYTES)
     }
 
     /// One past the offset of the row's last record.
@@ -269,9 +266,10 @@ mod tests {
 
     #[test]
     fn a_batch_fills_at_its_record_or_byte_bound() {
+        let small = record(1, Vec::new());
         let mut batch = Batch::new(0);
-        while !batch.full() {
-            batch.push(&record(1, Vec::new()));
+        while batch.fits(&small) {
+            batch.push(&small);
         }
         assert_eq!(batch.count, MAX_LOG_ROW_RECORDS);
         let large = Record {
@@ -281,19 +279,18 @@ mod tests {
         let mut big = Batch::new(0);
         assert!(big.fits(&large), "a row's first record always fits");
         big.push(&large);
-        assert!(big.full() && big.count == 1);
+        assert!(!big.fits(&small) && big.count == 1);
         let mut half = Batch::new(0);
         let half_row = Record {
             value: vec![0; MAX_LOG_ROW_BYTES / 2],
             ..record(1, Vec::new())
         };
         half.push(&half_row);
-        assert!(!half.full());
+        assert!(half.fits(&small));
         assert!(
             !half.fits(&half_row),
             "a second half-row record would cross the bound"
         );
-        assert!(half.fits(&record(1, Vec::new())));
     }
 
     #[test]

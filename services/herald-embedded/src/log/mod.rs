@@ -76,10 +76,23 @@ impl LogFormat {
     /// The format of a new log.
     pub const NEW: LogFormat = LogFormat::Batches;
 
+    /// Its value in `meta.format`.
     fn meta(self) -> &'static str {
         match self {
             LogFormat::Rows => "1",
             LogFormat::Batches => "2",
+        }
+    }
+
+    /// The format `meta.format` names (none: format 1, as every build has written it since the
+    /// first); `Err` with the value this build does not know.
+    fn from_meta(value: Option<&str>) -> Result<LogFormat, &str> {
+        match value {
+            None => Ok(LogFormat::Rows),
+            Some(v) => [LogFormat::Rows, LogFormat::Batches]
+                .into_iter()
+                .find(|f| f.meta() == v)
+                .ok_or(v),
         }
     }
 }

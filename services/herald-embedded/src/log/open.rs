@@ -154,17 +154,14 @@ impl EmbeddedLog {
                 id
             }
         };
-        let format = match meta(&conn, "format").map_err(bad)?.as_deref() {
-            Some("1") | None => LogFormat::Rows,
-            Some("2") => LogFormat::Batches,
-            Some(other) => {
-                return Err(LogError::Config(format!(
-                    "the log at {} has format {other}, which this build does not know (a newer \
-                     build made it); run a build at least as new",
-                    path.display()
-                )));
-            }
-        };
+        let stored = meta(&conn, "format").map_err(bad)?;
+        let format = LogFormat::from_meta(stored.as_deref()).map_err(|other| {
+            LogError::Config(format!(
+                "the log at {} has format {other}, which this build does not know (a newer \
+                 build made it); run a build at least as new",
+                path.display()
+            ))
+        })?;
         let epoch = Epoch::derive(&instance, partitions[1]);
         let mut ends: [Vec<AtomicU64>; 2] = [Vec::new(), Vec::new()];
         for topic in Topic::ALL {

@@ -48,9 +48,12 @@ impl EmbeddedLog {
         let format = self.format();
         self.shared()
             .pool
-            .run(move |c| match format {
-                LogFormat::Rows => read_rows(c, topic, partition, from, max),
-                LogFormat::Batches => Ok(read_batches(c, topic, partition, from, max)),
+            .run(move |c| {
+                // Failing to get a connection is the pool's error; the reads return their own.
+                Ok(match format {
+                    LogFormat::Rows => read_rows(c, topic, partition, from, max),
+                    LogFormat::Batches => read_batches(c, topic, partition, from, max),
+                })
             })
             .await
             .map_err(storage)?
@@ -61,30 +64,34 @@ impl EmbeddedLog {
 /// One stored row: offset, key, timestamp, encoded headers, value.
 type Row = (i64, String, i64, Vec<u8>, Vec<u8>);
 
-/// Format 1: a row per record.
+/// Format 1: a row per record. A storage error and damaged headers are both a
+/// [`LogError::Storage`].
 fn read_rows(
     conn: &mut Connection,
     topic: Topic,
     partition: u32,
     from: u64,
     max: usize,
-) -> rusqlite::Result<Result<Vec<StoredRecord>, LogError>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT offset, key, ts, headers, value FROM records \
-         WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            topic.id(),
-            partition,
-            i64::try_from(from).unwrap_or(i64::MAX),
-            i64::try_from(max).unwrap_or(i64::MAX)
-        ],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )?;
-    let rows: Vec<Row> = rows.collect::<rusqlite::Result<_>>()?;
-    Ok(rows
-        .into_iter()
+) -> Result<Vec<StoredRecord>, LogError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT offset, key, ts, headers, value FROM records \
+             WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
+        )
+        .map_err(storage)?;
+    let rows = stmt
+        .query_map(
+            params![
+                topic.id(),
+                partition,
+                i64::try_from(from).unwrap_or(i64::MAX),
+                i64::try_from(max).unwrap_or(i64::MAX)
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .map_err(storage)?;
+    let rows: Vec<Row> = rows.collect::<rusqlite::Result<_>>().map_err(storage)?;
+    rows.into_iter()
         .map(|(offset, key, ts, headers, value)| {
             Ok(StoredRecord {
                 topic,
@@ -99,7 +106,7 @@ fn read_rows(
                 }),
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Format 2: from the first row that ends past `from`, each row decoded until `max` records.

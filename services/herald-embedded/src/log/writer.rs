@@ -323,7 +323,8 @@ enum Sink<'t> {
         insert: rusqlite::CachedStatement<'t>,
         headers: Option<(Vec<Header>, Vec<u8>)>,
     },
-    /// A row per run of a partition's records ([`Batch`]), written when full or at the end.
+    /// A row per run of a partition's records ([`Batch`]), written when the next record does
+    /// not fit it or at the end.
     Batches {
         insert: rusqlite::CachedStatement<'t>,
         open: HashMap<(u8, u32), Batch>,
@@ -374,6 +375,8 @@ impl<'t> Sink<'t> {
             }
             Sink::Batches { insert, open } => {
                 let key = (topic.id(), r.partition);
+                // A row is written once the next record of its partition does not fit it, or at
+                // the end of the group.
                 if open.get(&key).is_some_and(|b| !b.fits(r))
                     && let Some(batch) = open.remove(&key)
                 {
@@ -383,11 +386,6 @@ impl<'t> Sink<'t> {
                 // The `batches` trigger refuses a row that does not follow its partition's last.
                 debug_assert_eq!(batch.end_offset(), offset, "a partition's offsets in order");
                 batch.push(r);
-                if batch.full()
-                    && let Some(batch) = open.remove(&key)
-                {
-                    insert_batch(insert, key, &batch)?;
-                }
             }
         }
         Ok(())
