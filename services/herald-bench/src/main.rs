@@ -14,6 +14,7 @@ use herald_ports::log::{EventLog, HEADER_FINGERPRINT, HEADER_SCHEMA, Record, Top
 use serde_json::json;
 
 mod floor;
+mod http_floor;
 mod peers;
 mod report;
 mod suite;
@@ -64,6 +65,13 @@ enum Scenario {
         #[arg(long)]
         report: bool,
     },
+    /// The HTTP floor the ingest scenario starts next to Herald: Herald's ingest requests
+    /// parsed and answered 202 through Herald's server loop, nothing stored (`http_floor.rs`).
+    HttpFloor {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             value_bytes,
             report,
         } => rt.block_on(kafka_append(records, value_bytes, report)),
+        Scenario::HttpFloor { listen } => rt.block_on(http_floor::run(listen)),
     }
 }
 

@@ -307,6 +307,41 @@ impl Server {
     }
 }
 
+/// The HTTP floor (`herald-bench http-floor`, this binary as its own process): Herald's ingest
+/// requests parsed and answered 202 through Herald's server loop, nothing stored.
+pub struct HttpFloor {
+    // Dropped in this order: the client's connections, then the process.
+    api: http::Api,
+    process: Process,
+}
+
+impl HttpFloor {
+    pub async fn start() -> anyhow::Result<HttpFloor> {
+        let port = free_port()?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["http-floor", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let process = Process(child);
+        // Herald's request shapes.
+        let api = http::Api::ready(Target::Herald, port).await?;
+        Ok(HttpFloor { api, process })
+    }
+
+    pub async fn publish(&self, to: &To, t_us: u64) -> anyhow::Result<()> {
+        self.api.publish(to, t_us).await
+    }
+
+    pub async fn publish_batch(&self, users: &[String], t_us: u64) -> anyhow::Result<bool> {
+        self.api.publish_batch(users, t_us).await
+    }
+
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        crate::cpu_seconds(self.process.0.id())
+    }
+}
+
 /// One connected device of a user.
 pub enum Client {
     Ws(Box<websocket::WsClient>),

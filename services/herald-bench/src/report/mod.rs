@@ -498,6 +498,20 @@ fn ingest(md: &mut String, ing: &Value) {
         "\n### Durable ingest and projection rebuild\n\n| what | per second | vs raw SQLite | server CPU per message |\n|---|---:|---:|---:|\n\
          | raw SQLite inserts (WAL, synchronous=FULL, commit per 1000 rows), same run | {raw:.0} | 1.00 | |\n"
     ));
+    // Results written before the floor was measured have none.
+    let floor = &ing["http_floor"];
+    if floor.is_object() {
+        md.push_str(&format!(
+            "| HTTP floor: the same single requests answered 202 by a server that parses them and stores nothing | {:.0} | {:.3} | {} |\n\
+             | HTTP floor: the same batch requests | {:.0} | {:.3} | {} |\n",
+            f(floor, "accepted_per_s"),
+            f(floor, "ratio"),
+            cpu(floor, "server_cpu_seconds"),
+            f(floor, "accepted_batched_per_s"),
+            f(floor, "batched_ratio"),
+            cpu(floor, "batched_server_cpu_seconds"),
+        ));
+    }
     let mut equal = vec![];
     for r in &runs {
         let name = r["target"].as_str().unwrap_or("?");
@@ -541,7 +555,7 @@ fn ingest(md: &mut String, ing: &Value) {
         equal.push(format!("{name} {}", r["replay_equal"]));
     }
     md.push_str(&format!(
-        "\n{n} messages per measurement, one recipient each. Server CPU: the server process's CPU time during the measurement (Herald's includes its projector, which works on while the requests come in) per message. \
+        "\n{n} messages per measurement, one recipient each. The HTTP floor is `herald-bench http-floor` (its own process): Herald's server loop (`herald_gateway::serve`, hyper's HTTP/1.1) and the same client, each body parsed as JSON and answered with a body of Herald's shape, nothing stored or checked; no server that answers these requests over HTTP/1.1 here goes faster than it by much. Server CPU: the server process's CPU time during the measurement (Herald's includes its projector, which works on while the requests come in) per message. \
          The rebuild runs once the live projector has applied the whole log (the suite reads both files' offsets; `projector_caught_up_after_s` in the JSON), so it does not share the CPU with the live projector's backlog. \
          Targets (issue 11): ingest ≥ 0.5 of raw with the batch endpoint and ≥ 0.15 with single requests; rebuild ≥ 250k records/s. The rebuilt projection equals the live one: {}.\n",
         equal.join(", ")
@@ -578,6 +592,41 @@ mod tests {
         );
         assert!(
             !md.contains("| JetStream (fsync always) | 10000 | 900 | 0.0 ms"),
+            "{md}"
+        );
+    }
+
+    /// The HTTP floor gets its two rows, as fractions of raw SQLite with its CPU per message;
+    /// results from before it was measured get none.
+    #[test]
+    fn the_http_floor_is_reported_next_to_raw_sqlite() {
+        let run = json!({"target": "Herald", "accepted_per_s": 15000.0, "ratio": 0.05,
+                         "accepted_batched_per_s": 100000.0, "batched_ratio": 0.333,
+                         "server_cpu_seconds": 9.0, "batched_server_cpu_seconds": 1.3,
+                         "replay_records": 400000, "replay_records_per_s": 300000.0,
+                         "replay_equal": true});
+        let mut ing = json!({"requests": 100000, "raw_sqlite_records_per_s": 300000.0,
+                             "batch": 100, "runs": [run]});
+        let mut md = String::new();
+        ingest(&mut md, &ing);
+        assert!(!md.contains("HTTP floor:"), "{md}");
+        ing["http_floor"] = json!({"accepted_per_s": 33000.0, "ratio": 0.11,
+                                   "accepted_batched_per_s": 270000.0, "batched_ratio": 0.9,
+                                   "server_cpu_seconds": 2.0, "batched_server_cpu_seconds": 0.2});
+        let mut md = String::new();
+        ingest(&mut md, &ing);
+        assert!(
+            md.contains("stores nothing | 33000 | 0.110 | 20 µs |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| HTTP floor: the same batch requests | 270000 | 0.900 | 2 µs |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "answered 202 (256 in flight, one recipient each) | 15000 | 0.050 | 90 µs |"
+            ),
             "{md}"
         );
     }

@@ -1,13 +1,14 @@
 //! The scenarios about what is kept: resume from a backlog, durable ingest and the projection
 //! rebuild.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::peers::{Client, Server, Target, To, now_us};
+use crate::peers::{Client, HttpFloor, Server, Target, To, now_us};
 
 // ---------------------------------------------------------------------------------------------
 // 4. Resume after a disconnect with a backlog
@@ -151,49 +152,32 @@ pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
         let path = raw_dir.path().join("raw.db");
         tokio::task::spawn_blocking(move || crate::raw_sqlite(&path, n, &[7u8; 200])).await??
     };
+    // The same requests to a server that stores nothing: what HTTP alone allows here.
+    let floor = {
+        let floor = HttpFloor::start().await?;
+        let m = accept(&floor, n).await?;
+        json!({
+            "accepted_per_s": m.accepted.round(),
+            "ratio": (m.accepted / raw * 1000.0).round() / 1000.0,
+            "accepted_batched_per_s": m.accepted_batched.map(f64::round),
+            "batched_ratio": m.accepted_batched.map(|a| (a / raw * 1000.0).round() / 1000.0),
+            "server_cpu_seconds": m.cpu,
+            "batched_server_cpu_seconds": m.batched_cpu,
+        })
+    };
     let bins = args.binaries();
     let mut runs = Vec::new();
     for target in args.targets().into_iter().filter(|t| t.is_durable()) {
         let server = Server::start(target, &bins).await?;
-        let cpu0 = server.cpu_seconds()?;
-        let started = Instant::now();
-        bounded((0..n).collect(), MAX_PUBLISHES_IN_FLIGHT, |i| {
-            let server = &server;
-            async move {
-                server
-                    .publish(&To::User(format!("u{}", i % 1000)), now_us())
-                    .await
-            }
-        })
-        .await?;
-        let accepted = n as f64 / started.elapsed().as_secs_f64();
-        let cpu1 = server.cpu_seconds()?;
-        // The same number again, BATCH to a request.
-        let started = Instant::now();
-        let taken = bounded((0..n.div_ceil(BATCH)).collect(), BATCHES_IN_FLIGHT, |b| {
-            let server = &server;
-            async move {
-                let users: Vec<String> = (b * BATCH..((b + 1) * BATCH).min(n))
-                    .map(|i| format!("u{}", i % 1000))
-                    .collect();
-                server.publish_batch(&users, now_us()).await
-            }
-        })
-        .await?;
-        // None: this build has no batch endpoint.
-        let accepted_batched = taken
-            .iter()
-            .all(|t| *t)
-            .then(|| n as f64 / started.elapsed().as_secs_f64());
-        let cpu2 = server.cpu_seconds()?;
+        let m = accept(&server, n).await?;
         let mut run = json!({
             "target": target.name(),
-            "accepted_per_s": accepted.round(),
-            "ratio": (accepted / raw * 1000.0).round() / 1000.0,
-            "accepted_batched_per_s": accepted_batched.map(f64::round),
-            "batched_ratio": accepted_batched.map(|a| (a / raw * 1000.0).round() / 1000.0),
-            "server_cpu_seconds": cpu1 - cpu0,
-            "batched_server_cpu_seconds": cpu2 - cpu1,
+            "accepted_per_s": m.accepted.round(),
+            "ratio": (m.accepted / raw * 1000.0).round() / 1000.0,
+            "accepted_batched_per_s": m.accepted_batched.map(f64::round),
+            "batched_ratio": m.accepted_batched.map(|a| (a / raw * 1000.0).round() / 1000.0),
+            "server_cpu_seconds": m.cpu,
+            "batched_server_cpu_seconds": m.batched_cpu,
         });
         if target.is_herald() {
             // Let the projector finish, then rebuild the projection from the log: a rebuild
@@ -215,9 +199,103 @@ pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
         "scenario": "ingest",
         "requests": n,
         "raw_sqlite_records_per_s": raw.round(),
+        "http_floor": floor,
         "batch": BATCH,
         "runs": runs,
     }))
+}
+
+/// What takes the ingest's requests: a server under test, or the HTTP floor.
+trait Accepts: Sync {
+    fn publish(&self, to: &To, t_us: u64) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// `Ok(false)`: no batch endpoint (an older build).
+    fn publish_batch(
+        &self,
+        users: &[String],
+        t_us: u64,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+    fn cpu_seconds(&self) -> anyhow::Result<f64>;
+}
+
+impl Accepts for Server {
+    fn publish(&self, to: &To, t_us: u64) -> impl Future<Output = anyhow::Result<()>> + Send {
+        Server::publish(self, to, t_us)
+    }
+    fn publish_batch(
+        &self,
+        users: &[String],
+        t_us: u64,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send {
+        Server::publish_batch(self, users, t_us)
+    }
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        Server::cpu_seconds(self)
+    }
+}
+
+impl Accepts for HttpFloor {
+    fn publish(&self, to: &To, t_us: u64) -> impl Future<Output = anyhow::Result<()>> + Send {
+        HttpFloor::publish(self, to, t_us)
+    }
+    fn publish_batch(
+        &self,
+        users: &[String],
+        t_us: u64,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send {
+        HttpFloor::publish_batch(self, users, t_us)
+    }
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        HttpFloor::cpu_seconds(self)
+    }
+}
+
+/// One ingest measurement.
+struct Accepted {
+    /// Single requests answered per second.
+    accepted: f64,
+    /// The server's CPU seconds for them.
+    cpu: f64,
+    /// Notifications in batch requests answered per second; `None`: no batch endpoint.
+    accepted_batched: Option<f64>,
+    batched_cpu: f64,
+}
+
+/// `n` single requests ([`MAX_PUBLISHES_IN_FLIGHT`] in flight), then the same number again,
+/// [`BATCH`] to a request ([`BATCHES_IN_FLIGHT`] in flight); one recipient each, `u0`..`u999`.
+async fn accept(server: &impl Accepts, n: usize) -> anyhow::Result<Accepted> {
+    let cpu0 = server.cpu_seconds()?;
+    let started = Instant::now();
+    bounded((0..n).collect(), MAX_PUBLISHES_IN_FLIGHT, |i| async move {
+        server
+            .publish(&To::User(format!("u{}", i % 1000)), now_us())
+            .await
+    })
+    .await?;
+    let accepted = n as f64 / started.elapsed().as_secs_f64();
+    let cpu1 = server.cpu_seconds()?;
+    let started = Instant::now();
+    let taken = bounded(
+        (0..n.div_ceil(BATCH)).collect(),
+        BATCHES_IN_FLIGHT,
+        |b| async move {
+            let users: Vec<String> = (b * BATCH..((b + 1) * BATCH).min(n))
+                .map(|i| format!("u{}", i % 1000))
+                .collect();
+            server.publish_batch(&users, now_us()).await
+        },
+    )
+    .await?;
+    let accepted_batched = taken
+        .iter()
+        .all(|t| *t)
+        .then(|| n as f64 / started.elapsed().as_secs_f64());
+    let cpu2 = server.cpu_seconds()?;
+    Ok(Accepted {
+        accepted,
+        cpu: cpu1 - cpu0,
+        accepted_batched,
+        batched_cpu: cpu2 - cpu1,
+    })
 }
 
 /// Longest wait for the live projector to apply the whole log before the rebuild.
