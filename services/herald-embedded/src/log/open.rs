@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::recent::Recent;
 use super::{
-    APPEND_QUEUE_DEPTH, DEFAULT_PARTITIONS, DEFAULT_REQUEST_PARTITIONS, EmbeddedLog, Inner,
-    LogFormat, LogOptions, MAX_PARTITIONS, RELAXED_LINGER, Shared, reader, storage, writer,
+    APPEND_QUEUE_DEPTH, COMMIT_DELAY, DEFAULT_PARTITIONS, DEFAULT_REQUEST_PARTITIONS, EmbeddedLog,
+    Inner, LogFormat, LogOptions, MAX_COMMIT_DELAY, MAX_PARTITIONS, RELAXED_LINGER, Shared, reader,
+    storage, writer,
 };
 use crate::sqlite::{self, Access, Pool};
 
@@ -72,6 +73,12 @@ impl EmbeddedLog {
     }
 
     fn open_blocking(path: PathBuf, access: Access, options: LogOptions) -> Result<Self, LogError> {
+        let commit_delay = options.commit_delay.unwrap_or(COMMIT_DELAY);
+        if commit_delay > MAX_COMMIT_DELAY {
+            return Err(LogError::Config(format!(
+                "a log commit delay of {commit_delay:?} is over the most a log takes, {MAX_COMMIT_DELAY:?}"
+            )));
+        }
         if access == Access::ReadOnly && !path.exists() {
             return Err(LogError::Config(format!(
                 "no log at {}: check --data-dir, or start `herald dev` once to create it",
@@ -194,10 +201,13 @@ impl EmbeddedLog {
             let (tx, rx) = mpsc::channel(APPEND_QUEUE_DEPTH);
             let s = shared.clone();
             let pressure = checkpointer.as_ref().map(|c| c.pressure().clone());
-            let linger = options.relaxed_linger.unwrap_or(RELAXED_LINGER);
+            let waits = writer::Waits {
+                linger: options.relaxed_linger.unwrap_or(RELAXED_LINGER),
+                commit_delay,
+            };
             let handle = std::thread::Builder::new()
                 .name("herald-log-writer".into())
-                .spawn(move || writer::writer_loop(conn, rx, s, pressure, linger))
+                .spawn(move || writer::writer_loop(conn, rx, s, pressure, waits))
                 .map_err(storage)?;
             (Some(tx), Some(handle))
         } else {

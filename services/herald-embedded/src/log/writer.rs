@@ -1,8 +1,10 @@
 //! The writer thread: appends queue up as jobs, and the thread commits as many as are waiting
 //! (up to [`MAX_GROUP_COMMIT_RECORDS`] records) in one transaction, so one fsync covers many
-//! callers. An append resolves only after its commit. A group of relaxed appends only (nobody
-//! waits on them: a session's progress) waits up to the linger for more, and any other job
-//! ends that wait (it wakes the thread).
+//! callers. An append resolves only after its commit. A group with several callers waiting on
+//! it waits the commit delay for more before its commit (PostgreSQL's `commit_delay`: under
+//! load, fewer and larger commits). A group of relaxed appends only (nobody waits on them: a
+//! session's progress) waits up to the linger for more, and any other job ends that wait (it
+//! wakes the thread).
 //!
 //! It is the only writer of the file: group offsets and dead letters are jobs too. A second
 //! writing connection would contend for SQLite's write lock, and SQLite's busy handler waits by
@@ -21,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::Batch;
 use super::headers::encode_headers;
-use super::{EmbeddedLog, LogFormat, MAX_GROUP_COMMIT_RECORDS, Shared, storage};
+use super::{COMMIT_SIBLINGS, EmbeddedLog, LogFormat, MAX_GROUP_COMMIT_RECORDS, Shared, storage};
 use crate::sqlite::WalPressure;
 
 /// One record header: a name and its bytes.
@@ -147,13 +149,26 @@ impl EmbeddedLog {
     }
 }
 
+/// How long a group may wait for more jobs before its commit.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Waits {
+    /// A group of relaxed appends only ([`super::RELAXED_LINGER`]).
+    pub linger: Duration,
+    /// A group with [`COMMIT_SIBLINGS`] callers or more waiting on it ([`super::COMMIT_DELAY`]).
+    pub commit_delay: Duration,
+}
+
 pub(super) fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     pressure: Option<Arc<WalPressure>>,
-    linger: Duration,
+    waits: Waits,
 ) {
+    let Waits {
+        linger,
+        commit_delay,
+    } = waits;
     let mut next: [Vec<u64>; 2] = [0, 1].map(|t| {
         shared.ends[t]
             .iter()
@@ -164,6 +179,13 @@ pub(super) fn writer_loop(
         let mut count = first.weight();
         let mut jobs = vec![first];
         (count, _) = take_queued(&mut rx, &mut jobs, count);
+        if count < MAX_GROUP_COMMIT_RECORDS && !commit_delay.is_zero() && waits_for_siblings(&jobs)
+        {
+            // Not woken by the appends that come meanwhile: each would cost the thread a
+            // wake-up, and the delay is short and bounded.
+            std::thread::sleep(commit_delay);
+            (count, _) = take_queued(&mut rx, &mut jobs, count);
+        }
         if count < MAX_GROUP_COMMIT_RECORDS && !linger.is_zero() && jobs.iter().all(Job::relaxed) {
             count = linger_for_more(&mut rx, &mut jobs, count, linger);
         }
@@ -221,6 +243,12 @@ pub(super) fn writer_loop(
             }
         }
     }
+}
+
+/// Whether a group waits the commit delay for more: [`COMMIT_SIBLINGS`] or more of its jobs
+/// have callers waiting on them (relaxed appends have none: they linger instead).
+fn waits_for_siblings(jobs: &[Job]) -> bool {
+    jobs.iter().filter(|j| !j.relaxed()).count() >= COMMIT_SIBLINGS
 }
 
 /// Moves queued jobs into the group until it holds [`MAX_GROUP_COMMIT_RECORDS`] records or
@@ -415,4 +443,153 @@ fn insert_batch(
         batch.data
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use herald_ports::log::{EventLog, Record, Topic};
+    use tokio::sync::oneshot;
+
+    use super::{Job, waits_for_siblings};
+    use crate::log::{APPEND_QUEUE_DEPTH, COMMIT_SIBLINGS};
+    use crate::{Access, EmbeddedLog, LogOptions};
+
+    /// A hang guard, not a performance assertion.
+    const HANG_GUARD: Duration = Duration::from_secs(60);
+
+    fn record(key: &str) -> Record {
+        Record {
+            partition: 0,
+            key: key.into(),
+            value: key.as_bytes().to_vec(),
+            headers: vec![("herald-schema".into(), b"test".to_vec())],
+            timestamp_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn append(relaxed: bool) -> Job {
+        Job::Append {
+            topic: Topic::UserEvents,
+            records: vec![record("k")],
+            relaxed,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// Callers waiting on a group count; relaxed appends, which nobody waits on, do not.
+    #[test]
+    fn a_group_waits_for_siblings_only_with_enough_callers_waiting() {
+        assert_eq!(COMMIT_SIBLINGS, 2);
+        assert!(!waits_for_siblings(&[append(false)]));
+        assert!(!waits_for_siblings(&[
+            append(false),
+            append(true),
+            append(true)
+        ]));
+        assert!(waits_for_siblings(&[append(false), append(false)]));
+        let write = Job::Write {
+            write: Box::new(|_| Ok(())),
+            reply: oneshot::channel().0,
+        };
+        assert!(waits_for_siblings(&[append(true), append(false), write]));
+    }
+
+    /// A delay over the bound is refused when the log opens, with what the bound is.
+    #[tokio::test]
+    async fn a_commit_delay_over_the_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = EmbeddedLog::open(
+            &dir.path().join("log.db"),
+            Access::ReadWrite,
+            LogOptions {
+                commit_delay: Some(crate::MAX_COMMIT_DELAY + Duration::from_micros(1)),
+                ..LogOptions::default()
+            },
+        )
+        .await
+        .err()
+        .expect("a commit delay over the bound was taken");
+        assert!(err.to_string().contains("over the most a log takes"), "{err}");
+    }
+
+    /// Two callers queued together make a group that waits the commit delay, so an append made
+    /// a moment later shares their commit: one stored row holds all three records. The delay
+    /// here is long (a second against the 200 ms between them), so a slow machine cannot pass
+    /// it by; without the delay the third append would be a commit (and a row) of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_during_the_commit_delay_shares_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(
+            &dir.path().join("log.db"),
+            Access::ReadWrite,
+            LogOptions {
+                commit_delay: Some(Duration::from_secs(1)),
+                ..LogOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Hold the writer in a write of its own, so that the next two appends queue together.
+        let (held, holding) = oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::spawn({
+            let log = log.clone();
+            async move {
+                log.write(move |_| {
+                    let _ = held.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        holding.await.unwrap();
+        let first = tokio::spawn({
+            let log = log.clone();
+            async move { log.append(Topic::UserEvents, vec![record("a")]).await }
+        });
+        let second = tokio::spawn({
+            let log = log.clone();
+            async move { log.append(Topic::UserEvents, vec![record("b")]).await }
+        });
+        let sender = log.inner.jobs.lock().unwrap().clone().unwrap();
+        let queued = tokio::time::timeout(HANG_GUARD, async {
+            while sender.capacity() > APPEND_QUEUE_DEPTH - 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        queued.await.expect("the two appends were not queued");
+        drop(sender);
+        release.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let third =
+            tokio::time::timeout(HANG_GUARD, log.append(Topic::UserEvents, vec![record("c")]))
+                .await
+                .expect("the third append hung")
+                .unwrap();
+        for task in [first, second] {
+            tokio::time::timeout(HANG_GUARD, task)
+                .await
+                .expect("an append hung")
+                .unwrap()
+                .unwrap();
+        }
+        blocker.await.unwrap().unwrap();
+        assert_eq!(third[0].offset, 2);
+        let rows: Vec<(i64, i64)> = rusqlite::Connection::open(dir.path().join("log.db"))
+            .unwrap()
+            .prepare("SELECT end_offset, count FROM batches WHERE topic = 1 AND partition = 0")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [(3, 3)], "the three appends were not one commit");
+        let read = log.read(Topic::UserEvents, 0, 0, 10).await.unwrap();
+        let keys: Vec<&str> = read.iter().map(|r| r.record.key.as_str()).collect();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys[2], "c");
+    }
 }

@@ -34,6 +34,13 @@ pub struct StorageArgs {
     /// an existing log keeps its own (naming another count is an error).
     #[arg(long, env = "HERALD_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: Option<u32>,
+    /// Microseconds the embedded log's writer waits for more appends before a commit that two
+    /// or more callers are waiting on (PostgreSQL's `commit_delay`): under load, fewer and larger
+    /// commits for less CPU; a lone append never waits. 0: none; at most 1,000,000.
+    #[arg(long, env = "HERALD_LOG_COMMIT_DELAY_US",
+          default_value_t = herald_embedded::COMMIT_DELAY.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=herald_embedded::MAX_COMMIT_DELAY.as_micros() as u64))]
+    pub log_commit_delay_us: u64,
     /// Keep the projection in a shared store instead of DATA_DIR/projection.db:
     /// postgres://user@host:port/db or scylla://host:9042[,host…]/keyspace.
     #[arg(long, env = "HERALD_PROJECTION_URL")]
@@ -356,6 +363,9 @@ impl Server {
                 let options = LogOptions {
                     requests_partitions: None,
                     user_partitions: storage.partitions,
+                    commit_delay: Some(std::time::Duration::from_micros(
+                        storage.log_commit_delay_us,
+                    )),
                     ..LogOptions::default()
                 };
                 Arc::new(
