@@ -511,7 +511,10 @@ mod tests {
         .await
         .err()
         .expect("a commit delay over the bound was taken");
-        assert!(err.to_string().contains("over the most a log takes"), "{err}");
+        assert!(
+            err.to_string().contains("over the most a log takes"),
+            "{err}"
+        );
     }
 
     /// Two callers queued together make a group that waits the commit delay, so an append made
