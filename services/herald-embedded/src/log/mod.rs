@@ -46,9 +46,10 @@ pub const RELAXED_LINGER: Duration = Duration::from_millis(10);
 /// How long a group with at least [`COMMIT_SIBLINGS`] callers waiting on it waits for more
 /// before its commit, unless configured (PostgreSQL's `commit_delay`). Under load every commit
 /// is an `fdatasync` and its share of the CPU: at 5k notifications/s the log committed about
-/// 1,400 times a second, a handful of records each, and with this delay about half as often,
-/// for 15% less of the server's CPU (docs/benchmarks.md, twenty-seventh stop). A lone caller
-/// never waits for it: at a low rate a commit follows its append at once.
+/// 1,800 times a second, a handful of records each, and with this delay a third as often, for
+/// 9–16% less of the server's CPU and 1–4 ms more at the median (docs/benchmarks.md,
+/// twenty-seventh stop). A lone caller never waits for it: at a low rate a commit follows its
+/// append at once.
 pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// Callers waiting on a group (appends that are not relaxed, and other writes) from which the
 /// group waits [`COMMIT_DELAY`] for more before its commit: as many callers arriving during
