@@ -1,10 +1,12 @@
 //! The HTTP floor of durable ingest: a server that takes Herald's two ingest requests
 //! (`POST /v1/notifications`, `POST /v1/notifications/batch`) through Herald's own server loop
 //! (`herald_gateway::serve`: hyper's HTTP/1.1, keep-alive, TCP_NODELAY), parses each body as
-//! JSON and answers 202 with a body of Herald's shape, storing nothing. What any server that
-//! answers these requests one by one over HTTP/1.1 costs on this machine with the suite's
-//! client: the ingest scenario measures it in the same run as raw SQLite and Herald, so the
-//! ingest targets (fractions of raw SQLite) can be read against what HTTP alone allows.
+//! JSON (into a `serde_json::Value`, about what extracting Herald's typed bodies costs) and
+//! answers 202 with a body of Herald's shape, storing and checking nothing (no middleware, no
+//! producer auth, no rate limit). About what a server answering these requests over HTTP/1.1
+//! reaches on this machine with the suite's client: the ingest scenario measures it in the same
+//! run as raw SQLite and Herald, so the ingest targets (fractions of raw SQLite) can be read
+//! against what HTTP with this client allows.
 //! Started as its own process (`herald-bench http-floor`), as every server under test is.
 
 use std::net::SocketAddr;
@@ -44,12 +46,21 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
 /// Offsets for the answers: each accepted notification gets the next one, as a log would give.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-/// One answer, the shape and size of Herald's (`routes/notifications.rs`).
+/// One answer, the shape and size of Herald's (`routes/notifications.rs`: two ids of a UUID's
+/// 36 characters, a partition and an offset).
 fn write_accepted(out: &mut Vec<u8>) {
     let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        offset >> 32,
+        (offset >> 16) & 0xffff,
+        offset & 0xffff,
+        0,
+        offset
+    );
     out.extend_from_slice(
         format!(
-            "{{\"notification_id\":\"{offset:032x}\",\"idempotency_key\":\"{offset:036x}\",\"partition\":{},\"offset\":{offset}}}",
+            "{{\"notification_id\":\"{id}\",\"idempotency_key\":\"{id}\",\"partition\":{},\"offset\":{offset}}}",
             offset % 8
         )
         .as_bytes(),

@@ -555,7 +555,7 @@ fn ingest(md: &mut String, ing: &Value) {
         equal.push(format!("{name} {}", r["replay_equal"]));
     }
     md.push_str(&format!(
-        "\n{n} messages per measurement, one recipient each. The HTTP floor is `herald-bench http-floor` (its own process): Herald's server loop (`herald_gateway::serve`, hyper's HTTP/1.1) and the same client, each body parsed as JSON and answered with a body of Herald's shape, nothing stored or checked; no server that answers these requests over HTTP/1.1 here goes faster than it by much. Server CPU: the server process's CPU time during the measurement (Herald's includes its projector, which works on while the requests come in) per message. \
+        "\n{n} messages per measurement, one recipient each. The HTTP floor is `herald-bench http-floor` (its own process): Herald's server loop (`herald_gateway::serve`, hyper's HTTP/1.1) and the same client, each body parsed as JSON and answered with a body of Herald's shape, nothing stored or checked: about the most a server answering these requests one by one over HTTP/1.1 reaches here with this client, which shares the two cores. Server CPU: the server process's CPU time during the measurement (Herald's includes its projector, which works on while the requests come in) per message. \
          The rebuild runs once the live projector has applied the whole log (the suite reads both files' offsets; `projector_caught_up_after_s` in the JSON), so it does not share the CPU with the live projector's backlog. \
          Targets (issue 11): ingest ≥ 0.5 of raw with the batch endpoint and ≥ 0.15 with single requests; rebuild ≥ 250k records/s. The rebuilt projection equals the live one: {}.\n",
         equal.join(", ")

@@ -47,17 +47,19 @@ pub const RELAXED_LINGER: Duration = Duration::from_millis(10);
 /// before its commit, unless configured (PostgreSQL's `commit_delay`). Under load every commit
 /// is an `fdatasync` and its share of the CPU: at 5k notifications/s the log committed about
 /// 1,800 times a second, a handful of records each, and with this delay a third as often, for
-/// 9–16% less of the server's CPU and 1–4 ms more at the median (docs/benchmarks.md,
-/// twenty-seventh stop). A lone caller never waits for it: at a low rate a commit follows its
-/// append at once.
+/// 9–16% less of the server's CPU and 1–5 ms more at the median (docs/benchmarks.md,
+/// twenty-seventh stop). A lone caller never waits for it; from about 1k notifications/s a
+/// request's append and its user events' often share a group, and the median rises by about
+/// a millisecond.
 pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// Callers waiting on a group (appends that are not relaxed, and other writes) from which the
 /// group waits [`COMMIT_DELAY`] for more before its commit: as many callers arriving during
 /// one commit say more are on their way (PostgreSQL's `commit_siblings`).
 pub const COMMIT_SIBLINGS: usize = 2;
-/// The longest commit delay a log accepts: every waiting caller's append takes this much
-/// longer, and closing the log waits for it.
-pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
+/// The longest commit delay a log accepts (PostgreSQL's bound for `commit_delay`): every
+/// waiting caller's append takes up to this much longer, the delay runs out even when the
+/// group or the append queue fills during it, and closing the log waits for it.
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
 /// Partitions of the user-events topic of a new log, unless configured.
 pub const DEFAULT_PARTITIONS: u32 = 8;
 /// Partitions of the requests topic of a new log, unless configured. One partition makes the

@@ -178,11 +178,16 @@ pub(super) fn writer_loop(
     while let Some(first) = rx.blocking_recv() {
         let mut count = first.weight();
         let mut jobs = vec![first];
-        (count, _) = take_queued(&mut rx, &mut jobs, count);
-        if count < MAX_GROUP_COMMIT_RECORDS && !commit_delay.is_zero() && waits_for_siblings(&jobs)
+        let closed;
+        (count, closed) = take_queued(&mut rx, &mut jobs, count);
+        if !closed
+            && count < MAX_GROUP_COMMIT_RECORDS
+            && !commit_delay.is_zero()
+            && waits_for_siblings(&jobs)
         {
-            // Not woken by the appends that come meanwhile: each would cost the thread a
-            // wake-up, and the delay is short and bounded.
+            // A sleep, not a park: the appends that come meanwhile do not wake the thread (each
+            // would cost a wake-up), so the delay runs out even if the group fills or the queue
+            // does (its callers then wait for room): it is short and bounded.
             std::thread::sleep(commit_delay);
             (count, _) = take_queued(&mut rx, &mut jobs, count);
         }
@@ -481,19 +486,20 @@ mod tests {
     /// Callers waiting on a group count; relaxed appends, which nobody waits on, do not.
     #[test]
     fn a_group_waits_for_siblings_only_with_enough_callers_waiting() {
-        assert_eq!(COMMIT_SIBLINGS, 2);
-        assert!(!waits_for_siblings(&[append(false)]));
-        assert!(!waits_for_siblings(&[
-            append(false),
-            append(true),
-            append(true)
-        ]));
-        assert!(waits_for_siblings(&[append(false), append(false)]));
-        let write = Job::Write {
+        let write = || Job::Write {
             write: Box::new(|_| Ok(())),
             reply: oneshot::channel().0,
         };
-        assert!(waits_for_siblings(&[append(true), append(false), write]));
+        let waiting = |n: usize| -> Vec<Job> { (0..n).map(|_| append(false)).collect() };
+        assert!(!waits_for_siblings(&waiting(COMMIT_SIBLINGS - 1)));
+        assert!(waits_for_siblings(&waiting(COMMIT_SIBLINGS)));
+        // However many relaxed appends join them.
+        let mut group = waiting(COMMIT_SIBLINGS - 1);
+        group.extend((0..10).map(|_| append(true)));
+        assert!(!waits_for_siblings(&group));
+        // Another write is a caller waiting too.
+        group.push(write());
+        assert!(waits_for_siblings(&group));
     }
 
     /// A delay over the bound is refused when the log opens, with what the bound is.
@@ -518,9 +524,10 @@ mod tests {
     }
 
     /// Two callers queued together make a group that waits the commit delay, so an append made
-    /// a moment later shares their commit: one stored row holds all three records. The delay
-    /// here is long (a second against the 200 ms between them), so a slow machine cannot pass
-    /// it by; without the delay the third append would be a commit (and a row) of its own.
+    /// once the writer has taken the two shares their commit: one stored row holds all three
+    /// records. Without the delay the third append cannot join a group already taken and is a
+    /// commit (and a row) of its own; with it, only a third append later than the whole delay
+    /// (the bound, 100 ms) after the writer took the two could miss the commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_during_the_commit_delay_shares_the_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -528,7 +535,7 @@ mod tests {
             &dir.path().join("log.db"),
             Access::ReadWrite,
             LogOptions {
-                commit_delay: Some(Duration::from_secs(1)),
+                commit_delay: Some(crate::MAX_COMMIT_DELAY),
                 ..LogOptions::default()
             },
         )
@@ -564,9 +571,17 @@ mod tests {
             }
         });
         queued.await.expect("the two appends were not queued");
-        drop(sender);
         release.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The writer has taken the two (the blocker's group is committed by then).
+        let taken = tokio::time::timeout(HANG_GUARD, async {
+            while sender.capacity() < APPEND_QUEUE_DEPTH {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        taken
+            .await
+            .expect("the writer did not take the two appends");
+        drop(sender);
         let third =
             tokio::time::timeout(HANG_GUARD, log.append(Topic::UserEvents, vec![record("c")]))
                 .await
