@@ -233,9 +233,8 @@ async fn log_append(
         EmbeddedLog::open(
             &dir.path().join("log.db"),
             Access::ReadWrite,
-            // The floors have no commit delay: without it on both sides, the storage is what
-            // is compared (the delay trades a millisecond per waiting caller for fewer commits
-            // under load; the latency scenario measures it in Herald).
+            // The floors have no commit delay: without it on both sides (it is off by default
+            // in Herald too), the storage is what is compared.
             LogOptions {
                 commit_delay: Some(std::time::Duration::ZERO),
                 ..LogOptions::default()
@@ -319,9 +318,9 @@ async fn log_append(
              throughput follows concurrency: with about as many callers as the raw baseline's rows per \
              commit, the log runs at or past the raw rate: a new log (format 2) stores a \
              partition's records of one commit in one row, where the baseline inserts a row (and an \
-             index entry) per record. The log runs here without its commit delay \
-             (`COMMIT_DELAY`, which Herald runs with: a group that several callers wait on waits \
-             for more), as the floors have none: the storage is what is compared. The segment floor (`herald-bench`'s \
+             index entry) per record. The log runs here without a commit delay \
+             (`--log-commit-delay-us`, off by default), as the floors have none: the storage is \
+             what is compared. The segment floor (`herald-bench`'s \
              `floor.rs`) is the same group commit on an append-only file: each record framed with \
              its length and CRC-32, one `write` and one `fdatasync` per group, nothing else (no \
              index, no reads, no recovery): what replacing the SQLite file could buy on the append \

@@ -44,14 +44,15 @@ pub const MAX_GROUP_COMMIT_RECORDS: usize = 8192;
 /// a few records each.
 pub const RELAXED_LINGER: Duration = Duration::from_millis(10);
 /// How long a group with at least [`COMMIT_SIBLINGS`] callers waiting on it waits for more
-/// before its commit, unless configured (PostgreSQL's `commit_delay`). Under load every commit
-/// is an `fdatasync` and its share of the CPU: at 5k notifications/s the log committed about
-/// 1,800 times a second, a handful of records each, and with this delay a third as often, for
-/// 9–16% less of the server's CPU and 1–5 ms more at the median (docs/benchmarks.md,
-/// twenty-seventh stop). A lone caller never waits for it; from about 1k notifications/s a
-/// request's append and its user events' often share a group, and the median rises by about
-/// a millisecond.
-pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
+/// before its commit, unless configured (PostgreSQL's `commit_delay`): none, as PostgreSQL's
+/// default. Measured with 1 ms (docs/benchmarks.md, twenty-seventh stop): at 5k
+/// notifications/s the log committed a third as often (about 600 instead of 1,800 times a
+/// second) for 9–18% less of the server's CPU, and on a loaded machine the p99 at 5k/s fell
+/// (78 to 45 ms, 67 to 25 ms in two sets of runs); on a quiet one the median rose by 1–5 ms and
+/// the p99 at 1k/s from 7 to 14 ms in the report run, past JetStream's 10.8 ms there. A
+/// setting (`--log-commit-delay-us 1000`) for a host near its CPU's limit, not a default. A
+/// lone caller never waits for it.
+pub const COMMIT_DELAY: Duration = Duration::ZERO;
 /// Callers waiting on a group (appends that are not relaxed, and other writes) from which the
 /// group waits [`COMMIT_DELAY`] for more before its commit: as many callers arriving during
 /// one commit say more are on their way (PostgreSQL's `commit_siblings`).
