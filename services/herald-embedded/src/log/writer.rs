@@ -185,10 +185,7 @@ pub(super) fn writer_loop(
             && !commit_delay.is_zero()
             && waits_for_siblings(&jobs)
         {
-            // A sleep, not a park: the appends that come meanwhile do not wake the thread (each
-            // would cost a wake-up), so the delay runs out even if the group fills or the queue
-            // does (its callers then wait for room): it is short and bounded.
-            std::thread::sleep(commit_delay);
+            wait_commit_delay(commit_delay);
             (count, _) = take_queued(&mut rx, &mut jobs, count);
         }
         if count < MAX_GROUP_COMMIT_RECORDS && !linger.is_zero() && jobs.iter().all(Job::relaxed) {
@@ -248,6 +245,19 @@ pub(super) fn writer_loop(
             }
         }
     }
+}
+
+/// The commit delay. A sleep, not a park: the appends that come meanwhile do not wake the
+/// thread (each would cost a wake-up), so the delay runs out even if the group fills or the
+/// queue does (its callers then wait for room): it is short and bounded.
+fn wait_commit_delay(delay: Duration) {
+    #[cfg(test)]
+    if let Some((entered, proceed)) = tests::DELAY_GATE.lock().expect("gate lock").take() {
+        let _ = entered.send(());
+        let _ = proceed.recv();
+        return;
+    }
+    std::thread::sleep(delay);
 }
 
 /// Whether a group waits the commit delay for more: [`COMMIT_SIBLINGS`] or more of its jobs
@@ -452,6 +462,7 @@ fn insert_batch(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Mutex, mpsc};
     use std::time::Duration;
 
     use herald_ports::log::{EventLog, Record, Topic};
@@ -463,6 +474,12 @@ mod tests {
 
     /// A hang guard, not a performance assertion.
     const HANG_GUARD: Duration = Duration::from_secs(60);
+
+    /// Set by a test: the next commit delay, instead of sleeping, says it has begun (the first
+    /// channel) and waits to be let go (the second), so the test acts inside the delay however
+    /// loaded the machine is. Only the test that sets it runs a log with a delay.
+    pub(super) static DELAY_GATE: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>> =
+        Mutex::new(None);
 
     fn record(key: &str) -> Record {
         Record {
@@ -524,10 +541,9 @@ mod tests {
     }
 
     /// Two callers queued together make a group that waits the commit delay, so an append made
-    /// once the writer has taken the two shares their commit: one stored row holds all three
-    /// records. Without the delay the third append cannot join a group already taken and is a
-    /// commit (and a row) of its own; with it, only a third append later than the whole delay
-    /// (the bound, 100 ms) after the writer took the two could miss the commit.
+    /// during the delay shares their commit: one stored row holds all three records. The delay
+    /// is the test's gate (`DELAY_GATE`), so the third append comes inside it on any machine;
+    /// a group that did not wait would never open the gate, and the test fails at its guard.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_during_the_commit_delay_shares_the_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -541,9 +557,12 @@ mod tests {
         )
         .await
         .unwrap();
+        let (entered, in_delay) = mpsc::channel();
+        let (proceed, proceeding) = mpsc::channel();
+        *DELAY_GATE.lock().unwrap() = Some((entered, proceeding));
         // Hold the writer in a write of its own, so that the next two appends queue together.
         let (held, holding) = oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
         let blocker = tokio::spawn({
             let log = log.clone();
             async move {
@@ -565,28 +584,36 @@ mod tests {
             async move { log.append(Topic::UserEvents, vec![record("b")]).await }
         });
         let sender = log.inner.jobs.lock().unwrap().clone().unwrap();
-        let queued = tokio::time::timeout(HANG_GUARD, async {
-            while sender.capacity() > APPEND_QUEUE_DEPTH - 2 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        queued.await.expect("the two appends were not queued");
-        release.send(()).unwrap();
-        // The writer has taken the two (the blocker's group is committed by then).
-        let taken = tokio::time::timeout(HANG_GUARD, async {
-            while sender.capacity() < APPEND_QUEUE_DEPTH {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        });
-        taken
+        let queued_behind = |n: usize| {
+            let sender = sender.clone();
+            tokio::time::timeout(HANG_GUARD, async move {
+                while sender.capacity() > APPEND_QUEUE_DEPTH - n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        queued_behind(2)
             .await
-            .expect("the writer did not take the two appends");
+            .expect("the two appends were not queued");
+        release.send(()).unwrap();
+        tokio::task::spawn_blocking(move || in_delay.recv_timeout(HANG_GUARD))
+            .await
+            .unwrap()
+            .expect("the group of two did not wait the commit delay");
+        let third = tokio::spawn({
+            let log = log.clone();
+            async move { log.append(Topic::UserEvents, vec![record("c")]).await }
+        });
+        queued_behind(1)
+            .await
+            .expect("the third append was not queued");
         drop(sender);
-        let third =
-            tokio::time::timeout(HANG_GUARD, log.append(Topic::UserEvents, vec![record("c")]))
-                .await
-                .expect("the third append hung")
-                .unwrap();
+        proceed.send(()).unwrap();
+        let third = tokio::time::timeout(HANG_GUARD, third)
+            .await
+            .expect("the third append hung")
+            .unwrap()
+            .unwrap();
         for task in [first, second] {
             tokio::time::timeout(HANG_GUARD, task)
                 .await
