@@ -155,30 +155,14 @@ pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
     // The same requests to a server that stores nothing: what HTTP alone allows here.
     let floor = {
         let floor = HttpFloor::start().await?;
-        let m = accept(&floor, n).await?;
-        json!({
-            "accepted_per_s": m.accepted.round(),
-            "ratio": (m.accepted / raw * 1000.0).round() / 1000.0,
-            "accepted_batched_per_s": m.accepted_batched.map(f64::round),
-            "batched_ratio": m.accepted_batched.map(|a| (a / raw * 1000.0).round() / 1000.0),
-            "server_cpu_seconds": m.cpu,
-            "batched_server_cpu_seconds": m.batched_cpu,
-        })
+        accept(&floor, n).await?.to_json(raw)
     };
     let bins = args.binaries();
     let mut runs = Vec::new();
     for target in args.targets().into_iter().filter(|t| t.is_durable()) {
         let server = Server::start(target, &bins).await?;
-        let m = accept(&server, n).await?;
-        let mut run = json!({
-            "target": target.name(),
-            "accepted_per_s": m.accepted.round(),
-            "ratio": (m.accepted / raw * 1000.0).round() / 1000.0,
-            "accepted_batched_per_s": m.accepted_batched.map(f64::round),
-            "batched_ratio": m.accepted_batched.map(|a| (a / raw * 1000.0).round() / 1000.0),
-            "server_cpu_seconds": m.cpu,
-            "batched_server_cpu_seconds": m.batched_cpu,
-        });
+        let mut run = accept(&server, n).await?.to_json(raw);
+        run["target"] = json!(target.name());
         if target.is_herald() {
             // Let the projector finish, then rebuild the projection from the log: a rebuild
             // timed while the live projector still works through the backlog measures the two
@@ -258,6 +242,21 @@ struct Accepted {
     /// Notifications in batch requests answered per second; `None`: no batch endpoint.
     accepted_batched: Option<f64>,
     batched_cpu: f64,
+}
+
+impl Accepted {
+    /// The measurement's fields in the results, with its rates as shares of raw SQLite's.
+    fn to_json(&self, raw: f64) -> Value {
+        let share = |a: f64| (a / raw * 1000.0).round() / 1000.0;
+        json!({
+            "accepted_per_s": self.accepted.round(),
+            "ratio": share(self.accepted),
+            "accepted_batched_per_s": self.accepted_batched.map(f64::round),
+            "batched_ratio": self.accepted_batched.map(share),
+            "server_cpu_seconds": self.cpu,
+            "batched_server_cpu_seconds": self.batched_cpu,
+        })
+    }
 }
 
 /// `n` single requests ([`MAX_PUBLISHES_IN_FLIGHT`] in flight), then the same number again,
