@@ -15,6 +15,7 @@ const TEXT: u8 = 0x1;
 const CONTINUATION: u8 = 0x0;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
 
 /// A client frame: masked, as RFC 6455 requires of clients.
 fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
@@ -202,6 +203,48 @@ async fn websocket_ping_floods_are_rate_limited() {
     let flood: Vec<u8> = (0..500).flat_map(|_| frame(PING, true, b"x")).collect();
     c.send(&flood).await;
     assert_eq!(c.close_code().await, Some(4009));
+    srv.shutdown.cancel();
+}
+
+/// Unsolicited pongs cost the server a frame each, as pings do: they take from the same rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pong_floods_are_rate_limited() {
+    let srv = server(
+        GatewayConfig {
+            frame_rate: 10.0,
+            frame_burst: 50.0,
+            ..config()
+        },
+        true,
+    )
+    .await;
+    let mut c = open(&srv, "pongs").await;
+    c.hello().await;
+    let flood: Vec<u8> = (0..500).flat_map(|_| frame(PONG, true, b"x")).collect();
+    c.send(&flood).await;
+    assert_eq!(c.close_code().await, Some(4009));
+    srv.shutdown.cancel();
+}
+
+/// Before the hello, control frames take from the frame rate too (the hello timeout alone
+/// would let a connection send them as fast as it can until it runs out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_frame_floods_before_the_hello_are_rate_limited() {
+    let srv = server(
+        GatewayConfig {
+            frame_rate: 10.0,
+            frame_burst: 50.0,
+            ..config()
+        },
+        true,
+    )
+    .await;
+    for opcode in [PING, PONG] {
+        let mut c = open(&srv, "early").await;
+        let flood: Vec<u8> = (0..500).flat_map(|_| frame(opcode, true, b"x")).collect();
+        c.send(&flood).await;
+        assert_eq!(c.close_code().await, Some(4009), "opcode {opcode:#x}");
+    }
     srv.shutdown.cancel();
 }
 

@@ -72,11 +72,10 @@ impl End {
 /// What a session receives, whatever the transport.
 pub enum Incoming {
     Frame(ClientFrame),
-    /// A WebSocket ping from the peer: a sign of life, and a frame that counts against the
-    /// client frame rate (the transport answers it).
-    Ping,
-    /// Any other sign of life (pongs).
-    Activity,
+    /// A WebSocket control frame from the peer, a ping (the transport answers it) or a pong: a
+    /// sign of life, and a frame that counts against the client frame rate as any other (a
+    /// flood of either costs the server as much as one of text frames).
+    Control,
     /// Not input: queued frames left the outbox while the session was not reading (it may
     /// read again).
     Wrote,
@@ -447,8 +446,8 @@ async fn run<T: Transport>(
                 }
                 match m {
                     Incoming::End(end) => return end,
-                    Incoming::Activity | Incoming::Wrote => continue,
-                    Incoming::Ping => {
+                    Incoming::Wrote => continue,
+                    Incoming::Control => {
                         if bucket.take(1.0, Instant::now()).is_err() {
                             return End::close(Close::RateLimited, "too many frames per second");
                         }

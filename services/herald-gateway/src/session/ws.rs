@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, Stream};
@@ -21,7 +21,7 @@ use herald_core::session::{Ending, Hello};
 use super::{End, Incoming, Out, Outbox, Transport, next_io};
 use crate::auth::User;
 use crate::config::SEND_QUEUE;
-use crate::limits::ConnectionGuard;
+use crate::limits::{ConnectionGuard, TokenBucket};
 use crate::queue;
 use crate::state::AppState;
 
@@ -98,8 +98,7 @@ fn incoming(m: Option<Result<Message, axum::Error>>) -> Incoming {
     match m {
         None | Some(Ok(Message::Close(_))) => Incoming::End(End::ClientGone),
         Some(Err(e)) => Incoming::End(stream_error(e)),
-        Some(Ok(Message::Ping(_))) => Incoming::Ping,
-        Some(Ok(Message::Pong(_))) => Incoming::Activity,
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Control,
         Some(Ok(Message::Binary(_))) => Incoming::End(End::close(
             Close::ProtocolError,
             "binary frames are not part of herald.v1",
@@ -282,10 +281,21 @@ async fn session(st: &AppState, user: &User, io: &mut Socket, outbox: Outbox, ep
     // hello, within the timeout. The match ends before the session starts, so the session's
     // future does not also keep the frame it came from.
     let hello: Result<Box<Hello>, End> = {
+        // Control frames before the hello count against the frame rate as after it.
+        let mut bucket =
+            TokenBucket::new(st.config.frame_rate, st.config.frame_burst, Instant::now());
         let first = tokio::time::timeout(st.config.hello_timeout, async {
             loop {
                 match next_io(io, true, true).await {
-                    Incoming::Activity | Incoming::Ping | Incoming::Wrote => continue,
+                    Incoming::Wrote => continue,
+                    Incoming::Control => {
+                        if bucket.take(1.0, Instant::now()).is_err() {
+                            return Err(End::close(
+                                Close::RateLimited,
+                                "too many frames per second",
+                            ));
+                        }
+                    }
                     Incoming::End(e) => return Err(e),
                     Incoming::Frame(f) => return Ok(f),
                 }
