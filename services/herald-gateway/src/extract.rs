@@ -19,6 +19,7 @@ use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 use crate::AppError;
 use crate::auth::User;
+use crate::limits::ConnectionGuard;
 
 /// A JSON body, which must be an object; a bad one is `400 malformed_json`,
 /// `422 invalid_json_shape`, `413` or `415`.
@@ -152,6 +153,39 @@ fn established<T: Clone + Send + Sync + 'static>(parts: &Parts, what: &str) -> R
         );
         AppError::Internal(format!("no {what} was established for this route"))
     })
+}
+
+/// The connection slot the realtime layer took for the request's user (see
+/// [`crate::limits::ConnectionLimits`]), held by the session for its whole life. Shared only to
+/// travel in the request's extensions (which must be `Clone`); the extractor takes it out, so
+/// the handler holds the one reference.
+#[derive(Clone)]
+pub struct Slot(std::sync::Arc<ConnectionGuard>);
+
+impl Slot {
+    pub fn new(guard: ConnectionGuard) -> Self {
+        Slot(std::sync::Arc::new(guard))
+    }
+}
+
+/// A realtime handler's connection slot (set by the realtime layer).
+pub struct ConnectionSlot(pub ConnectionGuard);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnectionSlot {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let missing = || {
+            tracing::error!(route = %parts.uri.path(), "no connection slot for this route");
+            AppError::Internal("no connection slot was taken for this route".into())
+        };
+        let Some(Slot(shared)) = parts.extensions.remove::<Slot>() else {
+            return Err(missing());
+        };
+        std::sync::Arc::into_inner(shared)
+            .map(ConnectionSlot)
+            .ok_or_else(missing)
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for AuthUser {

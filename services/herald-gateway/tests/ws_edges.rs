@@ -322,6 +322,51 @@ async fn an_upgrade_refused_for_its_origin_does_not_spend_the_ticket() {
     srv.shutdown.cancel();
 }
 
+/// A ticket redeemed for a connection the per-user limit refuses is put back: once a slot is
+/// free, the same ticket opens the connection (and only once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_refused_for_the_connection_limit_does_not_spend_the_ticket() {
+    let srv = server(
+        GatewayConfig {
+            max_connections_per_user: 1,
+            ..config()
+        },
+        true,
+    )
+    .await;
+    let mut first = open(&srv, "full").await;
+    first.hello().await;
+    let auth = format!("ticket={}", srv.ticket("full").await);
+    assert!(matches!(
+        upgrade(&srv, &auth, None, None).await,
+        Upgrade::Refused(429)
+    ));
+    first
+        .send(&frame(CLOSE, true, &1000u16.to_be_bytes()))
+        .await;
+    assert_eq!(first.close_code().await, Some(1000));
+    // The slot is freed when the session ends, just after its close frame.
+    let deadline = std::time::Instant::now() + GUARD;
+    let mut c = loop {
+        match upgrade(&srv, &auth, None, None).await {
+            Upgrade::Open(c) => break c,
+            Upgrade::Refused(429) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Upgrade::Refused(s) => panic!("the refused upgrade spent the ticket: {s}"),
+        }
+    };
+    c.hello().await;
+    assert!(
+        matches!(
+            upgrade(&srv, &auth, None, None).await,
+            Upgrade::Refused(401)
+        ),
+        "a ticket is still single use"
+    );
+    srv.shutdown.cancel();
+}
+
 /// A peer with a tiny receive window that says hello and never reads, with a backlog of large
 /// notifications: the session ends as a slow consumer, the server closes the TCP connection
 /// within a bounded time, and the user's connection slot is held until it has.

@@ -252,12 +252,17 @@ impl Auth {
         })
     }
 
-    /// Redeems a ticket once.
-    pub fn redeem_ticket(&self, ticket: &str) -> Result<User, AppError> {
-        self.tickets.redeem(ticket).map_err(|r| match r {
+    /// Redeems a ticket once; [`Auth::put_back_ticket`] undoes it.
+    pub fn take_ticket(&self, ticket: &str) -> Result<tickets::Redeemed, AppError> {
+        self.tickets.take(ticket).map_err(|r| match r {
             TicketRefused::Expired => unauthorized("ticket expired"),
             TicketRefused::Unknown => unauthorized("unknown or already used ticket"),
         })
+    }
+
+    /// Makes a ticket redeemed for a connection the limits refused valid again.
+    pub fn put_back_ticket(&self, redeemed: tickets::Redeemed) {
+        self.tickets.put_back(redeemed);
     }
 
     /// Mints a token for a demo user (`herald dev` only).

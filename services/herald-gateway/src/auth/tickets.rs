@@ -29,6 +29,22 @@ pub enum TicketRefused {
     Unknown,
 }
 
+/// A ticket just redeemed: its user, and what puts it back.
+pub struct Redeemed {
+    ticket: String,
+    entry: Entry,
+}
+
+impl Redeemed {
+    pub fn user(&self) -> &User {
+        &self.entry.user
+    }
+
+    pub fn into_user(self) -> User {
+        self.entry.user
+    }
+}
+
 /// The store is full of live tickets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TicketsFull;
@@ -107,12 +123,36 @@ impl Tickets {
 
     /// Redeems a ticket, once.
     pub fn redeem(&self, ticket: &str) -> Result<User, TicketRefused> {
+        self.take(ticket).map(|r| r.entry.user)
+    }
+
+    /// Redeems a ticket, once, keeping what [`Tickets::put_back`] needs to undo it.
+    pub fn take(&self, ticket: &str) -> Result<Redeemed, TicketRefused> {
         let entry = self.store.lock().expect("tickets lock").forget(ticket);
         match entry {
-            Some(e) if e.issued.elapsed() < TICKET_TTL => Ok(e.user),
+            Some(e) if e.issued.elapsed() < TICKET_TTL => Ok(Redeemed {
+                ticket: ticket.to_owned(),
+                entry: e,
+            }),
             Some(_) => Err(TicketRefused::Expired),
             None => Err(TicketRefused::Unknown),
         }
+    }
+
+    /// Makes a redeemed ticket valid again, with its first expiry, when what it was redeemed
+    /// for was refused (a connection limit): unless its user has minted
+    /// [`MAX_TICKETS_PER_USER`] since, or the store is full, when it stays spent.
+    pub fn put_back(&self, redeemed: Redeemed) {
+        let Redeemed { ticket, entry } = redeemed;
+        let mut store = self.store.lock().expect("tickets lock");
+        let own = store.by_user.get(&entry.user.id).map_or(0, VecDeque::len);
+        if own >= MAX_TICKETS_PER_USER || store.live.len() >= MAX_TICKETS {
+            return;
+        }
+        // First in line when the user mints past the cap: it is older than any minted since.
+        let queue = store.by_user.entry(entry.user.id.clone()).or_default();
+        queue.push_front(ticket.clone());
+        store.live.insert(ticket, entry);
     }
 
     /// Unredeemed tickets held.
@@ -134,6 +174,35 @@ mod tests {
             id: id.into(),
             exp: u64::MAX,
         }
+    }
+
+    #[test]
+    fn a_ticket_put_back_is_valid_once_more_unless_its_user_is_at_the_cap() {
+        let t = Tickets::default();
+        let a = t.issue(&user("alice")).unwrap();
+        let taken = t.take(&a).unwrap();
+        assert_eq!(taken.user().id, "alice");
+        assert_eq!(
+            t.redeem(&a),
+            Err(TicketRefused::Unknown),
+            "spent while taken"
+        );
+        t.put_back(taken);
+        assert_eq!(t.redeem(&a).unwrap().id, "alice", "valid again");
+        assert_eq!(t.redeem(&a), Err(TicketRefused::Unknown), "and single use");
+
+        let b = t.issue(&user("bob")).unwrap();
+        let taken = t.take(&b).unwrap();
+        for _ in 0..MAX_TICKETS_PER_USER {
+            t.issue(&user("bob")).unwrap();
+        }
+        t.put_back(taken);
+        assert_eq!(
+            t.redeem(&b),
+            Err(TicketRefused::Unknown),
+            "bob is at the cap"
+        );
+        assert_eq!(t.len(), MAX_TICKETS_PER_USER);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::AppError;
-use crate::extract::{AuthUser, Operator, Producer};
+use crate::extract::{AuthUser, Operator, Producer, Slot};
 use crate::limits::MAX_BODY_BYTES;
 use crate::state::AppState;
 
@@ -142,7 +142,8 @@ struct TicketParam {
 
 /// WebSocket and SSE: the origin is checked first, and a WebSocket upgrade's subprotocol (a
 /// refused origin or upgrade spends no ticket), then the user comes from `?ticket=` (browsers)
-/// or the Bearer token.
+/// or the Bearer token, and the connection's slot from the limits (a ticket redeemed for a
+/// connection they refuse is put back).
 async fn realtime_user(
     State(st): State<AppState>,
     mut req: Request,
@@ -168,10 +169,26 @@ async fn realtime_user(
     if upgrade && p.ticket.is_some() && !realtime::offers_subprotocol(req.headers()) {
         return Err(AppError::SubprotocolRequired);
     }
-    let user = match p.ticket {
-        Some(t) => st.auth.redeem_ticket(&t)?,
-        None => st.auth.user(req.headers())?,
+    // The connection's slot is taken here, with the user: a ticket redeemed for a connection
+    // the limits refuse is put back, so the client can retry with it.
+    let (user, slot) = match p.ticket {
+        Some(t) => {
+            let taken = st.auth.take_ticket(&t)?;
+            match st.connections.acquire(&taken.user().id) {
+                Ok(slot) => (taken.into_user(), slot),
+                Err(refused) => {
+                    st.auth.put_back_ticket(taken);
+                    return Err(refused.into());
+                }
+            }
+        }
+        None => {
+            let user = st.auth.user(req.headers())?;
+            let slot = st.connections.acquire(&user.id)?;
+            (user, slot)
+        }
     };
     req.extensions_mut().insert(AuthUser(user));
+    req.extensions_mut().insert(Slot::new(slot));
     Ok(next.run(req).await)
 }

@@ -1,8 +1,8 @@
 //! Live delivery: `GET /v1/ws` (WebSocket, protocol `herald.v1`), `GET /v1/sse` (the
 //! Server-Sent Events fallback), and `POST /v1/ws-ticket` (single-use tickets for browsers).
-//! The user is established by the realtime layer (ticket or Bearer token, after the origin
-//! check); these handlers check the protocol and the connection limits, then hand over to
-//! `session`.
+//! The user and the connection's slot are established by the realtime layer (ticket or Bearer
+//! token, after the origin check; a ticket redeemed for a connection the limits refuse is put
+//! back); these handlers check the protocol, then hand over to `session`.
 
 use axum::Json;
 use axum::Router;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppError;
 use crate::auth::TICKET_TTL;
-use crate::extract::{AppQuery, AuthUser};
+use crate::extract::{AppQuery, AuthUser, ConnectionSlot};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -81,6 +81,7 @@ async fn post_ticket(
 async fn ws_upgrade(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
+    ConnectionSlot(guard): ConnectionSlot,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
@@ -88,7 +89,6 @@ async fn ws_upgrade(
         return Err(AppError::SubprotocolRequired);
     }
     let ws = ws.map_err(|e| AppError::Invalid(format!("expected a WebSocket upgrade: {e}")))?;
-    let guard = st.connections.acquire(&user.id)?;
     Ok(ws
         .protocols([SUBPROTOCOL])
         .max_message_size(MAX_FRAME_BYTES)
@@ -154,11 +154,11 @@ pub(crate) fn sse_hello(
 async fn sse(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
+    ConnectionSlot(guard): ConnectionSlot,
     AppQuery(p): AppQuery<SseParams>,
     abort: Option<axum::Extension<crate::serve::ConnectionAbort>>,
 ) -> Result<Response, AppError> {
     let hello = sse_hello(p, st.log.epoch())?;
-    let guard = st.connections.acquire(&user.id)?;
     let abort = abort.map(|axum::Extension(a)| a);
     let stream = crate::session::sse::stream(st, user, hello, guard, abort);
     Ok(axum::response::sse::Sse::new(stream).into_response())
