@@ -2,10 +2,10 @@
 //! callers the route groups' auth layers establish.
 //!
 //! A handler never sees a `HeaderMap` for auth nor a `JsonRejection`: it takes `AppJson<T>`,
-//! `AppQuery<T>`, and one of [`AuthUser`], [`Producer`], [`Operator`]. Those three are put in
-//! the request's extensions by the layer of the handler's route group (`routes::app`), which
-//! runs before any extractor; a handler outside its group fails with 500 rather than run
-//! unauthenticated.
+//! `AppQuery<T>`, and one of [`AuthUser`], [`Producer`], [`Operator`] (and, on the realtime
+//! routes, a [`ConnectionSlot`]). Those are put in the request's extensions by the layer of the
+//! handler's route group (`routes::app`), which runs before any extractor; a handler outside
+//! its group fails with 500 rather than run unauthenticated.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Json, Path, Query, Request};

@@ -253,16 +253,16 @@ impl Auth {
     }
 
     /// Redeems a ticket once; [`Auth::put_back_ticket`] undoes it.
-    pub fn take_ticket(&self, ticket: &str) -> Result<tickets::Redeemed, AppError> {
-        self.tickets.take(ticket).map_err(|r| match r {
+    pub fn claim_ticket(&self, ticket: &str) -> Result<tickets::Claimed, AppError> {
+        self.tickets.claim(ticket).map_err(|r| match r {
             TicketRefused::Expired => unauthorized("ticket expired"),
             TicketRefused::Unknown => unauthorized("unknown or already used ticket"),
         })
     }
 
     /// Makes a ticket redeemed for a connection the limits refused valid again.
-    pub fn put_back_ticket(&self, redeemed: tickets::Redeemed) {
-        self.tickets.put_back(redeemed);
+    pub fn put_back_ticket(&self, claimed: tickets::Claimed) {
+        self.tickets.put_back(claimed);
     }
 
     /// Mints a token for a demo user (`herald dev` only).

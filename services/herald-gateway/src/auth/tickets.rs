@@ -30,12 +30,12 @@ pub enum TicketRefused {
 }
 
 /// A ticket just redeemed: its user, and what puts it back.
-pub struct Redeemed {
+pub struct Claimed {
     ticket: String,
     entry: Entry,
 }
 
-impl Redeemed {
+impl Claimed {
     pub fn user(&self) -> &User {
         &self.entry.user
     }
@@ -123,14 +123,14 @@ impl Tickets {
 
     /// Redeems a ticket, once.
     pub fn redeem(&self, ticket: &str) -> Result<User, TicketRefused> {
-        self.take(ticket).map(|r| r.entry.user)
+        self.claim(ticket).map(|c| c.entry.user)
     }
 
     /// Redeems a ticket, once, keeping what [`Tickets::put_back`] needs to undo it.
-    pub fn take(&self, ticket: &str) -> Result<Redeemed, TicketRefused> {
+    pub fn claim(&self, ticket: &str) -> Result<Claimed, TicketRefused> {
         let entry = self.store.lock().expect("tickets lock").forget(ticket);
         match entry {
-            Some(e) if e.issued.elapsed() < TICKET_TTL => Ok(Redeemed {
+            Some(e) if e.issued.elapsed() < TICKET_TTL => Ok(Claimed {
                 ticket: ticket.to_owned(),
                 entry: e,
             }),
@@ -139,19 +139,25 @@ impl Tickets {
         }
     }
 
-    /// Makes a redeemed ticket valid again, with its first expiry, when what it was redeemed
-    /// for was refused (a connection limit): unless its user has minted
-    /// [`MAX_TICKETS_PER_USER`] since, or the store is full, when it stays spent.
-    pub fn put_back(&self, redeemed: Redeemed) {
-        let Redeemed { ticket, entry } = redeemed;
+    /// Makes a claimed ticket valid again, with its first expiry, when what it was claimed for
+    /// was refused (a connection limit), unless its user now holds [`MAX_TICKETS_PER_USER`]
+    /// live tickets or the store is full: then it stays spent. While it is out, the same
+    /// ticket is refused as unknown (a concurrent use of a single-use ticket).
+    pub fn put_back(&self, claimed: Claimed) {
+        let Claimed { ticket, entry } = claimed;
         let mut store = self.store.lock().expect("tickets lock");
+        let store = &mut *store;
         let own = store.by_user.get(&entry.user.id).map_or(0, VecDeque::len);
         if own >= MAX_TICKETS_PER_USER || store.live.len() >= MAX_TICKETS {
             return;
         }
-        // First in line when the user mints past the cap: it is older than any minted since.
+        // In its place by age: the user's oldest ticket is the one dropped at the cap.
         let queue = store.by_user.entry(entry.user.id.clone()).or_default();
-        queue.push_front(ticket.clone());
+        let at = queue
+            .iter()
+            .position(|t| store.live.get(t).is_some_and(|e| e.issued > entry.issued))
+            .unwrap_or(queue.len());
+        queue.insert(at, ticket.clone());
         store.live.insert(ticket, entry);
     }
 
@@ -180,29 +186,40 @@ mod tests {
     fn a_ticket_put_back_is_valid_once_more_unless_its_user_is_at_the_cap() {
         let t = Tickets::default();
         let a = t.issue(&user("alice")).unwrap();
-        let taken = t.take(&a).unwrap();
-        assert_eq!(taken.user().id, "alice");
-        assert_eq!(
-            t.redeem(&a),
-            Err(TicketRefused::Unknown),
-            "spent while taken"
-        );
-        t.put_back(taken);
+        let claimed = t.claim(&a).unwrap();
+        assert_eq!(claimed.user().id, "alice");
+        assert_eq!(t.redeem(&a), Err(TicketRefused::Unknown), "spent while out");
+        t.put_back(claimed);
         assert_eq!(t.redeem(&a).unwrap().id, "alice", "valid again");
         assert_eq!(t.redeem(&a), Err(TicketRefused::Unknown), "and single use");
 
+        // Put back in its place by age: at the cap the older one goes first.
+        let older = t.issue(&user("carol")).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let c = t.issue(&user("carol")).unwrap();
+        t.put_back(t.claim(&c).unwrap());
+        for _ in 0..MAX_TICKETS_PER_USER - 1 {
+            t.issue(&user("carol")).unwrap();
+        }
+        assert_eq!(
+            t.redeem(&older),
+            Err(TicketRefused::Unknown),
+            "the oldest dropped"
+        );
+        assert_eq!(t.redeem(&c).unwrap().id, "carol", "the one put back kept");
+
+        // A user who now holds the cap's worth of tickets does not get it back.
         let b = t.issue(&user("bob")).unwrap();
-        let taken = t.take(&b).unwrap();
+        let claimed = t.claim(&b).unwrap();
         for _ in 0..MAX_TICKETS_PER_USER {
             t.issue(&user("bob")).unwrap();
         }
-        t.put_back(taken);
+        t.put_back(claimed);
         assert_eq!(
             t.redeem(&b),
             Err(TicketRefused::Unknown),
             "bob is at the cap"
         );
-        assert_eq!(t.len(), MAX_TICKETS_PER_USER);
     }
 
     #[test]

@@ -173,11 +173,11 @@ async fn realtime_user(
     // the limits refuse is put back, so the client can retry with it.
     let (user, slot) = match p.ticket {
         Some(t) => {
-            let taken = st.auth.take_ticket(&t)?;
-            match st.connections.acquire(&taken.user().id) {
-                Ok(slot) => (taken.into_user(), slot),
+            let claimed = st.auth.claim_ticket(&t)?;
+            match st.connections.acquire(&claimed.user().id) {
+                Ok(slot) => (claimed.into_user(), slot),
                 Err(refused) => {
-                    st.auth.put_back_ticket(taken);
+                    st.auth.put_back_ticket(claimed);
                     return Err(refused.into());
                 }
             }
