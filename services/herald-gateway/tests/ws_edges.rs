@@ -248,28 +248,6 @@ async fn control_frame_floods_before_the_hello_are_rate_limited() {
     srv.shutdown.cancel();
 }
 
-/// The hello does not refill the bucket: 45 pongs before it and 45 after are 90 frames
-/// against a burst of 50 (and a rate of one a second).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_frame_rate_holds_across_the_hello() {
-    let srv = server(
-        GatewayConfig {
-            frame_rate: 1.0,
-            frame_burst: 50.0,
-            ..config()
-        },
-        true,
-    )
-    .await;
-    let mut c = open(&srv, "across").await;
-    let pongs: Vec<u8> = (0..45).flat_map(|_| frame(PONG, true, b"x")).collect();
-    c.send(&pongs).await;
-    c.hello().await;
-    c.send(&pongs).await;
-    assert_eq!(c.close_code().await, Some(4009));
-    srv.shutdown.cancel();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     let srv = server(config(), true).await;

@@ -178,23 +178,15 @@ fn gap_input(records: &[StoredRecord], user: &str) -> Input {
     }
 }
 
-/// What a transport hands the session about its peer.
-pub struct Peer {
-    /// Close a peer that shows no sign of life for a heartbeat interval plus the pong timeout.
-    pub reap_silent: bool,
-    /// The client frame rate, as the transport leaves it: a WebSocket's control frames before
-    /// `hello` took from it, so the rate holds across the hello.
-    pub frames: TokenBucket,
-}
-
-/// The session after `hello`, on any transport, until it ends.
+/// The session after `hello`, on any transport, until it ends. With `reap_silent`, a peer that
+/// shows no sign of life for a heartbeat interval plus the pong timeout is closed.
 pub async fn serve<T: Transport>(
     st: &AppState,
     user: &User,
     hello: Box<Hello>,
     io: &mut T,
     outbox: &Outbox,
-    peer: Peer,
+    reap_silent: bool,
 ) -> End {
     st.announce(&user.id, &hello.device_id);
     // Subscribe first, then read history (projection, then the log gap), then merge.
@@ -205,7 +197,7 @@ pub async fn serve<T: Transport>(
             return End::close(Close::InternalError, "the log is unavailable");
         }
     };
-    let end = drive(st, user, hello, io, outbox, peer, &mut reg).await;
+    let end = drive(st, user, hello, io, outbox, reap_silent, &mut reg).await;
     st.hub.unregister(&user.id, reg.id);
     end
 }
@@ -314,7 +306,7 @@ async fn drive<T: Transport>(
     hello: Box<Hello>,
     io: &mut T,
     outbox: &Outbox,
-    peer: Peer,
+    reap_silent: bool,
     reg: &mut Registration,
 ) -> End {
     let projection_applied = match st.inbox.consumer_offsets(Stage::Inbox).await {
@@ -344,7 +336,19 @@ async fn drive<T: Transport>(
     let mut read: Option<Read> = None;
     let end = match shell.perform(actions, &mut read) {
         Err(end) => end,
-        Ok(()) => run(st, &shell, &mut session, &mut read, io, user.exp, peer, reg).await,
+        Ok(()) => {
+            run(
+                st,
+                &shell,
+                &mut session,
+                &mut read,
+                io,
+                user.exp,
+                reap_silent,
+                reg,
+            )
+            .await
+        }
     };
     // Whatever ended it, the ACKs and deliveries gathered still go to the log.
     let _ = shell.perform(session.finish(now_ms()), &mut read);
@@ -359,13 +363,9 @@ async fn run<T: Transport>(
     read: &mut Option<Read>,
     io: &mut T,
     exp: u64,
-    peer: Peer,
+    reap_silent: bool,
     reg: &mut Registration,
 ) -> End {
-    let Peer {
-        reap_silent,
-        frames: mut bucket,
-    } = peer;
     let cfg = st.config.clone();
     let shutdown = st.shutdown.clone();
     let kick = reg.kick.clone();
@@ -373,6 +373,7 @@ async fn run<T: Transport>(
     // A peer silent this long after its last sign of life is closed (4011), on time: the
     // deadline is one of the timer's, not looked at only when a ping is due.
     let silence = cfg.heartbeat_interval + cfg.pong_timeout;
+    let mut bucket = TokenBucket::new(cfg.frame_rate, cfg.frame_burst, Instant::now());
     // ACK frames up to one per notification frame sent take no token. A client may ACK each
     // notification by id as it arrives (clients/js does), and a replay of thousands runs at the
     // pace of those ACKs; what the server sends bounds them. Other frames, and ACKs beyond that,

@@ -16,10 +16,10 @@ use herald_core::protocol::notification_frame;
 use herald_core::session::Hello;
 use serde::Serialize;
 
-use super::{End, Incoming, Out, Outbox, Peer, Transport};
+use super::{End, Incoming, Out, Outbox, Transport};
 use crate::auth::User;
 use crate::config::SEND_QUEUE;
-use crate::limits::{ConnectionGuard, TokenBucket};
+use crate::limits::ConnectionGuard;
 use crate::serve::ConnectionAbort;
 use crate::session::ws::CLOSE_HANDSHAKE;
 use crate::state::AppState;
@@ -70,16 +70,7 @@ pub fn stream(
         let mut io = Body {
             gone: Box::pin(async move { tx.closed().await }),
         };
-        // The stream has no client frames, and the peer's liveness is the TCP connection's.
-        let peer = Peer {
-            reap_silent: false,
-            frames: TokenBucket::new(
-                st.config.frame_rate,
-                st.config.frame_burst,
-                std::time::Instant::now(),
-            ),
-        };
-        let end = super::serve(&st, &user, Box::new(hello), &mut io, &outbox, peer).await;
+        let end = super::serve(&st, &user, Box::new(hello), &mut io, &outbox, false).await;
         herald_ports::telemetry::session_closed("sse", end.code());
         if let End::Close(ending) = end {
             let deadline = tokio::time::Instant::now() + CLOSE_HANDSHAKE;
