@@ -187,49 +187,11 @@ async fn a_burst_of_pings_from_a_reading_client_gets_every_pong() {
     srv.shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_ping_floods_are_rate_limited() {
-    let srv = server(
-        GatewayConfig {
-            frame_rate: 10.0,
-            frame_burst: 50.0,
-            ..config()
-        },
-        true,
-    )
-    .await;
-    let mut c = open(&srv, "flood").await;
-    c.hello().await;
-    let flood: Vec<u8> = (0..500).flat_map(|_| frame(PING, true, b"x")).collect();
-    c.send(&flood).await;
-    assert_eq!(c.close_code().await, Some(4009));
-    srv.shutdown.cancel();
-}
-
-/// Unsolicited pongs cost the server a frame each, as pings do: they take from the same rate.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_pong_floods_are_rate_limited() {
-    let srv = server(
-        GatewayConfig {
-            frame_rate: 10.0,
-            frame_burst: 50.0,
-            ..config()
-        },
-        true,
-    )
-    .await;
-    let mut c = open(&srv, "pongs").await;
-    c.hello().await;
-    let flood: Vec<u8> = (0..500).flat_map(|_| frame(PONG, true, b"x")).collect();
-    c.send(&flood).await;
-    assert_eq!(c.close_code().await, Some(4009));
-    srv.shutdown.cancel();
-}
-
-/// Before the hello, control frames take from the frame rate too (the hello timeout alone
+/// A flood of pings or of unsolicited pongs closes with 4009: each costs the server a frame and
+/// takes from the frame rate, after the hello and before it (where the hello timeout alone
 /// would let a connection send them as fast as it can until it runs out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_frame_floods_before_the_hello_are_rate_limited() {
+async fn control_frame_floods_are_rate_limited_before_and_after_the_hello() {
     let srv = server(
         GatewayConfig {
             frame_rate: 10.0,
@@ -239,11 +201,18 @@ async fn control_frame_floods_before_the_hello_are_rate_limited() {
         true,
     )
     .await;
-    for opcode in [PING, PONG] {
-        let mut c = open(&srv, "early").await;
+    for (opcode, after_hello) in [(PING, true), (PONG, true), (PING, false), (PONG, false)] {
+        let mut c = open(&srv, &format!("flood-{opcode}-{after_hello}")).await;
+        if after_hello {
+            c.hello().await;
+        }
         let flood: Vec<u8> = (0..500).flat_map(|_| frame(opcode, true, b"x")).collect();
         c.send(&flood).await;
-        assert_eq!(c.close_code().await, Some(4009), "opcode {opcode:#x}");
+        assert_eq!(
+            c.close_code().await,
+            Some(4009),
+            "opcode {opcode:#x}, after the hello: {after_hello}"
+        );
     }
     srv.shutdown.cancel();
 }
