@@ -3,7 +3,7 @@
 //!
 //! A handler never sees a `HeaderMap` for auth nor a `JsonRejection`: it takes `AppJson<T>`,
 //! `AppQuery<T>`, and one of [`AuthUser`], [`Producer`], [`Operator`] (and, on the realtime
-//! routes, a [`ConnectionSlot`]). Those are put in the request's extensions by the layer of the
+//! routes, an [`Admission`]). Those are put in the request's extensions by the layer of the
 //! handler's route group (`routes::app`), which runs before any extractor; a handler outside
 //! its group fails with 500 rather than run unauthenticated.
 
@@ -19,7 +19,8 @@ use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 use crate::AppError;
 use crate::auth::User;
-use crate::limits::ConnectionGuard;
+use crate::auth::tickets::Claimed;
+use crate::limits::{ConnectionGuard, ConnectionLimits};
 
 /// A JSON body, which must be an object; a bad one is `400 malformed_json`,
 /// `422 invalid_json_shape`, `413` or `415`.
@@ -155,36 +156,61 @@ fn established<T: Clone + Send + Sync + 'static>(parts: &Parts, what: &str) -> R
     })
 }
 
-/// The connection slot the realtime layer took for the request's user (see
-/// [`crate::limits::ConnectionLimits`]), held by the session for its whole life. Shared only to
-/// travel in the request's extensions (which must be `Clone`); the extractor takes it out, so
-/// the handler holds the one reference.
+/// A realtime request on its way to a connection: the user the realtime layer established and
+/// the ticket it redeemed for them, if any. The handler checks the request first, then
+/// [`Admission::admit`]s it, which takes the connection's slot from the limits (see
+/// [`crate::limits::ConnectionLimits`]). A ticket whose request ends without a connection (a
+/// bad request, or a slot the limits refuse) is put back by the layer when the response is
+/// made, so a client can retry with it; once admitted, it is spent. Shared only so that the
+/// layer sees what became of it.
 #[derive(Clone)]
-pub struct Slot(std::sync::Arc<ConnectionGuard>);
+pub struct Admission(std::sync::Arc<std::sync::Mutex<Pending>>);
 
-impl Slot {
-    pub fn new(guard: ConnectionGuard) -> Self {
-        Slot(std::sync::Arc::new(guard))
+struct Pending {
+    user_id: String,
+    ticket: Option<Claimed>,
+    admitted: bool,
+}
+
+impl Admission {
+    pub fn new(user_id: String, ticket: Option<Claimed>) -> Self {
+        Admission(std::sync::Arc::new(std::sync::Mutex::new(Pending {
+            user_id,
+            ticket,
+            admitted: false,
+        })))
+    }
+
+    /// The connection's slot, held by the session for its whole life; the ticket is spent.
+    /// `429` if the limits refuse (the ticket then goes back).
+    pub fn admit(
+        &self,
+        limits: &std::sync::Arc<ConnectionLimits>,
+    ) -> Result<ConnectionGuard, AppError> {
+        let mut p = self.0.lock().expect("admission lock");
+        if p.admitted {
+            return Err(AppError::Internal("a connection was admitted twice".into()));
+        }
+        let guard = limits.acquire(&p.user_id)?;
+        p.admitted = true;
+        p.ticket = None;
+        Ok(guard)
+    }
+
+    /// The ticket, if the request ended without a connection.
+    pub fn unused_ticket(&self) -> Option<Claimed> {
+        self.0.lock().expect("admission lock").ticket.take()
     }
 }
 
-/// A realtime handler's connection slot (set by the realtime layer).
-pub struct ConnectionSlot(pub ConnectionGuard);
-
-impl<S: Send + Sync> FromRequestParts<S> for ConnectionSlot {
+impl<S: Send + Sync> FromRequestParts<S> for Admission {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let missing = || {
-            tracing::error!(route = %parts.uri.path(), "no connection slot for this route");
-            AppError::Internal("no connection slot was taken for this route".into())
-        };
-        let Some(Slot(shared)) = parts.extensions.remove::<Slot>() else {
-            return Err(missing());
-        };
-        std::sync::Arc::into_inner(shared)
-            .map(ConnectionSlot)
-            .ok_or_else(missing)
+        parts.extensions.remove::<Admission>().ok_or_else(|| {
+            tracing::error!(route = %parts.uri.path(), "no admission for this route");
+            AppError::Internal("no admission was made for this route".into())
+        })
     }
 }
 

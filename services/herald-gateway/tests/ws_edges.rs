@@ -337,6 +337,84 @@ async fn an_upgrade_refused_for_the_connection_limit_does_not_spend_the_ticket()
     srv.shutdown.cancel();
 }
 
+/// A request the handler refuses (400) is refused before the connection's slot is taken: at the
+/// per-user limit it is still a 400, not a 429, and a ticket redeemed for it is put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_realtime_request_is_a_400_at_the_limit_and_spends_no_ticket() {
+    let srv = server(
+        GatewayConfig {
+            max_connections_per_user: 1,
+            ..config()
+        },
+        true,
+    )
+    .await;
+    let http = http();
+    let sse = |query: String, bearer: bool| {
+        let req = http.get(format!("{}/v1/sse?{query}", srv.http));
+        if bearer {
+            req.bearer_auth(token("edge", 600))
+        } else {
+            req
+        }
+        .send()
+    };
+    // At the limit: a bad device id, an unknown parameter, a WebSocket without the subprotocol.
+    let mut first = open(&srv, "edge").await;
+    first.hello().await;
+    for query in ["device_id=bad%20id", "device_id=d&nope=1"] {
+        let r = sse(query.to_owned(), true).await.unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+    }
+    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+            token("edge", 600)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(GUARD, s.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400");
+    // A good request at the limit is a 429.
+    assert_eq!(sse("device_id=d".into(), true).await.unwrap().status(), 429);
+    first
+        .send(&frame(CLOSE, true, &1000u16.to_be_bytes()))
+        .await;
+    assert_eq!(first.close_code().await, Some(1000));
+    // Below the limit, a ticket redeemed for a bad SSE request is put back: the same ticket
+    // then opens a stream, once.
+    let t = srv.ticket("edge").await;
+    let bad = sse(format!("ticket={t}&device_id=bad%20id"), false)
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let good = loop {
+        let r = sse(format!("ticket={t}&device_id=d"), false).await.unwrap();
+        // The first connection's slot is freed just after its close frame.
+        if r.status() == 429 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(good.status(), 200, "the bad request spent the ticket");
+    drop(good);
+    let again = sse(format!("ticket={t}&device_id=d"), false).await.unwrap();
+    assert_eq!(again.status(), 401, "a ticket is still single use");
+    srv.shutdown.cancel();
+}
+
 /// A peer with a tiny receive window that says hello and never reads, with a backlog of large
 /// notifications: the session ends as a slow consumer, the server closes the TCP connection
 /// within a bounded time, and the user's connection slot is held until it has.

@@ -39,10 +39,6 @@ impl Claimed {
     pub fn user(&self) -> &User {
         &self.entry.user
     }
-
-    pub fn into_user(self) -> User {
-        self.entry.user
-    }
 }
 
 /// The store is full of live tickets.

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::AppError;
-use crate::extract::{AuthUser, Operator, Producer, Slot};
+use crate::extract::{Admission, AuthUser, Operator, Producer};
 use crate::limits::MAX_BODY_BYTES;
 use crate::state::AppState;
 
@@ -140,10 +140,10 @@ struct TicketParam {
     ticket: Option<String>,
 }
 
-/// WebSocket and SSE: the origin is checked first, and a WebSocket upgrade's subprotocol (a
-/// refused origin or upgrade spends no ticket), then the user comes from `?ticket=` (browsers)
-/// or the Bearer token, and the connection's slot from the limits (a ticket redeemed for a
-/// connection they refuse is put back).
+/// WebSocket and SSE: the origin is checked first (a refused origin spends no ticket), then the
+/// user comes from `?ticket=` (browsers) or the Bearer token. The handler checks the request and
+/// takes the connection's slot ([`Admission::admit`]); a ticket redeemed for a request that ends
+/// without a connection (refused by the handler or the limits) is put back here.
 async fn realtime_user(
     State(st): State<AppState>,
     mut req: Request,
@@ -160,35 +160,19 @@ async fn realtime_user(
         }
     }
     let Query(p) = Query::<TicketParam>::try_from_uri(req.uri())?;
-    // A ticket is single-use: an upgrade the handler would refuse for its subprotocol is
-    // refused before the ticket is redeemed. (Without a ticket, credentials come first.)
-    let upgrade = req
-        .headers()
-        .get(axum::http::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if upgrade && p.ticket.is_some() && !realtime::offers_subprotocol(req.headers()) {
-        return Err(AppError::SubprotocolRequired);
-    }
-    // The connection's slot is taken here, with the user: a ticket redeemed for a connection
-    // the limits refuse is put back, so the client can retry with it.
-    let (user, slot) = match p.ticket {
+    let (user, ticket) = match p.ticket {
         Some(t) => {
             let claimed = st.auth.claim_ticket(&t)?;
-            match st.connections.acquire(&claimed.user().id) {
-                Ok(slot) => (claimed.into_user(), slot),
-                Err(refused) => {
-                    st.auth.put_back_ticket(claimed);
-                    return Err(refused.into());
-                }
-            }
+            (claimed.user().clone(), Some(claimed))
         }
-        None => {
-            let user = st.auth.user(req.headers())?;
-            let slot = st.connections.acquire(&user.id)?;
-            (user, slot)
-        }
+        None => (st.auth.user(req.headers())?, None),
     };
+    let admission = Admission::new(user.id.clone(), ticket);
     req.extensions_mut().insert(AuthUser(user));
-    req.extensions_mut().insert(Slot::new(slot));
-    Ok(next.run(req).await)
+    req.extensions_mut().insert(admission.clone());
+    let response = next.run(req).await;
+    if let Some(claimed) = admission.unused_ticket() {
+        st.auth.put_back_ticket(claimed);
+    }
+    Ok(response)
 }

@@ -1,8 +1,9 @@
 //! Live delivery: `GET /v1/ws` (WebSocket, protocol `herald.v1`), `GET /v1/sse` (the
 //! Server-Sent Events fallback), and `POST /v1/ws-ticket` (single-use tickets for browsers).
-//! The user and the connection's slot are established by the realtime layer (ticket or Bearer
-//! token, after the origin check; a ticket redeemed for a connection the limits refuse is put
-//! back); these handlers check the protocol, then hand over to `session`.
+//! The user is established by the realtime layer (ticket or Bearer token, after the origin
+//! check); these handlers check the request, then take the connection's slot (`Admission`) and
+//! hand over to `session`. A ticket redeemed for a request that ends without a connection (a bad
+//! request: 400, or the limits: 429) is put back by the layer, so it can be used again.
 
 use axum::Json;
 use axum::Router;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppError;
 use crate::auth::TICKET_TTL;
-use crate::extract::{AppQuery, AuthUser, ConnectionSlot};
+use crate::extract::{Admission, AppQuery, AuthUser};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -71,7 +72,7 @@ async fn post_ticket(
     }))
 }
 
-/// Checks the subprotocol and the limits, then upgrades.
+/// Checks the subprotocol and the upgrade, takes the connection's slot, then upgrades.
 /// The WebSocket session (subprotocol `herald.v1`, frames in docs/protocol.md).
 #[utoipa::path(get, path = "/v1/ws", tag = "realtime",
     params(("ticket" = Option<String>, Query, description = "A ticket from /v1/ws-ticket, instead of a Bearer token"),
@@ -81,7 +82,7 @@ async fn post_ticket(
 async fn ws_upgrade(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
-    ConnectionSlot(guard): ConnectionSlot,
+    admission: Admission,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
@@ -89,6 +90,7 @@ async fn ws_upgrade(
         return Err(AppError::SubprotocolRequired);
     }
     let ws = ws.map_err(|e| AppError::Invalid(format!("expected a WebSocket upgrade: {e}")))?;
+    let guard = admission.admit(&st.connections)?;
     Ok(ws
         .protocols([SUBPROTOCOL])
         .max_message_size(MAX_FRAME_BYTES)
@@ -105,9 +107,8 @@ async fn ws_upgrade(
         }))
 }
 
-/// Whether a WebSocket upgrade offers `herald.v1` (also checked by the realtime layer before it
-/// redeems a ticket, so a refused upgrade does not spend one).
-pub(crate) fn offers_subprotocol(headers: &HeaderMap) -> bool {
+/// Whether a WebSocket upgrade offers `herald.v1`.
+fn offers_subprotocol(headers: &HeaderMap) -> bool {
     headers
         .get_all("sec-websocket-protocol")
         .iter()
@@ -154,11 +155,12 @@ pub(crate) fn sse_hello(
 async fn sse(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
-    ConnectionSlot(guard): ConnectionSlot,
+    admission: Admission,
     AppQuery(p): AppQuery<SseParams>,
     abort: Option<axum::Extension<crate::serve::ConnectionAbort>>,
 ) -> Result<Response, AppError> {
     let hello = sse_hello(p, st.log.epoch())?;
+    let guard = admission.admit(&st.connections)?;
     let abort = abort.map(|axum::Extension(a)| a);
     let stream = crate::session::sse::stream(st, user, hello, guard, abort);
     Ok(axum::response::sse::Sse::new(stream).into_response())
