@@ -53,6 +53,17 @@ enum Upgrade {
 /// Upgrades `/v1/ws` by hand. `rcvbuf` shrinks the socket's receive buffer (a peer that reads
 /// slowly or not at all).
 async fn upgrade(srv: &Server, auth: &str, origin: Option<&str>, rcvbuf: Option<u32>) -> Upgrade {
+    upgrade_offering(srv, auth, origin, rcvbuf, "herald.v1").await
+}
+
+/// [`upgrade`], offering the subprotocols `offer` (none if empty).
+async fn upgrade_offering(
+    srv: &Server,
+    auth: &str,
+    origin: Option<&str>,
+    rcvbuf: Option<u32>,
+    offer: &str,
+) -> Upgrade {
     let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
     let socket = TcpSocket::new_v4().unwrap();
     if let Some(n) = rcvbuf {
@@ -69,10 +80,14 @@ async fn upgrade(srv: &Server, auth: &str, origin: Option<&str>, rcvbuf: Option<
     let origin = origin
         .map(|o| format!("Origin: {o}\r\n"))
         .unwrap_or_default();
+    let offer = match offer {
+        "" => String::new(),
+        p => format!("Sec-WebSocket-Protocol: {p}\r\n"),
+    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: herald.v1\r\n{header}{origin}\r\n"
+         {offer}{header}{origin}\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -366,25 +381,10 @@ async fn a_bad_realtime_request_is_a_400_at_the_limit_and_spends_no_ticket() {
         let r = sse(query.to_owned(), true).await.unwrap();
         assert_eq!(r.status(), 400, "{query}");
     }
-    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
-            token("edge", 600)
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = [0u8; 12];
-    tokio::time::timeout(GUARD, s.read_exact(&mut head))
-        .await
-        .expect("an answer")
-        .unwrap();
-    assert_eq!(&head, b"HTTP/1.1 400");
+    assert!(matches!(
+        upgrade_offering(&srv, &token("edge", 600), None, None, "").await,
+        Upgrade::Refused(400)
+    ));
     // A good request at the limit is a 429.
     assert_eq!(sse("device_id=d".into(), true).await.unwrap().status(), 429);
     first
@@ -596,25 +596,10 @@ async fn a_malformed_frame_quoting_multibyte_text_closes_with_4000() {
 async fn an_upgrade_without_the_subprotocol_does_not_spend_the_ticket() {
     let srv = server(config(), true).await;
     let t = srv.ticket("tix2").await;
-    // The same upgrade as `upgrade` sends, without `Sec-WebSocket-Protocol`.
-    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET /v1/ws?ticket={t} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = [0u8; 12];
-    tokio::time::timeout(GUARD, s.read_exact(&mut head))
-        .await
-        .expect("an answer")
-        .unwrap();
-    assert_eq!(&head, b"HTTP/1.1 400");
+    assert!(matches!(
+        upgrade_offering(&srv, &format!("ticket={t}"), None, None, "chat").await,
+        Upgrade::Refused(400)
+    ));
     match upgrade(&srv, &format!("ticket={t}"), None, None).await {
         Upgrade::Open(mut c) => c.hello().await,
         Upgrade::Refused(s) => panic!("the ticket was spent by the refused upgrade: {s}"),
