@@ -542,6 +542,45 @@ async fn closed_by_server(s: &mut TcpStream) -> bool {
     false
 }
 
+/// Request heads the HTTP parser refuses get its bare status (docs/protocol.md, "Errors"), and
+/// heads just inside its limits reach Herald (here: its 401 with a JSON body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_over_the_parsers_limits_get_its_status() {
+    let srv = server(config(), true).await;
+    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
+    let status_of = |head: Vec<u8>| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&head).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(GUARD, s.read_to_end(&mut answer))
+            .await
+            .expect("an answer and a close")
+            .unwrap();
+        String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned()
+    };
+    let headers = |n: usize| -> Vec<u8> {
+        let mut h = b"GET /v1/inbox HTTP/1.1\r\nHost: h\r\nConnection: close\r\n".to_vec();
+        for i in 0..n {
+            h.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
+        }
+        h.extend_from_slice(b"\r\n");
+        h
+    };
+    let target = |len: usize| -> Vec<u8> {
+        format!(
+            "GET /v1/inbox?x={} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            "a".repeat(len)
+        )
+        .into_bytes()
+    };
+    assert_eq!(status_of(headers(98)).await, "HTTP/1.1 401");
+    assert_eq!(status_of(headers(99)).await, "HTTP/1.1 431");
+    assert_eq!(status_of(target(60_000)).await, "HTTP/1.1 401");
+    assert_eq!(status_of(target(70_000)).await, "HTTP/1.1 414");
+    assert_eq!(status_of(b"GARBAGE\r\n\r\n".to_vec()).await, "HTTP/1.1 400");
+    srv.shutdown.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_trickling_and_idle_http_connections_are_closed() {
     let mut cfg = config();
