@@ -27,7 +27,8 @@ from confluent_kafka import Producer
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_PATH = os.path.join(HERE, "..", "..", "schemas", "avro", "notification_request.avsc")
 # Herald derives notification ids as UUIDv5(namespace, "producer\0idempotency_key"): a producer
-# retry with the same key is the same notification.
+# retry with the same key is the same notification. (Keys of the form "herald:" + a lower-case
+# UUIDv7 get a UUIDv7 id instead, see docs/producers.md; this example's keys never have it.)
 ID_NAMESPACE = uuid.UUID("5b1f0e8a-3c1d-4f7e-9a53-6e2d8c0f4b21")  # herald_core::ids
 
 

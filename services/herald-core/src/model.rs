@@ -157,7 +157,7 @@ impl NotificationRequest {
         {
             return Err(CoreError::invalid(
                 "notification_id",
-                "does not match UUIDv5(producer, idempotency_key)",
+                "is not the id of producer and idempotency_key (docs/producers.md)",
             ));
         }
         Ok(())

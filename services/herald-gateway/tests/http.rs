@@ -8,6 +8,7 @@ use axum::http::{Request, StatusCode};
 use herald_embedded::{EmbeddedLog, EmbeddedProjection};
 use herald_gateway::{AppState, AuthConfig, GatewayConfig, MAX_BODY_BYTES, app};
 use herald_ports::prelude::*;
+use herald_ports::{EventLog, Stage, Topic};
 use herald_projector::Projector;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -328,6 +329,93 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
         n
     };
     assert_eq!(end, 0);
+}
+
+/// A request without a key gets a generated one (`herald:` and a UUIDv7) and a UUIDv7 id with
+/// that time. Sent back as the key, it is the same notification: the same id, one row, and
+/// the audit shows both requests and one expansion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_key_makes_a_time_ordered_id_and_retries_safely() {
+    let env = env().await;
+    let stop = CancellationToken::new();
+    let projector = Projector::new(env.log.clone(), env.store.clone());
+    let token = stop.clone();
+    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (s, first) = call(&env, post(valid().to_string(), None)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{first}");
+    let key = first["idempotency_key"].as_str().unwrap().to_owned();
+    let id = first["notification_id"].as_str().unwrap().to_owned();
+    let key_uuid = key
+        .strip_prefix("herald:")
+        .and_then(|k| uuid::Uuid::parse_str(k).ok())
+        .unwrap_or_else(|| panic!("a generated key is herald: and a UUID: {key}"));
+    assert_eq!(key_uuid.get_version_num(), 7, "{key}");
+    let id_uuid = uuid::Uuid::parse_str(&id).unwrap();
+    assert_eq!(id_uuid.get_version_num(), 7, "{id}");
+    assert_eq!(id_uuid.get_timestamp(), key_uuid.get_timestamp());
+    let (s, again) = call(&env, post(valid().to_string(), Some(&key))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["notification_id"], id.as_str());
+    assert_ne!(
+        again["offset"], first["offset"],
+        "appended again, expanded once"
+    );
+    let (_, other) = call(&env, post(valid().to_string(), None)).await;
+    assert_ne!(other["idempotency_key"], key.as_str());
+    assert_ne!(other["notification_id"], id.as_str());
+
+    // Wait until the fanout has passed the retry (its partition's offset beyond it) and the
+    // inbox stage has folded what the fanout appended.
+    let (partition, offset) = (
+        again["partition"].as_u64().unwrap() as u32,
+        again["offset"].as_u64().unwrap(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let fanout = env.store.consumer_offsets(Stage::Fanout).await.unwrap();
+        let mut folded = true;
+        for p in 0..env.log.partitions(Topic::UserEvents) {
+            let end = env.log.end_offset(Topic::UserEvents, p).await.unwrap();
+            let inbox = env.store.consumer_offsets(Stage::Inbox).await.unwrap();
+            folded &= inbox.get(&p).copied().unwrap_or(0) >= end;
+        }
+        if fanout.get(&partition).is_some_and(|o| *o > offset) && folded {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let alice = dev_token(&env, "alice").await;
+    let (_, inbox) = call(&env, get("/v1/inbox", &alice)).await;
+    let ids: Vec<&str> = inbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|i| **i == id).count(),
+        1,
+        "one row: {inbox}"
+    );
+    let (_, audit) = call(
+        &env,
+        Request::get(format!("/v1/audit/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let mut events: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    // In log order: the retry may come before or after the expansion.
+    events.sort_unstable();
+    assert_eq!(events, vec!["added", "requested", "requested"]);
+    stop.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

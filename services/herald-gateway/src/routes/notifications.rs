@@ -301,8 +301,9 @@ pub(crate) fn build_request(
             ));
         }
         (Some(k), _) | (None, Some(k)) => k,
-        // No key: the request cannot be retried safely, like an HTTP POST without one.
-        (None, None) => uuid::Uuid::new_v4().to_string(),
+        // No key: the request cannot be retried safely, like an HTTP POST without one. The
+        // generated key makes a time-ordered id (`herald_core::ids::notification_id`).
+        (None, None) => herald_core::ids::generated_key(),
     };
     let priority = match &body.priority {
         Some(p) => p.parse::<Priority>()?,
