@@ -328,7 +328,7 @@ async fn verify(dev: &Dev, ledger: &Arc<Mutex<Ledger>>, kills: usize) {
     );
 }
 
-/// The id Herald derives for producer `dev` and `key` (UUIDv5, see herald-core).
+/// The id Herald derives for producer `dev` and `key` (see `herald_core::ids`).
 fn herald_core_id(key: &str) -> String {
     herald_core::ids::notification_id("dev", key)
 }

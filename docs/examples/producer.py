@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import re
 import struct
 import sys
 import time
@@ -27,9 +28,22 @@ from confluent_kafka import Producer
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_PATH = os.path.join(HERE, "..", "..", "schemas", "avro", "notification_request.avsc")
 # Herald derives notification ids as UUIDv5(namespace, "producer\0idempotency_key"): a producer
-# retry with the same key is the same notification. (Keys of the form "herald:" + a lower-case
-# UUIDv7 get a UUIDv7 id instead, see docs/producers.md; this example's keys never have it.)
+# retry with the same key is the same notification. Keys of the form Herald generates for
+# keyless HTTP requests ("herald:" + a lower-case UUIDv7) get a UUIDv7 id instead, the UUIDv5
+# with the key's time in its first six bytes (docs/producers.md). This example's keys never have
+# that form; notification_id() computes both.
 ID_NAMESPACE = uuid.UUID("5b1f0e8a-3c1d-4f7e-9a53-6e2d8c0f4b21")  # herald_core::ids
+GENERATED_KEY = re.compile(r"^herald:[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def notification_id(producer, key):
+    v5 = uuid.uuid5(ID_NAMESPACE, f"{producer}\0{key}")
+    if not GENERATED_KEY.match(key):
+        return str(v5)
+    b = bytearray(v5.bytes)
+    b[0:6] = uuid.UUID(key[len("herald:"):]).bytes[0:6]
+    b[6] = (b[6] & 0x0F) | 0x70
+    return str(uuid.UUID(bytes=bytes(b)))
 
 
 def load_schema(path):
@@ -79,9 +93,9 @@ def main():
 
     for n in range(args.count):
         key = f"{key_prefix}-{n}"
-        notification_id = str(uuid.uuid5(ID_NAMESPACE, f"{args.producer}\0{key}"))
+        nid = notification_id(args.producer, key)
         record = {
-            "notification_id": notification_id,
+            "notification_id": nid,
             "idempotency_key": key,
             "producer": args.producer,
             "recipients": {"users": args.user, "groups": [], "topic": None, "everyone": False},
@@ -97,7 +111,7 @@ def main():
         }
         producer.produce(
             topic,
-            key=notification_id,
+            key=nid,
             value=single_object(parsed, fingerprint, record),
             headers=[
                 ("herald-schema", b"dev.herald.events.NotificationRequest"),

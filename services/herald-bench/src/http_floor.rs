@@ -46,8 +46,9 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
 /// Offsets for the answers: each accepted notification gets the next one, as a log would give.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-/// One answer, the shape and size of Herald's (`routes/notifications.rs`: two ids of a UUID's
-/// 36 characters, a partition and an offset).
+/// One answer, the shape and size of Herald's to a request without a key
+/// (`routes/notifications.rs`: a UUID's 36 characters, the key `herald:` and another, a
+/// partition and an offset).
 fn write_accepted(out: &mut Vec<u8>) {
     let offset = NEXT.fetch_add(1, Ordering::Relaxed);
     let id = format!(
@@ -60,7 +61,7 @@ fn write_accepted(out: &mut Vec<u8>) {
     );
     out.extend_from_slice(
         format!(
-            "{{\"notification_id\":\"{id}\",\"idempotency_key\":\"{id}\",\"partition\":{},\"offset\":{offset}}}",
+            "{{\"notification_id\":\"{id}\",\"idempotency_key\":\"herald:{id}\",\"partition\":{},\"offset\":{offset}}}",
             offset % 8
         )
         .as_bytes(),

@@ -55,15 +55,22 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), CoreError> {
 /// key's time ([`notification_id`]).
 pub const GENERATED_KEY_PREFIX: &str = "herald:";
 
-/// A fresh idempotency key for a request sent without one: [`GENERATED_KEY_PREFIX`] and a
-/// UUIDv7 (milliseconds since the Unix epoch, then random bits), so the notification ids of
-/// keyless requests sort by the time they were accepted.
-pub fn generated_key() -> String {
+/// A fresh idempotency key for a request sent without one at `now_ms` (Unix milliseconds, the
+/// caller's clock): [`GENERATED_KEY_PREFIX`] and a UUIDv7 of that time and random bits, so the
+/// notification ids of keyless requests sort by the time they were accepted.
+pub fn generated_key(now_ms: i64) -> String {
+    // uuid's thread-local generator (`fast-rng`), as for the v4 keys before.
+    let random = uuid::Uuid::new_v4();
+    let mut bits = [0u8; 10];
+    bits.copy_from_slice(&random.as_bytes()[6..]);
+    // A UUIDv7 holds 48 bits of milliseconds: times before the epoch or past the year 10889
+    // (none a gateway has) are clamped into them.
+    let millis = now_ms.clamp(0, (1 << 48) - 1) as u64;
+    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &bits).into_uuid();
     let mut key = String::with_capacity(GENERATED_KEY_PREFIX.len() + 36);
     key.push_str(GENERATED_KEY_PREFIX);
     key.push_str(
-        uuid::Uuid::now_v7()
-            .hyphenated()
+        uuid.hyphenated()
             .encode_lower(&mut uuid::Uuid::encode_buffer()),
     );
     key
@@ -78,7 +85,7 @@ fn generated_key_time(key: &str) -> Option<[u8; 6]> {
         return None;
     }
     let uuid = uuid::Uuid::try_parse(text).ok()?;
-    if uuid.get_version_num() != 7 {
+    if uuid.get_version_num() != 7 || uuid.get_variant() != uuid::Variant::RFC4122 {
         return None;
     }
     let b = uuid.as_bytes();
@@ -99,24 +106,51 @@ fn generated_key_time(key: &str) -> Option<[u8; 6]> {
 /// fanout's record of what it expanded, each user's rows by id) add them at the end of their
 /// B-trees instead of on a random page each (docs/benchmarks.md).
 pub fn notification_id(producer: &str, idempotency_key: &str) -> String {
-    use sha1::Digest;
-    let mut sha = sha1::Sha1::new();
-    sha.update(NOTIFICATION_NAMESPACE.as_bytes());
-    sha.update(producer.as_bytes());
-    sha.update([0]);
-    sha.update(idempotency_key.as_bytes());
-    let digest = sha.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
+    let digest = name_digest(producer, idempotency_key);
     let id = match generated_key_time(idempotency_key) {
         Some(time) => {
+            let mut bytes = digest;
             bytes[..6].copy_from_slice(&time);
             uuid::Builder::from_custom_bytes(bytes)
                 .with_version(uuid::Version::SortRand)
                 .into_uuid()
         }
-        None => uuid::Builder::from_sha1_bytes(bytes).into_uuid(),
+        None => uuid::Builder::from_sha1_bytes(digest).into_uuid(),
     };
+    encode(id)
+}
+
+/// Whether `id` is the notification id of `producer` and `idempotency_key`
+/// ([`notification_id`]). For a key of the generated form the key's UUIDv5 is accepted too: it
+/// was the id of every key before such keys got UUIDv7s (2026-12-04), and a producer that
+/// writes to the log itself may still compute it. Both come from producer and key alone, so
+/// neither can be another producer's id.
+pub fn is_notification_id(id: &str, producer: &str, idempotency_key: &str) -> bool {
+    id == notification_id(producer, idempotency_key)
+        || (generated_key_time(idempotency_key).is_some()
+            && id
+                == encode(
+                    uuid::Builder::from_sha1_bytes(name_digest(producer, idempotency_key))
+                        .into_uuid(),
+                ))
+}
+
+/// The first 16 bytes of SHA-1 over the namespace, `producer`, a NUL and `key`: UUIDv5's name
+/// hash.
+fn name_digest(producer: &str, key: &str) -> [u8; 16] {
+    use sha1::Digest;
+    let mut sha = sha1::Sha1::new();
+    sha.update(NOTIFICATION_NAMESPACE.as_bytes());
+    sha.update(producer.as_bytes());
+    sha.update([0]);
+    sha.update(key.as_bytes());
+    let digest = sha.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes
+}
+
+fn encode(id: uuid::Uuid) -> String {
     id.hyphenated()
         .encode_lower(&mut uuid::Uuid::encode_buffer())
         .to_owned()
@@ -145,7 +179,7 @@ mod tests {
     /// later sort after (the point: stores keyed by id append instead of inserting at random).
     #[test]
     fn a_generated_keys_id_is_a_uuidv7_of_its_time() {
-        let key = generated_key();
+        let key = generated_key(1_764_806_400_123);
         assert!(key.starts_with(GENERATED_KEY_PREFIX), "{key}");
         validate_id("idempotency_key", &key).unwrap();
         let key_uuid = uuid::Uuid::parse_str(&key[GENERATED_KEY_PREFIX.len()..]).unwrap();
@@ -158,6 +192,12 @@ mod tests {
             key_uuid.get_timestamp(),
             "the key's time"
         );
+        let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            (secs, nanos),
+            (1_764_806_400, 123_000_000),
+            "the time given"
+        );
         assert_eq!(id, notification_id("billing", &key), "a pure function");
         assert_ne!(id, notification_id("shipping", &key));
         // Past the time and the version and variant bits, the bits of the v5 id of the same name.
@@ -166,23 +206,26 @@ mod tests {
         let hash_bits = !(0xffff_ffff_ffff_u128 << 80) & !(0xf_u128 << 76) & !(0b11_u128 << 62);
         assert_eq!(a & hash_bits, b & hash_bits);
 
-        let mut ids: Vec<(String, String)> = Vec::new();
-        for _ in 0..3 {
-            let key = generated_key();
-            ids.push((notification_id("billing", &key), key));
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        let ids: Vec<(String, String)> = [0, 1, 2, 1_000, 86_400_000]
+            .iter()
+            .map(|dt| {
+                let key = generated_key(1_764_806_400_123 + dt);
+                (notification_id("billing", &key), key)
+            })
+            .collect();
         assert!(
             ids.windows(2).all(|w| w[0].0 < w[1].0),
             "ids of keys made milliseconds apart sort by time: {ids:?}"
         );
+        let again = generated_key(1_764_806_400_123);
+        assert_ne!(again, key, "the rest of a key is random");
     }
 
     /// Only the canonical text of a UUIDv7 after the prefix makes a time-ordered id: any other
     /// key (a v4, upper case, braces, no prefix, trailing bytes) keeps its UUIDv5.
     #[test]
     fn other_keys_keep_their_uuidv5() {
-        let v7 = uuid::Uuid::now_v7().to_string();
+        let v7 = generated_key(1_764_806_400_123)[GENERATED_KEY_PREFIX.len()..].to_owned();
         let v4 = uuid::Uuid::new_v4().to_string();
         for key in [
             v7.clone(),
@@ -191,11 +234,44 @@ mod tests {
             format!("{GENERATED_KEY_PREFIX}{}", v7.replace('-', "")),
             format!("{GENERATED_KEY_PREFIX}{{{v7}}}"),
             format!("{GENERATED_KEY_PREFIX}{v7}x"),
+            // Version 7 but not RFC 4122's variant (the 8 in `-7xxx-8xxx-` made a 0).
+            format!("{GENERATED_KEY_PREFIX}{}", {
+                let mut k = v7.clone().into_bytes();
+                k[19] = b'0';
+                String::from_utf8(k).unwrap()
+            }),
             format!("x{GENERATED_KEY_PREFIX}{v7}"),
             GENERATED_KEY_PREFIX.to_owned(),
         ] {
             assert_eq!(notification_id("p", &key), v5_id("p", &key), "{key}");
         }
+    }
+
+    /// The examples docs/producers.md gives, for producers that compute ids themselves (the
+    /// values from Python's `uuid` module, as docs/examples/producer.py computes them).
+    #[test]
+    fn the_documented_ids() {
+        assert_eq!(
+            notification_id("billing", "herald:0192a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b"),
+            KNOWN_V7
+        );
+        assert_eq!(notification_id("billing", "invoice-7"), KNOWN_V5);
+    }
+    const KNOWN_V7: &str = "0192a3b4-c5d6-795d-8bc8-bce2378fdb82";
+    const KNOWN_V5: &str = "c95f1329-3f79-59c7-a7f4-552ccaff5a59";
+
+    /// A record of a generated-form key that carries the key's UUIDv5 (the rule before such
+    /// keys had UUIDv7s) is accepted; any other id is not.
+    #[test]
+    fn a_generated_keys_uuidv5_is_accepted_too() {
+        let key = generated_key(1_764_806_400_123);
+        assert!(is_notification_id(&notification_id("p", &key), "p", &key));
+        assert!(is_notification_id(&v5_id("p", &key), "p", &key));
+        assert!(!is_notification_id(&v5_id("q", &key), "p", &key));
+        assert!(!is_notification_id(&notification_id("q", &key), "p", &key));
+        // For other keys only the UUIDv5.
+        assert!(is_notification_id(&v5_id("p", "k"), "p", "k"));
+        assert!(!is_notification_id(&v5_id("p", "k2"), "p", "k"));
     }
 
     fn v5_id(producer: &str, key: &str) -> String {

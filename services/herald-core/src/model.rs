@@ -152,9 +152,11 @@ impl NotificationRequest {
     /// producer and idempotency key, so a forged id cannot collide with another producer's.
     pub fn validate(&self) -> Result<(), CoreError> {
         self.validate_content()?;
-        if self.notification_id
-            != crate::ids::notification_id(&self.producer, &self.idempotency_key)
-        {
+        if !crate::ids::is_notification_id(
+            &self.notification_id,
+            &self.producer,
+            &self.idempotency_key,
+        ) {
             return Err(CoreError::invalid(
                 "notification_id",
                 "is not the id of producer and idempotency_key (docs/producers.md)",

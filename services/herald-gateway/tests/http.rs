@@ -373,10 +373,10 @@ async fn a_generated_key_makes_a_time_ordered_id_and_retries_safely() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let fanout = env.store.consumer_offsets(Stage::Fanout).await.unwrap();
+        let inbox = env.store.consumer_offsets(Stage::Inbox).await.unwrap();
         let mut folded = true;
         for p in 0..env.log.partitions(Topic::UserEvents) {
             let end = env.log.end_offset(Topic::UserEvents, p).await.unwrap();
-            let inbox = env.store.consumer_offsets(Stage::Inbox).await.unwrap();
             folded &= inbox.get(&p).copied().unwrap_or(0) >= end;
         }
         if fanout.get(&partition).is_some_and(|o| *o > offset) && folded {

@@ -303,7 +303,7 @@ pub(crate) fn build_request(
         (Some(k), _) | (None, Some(k)) => k,
         // No key: the request cannot be retried safely, like an HTTP POST without one. The
         // generated key makes a time-ordered id (`herald_core::ids::notification_id`).
-        (None, None) => herald_core::ids::generated_key(),
+        (None, None) => herald_core::ids::generated_key(now_ms()),
     };
     let priority = match &body.priority {
         Some(p) => p.parse::<Priority>()?,
