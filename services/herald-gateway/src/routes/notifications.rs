@@ -294,6 +294,7 @@ pub(crate) fn build_request(
     header_key: Option<String>,
     traceparent: Option<String>,
 ) -> Result<NotificationRequest, AppError> {
+    let now = now_ms();
     let key = match (header_key, body.idempotency_key) {
         (Some(h), Some(b)) if h != b => {
             return Err(AppError::Invalid(
@@ -303,7 +304,7 @@ pub(crate) fn build_request(
         (Some(k), _) | (None, Some(k)) => k,
         // No key: the request cannot be retried safely, like an HTTP POST without one. The
         // generated key makes a time-ordered id (`herald_core::ids::notification_id`).
-        (None, None) => herald_core::ids::generated_key(now_ms()),
+        (None, None) => herald_core::ids::generated_key(now),
     };
     let priority = match &body.priority {
         Some(p) => p.parse::<Priority>()?,
@@ -328,7 +329,7 @@ pub(crate) fn build_request(
             .as_ref()
             .map(|t| t.to_ms("expires_at"))
             .transpose()?,
-        created_at: now_ms(),
+        created_at: now,
         traceparent,
         priority,
     };
