@@ -110,6 +110,38 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<none>")
 }
 
+/// The projector of `env`'s stores, running until the token is cancelled.
+fn run_projector(env: &Env) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let projector = Projector::new(env.log.clone(), env.store.clone());
+    let token = stop.clone();
+    (
+        stop,
+        tokio::spawn(async move { projector.run(token).await.unwrap() }),
+    )
+}
+
+/// `GET /v1/audit/{id}` (the dev config's operator endpoints are open).
+async fn get_audit(env: &Env, id: &str) -> (StatusCode, Value) {
+    call(
+        env,
+        Request::get(format!("/v1/audit/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+/// The `event` of each entry of an audit answer, in its order.
+fn audit_events(audit: &Value) -> Vec<&str> {
+    audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn accepted_with_the_same_id_on_retry() {
     let env = env().await;
@@ -337,10 +369,7 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_key_makes_a_time_ordered_id_and_retries_safely() {
     let env = env().await;
-    let stop = CancellationToken::new();
-    let projector = Projector::new(env.log.clone(), env.store.clone());
-    let token = stop.clone();
-    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (stop, task) = run_projector(&env);
     let (s, first) = call(&env, post(valid().to_string(), None)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{first}");
     let key = first["idempotency_key"].as_str().unwrap().to_owned();
@@ -398,19 +427,8 @@ async fn a_generated_key_makes_a_time_ordered_id_and_retries_safely() {
         1,
         "one row: {inbox}"
     );
-    let (_, audit) = call(
-        &env,
-        Request::get(format!("/v1/audit/{id}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
-    let mut events: Vec<&str> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let (_, audit) = get_audit(&env, &id).await;
+    let mut events = audit_events(&audit);
     // In log order: the retry may come before or after the expansion.
     events.sort_unstable();
     assert_eq!(events, vec!["added", "requested", "requested"]);
@@ -421,10 +439,7 @@ async fn a_generated_key_makes_a_time_ordered_id_and_retries_safely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_posted_notification_shows_in_the_inbox_and_the_audit() {
     let env = env().await;
-    let stop = CancellationToken::new();
-    let projector = Projector::new(env.log.clone(), env.store.clone());
-    let token = stop.clone();
-    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (stop, task) = run_projector(&env);
     let (_, accepted) = call(&env, post(valid().to_string(), Some("inbox-1"))).await;
     let id = accepted["notification_id"].as_str().unwrap().to_owned();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -446,21 +461,10 @@ async fn a_posted_notification_shows_in_the_inbox_and_the_audit() {
         0,
         "bob sees nothing of alice's"
     );
-    let (s, audit) = call(
-        &env,
-        Request::get(format!("/v1/audit/{id}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (s, audit) = get_audit(&env, &id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(audit["subject"], "notification");
-    let events: Vec<&str> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let events = audit_events(&audit);
     assert_eq!(events, vec!["requested", "added"]);
     stop.cancel();
     task.await.unwrap();
@@ -566,10 +570,7 @@ async fn a_read_with_after_waits_for_the_projection() {
         ..dev_config()
     })
     .await;
-    let stop = CancellationToken::new();
-    let projector = Projector::new(env.log.clone(), env.store.clone());
-    let token = stop.clone();
-    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (stop, task) = run_projector(&env);
     let (_, accepted) = call(&env, post(valid().to_string(), Some("after-1"))).await;
     let id = accepted["notification_id"].as_str().unwrap().to_owned();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -1095,10 +1096,7 @@ async fn the_demo_and_the_browser_client_are_served_with_a_content_security_poli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unarchive_brings_a_notification_back_to_the_inbox() {
     let env = env().await;
-    let stop = CancellationToken::new();
-    let projector = Projector::new(env.log.clone(), env.store.clone());
-    let token = stop.clone();
-    let task = tokio::spawn(async move { projector.run(token).await.unwrap() });
+    let (stop, task) = run_projector(&env);
     let (_, accepted) = call(&env, post(valid().to_string(), Some("unarchive-1"))).await;
     let id = accepted["notification_id"].as_str().unwrap().to_owned();
     // Marks act on rows that exist: wait until the projector has expanded the request.
