@@ -33,6 +33,7 @@ pub(super) fn start_herald(
     port: u16,
     data: &Path,
     metrics_port: Option<u16>,
+    extra: &[&str],
 ) -> anyhow::Result<Child> {
     ensure!(
         herald.exists(),
@@ -55,6 +56,7 @@ pub(super) fn start_herald(
             "--producer-burst",
             "100000000",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(server_log()?)

@@ -163,6 +163,16 @@ pub struct Server {
 
 impl Server {
     pub async fn start(target: Target, bins: &Binaries) -> anyhow::Result<Server> {
+        Self::start_with(target, bins, &[]).await
+    }
+
+    /// [`Server::start`], with `herald_args` added to a Herald target's `herald dev` (ignored
+    /// for the peers).
+    pub async fn start_with(
+        target: Target,
+        bins: &Binaries,
+        herald_args: &[&str],
+    ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let mut monitor = 0;
         let (child, data_dir) = match target {
@@ -183,6 +193,7 @@ impl Server {
                     port,
                     &dir.path().join("data"),
                     (monitor != 0).then_some(monitor),
+                    herald_args,
                 )?;
                 (child, Some(dir))
             }

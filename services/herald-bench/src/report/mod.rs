@@ -547,6 +547,20 @@ fn ingest(md: &mut String, ing: &Value) {
                 "| {name}: `POST /v1/notifications/batch` | (not in this build) | | |\n"
             )),
         }
+        // Results written before the accept path was measured alone have none.
+        let alone = &r["accept_path_alone"];
+        if alone.is_object() {
+            md.push_str(&format!(
+                "| {name} without its projector (`--projector false`): the same single requests | {:.0} | {:.3} | {} |\n\
+                 | {name} without its projector: the same batch requests | {:.0} | {:.3} | {} |\n",
+                f(alone, "accepted_per_s"),
+                f(alone, "ratio"),
+                cpu(alone, "server_cpu_seconds"),
+                f(alone, "accepted_batched_per_s"),
+                f(alone, "batched_ratio"),
+                cpu(alone, "batched_server_cpu_seconds"),
+            ));
+        }
         md.push_str(&format!(
             "| {name}: `herald replay` rebuilding the projection ({} records) | {:.0} | | |\n",
             r["replay_records"],
@@ -555,7 +569,7 @@ fn ingest(md: &mut String, ing: &Value) {
         equal.push(format!("{name} {}", r["replay_equal"]));
     }
     md.push_str(&format!(
-        "\n{n} messages per measurement, one recipient each. The HTTP floor is `herald-bench http-floor` (its own process): Herald's server loop (`herald_gateway::serve`, hyper's HTTP/1.1) and the same client, each body parsed as JSON and answered with a body of Herald's shape, nothing stored or checked: about the most a server answering these requests one by one over HTTP/1.1 reaches here with this client, which shares the two cores. Server CPU: the server process's CPU time during the measurement (Herald's includes its projector, which works on while the requests come in) per message. \
+        "\n{n} messages per measurement, one recipient each. The HTTP floor is `herald-bench http-floor` (its own process): Herald's server loop (`herald_gateway::serve`, hyper's HTTP/1.1) and the same client, each body parsed as JSON and answered with a body of Herald's shape, nothing stored or checked: about the most a server answering these requests one by one over HTTP/1.1 reaches here with this client, which shares the two cores. Server CPU: the server process's CPU time during the measurement (Herald's includes its projector, which works on while the requests come in) per message. Without its projector: a second server of the same build started with `--projector false`, the same requests: the accept path alone (HTTP, the request's record, the log's commit), so the gap to the rows above is what the projector working beside it costs on these two cores. \
          The rebuild runs once the live projector has applied the whole log (the suite reads both files' offsets; `projector_caught_up_after_s` in the JSON), so it does not share the CPU with the live projector's backlog. \
          Targets (issue 11): ingest ≥ 0.5 of raw with the batch endpoint and ≥ 0.15 with single requests; rebuild ≥ 250k records/s. The rebuilt projection equals the live one: {}.\n",
         equal.join(", ")
@@ -629,5 +643,49 @@ mod tests {
             ),
             "{md}"
         );
+    }
+
+    /// Herald without its projector gets its two rows under Herald's own; results from before
+    /// it was measured get none.
+    #[test]
+    fn the_accept_path_alone_is_reported_under_herald() {
+        let mut run = json!({"target": "Herald", "accepted_per_s": 15000.0, "ratio": 0.05,
+                             "accepted_batched_per_s": 100000.0, "batched_ratio": 0.333,
+                             "server_cpu_seconds": 9.0, "batched_server_cpu_seconds": 1.3,
+                             "replay_records": 400000, "replay_records_per_s": 300000.0,
+                             "replay_equal": true});
+        let ing = |run: &Value| {
+            let mut md = String::new();
+            ingest(
+                &mut md,
+                &json!({"requests": 100000, "raw_sqlite_records_per_s": 300000.0,
+                        "batch": 100, "runs": [run]}),
+            );
+            md
+        };
+        assert!(!ing(&run).contains("without its projector"));
+        run["accept_path_alone"] = json!({"accepted_per_s": 24000.0, "ratio": 0.08,
+                                          "accepted_batched_per_s": 150000.0,
+                                          "batched_ratio": 0.5, "server_cpu_seconds": 3.6,
+                                          "batched_server_cpu_seconds": 0.4});
+        let md = ing(&run);
+        assert!(
+            md.contains("| Herald without its projector (`--projector false`): the same single requests | 24000 | 0.080 | 36 µs |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| Herald without its projector: the same batch requests | 150000 | 0.500 | 4 µs |"
+            ),
+            "{md}"
+        );
+        // Under Herald's batch row, above the rebuild.
+        let (batch, alone, replay) = (
+            md.find("| Herald: `POST /v1/notifications/batch`").unwrap(),
+            md.find("| Herald without its projector: the same batch")
+                .unwrap(),
+            md.find("| Herald: `herald replay`").unwrap(),
+        );
+        assert!(batch < alone && alone < replay, "{md}");
     }
 }

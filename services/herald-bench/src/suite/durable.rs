@@ -176,8 +176,16 @@ pub(super) async fn ingest(args: &SuiteArgs) -> anyhow::Result<Value> {
             run["replay_records_per_s"] = json!(rate.round());
             run["replay_equal"] = json!(equal);
         }
-        runs.push(run);
         server.stop();
+        if target == Target::Herald {
+            // The same requests to the same build with no projector beside it: what the
+            // accept path (HTTP, the request's record, the log's commit) reaches alone, and so
+            // what the projector's share of the two cores costs the rows above.
+            let alone = Server::start_with(target, &bins, &["--projector", "false"]).await?;
+            run["accept_path_alone"] = accept(&alone, n).await?.to_json(raw);
+            alone.stop();
+        }
+        runs.push(run);
     }
     Ok(json!({
         "scenario": "ingest",
