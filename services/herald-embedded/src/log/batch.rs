@@ -15,6 +15,13 @@
 //! A row holds at most [`MAX_LOG_ROW_RECORDS`] records and at most [`MAX_LOG_ROW_BYTES`] bytes
 //! (a single record larger than that has a row of its own), so that a read from an offset in
 //! the middle of a row decodes a bounded prefix it does not need.
+//!
+//! A row of at least [`COMPRESS_FROM_BYTES`] (and at most [`MAX_LOG_ROW_BYTES`]) is stored
+//! compressed when that saves an eighth or more, as Kafka compresses a record batch: the version
+//! byte [`VERSION_LZ4`], the length of the records' encoding above (varint), then that encoding
+//! as one LZ4 block. A group commit's rows of a few hundred requests shrink three- to fourfold,
+//! and with them the log's WAL, its checkpoints and the file (docs/benchmarks.md, thirty-first
+//! stop). A build from before reads neither: it says a newer build wrote the row.
 
 use std::sync::Arc;
 
@@ -22,8 +29,12 @@ use herald_ports::log::{LogError, Record, StoredRecord, Topic};
 
 use super::headers::{decode_headers, encode_headers};
 
-/// The encoding of a row's `data`, its first byte.
+/// The encoding of a row's `data`, its first byte: the records as they are.
 pub const VERSION: u8 = 1;
+/// The first byte of a row whose records are one LZ4 block.
+pub const VERSION_LZ4: u8 = 2;
+/// Rows shorter than this are stored as they are: a few records compress little.
+pub const COMPRESS_FROM_BYTES: usize = 1024;
 /// Most records in one row of `batches`.
 pub const MAX_LOG_ROW_RECORDS: usize = 256;
 /// A row takes no further record once its data is this long.
@@ -80,6 +91,29 @@ impl Batch {
         put_bytes(&mut self.data, &r.value);
         self.count += 1;
     }
+
+    /// The row's `data` as stored: compressed ([`VERSION_LZ4`]) when the row is at least
+    /// [`COMPRESS_FROM_BYTES`], at most [`MAX_LOG_ROW_BYTES`], and an eighth or more smaller
+    /// that way; else as it is.
+    pub(super) fn stored(&self) -> std::borrow::Cow<'_, [u8]> {
+        let records = &self.data[1..];
+        if self.data.len() < COMPRESS_FROM_BYTES || records.len() > MAX_LOG_ROW_BYTES {
+            return self.data.as_slice().into();
+        }
+        let mut out =
+            Vec::with_capacity(12 + lz4_flex::block::get_maximum_output_size(records.len()));
+        out.push(VERSION_LZ4);
+        put_varint(&mut out, records.len() as u64);
+        let header = out.len();
+        out.resize(out.capacity(), 0);
+        match lz4_flex::block::compress_into(records, &mut out[header..]) {
+            Ok(n) if header + n <= self.data.len() - self.data.len() / 8 => {
+                out.truncate(header + n);
+                out.into()
+            }
+            _ => self.data.as_slice().into(),
+        }
+    }
 }
 
 /// The records of one row (offsets `first_offset..end_offset`) from `from` on, at most `max`
@@ -94,11 +128,29 @@ pub(super) fn decode(
     out: &mut Vec<StoredRecord>,
 ) -> Result<(), LogError> {
     let mut b = data;
+    let decompressed;
     match take(&mut b, 1)? {
         [VERSION] => {}
+        [VERSION_LZ4] => {
+            let len = usize::try_from(varint(&mut b)?)
+                .ok()
+                .filter(|&n| n <= MAX_LOG_ROW_BYTES)
+                .ok_or_else(|| corrupt("a compressed row longer than a row may be"))?;
+            let mut records = vec![0; len];
+            match lz4_flex::block::decompress_into(b, &mut records) {
+                Ok(n) if n == len => {}
+                _ => {
+                    return Err(corrupt(
+                        "a compressed row does not decompress to its length",
+                    ));
+                }
+            }
+            decompressed = records;
+            b = &decompressed;
+        }
         [v] => {
             return Err(LogError::Storage(format!(
-                "log batch of version {v}: this build reads version {VERSION}; a newer build wrote it"
+                "log batch of version {v}: this build reads versions {VERSION} and {VERSION_LZ4}; a newer build wrote it"
             )));
         }
         _ => unreachable!("took one byte"),
@@ -264,6 +316,125 @@ mod tests {
         assert_eq!(*out[0].record, records[25]);
     }
 
+    /// The records of `data`, a row of `count` records from offset 0.
+    fn all(data: &[u8], count: u64) -> Result<Vec<Record>, LogError> {
+        let mut out = Vec::new();
+        decode(
+            Topic::Requests,
+            3,
+            (0, count),
+            data,
+            0,
+            usize::MAX,
+            &mut out,
+        )?;
+        Ok(out.iter().map(|s| (*s.record).clone()).collect())
+    }
+
+    #[test]
+    fn a_long_row_is_stored_compressed_and_reads_back_the_same() {
+        let records: Vec<Record> = (0..200)
+            .map(|i| Record {
+                value: format!("{{\"user\":\"u{i}\",\"event_type\":\"invoice.paid\"}}")
+                    .into_bytes(),
+                ..record(i % 7, schema(b"request"))
+            })
+            .collect();
+        let mut batch = Batch::new(0);
+        for r in &records {
+            batch.push(r);
+        }
+        let stored = batch.stored();
+        assert_eq!(stored[0], VERSION_LZ4);
+        assert!(
+            stored.len() * 2 < batch.data.len(),
+            "{} of {} bytes",
+            stored.len(),
+            batch.data.len()
+        );
+        assert_eq!(all(&stored, 200).unwrap(), records);
+        // A read from the middle of a compressed row.
+        let mut out = Vec::new();
+        decode(Topic::Requests, 3, (0, 200), &stored, 150, 3, &mut out).unwrap();
+        let offsets: Vec<u64> = out.iter().map(|s| s.offset).collect();
+        assert_eq!(offsets, vec![150, 151, 152]);
+        assert_eq!(*out[0].record, records[150]);
+    }
+
+    #[test]
+    fn short_incompressible_and_oversized_rows_are_stored_as_they_are() {
+        let mut short = Batch::new(0);
+        short.push(&record(3, schema(b"x")));
+        assert!(short.data.len() < COMPRESS_FROM_BYTES);
+        assert_eq!(short.stored().as_ref(), short.data.as_slice());
+        // Random bytes do not compress by an eighth.
+        let mut noise = Batch::new(0);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let value: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        noise.push(&Record {
+            value,
+            ..record(1, Vec::new())
+        });
+        assert_eq!(noise.stored().as_ref(), noise.data.as_slice());
+        // A single record beyond a row's bound keeps its row as it is (a reader bounds what it
+        // decompresses by MAX_LOG_ROW_BYTES).
+        let mut big = Batch::new(0);
+        big.push(&Record {
+            value: vec![b'a'; MAX_LOG_ROW_BYTES + 1],
+            ..record(1, Vec::new())
+        });
+        assert_eq!(big.stored()[0], VERSION);
+        assert_eq!(
+            all(&big.stored(), 1).unwrap()[0].value.len(),
+            MAX_LOG_ROW_BYTES + 1
+        );
+    }
+
+    #[test]
+    fn a_damaged_compressed_row_is_an_error_not_a_panic() {
+        let mut batch = Batch::new(0);
+        for i in 0..50 {
+            batch.push(&record(i % 5 + 20, schema(b"x")));
+        }
+        let stored = batch.stored().into_owned();
+        assert_eq!(stored[0], VERSION_LZ4);
+        all(&stored, 50).unwrap();
+        for cut in 1..stored.len() {
+            assert!(all(&stored[..cut], 50).is_err(), "cut at {cut}");
+        }
+        let mut flipped = stored.clone();
+        for i in 3..flipped.len() {
+            flipped[i] ^= 0x5a;
+            // Whatever a flipped byte decodes to, it is a result, not a panic.
+            let _ = all(&flipped, 50);
+            flipped[i] ^= 0x5a;
+        }
+        // A declared length beyond a row's bound is refused before anything is allocated.
+        let mut huge = vec![VERSION_LZ4];
+        put_varint(&mut huge, (MAX_LOG_ROW_BYTES + 1) as u64);
+        huge.extend_from_slice(&stored[3..]);
+        let err = all(&huge, 50).unwrap_err();
+        assert!(err.to_string().contains("longer than a row"), "{err}");
+        // A declared length the block does not fill.
+        let mut longer = vec![VERSION_LZ4];
+        put_varint(&mut longer, (batch.data.len()) as u64);
+        let mut body = stored.clone();
+        let header = 1 + {
+            let mut v = Vec::new();
+            put_varint(&mut v, (batch.data.len() - 1) as u64);
+            v.len()
+        };
+        longer.extend_from_slice(&body.split_off(header));
+        assert!(all(&longer, 50).is_err());
+    }
+
     #[test]
     fn a_batch_fills_at_its_record_or_byte_bound() {
         let small = record(1, Vec::new());
@@ -309,7 +480,7 @@ mod tests {
         longer.push(0);
         assert!(whole(&longer).is_err(), "a byte after the last record");
         let mut newer = batch.data.clone();
-        newer[0] = VERSION + 1;
+        newer[0] = VERSION_LZ4 + 1;
         let err = whole(&newer).unwrap_err();
         assert!(err.to_string().contains("newer build"), "{err}");
         let mut long = vec![VERSION];

@@ -455,7 +455,7 @@ fn insert_batch(
         partition,
         batch.end_offset() as i64,
         batch.count as i64,
-        batch.data
+        batch.stored()
     ])?;
     Ok(())
 }
