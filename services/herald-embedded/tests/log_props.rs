@@ -193,82 +193,76 @@ proptest! {
 /// A commit of many alike records is stored in compressed rows (`batch::VERSION_LZ4`), and the
 /// live handle and a read-only one read back exactly what was appended, also after a reopen;
 /// random values stay in rows as they are, side by side with the compressed ones.
-#[test]
-fn alike_records_are_stored_compressed_and_read_back_exactly() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+#[tokio::test]
+async fn alike_records_are_stored_compressed_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
+        .await
         .unwrap();
-    rt.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.db");
-        let log = EmbeddedLog::open(&path, Access::ReadWrite, LogOptions::default())
-            .await
-            .unwrap();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
-        let records: Vec<Record> = (0..600)
-            .map(|i| Record {
-                partition: (i % 2) as u32,
-                key: format!("user-{}", i % 13),
-                value: if i < 500 {
-                    format!(r#"{{"event_type":"invoice.paid","source":"billing","n":{i}}}"#)
-                        .into_bytes()
-                } else {
-                    noise(300)
-                },
-                headers: headers(1, i),
-                timestamp_ms: 1_700_000_000_000 + i as i64,
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
             })
-            .collect();
-        log.append(Topic::UserEvents, records[..500].to_vec())
+            .collect()
+    };
+    let records: Vec<Record> = (0..600)
+        .map(|i| Record {
+            partition: (i % 2) as u32,
+            key: format!("user-{}", i % 13),
+            value: if i < 500 {
+                format!(r#"{{"event_type":"invoice.paid","source":"billing","n":{i}}}"#)
+                    .into_bytes()
+            } else {
+                noise(300)
+            },
+            headers: headers(1, i),
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+        })
+        .collect();
+    log.append(Topic::UserEvents, records[..500].to_vec())
+        .await
+        .unwrap();
+    log.append(Topic::UserEvents, records[500..].to_vec())
+        .await
+        .unwrap();
+    drop(log);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let by_version = |v: &str| -> i64 {
+        conn.query_row(
+            &format!("SELECT count(*) FROM batches WHERE substr(data, 1, 1) = x'{v}'"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(by_version("02") > 0, "no compressed row");
+    assert!(by_version("01") > 0, "the random values' rows as they are");
+    drop(conn);
+    for access in [Access::ReadWrite, Access::ReadOnly] {
+        let log = EmbeddedLog::open(&path, access, LogOptions::default())
             .await
             .unwrap();
-        log.append(Topic::UserEvents, records[500..].to_vec())
-            .await
-            .unwrap();
-        drop(log);
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        let by_version = |v: &str| -> i64 {
-            conn.query_row(
-                &format!("SELECT count(*) FROM batches WHERE substr(data, 1, 1) = x'{v}'"),
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-        };
-        assert!(by_version("02") > 0, "no compressed row");
-        assert!(by_version("01") > 0, "the random values' rows as they are");
-        drop(conn);
-        for access in [Access::ReadWrite, Access::ReadOnly] {
-            let log = EmbeddedLog::open(&path, access, LogOptions::default())
+        for partition in 0..2u32 {
+            let want: Vec<&Record> = records
+                .iter()
+                .filter(|r| r.partition == partition)
+                .collect();
+            let got = log
+                .read(Topic::UserEvents, partition, 0, 10_000)
                 .await
                 .unwrap();
-            for partition in 0..2u32 {
-                let want: Vec<&Record> = records
-                    .iter()
-                    .filter(|r| r.partition == partition)
-                    .collect();
-                let got = log
-                    .read(Topic::UserEvents, partition, 0, 10_000)
-                    .await
-                    .unwrap();
-                let got: Vec<&Record> = got.iter().map(|s| &*s.record).collect();
-                assert_eq!(got, want, "{access:?} p{partition}");
-                // From the middle of a compressed row.
-                let got = log.read(Topic::UserEvents, partition, 77, 3).await.unwrap();
-                assert_eq!(got.len(), 3);
-                assert_eq!((got[0].offset, &*got[0].record), (77, want[77]));
-            }
+            let got: Vec<&Record> = got.iter().map(|s| &*s.record).collect();
+            assert_eq!(got, want, "{access:?} p{partition}");
+            // From the middle of a compressed row.
+            let got = log.read(Topic::UserEvents, partition, 77, 3).await.unwrap();
+            assert_eq!(got.len(), 3);
+            assert_eq!((got[0].offset, &*got[0].record), (77, want[77]));
         }
-    });
+    }
 }

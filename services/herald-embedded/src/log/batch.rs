@@ -417,23 +417,24 @@ mod tests {
             let _ = all(&flipped, 50);
             flipped[i] ^= 0x5a;
         }
+        // The same block behind another declared length.
+        let block = {
+            let mut header = vec![VERSION_LZ4];
+            put_varint(&mut header, (batch.data.len() - 1) as u64);
+            &stored[header.len()..]
+        };
+        let declaring = |len: usize| {
+            let mut row = vec![VERSION_LZ4];
+            put_varint(&mut row, len as u64);
+            row.extend_from_slice(block);
+            row
+        };
+        all(&declaring(batch.data.len() - 1), 50).unwrap();
         // A declared length beyond a row's bound is refused before anything is allocated.
-        let mut huge = vec![VERSION_LZ4];
-        put_varint(&mut huge, (MAX_LOG_ROW_BYTES + 1) as u64);
-        huge.extend_from_slice(&stored[3..]);
-        let err = all(&huge, 50).unwrap_err();
+        let err = all(&declaring(MAX_LOG_ROW_BYTES + 1), 50).unwrap_err();
         assert!(err.to_string().contains("longer than a row"), "{err}");
         // A declared length the block does not fill.
-        let mut longer = vec![VERSION_LZ4];
-        put_varint(&mut longer, (batch.data.len()) as u64);
-        let mut body = stored.clone();
-        let header = 1 + {
-            let mut v = Vec::new();
-            put_varint(&mut v, (batch.data.len() - 1) as u64);
-            v.len()
-        };
-        longer.extend_from_slice(&body.split_off(header));
-        assert!(all(&longer, 50).is_err());
+        assert!(all(&declaring(batch.data.len()), 50).is_err());
     }
 
     #[test]
