@@ -34,7 +34,15 @@ CREATE TABLE IF NOT EXISTS inbox (
     live INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (user_id, seq)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS inbox_by_id ON inbox (user_id, notification_id);
+-- A user's row by notification id. Keyed by the id first: ids of keyless requests are UUIDv7s that
+-- grow with time, so a new entry goes to the right edge of this index (and a notification's
+-- recipients sit side by side), where one keyed by the user first took an entry in the middle
+-- of each user's range and every commit rewrote about every leaf of it. Measured in pairs on a
+-- backlog of 100k notifications to 1,000 users: the projector's CPU -11%, its bytes written
+-- -44% (docs/benchmarks.md). Stores created before 2026-12-04 keep (user_id, notification_id)
+-- (the same name, so IF NOT EXISTS leaves theirs); both answer the same statements, which name
+-- both columns.
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_by_id ON inbox (notification_id, user_id);
 CREATE INDEX IF NOT EXISTS inbox_unread ON inbox (user_id, seq) WHERE read = 0;
 CREATE INDEX IF NOT EXISTS inbox_collapse ON inbox (user_id, collapse_key)
     WHERE collapse_key IS NOT NULL AND archived = 0 AND expired = 0 AND superseded = 0;

@@ -105,6 +105,18 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
         "{}",
         table_sql(&fresh, "inbox")
     );
+    // Likewise its index by notification id: keyed by the user first in the old file, by the
+    // id first in a new one.
+    assert!(
+        index_sql(&path, "inbox_by_id").contains("(user_id, notification_id)"),
+        "{}",
+        index_sql(&path, "inbox_by_id")
+    );
+    assert!(
+        index_sql(&fresh, "inbox_by_id").contains("(notification_id, user_id)"),
+        "{}",
+        index_sql(&fresh, "inbox_by_id")
+    );
     // A recipient list that does not parse is an error, never an empty expansion.
     rusqlite::Connection::open(&path)
         .unwrap()
@@ -118,11 +130,20 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
 
 /// The statement that created the file's table `name`.
 fn table_sql(path: &std::path::Path, name: &str) -> String {
+    schema_sql(path, "table", name)
+}
+
+/// The statement that created the file's index `name`.
+fn index_sql(path: &std::path::Path, name: &str) -> String {
+    schema_sql(path, "index", name)
+}
+
+fn schema_sql(path: &std::path::Path, kind: &str, name: &str) -> String {
     rusqlite::Connection::open(path)
         .unwrap()
         .query_row(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [name],
+            "SELECT sql FROM sqlite_master WHERE type = ?1 AND name = ?2",
+            [kind, name],
             |r| r.get(0),
         )
         .unwrap()
