@@ -134,14 +134,18 @@ impl PostgresProjection {
         &self,
         f: impl FnOnce(&mut TxState<'_, '_>) -> Result<T, postgres::Error> + Send + 'static,
     ) -> Result<T, ProjectionError> {
-        self.run(move |c| {
-            let mut tx = c.transaction()?;
-            let mut state = TxState::new(&mut tx);
-            let out = f(&mut state)?;
-            state.flush()?;
-            tx.commit()?;
-            Ok(out)
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            pool.with_statements(|c, statements| {
+                let mut tx = c.transaction()?;
+                let mut state = TxState::new(&mut tx, statements);
+                let out = f(&mut state)?;
+                state.flush()?;
+                tx.commit()?;
+                Ok(out)
+            })
         })
         .await
+        .map_err(storage)?
     }
 }

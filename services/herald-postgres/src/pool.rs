@@ -1,12 +1,55 @@
 //! A bounded pool of synchronous PostgreSQL connections, used from tokio's blocking threads.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use herald_ports::projection::ProjectionError;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 /// Most idle connections kept.
 pub const POOL_SIZE: usize = 8;
+
+/// Most prepared statements a connection keeps ([`Statements`]). The writes use a fixed set of
+/// about twenty; past this bound the cache starts over.
+pub const MAX_CACHED_STATEMENTS: usize = 64;
+
+/// A connection's prepared statements, by their SQL. A statement given as text is prepared
+/// again at every call: a round trip to parse and describe it before the one that runs it.
+/// The projector's writes run the same few statements for every event, so each connection
+/// prepares each once. Prepared statements belong to the session (a rollback keeps them); the
+/// cache goes with its connection, and is emptied after any error (a statement the server
+/// refuses to run again, say after another replica changed the schema, is prepared afresh).
+#[derive(Default)]
+pub(crate) struct Statements(HashMap<&'static str, Statement>);
+
+impl Statements {
+    /// The statement for `sql`, prepared on `client` the first time.
+    pub(crate) fn get(
+        &mut self,
+        client: &mut impl postgres::GenericClient,
+        sql: &'static str,
+    ) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        if self.0.len() >= MAX_CACHED_STATEMENTS {
+            self.0.clear();
+        }
+        let s = client.prepare(sql)?;
+        self.0.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// A pooled connection and its prepared statements.
+struct Conn {
+    client: Client,
+    statements: Statements,
+}
 
 /// A PostgreSQL error with the server's message ("db error" alone says nothing).
 fn pg_message(e: &postgres::Error) -> String {
@@ -18,7 +61,7 @@ fn pg_message(e: &postgres::Error) -> String {
 
 pub(crate) struct Pool {
     url: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl Drop for Pool {
@@ -48,15 +91,30 @@ impl Pool {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, ProjectionError> {
+        self.with_statements(|c, _| f(c))
+    }
+
+    /// [`Pool::with`], with the connection's prepared statements.
+    pub(crate) fn with_statements<T>(
+        &self,
+        f: impl FnOnce(&mut Client, &mut Statements) -> Result<T, postgres::Error>,
+    ) -> Result<T, ProjectionError> {
         let conn = self.idle.lock().expect("pool lock").pop();
         let mut conn = match conn {
-            Some(c) if !c.is_closed() => c,
-            _ => Client::connect(&self.url, NoTls).map_err(|e| {
-                ProjectionError::Storage(format!("cannot connect to PostgreSQL: {e}"))
-            })?,
+            Some(c) if !c.client.is_closed() => c,
+            _ => Conn {
+                client: Client::connect(&self.url, NoTls).map_err(|e| {
+                    ProjectionError::Storage(format!("cannot connect to PostgreSQL: {e}"))
+                })?,
+                statements: Statements::default(),
+            },
         };
-        let out = f(&mut conn).map_err(|e| ProjectionError::Storage(pg_message(&e)));
-        if !conn.is_closed() {
+        let out = f(&mut conn.client, &mut conn.statements)
+            .map_err(|e| ProjectionError::Storage(pg_message(&e)));
+        if out.is_err() {
+            conn.statements.clear();
+        }
+        if !conn.client.is_closed() {
             let mut idle = self.idle.lock().expect("pool lock");
             if idle.len() < POOL_SIZE {
                 idle.push(conn);

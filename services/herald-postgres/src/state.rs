@@ -1,78 +1,208 @@
 //! The write transaction: [`ProjectionState`] (the fold's reads and writes) and
 //! [`StageTransaction`] (stage offsets, directory, expansions, schedule) over PostgreSQL, for the
 //! batch loop in `herald_ports::transactional`.
+//!
+//! Every statement runs prepared, from its connection's [`Statements`]: given as text, each
+//! call was two round trips (prepare, then run) and a parse on the server.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::LazyLock;
 
 use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
 use herald_ports::transactional::StageTransaction;
-use postgres::Transaction;
+use postgres::types::ToSql;
+use postgres::{Statement, Transaction};
 
+use crate::pool::Statements;
 use crate::{ROW_COLUMNS, to_row};
 
-/// The placeholders of a whole row, in [`ROW_COLUMNS`]' order (see [`put_row`]).
+/// The placeholders of a whole row, in [`ROW_COLUMNS`]' order (see [`TxState::put_row`]).
 const ROW_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16";
 
-/// Runs `sql` (an insert of the whole row, [`ROW_VALUES`]) with `r`'s columns; how many rows
-/// it inserted or updated.
-fn put_row(tx: &mut Transaction<'_>, sql: &str, r: &InboxRow) -> Result<u64, postgres::Error> {
-    let (seq, priority) = (r.seq as i64, r.priority.as_str());
-    tx.execute(
-        sql,
-        &[
-            &r.user_id,
-            &seq,
-            &r.notification_id,
-            &r.event_type,
-            &r.source,
-            &r.payload,
-            &priority,
-            &r.collapse_key,
-            &r.created_at,
-            &r.deliver_at,
-            &r.expires_at,
-            &r.read,
-            &r.archived,
-            &r.expired,
-            &r.superseded,
-            &r.live,
-        ],
+/// The statements that name [`ROW_COLUMNS`], built once.
+static ROW_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND notification_id = $2")
+});
+static COLLAPSE_HOLDER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND collapse_key = $2 \
+         AND NOT archived AND NOT expired AND NOT superseded ORDER BY seq DESC LIMIT 1"
     )
-}
+});
+static UNREAD_UP_TO: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND NOT read AND seq <= $2 ORDER BY seq"
+    )
+});
+/// One round trip: the unique index on the id (or the key) turns a duplicate away.
+static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
+    format!("INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) ON CONFLICT DO NOTHING")
+});
+static PUT_ROW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) \
+         ON CONFLICT (user_id, seq) DO UPDATE SET read = EXCLUDED.read, \
+         archived = EXCLUDED.archived, expired = EXCLUDED.expired, \
+         superseded = EXCLUDED.superseded"
+    )
+});
 
 /// The fold's view of a PostgreSQL transaction.
 ///
 /// Writes the fold never reads back (ACKs by id, known users) are gathered and
 /// inserted in one statement each by [`TxState::flush`]: a batch of device progress names
 /// hundreds of rows, and one round trip per row made a batch outlast the consumer's poll
-/// interval.
+/// interval. Unread counts are read once per user and written back once, by the flush, as the
+/// embedded store does: a batch's events mostly go to users it has seen already. Each of these
+/// holds at most one entry per user (or device, or ACK) of the batch and ends with it.
 pub(crate) struct TxState<'a, 'b> {
     tx: &'a mut Transaction<'b>,
+    statements: &'a mut Statements,
     acks: BTreeSet<(String, String, i64)>,
     users: BTreeSet<String>,
     /// Each device cursor the batch moved, to its furthest seq: the ACKs by id under it are
     /// deleted by the flush.
     cursors: BTreeMap<(String, String), i64>,
+    /// Unread counts read or set in this transaction; `true`: not yet written.
+    unread: HashMap<String, (u64, bool)>,
+    /// Expansions recorded in this transaction: each id's recipient count (the last recorded)
+    /// and every recipient recorded for it. Nothing reads them back before the commit.
+    expansions: BTreeMap<String, (i64, Vec<String>)>,
 }
 
 impl<'a, 'b> TxState<'a, 'b> {
-    pub(crate) fn new(tx: &'a mut Transaction<'b>) -> Self {
+    pub(crate) fn new(tx: &'a mut Transaction<'b>, statements: &'a mut Statements) -> Self {
         TxState {
             tx,
+            statements,
             acks: BTreeSet::new(),
             users: BTreeSet::new(),
             cursors: BTreeMap::new(),
+            unread: HashMap::new(),
+            expansions: BTreeMap::new(),
         }
+    }
+
+    /// `sql`, prepared on this connection.
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        self.statements.get(&mut *self.tx, sql)
+    }
+
+    /// Runs `sql` prepared; how many rows it changed.
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.tx.execute(&statement, params)
+    }
+
+    /// Runs `sql` prepared; its rows.
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.tx.query(&statement, params)
+    }
+
+    /// Runs `sql` prepared; its one row.
+    fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<postgres::Row, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.tx.query_one(&statement, params)
+    }
+
+    /// Runs `sql` prepared; its one row, if any.
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<postgres::Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.tx.query_opt(&statement, params)
+    }
+
+    /// Runs `sql` (an insert of the whole row, [`ROW_VALUES`]) with `r`'s columns; how many
+    /// rows it inserted or updated.
+    fn put_row(&mut self, sql: &'static str, r: &InboxRow) -> Result<u64, postgres::Error> {
+        let (seq, priority) = (r.seq as i64, r.priority.as_str());
+        self.execute(
+            sql,
+            &[
+                &r.user_id,
+                &seq,
+                &r.notification_id,
+                &r.event_type,
+                &r.source,
+                &r.payload,
+                &priority,
+                &r.collapse_key,
+                &r.created_at,
+                &r.deliver_at,
+                &r.expires_at,
+                &r.read,
+                &r.archived,
+                &r.expired,
+                &r.superseded,
+                &r.live,
+            ],
+        )
     }
 
     /// Inserts the gathered writes, in key order (one lock order for every writer).
     pub(crate) fn flush(&mut self) -> Result<(), postgres::Error> {
         if !self.users.is_empty() {
             let users: Vec<String> = std::mem::take(&mut self.users).into_iter().collect();
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO users (user_id, roles) SELECT u, '[]' FROM UNNEST($1::text[]) AS u \
                  ON CONFLICT DO NOTHING",
                 &[&users],
+            )?;
+        }
+        let mut counts: Vec<(String, i64)> = std::mem::take(&mut self.unread)
+            .into_iter()
+            .filter(|(_, (_, dirty))| *dirty)
+            .map(|(user, (n, _))| (user, n as i64))
+            .collect();
+        if !counts.is_empty() {
+            counts.sort_unstable();
+            let (users, ns): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
+            self.execute(
+                "INSERT INTO unread (user_id, n) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+                 ON CONFLICT (user_id) DO UPDATE SET n = EXCLUDED.n",
+                &[&users, &ns],
+            )?;
+        }
+        if !self.expansions.is_empty() {
+            let (mut ids, mut counts, mut pair_ids, mut pair_users) =
+                (vec![], vec![], vec![], vec![]);
+            for (id, (count, users)) in std::mem::take(&mut self.expansions) {
+                for u in users {
+                    pair_ids.push(id.clone());
+                    pair_users.push(u);
+                }
+                ids.push(id);
+                counts.push(count);
+            }
+            self.execute(
+                "INSERT INTO expansions SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+                 ON CONFLICT (notification_id) DO UPDATE SET recipients = EXCLUDED.recipients",
+                &[&ids, &counts],
+            )?;
+            self.execute(
+                "DELETE FROM scheduled WHERE notification_id = ANY($1::text[])",
+                &[&ids],
+            )?;
+            self.execute(
+                "INSERT INTO expansion_users SELECT * FROM UNNEST($1::text[], $2::text[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&pair_ids, &pair_users],
             )?;
         }
         if !self.acks.is_empty() {
@@ -82,7 +212,7 @@ impl<'a, 'b> TxState<'a, 'b> {
                 devices.push(device);
                 seqs.push(seq);
             }
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO acks SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
                  ON CONFLICT DO NOTHING",
                 &[&users, &devices, &seqs],
@@ -97,12 +227,20 @@ impl<'a, 'b> TxState<'a, 'b> {
                 devices.push(device);
                 seqs.push(seq);
             }
-            self.tx.execute(
+            self.execute(
                 "DELETE FROM acks a USING UNNEST($1::text[], $2::text[], $3::bigint[]) AS c(u, d, s) \
                  WHERE a.user_id = c.u AND a.device_id = c.d AND a.seq <= c.s",
                 &[&users, &devices, &seqs],
             )?;
         }
+        Ok(())
+    }
+
+    fn know_user(&mut self, user_id: &str) -> Result<(), postgres::Error> {
+        self.execute(
+            "INSERT INTO users (user_id, roles) VALUES ($1, '[]') ON CONFLICT DO NOTHING",
+            &[&user_id],
+        )?;
         Ok(())
     }
 }
@@ -112,20 +250,13 @@ impl ProjectionState for TxState<'_, '_> {
 
     fn row(&mut self, user_id: &str, id: &str) -> Result<Option<InboxRow>, postgres::Error> {
         Ok(self
-            .tx
-            .query_opt(
-                &format!(
-                    "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND notification_id = $2"
-                ),
-                &[&user_id, &id],
-            )?
+            .query_opt(ROW_BY_ID.as_str(), &[&user_id, &id])?
             .map(|r| to_row(&r)))
     }
 
     fn seq_of(&mut self, user_id: &str, id: &str) -> Result<Option<u64>, postgres::Error> {
         // The seq alone: no payload read (or detoasted) and sent for an existence check.
         Ok(self
-            .tx
             .query_opt(
                 "SELECT seq FROM inbox WHERE user_id = $1 AND notification_id = $2",
                 &[&user_id, &id],
@@ -139,14 +270,7 @@ impl ProjectionState for TxState<'_, '_> {
         key: &str,
     ) -> Result<Option<InboxRow>, postgres::Error> {
         Ok(self
-            .tx
-            .query_opt(
-                &format!(
-                    "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND collapse_key = $2 \
-                     AND NOT archived AND NOT expired AND NOT superseded ORDER BY seq DESC LIMIT 1"
-                ),
-                &[&user_id, &key],
-            )?
+            .query_opt(COLLAPSE_HOLDER.as_str(), &[&user_id, &key])?
             .map(|r| to_row(&r)))
     }
 
@@ -157,21 +281,21 @@ impl ProjectionState for TxState<'_, '_> {
     ) -> Result<Vec<InboxRow>, postgres::Error> {
         let up_to = up_to.min(i64::MAX as u64) as i64;
         Ok(self
-            .tx
-            .query(
-                &format!("SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND NOT read AND seq <= $2 ORDER BY seq"),
-                &[&user_id, &up_to],
-            )?
+            .query(UNREAD_UP_TO.as_str(), &[&user_id, &up_to])?
             .iter()
             .map(to_row)
             .collect())
     }
 
     fn unread_count(&mut self, user_id: &str) -> Result<u64, postgres::Error> {
-        Ok(self
-            .tx
+        if let Some((count, _)) = self.unread.get(user_id) {
+            return Ok(*count);
+        }
+        let count = self
             .query_opt("SELECT n FROM unread WHERE user_id = $1", &[&user_id])?
-            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+            .map_or(0, |r| r.get::<_, i64>(0) as u64);
+        self.unread.insert(user_id.to_owned(), (count, false));
+        Ok(count)
     }
 
     fn device_cursor(
@@ -180,7 +304,6 @@ impl ProjectionState for TxState<'_, '_> {
         device_id: &str,
     ) -> Result<Option<u64>, postgres::Error> {
         Ok(self
-            .tx
             .query_opt(
                 "SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $2",
                 &[&user_id, &device_id],
@@ -189,29 +312,16 @@ impl ProjectionState for TxState<'_, '_> {
     }
 
     fn insert_new(&mut self, row: InboxRow) -> Result<bool, postgres::Error> {
-        // One round trip: the unique index on the id (or the key) turns a duplicate away.
-        let sql = format!(
-            "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) ON CONFLICT DO NOTHING"
-        );
-        Ok(put_row(self.tx, &sql, &row)? == 1)
+        Ok(self.put_row(INSERT_NEW.as_str(), &row)? == 1)
     }
 
     fn write(&mut self, write: Write) -> Result<(), postgres::Error> {
         match write {
             Write::PutRow(r) => {
-                let sql = format!(
-                    "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) \
-                     ON CONFLICT (user_id, seq) DO UPDATE SET read = EXCLUDED.read, \
-                     archived = EXCLUDED.archived, expired = EXCLUDED.expired, \
-                     superseded = EXCLUDED.superseded"
-                );
-                put_row(self.tx, &sql, &r)?;
+                self.put_row(PUT_ROW.as_str(), &r)?;
             }
             Write::SetUnreadCount { user_id, count } => {
-                self.tx.execute(
-                    "INSERT INTO unread (user_id, n) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET n = EXCLUDED.n",
-                    &[&user_id, &(count as i64)],
-                )?;
+                self.unread.insert(user_id, (count, true));
             }
             Write::AckSeq {
                 user_id,
@@ -225,7 +335,7 @@ impl ProjectionState for TxState<'_, '_> {
                 device_id,
                 seq,
             } => {
-                self.tx.execute(
+                self.execute(
                     "INSERT INTO cursors VALUES ($1, $2, $3) ON CONFLICT (user_id, device_id) \
                      DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq)",
                     &[&user_id, &device_id, &(seq as i64)],
@@ -241,7 +351,7 @@ impl ProjectionState for TxState<'_, '_> {
                 preferences,
             } => {
                 let doc = serde_json::to_string(&preferences).expect("preferences serialize");
-                self.tx.execute(
+                self.execute(
                     "INSERT INTO preferences (user_id, doc) VALUES ($1, $2) \
                      ON CONFLICT (user_id) DO UPDATE SET doc = EXCLUDED.doc",
                     &[&user_id, &doc],
@@ -250,14 +360,6 @@ impl ProjectionState for TxState<'_, '_> {
         }
         Ok(())
     }
-}
-
-fn know_user(tx: &mut Transaction<'_>, user_id: &str) -> Result<(), postgres::Error> {
-    tx.execute(
-        "INSERT INTO users (user_id, roles) VALUES ($1, '[]') ON CONFLICT DO NOTHING",
-        &[&user_id],
-    )?;
-    Ok(())
 }
 
 impl StageTransaction for TxState<'_, '_> {
@@ -274,11 +376,11 @@ impl StageTransaction for TxState<'_, '_> {
         partitions.sort_unstable(); // one lock order for every writer: no deadlocks
         partitions.dedup();
         for p in partitions {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO consumer_offsets VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
                 &[&consumer, &(p as i32)],
             )?;
-            let row = self.tx.query_one(
+            let row = self.query_one(
                 "SELECT next_offset FROM consumer_offsets WHERE consumer = $1 AND partition = $2 \
                  FOR UPDATE",
                 &[&consumer, &(p as i32)],
@@ -294,7 +396,7 @@ impl StageTransaction for TxState<'_, '_> {
         offsets: &[(u32, u64)],
     ) -> Result<(), postgres::Error> {
         for (p, o) in offsets {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO consumer_offsets VALUES ($1, $2, $3) ON CONFLICT (consumer, partition) \
                  DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
                 &[&consumer, &(*p as i32), &(*o as i64)],
@@ -307,39 +409,39 @@ impl StageTransaction for TxState<'_, '_> {
         match write {
             DirectoryWrite::UpsertUser { user_id, roles } => {
                 let roles = serde_json::to_string(&roles).expect("strings serialize");
-                self.tx.execute(
+                self.execute(
                     "INSERT INTO users (user_id, roles) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET roles = EXCLUDED.roles",
                     &[&user_id, &roles],
                 )?;
             }
-            DirectoryWrite::KnowUser { user_id } => know_user(self.tx, &user_id)?,
+            DirectoryWrite::KnowUser { user_id } => self.know_user(&user_id)?,
             DirectoryWrite::AddMember { group, user_id } => {
-                self.tx.execute(
+                self.execute(
                     "INSERT INTO group_members VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&group, &user_id],
                 )?;
             }
             DirectoryWrite::RemoveMember { group, user_id } => {
-                self.tx.execute(
+                self.execute(
                     "DELETE FROM group_members WHERE group_id = $1 AND user_id = $2",
                     &[&group, &user_id],
                 )?;
             }
             DirectoryWrite::Subscribe { topic, user_id } => {
-                self.tx.execute(
+                self.execute(
                     "INSERT INTO topic_subscribers VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&topic, &user_id],
                 )?;
             }
             DirectoryWrite::Unsubscribe { topic, user_id } => {
-                self.tx.execute(
+                self.execute(
                     "DELETE FROM topic_subscribers WHERE topic = $1 AND user_id = $2",
                     &[&topic, &user_id],
                 )?;
             }
             DirectoryWrite::DefineRole { role, topics } => {
                 let topics = serde_json::to_string(&topics).expect("strings serialize");
-                self.tx.execute(
+                self.execute(
                     "INSERT INTO roles (role, topics) VALUES ($1, $2) ON CONFLICT (role) DO UPDATE SET topics = EXCLUDED.topics",
                     &[&role, &topics],
                 )?;
@@ -348,25 +450,17 @@ impl StageTransaction for TxState<'_, '_> {
         Ok(())
     }
 
+    /// Gathered for the flush: three statements for a batch's expansions, not three each.
     fn record_expansion(&mut self, id: &str, users: &[String]) -> Result<(), postgres::Error> {
-        self.tx.execute(
-            "INSERT INTO expansions VALUES ($1, $2) ON CONFLICT (notification_id) DO UPDATE SET recipients = EXCLUDED.recipients",
-            &[&id, &(users.len() as i64)],
-        )?;
-        self.tx
-            .execute("DELETE FROM scheduled WHERE notification_id = $1", &[&id])?;
-        for u in users {
-            self.tx.execute(
-                "INSERT INTO expansion_users VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&id, u],
-            )?;
-        }
+        let (count, all) = self.expansions.entry(id.to_owned()).or_default();
+        *count = users.len() as i64;
+        all.extend(users.iter().cloned());
         Ok(())
     }
 
     fn schedule(&mut self, id: &str, due: i64, request: &[u8]) -> Result<(), postgres::Error> {
         // An id already expanded is never scheduled again.
-        self.tx.execute(
+        self.execute(
             "INSERT INTO scheduled SELECT $1, $2, $3 \
              WHERE NOT EXISTS (SELECT 1 FROM expansions WHERE notification_id = $1) ON CONFLICT DO NOTHING",
             &[&id, &due, &request],

@@ -671,6 +671,24 @@ pub async fn expansions_are_recorded<H: ProjectionHarness>(h: &H) {
     let mut got = store.expanded(&ids).await.unwrap();
     got.sort();
     assert_eq!(got, vec!["a", "b", "c"]);
+    // One id twice in one call (a store may gather a call's records into one statement): the
+    // recipients of both, once each.
+    store
+        .record_expansions(
+            Stage::Fanout,
+            &[
+                ("d".into(), vec!["u2".into(), "u1".into()]),
+                ("d".into(), vec!["u1".into(), "u3".into()]),
+            ],
+            &[(1, 13)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.expansion_of("d").await.unwrap(),
+        vec!["u1", "u2", "u3"]
+    );
+    assert_eq!(store.expanded(&["d".to_string()]).await.unwrap(), vec!["d"]);
 }
 
 pub async fn state_survives_reopen<H: ProjectionHarness>(h: &H) {
