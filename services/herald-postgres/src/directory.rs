@@ -2,11 +2,11 @@
 //! `herald_core::recipients`, with RBAC on topic subscribers) and its bookkeeping of expanded
 //! requests.
 
+use crate::pool::Prepared;
 use async_trait::async_trait;
 use herald_core::model::{Preferences, Recipients};
 use herald_core::recipients::{self, DirectoryState};
 use herald_ports::projection::{DirectoryReader, ProjectionError};
-use postgres::Client;
 
 use crate::PostgresProjection;
 
@@ -14,7 +14,7 @@ use crate::PostgresProjection;
 impl DirectoryReader for PostgresProjection {
     async fn expanded(&self, ids: &[String]) -> Result<Vec<String>, ProjectionError> {
         let ids = ids.to_vec();
-        self.run(move |c| {
+        self.run_prepared(move |c| {
             Ok(c.query(
                 "SELECT notification_id FROM expansions WHERE notification_id = ANY($1)",
                 &[&ids],
@@ -28,13 +28,13 @@ impl DirectoryReader for PostgresProjection {
 
     async fn resolve(&self, recipients: &Recipients) -> Result<Vec<String>, ProjectionError> {
         let r = recipients.clone();
-        self.run(move |c| recipients::resolve(&mut Directory(c), &r))
+        self.run_prepared(move |c| recipients::resolve(&mut Directory(c), &r))
             .await
     }
 
     async fn expansion_of(&self, notification_id: &str) -> Result<Vec<String>, ProjectionError> {
         let id = notification_id.to_owned();
-        self.run(move |c| {
+        self.run_prepared(move |c| {
             strings(
                 c,
                 "SELECT user_id FROM expansion_users WHERE notification_id = $1 ORDER BY user_id",
@@ -53,7 +53,7 @@ impl DirectoryReader for PostgresProjection {
         }
         let users = user_ids.to_vec();
         let docs: Vec<(String, String)> = self
-            .run(move |c| {
+            .run_prepared(move |c| {
                 Ok(c.query(
                     "SELECT user_id, doc FROM preferences WHERE user_id = ANY($1)",
                     &[&users],
@@ -70,9 +70,9 @@ impl DirectoryReader for PostgresProjection {
 }
 
 /// The directory on a PostgreSQL connection, as recipient resolution reads it.
-struct Directory<'a>(&'a mut Client);
+struct Directory<'a, 'c>(&'a mut Prepared<'c>);
 
-impl DirectoryState for Directory<'_> {
+impl DirectoryState for Directory<'_, '_> {
     type Error = postgres::Error;
 
     fn group_members(&mut self, group: &str) -> Result<Vec<String>, postgres::Error> {
@@ -115,12 +115,12 @@ impl DirectoryState for Directory<'_> {
 
 /// The JSON list of strings in the one column of the row `sql` finds for `arg`; empty when there
 /// is no such row (or its JSON is not a list of strings).
-fn json_list(c: &mut Client, sql: &str, arg: &str) -> Result<Vec<String>, postgres::Error> {
+fn json_list(c: &mut Prepared<'_>, sql: &str, arg: &str) -> Result<Vec<String>, postgres::Error> {
     Ok(c.query_opt(sql, &[&arg])?
         .and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok())
         .unwrap_or_default())
 }
 
-fn strings(c: &mut Client, sql: &str, arg: &str) -> Result<Vec<String>, postgres::Error> {
+fn strings(c: &mut Prepared<'_>, sql: &str, arg: &str) -> Result<Vec<String>, postgres::Error> {
     Ok(c.query(sql, &[&arg])?.iter().map(|r| r.get(0)).collect())
 }

@@ -129,6 +129,17 @@ impl PostgresProjection {
             .map_err(storage)?
     }
 
+    /// Runs `f` with a pooled connection that prepares its statements, on a blocking thread.
+    async fn run_prepared<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut pool::Prepared<'_>) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, ProjectionError> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || pool.prepared(f))
+            .await
+            .map_err(storage)?
+    }
+
     /// Runs `f` in one transaction on a blocking thread.
     async fn write<T: Send + 'static>(
         &self,

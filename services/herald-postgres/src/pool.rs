@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use herald_ports::projection::ProjectionError;
-use postgres::{Client, NoTls, Statement};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
 
 /// Most idle connections kept.
 pub const POOL_SIZE: usize = 8;
@@ -20,14 +21,14 @@ pub const MAX_CACHED_STATEMENTS: usize = 64;
 /// cache goes with its connection, and is emptied after any error (a statement the server
 /// refuses to run again, say after another replica changed the schema, is prepared afresh).
 #[derive(Default)]
-pub(crate) struct Statements(HashMap<&'static str, Statement>);
+pub(crate) struct Statements(HashMap<String, Statement>);
 
 impl Statements {
     /// The statement for `sql`, prepared on `client` the first time.
     pub(crate) fn get(
         &mut self,
         client: &mut impl postgres::GenericClient,
-        sql: &'static str,
+        sql: &str,
     ) -> Result<Statement, postgres::Error> {
         if let Some(s) = self.0.get(sql) {
             return Ok(s.clone());
@@ -36,12 +37,39 @@ impl Statements {
             self.0.clear();
         }
         let s = client.prepare(sql)?;
-        self.0.insert(sql, s.clone());
+        self.0.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 
     pub(crate) fn clear(&mut self) {
         self.0.clear();
+    }
+}
+
+/// A connection outside a transaction, running its statements prepared ([`Statements`]): the
+/// reads of the gateway and the fanout.
+pub(crate) struct Prepared<'a> {
+    client: &'a mut Client,
+    statements: &'a mut Statements,
+}
+
+impl Prepared<'_> {
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.statements.get(self.client, sql)?;
+        self.client.query(&statement, params)
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.statements.get(self.client, sql)?;
+        self.client.query_opt(&statement, params)
     }
 }
 
@@ -92,6 +120,14 @@ impl Pool {
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, ProjectionError> {
         self.with_statements(|c, _| f(c))
+    }
+
+    /// [`Pool::with`], running statements prepared.
+    pub(crate) fn prepared<T>(
+        &self,
+        f: impl FnOnce(&mut Prepared<'_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, ProjectionError> {
+        self.with_statements(|client, statements| f(&mut Prepared { client, statements }))
     }
 
     /// [`Pool::with`], with the connection's prepared statements.

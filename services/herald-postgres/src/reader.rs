@@ -11,7 +11,7 @@ use crate::{PostgresProjection, ROW_COLUMNS, to_row};
 impl InboxReader for PostgresProjection {
     async fn inbox(&self, user_id: &str, q: &InboxQuery) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, q) = (user_id.to_owned(), q.clone());
-        self.run(move |c| {
+        self.run_prepared(move |c| {
             let filter = match q.filter {
                 InboxFilter::Inbox => "NOT archived",
                 InboxFilter::Unread => "NOT archived AND NOT read",
@@ -37,7 +37,7 @@ impl InboxReader for PostgresProjection {
 
     async fn unread_count(&self, user_id: &str) -> Result<u64, ProjectionError> {
         let user = user_id.to_owned();
-        self.run(move |c| {
+        self.run_prepared(move |c| {
             Ok(
                 c.query_opt("SELECT n FROM unread WHERE user_id = $1", &[&user])?
                     .map_or(0, |r| r.get::<_, i64>(0) as u64),
@@ -55,7 +55,7 @@ impl InboxReader for PostgresProjection {
         limit: usize,
     ) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, device) = (user_id.to_owned(), device_id.to_owned());
-        self.run(move |c| {
+        self.run_prepared(move |c| {
             let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
             let limit = limit.min(MAX_PAGE * 10) as i64;
             Ok(c.query(
@@ -82,7 +82,7 @@ impl InboxReader for PostgresProjection {
         device_id: &str,
     ) -> Result<Option<u64>, ProjectionError> {
         let (user, device) = (user_id.to_owned(), device_id.to_owned());
-        self.run(move |c| {
+        self.run_prepared(move |c| {
             Ok(c.query_opt(
                 "SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $2",
                 &[&user, &device],
@@ -98,7 +98,7 @@ impl InboxReader for PostgresProjection {
         notification_id: &str,
     ) -> Result<Option<InboxRow>, ProjectionError> {
         let (user, id) = (user_id.to_owned(), notification_id.to_owned());
-        self.run(move |c| {
+        self.run_prepared(move |c| {
             Ok(c.query_opt(
                 &format!(
                     "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND notification_id = $2"
@@ -116,7 +116,7 @@ impl InboxReader for PostgresProjection {
     ) -> Result<herald_core::model::Preferences, ProjectionError> {
         let user = user_id.to_owned();
         let doc = self
-            .run(move |c| {
+            .run_prepared(move |c| {
                 Ok(
                     c.query_opt("SELECT doc FROM preferences WHERE user_id = $1", &[&user])?
                         .map(|r| r.get::<_, String>(0)),
