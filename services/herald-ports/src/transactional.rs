@@ -47,6 +47,13 @@ pub trait StageTransaction: ProjectionState {
         due_ms: i64,
         request: &[u8],
     ) -> Result<(), Self::Error>;
+
+    /// Told, before the fold, which events this transaction is about to fold (those its stored
+    /// offsets do not cover), so that a store whose every statement is a round trip can read at
+    /// once what the fold will ask event by event. Nothing by default.
+    fn before_fold(&mut self, _events: &[&Positioned<UserEvent>]) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// `ProjectionWriter::apply_user_events` in transaction `tx`: folds the events its stage's
@@ -61,10 +68,12 @@ pub fn apply_user_events<T: StageTransaction>(
     // the stored offsets already cover, so a stale batch never re-applies an old event over
     // newer ones (a Read re-applied after an Unread).
     let applied = tx.applied_offsets(stage.name(), offsets)?;
-    for e in by_user(events) {
-        if e.covered_by(&applied) {
-            continue;
-        }
+    let fold: Vec<&Positioned<UserEvent>> = by_user(events)
+        .into_iter()
+        .filter(|e| !e.covered_by(&applied))
+        .collect();
+    tx.before_fold(&fold)?;
+    for e in fold {
         projection::apply(tx, e.offset, &e.event)?;
     }
     tx.store_offsets(stage.name(), offsets)

@@ -5,10 +5,12 @@
 //! Every statement runs prepared, from its connection's [`Statements`]: given as text, each
 //! call was two round trips (prepare, then run) and a parse on the server.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
 
+use herald_core::model::UserEvent;
 use herald_core::projection::{DirectoryWrite, InboxRow, ProjectionState, Write};
+use herald_ports::projection::Positioned;
 use herald_ports::transactional::StageTransaction;
 use postgres::types::ToSql;
 use postgres::{Statement, Transaction};
@@ -38,6 +40,41 @@ static UNREAD_UP_TO: LazyLock<String> = LazyLock::new(|| {
 static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
     format!("INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) ON CONFLICT DO NOTHING")
 });
+/// The new rows of a batch ([`TxState::pending_rows`]) in one statement. No `ON CONFLICT`: each
+/// was checked against the rows the batch's events have ([`Existing`]), and a conflict after
+/// all (a store changed behind the offsets' lock) fails the transaction, which the stage then
+/// applies again from what is stored.
+static INSERT_ROWS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO inbox ({ROW_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::bigint[], \
+         $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], \
+         $10::bigint[], $11::bigint[], $12::bool[], $13::bool[], $14::bool[], $15::bool[], \
+         $16::bool[])"
+    )
+});
+/// The rows a batch's new notifications could collide with: by (user, id) or by (user, seq).
+const EXISTING_ROWS: &str = "SELECT i.user_id, i.notification_id, i.seq FROM inbox i \
+     JOIN UNNEST($1::text[], $2::text[]) AS b(u, n) ON i.user_id = b.u AND i.notification_id = b.n \
+     UNION SELECT i.user_id, i.notification_id, i.seq FROM inbox i \
+     JOIN UNNEST($1::text[], $3::bigint[]) AS b(u, s) ON i.user_id = b.u AND i.seq = b.s";
+
+/// What [`TxState::before_fold`] read for a batch's new notifications: which of them were asked
+/// about, and which (user, id) and (user, seq) have a row, stored or pending.
+#[derive(Default)]
+struct Existing {
+    asked: HashSet<(String, String, i64)>,
+    ids: HashSet<(String, String)>,
+    seqs: HashSet<(String, i64)>,
+}
+
+impl Existing {
+    fn add(&mut self, user_id: &str, notification_id: &str, seq: i64) {
+        self.ids
+            .insert((user_id.to_owned(), notification_id.to_owned()));
+        self.seqs.insert((user_id.to_owned(), seq));
+    }
+}
+
 static PUT_ROW: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO inbox ({ROW_COLUMNS}) VALUES ({ROW_VALUES}) \
@@ -68,6 +105,12 @@ pub(crate) struct TxState<'a, 'b> {
     /// Expansions recorded in this transaction: each id's recipient count (the last recorded)
     /// and every recipient recorded for it. Nothing reads them back before the commit.
     expansions: BTreeMap<String, (i64, Vec<String>)>,
+    /// Rows of new notifications `insert_new` took and has not written yet: one statement for
+    /// all of them, before the transaction's next other statement (so a read sees them) or at
+    /// its end, instead of a round trip each.
+    pending_rows: Vec<InboxRow>,
+    /// Read by `before_fold`; `None` without it (`insert_new` asks the store row by row).
+    existing: Option<Existing>,
 }
 
 impl<'a, 'b> TxState<'a, 'b> {
@@ -80,12 +123,70 @@ impl<'a, 'b> TxState<'a, 'b> {
             cursors: BTreeMap::new(),
             unread: HashMap::new(),
             expansions: BTreeMap::new(),
+            pending_rows: Vec::new(),
+            existing: None,
         }
     }
 
-    /// `sql`, prepared on this connection.
+    /// `sql`, prepared on this connection, after the pending rows are written (every statement
+    /// of the transaction sees the rows the fold inserted before it).
     fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if !self.pending_rows.is_empty() {
+            self.write_pending_rows()?;
+        }
         self.statements.get(&mut *self.tx, sql)
+    }
+
+    /// Inserts [`TxState::pending_rows`] in one statement.
+    fn write_pending_rows(&mut self) -> Result<(), postgres::Error> {
+        let rows = std::mem::take(&mut self.pending_rows);
+        let (mut users, mut seqs, mut ids, mut types, mut sources, mut payloads) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut priorities, mut keys, mut created, mut deliver, mut expires) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut read, mut archived, mut expired, mut superseded, mut live) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for r in rows {
+            users.push(r.user_id);
+            seqs.push(r.seq as i64);
+            ids.push(r.notification_id);
+            types.push(r.event_type);
+            sources.push(r.source);
+            payloads.push(r.payload);
+            priorities.push(r.priority.as_str());
+            keys.push(r.collapse_key);
+            created.push(r.created_at);
+            deliver.push(r.deliver_at);
+            expires.push(r.expires_at);
+            read.push(r.read);
+            archived.push(r.archived);
+            expired.push(r.expired);
+            superseded.push(r.superseded);
+            live.push(r.live);
+        }
+        let statement = self.statements.get(&mut *self.tx, INSERT_ROWS.as_str())?;
+        self.tx.execute(
+            &statement,
+            &[
+                &users,
+                &seqs,
+                &ids,
+                &types,
+                &sources,
+                &payloads,
+                &priorities,
+                &keys,
+                &created,
+                &deliver,
+                &expires,
+                &read,
+                &archived,
+                &expired,
+                &superseded,
+                &live,
+            ],
+        )?;
+        Ok(())
     }
 
     /// Runs `sql` prepared; how many rows it changed.
@@ -157,6 +258,9 @@ impl<'a, 'b> TxState<'a, 'b> {
 
     /// Inserts the gathered writes, in key order (one lock order for every writer).
     pub(crate) fn flush(&mut self) -> Result<(), postgres::Error> {
+        if !self.pending_rows.is_empty() {
+            self.write_pending_rows()?;
+        }
         if !self.users.is_empty() {
             let users: Vec<String> = std::mem::take(&mut self.users).into_iter().collect();
             self.execute(
@@ -312,13 +416,37 @@ impl ProjectionState for TxState<'_, '_> {
     }
 
     fn insert_new(&mut self, row: InboxRow) -> Result<bool, postgres::Error> {
-        Ok(self.put_row(INSERT_NEW.as_str(), &row)? == 1)
+        let seq = row.seq as i64;
+        if let Some(existing) = &mut self.existing
+            && existing
+                .asked
+                .contains(&(row.user_id.clone(), row.notification_id.clone(), seq))
+        {
+            if existing
+                .ids
+                .contains(&(row.user_id.clone(), row.notification_id.clone()))
+                || existing.seqs.contains(&(row.user_id.clone(), seq))
+            {
+                return Ok(false);
+            }
+            existing.add(&row.user_id, &row.notification_id, seq);
+            self.pending_rows.push(row);
+            return Ok(true);
+        }
+        let inserted = self.put_row(INSERT_NEW.as_str(), &row)? == 1;
+        if inserted && let Some(existing) = &mut self.existing {
+            existing.add(&row.user_id, &row.notification_id, seq);
+        }
+        Ok(inserted)
     }
 
     fn write(&mut self, write: Write) -> Result<(), postgres::Error> {
         match write {
             Write::PutRow(r) => {
                 self.put_row(PUT_ROW.as_str(), &r)?;
+                if let Some(existing) = &mut self.existing {
+                    existing.add(&r.user_id, &r.notification_id, r.seq as i64);
+                }
             }
             Write::SetUnreadCount { user_id, count } => {
                 self.unread.insert(user_id, (count, true));
@@ -455,6 +583,31 @@ impl StageTransaction for TxState<'_, '_> {
         let (count, all) = self.expansions.entry(id.to_owned()).or_default();
         *count = users.len() as i64;
         all.extend(users.iter().cloned());
+        Ok(())
+    }
+
+    /// Reads at once which of the batch's new notifications have a row already, by id or by
+    /// seq: `insert_new` then answers from that and gathers the new rows for one statement.
+    fn before_fold(&mut self, events: &[&Positioned<UserEvent>]) -> Result<(), postgres::Error> {
+        let mut existing = Existing::default();
+        let (mut users, mut ids, mut seqs) = (vec![], vec![], vec![]);
+        for e in events {
+            if let UserEvent::Added(a) = &e.event {
+                let seq = e.offset.min(i64::MAX as u64) as i64;
+                existing
+                    .asked
+                    .insert((a.user_id.clone(), a.notification_id.clone(), seq));
+                users.push(a.user_id.as_str());
+                ids.push(a.notification_id.as_str());
+                seqs.push(seq);
+            }
+        }
+        if !users.is_empty() {
+            for r in self.query(EXISTING_ROWS, &[&users, &ids, &seqs])? {
+                existing.add(r.get(0), r.get(1), r.get(2));
+            }
+        }
+        self.existing = Some(existing);
         Ok(())
     }
 
