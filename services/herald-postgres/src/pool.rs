@@ -10,8 +10,8 @@ use postgres::{Client, NoTls, Row, Statement};
 /// Most idle connections kept.
 pub const POOL_SIZE: usize = 8;
 
-/// Most prepared statements a connection keeps ([`Statements`]). The writes use a fixed set of
-/// about twenty; past this bound the cache starts over.
+/// Most prepared statements a connection keeps ([`Statements`]). The reads and writes use a set of
+/// about thirty (the inbox page has one per filter); past this bound the cache starts over.
 pub const MAX_CACHED_STATEMENTS: usize = 64;
 
 /// A connection's prepared statements, by their SQL. A statement given as text is prepared
