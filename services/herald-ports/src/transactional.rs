@@ -68,10 +68,8 @@ pub fn apply_user_events<T: StageTransaction>(
     // the stored offsets already cover, so a stale batch never re-applies an old event over
     // newer ones (a Read re-applied after an Unread).
     let applied = tx.applied_offsets(stage.name(), offsets)?;
-    let fold: Vec<&Positioned<UserEvent>> = by_user(events)
-        .into_iter()
-        .filter(|e| !e.covered_by(&applied))
-        .collect();
+    let mut fold = by_user(events);
+    fold.retain(|e| !e.covered_by(&applied));
     tx.before_fold(&fold)?;
     for e in fold {
         projection::apply(tx, e.offset, &e.event)?;
