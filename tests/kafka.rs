@@ -62,6 +62,51 @@ fn python_producer(
         .collect()
 }
 
+/// For each notification a device never showed: whether the shared projection has the user's
+/// row (and its seq), the device's ACK cursor there, and what the device showed around that seq,
+/// which tells a row the projector never wrote from a row a session skipped.
+async fn diagnose_losses(
+    url: &str,
+    shown: &ShownBy,
+    accepted: &std::collections::BTreeMap<String, Vec<String>>,
+) {
+    use herald_ports::projection::InboxReader;
+    let store = match herald_postgres::PostgresProjection::connect(url).await {
+        Ok(s) => s,
+        Err(e) => return eprintln!("diagnosis: cannot open the projection: {e}"),
+    };
+    for ((user, device), s) in shown {
+        let s = s.lock().await.clone();
+        let seen: std::collections::HashSet<&String> = s.iter().map(|(i, _)| i).collect();
+        let cursor = store.device_cursor(user, device).await;
+        for (id, users) in accepted {
+            if !users.contains(user) || seen.contains(id) {
+                continue;
+            }
+            let row = store.row(user, id).await;
+            let seq = row.as_ref().ok().and_then(|r| r.as_ref().map(|r| r.seq));
+            let (before, after): (Vec<u64>, Vec<u64>) = match seq {
+                Some(q) => (
+                    s.iter()
+                        .map(|x| x.1)
+                        .filter(|x| *x < q)
+                        .rev()
+                        .take(3)
+                        .collect(),
+                    s.iter().map(|x| x.1).filter(|x| *x > q).take(3).collect(),
+                ),
+                None => (vec![], vec![]),
+            };
+            eprintln!(
+                "diagnosis: {user}/{device} lost {id}: row seq {seq:?} (read ok: {}), device \
+                 cursor {cursor:?}, shown before {before:?}, after {after:?}, shown {} in all",
+                row.is_ok(),
+                s.len()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebalances() {
     let Some(broker) = testing::broker() else {
@@ -232,6 +277,9 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
         v.out_of_order,
         v.strangers,
     );
+    if v.lost > 0 {
+        diagnose_losses(&db.url, &shown, &p.accepted).await;
+    }
     if v.lost + v.duplicated + v.out_of_order + v.strangers > 0 {
         dump_logs(tmp.path());
         if std::env::var("HERALD_KEEP_TMP").is_ok() {
