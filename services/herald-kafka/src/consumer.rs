@@ -17,7 +17,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::closing::{OffThread, room_for_a_consumer};
-use crate::message::{stored, take_if_new};
+use crate::message::{Admit, GAP_RETRY, Positions, stored};
 use crate::{KafkaConfig, storage};
 
 /// How long a refused seek waits before it is tried again.
@@ -67,8 +67,9 @@ pub(crate) fn group_consumer(
         events,
         wake,
         stash: VecDeque::new(),
-        assigned: BTreeMap::new(),
+        assigned: Positions::default(),
         pending_seeks: BTreeMap::new(),
+        refetching: false,
         timeout: config.operation_timeout,
     })
 }
@@ -164,11 +165,15 @@ pub(crate) struct KafkaConsumer {
     wake: Arc<tokio::sync::Notify>,
     /// Records taken in the same poll as a rebalance, returned after it (at most one batch).
     stash: VecDeque<StoredRecord>,
-    /// Assigned partitions and the least offset to hand out next (moved by `seek`).
-    assigned: BTreeMap<u32, u64>,
+    /// Assigned partitions and the offset to hand out next (set by `seek`; until then the
+    /// first record the group's committed offset gives).
+    assigned: Positions,
     /// Seeks librdkafka refused because the partition's fetcher had not started yet; applied
     /// before the next records are taken, and until then the partition's records are dropped.
     pending_seeks: BTreeMap<u32, u64>,
+    /// A hole in a partition's offsets was seen: its seek back to the hole is in
+    /// `pending_seeks`, applied after a pause ([`GAP_RETRY`]).
+    refetching: bool,
     timeout: Duration,
 }
 
@@ -178,12 +183,12 @@ impl KafkaConsumer {
         match &ev {
             ConsumerEvent::Assigned(ps) => {
                 for p in ps {
-                    self.assigned.insert(*p, 0);
+                    self.assigned.set_from_any(*p, 0);
                 }
             }
             ConsumerEvent::Revoked(ps) => {
                 for p in ps {
-                    self.assigned.remove(p);
+                    self.assigned.remove(*p);
                     self.pending_seeks.remove(p);
                 }
             }
@@ -238,12 +243,21 @@ impl KafkaConsumer {
         Ok(())
     }
 
-    /// Keeps a record only if its partition is still ours and it is not before a seek.
+    /// Keeps a record only if its partition is still ours, it is not before a seek, and no
+    /// offset before it is missing (then the partition is fetched again from the hole).
     fn keep(&mut self, r: &StoredRecord) -> bool {
         if self.pending_seeks.contains_key(&r.partition) {
             return false;
         }
-        take_if_new(&mut self.assigned, r)
+        match self.assigned.admit(r, Instant::now()) {
+            Admit::Take => true,
+            Admit::Drop => false,
+            Admit::Refetch { from } => {
+                self.pending_seeks.insert(r.partition, from);
+                self.refetching = true;
+                false
+            }
+        }
     }
 }
 
@@ -253,6 +267,9 @@ impl LogConsumer for KafkaConsumer {
         loop {
             if let Some(ev) = self.control() {
                 return Ok(ev);
+            }
+            if std::mem::take(&mut self.refetching) {
+                tokio::time::sleep(GAP_RETRY).await;
             }
             self.settle_seeks().await?;
             if !self.events.lock().expect("events lock").is_empty() {
@@ -295,13 +312,16 @@ impl LogConsumer for KafkaConsumer {
     }
 
     fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError> {
-        let Some(min) = self.assigned.get_mut(&partition) else {
+        if !self.assigned.contains(partition) {
             return Err(LogError::Config(format!(
                 "seek on partition {partition}, which is not assigned"
             )));
-        };
-        *min = offset;
-        if !self.try_seek(partition, offset)? {
+        }
+        self.assigned.set(partition, offset);
+        if self.try_seek(partition, offset)? {
+            // A refetch of a hole waiting to be applied would undo this seek.
+            self.pending_seeks.remove(&partition);
+        } else {
             self.pending_seeks.insert(partition, offset);
         }
         Ok(())
@@ -310,7 +330,7 @@ impl LogConsumer for KafkaConsumer {
     async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), LogError> {
         let mut tpl = TopicPartitionList::new();
         for (p, o) in offsets {
-            if self.assigned.contains_key(p) {
+            if self.assigned.contains(*p) {
                 tpl.add_partition_offset(&self.name, *p as i32, Offset::Offset(*o as i64))
                     .map_err(storage)?;
             }

@@ -58,6 +58,7 @@ pub use closing::{CONSUMER_CLOSE_GRACE, MAX_CLOSING_CONSUMERS};
 pub use config::KafkaConfig;
 pub use consumer::GROUP_DEFAULTS;
 pub use dead_letters::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
+pub use message::{OFFSET_GAP_PATIENCE, offset_holes};
 pub use presence::PRESENCE_RETENTION_MS;
 pub use reader::READER_POOL;
 use reader::ReaderPool;

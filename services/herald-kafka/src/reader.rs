@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::message::stored;
+use crate::message::{Admit, GAP_RETRY, Positions, stored};
 use crate::{KafkaConfig, KafkaLog, storage};
 
 /// Consumers kept for reads by position.
@@ -184,16 +184,31 @@ pub(crate) fn read_to_eof(
     max: usize,
     timeout: Duration,
 ) -> Result<Vec<StoredRecord>, LogError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(name, partition as i32, Offset::Offset(from as i64))
-        .map_err(storage)?;
-    c.assign(&tpl).map_err(storage)?;
+    let assign = |at: u64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(name, partition as i32, Offset::Offset(at as i64))
+            .map_err(storage)?;
+        c.assign(&tpl).map_err(storage)
+    };
+    assign(from)?;
+    // Offsets in order: a record past a hole is not taken; the partition is fetched again from
+    // the hole (`OFFSET_GAP_PATIENCE`).
+    let mut positions = Positions::default();
+    positions.set(partition, from);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < max {
         match c.poll(READER_POLL) {
             Some(Ok(m)) if m.partition() as u32 == partition && m.offset() as u64 >= from => {
-                out.push(stored(topic, &m));
+                let r = stored(topic, &m);
+                match positions.admit(&r, Instant::now()) {
+                    Admit::Take => out.push(r),
+                    Admit::Drop => {}
+                    Admit::Refetch { from } => {
+                        std::thread::sleep(GAP_RETRY);
+                        assign(from)?;
+                    }
+                }
             }
             Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(p))) if p as u32 == partition => break,

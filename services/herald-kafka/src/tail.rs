@@ -1,7 +1,8 @@
 //! Tails of chosen partitions (`EventLog::tail`): an assign-only `StreamConsumer` (no group
 //! membership, so no join to wait for) whose partitions are added and removed incrementally.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -10,7 +11,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::closing::OffThread;
-use crate::message::{stored, take_if_new};
+use crate::message::{Admit, GAP_RETRY, Positions, stored};
 use crate::{KafkaConfig, storage};
 
 pub(crate) struct KafkaTail {
@@ -18,10 +19,10 @@ pub(crate) struct KafkaTail {
     name: String,
     partitions: u32,
     consumer: OffThread<StreamConsumer>,
-    /// Followed partitions and the least offset to hand out next in each: librdkafka drops
-    /// what it fetched for a partition before an (un)assignment, and this drops anything else
-    /// that is not ours or not new.
-    followed: BTreeMap<u32, u64>,
+    /// Followed partitions and the offset to hand out next in each: librdkafka drops what it
+    /// fetched for a partition before an (un)assignment, and this drops anything else that is
+    /// not ours or not new, and refetches a partition from a hole in its offsets.
+    followed: Positions,
 }
 
 pub(crate) fn tail(
@@ -47,11 +48,23 @@ pub(crate) fn tail(
         name,
         partitions,
         consumer: OffThread::new(consumer, what),
-        followed: BTreeMap::new(),
+        followed: Positions::default(),
     })
 }
 
 impl KafkaTail {
+    fn assign(&self, partition: u32, from: u64) -> Result<(), LogError> {
+        self.consumer
+            .incremental_assign(&self.list(partition, Some(from))?)
+            .map_err(|e| storage(format!("Kafka assign {}/{partition}: {e}", self.name)))
+    }
+
+    fn unassign(&self, partition: u32) -> Result<(), LogError> {
+        self.consumer
+            .incremental_unassign(&self.list(partition, None)?)
+            .map_err(|e| storage(format!("Kafka unassign {}/{partition}: {e}", self.name)))
+    }
+
     fn list(&self, partition: u32, offset: Option<u64>) -> Result<TopicPartitionList, LogError> {
         let mut tpl = TopicPartitionList::new();
         match offset {
@@ -70,22 +83,18 @@ impl KafkaTail {
 impl LogTail for KafkaTail {
     fn follow(&mut self, partition: u32, from: u64) -> Result<(), LogError> {
         check_partition(self.topic, partition, self.partitions)?;
-        if self.followed.contains_key(&partition) {
+        if self.followed.contains(partition) {
             self.unfollow(partition)?;
         }
-        self.consumer
-            .incremental_assign(&self.list(partition, Some(from))?)
-            .map_err(|e| storage(format!("Kafka assign {}/{partition}: {e}", self.name)))?;
-        self.followed.insert(partition, from);
+        self.assign(partition, from)?;
+        self.followed.set(partition, from);
         Ok(())
     }
 
     fn unfollow(&mut self, partition: u32) -> Result<(), LogError> {
         check_partition(self.topic, partition, self.partitions)?;
-        if self.followed.remove(&partition).is_some() {
-            self.consumer
-                .incremental_unassign(&self.list(partition, None)?)
-                .map_err(|e| storage(format!("Kafka unassign {}/{partition}: {e}", self.name)))?;
+        if self.followed.remove(partition) {
+            self.unassign(partition)?;
         }
         Ok(())
     }
@@ -103,12 +112,30 @@ impl LogTail for KafkaTail {
                     None => break,
                 }
             }
-            let batch: Vec<StoredRecord> = batch
-                .into_iter()
-                .filter(|r| take_if_new(&mut self.followed, r))
-                .collect();
-            if !batch.is_empty() {
-                return Ok(batch);
+            // A partition with a hole before a record is fetched again from the hole, and the
+            // rest of its records of this batch are dropped.
+            let now = Instant::now();
+            let mut refetched = BTreeSet::new();
+            let mut kept = Vec::with_capacity(batch.len());
+            for r in batch {
+                if refetched.contains(&r.partition) {
+                    continue;
+                }
+                match self.followed.admit(&r, now) {
+                    Admit::Take => kept.push(r),
+                    Admit::Drop => {}
+                    Admit::Refetch { from } => {
+                        self.unassign(r.partition)?;
+                        self.assign(r.partition, from)?;
+                        refetched.insert(r.partition);
+                    }
+                }
+            }
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
+            if !refetched.is_empty() {
+                tokio::time::sleep(GAP_RETRY).await;
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::log::Topic;
 pub const LOG_APPENDED_RECORDS: &str = "herald_log_appended_records_total";
 pub const LOG_APPEND_SECONDS: &str = "herald_log_append_seconds";
 pub const LOG_GROUP_COMMIT_RECORDS: &str = "herald_log_group_commit_records";
+pub const LOG_OFFSET_HOLES: &str = "herald_log_offset_holes_total";
 pub const PROJECTOR_APPLIED_EVENTS: &str = "herald_projector_applied_events_total";
 pub const PROJECTOR_APPLY_SECONDS: &str = "herald_projector_apply_seconds";
 pub const PROJECTOR_LAG_RECORDS: &str = "herald_projector_lag_records";
@@ -86,6 +87,12 @@ pub fn describe() {
     metrics::describe_gauge!(
         HUB_PARTITIONS_FOLLOWED,
         "User-event partitions the gateway's live hub follows (those of its sessions' users)."
+    );
+    metrics::describe_counter!(
+        LOG_OFFSET_HOLES,
+        "Holes in a partition's offsets a Kafka reader saw (a later batch served before an \
+         earlier one was readable), by outcome: refetched (read again from the hole) or skipped \
+         (still missing after the patience, read past)."
     );
     metrics::describe_counter!(
         LOG_APPENDED_RECORDS,
@@ -282,6 +289,12 @@ pub fn projector_applied(stage: crate::Stage, events: usize, took: Duration) {
 
 pub fn projector_lag(stage: crate::Stage, records: u64) {
     metrics::gauge!(PROJECTOR_LAG_RECORDS, "stage" => stage.name()).set(records as f64);
+}
+
+/// A hole in a partition's offsets: `skipped` when it was read past, else fetched again.
+pub fn log_offset_hole(skipped: bool) {
+    let outcome = if skipped { "skipped" } else { "refetched" };
+    metrics::counter!(LOG_OFFSET_HOLES, "outcome" => outcome).increment(1);
 }
 
 pub fn projector_restarted(stage: crate::Stage) {
