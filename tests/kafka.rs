@@ -277,6 +277,20 @@ async fn exactly_once_across_projector_and_gateway_replicas_with_kills_and_rebal
         v.out_of_order,
         v.strangers,
     );
+    // Holes the broker served in partitions' offsets, which Herald's readers fetched again
+    // (tansu 0.6 serves them when several producers write a partition; docs/operations.md).
+    let holes: usize = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches("a hole in a partition's offsets")
+                .count()
+        })
+        .sum();
+    println!("kafka chaos: holes in partitions' offsets fetched again: {holes}");
     if v.lost > 0 {
         diagnose_losses(&db.url, &shown, &p.accepted).await;
     }

@@ -134,6 +134,12 @@ impl Positions {
                 _ => {
                     HOLES_SEEN.fetch_add(1, Ordering::Relaxed);
                     herald_ports::telemetry::log_offset_hole(false);
+                    tracing::info!(
+                        partition = r.partition,
+                        from = p.next,
+                        to = r.offset,
+                        "a hole in a partition's offsets; fetching the partition again from it"
+                    );
                     p.hole = Some((p.next, now));
                     now
                 }

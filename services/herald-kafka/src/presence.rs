@@ -1,15 +1,17 @@
 //! The presence bus on Kafka: topic `{prefix}presence` (one partition, records kept an hour),
 //! key = the gateway's id. Readers are assign-only consumers from the topic's end.
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use herald_ports::log::{LogError, Record};
+use herald_ports::log::{LogError, Record, Topic};
 use herald_ports::presence::{MAX_PRESENCE_RECORD_BYTES, PresenceBus, PresenceFeed};
-use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::closing::OffThread;
+use crate::message::{Admit, GAP_RETRY, Positions, stored};
 use crate::{KafkaLog, storage};
 
 /// How long the presence topic keeps records when Herald creates it (`retention.ms`).
@@ -19,6 +21,9 @@ const FEED_BATCH: usize = 256;
 
 struct KafkaPresenceFeed {
     consumer: OffThread<StreamConsumer>,
+    topic: String,
+    /// The topic's one partition, read in offset order (a hole is fetched again).
+    positions: Positions,
 }
 
 #[async_trait]
@@ -69,12 +74,15 @@ impl PresenceBus for KafkaLog {
         .map_err(storage)?;
         let high =
             high.map_err(|e| storage(format!("Kafka watermarks of the presence topic: {e}")))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.config.presence_topic(), 0, Offset::Offset(high))
-            .map_err(storage)?;
-        consumer.assign(&tpl).map_err(storage)?;
+        let high = high.max(0) as u64;
+        let topic = self.config.presence_topic();
+        assign_at(&consumer, &topic, high)?;
+        let mut positions = Positions::default();
+        positions.set(0, high);
         Ok(Box::new(KafkaPresenceFeed {
             consumer: OffThread::new(consumer, "presence feed".into()),
+            topic,
+            positions,
         }))
     }
 }
@@ -82,16 +90,44 @@ impl PresenceBus for KafkaLog {
 #[async_trait]
 impl PresenceFeed for KafkaPresenceFeed {
     async fn next(&mut self) -> Result<Vec<Vec<u8>>, LogError> {
-        let first = self.consumer.recv().await.map_err(storage)?;
-        let mut out = vec![first.payload().unwrap_or_default().to_vec()];
-        drop(first);
-        while out.len() < FEED_BATCH {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(m)) => out.push(m.payload().unwrap_or_default().to_vec()),
-                Some(Err(e)) => return Err(storage(e)),
-                None => break,
+        loop {
+            let first = self.consumer.recv().await.map_err(storage)?;
+            // The topic tag of these records is unused: only their values are handed out.
+            let mut batch = vec![stored(Topic::Requests, &first)];
+            drop(first);
+            while batch.len() < FEED_BATCH {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(stored(Topic::Requests, &m)),
+                    Some(Err(e)) => return Err(storage(e)),
+                    None => break,
+                }
+            }
+            let now = Instant::now();
+            let mut out = Vec::with_capacity(batch.len());
+            for r in batch {
+                match self.positions.admit(&r, now) {
+                    Admit::Take => out.push(r.record.value.clone()),
+                    Admit::Drop => {}
+                    Admit::Refetch { from } => {
+                        assign_at(&self.consumer, &self.topic, from)?;
+                        if out.is_empty() {
+                            tokio::time::sleep(GAP_RETRY).await;
+                        }
+                        break;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
+}
+
+/// Reads the presence topic's partition from `offset` on.
+fn assign_at(consumer: &StreamConsumer, topic: &str, offset: u64) -> Result<(), LogError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset as i64))
+        .map_err(storage)?;
+    consumer.assign(&tpl).map_err(storage)
 }
