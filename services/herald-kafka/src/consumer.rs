@@ -317,6 +317,33 @@ impl LogConsumer for KafkaConsumer {
                 "seek on partition {partition}, which is not assigned"
             )));
         }
+        // Retention may have removed the start of the partition: the records from `offset` on
+        // begin at its first one (not a hole to fetch again).
+        let offset = match self.consumer.fetch_watermarks(
+            &self.name,
+            partition as i32,
+            self.timeout,
+        ) {
+            Ok((low, _)) if low > 0 && low as u64 > offset => {
+                tracing::warn!(
+                    topic = self.name,
+                    partition,
+                    from = offset,
+                    first = low,
+                    "records to read were removed by the topic's retention; reading from its first record"
+                );
+                low as u64
+            }
+            Ok(_) => offset,
+            Err(e) => {
+                return Err(storage(format!(
+                    "Kafka watermarks of {}/{partition}: {e}",
+                    self.name
+                )));
+            }
+        };
+        // Records taken before this seek come again from the new position.
+        self.stash.retain(|r| r.partition != partition);
         self.assigned.set(partition, offset);
         if self.try_seek(partition, offset)? {
             // A refetch of a hole waiting to be applied would undo this seek.

@@ -39,7 +39,7 @@ pub(crate) fn stored(topic: Topic, m: &BorrowedMessage<'_>) -> StoredRecord {
 /// it. Herald's topics have an offset for every record (no transactions, no compaction), so a
 /// record past the next offset means the broker answered with a later batch before an earlier
 /// one was readable: tansu 0.6 does this at the end of a partition written by several producers
-/// (it reserves a batch's offsets before it stores the batch; `tests/dense.rs`). The reader
+/// (it reserves a batch's offsets before it stores the batch; `herald-kafka/tests/dense.rs`). The reader
 /// fetches the hole again ([`GAP_RETRY`] apart) and normally has it within milliseconds. Past
 /// this patience the offsets are taken as absent for good (a record removed by retention, or
 /// a transaction marker from a producer Herald does not support) and skipped with a warning.
@@ -47,8 +47,8 @@ pub const OFFSET_GAP_PATIENCE: Duration = Duration::from_secs(2);
 /// The pause before a hole is fetched again.
 pub(crate) const GAP_RETRY: Duration = Duration::from_millis(5);
 
-/// Holes seen in partitions' offsets since the process started: (fetched again until they
-/// filled or were given up on, given up on after [`OFFSET_GAP_PATIENCE`]).
+/// Holes seen in partitions' offsets since the process started: (seen, each fetched again
+/// until it filled or was given up on; given up on after [`OFFSET_GAP_PATIENCE`]).
 pub fn offset_holes() -> (u64, u64) {
     (
         HOLES_SEEN.load(Ordering::Relaxed),
@@ -133,7 +133,6 @@ impl Positions {
                 Some((at, since)) if at == p.next => since,
                 _ => {
                     HOLES_SEEN.fetch_add(1, Ordering::Relaxed);
-                    herald_ports::telemetry::log_offset_hole(false);
                     tracing::info!(
                         partition = r.partition,
                         from = p.next,
@@ -147,6 +146,7 @@ impl Positions {
             if now.duration_since(since) < OFFSET_GAP_PATIENCE {
                 return Admit::Refetch { from: p.next };
             }
+            p.hole = None;
             HOLES_SKIPPED.fetch_add(1, Ordering::Relaxed);
             herald_ports::telemetry::log_offset_hole(true);
             tracing::warn!(
@@ -157,6 +157,7 @@ impl Positions {
                 "offsets missing from a partition; reading on past them"
             );
         } else if let Some((at, since)) = p.hole.take() {
+            herald_ports::telemetry::log_offset_hole(false);
             tracing::debug!(partition = r.partition, offset = at, waited = ?now.duration_since(since), "a hole in a partition's offsets filled");
         }
         p.next = r.offset + 1;

@@ -91,8 +91,8 @@ pub fn describe() {
     metrics::describe_counter!(
         LOG_OFFSET_HOLES,
         "Holes in a partition's offsets a Kafka reader saw (a later batch served before an \
-         earlier one was readable), by outcome: refetched (read again from the hole) or skipped \
-         (still missing after the patience, read past)."
+         earlier one was readable), by outcome: filled (fetched again from the hole until it \
+         filled) or skipped (still missing after the patience, read past)."
     );
     metrics::describe_counter!(
         LOG_APPENDED_RECORDS,
@@ -291,9 +291,10 @@ pub fn projector_lag(stage: crate::Stage, records: u64) {
     metrics::gauge!(PROJECTOR_LAG_RECORDS, "stage" => stage.name()).set(records as f64);
 }
 
-/// A hole in a partition's offsets: `skipped` when it was read past, else fetched again.
+/// A hole in a partition's offsets that filled when fetched again, or (`skipped`) was read
+/// past.
 pub fn log_offset_hole(skipped: bool) {
-    let outcome = if skipped { "skipped" } else { "refetched" };
+    let outcome = if skipped { "skipped" } else { "filled" };
     metrics::counter!(LOG_OFFSET_HOLES, "outcome" => outcome).increment(1);
 }
 
