@@ -16,7 +16,7 @@ use herald_core::cursor::{Cursor, Epoch};
 use herald_core::delivery::DeliveryConfig;
 use herald_core::model::{Delivery, MarkChange, NotificationAcked, NotificationAdded, UserEvent};
 use herald_core::projection::InboxRow;
-use herald_core::protocol::{ClientFrame, ServerFrame};
+use herald_core::protocol::{ClientFrame, Close, ServerFrame};
 use herald_core::session::{
     Action, Hello, Input, Io, Outgoing, Session, SessionConfig, Start, added_row,
 };
@@ -784,6 +784,59 @@ fn a_hub_behind_the_projection_does_not_resend_what_the_projection_settled() {
         all.extend(sent(&s.handle(io, Input::Live { offset, event })));
     }
     assert_eq!(all, ["n3"]);
+}
+
+#[test]
+fn a_log_read_that_finds_nothing_in_the_gap_ends_the_session_instead_of_skipping_it() {
+    // The projection applied nothing; the hub's position is 3: offsets 0..3 are read from the
+    // log. A read that finds no record there (a log that lost them, or a reader that skipped
+    // them) must not let the session go on: it would send what follows, and the device's
+    // cursor would pass them for good.
+    let mut log = Log::default();
+    for id in ["n0", "n1", "n2"] {
+        log.append(added(id));
+    }
+    let io = Io {
+        now_ms: 0,
+        room: CAPACITY,
+        written: 0,
+    };
+    let (mut s, _) = Session::new(config(), fresh_start(log.end, 0), io);
+    let a = s.handle(io, Input::Pending(vec![]));
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::ReadLog { from: 0, .. })),
+        "{a:?}"
+    );
+    let n3 = log.append(added("n3"));
+    let a = s.handle(
+        io,
+        Input::Live {
+            offset: n3,
+            event: Arc::new(added("n3")),
+        },
+    );
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Send(_))),
+        "held: {a:?}"
+    );
+    let a = s.handle(
+        io,
+        Input::Log {
+            events: vec![],
+            next: None,
+        },
+    );
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Close(e) if e.close == Close::InternalError)),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::Send(Outgoing::Notification { .. }))),
+        "n3 is not sent past the unread gap: {a:?}"
+    );
 }
 
 #[test]

@@ -159,7 +159,8 @@ pub enum Input {
     /// The answer to [`Action::ReadPending`].
     Pending(Vec<InboxRow>),
     /// The answer to [`Action::ReadLog`]: this user's events among the records read, and the
-    /// offset after the last record read (of any user), `None` when nothing was read.
+    /// offset after the last record read (of any user), `None` when nothing was read (which
+    /// ends the session: the range it asked for holds records).
     Log {
         events: Vec<(u64, UserEvent)>,
         next: Option<u64>,

@@ -34,14 +34,26 @@ impl Session {
         out: &mut Out<'_>,
     ) -> Result<(), Ending> {
         self.reading = false;
-        let Phase::Gap { to, .. } = self.phase else {
+        let Phase::Gap { from, to } = self.phase else {
             return Ok(());
+        };
+        let Some(next) = next else {
+            // The log has a record at every offset below the hub's position (`to`), so a read
+            // from `from` < `to` that found none lost them or skipped them. Going on would send
+            // what follows, and the device's cursor would pass them: the session ends instead,
+            // and the device resumes on a new one.
+            return Err(Ending::new(
+                Close::InternalError,
+                format!("the log returned no record at offsets {from}..{to}, which it holds"),
+            ));
         };
         for (offset, ev) in events.iter().filter(|(o, _)| *o < to) {
             self.event(*offset, ev, false, io, out)?;
         }
-        let from = next.map_or(to, |n| n.min(to));
-        self.phase = Phase::Gap { from, to };
+        self.phase = Phase::Gap {
+            from: next.min(to),
+            to,
+        };
         Ok(())
     }
 
