@@ -5,8 +5,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use herald_ports::log::{Record, StoredRecord, Topic};
+use herald_ports::log::{LogError, Record, StoredRecord, Topic};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::storage;
+
+/// A list of one partition of `topic`, at `offset` when given (an assignment), without one
+/// otherwise (an unassignment).
+pub(crate) fn one_partition(
+    topic: &str,
+    partition: u32,
+    offset: Option<u64>,
+) -> Result<TopicPartitionList, LogError> {
+    let mut tpl = TopicPartitionList::new();
+    match offset {
+        Some(o) => tpl
+            .add_partition_offset(topic, partition as i32, Offset::Offset(o as i64))
+            .map_err(storage)?,
+        None => {
+            tpl.add_partition(topic, partition as i32);
+        }
+    }
+    Ok(tpl)
+}
 
 /// A consumed message of `topic` as a stored record.
 pub(crate) fn stored(topic: Topic, m: &BorrowedMessage<'_>) -> StoredRecord {

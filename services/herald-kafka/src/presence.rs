@@ -8,10 +8,9 @@ use futures_util::FutureExt;
 use herald_ports::log::{LogError, Record, Topic};
 use herald_ports::presence::{MAX_PRESENCE_RECORD_BYTES, PresenceBus, PresenceFeed};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::closing::OffThread;
-use crate::message::{Admit, GAP_RETRY, Positions, stored};
+use crate::message::{Admit, GAP_RETRY, Positions, one_partition, stored};
 use crate::{KafkaLog, storage};
 
 /// How long the presence topic keeps records when Herald creates it (`retention.ms`).
@@ -126,8 +125,7 @@ impl PresenceFeed for KafkaPresenceFeed {
 
 /// Reads the presence topic's partition from `offset` on.
 fn assign_at(consumer: &StreamConsumer, topic: &str, offset: u64) -> Result<(), LogError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(offset as i64))
-        .map_err(storage)?;
-    consumer.assign(&tpl).map_err(storage)
+    consumer
+        .assign(&one_partition(topic, 0, Some(offset))?)
+        .map_err(storage)
 }

@@ -10,9 +10,8 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::message::{Admit, GAP_RETRY, Positions, stored};
+use crate::message::{Admit, GAP_RETRY, Positions, one_partition, stored};
 use crate::{KafkaConfig, KafkaLog, storage};
 
 /// Consumers kept for reads by position.
@@ -185,10 +184,8 @@ pub(crate) fn read_to_eof(
     timeout: Duration,
 ) -> Result<Vec<StoredRecord>, LogError> {
     let assign = |at: u64| {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(name, partition as i32, Offset::Offset(at as i64))
-            .map_err(storage)?;
-        c.assign(&tpl).map_err(storage)
+        c.assign(&one_partition(name, partition, Some(at))?)
+            .map_err(storage)
     };
     assign(from)?;
     // Offsets in order: a record past a hole is not taken; the partition is fetched again from

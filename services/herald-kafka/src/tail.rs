@@ -8,10 +8,9 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use herald_ports::log::{LogError, LogTail, StoredRecord, Topic, check_partition};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::closing::OffThread;
-use crate::message::{Admit, GAP_RETRY, Positions, stored};
+use crate::message::{Admit, GAP_RETRY, Positions, one_partition, stored};
 use crate::{KafkaConfig, storage};
 
 pub(crate) struct KafkaTail {
@@ -55,27 +54,14 @@ pub(crate) fn tail(
 impl KafkaTail {
     fn assign(&self, partition: u32, from: u64) -> Result<(), LogError> {
         self.consumer
-            .incremental_assign(&self.list(partition, Some(from))?)
+            .incremental_assign(&one_partition(&self.name, partition, Some(from))?)
             .map_err(|e| storage(format!("Kafka assign {}/{partition}: {e}", self.name)))
     }
 
     fn unassign(&self, partition: u32) -> Result<(), LogError> {
         self.consumer
-            .incremental_unassign(&self.list(partition, None)?)
+            .incremental_unassign(&one_partition(&self.name, partition, None)?)
             .map_err(|e| storage(format!("Kafka unassign {}/{partition}: {e}", self.name)))
-    }
-
-    fn list(&self, partition: u32, offset: Option<u64>) -> Result<TopicPartitionList, LogError> {
-        let mut tpl = TopicPartitionList::new();
-        match offset {
-            Some(o) => tpl
-                .add_partition_offset(&self.name, partition as i32, Offset::Offset(o as i64))
-                .map_err(storage)?,
-            None => {
-                tpl.add_partition(&self.name, partition as i32);
-            }
-        }
-        Ok(tpl)
     }
 }
 
