@@ -258,7 +258,7 @@ async fn herald_gateway_has_no_dev_conveniences() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = support::Owned(child);
+    let mut child = support::Owned::new(child);
     let url = format!("http://127.0.0.1:{port}");
     let client = support::http();
     let deadline = std::time::Instant::now() + support::READY_GUARD;
@@ -522,7 +522,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child = support::Owned(child);
+    let mut child = support::Owned::new(child);
     let url = format!("http://127.0.0.1:{port}");
     let http = support::http();
     let started = std::time::Instant::now();

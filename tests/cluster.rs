@@ -113,7 +113,7 @@ impl Lb {
             .spawn()
             .expect("spawn nginx");
         let lb = Lb {
-            _child: support::Owned(child),
+            _child: support::Owned::new(child),
             port,
         };
         let started = Instant::now();

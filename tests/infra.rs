@@ -416,7 +416,7 @@ async fn every_dashboard_metric_is_in_a_live_scrape() {
     for (k, v) in herald_kafka::testing::test_properties() {
         projector_cmd.args(["-X", &format!("{k}={v}")]);
     }
-    let mut projector = support::Owned(
+    let mut projector = support::Owned::new(
         projector_cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -506,7 +506,7 @@ async fn the_readme_scale_out_recipe_runs_with_produce_api_key() {
     }
     let spawn = |name: &str, line: &str| {
         let log = std::fs::File::create(tmp.path().join(format!("{name}.log"))).unwrap();
-        support::Owned(
+        support::Owned::new(
             Command::new(support::BIN)
                 .args(args(line))
                 .args(&test_kafka)

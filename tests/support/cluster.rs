@@ -69,7 +69,7 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .expect("spawn herald projector");
-        super::Owned(child)
+        super::Owned::new(child)
     }
 
     pub async fn gateway(&self, name: &str, port: u16) -> Dev {

@@ -63,8 +63,36 @@ pub fn herald_with_log(level: &str, args: &[&str]) -> Output {
 }
 
 /// A child process that is killed when dropped: a test that fails (panics) leaves none of its
-/// processes running to load the tests after it.
-pub struct Owned(pub Child);
+/// processes running to load the tests after it. A test process killed by a signal runs no
+/// `Drop`: a watchdog ([`Owned::new`]) kills the child then.
+pub struct Owned(Child);
+
+impl Owned {
+    /// Owns `child`, and starts a watchdog that kills it once this test process is gone (checked
+    /// every second), as the test broker has (`herald_kafka::testing`). A child that exits first
+    /// ends the watchdog without a signal (its pid may be another process's by then).
+    pub fn new(child: Child) -> Owned {
+        let (me, pid) = (std::process::id(), child.id());
+        let script = format!(
+            "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             kill -0 {me} 2>/dev/null || kill -9 {pid} 2>/dev/null"
+        );
+        match Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            // Reaped when it ends, so a long test leaves no zombies.
+            Ok(mut watchdog) => {
+                std::thread::spawn(move || watchdog.wait());
+            }
+            Err(e) => eprintln!("no watchdog for process {pid}: {e}"),
+        }
+        Owned(child)
+    }
+}
 
 impl std::ops::Deref for Owned {
     type Target = Child;
@@ -311,7 +339,7 @@ impl Dev {
             .spawn()
             .expect("spawn herald dev");
         let mut dev = Dev {
-            child: Owned(child),
+            child: Owned::new(child),
             port,
             data_dir: data_dir.to_owned(),
         };
