@@ -68,27 +68,11 @@ pub fn herald_with_log(level: &str, args: &[&str]) -> Output {
 pub struct Owned(Child);
 
 impl Owned {
-    /// Owns `child`, and starts a watchdog that kills it once this test process is gone (checked
-    /// every second), as the test broker has (`herald_kafka::testing`). A child that exits first
-    /// ends the watchdog without a signal (its pid may be another process's by then).
+    /// Owns `child`, and starts a watchdog that kills it once this test process is gone
+    /// ([`herald_kafka::testing::kill_when_gone`], as the test broker has).
     pub fn new(child: Child) -> Owned {
-        let (me, pid) = (std::process::id(), child.id());
-        let script = format!(
-            "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             kill -0 {me} 2>/dev/null || kill -9 {pid} 2>/dev/null"
-        );
-        match Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            // Reaped when it ends, so a long test leaves no zombies.
-            Ok(mut watchdog) => {
-                std::thread::spawn(move || watchdog.wait());
-            }
-            Err(e) => eprintln!("no watchdog for process {pid}: {e}"),
+        if let Err(e) = herald_kafka::testing::kill_when_gone(child.id()) {
+            eprintln!("{e}");
         }
         Owned(child)
     }

@@ -55,6 +55,27 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Starts a watchdog (`sh`, checking every second) that SIGKILLs process `pid` once this
+/// process is gone: a test process killed by a signal runs no `Drop`, and the processes it
+/// started would run on. A process that exits first ends the watchdog without a signal (its pid
+/// may be another process's by then). The watchdog is reaped when it ends.
+pub fn kill_when_gone(pid: u32) -> Result<(), String> {
+    let me = std::process::id();
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         kill -0 {me} 2>/dev/null || kill -9 {pid} 2>/dev/null"
+    );
+    let mut watchdog = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("no watchdog for process {pid}: {e}"))?;
+    std::thread::spawn(move || watchdog.wait());
+    Ok(())
+}
+
 /// Starts a tansu broker with `storage` (e.g. `memory://tansu/`) on a free port; the broker is
 /// killed when this process exits.
 pub fn start_broker(storage: &str) -> Result<Broker, String> {
@@ -76,14 +97,7 @@ pub fn start_broker(storage: &str) -> Result<Broker, String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let pid = child.id();
-    let watchdog = format!(
-        "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; kill -9 {pid} 2>/dev/null",
-        me = std::process::id()
-    );
-    Command::new("sh")
-        .args(["-c", &watchdog])
-        .spawn()
-        .map_err(|e| format!("watchdog: {e}"))?;
+    kill_when_gone(pid)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
