@@ -23,7 +23,7 @@ use herald_core::projection::InboxRow;
 use herald_ports::projection::ProjectionError;
 use rusqlite::{Connection, Row};
 
-use state::TxState;
+use state::{Committed, TxState};
 
 use crate::sqlite::{self, Access, Pool};
 
@@ -112,11 +112,18 @@ fn parse_preferences(doc: &str) -> Result<herald_core::model::Preferences, Proje
         .map_err(|e| ProjectionError::Corrupt(format!("a stored preferences document: {e}")))
 }
 
+/// The writer connection and [`Committed`], behind one lock.
+struct Writer {
+    conn: Connection,
+    committed: Committed,
+}
+
 struct Inner {
     access: Access,
     path: PathBuf,
-    /// The one writer connection (SQLite has one writer at a time anyway).
-    writer: Option<Mutex<Connection>>,
+    /// The one writer connection (SQLite has one writer at a time anyway), with what it knows
+    /// the file holds as of its last commit.
+    writer: Option<Mutex<Writer>>,
     pool: Arc<Pool>,
     store_id: String,
     /// Whether `expansions.users` exists: a file from before it, opened read-only (by `herald
@@ -194,14 +201,15 @@ impl EmbeddedProjection {
             let writer = inner.writer.as_ref().ok_or_else(|| {
                 ProjectionError::Config("the projection is open read-only".into())
             })?;
-            let conn = writer.lock().expect("writer lock");
+            let writer = writer.lock().expect("writer lock");
+            let conn = &writer.conn;
             // The pages committed without fsync, first; then the mark's removal, durably.
             std::fs::File::open(&inner.path)
                 .and_then(|f| f.sync_all())
                 .map_err(storage)?;
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(storage)?;
-            set_journal_mode(&conn, "wal")?;
+            set_journal_mode(conn, "wal")?;
             conn.execute("DELETE FROM meta WHERE key = ?1", [REBUILDING_KEY])
                 .map_err(storage)?;
             inner.rebuilding.store(false, Ordering::Release);
@@ -284,7 +292,12 @@ impl EmbeddedProjection {
             })
             .unwrap_or_else(|_| "unnamed".into());
         let inline_expansions = has_column(&conn, "expansions", "users").map_err(bad)?;
-        let writer = (access == Access::ReadWrite).then(|| Mutex::new(conn));
+        let writer = (access == Access::ReadWrite).then(|| {
+            Mutex::new(Writer {
+                conn,
+                committed: Committed::default(),
+            })
+        });
         // In bulk mode there is no WAL to checkpoint (and a checkpointer's connection would
         // turn the file back to WAL).
         let checkpointer = match bulk {
@@ -319,14 +332,16 @@ impl EmbeddedProjection {
         let inner = self.inner.clone();
         let transaction = move || {
             let writer = inner.writer.as_ref().expect("read-write has a writer");
-            let mut conn = writer.lock().expect("writer lock");
+            let mut writer = writer.lock().expect("writer lock");
+            let Writer { conn, committed } = &mut *writer;
             let tx = conn.transaction()?;
-            let mut state = TxState::new(&tx);
+            let mut state = TxState::new(&tx, committed);
             let out = f(&mut state)?;
-            state.finish()?;
+            let learned = state.finish()?;
             tx.commit()?;
+            learned.committed(committed);
             if let Some(c) = &inner.checkpointer
-                && let Err(e) = c.pressure().relieve(&conn)
+                && let Err(e) = c.pressure().relieve(conn)
             {
                 tracing::warn!(error = %e, "projection WAL restart failed");
             }
