@@ -325,8 +325,8 @@ async fn bad_requests_get_a_status_and_a_stable_code() {
                 .header("content-type", "application/json")
                 .body(Body::from(r#"{"user_id":"bad id"}"#))
                 .unwrap(),
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
         ),
         (
             Request::get("/nope").body(Body::empty()).unwrap(),

@@ -284,6 +284,19 @@ async fn a_close_before_hello_is_answered_at_once() {
     srv.shutdown.cancel();
 }
 
+/// A Close frame with a code that may not be sent on the wire is answered by the WebSocket
+/// layer with 1002, as docs/protocol.md's close codes say (every other violation is 4000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_with_a_code_not_allowed_on_the_wire_is_answered_1002() {
+    let srv = server(config(), true).await;
+    for code in [999u16, 1005, 1006, 1015, 5000] {
+        let mut c = open(&srv, &format!("closer-{code}")).await;
+        c.send(&frame(CLOSE, true, &code.to_be_bytes())).await;
+        assert_eq!(c.close_code().await, Some(1002), "close code {code}");
+    }
+    srv.shutdown.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_refused_for_its_origin_does_not_spend_the_ticket() {
     let srv = server(

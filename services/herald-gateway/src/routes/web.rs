@@ -11,7 +11,6 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::AppError;
-use crate::auth::validate_user;
 use crate::extract::AppJson;
 use crate::state::AppState;
 
@@ -113,9 +112,11 @@ pub struct DevToken {
     user_id: String,
 }
 
-/// Checks a demo login.
+/// Checks a demo login: a `user_id` that is not an id is a field that fails validation (400),
+/// not a credential (401: the route takes none).
 pub(crate) fn dev_login(body: &DevLogin) -> Result<(), AppError> {
-    validate_user(&body.user_id)
+    herald_core::ids::validate_id("user_id", &body.user_id)
+        .map_err(|e| AppError::Invalid(e.to_string()))
 }
 
 /// `herald dev` only: a token for a demo user.
