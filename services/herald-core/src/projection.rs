@@ -58,6 +58,19 @@ pub struct InboxRow {
     pub live: bool,
 }
 
+/// A row held by a session weighs its strings and itself: what it keeps allocated.
+impl crate::delivery::Weigh for InboxRow {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<InboxRow>()
+            + self.user_id.len()
+            + self.notification_id.len()
+            + self.event_type.len()
+            + self.source.len()
+            + self.payload.len()
+            + self.collapse_key.as_ref().map_or(0, String::len)
+    }
+}
+
 impl InboxRow {
     /// In the inbox at all: not archived, expired or superseded by a newer collapse-key row.
     pub fn listed(&self) -> bool {

@@ -32,6 +32,8 @@ fn config() -> SessionConfig {
         delivery: DeliveryConfig {
             max_in_flight: 3,
             max_queued: 10_000,
+            max_in_flight_bytes: usize::MAX,
+            max_queued_bytes: usize::MAX,
             backoff_initial_ms: 100,
             backoff_max_ms: 400,
             max_redeliveries: 2,
@@ -239,7 +241,14 @@ impl Run {
     /// Runs one session, with dice deciding what happens next; `drain` runs it to quiescence
     /// with a fast writer and a device that ACKs everything.
     fn session(&mut self, dice: &mut Dice, drain: bool) -> (Trace, SessionEnd) {
-        let cfg = config();
+        let mut cfg = config();
+        if dice.roll(2) == 1 {
+            // Bounds by weight that cut in: a row here weighs a little over 200 bytes, so the
+            // window holds two at most and a replay queues about two (its pages cut and read
+            // again, then sized by the rows' weight).
+            cfg.delivery.max_in_flight_bytes = 300;
+            cfg.replay_page_bytes = 450;
+        }
         let mut trace = Trace::default();
         let live_from = self.log.end;
         let hello = Hello::parse(
@@ -954,4 +963,67 @@ fn a_mark_of_nothing_is_an_error_frame_and_appends_nothing() {
         }),
     );
     assert_eq!(answers(&a), (1, vec![]));
+}
+
+/// A device that stopped reading, with a backlog of large notifications: the session holds about
+/// `max_in_flight_bytes` in flight and `replay_page_bytes` queued, not a window of 256 of them
+/// (16 MiB at 64 KiB each) and a page of 256 behind it, and stops reading the projection.
+#[test]
+fn a_device_that_does_not_read_pins_a_bounded_number_of_bytes() {
+    const BACKLOG: u64 = 256;
+    let payload = format!("\"{}\"", "x".repeat(60_000));
+    let row = |seq: u64| {
+        let UserEvent::Added(mut a) = added(&format!("n{seq}")) else {
+            unreachable!()
+        };
+        a.payload = payload.clone();
+        herald_core::session::added_row(&a, seq)
+    };
+    let io = Io {
+        now_ms: 0,
+        room: 10_000,
+        written: 0,
+    };
+    let cfg = SessionConfig::default();
+    let (mut s, mut actions) = Session::new(cfg, fresh_start(BACKLOG, BACKLOG), io);
+    let (mut sends, mut reads, mut read_rows) = (0, 0, 0);
+    for _ in 0..100 {
+        let mut next = None;
+        for a in actions.drain(..) {
+            match a {
+                Action::Send(Outgoing::Notification { .. }) => sends += 1,
+                Action::ReadPending { after, limit } => {
+                    let from = after.map_or(0, |a| a + 1);
+                    let rows: Vec<InboxRow> = (from..BACKLOG).take(limit).map(row).collect();
+                    reads += 1;
+                    read_rows += rows.len();
+                    next = Some(Input::Pending(rows));
+                }
+                _ => {}
+            }
+        }
+        match next {
+            Some(input) => actions = s.handle(io, input),
+            None => break,
+        }
+    }
+    let (window, queue) = (cfg.delivery.max_in_flight_bytes, cfg.replay_page_bytes);
+    let row_bytes = herald_core::delivery::Weigh::bytes(&row(0));
+    assert!(
+        s.held_bytes() <= window + queue + 2 * row_bytes,
+        "holds {} bytes",
+        s.held_bytes()
+    );
+    assert_eq!(
+        s.in_flight(),
+        sends,
+        "nothing ACKed: every send is in flight"
+    );
+    assert!(sends <= window / row_bytes + 1, "{sends} sent");
+    assert!(s.queued() >= 1, "a backlog waits");
+    assert!(
+        reads >= 2,
+        "the first page was cut, read again by weight ({reads} reads)"
+    );
+    assert!(read_rows < 2 * BACKLOG as usize, "{read_rows} rows read");
 }

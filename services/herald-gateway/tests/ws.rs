@@ -1051,7 +1051,9 @@ async fn backlog_of_large(srv: &Server, user: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_loses_nothing() {
     let mut cfg = config();
+    // A window this wide (by count and by weight) sends the whole backlog: the send queue fills.
     cfg.delivery.max_in_flight = 4000;
+    cfg.delivery.max_in_flight_bytes = usize::MAX;
     cfg.slow_consumer_timeout = Duration::from_millis(800);
     let srv = server(cfg, true).await;
     let ids = backlog_of_large(&srv, "max").await;
@@ -1069,6 +1071,38 @@ async fn a_slow_consumer_is_closed_and_loses_nothing() {
         .unwrap();
     let (got, seqs, _) = collect(&mut c, 600, true).await;
     assert_all_once_in_order(&got, &seqs, &ids);
+    srv.shutdown.cancel();
+}
+
+/// A device that reads but does not ACK, with a backlog of large notifications: the window is
+/// bounded by weight (1 MiB) as well as by count, so it is sent about 1 MiB of them, not the
+/// whole window's count (29 MB here); once it ACKs, the rest comes, each once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_is_bounded_by_weight() {
+    let mut cfg = config();
+    cfg.delivery.max_in_flight = 4000;
+    let srv = server(cfg, true).await;
+    let ids = backlog_of_large(&srv, "wes").await;
+    let (mut c, _) = connect(&srv.ws, &bearer("wes"), "phone", None)
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    let quiet = Duration::from_millis(1500);
+    while let Ok(f) = tokio::time::timeout(quiet, c.next()).await {
+        if let ServerFrame::Notification { id, attempt: 1, .. } = f.unwrap() {
+            first.push(id);
+        }
+    }
+    let most = herald_core::delivery::MAX_IN_FLIGHT_BYTES / (48 * 1024) + 1;
+    assert!(
+        !first.is_empty() && first.len() <= most,
+        "{} sent before any ACK (at most {most})",
+        first.len()
+    );
+    c.ack(&first, None).await.unwrap();
+    let (got, _, _) = collect(&mut c, 600 - first.len(), true).await;
+    let all: Vec<String> = first.into_iter().chain(got).collect();
+    assert_eq!(all, ids, "each once, in order");
     srv.shutdown.cancel();
 }
 
@@ -1290,7 +1324,9 @@ async fn a_devices_marks_reach_the_log_in_the_order_it_sent_them() {
 async fn an_sse_peer_that_stops_reading_does_not_keep_its_slot() {
     use tokio::io::AsyncWriteExt;
     let mut cfg = config();
+    // A window this wide (by count and by weight) sends the whole backlog: the queue fills.
     cfg.delivery.max_in_flight = 4000;
+    cfg.delivery.max_in_flight_bytes = usize::MAX;
     cfg.slow_consumer_timeout = Duration::from_millis(800);
     cfg.max_connections_per_user = 1;
     let srv = server(cfg, true).await;

@@ -3,7 +3,9 @@
 //! No I/O and no clock: the caller passes `now_ms` and asks for the next deadline (timers as
 //! data). Items are offered in increasing `seq`; an offer at or below the highest seq already
 //! offered is a duplicate (the replay→live merge relies on this). Sends go out lowest seq first,
-//! at most `max_in_flight` unacknowledged at once (JetStream's MaxAckPending). An unacknowledged
+//! at most `max_in_flight` unacknowledged at once (JetStream's MaxAckPending), and at most
+//! `max_in_flight_bytes` of them by weight ([`Weigh`]; Kafka's `fetch.max.bytes` next to its
+//! record counts); the queue behind the window is bounded the same two ways. An unacknowledged
 //! item is resent with exponential backoff, `max_redeliveries` times at most, then left for the
 //! device's next resume.
 //!
@@ -31,8 +33,15 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct DeliveryConfig {
     /// Most unacknowledged sends at once.
     pub max_in_flight: usize,
+    /// Most bytes ([`Weigh`]) unacknowledged at once: no new send while the window holds this
+    /// many (one item is always allowed, whatever it weighs). With `max_in_flight` alone, a
+    /// device that stopped reading held 256 notifications of up to 64 KiB each (16 MiB).
+    pub max_in_flight_bytes: usize,
     /// Most items waiting to be sent (beyond the window); more is a slow consumer.
     pub max_queued: usize,
+    /// Most bytes ([`Weigh`]) waiting to be sent (beyond the window); more is a slow consumer
+    /// (one item is always taken, whatever it weighs).
+    pub max_queued_bytes: usize,
     /// The shortest wait before a redelivery: the floor of the device's retransmission timeout.
     pub backoff_initial_ms: u64,
     /// Longest wait between redeliveries (and the cap of the timeout).
@@ -46,11 +55,36 @@ pub struct DeliveryConfig {
 /// is not resent at the shortest wait just because nothing is known about the device yet.
 pub const UNMEASURED_RTO_MS: u64 = 1_000;
 
+/// What an item weighs in [`DeliveryConfig::max_in_flight_bytes`] and
+/// [`DeliveryConfig::max_queued_bytes`]: about the memory it holds.
+pub trait Weigh {
+    fn bytes(&self) -> usize;
+}
+
+impl Weigh for &str {
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: Weigh> Weigh for std::sync::Arc<T> {
+    fn bytes(&self) -> usize {
+        T::bytes(self)
+    }
+}
+
+/// The default of [`DeliveryConfig::max_in_flight_bytes`]: 1 MiB.
+pub const MAX_IN_FLIGHT_BYTES: usize = 1 << 20;
+/// The default of [`DeliveryConfig::max_queued_bytes`]: 8 MiB.
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             max_in_flight: 256,
+            max_in_flight_bytes: MAX_IN_FLIGHT_BYTES,
             max_queued: 4096,
+            max_queued_bytes: MAX_QUEUED_BYTES,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 4_000,
             max_redeliveries: 3,
@@ -108,6 +142,9 @@ pub struct Delivery<T> {
     config: DeliveryConfig,
     queued: BTreeMap<u64, T>,
     in_flight: BTreeMap<u64, InFlight<T>>,
+    /// What the items in `queued` and in `in_flight` weigh ([`Weigh`]).
+    queued_bytes: usize,
+    in_flight_bytes: usize,
     /// `(due_ms, seq)` of every item in flight: what is due and the next deadline without a
     /// walk through the window (the session asks on every input, with up to `max_in_flight`
     /// items in flight).
@@ -127,12 +164,14 @@ pub struct Delivery<T> {
     rttvar4: u64,
 }
 
-impl<T: Clone> Delivery<T> {
+impl<T: Clone + Weigh> Delivery<T> {
     pub fn new(config: DeliveryConfig) -> Self {
         Delivery {
             config,
             queued: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            queued_bytes: 0,
+            in_flight_bytes: 0,
             deadlines: BTreeSet::new(),
             highest_offered: None,
             gave_up: 0,
@@ -188,11 +227,16 @@ impl<T: Clone> Delivery<T> {
         if self.highest_offered.is_some_and(|h| seq <= h) {
             return Offer::Duplicate;
         }
-        if self.queued.len() >= self.config.max_queued {
+        let bytes = item.bytes();
+        if self.queued.len() >= self.config.max_queued
+            || (!self.queued.is_empty()
+                && self.queued_bytes.saturating_add(bytes) > self.config.max_queued_bytes)
+        {
             return Offer::Overflow;
         }
         self.highest_offered = Some(seq);
         self.queued.insert(seq, item);
+        self.queued_bytes += bytes;
         Offer::Queued
     }
 
@@ -216,7 +260,7 @@ impl<T: Clone> Delivery<T> {
                 }
                 true
             }
-            None => self.queued.remove(&seq).is_some(),
+            None => self.take_queued(seq).is_some(),
         }
     }
 
@@ -243,14 +287,22 @@ impl<T: Clone> Delivery<T> {
     /// another channel), by seq.
     pub fn settle(&mut self, seq: u64) -> bool {
         let flew = self.take_in_flight(seq).is_some();
-        flew | self.queued.remove(&seq).is_some()
+        flew | self.take_queued(seq).is_some()
     }
 
     /// Takes the item at `seq` out of the window, with its deadline.
     fn take_in_flight(&mut self, seq: u64) -> Option<InFlight<T>> {
         let f = self.in_flight.remove(&seq)?;
         self.deadlines.remove(&(f.due_ms, seq));
+        self.in_flight_bytes -= f.item.bytes();
         Some(f)
+    }
+
+    /// Takes the item at `seq` out of the queue.
+    fn take_queued(&mut self, seq: u64) -> Option<T> {
+        let item = self.queued.remove(&seq)?;
+        self.queued_bytes -= item.bytes();
+        Some(item)
     }
 
     /// Acknowledged cumulatively: everything at or below `seq`, each item settled handed to
@@ -264,13 +316,16 @@ impl<T: Clone> Delivery<T> {
         {
             let (seq, f) = first.remove_entry();
             self.deadlines.remove(&(f.due_ms, seq));
+            self.in_flight_bytes -= f.item.bytes();
             settled(f.item);
             n += 1;
         }
         while let Some(first) = self.queued.first_entry()
             && *first.key() <= seq
         {
-            settled(first.remove());
+            let item = first.remove();
+            self.queued_bytes -= item.bytes();
+            settled(item);
             n += 1;
         }
         n
@@ -282,6 +337,23 @@ impl<T: Clone> Delivery<T> {
 
     pub fn queued(&self) -> usize {
         self.queued.len()
+    }
+
+    /// What the queued items weigh ([`Weigh`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// What the items in flight weigh ([`Weigh`]).
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// Whether the window takes another first send: under both of its bounds (an empty window
+    /// takes one item whatever it weighs).
+    fn window_open(&self) -> bool {
+        self.in_flight.len() < self.config.max_in_flight
+            && (self.in_flight.is_empty() || self.in_flight_bytes < self.config.max_in_flight_bytes)
     }
 
     /// Items given up on after their last redelivery (left for the next resume).
@@ -357,7 +429,7 @@ impl<T: Clone> Delivery<T> {
                 continue;
             }
             if f.attempt > self.config.max_redeliveries {
-                if let Some(f) = self.in_flight.remove(&seq) {
+                if let Some(f) = self.take_in_flight(seq) {
                     self.given_up_items.push(f.item);
                 }
                 self.gave_up += 1;
@@ -376,10 +448,13 @@ impl<T: Clone> Delivery<T> {
                 attempt: f.attempt,
             });
         }
-        while self.in_flight.len() < self.config.max_in_flight && out.len() < max {
+        while self.window_open() && out.len() < max {
             let Some((seq, item)) = self.queued.pop_first() else {
                 break;
             };
+            let bytes = item.bytes();
+            self.queued_bytes -= bytes;
+            self.in_flight_bytes += bytes;
             let due_ms = now_ms + self.config.backoff_ms(rto, 1) as i64;
             self.deadlines.insert((due_ms, seq));
             self.sends += 1;
@@ -405,7 +480,7 @@ impl<T: Clone> Delivery<T> {
 
     /// Whether `poll` at `now_ms` would send something, given room.
     pub fn has_work(&self, now_ms: i64) -> bool {
-        (!self.queued.is_empty() && self.in_flight.len() < self.config.max_in_flight)
+        (!self.queued.is_empty() && self.window_open())
             || self.next_deadline().is_some_and(|d| d <= now_ms)
     }
 

@@ -1,10 +1,25 @@
 //! Unit tests of the delivery state machine.
 use super::*;
 
+impl Weigh for () {
+    fn bytes(&self) -> usize {
+        0
+    }
+}
+
+/// A `u64` item weighs its value modulo 13: items of several weights for the byte bounds.
+impl Weigh for u64 {
+    fn bytes(&self) -> usize {
+        (*self % 13) as usize
+    }
+}
+
 fn cfg(window: usize) -> DeliveryConfig {
     DeliveryConfig {
         max_in_flight: window,
         max_queued: 10,
+        max_in_flight_bytes: usize::MAX,
+        max_queued_bytes: usize::MAX,
         backoff_initial_ms: 100,
         backoff_max_ms: 2_000,
         max_redeliveries: 3,
@@ -54,6 +69,8 @@ fn redelivers_with_backoff_then_gives_up() {
     let mut d = measured(DeliveryConfig {
         max_in_flight: 4,
         max_queued: 4,
+        max_in_flight_bytes: usize::MAX,
+        max_queued_bytes: usize::MAX,
         backoff_initial_ms: 100,
         backoff_max_ms: 250,
         max_redeliveries: 3,
@@ -254,6 +271,8 @@ proptest::proptest! {
         let mut d = Delivery::new(DeliveryConfig {
             max_in_flight: 8,
             max_queued: 16,
+            max_in_flight_bytes: 30,
+            max_queued_bytes: 60,
             backoff_initial_ms: 100,
             backoff_max_ms: 400,
             max_redeliveries: 2,
@@ -305,6 +324,14 @@ proptest::proptest! {
             walked.sort_unstable();
             proptest::prop_assert_eq!(d.next_deadline(), walked.first().map(|(due, _)| *due));
             proptest::prop_assert_eq!(index, walked);
+            // The weights kept follow the items, and stay within their bounds (one item over
+            // at most: the last one taken).
+            let flying: usize = d.in_flight.values().map(|f| f.item.bytes()).sum();
+            let queued: usize = d.queued.values().map(Weigh::bytes).sum();
+            proptest::prop_assert_eq!(d.in_flight_bytes(), flying);
+            proptest::prop_assert_eq!(d.queued_bytes(), queued);
+            proptest::prop_assert!(flying < 30 + 13);
+            proptest::prop_assert!(queued <= 60);
         }
     }
 }
@@ -319,4 +346,47 @@ fn a_full_queue_overflows() {
     assert_eq!(d.offer(10, "x"), Offer::Overflow);
     d.poll(0);
     assert_eq!(d.offer(10, "x"), Offer::Queued);
+}
+
+#[test]
+fn the_window_and_the_queue_are_bounded_by_weight_too() {
+    let mut d = Delivery::new(DeliveryConfig {
+        max_in_flight_bytes: 10,
+        max_queued_bytes: 12,
+        ..cfg(100)
+    });
+    // "aaaa" weighs 4: the queue takes three (12 bytes), then overflows by weight.
+    for s in 1..=3 {
+        assert_eq!(d.offer(s, "aaaa"), Offer::Queued);
+    }
+    assert_eq!(d.offer(4, "aaaa"), Offer::Overflow);
+    assert_eq!(d.queued_bytes(), 12);
+    // The window takes items while it holds under 10 bytes: three (12).
+    assert_eq!(seqs(&d.poll(0)), vec![(1, 1), (2, 1), (3, 1)]);
+    assert_eq!((d.in_flight_bytes(), d.queued_bytes()), (12, 0));
+    for s in 4..=6 {
+        assert_eq!(
+            d.offer(s, "aaaa"),
+            Offer::Queued,
+            "room again after the poll"
+        );
+    }
+    assert!(d.poll(0).is_empty(), "the window is full by weight");
+    assert!(!d.has_work(0));
+    d.settle(1);
+    assert_eq!(seqs(&d.poll(0)), vec![(4, 1)]);
+    // An item heavier than a bound on its own is still taken into an empty queue and window.
+    let mut d = Delivery::new(DeliveryConfig {
+        max_in_flight_bytes: 2,
+        max_queued_bytes: 2,
+        ..cfg(100)
+    });
+    assert_eq!(d.offer(1, "heavy"), Offer::Queued);
+    assert_eq!(d.offer(2, "x"), Offer::Overflow);
+    assert_eq!(seqs(&d.poll(0)), vec![(1, 1)]);
+    assert_eq!(d.offer(2, "heavy"), Offer::Queued);
+    assert!(d.poll(0).is_empty(), "one heavy item fills the window");
+    assert!(d.ack(1, 1));
+    assert_eq!(d.in_flight_bytes(), 0);
+    assert_eq!(seqs(&d.poll(1)), vec![(2, 1)]);
 }

@@ -38,14 +38,22 @@ use crate::model::{DeviceProgress, MarkChange, NotificationAdded, UserEvent};
 use crate::projection::InboxRow;
 use crate::protocol::{ClientFrame, Close, ServerFrame};
 
+/// The default of [`SessionConfig::replay_page_bytes`]: 1 MiB.
+pub const REPLAY_PAGE_BYTES: usize = 1 << 20;
+
 /// Knobs of a session. Defaults match docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionConfig {
     pub delivery: DeliveryConfig,
     /// Announced in the `session` frame.
     pub heartbeat_ms: u64,
-    /// Pending rows read from the projection per replay step.
+    /// Pending rows read from the projection per replay step, at most.
     pub replay_page: usize,
+    /// Bytes ([`crate::delivery::Weigh`]) of pending rows a replay queues beyond the window, at
+    /// most (one row is always taken): a page is cut there, the rest read again later, and
+    /// pages are sized to about this by the rows read last. With `replay_page` alone, a device
+    /// that stopped reading held a page of 256 notifications of up to 64 KiB each.
+    pub replay_page_bytes: usize,
     /// Log records read per step of the replay's log gap.
     pub gap_chunk: usize,
     /// Live events held while the replay runs; more is a slow consumer.
@@ -71,6 +79,7 @@ impl Default for SessionConfig {
             delivery: DeliveryConfig::default(),
             heartbeat_ms: 25_000,
             replay_page: 256,
+            replay_page_bytes: REPLAY_PAGE_BYTES,
             gap_chunk: 1024,
             max_held: 4096,
             send_reserve: 64,
@@ -237,6 +246,10 @@ pub struct Session {
     live_from: u64,
     /// A read (pending rows or log) is out.
     reading: bool,
+    /// The row limit of the last pending-rows read: a page that full may have more behind it.
+    asked: usize,
+    /// What the rows of the last pending page weighed on average (`None` before one came).
+    row_bytes: Option<usize>,
     held: Vec<(u64, Arc<UserEvent>)>,
     replay_high: Option<u64>,
     replayed_sent: bool,
@@ -292,6 +305,8 @@ impl Session {
             projection_applied: start.projection_applied,
             live_from: start.live_from,
             reading: false,
+            asked: 0,
+            row_bytes: None,
             held: Vec::new(),
             replay_high: None,
             replayed_sent: false,
@@ -346,6 +361,12 @@ impl Session {
     /// Notifications waiting to be sent (beyond the window).
     pub fn queued(&self) -> usize {
         self.delivery.queued()
+    }
+
+    /// What the notifications in flight and queued weigh ([`crate::delivery::Weigh`]): about
+    /// the memory the session holds for them.
+    pub fn held_bytes(&self) -> usize {
+        self.delivery.in_flight_bytes() + self.delivery.queued_bytes()
     }
 
     /// Notification ids this session remembers as queued or in flight (its duplicate check);

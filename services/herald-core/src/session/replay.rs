@@ -2,7 +2,13 @@
 
 use std::sync::Arc;
 
+use crate::delivery::Weigh;
+
 use super::*;
+
+/// The most rows a replay's first page asks for (see `Session::page_limit`): at most 2 MiB of
+/// rows of the largest size, and one more read for a replay of small ones.
+pub(super) const FIRST_REPLAY_PAGE: usize = 32;
 
 impl Session {
     pub(super) fn pending(&mut self, rows: Vec<InboxRow>) -> Result<(), Ending> {
@@ -10,12 +16,29 @@ impl Session {
         let Phase::Projection { .. } = self.phase else {
             return Ok(());
         };
-        let full = rows.len() >= self.cfg.replay_page;
-        let last = rows.last().map(|r| r.seq);
+        let full = rows.len() >= self.asked;
+        if !rows.is_empty() {
+            let weight: usize = rows.iter().map(Weigh::bytes).sum();
+            self.row_bytes = Some((weight / rows.len()).max(1));
+        }
+        // Queued up to `replay_page_bytes` (one row at least); the rest is read again.
+        let mut room = self
+            .cfg
+            .replay_page_bytes
+            .saturating_sub(self.delivery.queued_bytes());
+        let mut last = None;
+        let mut cut = false;
         for row in rows {
+            let bytes = row.bytes();
+            if last.is_some() && bytes > room {
+                cut = true;
+                break;
+            }
+            room = room.saturating_sub(bytes);
+            last = Some(row.seq);
             self.offer(Arc::new(row))?;
         }
-        self.phase = if full {
+        self.phase = if full || cut {
             Phase::Projection { after: last }
         } else {
             Phase::Gap {
@@ -74,6 +97,18 @@ impl Session {
     /// backlog's size (a peer that does not read pins no more than that).
     pub(super) fn replay_room(&self) -> bool {
         self.delivery.queued() < self.cfg.replay_page
+            && self.delivery.queued_bytes() < self.cfg.replay_page_bytes
+    }
+
+    /// Rows to ask for next: `replay_page`, or fewer when the last page's rows were large, so
+    /// that a page weighs about `replay_page_bytes`; the first page, before any row was
+    /// weighed, [`FIRST_REPLAY_PAGE`] at most (a page of 256 rows of 64 KiB each, read and then
+    /// cut, took 16 MiB for a moment in every connecting session).
+    fn page_limit(&self) -> usize {
+        match self.row_bytes {
+            None => self.cfg.replay_page.min(FIRST_REPLAY_PAGE),
+            Some(b) => (self.cfg.replay_page_bytes / b).clamp(1, self.cfg.replay_page),
+        }
     }
 
     pub(super) fn finish_replay(&mut self, io: Io, out: &mut Out<'_>) -> Result<(), Ending> {
@@ -95,10 +130,13 @@ impl Session {
             return;
         }
         match self.phase {
-            Phase::Projection { after } => out.actions.push(Action::ReadPending {
-                after,
-                limit: self.cfg.replay_page,
-            }),
+            Phase::Projection { after } => {
+                self.asked = self.page_limit();
+                out.actions.push(Action::ReadPending {
+                    after,
+                    limit: self.asked,
+                })
+            }
             Phase::Gap { from, to } if from < to => out.actions.push(Action::ReadLog {
                 from,
                 max: ((to - from) as usize).min(self.cfg.gap_chunk),
