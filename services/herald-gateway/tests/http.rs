@@ -470,6 +470,50 @@ async fn a_posted_notification_shows_in_the_inbox_and_the_audit() {
     task.await.unwrap();
 }
 
+/// Paging back through the inbox: `next_before` names a next page only when there is one, so
+/// the last page has none, whether it is short or exactly full.
+#[tokio::test]
+async fn the_inbox_pages_back_and_its_last_page_names_no_next() {
+    let env = env().await;
+    let (stop, task) = run_projector(&env);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let (_, accepted) = call(&env, post(valid().to_string(), Some(&format!("page-{i}")))).await;
+        ids.push(accepted["notification_id"].as_str().unwrap().to_owned());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while env.store.row("alice", &ids[3]).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let alice = dev_token(&env, "alice").await;
+    for (limit, pages) in [(2, vec![2, 2]), (3, vec![3, 1]), (4, vec![4]), (5, vec![4])] {
+        let (mut seen, mut before) = (Vec::new(), None::<u64>);
+        for (n, expected) in pages.iter().enumerate() {
+            let uri = match before {
+                Some(b) => format!("/v1/inbox?limit={limit}&before={b}"),
+                None => format!("/v1/inbox?limit={limit}"),
+            };
+            let (s, page) = call(&env, get(&uri, &alice)).await;
+            assert_eq!(s, StatusCode::OK);
+            let items = page["items"].as_array().unwrap();
+            assert_eq!(items.len(), *expected, "limit {limit}, page {n}");
+            seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
+            let last = n + 1 == pages.len();
+            assert_eq!(
+                page["next_before"].is_null(),
+                last,
+                "limit {limit}, page {n}"
+            );
+            before = page["next_before"].as_u64();
+        }
+        let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+        assert_eq!(seen, newest_first, "limit {limit}");
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_producer_over_its_rate_gets_429_with_retry_after() {
     let env = env_with(GatewayConfig {

@@ -17,7 +17,9 @@ use herald_core::mem::ProjectionSnapshot;
 use herald_core::model::{DirectoryChange, Preferences, Recipients, RoleDefinition, UserEvent};
 use herald_core::projection::InboxRow;
 
-/// Largest page an inbox query returns.
+/// Largest page of the inbox a client asks for. A store's inbox query returns one row more at
+/// most (`MAX_PAGE + 1`): the gateway asks for one more than the page, to know whether a next
+/// page exists.
 pub const MAX_PAGE: usize = 1000;
 
 /// An event with its log position.

@@ -18,7 +18,7 @@ impl InboxReader for PostgresProjection {
                 InboxFilter::Archived => "archived",
             };
             let before = q.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-            let limit = q.limit.min(MAX_PAGE) as i64;
+            let limit = q.limit.min(MAX_PAGE + 1) as i64;
             Ok(c.query(
                 &format!(
                     "SELECT {ROW_COLUMNS} FROM inbox WHERE user_id = $1 AND seq < $2 AND {filter} \

@@ -29,7 +29,7 @@ impl ScyllaProjection {
 impl InboxReader for ScyllaProjection {
     async fn inbox(&self, user_id: &str, q: &InboxQuery) -> Result<Vec<InboxRow>, ProjectionError> {
         let before = q.before.unwrap_or(u64::MAX).min(i64::MAX as u64);
-        let limit = q.limit.min(MAX_PAGE);
+        let limit = q.limit.min(MAX_PAGE + 1);
         if before == 0 || limit == 0 {
             return Ok(Vec::new());
         }

@@ -26,7 +26,7 @@ impl InboxReader for EmbeddedProjection {
                  ORDER BY seq DESC LIMIT ?4"
             ))?;
             let before = q.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-            let limit = q.limit.min(MAX_PAGE) as i64;
+            let limit = q.limit.min(MAX_PAGE + 1) as i64;
             let rows = stmt.query_map(params![user, before, q.now_ms, limit], to_row)?;
             rows.collect()
         })

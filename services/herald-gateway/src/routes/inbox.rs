@@ -201,18 +201,24 @@ async fn get_inbox(
 ) -> Result<Json<InboxPage>, AppError> {
     let (filter, limit) = page_of(&p)?;
     let consistent = wait_applied(&st, &user.id, p.after.as_deref()).await?;
+    // One row more than the page: whether there is a next page at all (a page that happened to
+    // end with the inbox's oldest row named a next page that came back empty).
     let query = InboxQuery {
         before: p.before,
-        limit,
+        limit: limit + 1,
         filter,
         now_ms: now_ms(),
     };
-    let rows = st.inbox.inbox(&user.id, &query).await?;
+    let mut rows = st.inbox.inbox(&user.id, &query).await?;
     let unread_count = st.inbox.unread_count(&user.id).await?;
     let epoch = st.log.epoch();
-    let next_before = (rows.len() == limit)
-        .then(|| rows.last().map(|r| r.seq))
-        .flatten();
+    let next_before = match rows.len() > limit {
+        true => {
+            rows.truncate(limit);
+            rows.last().map(|r| r.seq)
+        }
+        false => None,
+    };
     Ok(Json(InboxPage {
         user_id: user.id,
         items: rows
