@@ -12,6 +12,9 @@ use crate::serve::HttpOptions;
 
 /// Frames waiting for a connection's writer.
 pub const SEND_QUEUE: usize = 512;
+/// How much more than a replay's [`herald_core::session::REPLAY_PAGE_BYTES`] a session's queue
+/// must take (`DeliveryConfig::max_queued_bytes`): one row of the largest size, with room.
+pub const MIN_QUEUED_BYTES_OVER_REPLAY: usize = 128 * 1024;
 /// Room in the send queue kept for marks, errors and pongs: notifications only use the rest, so
 /// the server's own bursts (a replay) never overflow the queue.
 pub const SEND_RESERVE: usize = 64;
@@ -174,6 +177,17 @@ impl GatewayConfig {
                 problem: "max in flight and max queued must be at least 1".into(),
             });
         }
+        // A replay queues up to REPLAY_PAGE_BYTES and one row more (of up to about 66 KiB): a
+        // smaller queue would end sessions as slow consumers in the middle of a replay.
+        let replay = herald_core::session::REPLAY_PAGE_BYTES + MIN_QUEUED_BYTES_OVER_REPLAY;
+        if d.max_in_flight_bytes == 0 || d.max_queued_bytes < replay {
+            return Err(InvalidConfig {
+                setting: "delivery window",
+                problem: format!(
+                    "max in flight bytes must be at least 1 and max queued bytes at least {replay}"
+                ),
+            });
+        }
         if d.backoff_initial_ms == 0 || d.backoff_max_ms < d.backoff_initial_ms {
             return Err(InvalidConfig {
                 setting: "redelivery",
@@ -201,6 +215,8 @@ impl GatewayConfig {
 
 #[cfg(test)]
 mod tests {
+    use herald_core::delivery::{MAX_IN_FLIGHT_BYTES, MAX_QUEUED_BYTES};
+
     use super::*;
 
     #[test]
@@ -221,5 +237,17 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        // A queue that cannot take a replay's page, or a window of no bytes.
+        for (in_flight, queued) in [(0, MAX_QUEUED_BYTES), (MAX_IN_FLIGHT_BYTES, 1 << 20)] {
+            let bad = GatewayConfig {
+                delivery: DeliveryConfig {
+                    max_in_flight_bytes: in_flight,
+                    max_queued_bytes: queued,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            assert_eq!(bad.validate().unwrap_err().setting, "delivery window");
+        }
     }
 }
