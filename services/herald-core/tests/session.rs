@@ -1027,3 +1027,65 @@ fn a_device_that_does_not_read_pins_a_bounded_number_of_bytes() {
     );
     assert!(read_rows < 2 * BACKLOG as usize, "{read_rows} rows read");
 }
+
+/// A device that reads and ACKs each notification, with a backlog of large ones: each row is
+/// read from the projection about once (a read only while less than half a page's bytes waits,
+/// for about the room there is), not once per ACK, and all are sent once, in order.
+#[test]
+fn a_backlog_of_large_rows_is_read_about_once() {
+    const BACKLOG: u64 = 600;
+    let payload = format!("\"{}\"", "y".repeat(10_000));
+    let row = |seq: u64| {
+        let UserEvent::Added(mut a) = added(&format!("n{seq}")) else {
+            unreachable!()
+        };
+        a.payload = payload.clone();
+        herald_core::session::added_row(&a, seq)
+    };
+    let io = Io {
+        now_ms: 0,
+        room: 10_000,
+        written: 0,
+    };
+    let (mut s, first) = Session::new(SessionConfig::default(), fresh_start(BACKLOG, BACKLOG), io);
+    let mut inputs: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
+    let (mut sent, mut read_rows) = (Vec::new(), 0usize);
+    let mut take = |actions: Vec<Action>, inputs: &mut std::collections::VecDeque<Input>| {
+        for a in actions {
+            match a {
+                Action::Send(Outgoing::Notification { row, attempt: 1 }) => {
+                    sent.push(row.seq);
+                    inputs.push_back(Input::Client(ClientFrame::Ack {
+                        ids: vec![row.notification_id.clone()],
+                        up_to: None,
+                    }));
+                }
+                Action::ReadPending { after, limit } => {
+                    let from = after.map_or(0, |a| a + 1);
+                    let rows: Vec<InboxRow> = (from..BACKLOG).take(limit).map(row).collect();
+                    read_rows += rows.len();
+                    // A read answers before the ACKs already on their way: the worst case.
+                    inputs.push_front(Input::Pending(rows));
+                }
+                _ => {}
+            }
+        }
+    };
+    take(first, &mut inputs);
+    let mut steps = 0;
+    while let Some(input) = inputs.pop_front() {
+        steps += 1;
+        assert!(steps < 100_000, "no end");
+        let actions = s.handle(io, input);
+        take(actions, &mut inputs);
+    }
+    assert_eq!(
+        sent,
+        (0..BACKLOG).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    assert!(
+        read_rows <= 2 * BACKLOG as usize,
+        "{read_rows} rows read for {BACKLOG}"
+    );
+}

@@ -245,7 +245,8 @@ impl<T: Clone + Weigh> Delivery<T> {
         self.highest_offered = Some(self.highest_offered.map_or(seq, |h| h.max(seq)));
     }
 
-    /// How many more items may be offered before the queue is full.
+    /// How many more items may be offered before the queue is full by count (it may be full
+    /// by bytes sooner: [`DeliveryConfig::max_queued_bytes`]).
     pub fn room(&self) -> usize {
         self.config.max_queued.saturating_sub(self.queued.len())
     }

@@ -15,15 +15,23 @@ impl Session {
         out: &mut Out<'_>,
     ) -> Result<(), Ending> {
         // ACKs and deliveries only settle what was sent; they need no ordering against the
-        // replay (and holding them would fill the hold with a replay's own echo).
-        if self.replaying() && !matches!(*event, UserEvent::Acked(_) | UserEvent::Delivered(_)) {
-            if self.held.len() >= self.cfg.max_held {
+        // replay (and holding them would fill the hold with a replay's own echo). Anything else
+        // waits behind the replay, and behind the events held before it.
+        if (self.replaying() || !self.held.is_empty())
+            && !matches!(*event, UserEvent::Acked(_) | UserEvent::Delivered(_))
+        {
+            let bytes = event_bytes(&event);
+            if self.held.len() >= self.cfg.max_held
+                || (!self.held.is_empty()
+                    && self.held_bytes.saturating_add(bytes) > self.cfg.max_held_bytes)
+            {
                 return Err(Ending::new(
                     Close::SlowConsumer,
                     "too many live events during replay",
                 ));
             }
-            self.held.push((offset, event));
+            self.held_bytes += bytes;
+            self.held.push_back((offset, event));
             return Ok(());
         }
         self.event(offset, &event, true, io, out)

@@ -28,7 +28,7 @@
 //!   slow-consumer timeout ends the session (4008); replay reads are issued only while the
 //!   delivery queue has room for a page, so a large backlog replays at the client's pace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::cursor::{Cursor, Epoch};
@@ -40,6 +40,27 @@ use crate::protocol::{ClientFrame, Close, ServerFrame};
 
 /// The default of [`SessionConfig::replay_page_bytes`]: 1 MiB.
 pub const REPLAY_PAGE_BYTES: usize = 1 << 20;
+/// The default of [`SessionConfig::max_held_bytes`]: 8 MiB.
+pub const MAX_HELD_BYTES: usize = 8 << 20;
+
+/// What a live event held during a replay weighs: its size and its strings that grow with the
+/// request (a notification's payload and ids, a mark's ids).
+pub fn event_bytes(ev: &UserEvent) -> usize {
+    let strings = match ev {
+        UserEvent::Added(a) => {
+            a.payload.len() + a.notification_id.len() + a.event_type.len() + a.source.len()
+        }
+        UserEvent::Read(m)
+        | UserEvent::Unread(m)
+        | UserEvent::Archived(m)
+        | UserEvent::Unarchived(m) => m.notification_ids.iter().map(String::len).sum(),
+        UserEvent::Progress(p) => {
+            p.acked_ids.iter().map(String::len).sum::<usize>() + 8 * p.delivered.len()
+        }
+        _ => 0,
+    };
+    std::mem::size_of::<UserEvent>() + strings
+}
 
 /// Knobs of a session. Defaults match docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +79,10 @@ pub struct SessionConfig {
     pub gap_chunk: usize,
     /// Live events held while the replay runs; more is a slow consumer.
     pub max_held: usize,
+    /// Bytes of live events held while the replay runs (by [`event_bytes`]); more is a slow
+    /// consumer. The events are the hub's, shared with the user's other sessions: this bounds
+    /// what one stuck replay keeps alive.
+    pub max_held_bytes: usize,
     /// Send-queue slots kept for marks, errors and pongs: notifications only use the rest.
     pub send_reserve: usize,
     /// How long the send queue may stay full with no progress by the writer.
@@ -82,6 +107,7 @@ impl Default for SessionConfig {
             replay_page_bytes: REPLAY_PAGE_BYTES,
             gap_chunk: 1024,
             max_held: 4096,
+            max_held_bytes: MAX_HELD_BYTES,
             send_reserve: 64,
             slow_consumer_timeout_ms: 10_000,
             blocked_recheck_ms: 20,
@@ -248,9 +274,12 @@ pub struct Session {
     reading: bool,
     /// The row limit of the last pending-rows read: a page that full may have more behind it.
     asked: usize,
-    /// What the rows of the last pending page weighed on average (`None` before one came).
+    /// What the heaviest row of the last pending page weighed (`None` before one came).
     row_bytes: Option<usize>,
-    held: Vec<(u64, Arc<UserEvent>)>,
+    /// Live events held while the replay runs, and after it until the queue has room for them
+    /// (every live event goes behind them meanwhile); what they weigh.
+    held: VecDeque<(u64, Arc<UserEvent>)>,
+    held_bytes: usize,
     replay_high: Option<u64>,
     replayed_sent: bool,
     /// Seqs first sent, and ACKs, since the last `DeviceProgress`; and since when.
@@ -307,7 +336,8 @@ impl Session {
             reading: false,
             asked: 0,
             row_bytes: None,
-            held: Vec::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
             replay_high: None,
             replayed_sent: false,
             delivered: Vec::new(),

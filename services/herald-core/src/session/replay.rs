@@ -17,11 +17,11 @@ impl Session {
             return Ok(());
         };
         let full = rows.len() >= self.asked;
-        if !rows.is_empty() {
-            let weight: usize = rows.iter().map(Weigh::bytes).sum();
-            self.row_bytes = Some((weight / rows.len()).max(1));
+        if let Some(heaviest) = rows.iter().map(Weigh::bytes).max() {
+            self.row_bytes = Some(heaviest.max(1));
         }
-        // Queued up to `replay_page_bytes` (one row at least); the rest is read again.
+        // Queued up to `replay_page_bytes` (one row at least); the rest is read again. A read is
+        // asked for only while less than half of that waits, for about the room there is.
         let mut room = self
             .cfg
             .replay_page_bytes
@@ -70,13 +70,19 @@ impl Session {
                 format!("the log returned no record at offsets {from}..{to}, which it holds"),
             ));
         };
+        // As a page: what queues up to `replay_page_bytes` (one event at least), the rest read
+        // again from the first event not taken.
+        let mut from = next.min(to);
+        let mut took = false;
         for (offset, ev) in events.iter().filter(|(o, _)| *o < to) {
+            if took && self.delivery.queued_bytes() >= self.cfg.replay_page_bytes {
+                from = *offset;
+                break;
+            }
             self.event(*offset, ev, false, io, out)?;
+            took = true;
         }
-        self.phase = Phase::Gap {
-            from: next.min(to),
-            to,
-        };
+        self.phase = Phase::Gap { from, to };
         Ok(())
     }
 
@@ -92,22 +98,30 @@ impl Session {
         }
     }
 
-    /// Whether the replay may read another page: only when less than a page waits to be sent,
-    /// so a session holds at most about two pages of a backlog beyond its window, whatever the
-    /// backlog's size (a peer that does not read pins no more than that).
+    /// Whether the replay may read another page: only when less than a page of rows, and less
+    /// than half of `replay_page_bytes`, waits to be sent, so a session holds at most about two
+    /// pages of rows, and `replay_page_bytes`, of a backlog beyond its window, whatever the
+    /// backlog's size (a peer that does not read pins no more than that), and each read brings
+    /// half of that at least.
     pub(super) fn replay_room(&self) -> bool {
         self.delivery.queued() < self.cfg.replay_page
-            && self.delivery.queued_bytes() < self.cfg.replay_page_bytes
+            && self.delivery.queued_bytes() < self.cfg.replay_page_bytes / 2
     }
 
-    /// Rows to ask for next: `replay_page`, or fewer when the last page's rows were large, so
-    /// that a page weighs about `replay_page_bytes`; the first page, before any row was
-    /// weighed, [`FIRST_REPLAY_PAGE`] at most (a page of 256 rows of 64 KiB each, read and then
-    /// cut, took 16 MiB for a moment in every connecting session).
+    /// Rows to ask for next: `replay_page`, or fewer when the last page's heaviest row was
+    /// large, so that a page weighs about `replay_page_bytes`; the first page, before any row
+    /// was weighed, [`FIRST_REPLAY_PAGE`] at most (a page of 256 rows of 64 KiB each, read and
+    /// then cut, took 16 MiB for a moment in every connecting session). A page sized by small
+    /// rows that meets large ones is still read whole before it is cut (the read has no byte
+    /// limit), and freed at once.
     fn page_limit(&self) -> usize {
+        let room = self
+            .cfg
+            .replay_page_bytes
+            .saturating_sub(self.delivery.queued_bytes());
         match self.row_bytes {
             None => self.cfg.replay_page.min(FIRST_REPLAY_PAGE),
-            Some(b) => (self.cfg.replay_page_bytes / b).clamp(1, self.cfg.replay_page),
+            Some(b) => (room / b).clamp(1, self.cfg.replay_page),
         }
     }
 
@@ -118,9 +132,15 @@ impl Session {
             && self.replay_room()
         {
             self.phase = Phase::Done;
-            for (offset, ev) in std::mem::take(&mut self.held) {
-                self.event(offset, &ev, true, io, out)?;
-            }
+        }
+        // The live events held meanwhile, as the queue takes them: all at once, they could
+        // overflow it for a client that keeps up.
+        while self.phase == Phase::Done && self.replay_room() {
+            let Some((offset, ev)) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= event_bytes(&ev);
+            self.event(offset, &ev, true, io, out)?;
         }
         Ok(())
     }

@@ -373,3 +373,47 @@ impl EmbeddedProjection {
             .map_err(storage)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use herald_core::projection::{ProjectionState, Write};
+
+    use super::*;
+
+    /// How many users the writer's [`Committed`] holds: (known, unread counts).
+    fn committed(store: &EmbeddedProjection) -> (usize, usize) {
+        let writer = store.inner.writer.as_ref().unwrap().lock().unwrap();
+        writer.committed.sizes()
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_teaches_the_writer_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedProjection::open(&dir.path().join("p.db"), Access::ReadWrite)
+            .await
+            .unwrap();
+        let alice = |tx: &mut TxState<'_, '_>| {
+            tx.write(Write::SetUnreadCount {
+                user_id: "alice".into(),
+                count: 3,
+            })?;
+            tx.write(Write::KnowUser {
+                user_id: "alice".into(),
+            })
+        };
+        let failed = store
+            .write(move |tx| {
+                alice(tx)?;
+                Err::<(), _>(rusqlite::Error::InvalidQuery)
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(committed(&store), (0, 0), "rolled back: nothing learned");
+        let count = store.write(|tx| tx.unread_count("alice")).await.unwrap();
+        assert_eq!(count, 0, "the file has nothing of it either");
+        store.write(alice).await.unwrap();
+        assert_eq!(committed(&store), (1, 1), "committed: learned");
+        let count = store.write(|tx| tx.unread_count("alice")).await.unwrap();
+        assert_eq!(count, 3);
+    }
+}

@@ -124,6 +124,7 @@ async fn post_dev_token(
     State(st): State<AppState>,
     AppJson(body): AppJson<DevLogin>,
 ) -> Result<Json<DevToken>, AppError> {
+    dev_only(&st)?;
     dev_login(&body)?;
     let token = st.auth.dev_token(&body.user_id, DEV_TOKEN_TTL)?;
     Ok(Json(DevToken {
