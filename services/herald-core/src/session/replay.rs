@@ -89,12 +89,23 @@ impl Session {
     /// Moves the replay on (finishing it when the log gap is read), sends what is due, and asks
     /// for the next replay read when there is room for it.
     pub(super) fn settle_replay_and_pump(&mut self, io: Io, out: &mut Out<'_>) {
-        let result = self
-            .finish_replay(io, out)
-            .and_then(|()| self.pump(io, out));
-        match result {
+        match self.settle_and_pump(io, out) {
             Ok(()) => self.request_read(out),
             Err(end) => self.close(end, io.now_ms, out),
+        }
+    }
+
+    /// [`Session::finish_replay`] and [`Session::pump`], again while held live events were
+    /// released and more wait: what the pump sent made room for them, and nothing else may
+    /// come to release them (a device that has ACKed all it was sent sends nothing more).
+    fn settle_and_pump(&mut self, io: Io, out: &mut Out<'_>) -> Result<(), Ending> {
+        loop {
+            let held = self.held.len();
+            self.finish_replay(io, out)?;
+            self.pump(io, out)?;
+            if self.held.is_empty() || self.held.len() == held {
+                return Ok(());
+            }
         }
     }
 
