@@ -1010,9 +1010,9 @@ fn a_device_that_does_not_read_pins_a_bounded_number_of_bytes() {
     let (window, queue) = (cfg.delivery.max_in_flight_bytes, cfg.replay_page_bytes);
     let row_bytes = herald_core::delivery::Weigh::bytes(&row(0));
     assert!(
-        s.held_bytes() <= window + queue + 2 * row_bytes,
+        s.delivery_bytes() <= window + queue + 2 * row_bytes,
         "holds {} bytes",
-        s.held_bytes()
+        s.delivery_bytes()
     );
     assert_eq!(
         s.in_flight(),
@@ -1088,4 +1088,48 @@ fn a_backlog_of_large_rows_is_read_about_once() {
         read_rows <= 2 * BACKLOG as usize,
         "{read_rows} rows read for {BACKLOG}"
     );
+}
+
+/// Live events that arrive while a replay runs are held, bounded by bytes as well as by count:
+/// large notifications past `max_held_bytes` end the session as a slow consumer (it resumes
+/// later), long before `max_held` of them.
+#[test]
+fn live_events_held_during_a_replay_are_bounded_by_bytes() {
+    let io = Io {
+        now_ms: 0,
+        room: 10_000,
+        written: 0,
+    };
+    let cfg = SessionConfig::default();
+    let (mut s, first) = Session::new(cfg, fresh_start(0, 0), io);
+    assert!(
+        first
+            .iter()
+            .any(|a| matches!(a, Action::ReadPending { .. })),
+        "the replay reads first"
+    );
+    let payload = format!("\"{}\"", "z".repeat(60_000));
+    let mut held = 0;
+    let ending = loop {
+        let UserEvent::Added(mut a) = added(&format!("n{held}")) else {
+            unreachable!()
+        };
+        a.payload = payload.clone();
+        let event = Arc::new(UserEvent::Added(a));
+        let actions = s.handle(
+            io,
+            Input::Live {
+                offset: held,
+                event,
+            },
+        );
+        if let Some(Action::Close(end)) = actions.iter().find(|a| matches!(a, Action::Close(_))) {
+            break end.clone();
+        }
+        held += 1;
+        assert!(held < cfg.max_held as u64, "held {held} without a close");
+    };
+    assert_eq!(ending.close, Close::SlowConsumer);
+    let most = cfg.max_held_bytes / 60_000 + 1;
+    assert!(held as usize <= most, "{held} held (at most {most})");
 }

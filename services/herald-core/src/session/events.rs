@@ -27,7 +27,7 @@ impl Session {
             {
                 return Err(Ending::new(
                     Close::SlowConsumer,
-                    "too many live events during replay",
+                    "too many live events waiting behind the replay",
                 ));
             }
             self.held_bytes += bytes;

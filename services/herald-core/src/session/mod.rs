@@ -48,12 +48,21 @@ pub const MAX_HELD_BYTES: usize = 8 << 20;
 pub fn event_bytes(ev: &UserEvent) -> usize {
     let strings = match ev {
         UserEvent::Added(a) => {
-            a.payload.len() + a.notification_id.len() + a.event_type.len() + a.source.len()
+            a.payload.len()
+                + a.notification_id.len()
+                + a.event_type.len()
+                + a.source.len()
+                + a.user_id.len()
+                + a.collapse_key.as_ref().map_or(0, String::len)
         }
         UserEvent::Read(m)
         | UserEvent::Unread(m)
         | UserEvent::Archived(m)
-        | UserEvent::Unarchived(m) => m.notification_ids.iter().map(String::len).sum(),
+        | UserEvent::Unarchived(m) => {
+            m.user_id.len()
+                + m.device_id.as_ref().map_or(0, String::len)
+                + m.notification_ids.iter().map(String::len).sum::<usize>()
+        }
         UserEvent::Progress(p) => {
             p.acked_ids.iter().map(String::len).sum::<usize>() + 8 * p.delivered.len()
         }
@@ -77,10 +86,11 @@ pub struct SessionConfig {
     pub replay_page_bytes: usize,
     /// Log records read per step of the replay's log gap.
     pub gap_chunk: usize,
-    /// Live events held while the replay runs; more is a slow consumer.
+    /// Live events held while the replay runs (and after it, until there is room for them);
+    /// more is a slow consumer.
     pub max_held: usize,
-    /// Bytes of live events held while the replay runs (by [`event_bytes`]); more is a slow
-    /// consumer. The events are the hub's, shared with the user's other sessions: this bounds
+    /// Bytes of live events held while the replay runs (and after it, until there is room for
+    /// them), by [`event_bytes`]; more is a slow consumer. The events are the hub's, shared with the user's other sessions: this bounds
     /// what one stuck replay keeps alive.
     pub max_held_bytes: usize,
     /// Send-queue slots kept for marks, errors and pongs: notifications only use the rest.
@@ -394,8 +404,8 @@ impl Session {
     }
 
     /// What the notifications in flight and queued weigh ([`crate::delivery::Weigh`]): about
-    /// the memory the session holds for them.
-    pub fn held_bytes(&self) -> usize {
+    /// the memory the session holds for them (live events held during a replay are apart).
+    pub fn delivery_bytes(&self) -> usize {
         self.delivery.in_flight_bytes() + self.delivery.queued_bytes()
     }
 
@@ -448,7 +458,10 @@ impl Session {
             .blocked_since
             .map(|_| now_ms + self.cfg.blocked_recheck_ms);
         let flush = self.progress_since.map(|s| s + self.cfg.progress_flush_ms);
-        [self.delivery.next_deadline(), blocked, flush]
+        // Live events held after the replay, waiting for room.
+        let held = (self.phase == Phase::Done && !self.held.is_empty())
+            .then_some(now_ms + self.cfg.blocked_recheck_ms);
+        [self.delivery.next_deadline(), blocked, flush, held]
             .into_iter()
             .flatten()
             .min()

@@ -96,8 +96,8 @@ impl Session {
     }
 
     /// [`Session::finish_replay`] and [`Session::pump`], again while held live events were
-    /// released and more wait: what the pump sent made room for them, and nothing else may
-    /// come to release them (a device that has ACKed all it was sent sends nothing more).
+    /// released and more wait: what the pump sent may have made room for them (what still
+    /// waits after that is looked at again by `next_wake`).
     fn settle_and_pump(&mut self, io: Io, out: &mut Out<'_>) -> Result<(), Ending> {
         loop {
             let held = self.held.len();
@@ -144,9 +144,13 @@ impl Session {
         {
             self.phase = Phase::Done;
         }
-        // The live events held meanwhile, as the queue takes them: all at once, they could
-        // overflow it for a client that keeps up.
-        while self.phase == Phase::Done && self.replay_room() {
+        // The live events held meanwhile, as the delivery queue and the send queue take them
+        // (marks are frames of their own): all at once, they could overflow either for a
+        // client that keeps up. What waits is looked at again shortly (`next_wake`).
+        while self.phase == Phase::Done
+            && self.replay_room()
+            && io.room.saturating_sub(out.frames) > self.cfg.send_reserve
+        {
             let Some((offset, ev)) = self.held.pop_front() else {
                 break;
             };

@@ -586,6 +586,20 @@ mod tests {
                 assert!(known > 0 && unread > 0, "started over, not emptied");
             }
         }
+        // Full: a known user does not start it over, a new one does.
+        let mut committed = Committed::default();
+        learned(3, MAX_COMMITTED_USERS).committed(&mut committed);
+        assert_eq!(
+            committed.sizes(),
+            (MAX_COMMITTED_USERS, MAX_COMMITTED_USERS)
+        );
+        learned(3, 1).committed(&mut committed);
+        assert_eq!(
+            committed.sizes(),
+            (MAX_COMMITTED_USERS, MAX_COMMITTED_USERS)
+        );
+        learned(4, 1).committed(&mut committed);
+        assert_eq!(committed.sizes(), (1, 1));
         learned(2, 1).committed(&mut committed);
         learned(2, 1).committed(&mut committed);
         let before = committed.known.len();
