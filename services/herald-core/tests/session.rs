@@ -965,25 +965,30 @@ fn a_mark_of_nothing_is_an_error_frame_and_appends_nothing() {
     assert_eq!(answers(&a), (1, vec![]));
 }
 
+/// A live notification `id` whose payload is a JSON string of `bytes` characters.
+fn large(id: &str, bytes: usize) -> NotificationAdded {
+    let UserEvent::Added(mut a) = added(id) else {
+        unreachable!()
+    };
+    a.payload = format!("\"{}\"", "x".repeat(bytes));
+    a
+}
+
+/// A moment with a send queue of room to spare and nothing written yet.
+const ROOMY: Io = Io {
+    now_ms: 0,
+    room: 10_000,
+    written: 0,
+};
+
 /// A device that stopped reading, with a backlog of large notifications: the session holds about
 /// `max_in_flight_bytes` in flight and `replay_page_bytes` queued, not a window of 256 of them
 /// (16 MiB at 64 KiB each) and a page of 256 behind it, and stops reading the projection.
 #[test]
 fn a_device_that_does_not_read_pins_a_bounded_number_of_bytes() {
     const BACKLOG: u64 = 256;
-    let payload = format!("\"{}\"", "x".repeat(60_000));
-    let row = |seq: u64| {
-        let UserEvent::Added(mut a) = added(&format!("n{seq}")) else {
-            unreachable!()
-        };
-        a.payload = payload.clone();
-        herald_core::session::added_row(&a, seq)
-    };
-    let io = Io {
-        now_ms: 0,
-        room: 10_000,
-        written: 0,
-    };
+    let row = |seq: u64| herald_core::session::added_row(&large(&format!("n{seq}"), 60_000), seq);
+    let io = ROOMY;
     let cfg = SessionConfig::default();
     let (mut s, mut actions) = Session::new(cfg, fresh_start(BACKLOG, BACKLOG), io);
     let (mut sends, mut reads, mut read_rows) = (0, 0, 0);
@@ -1034,19 +1039,8 @@ fn a_device_that_does_not_read_pins_a_bounded_number_of_bytes() {
 #[test]
 fn a_backlog_of_large_rows_is_read_about_once() {
     const BACKLOG: u64 = 600;
-    let payload = format!("\"{}\"", "y".repeat(10_000));
-    let row = |seq: u64| {
-        let UserEvent::Added(mut a) = added(&format!("n{seq}")) else {
-            unreachable!()
-        };
-        a.payload = payload.clone();
-        herald_core::session::added_row(&a, seq)
-    };
-    let io = Io {
-        now_ms: 0,
-        room: 10_000,
-        written: 0,
-    };
+    let row = |seq: u64| herald_core::session::added_row(&large(&format!("n{seq}"), 10_000), seq);
+    let io = ROOMY;
     let (mut s, first) = Session::new(SessionConfig::default(), fresh_start(BACKLOG, BACKLOG), io);
     let mut inputs: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
     let (mut sent, mut read_rows) = (Vec::new(), 0usize);
@@ -1095,11 +1089,7 @@ fn a_backlog_of_large_rows_is_read_about_once() {
 /// later), long before `max_held` of them.
 #[test]
 fn live_events_held_during_a_replay_are_bounded_by_bytes() {
-    let io = Io {
-        now_ms: 0,
-        room: 10_000,
-        written: 0,
-    };
+    let io = ROOMY;
     let cfg = SessionConfig::default();
     let (mut s, first) = Session::new(cfg, fresh_start(0, 0), io);
     assert!(
@@ -1108,14 +1098,9 @@ fn live_events_held_during_a_replay_are_bounded_by_bytes() {
             .any(|a| matches!(a, Action::ReadPending { .. })),
         "the replay reads first"
     );
-    let payload = format!("\"{}\"", "z".repeat(60_000));
     let mut held = 0;
     let ending = loop {
-        let UserEvent::Added(mut a) = added(&format!("n{held}")) else {
-            unreachable!()
-        };
-        a.payload = payload.clone();
-        let event = Arc::new(UserEvent::Added(a));
+        let event = Arc::new(UserEvent::Added(large(&format!("n{held}"), 60_000)));
         let actions = s.handle(
             io,
             Input::Live {
