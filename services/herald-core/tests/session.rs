@@ -249,6 +249,14 @@ impl Run {
             cfg.delivery.max_in_flight_bytes = 300;
             cfg.replay_page_bytes = 450;
         }
+        // The gateway's budget for all sessions (`Io::spare_bytes`): none, spent (replays read a
+        // row at a time, when the session holds nothing), or now spent, now free.
+        let budget = dice.roll(3);
+        let spare = |dice: &mut Dice| match budget {
+            1 => 0,
+            2 if dice.roll(2) == 0 => 0,
+            _ => usize::MAX,
+        };
         let mut trace = Trace::default();
         let live_from = self.log.end;
         let hello = Hello::parse(
@@ -263,10 +271,11 @@ impl Run {
         let mut now = 1_000_000i64;
         let mut queued = 0usize;
         let mut written = 0u64;
-        let io = |now: i64, queued: usize, written: u64| Io {
+        let io = |now: i64, queued: usize, written: u64, spare_bytes: usize| Io {
             now_ms: now,
             room: CAPACITY - queued,
             written,
+            spare_bytes,
         };
         let (mut session, first) = Session::new(
             cfg,
@@ -279,7 +288,7 @@ impl Run {
                 live_from,
                 projection_applied: self.applied,
             },
-            io(now, queued, written),
+            io(now, queued, written, spare(dice)),
         );
         // What the replay owes the device: every live notification (not quiet by the user's
         // preferences) before `live_from` above its cursor that it had not acknowledged by then.
@@ -509,7 +518,7 @@ impl Run {
                 }
                 assert!(quiet_rounds < 100_000, "the session never went quiet");
             }
-            actions = session.handle(io(now, queued, written), input);
+            actions = session.handle(io(now, queued, written, spare(dice)), input);
             assert_eq!(
                 session.tracked(),
                 session.in_flight() + session.queued(),
@@ -704,6 +713,7 @@ fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
             now_ms: 0,
             room: CAPACITY,
             written: 0,
+            spare_bytes: usize::MAX,
         },
     );
     assert!(
@@ -715,6 +725,7 @@ fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
         now_ms: 0,
         room: CAPACITY,
         written: 0,
+        spare_bytes: usize::MAX,
     };
     let sent = |actions: &[Action]| -> Vec<(String, u32)> {
         actions
@@ -750,6 +761,7 @@ fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
         now_ms: 60_000,
         room: CAPACITY,
         written: 1,
+        spare_bytes: usize::MAX,
     };
     assert!(
         sent(&s.handle(later, Input::Tick)).is_empty(),
@@ -773,6 +785,7 @@ fn a_hub_behind_the_projection_does_not_resend_what_the_projection_settled() {
         now_ms: 0,
         room: CAPACITY,
         written: 0,
+        spare_bytes: usize::MAX,
     };
     let (mut s, _) = Session::new(config(), fresh_start(0, applied), io);
     let sent = |actions: &[Action]| -> Vec<String> {
@@ -809,6 +822,7 @@ fn a_log_read_that_finds_nothing_in_the_gap_ends_the_session_instead_of_skipping
         now_ms: 0,
         room: CAPACITY,
         written: 0,
+        spare_bytes: usize::MAX,
     };
     let (mut s, _) = Session::new(config(), fresh_start(log.end, 0), io);
     let a = s.handle(io, Input::Pending(vec![]));
@@ -862,6 +876,7 @@ fn what_a_device_never_acks_is_given_up_and_forgotten() {
         now_ms: now,
         room: CAPACITY,
         written,
+        spare_bytes: usize::MAX,
     };
     // The writer puts every frame on the wire at once: `written` counts them all.
     let frames = |actions: &[Action]| {
@@ -920,6 +935,7 @@ fn a_mark_of_nothing_is_an_error_frame_and_appends_nothing() {
         now_ms: 0,
         room: CAPACITY,
         written: 0,
+        spare_bytes: usize::MAX,
     };
     let (mut s, _) = Session::new(config(), fresh_start(0, 0), io);
     let _ = s.handle(io, Input::Pending(Vec::new()));
@@ -979,6 +995,7 @@ const ROOMY: Io = Io {
     now_ms: 0,
     room: 10_000,
     written: 0,
+    spare_bytes: usize::MAX,
 };
 
 /// A device that stopped reading, with a backlog of large notifications: the session holds about
@@ -1117,4 +1134,143 @@ fn live_events_held_during_a_replay_are_bounded_by_bytes() {
     assert_eq!(ending.close, Close::SlowConsumer);
     let most = cfg.max_held_bytes / 60_000 + 1;
     assert!(held as usize <= most, "{held} held (at most {most})");
+}
+
+/// Sessions that share a budget (`Io::spare_bytes`, each charged its `memory_bytes`): four
+/// devices that connect to a backlog of large notifications and stop reading, and one that reads
+/// and ACKs. Unbudgeted, each of the four holds a window and a page (about 2 MiB); with a budget
+/// of 3 MiB all five together hold about that, and the reading device still gets its whole
+/// backlog, once each, in order, however little of the budget the others leave it.
+#[test]
+fn sessions_that_share_a_budget_hold_about_that_and_each_moves_on() {
+    const BACKLOG: u64 = 100;
+    const LIMIT: usize = 3 << 20;
+    const DEVICES: usize = 5;
+    const READER: usize = DEVICES - 1;
+    let row = |seq: u64| herald_core::session::added_row(&large(&format!("n{seq}"), 60_000), seq);
+    let row_bytes = herald_core::delivery::Weigh::bytes(&row(0));
+    let cfg = SessionConfig::default();
+    let spare = |sessions: &[Session]| {
+        LIMIT.saturating_sub(sessions.iter().map(Session::memory_bytes).sum::<usize>())
+    };
+    let io = |now_ms: i64, spare_bytes: usize| Io {
+        now_ms,
+        spare_bytes,
+        ..ROOMY
+    };
+    let mut sessions = Vec::new();
+    let mut inputs: Vec<VecDeque<Input>> = vec![VecDeque::new(); DEVICES];
+    let mut first = Vec::new();
+    for _ in 0..DEVICES {
+        let (s, actions) =
+            Session::new(cfg, fresh_start(BACKLOG, BACKLOG), io(0, spare(&sessions)));
+        sessions.push(s);
+        first.push(actions);
+    }
+    let (mut sent, mut most) = (Vec::new(), 0usize);
+    // What the device does with a session's actions: reads answer at once, the reader ACKs what
+    // it is sent.
+    let mut take = |d: usize, actions: Vec<Action>, inputs: &mut Vec<VecDeque<Input>>| {
+        for a in actions {
+            match a {
+                Action::Send(Outgoing::Notification { row, attempt: 1 }) if d == READER => {
+                    sent.push(row.seq);
+                    inputs[d].push_back(Input::Client(ClientFrame::Ack {
+                        ids: vec![row.notification_id.clone()],
+                        up_to: None,
+                    }));
+                }
+                Action::ReadPending { after, limit } => {
+                    let from = after.map_or(0, |a| a + 1);
+                    let rows = (from..BACKLOG).take(limit).map(row).collect();
+                    inputs[d].push_back(Input::Pending(rows));
+                }
+                _ => {}
+            }
+        }
+    };
+    for (d, actions) in first.into_iter().enumerate() {
+        take(d, actions, &mut inputs);
+    }
+    // Each round (1 ms, far from any redelivery) gives every session its next input, or a tick
+    // when it asked for one.
+    for now in 1..2_000i64 {
+        for d in 0..DEVICES {
+            let input = match inputs[d].pop_front() {
+                Some(input) => input,
+                None if sessions[d].next_wake(now).is_some_and(|at| at <= now + 100) => Input::Tick,
+                None => continue,
+            };
+            let spare_bytes = spare(&sessions);
+            let actions = sessions[d].handle(io(now, spare_bytes), input);
+            take(d, actions, &mut inputs);
+            most = most.max(sessions.iter().map(Session::memory_bytes).sum());
+        }
+    }
+    assert_eq!(
+        sent,
+        (0..BACKLOG).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    // A read may bring a row over what it was sized for, and a session that holds nothing reads
+    // a row whatever the budget says.
+    assert!(
+        most <= LIMIT + 2 * DEVICES * row_bytes,
+        "held {most} bytes at most, against a budget of {LIMIT}"
+    );
+    let stuck: usize = sessions[..READER].iter().map(Session::memory_bytes).sum();
+    assert!(
+        stuck >= LIMIT / 2,
+        "the devices that stopped reading hold what they could ({stuck} bytes)"
+    );
+}
+
+/// A replay waits for the budget while the session holds something, asks again after
+/// `budget_recheck_ms`, and reads a row at a time when it holds nothing; a read's room is
+/// counted until its answer comes.
+#[test]
+fn a_replay_reads_within_the_budget() {
+    const BACKLOG: u64 = 10;
+    let row = |seq: u64| herald_core::session::added_row(&large(&format!("n{seq}"), 60_000), seq);
+    let cfg = SessionConfig::default();
+    let none = Io {
+        spare_bytes: 0,
+        ..ROOMY
+    };
+    let (mut s, first) = Session::new(cfg, fresh_start(BACKLOG, BACKLOG), none);
+    let reads = |actions: &[Action]| -> Vec<usize> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ReadPending { limit, .. } => Some(*limit),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        reads(&first),
+        vec![1],
+        "holds nothing: one row whatever the budget"
+    );
+    assert_eq!(s.memory_bytes(), 0, "no room to reserve");
+    let sent = s.handle(none, Input::Pending(vec![row(0)]));
+    assert!(
+        reads(&sent).is_empty(),
+        "holds a row now: waits for the budget"
+    );
+    assert!(s.memory_bytes() >= herald_core::delivery::Weigh::bytes(&row(0)));
+    assert_eq!(
+        s.next_wake(0),
+        Some(cfg.budget_recheck_ms),
+        "and looks again"
+    );
+    let roomy = s.handle(ROOMY, Input::Tick);
+    let limit = reads(&roomy);
+    assert_eq!(limit.len(), 1, "room again: reads");
+    assert!(limit[0] > 1, "a page by the room there is ({limit:?})");
+    assert!(
+        s.memory_bytes() >= cfg.replay_page_bytes / 2,
+        "the read's room is reserved until its answer ({} bytes)",
+        s.memory_bytes()
+    );
 }

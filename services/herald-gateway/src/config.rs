@@ -35,6 +35,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Most connections of one user at once.
     pub max_connections_per_user: usize,
+    /// Most bytes all sessions together hold for their devices
+    /// ([`crate::limits::SessionBudget`]): replays wait beyond it.
+    pub max_session_bytes: usize,
     /// Client frames per second allowed per connection (sustained), and the burst.
     pub frame_rate: f64,
     pub frame_burst: f64,
@@ -74,6 +77,7 @@ impl Default for GatewayConfig {
             slow_consumer_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_connections_per_user: 16,
+            max_session_bytes: crate::limits::MAX_SESSION_BYTES,
             frame_rate: 1_000.0,
             frame_burst: 2_000.0,
             allowed_origins: Vec::new(),
@@ -170,6 +174,16 @@ impl GatewayConfig {
                 problem: "must be at least 1".into(),
             });
         }
+        if self.max_session_bytes < herald_core::session::REPLAY_PAGE_BYTES {
+            return Err(InvalidConfig {
+                setting: "max session bytes",
+                problem: format!(
+                    "{} is below a replay's page ({} bytes)",
+                    self.max_session_bytes,
+                    herald_core::session::REPLAY_PAGE_BYTES
+                ),
+            });
+        }
         let d = &self.delivery;
         if d.max_in_flight == 0 || d.max_queued == 0 {
             return Err(InvalidConfig {
@@ -237,6 +251,11 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        let bad = GatewayConfig {
+            max_session_bytes: 1000,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().setting, "max session bytes");
         // A queue that cannot take a replay's page, or a window of no bytes.
         for (in_flight, queued) in [(0, MAX_QUEUED_BYTES), (MAX_IN_FLIGHT_BYTES, 1 << 20)] {
             let bad = GatewayConfig {

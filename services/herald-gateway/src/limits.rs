@@ -1,7 +1,9 @@
-//! Limits: one token bucket (producer rates, client frame rates), per-producer buckets, and the
-//! global and per-user connection limits. No I/O; the caller passes the time.
+//! Limits: one token bucket (producer rates, client frame rates), per-producer buckets, the
+//! global and per-user connection limits, and the sessions' memory budget. No I/O; the caller
+//! passes the time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,9 +180,96 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// The default of `GatewayConfig::max_session_bytes`: 1 GiB.
+pub const MAX_SESSION_BYTES: usize = 1 << 30;
+
+/// One budget for what all of a gateway's sessions hold by weight
+/// ([`herald_core::session::Session::memory_bytes`]: notifications in flight and queued, live
+/// events held, a replay read that is out). A session is bounded on its own (a few MiB), but
+/// many at once were not: 1,000 devices that connect to a backlog and stop reading held 2 GB.
+/// A replay reads only while this has room (`Io::spare_bytes`; a session that holds nothing
+/// still reads a row at a time), so a backlog waits in the store instead of in memory. Live
+/// events are not refused for it: a session's own bounds take care of those.
+pub struct SessionBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl SessionBudget {
+    pub fn new(limit: usize) -> SessionBudget {
+        SessionBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// What the sessions hold now, as last charged.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// What is free.
+    pub fn spare(&self) -> usize {
+        self.limit.saturating_sub(self.used())
+    }
+
+    /// A session's account, empty; what it is charged is given back when it drops.
+    pub fn account(&self) -> Charge<'_> {
+        Charge {
+            budget: self,
+            charged: 0,
+        }
+    }
+}
+
+/// What one session is charged against a [`SessionBudget`].
+pub struct Charge<'a> {
+    budget: &'a SessionBudget,
+    charged: usize,
+}
+
+impl Charge<'_> {
+    /// The session now holds `bytes`.
+    pub fn set(&mut self, bytes: usize) {
+        if bytes > self.charged {
+            self.budget
+                .used
+                .fetch_add(bytes - self.charged, Ordering::Relaxed);
+        } else if bytes < self.charged {
+            self.budget
+                .used
+                .fetch_sub(self.charged - bytes, Ordering::Relaxed);
+        }
+        self.charged = bytes;
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_counts_what_its_accounts_hold_until_they_drop() {
+        let budget = SessionBudget::new(1000);
+        let mut a = budget.account();
+        let mut b = budget.account();
+        a.set(300);
+        b.set(500);
+        assert_eq!((budget.used(), budget.spare()), (800, 200));
+        a.set(100);
+        b.set(1200);
+        assert_eq!((budget.used(), budget.spare()), (1300, 0));
+        drop(b);
+        assert_eq!((budget.used(), budget.spare()), (100, 900));
+        drop(a);
+        assert_eq!(budget.used(), 0);
+    }
 
     #[test]
     fn a_bucket_refills_at_its_rate_up_to_its_burst() {

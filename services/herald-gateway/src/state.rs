@@ -15,7 +15,7 @@ use crate::auth::{Auth, KeyError};
 use crate::clock::now_ms;
 use crate::config::{GatewayConfig, InvalidConfig};
 use crate::hub::Hub;
-use crate::limits::{ConnectionLimits, RateLimits};
+use crate::limits::{ConnectionLimits, RateLimits, SessionBudget};
 
 /// What the gateway runs on: the log it appends to and tails, a read-only view of the
 /// projection, and the audit port.
@@ -85,6 +85,8 @@ pub struct Shared {
     /// WebSocket tickets minted per user.
     pub tickets: Arc<RateLimits>,
     pub connections: Arc<ConnectionLimits>,
+    /// What all sessions hold for their devices, against `max_session_bytes`.
+    pub session_bytes: Arc<SessionBudget>,
     /// What sessions record their sends and ACKs with (registered when the state is built).
     pub meters: herald_ports::telemetry::DeliveryMeters,
     /// Users this gateway has announced as connected (bounded; see `announce`).
@@ -116,6 +118,19 @@ impl AppState {
             config.presence_interval,
         ));
         presence.start(hub.clone(), shutdown.clone()).await?;
+        let session_bytes = Arc::new(SessionBudget::new(config.max_session_bytes));
+        tokio::spawn({
+            let (budget, shutdown) = (session_bytes.clone(), shutdown.clone());
+            async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        _ = every.tick() => herald_ports::telemetry::session_bytes(budget.used()),
+                    }
+                }
+            }
+        });
         Ok(AppState(Arc::new(Shared {
             log: ports.log,
             inbox: ports.inbox,
@@ -133,6 +148,7 @@ impl AppState {
                 config.max_connections,
                 config.max_connections_per_user,
             ),
+            session_bytes,
             config: Arc::new(config),
             meters: herald_ports::telemetry::DeliveryMeters::register(),
             announced: Default::default(),

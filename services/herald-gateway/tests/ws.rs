@@ -1028,10 +1028,15 @@ async fn acks_of_what_was_sent_are_not_rate_limited_and_more_are() {
 /// Posts 600 notifications of 48 KiB each (about 29 MB, more than a socket's buffers hold) to
 /// `user` and waits until the projection has them all; their ids, in order.
 async fn backlog_of_large(srv: &Server, user: &str) -> Vec<String> {
+    backlog_of(srv, user, 600).await
+}
+
+/// `n` notifications of 48 KiB each for `user`, in its projection; their ids in order.
+async fn backlog_of(srv: &Server, user: &str, n: u64) -> Vec<String> {
     let big = "x".repeat(48 * 1024);
     let http = http();
     let mut ids = Vec::new();
-    for i in 0..600 {
+    for i in 0..n {
         let v: Value = http
             .post(format!("{}/v1/notifications", srv.http))
             .header("idempotency-key", format!("big-{user}-{i}"))
@@ -1044,7 +1049,7 @@ async fn backlog_of_large(srv: &Server, user: &str) -> Vec<String> {
             .unwrap();
         ids.push(v["notification_id"].as_str().unwrap().to_owned());
     }
-    srv.wait_unread(user, 600).await;
+    srv.wait_unread(user, n).await;
     ids
 }
 
@@ -1103,6 +1108,54 @@ async fn the_window_is_bounded_by_weight() {
     let (got, _, _) = collect(&mut c, 600 - first.len(), true).await;
     let all: Vec<String> = first.into_iter().chain(got).collect();
     assert_eq!(all, ids, "each once, in order");
+    srv.shutdown.cancel();
+}
+
+/// Devices that read but do not ACK, each with a backlog of large notifications: unbudgeted,
+/// each session holds a window (1 MiB) and a page of its backlog (1 MiB). With a budget of
+/// 2 MiB for all sessions (`max_session_bytes`), four of them hold about that together, and a
+/// fifth device that ACKs still gets its whole backlog, once each and in order. When they
+/// close, the budget is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_together_hold_about_their_budget() {
+    const BUDGET: usize = 2 << 20;
+    let mut cfg = config();
+    cfg.max_session_bytes = BUDGET;
+    let srv = server(cfg, true).await;
+    let mut stuck = Vec::new();
+    for u in 0..4 {
+        let user = format!("stuck{u}");
+        backlog_of(&srv, &user, 60).await;
+        let (mut c, _) = connect(&srv.ws, &bearer(&user), "phone", None)
+            .await
+            .unwrap();
+        let quiet = Duration::from_millis(500);
+        while tokio::time::timeout(quiet, c.next()).await.is_ok() {}
+        stuck.push(c);
+    }
+    // A row weighs its payload and a little more; a session holding nothing reads one row
+    // whatever the budget says, and a read may bring one over.
+    let slack = 4 * 2 * 50 * 1024;
+    let held = srv.state.session_bytes.used();
+    assert!(
+        held >= BUDGET / 2 && held <= BUDGET + slack,
+        "the four sessions hold {held} bytes, against a budget of {BUDGET}"
+    );
+    let ids = backlog_of(&srv, "reader", 60).await;
+    let (mut c, _) = connect(&srv.ws, &bearer("reader"), "phone", None)
+        .await
+        .unwrap();
+    let (got, _, _) = collect(&mut c, 60, true).await;
+    assert_eq!(got, ids, "each once, in order");
+    drop((c, stuck));
+    let deadline = std::time::Instant::now() + GUARD;
+    while srv.state.session_bytes.used() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sessions' bytes were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     srv.shutdown.cancel();
 }
 

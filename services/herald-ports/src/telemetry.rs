@@ -32,6 +32,7 @@ pub const NOTIFICATIONS_ACCEPTED: &str = "herald_notifications_accepted_total";
 pub const HUB_RECORDS_READ: &str = "herald_hub_records_read_total";
 pub const HUB_PARTITIONS_FOLLOWED: &str = "herald_hub_partitions_followed";
 pub const SESSIONS_CONNECTED: &str = "herald_sessions_connected";
+pub const SESSION_BYTES: &str = "herald_session_bytes";
 pub const SESSIONS_CLOSED: &str = "herald_sessions_closed_total";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "herald_slow_consumer_disconnects_total";
 pub const DELIVERIES: &str = "herald_deliveries_total";
@@ -166,6 +167,11 @@ pub fn describe() {
         SESSIONS_CONNECTED,
         "Open realtime connections, by transport (ws, sse)."
     );
+    metrics::describe_gauge!(
+        SESSION_BYTES,
+        metrics::Unit::Bytes,
+        "What all sessions hold for their devices (notifications in flight and queued, live events held, replay reads out), against --max-session-bytes; sampled every second."
+    );
     metrics::describe_counter!(
         SESSIONS_CLOSED,
         "Realtime connections ended, by transport and close code (`none`: the client went away)."
@@ -271,6 +277,11 @@ pub fn log_appended(topic: Topic, records: usize, took: Option<Duration>) {
 /// The live hub read `records` records of `partition`.
 pub fn hub_records_read(partition: u32, records: u64) {
     metrics::counter!(HUB_RECORDS_READ, "partition" => partition.to_string()).increment(records);
+}
+
+/// What all sessions hold, by weight (see [`SESSION_BYTES`]).
+pub fn session_bytes(bytes: usize) {
+    metrics::gauge!(SESSION_BYTES).set(bytes as f64);
 }
 
 pub fn hub_partitions_followed(partitions: usize) {

@@ -99,6 +99,8 @@ pub struct SessionConfig {
     pub slow_consumer_timeout_ms: i64,
     /// How often a session waiting for send-queue room looks again.
     pub blocked_recheck_ms: i64,
+    /// How often a replay waiting for the gateway's budget ([`Io::spare_bytes`]) looks again.
+    pub budget_recheck_ms: i64,
     /// Notification ids settled or given up on (after the last redelivery) remembered to drop
     /// repeats of them: the most recent this many.
     pub recent_ids: usize,
@@ -121,6 +123,7 @@ impl Default for SessionConfig {
             send_reserve: 64,
             slow_consumer_timeout_ms: 10_000,
             blocked_recheck_ms: 20,
+            budget_recheck_ms: 100,
             recent_ids: 4096,
             progress_flush_ms: 100,
             progress_max: 512,
@@ -196,6 +199,12 @@ pub struct Io {
     pub room: usize,
     /// Frames the writer has put on the wire so far (any progress counts).
     pub written: u64,
+    /// Bytes the transport's budget for all its sessions has free, each session charged its
+    /// [`Session::memory_bytes`]; `usize::MAX` when there is no such budget. A replay reads
+    /// only while half a page (`replay_page_bytes`) of it is free, and asks for no more than
+    /// is free, unless the session holds nothing (then it reads a row at least): its
+    /// backlog waits in the store instead of in memory.
+    pub spare_bytes: usize,
 }
 
 /// What happens to a session.
@@ -284,6 +293,11 @@ pub struct Session {
     reading: bool,
     /// The row limit of the last pending-rows read: a page that full may have more behind it.
     asked: usize,
+    /// The bytes the read that is out may queue: counted in [`Session::memory_bytes`] until its
+    /// answer comes, so a budget shared by many sessions is not promised twice.
+    reserved: usize,
+    /// The replay would read but the budget ([`Io::spare_bytes`]) has no room: look again later.
+    budget_wait: bool,
     /// What the heaviest row of the last pending page weighed (`None` before one came).
     row_bytes: Option<usize>,
     /// Live events held while the replay runs, and after it until the queue has room for them
@@ -345,6 +359,8 @@ impl Session {
             live_from: start.live_from,
             reading: false,
             asked: 0,
+            reserved: 0,
+            budget_wait: false,
             row_bytes: None,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -409,6 +425,13 @@ impl Session {
         self.delivery.in_flight_bytes() + self.delivery.queued_bytes()
     }
 
+    /// What the session holds by weight: the notifications in flight and queued, the live
+    /// events held, and the room a replay read that is out was sized for. What a transport
+    /// charges against a budget of all its sessions ([`Io::spare_bytes`]).
+    pub fn memory_bytes(&self) -> usize {
+        self.delivery_bytes() + self.held_bytes + self.reserved
+    }
+
     /// Notification ids this session remembers as queued or in flight (its duplicate check);
     /// always `in_flight() + queued()`.
     pub fn tracked(&self) -> usize {
@@ -452,7 +475,8 @@ impl Session {
     }
 
     /// When to come back with [`Input::Tick`] at the latest (Unix ms), if anything waits for
-    /// time: a redelivery, a send queue without room, or deliveries and ACKs to append.
+    /// time: a redelivery, a send queue without room, deliveries and ACKs to append, or a
+    /// replay waiting for the budget.
     pub fn next_wake(&self, now_ms: i64) -> Option<i64> {
         let blocked = self
             .blocked_since
@@ -461,7 +485,10 @@ impl Session {
         // Live events held after the replay, waiting for room.
         let held = (self.phase == Phase::Done && !self.held.is_empty())
             .then_some(now_ms + self.cfg.blocked_recheck_ms);
-        [self.delivery.next_deadline(), blocked, flush, held]
+        let budget = self
+            .budget_wait
+            .then_some(now_ms + self.cfg.budget_recheck_ms);
+        [self.delivery.next_deadline(), blocked, flush, held, budget]
             .into_iter()
             .flatten()
             .min()

@@ -13,6 +13,7 @@ pub(super) const FIRST_REPLAY_PAGE: usize = 32;
 impl Session {
     pub(super) fn pending(&mut self, rows: Vec<InboxRow>) -> Result<(), Ending> {
         self.reading = false;
+        let reserved = std::mem::take(&mut self.reserved);
         let Phase::Projection { .. } = self.phase else {
             return Ok(());
         };
@@ -20,12 +21,10 @@ impl Session {
         if let Some(heaviest) = rows.iter().map(Weigh::bytes).max() {
             self.row_bytes = Some(heaviest.max(1));
         }
-        // Queued up to `replay_page_bytes` (one row at least); the rest is read again. A read is
-        // asked for only while less than half of that waits, for about the room there is.
-        let mut room = self
-            .cfg
-            .replay_page_bytes
-            .saturating_sub(self.delivery.queued_bytes());
+        // Queued up to `replay_page_bytes`, and up to the room the read was asked with (one row
+        // at least); the rest is read again. A read is asked for only while less than half of
+        // that waits, for about the room there is.
+        let mut room = self.own_room().min(reserved);
         let mut last = None;
         let mut cut = false;
         for row in rows {
@@ -57,6 +56,7 @@ impl Session {
         out: &mut Out<'_>,
     ) -> Result<(), Ending> {
         self.reading = false;
+        let reserved = std::mem::take(&mut self.reserved);
         let Phase::Gap { from, to } = self.phase else {
             return Ok(());
         };
@@ -70,12 +70,13 @@ impl Session {
                 format!("the log returned no record at offsets {from}..{to}, which it holds"),
             ));
         };
-        // As a page: what queues up to `replay_page_bytes` (one event at least), the rest read
-        // again from the first event not taken.
+        // As a page: what queues up to `replay_page_bytes` and the room the read was asked with
+        // (one event at least), the rest read again from the first event not taken.
+        let limit = self.delivery.queued_bytes() + self.own_room().min(reserved);
         let mut from = next.min(to);
         let mut took = false;
         for (offset, ev) in events.iter().filter(|(o, _)| *o < to) {
-            if took && self.delivery.queued_bytes() >= self.cfg.replay_page_bytes {
+            if took && self.delivery.queued_bytes() >= limit {
                 from = *offset;
                 break;
             }
@@ -90,7 +91,7 @@ impl Session {
     /// for the next replay read when there is room for it.
     pub(super) fn settle_replay_and_pump(&mut self, io: Io, out: &mut Out<'_>) {
         match self.settle_and_pump(io, out) {
-            Ok(()) => self.request_read(out),
+            Ok(()) => self.request_read(io, out),
             Err(end) => self.close(end, io.now_ms, out),
         }
     }
@@ -119,19 +120,29 @@ impl Session {
             && self.delivery.queued_bytes() < self.cfg.replay_page_bytes / 2
     }
 
-    /// Rows to ask for next: `replay_page`, or fewer when the last page's heaviest row was
-    /// large, so that a page weighs about `replay_page_bytes`; the first page, before any row
-    /// was weighed, [`FIRST_REPLAY_PAGE`] at most (a page of 256 rows of 64 KiB each, read and
-    /// then cut, took 16 MiB for a moment in every connecting session). A page sized by small
-    /// rows that meets large ones is still read whole before it is cut (the read has no byte
-    /// limit), and freed at once.
-    fn page_limit(&self) -> usize {
-        let room = self
-            .cfg
+    /// What the session's own bound leaves for a replay's rows: `replay_page_bytes` less what
+    /// is queued.
+    fn own_room(&self) -> usize {
+        self.cfg
             .replay_page_bytes
-            .saturating_sub(self.delivery.queued_bytes());
+            .saturating_sub(self.delivery.queued_bytes())
+    }
+
+    /// Rows to ask for next, to fill `room` bytes: `replay_page`, or fewer when the last page's
+    /// heaviest row was large, so that a page weighs about `room`; the first page, before any
+    /// row was weighed, [`FIRST_REPLAY_PAGE`] at most for a whole page of room (a page of 256
+    /// rows of 64 KiB each, read and then cut, took 16 MiB for a moment in every connecting
+    /// session), fewer for less. One row at least. A page sized by small rows that meets large
+    /// ones is still read whole before it is cut (the read has no byte limit), and freed at
+    /// once.
+    fn page_limit(&self, room: usize) -> usize {
         match self.row_bytes {
-            None => self.cfg.replay_page.min(FIRST_REPLAY_PAGE),
+            None => {
+                let first = self.cfg.replay_page.min(FIRST_REPLAY_PAGE);
+                let share = room.min(self.cfg.replay_page_bytes) as u128 * first as u128
+                    / self.cfg.replay_page_bytes.max(1) as u128;
+                (share as usize).clamp(1, first.max(1))
+            }
             Some(b) => (room / b).clamp(1, self.cfg.replay_page),
         }
     }
@@ -160,24 +171,40 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn request_read(&mut self, out: &mut Out<'_>) {
-        if self.reading || !self.replay_room() {
+    /// Asks for the replay's next read when it has one to make and there is room for it: the
+    /// session's own (`replay_room`), and the transport's budget (`io.spare_bytes`): half a
+    /// page of it at least, unless the session holds nothing (then a row at least, so every
+    /// replay moves on). What the read may queue is reserved until its answer.
+    pub(super) fn request_read(&mut self, io: Io, out: &mut Out<'_>) {
+        self.budget_wait = false;
+        let wants = match self.phase {
+            Phase::Projection { .. } => true,
+            Phase::Gap { from, to } => from < to,
+            Phase::Done => false,
+        };
+        if !wants || self.reading || !self.replay_room() {
+            return;
+        }
+        let room = self.own_room().min(io.spare_bytes);
+        if room < self.cfg.replay_page_bytes / 2 && self.memory_bytes() > 0 {
+            self.budget_wait = true;
             return;
         }
         match self.phase {
             Phase::Projection { after } => {
-                self.asked = self.page_limit();
+                self.asked = self.page_limit(room);
                 out.actions.push(Action::ReadPending {
                     after,
                     limit: self.asked,
                 })
             }
-            Phase::Gap { from, to } if from < to => out.actions.push(Action::ReadLog {
+            Phase::Gap { from, to } => out.actions.push(Action::ReadLog {
                 from,
                 max: ((to - from) as usize).min(self.cfg.gap_chunk),
             }),
-            Phase::Gap { .. } | Phase::Done => return,
+            Phase::Done => return,
         }
         self.reading = true;
+        self.reserved = room;
     }
 }

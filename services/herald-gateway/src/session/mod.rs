@@ -30,7 +30,7 @@ use crate::auth::User;
 use crate::clock::{now_ms, now_secs};
 use crate::config::SEND_RESERVE;
 use crate::hub::Registration;
-use crate::limits::TokenBucket;
+use crate::limits::{Charge, TokenBucket};
 use crate::queue::{self, TrySendError};
 use crate::state::AppState;
 
@@ -126,11 +126,13 @@ impl Outbox {
         self.tx.capacity()
     }
 
-    fn io(&self) -> Io {
+    /// The state the session machine is told of, with `spare_bytes` of the sessions' budget.
+    fn io(&self, spare_bytes: usize) -> Io {
         Io {
             now_ms: now_ms(),
             room: self.tx.capacity(),
             written: self.written.load(Ordering::Relaxed),
+            spare_bytes,
         }
     }
 
@@ -332,7 +334,14 @@ async fn drive<T: Transport>(
         live_from: reg.live_from,
         projection_applied,
     };
-    let (mut session, actions) = Session::new(st.session.clone(), start, outbox.io());
+    let (mut session, actions) = Session::new(
+        st.session.clone(),
+        start,
+        outbox.io(st.session_bytes.spare()),
+    );
+    // Given back when the session ends.
+    let mut charge = st.session_bytes.account();
+    charge.set(session.memory_bytes());
     let mut read: Option<Read> = None;
     let end = match shell.perform(actions, &mut read) {
         Err(end) => end,
@@ -341,6 +350,7 @@ async fn drive<T: Transport>(
                 st,
                 &shell,
                 &mut session,
+                &mut charge,
                 &mut read,
                 io,
                 user.exp,
@@ -360,6 +370,7 @@ async fn run<T: Transport>(
     st: &AppState,
     shell: &Shell<'_>,
     session: &mut Session,
+    charge: &mut Charge<'_>,
     read: &mut Option<Read>,
     io: &mut T,
     exp: u64,
@@ -488,7 +499,8 @@ async fn run<T: Transport>(
                 Input::Tick
             }
         };
-        let actions = session.handle(shell.outbox.io(), input);
+        let actions = session.handle(shell.outbox.io(st.session_bytes.spare()), input);
+        charge.set(session.memory_bytes());
         if let Err(end) = shell.perform(actions, read) {
             return end;
         }

@@ -129,6 +129,10 @@ pub struct Knobs {
     /// Most connections of one user at once.
     #[arg(long, default_value_t = defaults().max_connections_per_user)]
     pub max_connections_per_user: usize,
+    /// Most bytes of notifications all sessions together hold for their devices (in flight,
+    /// queued, held during a replay); replays wait for room beyond it.
+    #[arg(long, env = "HERALD_MAX_SESSION_BYTES", default_value_t = defaults().max_session_bytes)]
+    pub max_session_bytes: usize,
     /// Server ping interval, milliseconds.
     #[arg(long, default_value_t = defaults().heartbeat_interval.as_millis() as u64)]
     pub heartbeat_ms: u64,
@@ -176,6 +180,7 @@ impl Knobs {
             allowed_origins: self.allowed_origins.clone(),
             max_connections: self.max_connections,
             max_connections_per_user: self.max_connections_per_user,
+            max_session_bytes: self.max_session_bytes,
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             pong_timeout: Duration::from_millis(self.pong_timeout_ms),
             slow_consumer_timeout: Duration::from_millis(self.slow_consumer_timeout_ms),
