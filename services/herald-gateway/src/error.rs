@@ -28,6 +28,9 @@ pub enum AppError {
     WrongShape(String),
     #[error("send the body as application/json")]
     UnsupportedMediaType,
+    /// A request body in a `Content-Encoding` the server does not decode.
+    #[error("Content-Encoding {0:?} is not supported: send the body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
     #[error("{0}")]
@@ -68,7 +71,9 @@ impl AppError {
         match self {
             AppError::Invalid(_) | AppError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             AppError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::UnsupportedMediaType | AppError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::NotFound => StatusCode::NOT_FOUND,
@@ -93,7 +98,9 @@ impl AppError {
             AppError::Invalid(_) => "invalid_request",
             AppError::MalformedJson(_) => "malformed_json",
             AppError::WrongShape(_) => "invalid_json_shape",
-            AppError::UnsupportedMediaType => "unsupported_media_type",
+            AppError::UnsupportedMediaType | AppError::UnsupportedEncoding(_) => {
+                "unsupported_media_type"
+            }
             AppError::TooLarge(_) => "payload_too_large",
             AppError::RequestTimeout(_) => "request_timeout",
             AppError::NotFound => "not_found",

@@ -594,6 +594,68 @@ async fn request_heads_over_the_parsers_limits_get_its_status() {
     srv.shutdown.cancel();
 }
 
+/// Requests the server would have to guess about: a body framed both by length and by chunks is
+/// read by its chunks and the connection closes after the answer (RFC 9112 §6.1: what follows
+/// on it is not read as another request); a compressed body is refused (415), and so are two
+/// `Origin`s (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_requests_are_refused() {
+    let srv = server(config(), true).await;
+    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
+    let answer_to = |request: String| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(GUARD, s.read_to_end(&mut answer))
+            .await
+            .expect("an answer and a close")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let body = r#"{"recipients":{"users":["u"]},"event_type":"t","source":"s","data":{}}"#;
+    // Chunked, with a Content-Length that would end the body early; a second request after it,
+    // on a connection that is not closed by the client.
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n";
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let both = format!(
+        "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n\
+         Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}"
+    );
+    let answer = answer_to(both).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "one answer, then the close: {answer}"
+    );
+    for encoding in ["gzip", "identity, br"] {
+        let compressed = format!(
+            "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Encoding: {encoding}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = answer_to(compressed).await;
+        assert!(answer.starts_with("HTTP/1.1 415"), "{encoding}: {answer}");
+        assert!(answer.contains("unsupported_media_type"), "{answer}");
+    }
+    let two_origins = "GET /v1/sse HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\
+                       Origin: https://a.example\r\nOrigin: https://b.example\r\n\r\n";
+    let answer = answer_to(two_origins.into()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("one Origin"), "{answer}");
+    // The same body, framed once and uncompressed, is taken.
+    let plain = format!(
+        "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Encoding: identity\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{chunked}"
+    );
+    let answer = answer_to(plain).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    srv.shutdown.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_trickling_and_idle_http_connections_are_closed() {
     let mut cfg = config();

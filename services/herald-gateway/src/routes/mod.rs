@@ -67,7 +67,35 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(unambiguous))
         .layer(axum::middleware::from_fn(track))
+}
+
+/// Refuses a request the server would have to guess about, before any route sees it:
+/// * a `Content-Encoding` other than `identity` (the server decodes none): `415
+///   unsupported_media_type`, rather than a compressed body read as JSON;
+/// * more than one `Origin` (which one would the allowlist check?): `400 invalid_request`.
+///
+/// A body framed both by `Content-Length` and `Transfer-Encoding` never gets here: hyper reads
+/// it by its chunks and closes the connection after the answer (RFC 9112 §6.1), so nothing
+/// after it on that connection is read as another request.
+pub async fn unambiguous(req: Request, next: Next) -> Response {
+    use axum::http::header::{CONTENT_ENCODING, ORIGIN};
+    let headers = req.headers();
+    let encodings = headers.get_all(CONTENT_ENCODING);
+    if let Some(other) = encodings
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+    {
+        return AppError::UnsupportedEncoding(other.to_owned()).into_response();
+    }
+    if headers.get_all(ORIGIN).iter().nth(1).is_some() {
+        return AppError::Invalid("a request may carry one Origin header at most".into())
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts and times every request under its route template ([`MatchedPath`]: `/v1/audit/{id}`,
