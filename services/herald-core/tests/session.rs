@@ -1274,3 +1274,24 @@ fn a_replay_reads_within_the_budget() {
         s.memory_bytes()
     );
 }
+
+/// With the budget spent, a session that holds nothing still replays its log gap, asking for
+/// fewer records a read (each read takes one event); with room, whole chunks.
+#[test]
+fn a_log_gap_is_read_in_short_chunks_while_the_budget_is_spent() {
+    let gap_read = |spare_bytes: usize| {
+        let io = Io {
+            spare_bytes,
+            ..ROOMY
+        };
+        let (mut s, _) = Session::new(SessionConfig::default(), fresh_start(500, 0), io);
+        s.handle(io, Input::Pending(Vec::new()))
+            .into_iter()
+            .find_map(|a| match a {
+                Action::ReadLog { from, max } => Some((from, max)),
+                _ => None,
+            })
+    };
+    assert_eq!(gap_read(0), Some((0, 32)));
+    assert_eq!(gap_read(usize::MAX), Some((0, 500)));
+}

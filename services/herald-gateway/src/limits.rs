@@ -3,7 +3,7 @@
 //! passes the time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -192,20 +192,46 @@ pub const MAX_SESSION_BYTES: usize = 1 << 30;
 /// events are not refused for it: a session's own bounds take care of those.
 pub struct SessionBudget {
     limit: usize,
-    used: AtomicUsize,
+    /// What sessions were charged, in shards by thread: every delivery and ACK changes a
+    /// session's charge, and one counter for all would bounce between the cores on each. A
+    /// shard may go below zero (a session charged on one thread, given back on another); their
+    /// sum is exact.
+    shards: [Shard; BUDGET_SHARDS],
+}
+
+/// Shards of a [`SessionBudget`]'s count.
+const BUDGET_SHARDS: usize = 8;
+
+/// One shard, on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(AtomicIsize);
+
+/// The shard of the calling thread.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % BUDGET_SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 impl SessionBudget {
     pub fn new(limit: usize) -> SessionBudget {
         SessionBudget {
             limit,
-            used: AtomicUsize::new(0),
+            shards: Default::default(),
         }
     }
 
     /// What the sessions hold now, as last charged.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        let sum: isize = self
+            .shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum();
+        sum.max(0) as usize
     }
 
     /// What is free.
@@ -220,6 +246,10 @@ impl SessionBudget {
             charged: 0,
         }
     }
+
+    fn add(&self, delta: isize) {
+        self.shards[shard()].0.fetch_add(delta, Ordering::Relaxed);
+    }
 }
 
 /// What one session is charged against a [`SessionBudget`].
@@ -231,16 +261,11 @@ pub struct Charge<'a> {
 impl Charge<'_> {
     /// The session now holds `bytes`.
     pub fn set(&mut self, bytes: usize) {
-        if bytes > self.charged {
-            self.budget
-                .used
-                .fetch_add(bytes - self.charged, Ordering::Relaxed);
-        } else if bytes < self.charged {
-            self.budget
-                .used
-                .fetch_sub(self.charged - bytes, Ordering::Relaxed);
+        if bytes != self.charged {
+            // Bytes a process holds fit an isize.
+            self.budget.add(bytes as isize - self.charged as isize);
+            self.charged = bytes;
         }
-        self.charged = bytes;
     }
 }
 
@@ -269,6 +294,13 @@ mod tests {
         assert_eq!((budget.used(), budget.spare()), (100, 900));
         drop(a);
         assert_eq!(budget.used(), 0);
+        // Charged on one thread, given back on another.
+        let mut c = budget.account();
+        c.set(700);
+        std::thread::scope(|s| {
+            s.spawn(move || drop(c));
+        });
+        assert_eq!((budget.used(), budget.spare()), (0, 1000));
     }
 
     #[test]

@@ -10,6 +10,10 @@ use super::*;
 /// rows of the largest size, and one more read for a replay of small ones.
 pub(super) const FIRST_REPLAY_PAGE: usize = 32;
 
+/// Records a log-gap read asks for while the budget is spent (`Io::spare_bytes`), instead of
+/// `gap_chunk`: such a read takes one event and leaves the rest to be read again.
+pub(super) const LEAN_GAP_CHUNK: usize = 32;
+
 impl Session {
     pub(super) fn pending(&mut self, rows: Vec<InboxRow>) -> Result<(), Ending> {
         self.reading = false;
@@ -198,10 +202,19 @@ impl Session {
                     limit: self.asked,
                 })
             }
-            Phase::Gap { from, to } => out.actions.push(Action::ReadLog {
-                from,
-                max: ((to - from) as usize).min(self.cfg.gap_chunk),
-            }),
+            Phase::Gap { from, to } => {
+                // With the budget spent, a read takes one event and the rest is read again:
+                // fewer records a read, not a whole chunk each time.
+                let chunk = if room < self.cfg.replay_page_bytes / 2 {
+                    self.cfg.gap_chunk.min(LEAN_GAP_CHUNK)
+                } else {
+                    self.cfg.gap_chunk
+                };
+                out.actions.push(Action::ReadLog {
+                    from,
+                    max: ((to - from) as usize).min(chunk),
+                })
+            }
             Phase::Done => return,
         }
         self.reading = true;

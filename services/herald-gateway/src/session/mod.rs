@@ -499,7 +499,13 @@ async fn run<T: Transport>(
                 Input::Tick
             }
         };
-        let actions = session.handle(shell.outbox.io(st.session_bytes.spare()), input);
+        // Only a replay reads against the budget: a session past it need not sum the shards.
+        let spare = if session.replaying() {
+            st.session_bytes.spare()
+        } else {
+            usize::MAX
+        };
+        let actions = session.handle(shell.outbox.io(spare), input);
         charge.set(session.memory_bytes());
         if let Err(end) = shell.perform(actions, read) {
             return end;
