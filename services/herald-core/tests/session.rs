@@ -1294,4 +1294,121 @@ fn a_log_gap_is_read_in_short_chunks_while_the_budget_is_spent() {
     };
     assert_eq!(gap_read(0), Some((0, 32)));
     assert_eq!(gap_read(usize::MAX), Some((0, 500)));
+    // A read takes a notification at least, past events that queue none (the device's
+    // progress), and the next read starts at the first event it did not take.
+    let spent = Io {
+        spare_bytes: 0,
+        ..ROOMY
+    };
+    let (mut s, _) = Session::new(SessionConfig::default(), fresh_start(500, 0), spent);
+    s.handle(spent, Input::Pending(Vec::new()));
+    let progress = |at: i64| {
+        UserEvent::Progress(herald_core::model::DeviceProgress {
+            user_id: USER.into(),
+            device_id: "other".into(),
+            delivered: vec![],
+            acked_ids: vec![],
+            acked_up_to: None,
+            at,
+        })
+    };
+    let events = vec![
+        (0, progress(0)),
+        (1, progress(1)),
+        (2, added("n2")),
+        (3, added("n3")),
+    ];
+    let actions = s.handle(
+        spent,
+        Input::Log {
+            events,
+            next: Some(4),
+        },
+    );
+    let sent: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Outgoing::Notification { row, .. }) => Some(row.notification_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, ["n2"]);
+    assert!(
+        actions.iter().all(|a| !matches!(a, Action::ReadLog { .. })),
+        "a notification in flight: the next read waits for the budget"
+    );
+    let acked = s.handle(
+        spent,
+        Input::Client(ClientFrame::Ack {
+            ids: vec!["n2".into()],
+            up_to: None,
+        }),
+    );
+    assert!(
+        acked
+            .iter()
+            .any(|a| matches!(a, Action::ReadLog { from: 3, max: 32 })),
+        "{acked:?}"
+    );
+}
+
+/// A live notification held while a spent budget paces the replay does not stop it: once the
+/// device has ACKed what it was sent, the replay reads its next row, though the held event is
+/// still counted in `memory_bytes`.
+#[test]
+fn a_held_live_event_does_not_stall_a_replay_under_a_spent_budget() {
+    const BACKLOG: u64 = 3;
+    let row = |seq: u64| herald_core::session::added_row(&large(&format!("n{seq}"), 1_000), seq);
+    let spent = Io {
+        spare_bytes: 0,
+        ..ROOMY
+    };
+    let reads = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::ReadPending { .. }))
+            .count()
+    };
+    let (mut s, first) = Session::new(
+        SessionConfig::default(),
+        fresh_start(BACKLOG, BACKLOG),
+        spent,
+    );
+    assert_eq!(reads(&first), 1);
+    let live = Arc::new(UserEvent::Added(large("live", 1_000)));
+    s.handle(
+        spent,
+        Input::Live {
+            offset: BACKLOG,
+            event: live,
+        },
+    );
+    let mut sent = Vec::new();
+    let mut input = Input::Pending(vec![row(0)]);
+    for _ in 0..20 {
+        let actions = s.handle(spent, input);
+        let ids: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(Outgoing::Notification { row, attempt: 1 }) => {
+                    Some(row.notification_id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        sent.extend(ids.iter().cloned());
+        input = if reads(&actions) == 1 {
+            let next = sent.len() as u64;
+            Input::Pending((next..BACKLOG).take(1).map(row).collect())
+        } else if !ids.is_empty() {
+            Input::Client(ClientFrame::Ack { ids, up_to: None })
+        } else {
+            break;
+        };
+    }
+    assert_eq!(
+        sent,
+        ["n0", "n1", "n2", "live"],
+        "the backlog, then the live one"
+    );
 }

@@ -174,13 +174,13 @@ impl GatewayConfig {
                 problem: "must be at least 1".into(),
             });
         }
-        if self.max_session_bytes < herald_core::session::REPLAY_PAGE_BYTES {
+        let page = self.session().replay_page_bytes;
+        if self.max_session_bytes < page {
             return Err(InvalidConfig {
                 setting: "max session bytes",
                 problem: format!(
-                    "{} is below a replay's page ({} bytes)",
-                    self.max_session_bytes,
-                    herald_core::session::REPLAY_PAGE_BYTES
+                    "{} is below a replay's page ({page} bytes)",
+                    self.max_session_bytes
                 ),
             });
         }

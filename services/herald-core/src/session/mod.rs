@@ -99,7 +99,8 @@ pub struct SessionConfig {
     pub slow_consumer_timeout_ms: i64,
     /// How often a session waiting for send-queue room looks again.
     pub blocked_recheck_ms: i64,
-    /// How often a replay waiting for the gateway's budget ([`Io::spare_bytes`]) looks again.
+    /// How soon a replay waiting for the gateway's budget ([`Io::spare_bytes`]) looks again;
+    /// twice as long each time it still waits, up to 16 times this.
     pub budget_recheck_ms: i64,
     /// Notification ids settled or given up on (after the last redelivery) remembered to drop
     /// repeats of them: the most recent this many.
@@ -296,8 +297,12 @@ pub struct Session {
     /// The bytes the read that is out may queue: counted in [`Session::memory_bytes`] until its
     /// answer comes, so a budget shared by many sessions is not promised twice.
     reserved: usize,
-    /// The replay would read but the budget ([`Io::spare_bytes`]) has no room: look again later.
-    budget_wait: bool,
+    /// Whether the read that is out was sized by the budget (its room less than the session's
+    /// own): its answer is cut at `reserved`, else at the session's own room then.
+    budget_bound: bool,
+    /// How many times in a row the replay would have read but the budget
+    /// ([`Io::spare_bytes`]) had no room: it looks again later, less often each time.
+    budget_waits: u32,
     /// What the heaviest row of the last pending page weighed (`None` before one came).
     row_bytes: Option<usize>,
     /// Live events held while the replay runs, and after it until the queue has room for them
@@ -360,7 +365,8 @@ impl Session {
             reading: false,
             asked: 0,
             reserved: 0,
-            budget_wait: false,
+            budget_bound: false,
+            budget_waits: 0,
             row_bytes: None,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -485,9 +491,10 @@ impl Session {
         // Live events held after the replay, waiting for room.
         let held = (self.phase == Phase::Done && !self.held.is_empty())
             .then_some(now_ms + self.cfg.blocked_recheck_ms);
-        let budget = self
-            .budget_wait
-            .then_some(now_ms + self.cfg.budget_recheck_ms);
+        // 1, 2, 4, 8, then 16 times `budget_recheck_ms`: many sessions waiting for a spent
+        // budget do not all look again every 100 ms.
+        let budget = (self.budget_waits > 0)
+            .then(|| now_ms + (self.cfg.budget_recheck_ms << (self.budget_waits - 1).min(4)));
         [self.delivery.next_deadline(), blocked, flush, held, budget]
             .into_iter()
             .flatten()

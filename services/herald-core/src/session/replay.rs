@@ -28,7 +28,7 @@ impl Session {
         // Queued up to `replay_page_bytes`, and up to the room the read was asked with (one row
         // at least); the rest is read again. A read is asked for only while less than half of
         // that waits, for about the room there is.
-        let mut room = self.own_room().min(reserved);
+        let mut room = self.read_room(reserved);
         let mut last = None;
         let mut cut = false;
         for row in rows {
@@ -75,17 +75,18 @@ impl Session {
             ));
         };
         // As a page: what queues up to `replay_page_bytes` and the room the read was asked with
-        // (one event at least), the rest read again from the first event not taken.
-        let limit = self.delivery.queued_bytes() + self.own_room().min(reserved);
+        // (one notification at least: events that queue nothing, the device's progress or
+        // marks, do not count), the rest read again from the first event not taken.
+        let start = self.delivery.queued_bytes();
+        let limit = start + self.read_room(reserved);
         let mut from = next.min(to);
-        let mut took = false;
         for (offset, ev) in events.iter().filter(|(o, _)| *o < to) {
-            if took && self.delivery.queued_bytes() >= limit {
+            let queued = self.delivery.queued_bytes();
+            if queued > start && queued >= limit {
                 from = *offset;
                 break;
             }
             self.event(*offset, ev, false, io, out)?;
-            took = true;
         }
         self.phase = Phase::Gap { from, to };
         Ok(())
@@ -130,6 +131,16 @@ impl Session {
         self.cfg
             .replay_page_bytes
             .saturating_sub(self.delivery.queued_bytes())
+    }
+
+    /// What a read's answer may queue: the room it was asked with when the budget sized it,
+    /// else the session's own room now (which the sends since the read may have grown).
+    fn read_room(&self, reserved: usize) -> usize {
+        if self.budget_bound {
+            self.own_room().min(reserved)
+        } else {
+            self.own_room()
+        }
     }
 
     /// Rows to ask for next, to fill `room` bytes: `replay_page`, or fewer when the last page's
@@ -177,23 +188,27 @@ impl Session {
 
     /// Asks for the replay's next read when it has one to make and there is room for it: the
     /// session's own (`replay_room`), and the transport's budget (`io.spare_bytes`): half a
-    /// page of it at least, unless the session holds nothing (then a row at least, so every
-    /// replay moves on). What the read may queue is reserved until its answer.
+    /// page of it at least, unless nothing waits for the device (no notification in flight or
+    /// queued; live events held for after the replay may: they wait for the replay), and then
+    /// a row at least, so every replay moves on. What the read may queue is reserved until its
+    /// answer.
     pub(super) fn request_read(&mut self, io: Io, out: &mut Out<'_>) {
-        self.budget_wait = false;
         let wants = match self.phase {
             Phase::Projection { .. } => true,
             Phase::Gap { from, to } => from < to,
             Phase::Done => false,
         };
         if !wants || self.reading || !self.replay_room() {
+            self.budget_waits = 0;
             return;
         }
-        let room = self.own_room().min(io.spare_bytes);
-        if room < self.cfg.replay_page_bytes / 2 && self.memory_bytes() > 0 {
-            self.budget_wait = true;
+        let own = self.own_room();
+        let room = own.min(io.spare_bytes);
+        if room < self.cfg.replay_page_bytes / 2 && self.delivery_bytes() > 0 {
+            self.budget_waits = self.budget_waits.saturating_add(1);
             return;
         }
+        self.budget_waits = 0;
         match self.phase {
             Phase::Projection { after } => {
                 self.asked = self.page_limit(room);
@@ -219,5 +234,6 @@ impl Session {
         }
         self.reading = true;
         self.reserved = room;
+        self.budget_bound = room < own;
     }
 }

@@ -58,8 +58,9 @@ pub fn app(state: AppState) -> Router {
     outer_layers(routes).with_state(state)
 }
 
-/// What wraps every route: the 404/405 fallbacks, the body limit, tracing, request metrics, and
-/// a panic in a handler answered as `500 internal_error` instead of a dropped connection.
+/// What wraps every route: the 404/405 fallbacks, the body limit, tracing, request metrics, a
+/// panic in a handler answered as `500 internal_error` instead of a dropped connection, and
+/// [`unambiguous`].
 pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
     routes
         .fallback(|| async { AppError::NotFound })
@@ -72,7 +73,7 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
 }
 
 /// Refuses a request the server would have to guess about, before any route sees it:
-/// * a `Content-Encoding` other than `identity` (the server decodes none): `415
+/// * a body in a `Content-Encoding` other than `identity` (the server decodes none): `415
 ///   unsupported_media_type`, rather than a compressed body read as JSON;
 /// * more than one `Origin` (which one would the allowlist check?): `400 invalid_request`.
 ///
@@ -80,11 +81,16 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
 /// it by its chunks and closes the connection after the answer (RFC 9112 §6.1), so nothing
 /// after it on that connection is read as another request.
 pub async fn unambiguous(req: Request, next: Next) -> Response {
-    use axum::http::header::{CONTENT_ENCODING, ORIGIN};
+    use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
     let headers = req.headers();
-    let encodings = headers.get_all(CONTENT_ENCODING);
-    if let Some(other) = encodings
+    let body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|n| n.as_bytes() != b"0");
+    if let Some(other) = headers
+        .get_all(CONTENT_ENCODING)
         .iter()
+        .filter(|_| body)
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
         .map(str::trim)
         .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
