@@ -203,8 +203,8 @@ pub struct Io {
     /// Bytes the transport's budget for all its sessions has free, each session charged its
     /// [`Session::memory_bytes`]; `usize::MAX` when there is no such budget. A replay reads
     /// only while half a page (`replay_page_bytes`) of it is free, and asks for no more than
-    /// is free, unless the session holds nothing (then it reads a row at least): its
-    /// backlog waits in the store instead of in memory.
+    /// is free, unless no notification is in flight or queued (then it reads a row at least):
+    /// its backlog waits in the store instead of in memory.
     pub spare_bytes: usize,
 }
 

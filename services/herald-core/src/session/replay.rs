@@ -204,7 +204,8 @@ impl Session {
         }
         let own = self.own_room();
         let room = own.min(io.spare_bytes);
-        if room < self.cfg.replay_page_bytes / 2 && self.delivery_bytes() > 0 {
+        let spent = room < self.cfg.replay_page_bytes / 2;
+        if spent && self.delivery_bytes() > 0 {
             self.budget_waits = self.budget_waits.saturating_add(1);
             return;
         }
@@ -220,7 +221,7 @@ impl Session {
             Phase::Gap { from, to } => {
                 // With the budget spent, a read takes one event and the rest is read again:
                 // fewer records a read, not a whole chunk each time.
-                let chunk = if room < self.cfg.replay_page_bytes / 2 {
+                let chunk = if spent {
                     self.cfg.gap_chunk.min(LEAN_GAP_CHUNK)
                 } else {
                     self.cfg.gap_chunk

@@ -87,13 +87,13 @@ pub async fn unambiguous(req: Request, next: Next) -> Response {
         || headers
             .get(CONTENT_LENGTH)
             .is_some_and(|n| n.as_bytes() != b"0");
-    if let Some(other) = headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .filter(|_| body)
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+    if body
+        && let Some(other) = headers
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
     {
         return AppError::UnsupportedEncoding(other.to_owned()).into_response();
     }
