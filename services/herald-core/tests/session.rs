@@ -10,12 +10,13 @@
 //! end every notification the device had not acknowledged reaches it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use herald_core::cursor::{Cursor, Epoch};
 use herald_core::delivery::DeliveryConfig;
 use herald_core::model::{Delivery, MarkChange, NotificationAcked, NotificationAdded, UserEvent};
-use herald_core::projection::InboxRow;
+use herald_core::projection::{InboxRow, PageBound};
 use herald_core::protocol::{ClientFrame, Close, ServerFrame};
 use herald_core::session::{
     Action, Hello, Input, Io, Outgoing, Session, SessionConfig, Start, added_row,
@@ -185,19 +186,19 @@ impl Log {
     }
 
     /// `pending(after, limit)` against the projection at `applied`.
-    fn pending(&self, applied: u64, after: Option<u64>, limit: usize) -> Vec<InboxRow> {
+    fn pending(&self, applied: u64, after: Option<u64>, bound: PageBound) -> Vec<InboxRow> {
         let (rows, acked) = self.projection(applied);
-        rows.iter()
+        let rows = rows
+            .iter()
             .filter(|(s, _)| after.is_none_or(|a| **s > a) && !acked.contains(*s))
-            .take(limit)
             .map(|(s, id)| match &self.events[s] {
                 UserEvent::Added(a) => {
                     assert_eq!(&a.notification_id, id);
-                    added_row(a, *s)
+                    Ok::<_, Infallible>(added_row(a, *s))
                 }
                 _ => unreachable!(),
-            })
-            .collect()
+            });
+        answer(bound, rows)
     }
 }
 
@@ -420,8 +421,8 @@ impl Run {
                 }
                 // The read the session asked for is answered.
                 2 => match read.take() {
-                    Some(Action::ReadPending { after, limit }) => {
-                        Input::Pending(self.log.pending(self.applied, after, limit))
+                    Some(Action::ReadPending { after, bound }) => {
+                        Input::Pending(self.log.pending(self.applied, after, bound))
                     }
                     Some(Action::ReadLog { from, max }) => {
                         let to = (from + max as u64).min(self.log.end);
@@ -694,6 +695,14 @@ fn fresh_start(live_from: u64, projection_applied: u64) -> Start {
     }
 }
 
+/// What a store answers a read bounded by `bound` from `rows`, in order.
+fn answer(
+    bound: PageBound,
+    rows: impl Iterator<Item = Result<InboxRow, Infallible>>,
+) -> Vec<InboxRow> {
+    bound.take(rows).unwrap_or_else(|never| match never {})
+}
+
 #[test]
 fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
     // n0 at seq 0 reaches the device; a repeat of it at seq 1 (a repeated expansion after a
@@ -738,7 +747,10 @@ fn a_repeated_expansion_is_not_sent_again_and_an_ack_by_id_settles_it() {
             })
             .collect()
     };
-    let a = s.handle(io, Input::Pending(run.log.pending(1, None, 4)));
+    let a = s.handle(
+        io,
+        Input::Pending(run.log.pending(1, None, PageBound::rows(4))),
+    );
     assert_eq!(sent(&a), vec![("n0".to_string(), 1)]);
     let repeat = run.log.append(added("n0"));
     let a = s.handle(
@@ -799,7 +811,10 @@ fn a_hub_behind_the_projection_does_not_resend_what_the_projection_settled() {
             })
             .collect()
     };
-    let mut all = sent(&s.handle(io, Input::Pending(log.pending(applied, None, 4))));
+    let mut all = sent(&s.handle(
+        io,
+        Input::Pending(log.pending(applied, None, PageBound::rows(4))),
+    ));
     let n3 = log.append(added("n3"));
     for offset in 0..=n3 {
         let event = Arc::new(log.events[&offset].clone());
@@ -1014,9 +1029,9 @@ fn a_device_that_does_not_read_pins_a_bounded_number_of_bytes() {
         for a in actions.drain(..) {
             match a {
                 Action::Send(Outgoing::Notification { .. }) => sends += 1,
-                Action::ReadPending { after, limit } => {
+                Action::ReadPending { after, bound } => {
                     let from = after.map_or(0, |a| a + 1);
-                    let rows: Vec<InboxRow> = (from..BACKLOG).take(limit).map(row).collect();
+                    let rows = answer(bound, (from..BACKLOG).map(|seq| Ok(row(seq))));
                     reads += 1;
                     read_rows += rows.len();
                     next = Some(Input::Pending(rows));
@@ -1071,9 +1086,9 @@ fn a_backlog_of_large_rows_is_read_about_once() {
                         up_to: None,
                     }));
                 }
-                Action::ReadPending { after, limit } => {
+                Action::ReadPending { after, bound } => {
                     let from = after.map_or(0, |a| a + 1);
-                    let rows: Vec<InboxRow> = (from..BACKLOG).take(limit).map(row).collect();
+                    let rows = answer(bound, (from..BACKLOG).map(|seq| Ok(row(seq))));
                     read_rows += rows.len();
                     // A read answers before the ACKs already on their way: the worst case.
                     inputs.push_front(Input::Pending(rows));
@@ -1180,9 +1195,9 @@ fn sessions_that_share_a_budget_hold_about_that_and_each_moves_on() {
                         up_to: None,
                     }));
                 }
-                Action::ReadPending { after, limit } => {
+                Action::ReadPending { after, bound } => {
                     let from = after.map_or(0, |a| a + 1);
-                    let rows = (from..BACKLOG).take(limit).map(row).collect();
+                    let rows = answer(bound, (from..BACKLOG).map(|seq| Ok(row(seq))));
                     inputs[d].push_back(Input::Pending(rows));
                 }
                 _ => {}
@@ -1238,18 +1253,21 @@ fn a_replay_reads_within_the_budget() {
         ..ROOMY
     };
     let (mut s, first) = Session::new(cfg, fresh_start(BACKLOG, BACKLOG), none);
-    let reads = |actions: &[Action]| -> Vec<usize> {
+    let reads = |actions: &[Action]| -> Vec<PageBound> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::ReadPending { limit, .. } => Some(*limit),
+                Action::ReadPending { bound, .. } => Some(*bound),
                 _ => None,
             })
             .collect()
     };
     assert_eq!(
         reads(&first),
-        vec![1],
+        vec![PageBound {
+            limit: cfg.replay_page,
+            max_bytes: 0
+        }],
         "holds nothing: one row whatever the budget"
     );
     assert_eq!(s.memory_bytes(), 0, "no room to reserve");
@@ -1265,9 +1283,12 @@ fn a_replay_reads_within_the_budget() {
         "and looks again"
     );
     let roomy = s.handle(ROOMY, Input::Tick);
-    let limit = reads(&roomy);
-    assert_eq!(limit.len(), 1, "room again: reads");
-    assert!(limit[0] > 1, "a page by the room there is ({limit:?})");
+    let bound = reads(&roomy);
+    assert_eq!(bound.len(), 1, "room again: reads");
+    assert!(
+        bound[0].max_bytes >= cfg.replay_page_bytes / 2,
+        "a page by the room there is ({bound:?})"
+    );
     assert!(
         s.memory_bytes() >= cfg.replay_page_bytes / 2,
         "the read's room is reserved until its answer ({} bytes)",

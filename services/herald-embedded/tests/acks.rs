@@ -69,7 +69,7 @@ async fn in_order_acks_by_id_move_the_cursor_and_keep_no_rows() {
         "phone",
         None,
         1_700_000_000_000,
-        10,
+        herald_ports::projection::PageBound::rows(10),
     )
     .await
     .unwrap();

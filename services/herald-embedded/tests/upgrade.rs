@@ -48,7 +48,13 @@ async fn a_projection_from_before_preferences_opens_with_its_rows_live() {
     assert!(row.live && !row.read, "{row:?}");
     assert_eq!(
         store
-            .pending("alice", "phone", None, i64::MAX / 2, 10)
+            .pending(
+                "alice",
+                "phone",
+                None,
+                i64::MAX / 2,
+                herald_ports::projection::PageBound::rows(10)
+            )
             .await
             .unwrap()
             .len(),

@@ -1229,7 +1229,13 @@ async fn a_repeated_expansion_is_not_sent_as_a_new_notification() {
         }
         let pending = srv
             .store
-            .pending("rep", "d1", None, now, 100)
+            .pending(
+                "rep",
+                "d1",
+                None,
+                now,
+                herald_ports::projection::PageBound::rows(100),
+            )
             .await
             .unwrap();
         if rows == 2

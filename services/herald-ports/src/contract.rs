@@ -54,6 +54,7 @@ macro_rules! projection_contract_tests {
             acks_by_id_in_any_order_leave_the_rest_pending,
             acks_by_id_around_rows_never_sent_leave_nothing_pending,
             pending_under_load_is_ordered_and_complete,
+            pending_stops_at_its_byte_bound,
             preferences_are_the_newest_document_and_quiet_rows_are_not_pending,
             inbox_pages_newest_first_with_filters,
             directory_resolves_groups_topics_and_everyone,

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use herald_core::mem::ProjectionSnapshot;
 use herald_core::model::{DirectoryChange, Preferences, Recipients, RoleDefinition, UserEvent};
 use herald_core::projection::InboxRow;
+pub use herald_core::projection::PageBound;
 
 /// Largest page of the inbox a client asks for. A store's inbox query returns one row more at
 /// most (`MAX_PAGE + 1`): the gateway asks for one more than the page, to know whether a next
@@ -200,14 +201,17 @@ pub trait InboxReader: AppliedOffsets {
     async fn unread_count(&self, user_id: &str) -> Result<u64, ProjectionError>;
 
     /// Rows a device has not acknowledged, oldest first: `seq > after` (all when `None`),
-    /// listed, due at `now_ms`, above the device's cumulative cursor and not ACKed by id.
+    /// listed, due at `now_ms`, above the device's cumulative cursor and not ACKed by id; as
+    /// many as `bound` takes ([`PageBound::take`]: up to its row limit, capped at
+    /// `10 × MAX_PAGE`, and up to the first row that takes their weight past its bytes), and a
+    /// store reads no more rows than that into memory.
     async fn pending(
         &self,
         user_id: &str,
         device_id: &str,
         after: Option<u64>,
         now_ms: i64,
-        limit: usize,
+        bound: PageBound,
     ) -> Result<Vec<InboxRow>, ProjectionError>;
 
     async fn device_cursor(

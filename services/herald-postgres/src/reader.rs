@@ -3,7 +3,9 @@
 
 use async_trait::async_trait;
 use herald_core::projection::InboxRow;
-use herald_ports::projection::{InboxFilter, InboxQuery, InboxReader, MAX_PAGE, ProjectionError};
+use herald_ports::projection::{
+    InboxFilter, InboxQuery, InboxReader, MAX_PAGE, PageBound, ProjectionError,
+};
 
 use crate::{PostgresProjection, ROW_COLUMNS, to_row};
 
@@ -52,26 +54,33 @@ impl InboxReader for PostgresProjection {
         device_id: &str,
         after: Option<u64>,
         now_ms: i64,
-        limit: usize,
+        bound: PageBound,
     ) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, device) = (user_id.to_owned(), device_id.to_owned());
+        let bound = bound.capped(MAX_PAGE * 10);
         self.run_prepared(move |c| {
             let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
-            let limit = limit.min(MAX_PAGE * 10) as i64;
-            Ok(c.query(
+            let limit = bound.limit as i64;
+            let max_bytes = bound.max_bytes.min(i64::MAX as usize) as i64;
+            // The server cuts the page by its payloads' bytes, which weigh less than a row
+            // (`PageBound::take` counts its other strings too): it sends every row the bound
+            // takes, and at most a payload's worth beyond it; the exact cut is made here.
+            let rows = c.query(
                 &format!(
-                    "SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = $1 \
+                    "SELECT {ROW_COLUMNS} FROM (SELECT p.*, COALESCE(SUM(octet_length(p.payload)) \
+                     OVER (ORDER BY p.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
+                     FROM (SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = $1 \
                      AND i.seq > GREATEST($2, COALESCE((SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $3), -1)) \
                      AND NOT i.archived AND NOT i.expired AND NOT i.superseded AND i.live \
                      AND (i.deliver_at IS NULL OR i.deliver_at <= $4) AND (i.expires_at IS NULL OR i.expires_at > $4) \
                      AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.user_id = $1 AND a.device_id = $3 AND a.seq = i.seq) \
-                     ORDER BY i.seq LIMIT $5"
+                     ORDER BY i.seq LIMIT $5) p) w WHERE w.before <= $6 ORDER BY w.seq"
                 ),
-                &[&user, &after, &device, &now_ms, &limit],
-            )?
-            .iter()
-            .map(to_row)
-            .collect())
+                &[&user, &after, &device, &now_ms, &limit, &max_bytes],
+            )?;
+            Ok(bound
+                .take(rows.iter().map(|r| Ok::<_, std::convert::Infallible>(to_row(r))))
+                .unwrap_or_else(|never| match never {}))
         })
         .await
     }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use herald_core::projection::InboxRow;
-use herald_ports::projection::{InboxFilter, InboxQuery, InboxReader, MAX_PAGE, ProjectionError};
+use herald_ports::projection::{
+    InboxFilter, InboxQuery, InboxReader, MAX_PAGE, PageBound, ProjectionError,
+};
 
 use crate::ScyllaProjection;
 use crate::layout::{RowTuple, bucket, to_row};
@@ -70,13 +72,14 @@ impl InboxReader for ScyllaProjection {
         device_id: &str,
         after: Option<u64>,
         now_ms: i64,
-        limit: usize,
+        bound: PageBound,
     ) -> Result<Vec<InboxRow>, ProjectionError> {
         let cursor = self.device_cursor(user_id, device_id).await?;
         let lower: i64 = after
             .max(cursor)
             .map_or(-1, |s| s.min(i64::MAX as u64 - 1) as i64);
-        let limit = limit.min(MAX_PAGE * 10);
+        let bound = bound.capped(MAX_PAGE * 10);
+        let mut bytes = 0usize;
         let first = bucket((lower + 1) as u64);
         let buckets: Vec<(i64,)> = self.all(&self.st.buckets_up, (user_id, first)).await?;
         let mut out = Vec::new();
@@ -93,8 +96,9 @@ impl InboxReader for ScyllaProjection {
             while let Some(t) = rows.try_next().await? {
                 let r = to_row(t);
                 if r.listed() && r.live && r.due(now_ms) && !acked.contains(&(r.seq as i64)) {
+                    bytes = bytes.saturating_add(herald_core::delivery::Weigh::bytes(&r));
                     out.push(r);
-                    if out.len() >= limit {
+                    if bound.full(out.len(), bytes) {
                         return Ok(out);
                     }
                 }

@@ -35,7 +35,7 @@ use crate::cursor::{Cursor, Epoch};
 use crate::delivery::{Delivery, DeliveryConfig, Offer};
 use crate::ids::validate_id;
 use crate::model::{DeviceProgress, MarkChange, NotificationAdded, UserEvent};
-use crate::projection::InboxRow;
+use crate::projection::{InboxRow, PageBound};
 use crate::protocol::{ClientFrame, Close, ServerFrame};
 
 /// The default of [`SessionConfig::replay_page_bytes`]: 1 MiB.
@@ -80,9 +80,9 @@ pub struct SessionConfig {
     /// Pending rows read from the projection per replay step, at most.
     pub replay_page: usize,
     /// Bytes ([`crate::delivery::Weigh`]) of pending rows a replay queues beyond the window, at
-    /// most (one row is always taken): a page is cut there, the rest read again later, and
-    /// pages are sized to about this by the rows read last. With `replay_page` alone, a device
-    /// that stopped reading held a page of 256 notifications of up to 64 KiB each.
+    /// most (one row is always taken): a read brings about that much ([`PageBound`]), and its
+    /// answer is cut there, the rest read again later. With `replay_page` alone, a device that
+    /// stopped reading held a page of 256 notifications of up to 64 KiB each.
     pub replay_page_bytes: usize,
     /// Log records read per step of the replay's log gap.
     pub gap_chunk: usize,
@@ -243,11 +243,11 @@ pub enum Outgoing {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Send(Outgoing),
-    /// Read up to `limit` rows the device has not acknowledged, with `seq > after`, oldest
-    /// first; answer with [`Input::Pending`].
+    /// Read the rows the device has not acknowledged, with `seq > after`, oldest first, as
+    /// many as `bound` takes; answer with [`Input::Pending`].
     ReadPending {
         after: Option<u64>,
-        limit: usize,
+        bound: PageBound,
     },
     /// Read up to `max` records of the user's partition from offset `from`; answer with
     /// [`Input::Log`].
@@ -292,8 +292,8 @@ pub struct Session {
     live_from: u64,
     /// A read (pending rows or log) is out.
     reading: bool,
-    /// The row limit of the last pending-rows read: a page that full may have more behind it.
-    asked: usize,
+    /// The bound of the last pending-rows read: a page that full may have more behind it.
+    asked: PageBound,
     /// The bytes the read that is out may queue: counted in [`Session::memory_bytes`] until its
     /// answer comes, so a budget shared by many sessions is not promised twice.
     reserved: usize,
@@ -303,8 +303,6 @@ pub struct Session {
     /// How many times in a row the replay would have read but the budget
     /// ([`Io::spare_bytes`]) had no room: it looks again later, less often each time.
     budget_waits: u32,
-    /// What the heaviest row of the last pending page weighed (`None` before one came).
-    row_bytes: Option<usize>,
     /// Live events held while the replay runs, and after it until the queue has room for them
     /// (every live event goes behind them meanwhile); what they weigh.
     held: VecDeque<(u64, Arc<UserEvent>)>,
@@ -363,11 +361,10 @@ impl Session {
             projection_applied: start.projection_applied,
             live_from: start.live_from,
             reading: false,
-            asked: 0,
+            asked: PageBound::rows(0),
             reserved: 0,
             budget_bound: false,
             budget_waits: 0,
-            row_bytes: None,
             held: VecDeque::new(),
             held_bytes: 0,
             replay_high: None,

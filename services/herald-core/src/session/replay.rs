@@ -6,10 +6,6 @@ use crate::delivery::Weigh;
 
 use super::*;
 
-/// The most rows a replay's first page asks for (see `Session::page_limit`): at most 2 MiB of
-/// rows of the largest size, and one more read for a replay of small ones.
-pub(super) const FIRST_REPLAY_PAGE: usize = 32;
-
 /// Records a log-gap read asks for while the budget is spent (`Io::spare_bytes`), instead of
 /// `gap_chunk`: such a read takes one event and leaves the rest to be read again.
 pub(super) const LEAN_GAP_CHUNK: usize = 32;
@@ -21,10 +17,9 @@ impl Session {
         let Phase::Projection { .. } = self.phase else {
             return Ok(());
         };
-        let full = rows.len() >= self.asked;
-        if let Some(heaviest) = rows.iter().map(Weigh::bytes).max() {
-            self.row_bytes = Some(heaviest.max(1));
-        }
+        // The store stops at the bound: a page that reached it may have more behind it.
+        let weight = rows.iter().map(Weigh::bytes).fold(0, usize::saturating_add);
+        let full = self.asked.full(rows.len(), weight);
         // Queued up to `replay_page_bytes`, and up to the room the read was asked with (one row
         // at least); the rest is read again. A read is asked for only while less than half of
         // that waits, for about the room there is.
@@ -143,25 +138,6 @@ impl Session {
         }
     }
 
-    /// Rows to ask for next, to fill `room` bytes: `replay_page`, or fewer when the last page's
-    /// heaviest row was large, so that a page weighs about `room`; the first page, before any
-    /// row was weighed, [`FIRST_REPLAY_PAGE`] at most for a whole page of room (a page of 256
-    /// rows of 64 KiB each, read and then cut, took 16 MiB for a moment in every connecting
-    /// session), fewer for less. One row at least. A page sized by small rows that meets large
-    /// ones is still read whole before it is cut (the read has no byte limit), and freed at
-    /// once.
-    fn page_limit(&self, room: usize) -> usize {
-        match self.row_bytes {
-            None => {
-                let first = self.cfg.replay_page.min(FIRST_REPLAY_PAGE);
-                let share = room.min(self.cfg.replay_page_bytes) as u128 * first as u128
-                    / self.cfg.replay_page_bytes.max(1) as u128;
-                (share as usize).clamp(1, first.max(1))
-            }
-            Some(b) => (room / b).clamp(1, self.cfg.replay_page),
-        }
-    }
-
     pub(super) fn finish_replay(&mut self, io: Io, out: &mut Out<'_>) -> Result<(), Ending> {
         if let Phase::Gap { from, to } = self.phase
             && from >= to
@@ -212,10 +188,15 @@ impl Session {
         self.budget_waits = 0;
         match self.phase {
             Phase::Projection { after } => {
-                self.asked = self.page_limit(room);
+                // As many rows as a page holds, and rows only until they weigh `room`: the
+                // store reads no further.
+                self.asked = PageBound {
+                    limit: self.cfg.replay_page,
+                    max_bytes: room,
+                };
                 out.actions.push(Action::ReadPending {
                     after,
-                    limit: self.asked,
+                    bound: self.asked,
                 })
             }
             Phase::Gap { from, to } => {

@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 use herald_core::model::Preferences;
 use herald_core::projection::InboxRow;
-use herald_ports::projection::{InboxFilter, InboxQuery, InboxReader, MAX_PAGE, ProjectionError};
+use herald_ports::projection::{
+    InboxFilter, InboxQuery, InboxReader, MAX_PAGE, PageBound, ProjectionError,
+};
 use rusqlite::{OptionalExtension, params};
 
 use super::{EmbeddedProjection, ROW_COLUMNS, to_row};
@@ -50,9 +52,10 @@ impl InboxReader for EmbeddedProjection {
         device_id: &str,
         after: Option<u64>,
         now_ms: i64,
-        limit: usize,
+        bound: PageBound,
     ) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, device) = (user_id.to_owned(), device_id.to_owned());
+        let bound = bound.capped(MAX_PAGE * 10);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = ?1 \
@@ -63,9 +66,9 @@ impl InboxReader for EmbeddedProjection {
                  ORDER BY i.seq LIMIT ?5"
             ))?;
             let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
-            let limit = limit.min(MAX_PAGE * 10) as i64;
-            let rows = stmt.query_map(params![user, after, device, now_ms, limit], to_row)?;
-            rows.collect()
+            // Stepped row by row: the page stops where the bound says, not at the limit.
+            let limit = bound.limit as i64;
+            bound.take(stmt.query_map(params![user, after, device, now_ms, limit], to_row)?)
         })
         .await
     }

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use herald_core::codec;
-use herald_core::projection::InboxRow;
+use herald_core::projection::{InboxRow, PageBound};
 use herald_core::protocol::{ClientFrame, Close, ServerFrame};
 use herald_core::session::{Action, Ending, Hello, Input, Io, Outgoing, Session, Start};
 use herald_ports::log::{StoredRecord, Topic};
@@ -235,8 +235,8 @@ impl Shell<'_> {
                     self.meter.frame(&f);
                     result = self.outbox.push(Out::Frame(f));
                 }
-                Action::ReadPending { after, limit } => {
-                    *read = Some(self.read_pending(after, limit))
+                Action::ReadPending { after, bound } => {
+                    *read = Some(self.read_pending(after, bound))
                 }
                 Action::ReadLog { from, max } => *read = Some(self.read_log(from, max)),
                 Action::Append(events) => appends.extend(events),
@@ -272,14 +272,14 @@ impl Shell<'_> {
         result
     }
 
-    fn read_pending(&self, after: Option<u64>, limit: usize) -> Read {
+    fn read_pending(&self, after: Option<u64>, bound: PageBound) -> Read {
         let (inbox, user, device) = (
             self.st.inbox.clone(),
             self.user.to_owned(),
             self.device.clone(),
         );
         Box::pin(async move {
-            match inbox.pending(&user, &device, after, now_ms(), limit).await {
+            match inbox.pending(&user, &device, after, now_ms(), bound).await {
                 Ok(rows) => Input::Pending(rows),
                 Err(e) => Input::ReadFailed(e.to_string()),
             }

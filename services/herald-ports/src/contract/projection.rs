@@ -207,23 +207,40 @@ pub async fn pending_is_what_the_device_has_not_acknowledged<H: ProjectionHarnes
         rows.iter().map(|r| r.seq).collect()
     };
     apply_in_batches(&store, Stage::Inbox, &events, 4).await;
-    let phone = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    let phone = store
+        .pending(u, "phone", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     assert_eq!(seqs(phone), vec![2, 10]);
-    let laptop = store.pending(u, "laptop", None, NOW, 100).await.unwrap();
+    let laptop = store
+        .pending(u, "laptop", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     assert_eq!(seqs(laptop), vec![0, 1, 2, 3, 10], "laptop acked nothing");
-    let after = store.pending(u, "laptop", Some(2), NOW, 100).await.unwrap();
+    let after = store
+        .pending(u, "laptop", Some(2), NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     assert_eq!(seqs(after), vec![3, 10], "strictly after the resume cursor");
-    let limited = store.pending(u, "laptop", None, NOW, 2).await.unwrap();
+    let limited = store
+        .pending(u, "laptop", None, NOW, PageBound::rows(2))
+        .await
+        .unwrap();
     assert_eq!(seqs(limited), vec![0, 1]);
     let later = store
-        .pending(u, "laptop", Some(3), NOW + 120_000, 100)
+        .pending(u, "laptop", Some(3), NOW + 120_000, PageBound::rows(100))
         .await
         .unwrap();
     assert_eq!(seqs(later), vec![4, 10], "the scheduled one is due later");
     assert_eq!(store.device_cursor(u, "phone").await.unwrap(), Some(1));
     assert_eq!(store.device_cursor(u, "laptop").await.unwrap(), None);
     assert!(
-        store.pending("bob", "phone", None, NOW, 100).await.unwrap()[0].notification_id == "n-bob"
+        store
+            .pending("bob", "phone", None, NOW, PageBound::rows(100))
+            .await
+            .unwrap()[0]
+            .notification_id
+            == "n-bob"
     );
     assert!(
         store.row(u, "n-bob").await.unwrap().is_none(),
@@ -259,15 +276,24 @@ pub async fn acks_by_id_in_any_order_leave_the_rest_pending<H: ProjectionHarness
     let seqs = |rows: Vec<herald_core::projection::InboxRow>| -> Vec<u64> {
         rows.iter().map(|r| r.seq).collect()
     };
-    let phone = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    let phone = store
+        .pending(u, "phone", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     assert_eq!(
         seqs(phone),
         vec![15],
         "phone acknowledged everything before n15"
     );
-    let laptop = store.pending(u, "laptop", None, NOW, 100).await.unwrap();
+    let laptop = store
+        .pending(u, "laptop", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     assert_eq!(seqs(laptop), vec![0, 2, 3, 4, 5, 12, 15]);
-    let resumed = store.pending(u, "laptop", Some(3), NOW, 100).await.unwrap();
+    let resumed = store
+        .pending(u, "laptop", Some(3), NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     assert_eq!(seqs(resumed), vec![4, 5, 12, 15]);
     assert_matches_reference(&store, &events).await;
 }
@@ -309,14 +335,20 @@ pub async fn acks_by_id_around_rows_never_sent_leave_nothing_pending<H: Projecti
         ],
     );
     apply_in_batches(&store, Stage::Inbox, &events, 2).await;
-    let pending = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    let pending = store
+        .pending(u, "phone", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     let seqs: Vec<u64> = pending.iter().map(|r| r.seq).collect();
     assert_eq!(
         seqs,
         vec![12],
         "everything sendable before n12 is acknowledged"
     );
-    let laptop = store.pending(u, "laptop", None, NOW, 100).await.unwrap();
+    let laptop = store
+        .pending(u, "laptop", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     let seqs: Vec<u64> = laptop.iter().map(|r| r.seq).collect();
     assert_eq!(
         seqs,
@@ -370,7 +402,10 @@ pub async fn a_repeated_notification_is_in_the_inbox_once<H: ProjectionHarness>(
         "each id once, at its first offset; n1 stays superseded by n3"
     );
     assert_eq!(store.unread_count(u).await.unwrap(), 3, "n0, n3 and n6");
-    let phone = store.pending(u, "phone", None, NOW, 100).await.unwrap();
+    let phone = store
+        .pending(u, "phone", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
     let seqs: Vec<u64> = phone.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![0, 3, 6]);
 }
@@ -433,7 +468,12 @@ pub async fn preferences_are_the_newest_document_and_quiet_rows_are_not_pending<
         rows.iter().map(|r| r.seq).collect()
     };
     assert_eq!(
-        seqs(store.pending(u, "phone", None, NOW, 100).await.unwrap()),
+        seqs(
+            store
+                .pending(u, "phone", None, NOW, PageBound::rows(100))
+                .await
+                .unwrap()
+        ),
         vec![1, 5],
         "inbox-only and muted rows are never pending"
     );
@@ -491,7 +531,10 @@ pub async fn pending_under_load_is_ordered_and_complete<H: ProjectionHarness>(h:
     let mut got = Vec::new();
     let mut after = None;
     loop {
-        let page = store.pending(u, "d", after, NOW, 250).await.unwrap();
+        let page = store
+            .pending(u, "d", after, NOW, PageBound::rows(250))
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -499,6 +542,86 @@ pub async fn pending_under_load_is_ordered_and_complete<H: ProjectionHarness>(h:
         got.extend(page.into_iter().map(|r| r.seq));
     }
     assert_eq!(got, expected);
+}
+
+/// A page of pending rows stops at the first row that takes its weight past the bound's bytes
+/// (that row included, one row at least), and pages read so bring every row once, in order.
+/// Rows the device acknowledged do not count.
+pub async fn pending_stops_at_its_byte_bound<H: ProjectionHarness>(h: &H) {
+    let store = h.open().await;
+    let u = "heavy";
+    // Small and large payloads in turn, so a page sized by rows meets heavier ones.
+    let sizes = [10usize, 20, 30_000, 10, 60_000, 5, 5, 40_000, 10, 20];
+    let mut events: Vec<UserEvent> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, size)| {
+            let mut n = added(u, &format!("n{i}"));
+            n.payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(*size));
+            UserEvent::Added(n)
+        })
+        .collect();
+    events.push(UserEvent::Acked(NotificationAcked {
+        user_id: u.into(),
+        device_id: "d".into(),
+        notification_ids: vec!["n4".into()],
+        up_to: None,
+        at: NOW,
+    }));
+    let events = for_user(u, events);
+    apply_in_batches(&store, Stage::Inbox, &events, 4).await;
+    let all = store
+        .pending(u, "d", None, NOW, PageBound::rows(100))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), sizes.len() - 1, "n4 was acknowledged");
+    let weight = |rows: &[herald_core::projection::InboxRow]| -> Vec<usize> {
+        rows.iter()
+            .map(herald_core::delivery::Weigh::bytes)
+            .collect()
+    };
+    let w = weight(&all);
+    let mut bounds = vec![
+        0,
+        1,
+        w[0],
+        w[0] + 1,
+        w[0] + w[1] + w[2] - 1,
+        w[0] + w[1] + w[2],
+    ];
+    bounds.push(w.iter().sum::<usize>() - 1);
+    bounds.push(usize::MAX);
+    for max_bytes in bounds {
+        let bound = PageBound {
+            limit: 100,
+            max_bytes,
+        };
+        let page = store.pending(u, "d", None, NOW, bound).await.unwrap();
+        let expected = bound
+            .take(all.iter().cloned().map(Ok::<_, std::convert::Infallible>))
+            .unwrap();
+        assert_eq!(page, expected, "max_bytes {max_bytes}");
+        assert!(!page.is_empty(), "one row at least");
+        let first: usize = weight(&page).iter().rev().skip(1).sum();
+        assert!(first <= max_bytes, "no row after the one past the bound");
+    }
+    // Pages of about two large rows bring all of them, once each and in order.
+    let mut got = Vec::new();
+    let mut after = None;
+    loop {
+        let bound = PageBound {
+            limit: 4,
+            max_bytes: 70_000,
+        };
+        let page = store.pending(u, "d", after, NOW, bound).await.unwrap();
+        let full = bound.full(page.len(), weight(&page).iter().sum());
+        after = page.last().map(|r| r.seq);
+        got.extend(page);
+        if !full {
+            break;
+        }
+    }
+    assert_eq!(got, all);
 }
 
 pub async fn inbox_pages_newest_first_with_filters<H: ProjectionHarness>(h: &H) {
