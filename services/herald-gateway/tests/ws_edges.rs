@@ -645,6 +645,24 @@ async fn ambiguous_requests_are_refused() {
     let answer = answer_to(two_origins.into()).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("one Origin"), "{answer}");
+    // Two credentials: which caller is it? Refused before any key is looked at.
+    for credentials in [
+        "X-Api-Key: k1\r\nAuthorization: Bearer k2\r\n",
+        "X-Api-Key: k1\r\nX-Api-Key: k2\r\n",
+        "Authorization: Bearer k1\r\nAuthorization: Bearer k2\r\n",
+    ] {
+        let request = format!(
+            "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\
+             Content-Type: application/json\r\n{credentials}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = answer_to(request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{credentials}: {answer}"
+        );
+        assert!(answer.contains("one credential"), "{answer}");
+    }
     // The same body, framed once and uncompressed, is taken.
     let plain = format!(
         "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\

@@ -75,13 +75,17 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
 /// Refuses a request the server would have to guess about, before any route sees it:
 /// * a body in a `Content-Encoding` other than `identity` (the server decodes none): `415
 ///   unsupported_media_type`, rather than a compressed body read as JSON;
-/// * more than one `Origin` (which one would the allowlist check?): `400 invalid_request`.
+/// * more than one `Origin` (which one would the allowlist check?): `400 invalid_request`;
+/// * more than one credential: two `Authorization` or two `X-Api-Key` headers, or one of each
+///   (which caller is it?): `400 invalid_request`, rather than the first one found.
 ///
 /// A body framed both by `Content-Length` and `Transfer-Encoding` never gets here: hyper reads
 /// it by its chunks and closes the connection after the answer (RFC 9112 §6.1), so nothing
 /// after it on that connection is read as another request.
 pub async fn unambiguous(req: Request, next: Next) -> Response {
-    use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
+    use axum::http::header::{
+        AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING,
+    };
     let headers = req.headers();
     let body = headers.contains_key(TRANSFER_ENCODING)
         || headers
@@ -100,6 +104,14 @@ pub async fn unambiguous(req: Request, next: Next) -> Response {
     if headers.get_all(ORIGIN).iter().nth(1).is_some() {
         return AppError::Invalid("a request may carry one Origin header at most".into())
             .into_response();
+    }
+    let credentials =
+        headers.get_all(AUTHORIZATION).iter().count() + headers.get_all("x-api-key").iter().count();
+    if credentials > 1 {
+        return AppError::Invalid(
+            "send one credential: one Authorization or one X-Api-Key header, not both".into(),
+        )
+        .into_response();
     }
     next.run(req).await
 }
