@@ -96,7 +96,76 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
     let scylla = format!("scylla://127.0.0.1:{port}/ks");
     let fresh = tmp.path().join("fresh");
     let fresh = fresh.to_str().unwrap();
+    // Errors after the log is open (the address, a key file): the pool of the projection's
+    // writes had started, and dropping it hid each of them behind a panic.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let not_jwks = tmp.path().join("not-jwks.json");
+    std::fs::write(&not_jwks, "not a key set").unwrap();
+    let not_jwks = not_jwks.to_str().unwrap();
+    let free = format!("127.0.0.1:{}", support::free_port());
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["dev", "--data-dir", fresh, "--listen", &taken],
+            1,
+            "binding 127.0.0.1:",
+        ),
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                fresh,
+                "--listen",
+                &free,
+                "--jwks",
+                not_jwks,
+            ],
+            1,
+            "JWKS",
+        ),
+        (
+            vec![
+                "gateway",
+                "--data-dir",
+                fresh,
+                "--listen",
+                &free,
+                "--jwt-secret",
+                "",
+            ],
+            1,
+            "JWT secret",
+        ),
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                fresh,
+                "--listen",
+                &free,
+                "--producer-key",
+                "svc=k1",
+                "--admin-key",
+                "ops=k1",
+            ],
+            1,
+            "one key is both producer svc's and admin ops's",
+        ),
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                fresh,
+                "--listen",
+                &free,
+                "--producer-key",
+                "a=k1",
+                "--producer-key",
+                "b=k1",
+            ],
+            1,
+            "one key is given for both",
+        ),
         (vec!["bogus"], 2, "unrecognized subcommand"),
         (vec!["dev", "--no-such-flag"], 2, "unexpected argument"),
         (vec!["dev", "--partitions", "0"], 2, "invalid value"),
@@ -205,8 +274,20 @@ fn a_corrupt_store_is_reported_not_panicked_on() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("log.db"), vec![0x42u8; 8192]).unwrap();
     std::fs::write(data.join("projection.db"), vec![0x42u8; 8192]).unwrap();
+    // A good log beside a corrupt projection: the projection is opened after the pool of its
+    // writes started, whose drop hid the error behind a panic.
+    let projection_only = tmp.path().join("projection-only");
+    std::fs::create_dir_all(&projection_only).unwrap();
+    std::fs::write(projection_only.join("projection.db"), vec![0x42u8; 8192]).unwrap();
     let port = support::free_port().to_string();
     for args in [
+        vec![
+            "dev",
+            "--data-dir",
+            projection_only.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
         vec![
             "dev",
             "--data-dir",

@@ -174,6 +174,32 @@ impl GatewayConfig {
                 problem: "must be at least 1".into(),
             });
         }
+        if self
+            .auth
+            .hs256_secret
+            .as_ref()
+            .is_some_and(|s| s.is_empty())
+        {
+            return Err(InvalidConfig {
+                setting: "JWT secret",
+                problem: "is empty: anyone could sign a token with it".into(),
+            });
+        }
+        if let Some((key, admin)) = self
+            .auth
+            .admin_keys
+            .iter()
+            .find(|(key, _)| self.auth.producer_keys.contains_key(*key))
+        {
+            return Err(InvalidConfig {
+                setting: "API keys",
+                problem: format!(
+                    "one key is both producer {}'s and admin {admin}'s: give each role keys of \
+                     its own",
+                    self.auth.producer_keys[key]
+                ),
+            });
+        }
         let page = self.session().replay_page_bytes;
         if self.max_session_bytes < page {
             return Err(InvalidConfig {
@@ -256,6 +282,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().setting, "max session bytes");
+        let mut bad = GatewayConfig::default();
+        bad.auth.hs256_secret = Some(Vec::new());
+        assert_eq!(bad.validate().unwrap_err().setting, "JWT secret");
+        let mut bad = GatewayConfig::default();
+        bad.auth.producer_keys.insert("k".into(), "svc".into());
+        bad.auth.admin_keys.insert("k".into(), "ops".into());
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.setting, "API keys");
+        assert!(
+            err.problem.contains("svc") && err.problem.contains("ops"),
+            "{err:?}"
+        );
+        bad.auth.admin_keys = [("k2".to_owned(), "ops".to_owned())].into();
+        assert_eq!(bad.validate(), Ok(()), "keys of their own");
         // A queue that cannot take a replay's page, or a window of no bytes.
         for (in_flight, queued) in [(0, MAX_QUEUED_BYTES), (MAX_IN_FLIGHT_BYTES, 1 << 20)] {
             let bad = GatewayConfig {

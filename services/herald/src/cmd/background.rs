@@ -14,10 +14,29 @@ use tokio::runtime::Runtime;
 /// busy thread of the pool about a tenth of the CPU time of a busy thread at 0.
 pub const PROJECTOR_NICE: i32 = 10;
 
-/// A runtime used only for its blocking threads (`Handle::spawn_blocking`), named `name`, each
-/// `nice` steps below the caller's priority (at most at 19). Shut it down with
-/// `Runtime::shutdown_background` (a runtime cannot be dropped inside another).
-pub fn low_priority_pool(name: &str, nice: i32) -> std::io::Result<Runtime> {
+/// A runtime used only for its blocking threads (`Handle::spawn_blocking`). Dropped, it shuts
+/// down in the background: a runtime dropped inside another panics ("Cannot drop a runtime in
+/// a context where blocking is not allowed"), which hid the error of every start-up that
+/// failed after the pool started (an address in use, an unreadable key file).
+pub struct Pool(Option<Runtime>);
+
+impl Pool {
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("a pool runs until dropped").handle()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A [`Pool`] named `name`, its threads each `nice` steps below the caller's priority (at most
+/// at 19).
+pub fn low_priority_pool(name: &str, nice: i32) -> std::io::Result<Pool> {
     // Linux keeps a nice value per thread and a new thread starts at its creator's: the target
     // is absolute, so that a thread started by one of the pool's gets it once, not twice.
     let target = (nice > 0).then(|| (nice_of_this_thread() + nice).min(19));
@@ -25,6 +44,7 @@ pub fn low_priority_pool(name: &str, nice: i32) -> std::io::Result<Runtime> {
         .thread_name(name)
         .on_thread_start(move || set_nice(target))
         .build()
+        .map(|runtime| Pool(Some(runtime)))
 }
 
 /// The calling thread's nice value (0 when the kernel does not say).
@@ -46,7 +66,7 @@ mod tests {
     use super::*;
 
     /// The nice value of a blocking thread of `pool`, asked from a runtime of the test's own.
-    fn nice_in(pool: &Runtime) -> i32 {
+    fn nice_in(pool: &Pool) -> i32 {
         let handle = pool.handle().clone();
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -65,7 +85,6 @@ mod tests {
             before,
             "the caller's priority is its own"
         );
-        pool.shutdown_background();
     }
 
     #[test]
@@ -73,6 +92,15 @@ mod tests {
         let before = nice_of_this_thread();
         let pool = low_priority_pool("herald-test-pool", 0).expect("the pool starts");
         assert_eq!(nice_in(&pool), before);
-        pool.shutdown_background();
+    }
+
+    /// A start-up that fails after the pool started returns its error; dropping the pool
+    /// inside the server's runtime panicked.
+    #[tokio::test]
+    async fn a_pool_dropped_inside_a_runtime_shuts_down_quietly() {
+        let pool = low_priority_pool("herald-test-pool", 0).expect("the pool starts");
+        let ran = pool.handle().spawn_blocking(|| 7).await.expect("it runs");
+        assert_eq!(ran, 7);
+        drop(pool);
     }
 }

@@ -283,7 +283,11 @@ fn named_keys(
         if key.is_empty() {
             anyhow::bail!("{flag} {pk:?}: the key is empty");
         }
-        keys.insert(key.to_owned(), name.to_owned());
+        if let Some(other) = keys.insert(key.to_owned(), name.to_owned())
+            && other != name
+        {
+            anyhow::bail!("{flag}: one key is given for both {other} and {name}");
+        }
     }
     Ok(keys)
 }
@@ -300,6 +304,15 @@ impl Server {
         let producer_keys = named_keys(&self.keys.producer_keys, "--producer-key")?;
         let admin_keys = named_keys(&self.keys.admin_keys, "--admin-key")?;
         let dev = self.mode == Mode::Dev;
+        if let Some(secret) = &self.hs256_secret
+            && !secret.is_empty()
+            && secret.len() < 32
+        {
+            tracing::warn!(
+                bytes = secret.len(),
+                "the JWT secret is short: HS256 wants 32 bytes or more (RFC 7518, section 3.2)"
+            );
+        }
         let config = GatewayConfig {
             auth: AuthConfig {
                 hs256_secret: self.hs256_secret.clone(),
@@ -484,7 +497,6 @@ impl Server {
         // The server stopped accepting and finished its requests (appends included); stop the
         // projector between batches, then let the log writer commit what it holds.
         shutdown.cancel();
-        // No early return before the pool's shutdown below: a runtime dropped here would panic.
         let projected = match projector_task {
             Some(t) => super::projector_stopped(t, super::PROJECTOR_STOP_GRACE)
                 .await
@@ -492,9 +504,7 @@ impl Server {
             None => Ok(()),
         };
         drop(log);
-        if let Some(pool) = writes_pool {
-            pool.shutdown_background();
-        }
+        drop(writes_pool);
         projected?;
         drop(lock);
         eprintln!("{}: stopped", mode.name());
