@@ -674,6 +674,54 @@ async fn ambiguous_requests_are_refused() {
     srv.shutdown.cancel();
 }
 
+/// A caller refused before its body is read gets an answer that says the connection closes
+/// (the server will not read the rest); a request whose body was read keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_is_read_says_the_connection_closes() {
+    let srv = server(config(), true).await;
+    let addr: std::net::SocketAddr = srv.http.trim_start_matches("http://").parse().unwrap();
+    let request = |credentials: &str, data: usize| {
+        let body = format!(
+            r#"{{"recipients":{{"users":["u"]}},"event_type":"t","source":"s","data":"{}"}}"#,
+            "x".repeat(data)
+        );
+        format!(
+            "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n\
+             {credentials}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // A user's token on a producers' route: 403 before the 200 KB body is read.
+    let user = format!("Authorization: Bearer {}\r\n", token("bob", 600));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request(&user, 200_000).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut answer))
+        .await
+        .expect("an answer and a close");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    // Two requests whose bodies are read, on one connection: both answered, none closing.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let two = format!("{}{}", request("", 10), request("", 20_000));
+    s.write_all(two.as_bytes()).await.unwrap();
+    let mut answers = String::new();
+    let mut buf = vec![0u8; 65536];
+    while answers.matches("HTTP/1.1 202").count() < 2 {
+        let n = tokio::time::timeout(GUARD, s.read(&mut buf))
+            .await
+            .expect("both answers")
+            .unwrap();
+        assert!(n > 0, "closed after {answers}");
+        answers.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(!answers.contains("connection: close"), "{answers}");
+    srv.shutdown.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_trickling_and_idle_http_connections_are_closed() {
     let mut cfg = config();
