@@ -76,6 +76,11 @@ impl RateLimits {
         }
     }
 
+    /// The most tokens a bucket holds: a request for more can never be served.
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
     /// Takes `n` tokens from `caller`'s bucket, all or none; otherwise the whole seconds until
     /// they are there (at least 1).
     pub fn take(&self, caller: &str, n: usize) -> Result<(), u64> {

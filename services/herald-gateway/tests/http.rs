@@ -547,6 +547,20 @@ async fn a_producer_over_its_rate_gets_429_with_retry_after() {
     let body: Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(code(&body), "rate_limited");
+    // A batch larger than the bucket could never pass, whatever the wait: 400, not 429.
+    let batch = Request::post("/v1/notifications/batch")
+        .header("content-type", "application/json")
+        .header("x-api-key", "key-billing")
+        .body(Body::from(
+            serde_json::json!({"notifications": [valid(), valid(), valid()]}).to_string(),
+        ))
+        .unwrap();
+    let (s, body) = call(&env, batch).await;
+    assert_eq!(
+        (s, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    assert!(body.to_string().contains("smaller batches"), "{body}");
     // Without credentials (producers are not open here): 401. With a user token: not a producer.
     let anon = Request::post("/v1/notifications")
         .header("content-type", "application/json")

@@ -275,8 +275,17 @@ pub(crate) fn batch_requests(
     Ok(requests)
 }
 
-/// Takes one token per notification from the producer's bucket (all or none).
+/// Takes one token per notification from the producer's bucket (all or none). A batch larger
+/// than the bucket itself is refused as invalid: a `429` would tell the producer to retry
+/// something no wait lets through.
 fn take_tokens(st: &AppState, producer: &str, n: usize) -> Result<(), AppError> {
+    let burst = st.producers.burst();
+    if n as f64 > burst {
+        return Err(AppError::Invalid(format!(
+            "a batch of {n} notifications is over the producer's burst of {burst} \
+             (--producer-burst): send it in smaller batches"
+        )));
+    }
     st.producers
         .take(producer, n)
         .map_err(|retry_after_secs| AppError::RateLimited {
