@@ -393,8 +393,13 @@ async fn run<T: Transport>(
     // One timer for every deadline (the session's next wake, the heartbeat, token expiry, the
     // room recheck): an idle session holds one `Sleep`, not one per deadline.
     let started = tokio::time::Instant::now();
-    // `None`: an expiry too far away to be an `Instant` (a token that never expires).
-    let token_expires = started.checked_add(Duration::from_secs(exp.saturating_sub(now_secs())));
+    // `None`: an expiry too far away to be an `Instant` (a token that never expires). With the
+    // clock skew the upgrade allowed the token: one it took within that skew would otherwise be
+    // closed as soon as its session started.
+    let token_expires = started.checked_add(Duration::from_secs(
+        exp.saturating_add(crate::auth::JWT_LEEWAY_SECS)
+            .saturating_sub(now_secs()),
+    ));
     let mut next_heartbeat = started + cfg.heartbeat_interval;
     let timer = tokio::time::sleep_until(far_future());
     tokio::pin!(timer);
