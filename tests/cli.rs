@@ -43,6 +43,21 @@ async fn produce_then_inbox_audit_and_replay_while_dev_runs() {
     ]);
     let again: Value = serde_json::from_str(&stdout(&again)).unwrap();
     assert_eq!(again["notification_id"], id.as_str());
+    // `--data` goes out as given: an object the server refuses is refused, not rewritten on
+    // the way (through a `Value`, this one became `{"evil":true}` and was accepted).
+    let raw = herald(&[
+        "produce",
+        "--url",
+        &url,
+        "--to",
+        "alice",
+        "--type",
+        "x",
+        "--data",
+        r#"{"$serde_json::private::RawValue":"{\"evil\":true}"}"#,
+    ]);
+    assert_eq!(raw.status.code(), Some(1), "{}", stdout(&raw));
+    assert!(stderr(&raw).contains("HTTP 422"), "{}", stderr(&raw));
     dev.caught_up().await;
     for user in ["alice", "bob"] {
         let (items, unread) = dev.inbox(user).await;

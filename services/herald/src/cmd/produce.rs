@@ -68,7 +68,10 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _telemetry = init_tracing("warn");
-    let data: Value = serde_json::from_str(&args.data)
+    // Checked here, and sent as it was given: through a `Value`, an object whose first key is
+    // serde_json's raw-value token was rewritten into the value it names, where the server
+    // refuses it.
+    let data: Box<serde_json::value::RawValue> = serde_json::from_str(&args.data)
         .with_context(|| format!("--data is not valid JSON: {}", args.data))?;
     if args.to.is_empty() && args.group.is_empty() && args.topic.is_none() && !args.everyone {
         bail!("name recipients with --to, --group, --topic or --everyone");
@@ -82,7 +85,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         "event_type": args.event_type,
         "source": args.source,
-        "data": data,
     });
     for (field, value) in [
         ("priority", args.priority),
@@ -95,10 +97,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             body[field] = json!(v);
         }
     }
+    let mut text = body.to_string();
+    text.pop(); // the object's `}`
+    text.push_str(",\"data\":");
+    text.push_str(data.get());
+    text.push('}');
     let url = format!("{}/v1/notifications", args.url.trim_end_matches('/'));
     let mut request = super::http_client(args.timeout_secs)?
         .post(&url)
-        .json(&body);
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(text);
     if let Some(key) = &args.api_key {
         request = request.header("x-api-key", key);
     }
