@@ -807,6 +807,10 @@ async fn times_outside_the_documented_range_are_refused_and_old_ones_still_read(
             json!(253_402_300_800_000i64),
             json!(1i64 << 62),
             json!(i64::MAX),
+            // Whole numbers that fit in 64 bits, past `i64`: out of range too, not of the
+            // wrong type.
+            json!(1u64 << 63),
+            json!(u64::MAX),
             json!(-1),
             json!("10000-01-01T00:00:00Z"),
         ] {

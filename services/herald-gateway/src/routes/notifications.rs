@@ -31,6 +31,8 @@ pub fn routes() -> Router<AppState> {
 #[serde(untagged)]
 pub enum TimeInput {
     Millis(i64),
+    /// A whole number past `i64` (up to `u64::MAX`): JSON of the right type, out of range.
+    Past(u64),
     Text(String),
 }
 
@@ -38,6 +40,11 @@ impl TimeInput {
     fn to_ms(&self, field: &'static str) -> Result<i64, AppError> {
         match self {
             TimeInput::Millis(ms) => Ok(*ms),
+            TimeInput::Past(ms) => Err(herald_core::CoreError::Invalid {
+                field,
+                reason: format!("{ms} is past 9999-12-31 (Unix ms)"),
+            }
+            .into()),
             TimeInput::Text(t) => Ok(herald_core::time::parse_rfc3339(field, t)?),
         }
     }
