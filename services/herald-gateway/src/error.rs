@@ -28,9 +28,9 @@ pub enum AppError {
     WrongShape(String),
     #[error("send the body as application/json")]
     UnsupportedMediaType,
-    /// A request body in a `Content-Encoding` the server does not decode.
-    #[error("Content-Encoding {0:?} is not supported: send the body uncompressed")]
-    UnsupportedEncoding(String),
+    /// A request body in a coding the server does not decode: the header, and the coding.
+    #[error("{0} {1:?} is not supported: send the body uncompressed")]
+    UnsupportedEncoding(&'static str, String),
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
     #[error("{0}")]
@@ -71,7 +71,7 @@ impl AppError {
         match self {
             AppError::Invalid(_) | AppError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             AppError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::UnsupportedMediaType | AppError::UnsupportedEncoding(_) => {
+            AppError::UnsupportedMediaType | AppError::UnsupportedEncoding(..) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,7 +98,7 @@ impl AppError {
             AppError::Invalid(_) => "invalid_request",
             AppError::MalformedJson(_) => "malformed_json",
             AppError::WrongShape(_) => "invalid_json_shape",
-            AppError::UnsupportedMediaType | AppError::UnsupportedEncoding(_) => {
+            AppError::UnsupportedMediaType | AppError::UnsupportedEncoding(..) => {
                 "unsupported_media_type"
             }
             AppError::TooLarge(_) => "payload_too_large",

@@ -640,6 +640,28 @@ async fn ambiguous_requests_are_refused() {
         assert!(answer.starts_with("HTTP/1.1 415"), "{encoding}: {answer}");
         assert!(answer.contains("unsupported_media_type"), "{answer}");
     }
+    // A transfer coding besides `chunked`: hyper takes the chunks, and the gzip would be read
+    // as JSON.
+    let gzip_chunked = format!(
+        "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{chunked}"
+    );
+    let answer = answer_to(gzip_chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert!(answer.contains("Transfer-Encoding"), "{answer}");
+    // A body announced over the limit is refused at once, without waiting for it (a short
+    // body was waited for until the body timeout, 30 s, and got 408).
+    let announced = "POST /v1/notifications HTTP/1.1\r\nHost: h\r\n\
+                     Content-Type: application/json\r\nContent-Length: 300000\r\n\r\n{}";
+    let started = Instant::now();
+    let answer = answer_to(announced.into()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "answered before the body timeout"
+    );
     let two_origins = "GET /v1/sse HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\
                        Origin: https://a.example\r\nOrigin: https://b.example\r\n\r\n";
     let answer = answer_to(two_origins.into()).await;

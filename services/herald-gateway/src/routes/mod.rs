@@ -77,8 +77,11 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
 }
 
 /// Refuses a request the server would have to guess about, before any route sees it:
-/// * a body in a `Content-Encoding` other than `identity` (the server decodes none): `415
-///   unsupported_media_type`, rather than a compressed body read as JSON;
+/// * a body in a `Content-Encoding` other than `identity`, or sent with a transfer coding other
+///   than `chunked` (the server decodes none): `415 unsupported_media_type`, rather than a
+///   compressed body read as JSON;
+/// * a `Content-Length` over [`MAX_BODY_BYTES`]: `413 payload_too_large` at once, rather than
+///   after waiting for a body that would be refused anyway;
 /// * more than one `Origin` (which one would the allowlist check?): `400 invalid_request`;
 /// * more than one credential: two `Authorization` or two `X-Api-Key` headers, or one of each
 ///   (which caller is it?): `400 invalid_request`, rather than the first one found.
@@ -103,7 +106,24 @@ pub async fn unambiguous(req: Request, next: Next) -> Response {
             .map(str::trim)
             .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
     {
-        return AppError::UnsupportedEncoding(other.to_owned()).into_response();
+        return AppError::UnsupportedEncoding("Content-Encoding", other.to_owned()).into_response();
+    }
+    if let Some(other) = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("chunked"))
+    {
+        return AppError::UnsupportedEncoding("Transfer-Encoding", other.to_owned())
+            .into_response();
+    }
+    if headers
+        .get(CONTENT_LENGTH)
+        .and_then(|n| n.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return AppError::TooLarge(MAX_BODY_BYTES).into_response();
     }
     if headers.get_all(ORIGIN).iter().nth(1).is_some() {
         return AppError::Invalid("a request may carry one Origin header at most".into())
