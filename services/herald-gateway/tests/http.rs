@@ -1062,6 +1062,27 @@ async fn tokens_are_checked_for_nbf_and_for_the_configured_audience_and_issuer()
         StatusCode::OK,
         "an identity provider's token carries aud and iss"
     );
+    // A critical header extension this server does not understand (RFC 7515 4.1.11).
+    let claims = json!({"sub": "a", "exp": exp});
+    let critical = jsonwebtoken::Header {
+        crit: Some(vec!["exp-ext".into()]),
+        ..Default::default()
+    };
+    let token = jsonwebtoken::encode(
+        &critical,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"http-test"),
+    )
+    .unwrap();
+    let (s, b) = call(&open, get("/v1/inbox/unread-count", &token)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert!(b.to_string().contains("crit"), "{b}");
+    // The scheme in any case (RFC 9110 11.1).
+    let lower = Request::get("/v1/inbox/unread-count")
+        .header("authorization", format!("bearer {}", jwt(claims)))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&open, lower).await.0, StatusCode::OK);
     // Audience and issuer configured: both required and matched.
     let mut c = dev_config();
     c.auth.audiences = vec!["herald".into()];

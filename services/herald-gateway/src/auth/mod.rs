@@ -125,6 +125,13 @@ impl Auth {
     pub fn verify(&self, token: &str) -> Result<Claims, AppError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| unauthorized("malformed token"))?;
+        // RFC 7515 4.1.11: a `crit` header names extensions the token must not be taken
+        // without; this server understands none (an empty list is invalid too).
+        if header.crit.is_some() {
+            return Err(unauthorized(
+                "the token's crit header names extensions this server does not support",
+            ));
+        }
         let mut last = "no key accepts this token's algorithm";
         for k in &self.keys {
             if k.alg != header.alg {
@@ -286,10 +293,13 @@ impl Auth {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let (scheme, token) = headers
         .get("authorization")?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .split_once(' ')?;
+    // The scheme is case-insensitive (RFC 9110 11.1): `bearer` and `BEARER` are Bearer.
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
