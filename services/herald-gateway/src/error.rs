@@ -158,6 +158,11 @@ impl From<JsonRejection> for AppError {
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 AppError::TooLarge(crate::limits::MAX_BODY_BYTES)
             }
+            // The body's framing broke (a bad chunk size, trailers over hyper's bound): no
+            // JSON was there to be malformed.
+            JsonRejection::BytesRejection(e) => {
+                AppError::Invalid(format!("the body could not be read: {}", e.body_text()))
+            }
             other => AppError::MalformedJson(other.body_text()),
         }
     }

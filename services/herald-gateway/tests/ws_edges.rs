@@ -649,6 +649,14 @@ async fn ambiguous_requests_are_refused() {
     let answer = answer_to(gzip_chunked).await;
     assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
     assert!(answer.contains("Transfer-Encoding"), "{answer}");
+    // A chunk size that is not hex: the body cannot be read, which is not malformed JSON.
+    let broken = "POST /v1/notifications HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\
+                  Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  zz\r\n{}\r\n0\r\n\r\n";
+    let answer = answer_to(broken.into()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_request"), "{answer}");
+    assert!(answer.contains("could not be read"), "{answer}");
     // A body announced over the limit is refused at once, without waiting for it (a short
     // body was waited for until the body timeout, 30 s, and got 408).
     let announced = "POST /v1/notifications HTTP/1.1\r\nHost: h\r\n\
