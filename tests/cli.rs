@@ -185,6 +185,11 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
         (vec!["dev", "--no-such-flag"], 2, "unexpected argument"),
         (vec!["dev", "--partitions", "0"], 2, "invalid value"),
         (
+            vec!["produce", "--to", "a", "--type", "t", "--timeout-secs", "0"],
+            2,
+            "invalid value",
+        ),
+        (
             vec![
                 "produce", "--url", &url, "--to", "a", "--type", "t", "--data", "{bad",
             ],

@@ -21,7 +21,12 @@ pub struct Args {
     #[arg(long)]
     url: Option<String>,
     /// With --url: seconds to wait for the server's whole answer before giving up.
-    #[arg(long, default_value_t = 60, requires = "url")]
+    #[arg(
+        long,
+        default_value_t = 60,
+        requires = "url",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     timeout_secs: u64,
     /// With --url: an operator API key (`herald gateway --admin-key NAME=KEY`).
     #[arg(

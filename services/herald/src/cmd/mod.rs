@@ -290,7 +290,7 @@ impl SharedProjection {
 /// `timeout_secs` (their `--timeout-secs`, default 60), not a wait forever.
 pub fn http_client(timeout_secs: u64) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(timeout_secs.max(1)))
+        .timeout(std::time::Duration::from_secs(timeout_secs))
         .build()
         .context("building the HTTP client")
 }

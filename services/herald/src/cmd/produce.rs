@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
     url: String,
     /// Seconds to wait for the server's whole answer before giving up.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_secs: u64,
     /// Producer API key (one of the gateway's `--producer-key NAME=KEY`), sent as `X-Api-Key`.
     /// `herald dev` without producer keys needs none.
