@@ -613,7 +613,7 @@ async fn a_session_ends_when_its_token_expires_and_one_that_never_expires_outliv
     // Delivered to the session inside the skew (it was closed at once before).
     let id = srv.post(&["ines"], "within-skew").await;
     let (ids, _, _) = collect(&mut short, 1, true).await;
-    assert_eq!(ids, [id.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&id));
     let (code, reason) = expect_close(&mut short).await;
     assert_eq!(code, 4002, "{reason}");
     // The session without expiry still delivers.
