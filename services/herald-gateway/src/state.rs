@@ -28,14 +28,15 @@ pub struct Ports {
     pub presence: Option<Arc<dyn herald_ports::PresenceBus>>,
 }
 
-/// Why the gateway could not start.
+/// Why the gateway could not start. Each names its cause as its `source`, not in its message
+/// as well: a chain printed whole (`{:#}`) said each cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Config(#[from] InvalidConfig),
-    #[error("loading token keys: {0}")]
+    #[error("loading token keys")]
     Keys(#[from] KeyError),
-    #[error("starting the live hub: {0}")]
+    #[error("starting the live hub")]
     Hub(#[from] LogError),
 }
 
