@@ -72,11 +72,51 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn(unambiguous))
-        .layer(axum::middleware::from_fn(close_unread))
         .layer(axum::middleware::from_fn(track))
 }
 
-/// Refuses a request the server would have to guess about, before any route sees it:
+/// Refuses a request the server would have to guess about, before any route sees it
+/// ([`ambiguity`]), and says `Connection: close` on an answer given before the request's body
+/// was read to its end (such a refusal, a caller refused before its body is read, a route that
+/// takes none): the server will not read the rest, so it closes the connection after the answer
+/// (hyper does), and a client told so does not send its next request on a connection that is
+/// going away. One layer for both: a layer costs every request.
+pub async fn unambiguous(req: Request, next: Next) -> Response {
+    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let headers = req.headers();
+    let body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|n| n.as_bytes() != b"0");
+    let close = |mut response: Response| {
+        response
+            .headers_mut()
+            .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+        response
+    };
+    if let Some(refused) = ambiguity(headers, body) {
+        let response = refused.into_response();
+        return if body { close(response) } else { response };
+    }
+    if !body {
+        return next.run(req).await;
+    }
+    let ended = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| {
+        axum::body::Body::new(ReadToEnd {
+            inner,
+            ended: ended.clone(),
+        })
+    });
+    let response = next.run(req).await;
+    if ended.load(Ordering::Acquire) {
+        response
+    } else {
+        close(response)
+    }
+}
+
+/// What makes a request ambiguous, if anything:
 /// * a body in a `Content-Encoding` other than `identity`, or sent with a transfer coding other
 ///   than `chunked` (the server decodes none): `415 unsupported_media_type`, rather than a
 ///   compressed body read as JSON;
@@ -89,85 +129,51 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
 /// A body framed both by `Content-Length` and `Transfer-Encoding` never gets here: hyper reads
 /// it by its chunks and closes the connection after the answer (RFC 9112 §6.1), so nothing
 /// after it on that connection is read as another request.
-pub async fn unambiguous(req: Request, next: Next) -> Response {
+fn ambiguity(headers: &axum::http::HeaderMap, body: bool) -> Option<AppError> {
     use axum::http::header::{
         AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING,
     };
-    let headers = req.headers();
-    let body = headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|n| n.as_bytes() != b"0");
-    if body
-        && let Some(other) = headers
-            .get_all(CONTENT_ENCODING)
+    let codings = |name| {
+        headers
+            .get_all(name)
             .iter()
             .flat_map(|v| v.to_str().unwrap_or("?").split(','))
             .map(str::trim)
-            .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+            .filter(|e| !e.is_empty())
+    };
+    if body
+        && let Some(other) = codings(CONTENT_ENCODING).find(|e| !e.eq_ignore_ascii_case("identity"))
     {
-        return AppError::UnsupportedEncoding("Content-Encoding", other.to_owned()).into_response();
+        return Some(AppError::UnsupportedEncoding(
+            "Content-Encoding",
+            other.to_owned(),
+        ));
     }
-    if let Some(other) = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("chunked"))
-    {
-        return AppError::UnsupportedEncoding("Transfer-Encoding", other.to_owned())
-            .into_response();
+    if let Some(other) = codings(TRANSFER_ENCODING).find(|e| !e.eq_ignore_ascii_case("chunked")) {
+        return Some(AppError::UnsupportedEncoding(
+            "Transfer-Encoding",
+            other.to_owned(),
+        ));
     }
     if headers
         .get(CONTENT_LENGTH)
         .and_then(|n| n.to_str().ok()?.parse::<u64>().ok())
         .is_some_and(|n| n > MAX_BODY_BYTES as u64)
     {
-        return AppError::TooLarge(MAX_BODY_BYTES).into_response();
+        return Some(AppError::TooLarge(MAX_BODY_BYTES));
     }
     if headers.get_all(ORIGIN).iter().nth(1).is_some() {
-        return AppError::Invalid("a request may carry one Origin header at most".into())
-            .into_response();
+        return Some(AppError::Invalid(
+            "a request may carry one Origin header at most".into(),
+        ));
     }
     let credentials =
         headers.get_all(AUTHORIZATION).iter().count() + headers.get_all("x-api-key").iter().count();
-    if credentials > 1 {
-        return AppError::Invalid(
+    (credentials > 1).then(|| {
+        AppError::Invalid(
             "send one credential: one Authorization or one X-Api-Key header, not both".into(),
         )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// Says `Connection: close` on an answer given before the request's body was read to its end
-/// (a caller refused before its body is read, a route that takes none): the server will not
-/// read the rest, so it closes the connection after the answer (hyper does), and a client
-/// told so does not send its next request on a connection that is going away.
-pub async fn close_unread(req: Request, next: Next) -> Response {
-    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-    let headers = req.headers();
-    let body = headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|n| n.as_bytes() != b"0");
-    if !body {
-        return next.run(req).await;
-    }
-    let ended = Arc::new(AtomicBool::new(false));
-    let req = req.map(|inner| {
-        axum::body::Body::new(ReadToEnd {
-            inner,
-            ended: ended.clone(),
-        })
-    });
-    let mut response = next.run(req).await;
-    if !ended.load(Ordering::Acquire) {
-        response
-            .headers_mut()
-            .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
-    }
-    response
+    })
 }
 
 /// A request body that notes when it was read to its end.
