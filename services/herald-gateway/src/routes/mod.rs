@@ -61,9 +61,9 @@ pub fn app(state: AppState) -> Router {
     outer_layers(routes).with_state(state)
 }
 
-/// What wraps every route: the 404/405 fallbacks, the body limit, tracing, request metrics, a
-/// panic in a handler answered as `500 internal_error` instead of a dropped connection, and
-/// [`unambiguous`].
+/// What wraps every route: the 404/405 fallbacks, the body limit, tracing, a panic in a
+/// handler answered as `500 internal_error` instead of a dropped connection, and [`front`]
+/// (request metrics, [`unambiguous`]).
 pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
     routes
         .fallback(|| async { AppError::NotFound })
@@ -71,8 +71,32 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .layer(axum::middleware::from_fn(unambiguous))
-        .layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn(front))
+}
+
+/// The outermost layer, one for what every request goes through: a layer of its own each cost
+/// single requests 5–7% more server CPU in the ingest benchmark (docs/benchmarks.md). Counts
+/// and times every request under its route template ([`MatchedPath`]: `/v1/audit/{id}`, never
+/// the id itself, so the label stays bounded), `unmatched` when no route matched; the time runs
+/// to the response head (a WebSocket's 101, an SSE stream's headers), and a panic's 500 is
+/// counted too. Inside that, [`unambiguous`].
+///
+/// [`MatchedPath`]: axum::extract::MatchedPath
+pub async fn front(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let response = unambiguous(req, next).await;
+    herald_ports::telemetry::http_request(
+        route.as_ref().map_or("unmatched", |m| m.as_str()),
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Refuses a request the server would have to guess about, before any route sees it
@@ -80,8 +104,8 @@ pub fn outer_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Rout
 /// was read to its end (such a refusal, a caller refused before its body is read, a route that
 /// takes none): the server will not read the rest, so it closes the connection after the answer
 /// (hyper does), and a client told so does not send its next request on a connection that is
-/// going away. One layer for both: a layer costs every request.
-pub async fn unambiguous(req: Request, next: Next) -> Response {
+/// going away.
+async fn unambiguous(req: Request, next: Next) -> Response {
     use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
     let headers = req.headers();
     let body = headers.contains_key(TRANSFER_ENCODING)
@@ -204,29 +228,6 @@ impl axum::body::HttpBody for ReadToEnd {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// Counts and times every request under its route template ([`MatchedPath`]: `/v1/audit/{id}`,
-/// never the id itself, so the label stays bounded), `unmatched` when no route matched. The
-/// time runs to the response head (a WebSocket's 101, an SSE stream's headers). Outermost, so
-/// it also sees a panic's 500.
-///
-/// [`MatchedPath`]: axum::extract::MatchedPath
-pub async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().clone();
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    herald_ports::telemetry::http_request(
-        &route,
-        method.as_str(),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
 }
 
 /// The answer when a handler panicked.
