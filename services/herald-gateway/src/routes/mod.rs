@@ -16,6 +16,7 @@
 pub mod directory;
 #[doc(hidden)]
 pub mod fuzzing;
+mod guard;
 pub mod health;
 pub mod inbox;
 pub mod notifications;
@@ -38,18 +39,19 @@ use crate::AppError;
 use crate::extract::{Admission, AuthUser, Operator, Producer};
 use crate::limits::MAX_BODY_BYTES;
 use crate::state::AppState;
+use guard::GuardLayer;
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
     let producers = notifications::routes()
         .merge(directory::routes())
-        .route_layer(from_fn_with_state(state.clone(), require_producer));
+        .route_layer(GuardLayer::new(state.clone(), require_producer));
     let users = inbox::routes()
         .merge(preferences::routes())
         .merge(realtime::ticket_routes())
-        .route_layer(from_fn_with_state(state.clone(), require_user));
+        .route_layer(GuardLayer::new(state.clone(), require_user));
     let realtime = realtime::routes().route_layer(from_fn_with_state(state.clone(), realtime_user));
-    let operators = ops::routes().route_layer(from_fn_with_state(state.clone(), require_operator));
+    let operators = ops::routes().route_layer(GuardLayer::new(state.clone(), require_operator));
     let routes = Router::new()
         .merge(producers)
         .merge(users)
@@ -241,34 +243,22 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     AppError::Internal("the request failed on the server".into()).into_response()
 }
 
-async fn require_user(
-    State(st): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+fn require_user(st: &AppState, req: &mut Request) -> Result<(), AppError> {
     let user = st.auth.user(req.headers())?;
     req.extensions_mut().insert(AuthUser(user));
-    Ok(next.run(req).await)
+    Ok(())
 }
 
-async fn require_producer(
-    State(st): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+fn require_producer(st: &AppState, req: &mut Request) -> Result<(), AppError> {
     let producer = st.auth.producer(req.headers(), &st.config.open_producer)?;
     req.extensions_mut().insert(Producer(producer));
-    Ok(next.run(req).await)
+    Ok(())
 }
 
-async fn require_operator(
-    State(st): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+fn require_operator(st: &AppState, req: &mut Request) -> Result<(), AppError> {
     let operator = st.auth.operator(req.headers())?;
     req.extensions_mut().insert(Operator(operator));
-    Ok(next.run(req).await)
+    Ok(())
 }
 
 #[derive(Deserialize)]
