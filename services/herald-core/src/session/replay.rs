@@ -20,19 +20,22 @@ impl Session {
         // The store stops at the bound: a page that reached it may have more behind it.
         let weight = rows.iter().map(Weigh::bytes).fold(0, usize::saturating_add);
         let full = self.asked.full(rows.len(), weight);
-        // Queued up to `replay_page_bytes`, and up to the room the read was asked with (one row
-        // at least); the rest is read again. A read is asked for only while less than half of
+        // Queued as the store bounded the read (`PageBound::take`): rows while those taken
+        // weigh no more than the room, up to `replay_page_bytes` and the room the read was
+        // asked with, so the row that took the page past it stays and is not read again; one
+        // row at least. Only a room that shrank since the ask (live events queued meanwhile)
+        // leaves rows to be read again. A read is asked for only while less than half of
         // that waits, for about the room there is.
-        let mut room = self.read_room(reserved);
+        let room = self.read_room(reserved);
+        let mut taken = 0usize;
         let mut last = None;
         let mut cut = false;
         for row in rows {
-            let bytes = row.bytes();
-            if last.is_some() && bytes > room {
+            if last.is_some() && taken > room {
                 cut = true;
                 break;
             }
-            room = room.saturating_sub(bytes);
+            taken = taken.saturating_add(row.bytes());
             last = Some(row.seq);
             self.offer(Arc::new(row))?;
         }
