@@ -56,10 +56,16 @@ impl PageBound {
         }
     }
 
+    /// The most rows a page holds: `limit`, and one at least (a limit of 0 reads one row, as
+    /// a bound of 0 bytes does). A store's query asks for this many.
+    pub fn row_limit(&self) -> usize {
+        self.limit.max(1)
+    }
+
     /// Whether a page that holds `rows` rows weighing `bytes` in all is complete: a store adds
     /// no row to it, and a reader of it cannot tell whether more follow.
     pub fn full(&self, rows: usize, bytes: usize) -> bool {
-        rows >= self.limit.max(1) || bytes > self.max_bytes
+        rows >= self.row_limit() || bytes > self.max_bytes
     }
 
     /// The rows of `rows` (in the store's order) that a page bounded so takes, reading no

@@ -204,7 +204,8 @@ pub trait InboxReader: AppliedOffsets {
     /// listed, due at `now_ms`, above the device's cumulative cursor and not ACKed by id; as
     /// many as `bound` takes ([`PageBound::take`]: up to its row limit, capped at
     /// `10 × MAX_PAGE`, and up to the first row that takes their weight past its bytes), and a
-    /// store reads no more rows than that into memory.
+    /// store reads no more rows than that into memory (PostgreSQL, which weighs the rows on
+    /// the server in characters, a few more where text is not ASCII).
     async fn pending(
         &self,
         user_id: &str,

@@ -60,23 +60,28 @@ impl InboxReader for PostgresProjection {
         let bound = bound.capped(MAX_PAGE * 10);
         self.run_prepared(move |c| {
             let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
-            let limit = bound.limit as i64;
+            let limit = bound.row_limit() as i64;
             let max_bytes = bound.max_bytes.min(i64::MAX as usize) as i64;
-            // The server cuts the page by its payloads' bytes, which weigh less than a row
-            // (`PageBound::take` counts its other strings too): it sends every row the bound
-            // takes, and at most a payload's worth beyond it; the exact cut is made here.
+            // The server cuts the page by each row's weight as `PageBound::take` counts it
+            // (`Weigh::bytes`: the row's size, $7, and its strings), but in characters, not
+            // bytes: never more than the bytes whatever the database's encoding, the same for
+            // ASCII. So it sends every row the bound takes, and beyond them only what non-ASCII
+            // text undercounts; the exact cut is made here.
+            let row_size = std::mem::size_of::<InboxRow>() as i64;
             let rows = c.query(
                 &format!(
-                    "SELECT {ROW_COLUMNS} FROM (SELECT p.*, COALESCE(SUM(octet_length(p.payload)) \
+                    "SELECT {ROW_COLUMNS} FROM (SELECT p.*, COALESCE(SUM($7::bigint + char_length(p.user_id) \
+                     + char_length(p.notification_id) + char_length(p.event_type) + char_length(p.source) \
+                     + char_length(p.payload) + COALESCE(char_length(p.collapse_key), 0)) \
                      OVER (ORDER BY p.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
                      FROM (SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = $1 \
                      AND i.seq > GREATEST($2, COALESCE((SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $3), -1)) \
                      AND NOT i.archived AND NOT i.expired AND NOT i.superseded AND i.live \
                      AND (i.deliver_at IS NULL OR i.deliver_at <= $4) AND (i.expires_at IS NULL OR i.expires_at > $4) \
                      AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.user_id = $1 AND a.device_id = $3 AND a.seq = i.seq) \
-                     ORDER BY i.seq LIMIT $5) p) w WHERE w.before <= $6 ORDER BY w.seq"
+                     ORDER BY i.seq LIMIT $5) p) w WHERE w.before <= $6::bigint ORDER BY w.seq"
                 ),
-                &[&user, &after, &device, &now_ms, &limit, &max_bytes],
+                &[&user, &after, &device, &now_ms, &limit, &max_bytes, &row_size],
             )?;
             Ok(bound
                 .take(rows.iter().map(|r| Ok::<_, std::convert::Infallible>(to_row(r))))

@@ -67,7 +67,7 @@ impl InboxReader for EmbeddedProjection {
             ))?;
             let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
             // Stepped row by row: the page stops where the bound says, not at the limit.
-            let limit = bound.limit as i64;
+            let limit = bound.row_limit() as i64;
             bound.take(stmt.query_map(params![user, after, device, now_ms, limit], to_row)?)
         })
         .await
