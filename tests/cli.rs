@@ -125,6 +125,20 @@ fn bad_input_gets_a_message_and_a_non_zero_exit() {
             1,
             "binding 127.0.0.1:",
         ),
+        // A warning from the settings is logged before the start-up goes on (here to fail).
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                fresh,
+                "--listen",
+                &taken,
+                "--jwt-secret",
+                "short",
+            ],
+            1,
+            "the JWT secret is short",
+        ),
         (
             vec![
                 "dev",
@@ -426,6 +440,20 @@ async fn herald_gateway_has_no_dev_conveniences() {
         scrape.text().await.unwrap().contains("herald_"),
         "Herald's metrics"
     );
+    // Anything else on the metrics address is refused as the API refuses it: status and JSON.
+    for (method, path, code, error) in [
+        (reqwest::Method::GET, "/nothing", 404, "not_found"),
+        (reqwest::Method::POST, "/metrics", 405, "method_not_allowed"),
+    ] {
+        let r = client
+            .request(method, format!("http://127.0.0.1:{metrics_port}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], error, "{path}: {body}");
+    }
     let audit = herald(&[
         "audit",
         "a",

@@ -144,7 +144,10 @@ pub async fn serve(
                     (status, axum::Json(report))
                 }
             }),
-        );
+        )
+        // The API's errors: a JSON body that names the problem, not an empty 404.
+        .fallback(|| async { herald_gateway::AppError::NotFound })
+        .method_not_allowed_fallback(|| async { herald_gateway::AppError::MethodNotAllowed });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics listener failed");

@@ -340,9 +340,10 @@ impl Server {
     /// Runs the server until SIGTERM or Ctrl-C.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let (mode, storage) = (self.mode, &self.storage);
+        // Before the settings are read: what they warn about is logged.
+        let _telemetry = init_tracing("info");
         let config = self.config()?;
         let signal = shutdown_signal()?;
-        let _telemetry = init_tracing("info");
         // Every connection is a file descriptor: take the whole allowance the system grants.
         match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
