@@ -149,6 +149,16 @@ impl GatewayConfig {
         positive("frame burst", self.frame_burst)?;
         positive("producer rate", self.producer_rate)?;
         positive("producer burst", self.producer_burst)?;
+        if self.producer_burst < 1.0 {
+            // A burst below one token refuses every request, of one notification as well.
+            return Err(InvalidConfig {
+                setting: "producer burst",
+                problem: format!(
+                    "{} is below 1: no notification could be sent",
+                    self.producer_burst
+                ),
+            });
+        }
         positive("ticket rate", self.ticket_rate)?;
         positive("ticket burst", self.ticket_burst)?;
         positive("audit rate", self.audit_rate)?;
@@ -272,6 +282,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().setting, "producer rate");
+        let bad = GatewayConfig {
+            producer_burst: 0.5,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().setting, "producer burst");
         let bad = GatewayConfig {
             max_connections_per_user: 0,
             ..Default::default()
