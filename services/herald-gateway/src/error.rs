@@ -159,10 +159,11 @@ impl From<JsonRejection> for AppError {
                 AppError::TooLarge(crate::limits::MAX_BODY_BYTES)
             }
             // The body's framing broke (a bad chunk size, trailers over hyper's bound): no
-            // JSON was there to be malformed.
-            JsonRejection::BytesRejection(e) => {
-                AppError::Invalid(format!("the body could not be read: {}", e.body_text()))
-            }
+            // JSON was there to be malformed. Or it did not come in time.
+            JsonRejection::BytesRejection(e) => match crate::extract::timed_out(&e) {
+                Some(t) => AppError::RequestTimeout(t.to_string()),
+                None => AppError::Invalid(format!("the body could not be read: {}", e.body_text())),
+            },
             other => AppError::MalformedJson(other.body_text()),
         }
     }

@@ -37,13 +37,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
                 .map_err(|e: JsonRejection| AppError::from(e))?;
             return Ok(AppJson(v));
         }
-        let bytes =
-            axum::body::Bytes::from_request(req, state)
-                .await
-                .map_err(|e| match timed_out(&e) {
-                    Some(t) => AppError::RequestTimeout(t.to_string()),
-                    None => AppError::from(JsonRejection::from(e)),
-                })?;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| AppError::from(JsonRejection::from(e)))?;
         // axum's `Json` tracks the path of every value it parses, for the error message; a
         // body that parses needs none of it (parsing was a fifth of the batch endpoint's
         // samples, much of it that). One that does not is parsed again by axum, for the same
@@ -62,7 +58,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
 /// The body's [`BodyTimedOut`], if that is why it could not be read.
 ///
 /// [`BodyTimedOut`]: crate::serve::BodyTimedOut
-fn timed_out<'a>(
+pub(crate) fn timed_out<'a>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a crate::serve::BodyTimedOut> {
     let mut at = Some(e);

@@ -1489,7 +1489,8 @@ async fn a_silent_peer_is_closed_at_interval_plus_timeout() {
 }
 
 /// A request body that does not all arrive within the body read timeout is answered `408
-/// request_timeout`, and the request ends.
+/// request_timeout`, and the request ends: with the plain JSON type and with another that is
+/// JSON too (read through axum's own check).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_is_answered_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1497,21 +1498,28 @@ async fn a_trickled_body_is_answered_408() {
     cfg.http.body_read_timeout = Duration::from_millis(500);
     let srv = server(cfg, true).await;
     let addr = srv.http.trim_start_matches("http://").to_owned();
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // 100 bytes announced, 15 sent, then nothing.
-    c.write_all(
-        b"POST /v1/notifications HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n\
-          Content-Length: 100\r\n\r\n{\"recipients\":",
-    )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(GUARD, c.read_to_end(&mut answer))
-        .await
-        .expect("answered and closed")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    for content_type in ["application/json", "application/json; charset=utf-8"] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // 100 bytes announced, 15 sent, then nothing.
+        let head = format!(
+            "POST /v1/notifications HTTP/1.1\r\nHost: herald\r\nContent-Type: {content_type}\r\n\
+             Content-Length: 100\r\n\r\n{{\"recipients\":"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(GUARD, c.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "{content_type}: {answer}"
+        );
+        assert!(
+            answer.contains(r#""code":"request_timeout""#),
+            "{content_type}: {answer}"
+        );
+    }
     srv.shutdown.cancel();
 }
