@@ -188,3 +188,40 @@ fn the_route_scan_reads_chained_methods_and_multi_line_calls() {
     .collect();
     assert_eq!(got, want);
 }
+
+/// No value matches two branches of a `oneOf` (strict validators refuse such a value): each
+/// branch of each `oneOf` in the document has a type of its own.
+#[test]
+fn one_of_branches_do_not_overlap() {
+    fn visit(v: &Value, at: &str, found: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::Array(branches)) = map.get("oneOf") {
+                    let mut types = BTreeSet::new();
+                    for b in branches {
+                        if let Some(t) = b.get("type") {
+                            assert!(types.insert(t.to_string()), "{at}: two branches of {t}");
+                        }
+                    }
+                    found.push(at.to_owned());
+                }
+                for (k, v) in map {
+                    visit(v, &format!("{at}/{k}"), found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    visit(v, &format!("{at}/{i}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let doc = serde_json::to_value(herald_gateway::routes::openapi::document()).unwrap();
+    let mut found = Vec::new();
+    visit(&doc, "", &mut found);
+    assert!(
+        found.iter().any(|at| at.contains("TimeInput")),
+        "the times' oneOf was looked at: {found:?}"
+    );
+}

@@ -30,21 +30,42 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TimeInput {
-    Millis(i64),
-    /// A whole number past `i64` (up to `u64::MAX`): JSON of the right type, out of range.
-    Past(u64),
+    /// Any whole number JSON gives (up to `u64::MAX`): one past `i64` is of the right type, out
+    /// of range. One variant, so the schema's `oneOf` is an integer or a string, never both
+    /// integer branches at once.
+    Millis(#[serde(deserialize_with = "whole_number")] i128),
     Text(String),
+}
+
+/// A JSON whole number, negative or up to `u64::MAX` (serde's untagged enums take no `i128`
+/// by themselves).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i128, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i128;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<i128, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<i128, E> {
+            Ok(v.into())
+        }
+    }
+    d.deserialize_any(Whole)
 }
 
 impl TimeInput {
     fn to_ms(&self, field: &'static str) -> Result<i64, AppError> {
         match self {
-            TimeInput::Millis(ms) => Ok(*ms),
-            TimeInput::Past(ms) => Err(herald_core::CoreError::Invalid {
-                field,
-                reason: format!("{ms} is past 9999-12-31 (Unix ms)"),
-            }
-            .into()),
+            TimeInput::Millis(ms) => i64::try_from(*ms).map_err(|_| {
+                herald_core::CoreError::Invalid {
+                    field,
+                    reason: format!("{ms} is past 9999-12-31 (Unix ms)"),
+                }
+                .into()
+            }),
             TimeInput::Text(t) => Ok(herald_core::time::parse_rfc3339(field, t)?),
         }
     }
