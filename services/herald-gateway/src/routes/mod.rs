@@ -10,7 +10,7 @@
 //! | [`web`], [`openapi`] | anyone | `/healthz`, `/herald.js`, `/v1/openapi.json`; `herald dev`: `/`, `/demo.js`, `/demo.css`, `/favicon.svg`, `POST /v1/dev/token` |
 //! | [`health`] | anyone | `/readyz` |
 //!
-//! Every request is counted and timed by [`track`] under its route template
+//! Every request is counted and timed by [`front`] under its route template
 //! (`herald_http_requests_total`, `herald_http_request_duration_seconds`).
 
 pub mod directory;
@@ -104,9 +104,11 @@ pub async fn front(req: Request, next: Next) -> Response {
 /// Refuses a request the server would have to guess about, before any route sees it
 /// ([`ambiguity`]), and says `Connection: close` on an answer given before the request's body
 /// was read to its end (such a refusal, a caller refused before its body is read, a route that
-/// takes none): the server will not read the rest, so it closes the connection after the answer
-/// (hyper does), and a client told so does not send its next request on a connection that is
-/// going away.
+/// takes none): the server will not read the rest, so it closes the connection after the answer,
+/// and a client told so does not send its next request on a connection that is going away.
+/// hyper alone would keep the connection when the whole body happened to be in its buffer
+/// already, and close it when it was not, which a client cannot tell apart: one rule instead,
+/// at the cost of a new connection after such an answer (RFC 9112 §9.6 lets a server close).
 async fn unambiguous(req: Request, next: Next) -> Response {
     use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
     let headers = req.headers();
