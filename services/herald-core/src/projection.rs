@@ -33,6 +33,9 @@ pub const CURSOR_WALK_EXTRA_ROWS: usize = 256;
 /// ones is never read whole and then cut.
 ///
 /// [`Weigh::bytes`]: crate::delivery::Weigh::bytes
+/// The most rows one read of pending rows brings, whatever its bound asks for.
+pub const MAX_PENDING_ROWS: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageBound {
     pub limit: usize,
@@ -48,18 +51,12 @@ impl PageBound {
         }
     }
 
-    /// The bound with its row limit lowered to `most` (a store's own cap).
-    pub fn capped(self, most: usize) -> Self {
-        Self {
-            limit: self.limit.min(most),
-            ..self
-        }
-    }
-
-    /// The most rows a page holds: `limit`, and one at least (a limit of 0 reads one row, as
-    /// a bound of 0 bytes does). A store's query asks for this many.
+    /// The most rows a page holds: `limit`, one at least (a limit of 0 reads one row, as a
+    /// bound of 0 bytes does) and [`MAX_PENDING_ROWS`] at most. A store's query asks for this
+    /// many, and [`PageBound::full`] counts against it, so a reader never takes a page the cap
+    /// ended for the end of the rows.
     pub fn row_limit(&self) -> usize {
-        self.limit.max(1)
+        self.limit.clamp(1, MAX_PENDING_ROWS)
     }
 
     /// Whether a page that holds `rows` rows weighing `bytes` in all is complete: a store adds
@@ -739,7 +736,11 @@ mod tests {
             "not past: more may come"
         );
         assert!(bound(2, usize::MAX).full(2, 0));
-        assert!(bound(2, usize::MAX).capped(1).full(1, 0));
+        assert!(bound(0, usize::MAX).full(1, 0), "one row at least");
+        assert!(
+            bound(usize::MAX, usize::MAX).full(MAX_PENDING_ROWS, 0),
+            "a page the cap ended is full"
+        );
     }
 
     #[test]

@@ -202,10 +202,10 @@ pub trait InboxReader: AppliedOffsets {
 
     /// Rows a device has not acknowledged, oldest first: `seq > after` (all when `None`),
     /// listed, due at `now_ms`, above the device's cumulative cursor and not ACKed by id; as
-    /// many as `bound` takes ([`PageBound::take`]: up to its row limit, capped at
-    /// `10 × MAX_PAGE`, and up to the first row that takes their weight past its bytes), and a
-    /// store reads no more rows than that into memory (PostgreSQL, which weighs the rows on
-    /// the server in characters, a few more where text is not ASCII).
+    /// many as `bound` takes ([`PageBound::take`]: up to [`PageBound::row_limit`], and up to
+    /// the first row that takes their weight past its bytes), and a store reads no more rows
+    /// than that into memory (PostgreSQL, which weighs on the server in characters the strings
+    /// other than the payload where the database is not UTF-8, some more there).
     async fn pending(
         &self,
         user_id: &str,

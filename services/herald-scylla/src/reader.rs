@@ -78,7 +78,6 @@ impl InboxReader for ScyllaProjection {
         let lower: i64 = after
             .max(cursor)
             .map_or(-1, |s| s.min(i64::MAX as u64 - 1) as i64);
-        let bound = bound.capped(MAX_PAGE * 10);
         let mut bytes = 0usize;
         let first = bucket((lower + 1) as u64);
         let buckets: Vec<(i64,)> = self.all(&self.st.buckets_up, (user_id, first)).await?;

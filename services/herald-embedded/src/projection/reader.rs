@@ -55,7 +55,6 @@ impl InboxReader for EmbeddedProjection {
         bound: PageBound,
     ) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, device) = (user_id.to_owned(), device_id.to_owned());
-        let bound = bound.capped(MAX_PAGE * 10);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = ?1 \

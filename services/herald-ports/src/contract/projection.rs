@@ -557,7 +557,9 @@ pub async fn pending_stops_at_its_byte_bound<H: ProjectionHarness>(h: &H) {
         .enumerate()
         .map(|(i, size)| {
             let mut n = added(u, &format!("n{i}"));
-            // One of them not ASCII: a store that counts characters counts fewer than bytes.
+            // One of them not ASCII: a store that weighs text in characters counts fewer than
+            // its bytes, and must still bring every row the bound takes (rows it reads past
+            // the cut are not seen here: the exact cut hides them).
             let pad = if i == 1 { "é" } else { "x" };
             n.payload = format!(r#"{{"pad":"{}"}}"#, pad.repeat(*size));
             UserEvent::Added(n)
