@@ -57,22 +57,25 @@ impl InboxReader for PostgresProjection {
         bound: PageBound,
     ) -> Result<Vec<InboxRow>, ProjectionError> {
         let (user, device) = (user_id.to_owned(), device_id.to_owned());
-        let bound = bound.capped(MAX_PAGE * 10);
         self.run_prepared(move |c| {
             let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
             let limit = bound.row_limit() as i64;
             let max_bytes = bound.max_bytes.min(i64::MAX as usize) as i64;
             // The server cuts the page by each row's weight as `PageBound::take` counts it
-            // (`Weigh::bytes`: the row's size, $7, and its strings), but in characters, not
-            // bytes: never more than the bytes whatever the database's encoding, the same for
-            // ASCII. So it sends every row the bound takes, and beyond them only what non-ASCII
-            // text undercounts; the exact cut is made here.
+            // (`Weigh::bytes`: the row's size, $7, and its strings' UTF-8 bytes): the payload by
+            // its stored size where the database is UTF-8 (exact, and read without fetching or
+            // decompressing a TOASTed payload), else in characters, as the other strings are
+            // (never more than their UTF-8 bytes, the same for ASCII). So it sends every row
+            // the bound takes, and beyond it only what characters undercount; the exact cut is
+            // made here.
             let row_size = std::mem::size_of::<InboxRow>() as i64;
             let rows = c.query(
                 &format!(
                     "SELECT {ROW_COLUMNS} FROM (SELECT p.*, COALESCE(SUM($7::bigint + char_length(p.user_id) \
                      + char_length(p.notification_id) + char_length(p.event_type) + char_length(p.source) \
-                     + char_length(p.payload) + COALESCE(char_length(p.collapse_key), 0)) \
+                     + CASE WHEN current_setting('server_encoding') IN ('UTF8', 'SQL_ASCII') \
+                     THEN octet_length(p.payload) ELSE char_length(p.payload) END \
+                     + COALESCE(char_length(p.collapse_key), 0)) \
                      OVER (ORDER BY p.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
                      FROM (SELECT {ROW_COLUMNS} FROM inbox i WHERE i.user_id = $1 \
                      AND i.seq > GREATEST($2, COALESCE((SELECT seq FROM cursors WHERE user_id = $1 AND device_id = $3), -1)) \
