@@ -129,6 +129,19 @@ fn positive(setting: &'static str, v: f64) -> Result<(), InvalidConfig> {
     Ok(())
 }
 
+/// A token bucket's burst: 1 at least, or no request (of one frame, notification, ticket or
+/// audit) could ever pass.
+fn burst(setting: &'static str, v: f64) -> Result<(), InvalidConfig> {
+    positive(setting, v)?;
+    if v < 1.0 {
+        return Err(InvalidConfig {
+            setting,
+            problem: format!("{v} is below 1: no request could ever pass"),
+        });
+    }
+    Ok(())
+}
+
 impl GatewayConfig {
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
@@ -146,23 +159,13 @@ impl GatewayConfig {
         )?;
         at_least("HTTP body timeout", self.http.body_read_timeout, ms(100))?;
         positive("frame rate", self.frame_rate)?;
-        positive("frame burst", self.frame_burst)?;
+        burst("frame burst", self.frame_burst)?;
         positive("producer rate", self.producer_rate)?;
-        positive("producer burst", self.producer_burst)?;
-        if self.producer_burst < 1.0 {
-            // A burst below one token refuses every request, of one notification as well.
-            return Err(InvalidConfig {
-                setting: "producer burst",
-                problem: format!(
-                    "{} is below 1: no notification could be sent",
-                    self.producer_burst
-                ),
-            });
-        }
+        burst("producer burst", self.producer_burst)?;
         positive("ticket rate", self.ticket_rate)?;
-        positive("ticket burst", self.ticket_burst)?;
+        burst("ticket burst", self.ticket_burst)?;
         positive("audit rate", self.audit_rate)?;
-        positive("audit burst", self.audit_burst)?;
+        burst("audit burst", self.audit_burst)?;
         if self.audit_records == 0 || self.audit_records > self.audit_max_records {
             return Err(InvalidConfig {
                 setting: "audit records",
