@@ -160,7 +160,7 @@ impl From<JsonRejection> for AppError {
             }
             // The body's framing broke (a bad chunk size, trailers over hyper's bound): no
             // JSON was there to be malformed. Or it did not come in time.
-            JsonRejection::BytesRejection(e) => match crate::extract::timed_out(&e) {
+            JsonRejection::BytesRejection(e) => match crate::serve::BodyTimedOut::in_chain(&e) {
                 Some(t) => AppError::RequestTimeout(t.to_string()),
                 None => AppError::Invalid(format!("the body could not be read: {}", e.body_text())),
             },

@@ -55,22 +55,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
     }
 }
 
-/// The body's [`BodyTimedOut`], if that is why it could not be read.
-///
-/// [`BodyTimedOut`]: crate::serve::BodyTimedOut
-pub(crate) fn timed_out<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a crate::serve::BodyTimedOut> {
-    let mut at = Some(e);
-    while let Some(e) = at {
-        if let Some(t) = e.downcast_ref::<crate::serve::BodyTimedOut>() {
-            return Some(t);
-        }
-        at = e.source();
-    }
-    None
-}
-
 /// Whether the request says `Content-Type: application/json` exactly (any case), the type
 /// every client sends; anything else goes through axum's own check.
 fn plain_json(headers: &axum::http::HeaderMap) -> bool {

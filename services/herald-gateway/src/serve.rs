@@ -140,6 +140,20 @@ impl std::fmt::Display for BodyTimedOut {
 
 impl std::error::Error for BodyTimedOut {}
 
+impl BodyTimedOut {
+    /// The [`BodyTimedOut`] in `e`'s chain of sources, if that is why a body could not be read.
+    pub(crate) fn in_chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut at = Some(e);
+        while let Some(e) = at {
+            if let Some(t) = e.downcast_ref::<Self>() {
+                return Some(t);
+            }
+            at = e.source();
+        }
+        None
+    }
+}
+
 /// A request body that must end within a time of the first time it keeps the server waiting
 /// (its first read, for a body that does not come with its headers). A body that never makes
 /// the server wait (a GET's, or a small one that arrived with the headers) registers no timer,
