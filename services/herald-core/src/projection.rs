@@ -26,16 +26,16 @@ use crate::model::{Delivery, DirectoryChange, DirectoryOp, Preferences, Priority
 /// to a device. Bounds the rows one ACK reads; a longer run is passed by the next ACKs.
 pub const CURSOR_WALK_EXTRA_ROWS: usize = 256;
 
-/// How much one read of pending rows (the projection port's `InboxReader::pending`) may bring: up
-/// to `limit` rows, and rows only until the first that takes their weight ([`Weigh::bytes`],
-/// what a session holding them keeps allocated) past `max_bytes`, that row included, so a read
-/// brings one row at least. A store stops reading there: a page of small rows that meets large
-/// ones is never read whole and then cut.
-///
-/// [`Weigh::bytes`]: crate::delivery::Weigh::bytes
 /// The most rows one read of pending rows brings, whatever its bound asks for.
 pub const MAX_PENDING_ROWS: usize = 10_000;
 
+/// How much one read of pending rows (the projection port's `InboxReader::pending`) may bring: up
+/// to `limit` rows ([`PageBound::row_limit`]), and rows only until the first that takes their
+/// weight ([`Weigh::bytes`], what a session holding them keeps allocated) past `max_bytes`,
+/// that row included, so a read brings one row at least. A store stops reading there: a page of small rows that meets large
+/// ones is never read whole and then cut.
+///
+/// [`Weigh::bytes`]: crate::delivery::Weigh::bytes
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageBound {
     pub limit: usize,
