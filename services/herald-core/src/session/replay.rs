@@ -26,16 +26,17 @@ impl Session {
         // row at least. Only a room that shrank since the ask (live events queued meanwhile)
         // leaves rows to be read again. A read is asked for only while less than half of
         // that waits, for about the room there is.
-        let room = self.read_room(reserved);
-        let mut taken = 0usize;
+        let keep = PageBound {
+            limit: rows.len(),
+            max_bytes: self.read_room(reserved),
+        };
+        let read = rows.len();
+        let kept = keep
+            .take(rows.into_iter().map(Ok::<_, std::convert::Infallible>))
+            .unwrap_or_else(|never| match never {});
+        let cut = kept.len() < read;
         let mut last = None;
-        let mut cut = false;
-        for row in rows {
-            if last.is_some() && taken > room {
-                cut = true;
-                break;
-            }
-            taken = taken.saturating_add(row.bytes());
+        for row in kept {
             last = Some(row.seq);
             self.offer(Arc::new(row))?;
         }
